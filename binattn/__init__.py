@@ -1,0 +1,14 @@
+"""binattn: 1-bit query/key attention for PyTorch models.
+
+Public API: ``binattn.ops`` (custom ops), and, as their issues land, ``binarize``, ``inspect``,
+``BinarizeConfig``, the ``"binattn"`` torch.compile backend, training, TVM kernels and the ASIC
+target descriptor. Importing binattn registers the ``torch.ops.binattn`` ops; it never imports
+the TVM compiler (kernels load lazily on first use).
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import ops  # noqa: E402  (registers torch.ops.binattn.*)
+
+__all__ = ["ops", "__version__"]

@@ -1,0 +1,1 @@
+"""binattn.binarize_pass (see docs/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""binattn.export (see docs/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""binattn.hw_targets (see docs/DESIGN.md)."""

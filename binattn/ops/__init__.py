@@ -1,0 +1,100 @@
+"""binattn's public ops: validated Python wrappers over the ``torch.ops.binattn`` custom ops.
+
+``sign_pack``, ``popcount_scores`` and ``binary_attention`` check their arguments (clear
+ValueError/TypeError naming the argument), then call the registered custom op, which runs a TVM
+kernel where one is built for the device and the reference otherwise. Semantics: DESIGN.md.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import library, reference, validation
+from .bias import RelPosBias, relpos_index, relpos_table_size
+from .dispatch import kernel_report, reference_only, used_fallback
+
+__all__ = ["sign_pack", "popcount_scores", "binary_attention", "RelPosBias", "relpos_index",
+           "relpos_table_size", "kernel_report", "reference_only", "used_fallback", "reference"]
+
+
+def sign_pack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack the signs of ``x`` along its last dim D into int32 words.
+
+    Bit j (LSB = 0) of word w is 1 iff ``x[..., 32*w + j] >= 0`` (sign(0) = +1); padding bits
+    of the last word are 0. Returns ``(words, popcounts)``: int32 ``[..., ceil(D/32)]`` and the
+    int32 number of set bits per row ``[...]`` (the AND identity needs them). D is not stored:
+    carry it alongside.
+
+    >>> words, pops = sign_pack(torch.tensor([[1.0, -2.0, 0.0]]))
+    >>> words.tolist(), pops.tolist()
+    ([[5]], [2])
+    """
+    validation.check_sign_pack_input(x)
+    return torch.ops.binattn.sign_pack(x)
+
+
+def popcount_scores(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int) -> torch.Tensor:
+    """Exact ±1 dot products ``sign(q) @ sign(k)ᵀ`` from packed words, int32 ``[..., Nq, Nk]``.
+
+    ``q_bits [..., Nq, W]`` and ``k_bits [..., Nk, W]`` come from :func:`sign_pack` with the same
+    D; their batch dims broadcast. Every result lies in [−D, D] with D's parity.
+    """
+    validation.check_popcount_inputs(q_bits, k_bits, D)
+    return torch.ops.binattn.popcount_scores(q_bits, k_bits, D)
+
+
+def _as_4d(x: Optional[torch.Tensor], squeeze: bool) -> Optional[torch.Tensor]:
+    return x.unsqueeze(1) if (squeeze and x is not None and x.dim() == 3) else x
+
+
+def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                     bias: Optional[torch.Tensor] = None,
+                     attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+                     scale: Optional[float] = None, scale_mode: str = "mean_abs",
+                     q_scale: Optional[torch.Tensor] = None,
+                     k_scale: Optional[torch.Tensor] = None, top_n: Optional[int] = None,
+                     pv_bits: Optional[int] = None, binarizer: str = "sign",
+                     temperature: float = 1.0, ste_clip: float = 1.0,
+                     check_finite: bool = True) -> torch.Tensor:
+    """Attention with 1-bit queries and keys (BinaryAttention / HAD), a drop-in for SDPA.
+
+    ``q [B, Hq, Nq, D]``, ``k [B, Hkv, Nk, D]``, ``v [B, Hkv, Nk, Dv]`` (3-D ``[B, N, D]`` is
+    taken as one head); ``Hq`` a multiple of ``Hkv`` (GQA). Scores are
+    ``s_q·s_k·scale·(sign(q)·sign(k)ᵀ) + bias + mask``, then softmax and ``@ v``.
+
+    Args:
+        bias: additive learned bias broadcastable to ``[B, Hq, Nq, Nk]`` (e.g. from
+            :class:`RelPosBias`); it receives a real gradient.
+        attn_mask: bool (True = keep) or additive float mask, as in SDPA.
+        is_causal: query i attends to keys j <= i.
+        scale: softmax scale, default ``1/sqrt(D)``.
+        scale_mode: ``"mean_abs"`` (per-(b, h) mean|x|, BinaryAttention), ``"static"`` (use
+            ``q_scale``/``k_scale``, HAD), or ``"none"``.
+        top_n: keep the N largest scores per query row (HAD), ties to the lower key index.
+        pv_bits: 8 to fake-quantize P (u8) and V (symmetric s8 per channel).
+        binarizer: ``"sign"`` (STE, clipped at ``ste_clip``), or HAD's soft stages
+            ``"scaled_tanh"`` (T·tanh(x/T)) and ``"tanh"`` (tanh(x/T)) with T = ``temperature``.
+        check_finite: raise ValueError on NaN/Inf in q, k, v (eager only).
+
+    Rows whose keys are all masked give zeros. Output has v's dtype; math runs in float32
+    (float64 for float64 inputs).
+    """
+    squeeze = q.dim() == 3 if isinstance(q, torch.Tensor) else False
+    q, k, v = _as_4d(q, squeeze), _as_4d(k, squeeze), _as_4d(v, squeeze)
+    attn_mask, bias = _as_4d(attn_mask, squeeze), _as_4d(bias, squeeze)
+    validation.check_attention_inputs(q, k, v)
+    target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    validation.check_broadcast("bias", bias, target)
+    validation.check_broadcast("attn_mask", attn_mask, target)
+    validation.check_options(scale_mode=scale_mode, q_scale=q_scale, k_scale=k_scale,
+                             top_n=top_n, pv_bits=pv_bits, binarizer=binarizer,
+                             temperature=temperature, attn_mask=attn_mask, scale=scale)
+    if check_finite:
+        for name, x in (("q", q), ("k", k), ("v", v), ("bias", bias)):
+            validation.check_finite(name, x)
+    out = torch.ops.binattn.binary_attention(
+        q, k, v, bias, attn_mask, bool(is_causal), None if scale is None else float(scale),
+        scale_mode, q_scale, k_scale, top_n, pv_bits, binarizer, float(temperature),
+        float(ste_clip))
+    return out.squeeze(1) if squeeze else out

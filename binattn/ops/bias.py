@@ -1,0 +1,79 @@
+"""Learned attention biases: BEiT/BinaryAttention relative-position tables, dense, per-head.
+
+What it does: builds the relative-position index for a Gh×Gw token grid with prefix (cls)
+tokens, and ``nn.Module``s whose forward returns an additive bias ``[H, Nq, Nk]`` for
+``binary_attention(bias=...)``. What it does not: decide where biases go (``binarize_pass``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def relpos_table_size(grid: tuple[int, int]) -> int:
+    """Rows of the table: (2Gh−1)(2Gw−1) relative offsets + 3 prefix entries."""
+    gh, gw = grid
+    return (2 * gh - 1) * (2 * gw - 1) + 3
+
+
+def relpos_index(grid: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Index ``[N, N]`` into the table, N = num_prefix_tokens + Gh·Gw (BEiT layout).
+
+    Token↔token pairs use their 2-D offset; the last three rows are prefix→token, token→prefix
+    and prefix→prefix (all prefix tokens share them).
+    """
+    gh, gw = grid
+    if gh < 1 or gw < 1 or num_prefix_tokens < 0:
+        raise ValueError(f"grid must be positive and num_prefix_tokens >= 0, got {grid}, "
+                         f"{num_prefix_tokens}")
+    coords = torch.stack(torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij"))
+    coords = coords.flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    rel[:, :, 0] += gh - 1
+    rel[:, :, 1] += gw - 1
+    token_index = rel[:, :, 0] * (2 * gw - 1) + rel[:, :, 1]
+    base = (2 * gh - 1) * (2 * gw - 1)
+    p, n = num_prefix_tokens, num_prefix_tokens + gh * gw
+    index = torch.empty(n, n, dtype=torch.long)
+    index[p:, p:] = token_index
+    index[:p, p:] = base
+    index[p:, :p] = base + 1
+    index[:p, :p] = base + 2
+    return index
+
+
+class RelPosBias(nn.Module):
+    """Relative-position bias table ``[(2Gh−1)(2Gw−1)+3, H]``, trunc-normal(0.02) init."""
+
+    def __init__(self, num_heads: int, grid: tuple[int, int], num_prefix_tokens: int = 1):
+        super().__init__()
+        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
+        self.table = nn.Parameter(torch.empty(relpos_table_size(self.grid), num_heads))
+        nn.init.trunc_normal_(self.table, std=0.02)
+        self.register_buffer("index", relpos_index(self.grid, num_prefix_tokens), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        n = self.index.shape[0]
+        return self.table[self.index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
+
+
+class DenseBias(nn.Module):
+    """One free bias per (head, query, key): ``[H, Nq, Nk]``, zero init."""
+
+    def __init__(self, num_heads: int, n_q: int, n_k: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(num_heads, n_q, n_k))
+
+    def forward(self) -> torch.Tensor:
+        return self.table
+
+
+class HeadBias(nn.Module):
+    """One scalar per head, ``[H, 1, 1]``, zero init."""
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(num_heads, 1, 1))
+
+    def forward(self) -> torch.Tensor:
+        return self.table

@@ -1,0 +1,135 @@
+"""torch.library registration of the ``binattn`` custom ops: schemas, fake kernels, autograd.
+
+Ops (namespace ``binattn``):
+  - ``sign_pack(Tensor x) -> (Tensor words, Tensor popcounts)``
+  - ``popcount_scores(Tensor q_bits, Tensor k_bits, int D) -> Tensor``
+  - ``binary_attention(q, k, v, bias?, attn_mask?, is_causal, scale?, scale_mode, q_scale?,
+    k_scale?, top_n?, pv_bits?, binarizer, temperature, ste_clip) -> Tensor``
+  - ``binary_attention_backward(grad, <same inputs>) -> (dq, dk, dv, dbias)`` (STE gradients)
+
+Each op's real implementation goes through ``dispatch.run`` (TVM kernel or reference). The
+backward recomputes the differentiable reference; it is its own op so that torch.compile /
+aot_autograd see an opaque node instead of tracing autograd internals.
+
+What it does not: validate arguments (the wrappers in ``binattn.ops`` do that) or hold math.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import dispatch, reference
+
+LIB = "binattn"
+
+
+@torch.library.custom_op(f"{LIB}::sign_pack", mutates_args=())
+def sign_pack_op(x: Tensor) -> tuple[Tensor, Tensor]:
+    words, pops = dispatch.run("sign_pack", x.device.type, reference.sign_pack, x)
+    return words, pops
+
+
+@sign_pack_op.register_fake
+def _sign_pack_fake(x: Tensor) -> tuple[Tensor, Tensor]:
+    words = reference.num_words(x.shape[-1])
+    return (x.new_empty((*x.shape[:-1], words), dtype=torch.int32),
+            x.new_empty(x.shape[:-1], dtype=torch.int32))
+
+
+@torch.library.custom_op(f"{LIB}::popcount_scores", mutates_args=())
+def popcount_scores_op(q_bits: Tensor, k_bits: Tensor, D: int) -> Tensor:
+    return dispatch.run("popcount_scores", q_bits.device.type, reference.popcount_scores,
+                        q_bits, k_bits, D)
+
+
+@popcount_scores_op.register_fake
+def _popcount_scores_fake(q_bits: Tensor, k_bits: Tensor, D: int) -> Tensor:
+    batch = torch.broadcast_shapes(q_bits.shape[:-2], k_bits.shape[:-2])
+    return q_bits.new_empty((*batch, q_bits.shape[-2], k_bits.shape[-2]), dtype=torch.int32)
+
+
+def _attention_forward(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
+                       top_n, pv_bits, binarizer, temperature, ste_clip):
+    with torch.no_grad():
+        return reference.binary_attention(
+            q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale, top_n,
+            pv_bits, binarizer, temperature, ste_clip)
+
+
+@torch.library.custom_op(f"{LIB}::binary_attention", mutates_args=())
+def binary_attention_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+                        attn_mask: Optional[Tensor], is_causal: bool, scale: Optional[float],
+                        scale_mode: str, q_scale: Optional[Tensor], k_scale: Optional[Tensor],
+                        top_n: Optional[int], pv_bits: Optional[int], binarizer: str,
+                        temperature: float, ste_clip: float) -> Tensor:
+    return dispatch.run("binary_attention", q.device.type, _attention_forward, q, k, v, bias,
+                        attn_mask, is_causal, scale, scale_mode, q_scale, k_scale, top_n,
+                        pv_bits, binarizer, temperature, ste_clip)
+
+
+@binary_attention_op.register_fake
+def _binary_attention_fake(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
+                           k_scale, top_n, pv_bits, binarizer, temperature, ste_clip):
+    return v.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+def _attention_backward(grad, q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
+                        k_scale, top_n, pv_bits, binarizer, temperature, ste_clip):
+    """VJP of the differentiable reference (STE through sign), via torch.func.
+
+    torch.func is used rather than torch.autograd.grad because a custom op's implementation
+    runs with the autograd dispatch keys excluded; functorch's transforms bring their own.
+    """
+    def forward(q_, k_, v_, *maybe_bias):
+        return reference.binary_attention(
+            q_, k_, v_, maybe_bias[0] if maybe_bias else None, attn_mask, is_causal, scale,
+            scale_mode, q_scale, k_scale, top_n, pv_bits, binarizer, temperature, ste_clip)
+
+    primals = (q, k, v) + ((bias,) if bias is not None else ())
+    out, vjp_fn = torch.func.vjp(forward, *primals)
+    grads = vjp_fn(grad.to(out.dtype).contiguous())
+    dbias = grads[3] if bias is not None else q.new_empty((0,))
+    return grads[0], grads[1], grads[2], dbias
+
+
+@torch.library.custom_op(f"{LIB}::binary_attention_backward", mutates_args=())
+def binary_attention_backward_op(
+        grad: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+        attn_mask: Optional[Tensor], is_causal: bool, scale: Optional[float], scale_mode: str,
+        q_scale: Optional[Tensor], k_scale: Optional[Tensor], top_n: Optional[int],
+        pv_bits: Optional[int], binarizer: str, temperature: float,
+        ste_clip: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return dispatch.run("binary_attention_backward", q.device.type, _attention_backward, grad,
+                        q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
+                        k_scale, top_n, pv_bits, binarizer, temperature, ste_clip)
+
+
+@binary_attention_backward_op.register_fake
+def _binary_attention_backward_fake(grad, q, k, v, bias, *rest):
+    dbias = torch.empty_like(bias) if bias is not None else q.new_empty((0,))
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
+
+
+_OPTION_NAMES = ("attn_mask", "is_causal", "scale", "scale_mode", "q_scale", "k_scale", "top_n",
+                 "pv_bits", "binarizer", "temperature", "ste_clip")
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, bias, *options = inputs
+    ctx.save_for_backward(q, k, v, bias, options[0], options[4], options[5])
+    ctx.options = dict(zip(_OPTION_NAMES, options))
+
+
+def _backward(ctx, grad):
+    q, k, v, bias, attn_mask, q_scale, k_scale = ctx.saved_tensors
+    opts = dict(ctx.options, attn_mask=attn_mask, q_scale=q_scale, k_scale=k_scale)
+    dq, dk, dv, dbias = binary_attention_backward_op(
+        grad, q, k, v, bias, opts["attn_mask"], opts["is_causal"], opts["scale"],
+        opts["scale_mode"], opts["q_scale"], opts["k_scale"], opts["top_n"], opts["pv_bits"],
+        opts["binarizer"], opts["temperature"], opts["ste_clip"])
+    return (dq, dk, dv, dbias if bias is not None else None) + (None,) * len(_OPTION_NAMES)
+
+
+binary_attention_op.register_autograd(_backward, setup_context=_setup_context)

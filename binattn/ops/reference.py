@@ -1,0 +1,236 @@
+"""Pure-torch reference implementations of binattn's ops: the oracle for every kernel and test.
+
+What it does: the exact math of DESIGN.md — sign binarization with a straight-through estimator,
+the public bit layout (``sign_pack``), exact ±1 dot products from packed words (XOR and AND
+identities), and the full binary-attention forward (scale modes, bias, masks, causal, GQA, top-N,
+8-bit P/V). Everything here is differentiable where the math has a gradient, so the autograd of
+the custom ops is this code run under ``torch.enable_grad``.
+
+What it does not: argument validation (``binattn.ops.validation``), op registration
+(``binattn.ops.library``) or anything fast — it materialises the N×N score matrix.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+WORD_BITS = 32
+SCALE_MODES = ("mean_abs", "static", "none")
+BINARIZERS = ("sign", "tanh", "scaled_tanh")
+
+
+def num_words(head_dim: int) -> int:
+    """Number of 32-bit words that hold ``head_dim`` sign bits."""
+    return (head_dim + WORD_BITS - 1) // WORD_BITS
+
+
+def sign_ste(x: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
+    """±1 with sign(0)=+1; gradient passes where |x| <= clip (straight-through estimator).
+
+    Written as ``value + (x − x.detach())·window`` so the forward value is exactly ±1 and the
+    function composes with torch.func transforms (no autograd.Function).
+    """
+    value = torch.where(x >= 0, 1.0, -1.0).to(x.dtype).detach()
+    window = (x.detach().abs() <= clip).to(x.dtype)
+    return value + (x - x.detach()) * window
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round(x) exactly in the forward, identity gradient."""
+    return torch.round(x).detach() + (x - x.detach())
+
+
+def binarize(x: torch.Tensor, binarizer: str = "sign", temperature: float = 1.0,
+             ste_clip: float = 1.0) -> torch.Tensor:
+    """Map x to (approximately) ±1.
+
+    ``sign``: exact ±1 with STE; ``tanh``: tanh(x / T) (HAD stage 2, T 1→0.05);
+    ``scaled_tanh``: T·tanh(x / T) (HAD stage 1, T 5→1; near-identity for large T).
+    """
+    if binarizer == "sign":
+        return sign_ste(x, ste_clip)
+    if binarizer == "tanh":
+        return torch.tanh(x / temperature)
+    if binarizer == "scaled_tanh":
+        return temperature * torch.tanh(x / temperature)
+    raise ValueError(f"binarizer must be one of {BINARIZERS}, got {binarizer!r}")
+
+
+def sign_pack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack sign bits of ``x`` along the last dim into int32 words; also return row popcounts.
+
+    Bit j (LSB = 0) of word w is 1 iff ``x[..., 32*w + j] >= 0``; padding bits are 0.
+    Returns ``(words int32 [..., ceil(D/32)], popcounts int32 [...])``.
+    """
+    head_dim = x.shape[-1]
+    words = num_words(head_dim)
+    bits = (x >= 0).to(torch.int64)
+    pad = words * WORD_BITS - head_dim
+    if pad:
+        bits = torch.nn.functional.pad(bits, (0, pad))
+    bits = bits.reshape(*x.shape[:-1], words, WORD_BITS)
+    weights = torch.bitwise_left_shift(
+        torch.ones(WORD_BITS, dtype=torch.int64, device=x.device),
+        torch.arange(WORD_BITS, dtype=torch.int64, device=x.device))
+    unsigned = (bits * weights).sum(-1)
+    signed = torch.where(unsigned >= 2**31, unsigned - 2**32, unsigned).to(torch.int32)
+    return signed, bits.sum((-1, -2)).to(torch.int32)
+
+
+def popcount32(words: torch.Tensor) -> torch.Tensor:
+    """Population count of each int32 word (treated as uint32), as int32 (SWAR on int64)."""
+    v = words.to(torch.int64) & 0xFFFFFFFF
+    v = v - ((v >> 1) & 0x55555555)
+    v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
+    v = (v + (v >> 4)) & 0x0F0F0F0F
+    return ((v * 0x01010101) & 0xFFFFFFFF).bitwise_right_shift(24).to(torch.int32)
+
+
+def _pairwise_popcount(q_bits: torch.Tensor, k_bits: torch.Tensor, op,
+                       chunk: int = 256) -> torch.Tensor:
+    """sum_w popcount(op(q[..., i, w], k[..., j, w])) as int32 [..., Nq, Nk], chunked over Nq."""
+    outs = []
+    for start in range(0, max(q_bits.shape[-2], 1), chunk):
+        q = q_bits[..., start:start + chunk, :].unsqueeze(-2)
+        outs.append(popcount32(op(q, k_bits.unsqueeze(-3))).sum(-1, dtype=torch.int32))
+    return torch.cat(outs, dim=-2) if outs else q_bits.new_zeros(
+        (*q_bits.shape[:-1], k_bits.shape[-2]))
+
+
+def popcount_scores_xor(q_bits: torch.Tensor, k_bits: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Exact ±1 dot products by the XOR identity: D − 2·popc(a XOR c)."""
+    return head_dim - 2 * _pairwise_popcount(q_bits, k_bits, torch.bitwise_xor)
+
+
+def popcount_scores_and(q_bits: torch.Tensor, k_bits: torch.Tensor, head_dim: int,
+                        q_pop: Optional[torch.Tensor] = None,
+                        k_pop: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Exact ±1 dot products by the AND identity: 4·popc(a AND c) − 2·popc(a) − 2·popc(c) + D."""
+    q_pop = popcount32(q_bits).sum(-1, dtype=torch.int32) if q_pop is None else q_pop
+    k_pop = popcount32(k_bits).sum(-1, dtype=torch.int32) if k_pop is None else k_pop
+    both = _pairwise_popcount(q_bits, k_bits, torch.bitwise_and)
+    return 4 * both - 2 * q_pop.unsqueeze(-1) - 2 * k_pop.unsqueeze(-2) + head_dim
+
+
+def popcount_scores(q_bits: torch.Tensor, k_bits: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Reference ``popcount_scores``: int32 [..., Nq, Nk] (XOR form)."""
+    return popcount_scores_xor(q_bits, k_bits, head_dim).to(torch.int32)
+
+
+def compute_dtype(*tensors: Optional[torch.Tensor]) -> torch.dtype:
+    """float64 if any input is float64 (gradcheck), else float32."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64
+                                for t in tensors) else torch.float32
+
+
+def qk_scale(x: torch.Tensor, scale_mode: str, static: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-(b, h) magnitude multiplying sign(x): mean|x|, a calibrated static value, or 1."""
+    if scale_mode == "mean_abs":
+        return x.abs().mean(dim=(-2, -1), keepdim=True)
+    if scale_mode == "static":
+        return static.to(x.dtype)
+    return torch.ones((), dtype=x.dtype, device=x.device)
+
+
+def expand_kv_heads(x: torch.Tensor, q_heads: int) -> torch.Tensor:
+    """Repeat k/v heads for grouped-query attention (head h of q uses kv head h // group)."""
+    group = q_heads // x.shape[-3]
+    return x if group == 1 else x.repeat_interleave(group, dim=-3)
+
+
+def additive_mask(attn_mask: Optional[torch.Tensor], is_causal: bool, n_q: int, n_k: int,
+                  dtype: torch.dtype, device: torch.device) -> Optional[torch.Tensor]:
+    """Combine a bool (True = keep) or float additive mask and causality into one additive mask.
+
+    Causal follows SDPA: query i sees keys j <= i (top-left aligned).
+    """
+    mask = None
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            mask = torch.zeros(attn_mask.shape, dtype=dtype, device=device).masked_fill(
+                ~attn_mask, float("-inf"))
+        else:
+            mask = attn_mask.to(dtype)
+    if is_causal:
+        keep = torch.ones(n_q, n_k, dtype=torch.bool, device=device).tril()
+        causal = torch.zeros(n_q, n_k, dtype=dtype, device=device).masked_fill(~keep, float("-inf"))
+        mask = causal if mask is None else mask + causal
+    return mask
+
+
+def top_n_mask(scores: torch.Tensor, top_n: int) -> torch.Tensor:
+    """Bool mask keeping the ``top_n`` largest scores per row (ties: lower key index wins)."""
+    order = torch.sort(scores.detach(), dim=-1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
+                   .expand_as(order).contiguous())
+    return ranks < top_n
+
+
+def quantize_probs_u8(p: torch.Tensor) -> torch.Tensor:
+    """P → round(P·255)/255 (u8 levels) with a straight-through gradient."""
+    return round_ste(p * 255).clamp(0, 255) / 255
+
+
+def quantize_v_s8(v: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 fake-quant of V, one scale per (b, h, d): max|v| over tokens / 127."""
+    inv_step = (127.0 / v.detach().abs().amax(dim=-2, keepdim=True).clamp_min(1e-12))
+    return round_ste(v * inv_step).clamp(-127, 127) / (inv_step + 1e-6)
+
+
+def binary_scores(q: torch.Tensor, k: torch.Tensor, *, scale: Optional[float] = None,
+                  scale_mode: str = "mean_abs", q_scale: Optional[torch.Tensor] = None,
+                  k_scale: Optional[torch.Tensor] = None, binarizer: str = "sign",
+                  temperature: float = 1.0, ste_clip: float = 1.0) -> torch.Tensor:
+    """s_q·s_k·softmax_scale·(b_q·b_kᵀ) in the compute dtype, [B, Hq, Nq, Nk] (no bias/mask)."""
+    dtype = compute_dtype(q, k)
+    q, k = q.to(dtype), expand_kv_heads(k.to(dtype), q.shape[-3])
+    if k_scale is not None and k_scale.dim() >= 3:
+        k_scale = expand_kv_heads(k_scale, q.shape[-3])
+    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s_q = qk_scale(q, scale_mode, q_scale)
+    s_k = qk_scale(k, scale_mode, k_scale)
+    # static scales follow HAD: Q_b = σ·sign(Q/σ); sign is scale-free so only the soft forms see σ
+    q_in = q / s_q if scale_mode == "static" else q
+    k_in = k / s_k if scale_mode == "static" else k
+    b_q = binarize(q_in, binarizer, temperature, ste_clip)
+    b_k = binarize(k_in, binarizer, temperature, ste_clip)
+    return (s_q * s_k * softmax_scale) * (b_q @ b_k.transpose(-1, -2))
+
+
+def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     bias: Optional[torch.Tensor] = None,
+                     attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+                     scale: Optional[float] = None, scale_mode: str = "mean_abs",
+                     q_scale: Optional[torch.Tensor] = None,
+                     k_scale: Optional[torch.Tensor] = None, top_n: Optional[int] = None,
+                     pv_bits: Optional[int] = None, binarizer: str = "sign",
+                     temperature: float = 1.0, ste_clip: float = 1.0,
+                     return_probs: bool = False):
+    """Reference binary attention on validated 4-D inputs [B, H, N, D]; output in v's dtype.
+
+    Rows whose keys are all masked produce zeros (not NaN). With ``return_probs`` also returns
+    the attention probabilities (used by attention-map distillation).
+    """
+    dtype = compute_dtype(q, k, v, bias)
+    scores = binary_scores(q, k, scale=scale, scale_mode=scale_mode, q_scale=q_scale,
+                           k_scale=k_scale, binarizer=binarizer, temperature=temperature,
+                           ste_clip=ste_clip)
+    if bias is not None:
+        scores = scores + bias.to(dtype)
+    mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], dtype, q.device)
+    if mask is not None:
+        scores = scores + mask
+    if top_n is not None and top_n < scores.shape[-1]:
+        scores = scores.masked_fill(~top_n_mask(scores, top_n), float("-inf"))
+    dead_rows = torch.isneginf(scores).all(-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(dead_rows, 0.0), dim=-1).masked_fill(dead_rows, 0.0)
+    values = expand_kv_heads(v.to(dtype), q.shape[-3])
+    if pv_bits == 8:
+        probs_used, values = quantize_probs_u8(probs), quantize_v_s8(values)
+    else:
+        probs_used = probs
+    out = (probs_used @ values).to(v.dtype)
+    return (out, probs) if return_probs else out

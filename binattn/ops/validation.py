@@ -1,0 +1,147 @@
+"""Argument checks for binattn's public ops: clear ValueError/TypeError naming the argument.
+
+What it does: rank, dtype, shape, GQA, option and finiteness checks, run once in the Python
+wrappers before a custom op is called. What it does not: any math (``reference``) or dispatch.
+
+NaN policy (documented in README): NaN or ±Inf in q, k or v raises ``ValueError`` in eager
+mode, because sign(NaN) is undefined and a NaN scale would silently poison every score. The check
+needs the data, so it is skipped while tracing (torch.export / torch.compile / fake tensors) and
+can be turned off with ``check_finite=False`` for speed.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .reference import BINARIZERS, SCALE_MODES
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def is_tracing(*tensors: torch.Tensor) -> bool:
+    """True under torch.compile/export or when any tensor is fake/meta (data not available)."""
+    if torch.compiler.is_compiling():
+        return True
+    from torch._subclasses.fake_tensor import is_fake
+
+    return any(t is not None and (t.is_meta or is_fake(t)) for t in tensors)
+
+
+def check_float(name: str, x: torch.Tensor) -> None:
+    """x must be a floating tensor binattn computes with."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
+
+
+def check_finite(name: str, x: Optional[torch.Tensor]) -> None:
+    """Raise ValueError if x holds NaN or Inf (eager only)."""
+    if x is None or x.numel() == 0 or is_tracing(x):
+        return
+    if not bool(torch.isfinite(x).all()):
+        bad = "NaN" if bool(torch.isnan(x).any()) else "Inf"
+        raise ValueError(f"{name} contains {bad}; binary attention needs finite inputs "
+                         "(sign of NaN is undefined). Pass check_finite=False to skip this check.")
+
+
+def check_sign_pack_input(x: torch.Tensor) -> None:
+    """sign_pack takes a float tensor with at least one dim and a non-empty last dim."""
+    check_float("x", x)
+    if x.dim() < 1:
+        raise ValueError("x must have at least 1 dimension (the packed dim D is the last one)")
+    if x.shape[-1] == 0:
+        raise ValueError("x has an empty last dimension D; there is nothing to pack")
+
+
+def check_packed(name: str, bits: torch.Tensor, head_dim: int) -> None:
+    """Packed words: int32, rank >= 2, last dim = ceil(D/32)."""
+    if not isinstance(bits, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(bits).__name__}")
+    if bits.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32 packed words from sign_pack, got {bits.dtype}")
+    if bits.dim() < 2:
+        raise ValueError(f"{name} must have shape [..., N, W], got rank {bits.dim()}")
+    words = (head_dim + 31) // 32
+    if bits.shape[-1] != words:
+        raise ValueError(f"{name} has {bits.shape[-1]} words per row but D={head_dim} needs "
+                         f"{words}")
+
+
+def check_popcount_inputs(q_bits: torch.Tensor, k_bits: torch.Tensor, head_dim: int) -> None:
+    """Both packed with the same D, batch dims broadcastable."""
+    if not isinstance(head_dim, int) or head_dim < 1:
+        raise ValueError(f"D must be a positive int, got {head_dim!r}")
+    check_packed("q_bits", q_bits, head_dim)
+    check_packed("k_bits", k_bits, head_dim)
+    try:
+        torch.broadcast_shapes(q_bits.shape[:-2], k_bits.shape[:-2])
+    except RuntimeError as err:
+        raise ValueError(f"q_bits batch dims {tuple(q_bits.shape[:-2])} and k_bits batch dims "
+                         f"{tuple(k_bits.shape[:-2])} do not broadcast") from err
+
+
+def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """q, k, v: float, 4-D [B, H, N, D], same B, matching D, GQA-compatible heads, N > 0."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        check_float(name, x)
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [B, H, N, D] (or 3-D [B, N, D]), got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[-2] == 0:
+            raise ValueError(f"{name} has an empty sequence dimension N")
+        if x.shape[-1] == 0:
+            raise ValueError(f"{name} has an empty head dimension D")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"D mismatch: q has D={q.shape[-1]} but k has D={k.shape[-1]}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k and v must share Nk: k has {k.shape[-2]}, v has {v.shape[-2]}")
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"k and v must have the same heads: {k.shape[1]} vs {v.shape[1]}")
+    if not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError(f"batch mismatch: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}")
+    if q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"GQA: q heads ({q.shape[1]}) must be a multiple of k/v heads "
+                         f"({k.shape[1]})")
+
+
+def check_broadcast(name: str, x: Optional[torch.Tensor], target: tuple[int, ...]) -> None:
+    """x (bias or mask) must broadcast to [B, H, Nq, Nk]."""
+    if x is None:
+        return
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(x).__name__}")
+    if x.dim() > 4:
+        raise ValueError(f"{name} has rank {x.dim()}; it must broadcast to {target}")
+    try:
+        if torch.broadcast_shapes(x.shape, target) != torch.Size(target):
+            raise RuntimeError
+    except RuntimeError as err:
+        raise ValueError(f"{name} of shape {tuple(x.shape)} does not broadcast to "
+                         f"[B, H, Nq, Nk] = {target}") from err
+
+
+def check_options(*, scale_mode: str, q_scale, k_scale, top_n, pv_bits, binarizer: str,
+                  temperature: float, attn_mask, scale) -> None:
+    """Options of binary_attention."""
+    if scale_mode not in SCALE_MODES:
+        raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
+    if scale_mode == "static" and (q_scale is None or k_scale is None):
+        raise ValueError("scale_mode='static' needs q_scale and k_scale (calibrated per layer)")
+    for name, s in (("q_scale", q_scale), ("k_scale", k_scale)):
+        if s is not None and not isinstance(s, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor (0-d or broadcastable per head)")
+    if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
+        raise ValueError(f"top_n must be a positive int or None, got {top_n!r}")
+    if pv_bits not in (None, 8):
+        raise ValueError(f"pv_bits must be None or 8, got {pv_bits!r}")
+    if binarizer not in BINARIZERS:
+        raise ValueError(f"binarizer must be one of {BINARIZERS}, got {binarizer!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if attn_mask is not None and not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
+        raise TypeError(f"attn_mask must be bool (True = keep) or float (additive), got "
+                        f"{attn_mask.dtype}")

@@ -1,0 +1,1 @@
+"""binattn.schedules (see docs/DESIGN.md)."""

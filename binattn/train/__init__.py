@@ -1,0 +1,1 @@
+"""binattn.train (see docs/DESIGN.md)."""

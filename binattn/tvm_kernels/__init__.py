@@ -1,0 +1,1 @@
+"""binattn.tvm_kernels (see docs/DESIGN.md)."""
