@@ -8,8 +8,8 @@ Ops (namespace ``binattn``):
   - ``binary_attention_backward(grad, <same inputs>) -> (dq, dk, dv, dbias)`` (STE gradients)
 
 Each op's real implementation goes through ``dispatch.run`` (TVM kernel or reference). The
-backward recomputes the differentiable reference; it is its own op so that torch.compile /
-aot_autograd see an opaque node instead of tracing autograd internals.
+backward is its own op so that torch.compile /
+aot_autograd see an opaque node; it is the analytic VJP in ``reference.binary_attention_backward``.
 
 What it does not: validate arguments (the wrappers in ``binattn.ops`` do that) or hold math.
 """
@@ -75,23 +75,10 @@ def _binary_attention_fake(q, k, v, bias, attn_mask, is_causal, scale, scale_mod
     return v.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
-def _attention_backward(grad, q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
-                        k_scale, top_n, pv_bits, binarizer, temperature, ste_clip):
-    """VJP of the differentiable reference (STE through sign), via torch.func.
-
-    torch.func is used rather than torch.autograd.grad because a custom op's implementation
-    runs with the autograd dispatch keys excluded; functorch's transforms bring their own.
-    """
-    def forward(q_, k_, v_, *maybe_bias):
-        return reference.binary_attention(
-            q_, k_, v_, maybe_bias[0] if maybe_bias else None, attn_mask, is_causal, scale,
-            scale_mode, q_scale, k_scale, top_n, pv_bits, binarizer, temperature, ste_clip)
-
-    primals = (q, k, v) + ((bias,) if bias is not None else ())
-    out, vjp_fn = torch.func.vjp(forward, *primals)
-    grads = vjp_fn(grad.to(out.dtype).contiguous())
-    dbias = grads[3] if bias is not None else q.new_empty((0,))
-    return grads[0], grads[1], grads[2], dbias
+def _attention_backward(grad, q, k, v, bias, *options):
+    """Analytic STE backward of the reference; an empty dbias stands for "no bias"."""
+    dq, dk, dv, dbias = reference.binary_attention_backward(grad, q, k, v, bias, *options)
+    return dq, dk, dv, dbias if dbias is not None else q.new_empty((0,))
 
 
 @torch.library.custom_op(f"{LIB}::binary_attention_backward", mutates_args=())

@@ -174,10 +174,17 @@ def quantize_probs_u8(p: torch.Tensor) -> torch.Tensor:
     return round_ste(p * 255).clamp(0, 255) / 255
 
 
+def v_inverse_step(v: torch.Tensor) -> torch.Tensor:
+    """127 / max|v| over tokens, per (b, h, d), detached: the int8 scale of V."""
+    return 127.0 / v.detach().abs().amax(dim=-2, keepdim=True).clamp_min(1e-12)
+
+
 def quantize_v_s8(v: torch.Tensor) -> torch.Tensor:
     """Symmetric int8 fake-quant of V, one scale per (b, h, d): max|v| over tokens / 127."""
-    inv_step = (127.0 / v.detach().abs().amax(dim=-2, keepdim=True).clamp_min(1e-12))
-    return round_ste(v * inv_step).clamp(-127, 127) / (inv_step + 1e-6)
+    inv_step = v_inverse_step(v)
+    # |v·inv_step| <= 127 by construction, so no clamp (a clamp would block the STE gradient of
+    # the channel maximum whenever float rounding lands it a hair above 127)
+    return round_ste(v * inv_step) / (inv_step + 1e-6)
 
 
 def binary_scores(q: torch.Tensor, k: torch.Tensor, *, scale: Optional[float] = None,
@@ -200,6 +207,23 @@ def binary_scores(q: torch.Tensor, k: torch.Tensor, *, scale: Optional[float] = 
     return (s_q * s_k * softmax_scale) * (b_q @ b_k.transpose(-1, -2))
 
 
+def attention_probs(scores: torch.Tensor, bias: Optional[torch.Tensor],
+                    attn_mask: Optional[torch.Tensor], is_causal: bool,
+                    top_n: Optional[int]) -> torch.Tensor:
+    """softmax(scores + bias + mask) with top-N; rows with every key masked become zeros."""
+    dtype = scores.dtype
+    if bias is not None:
+        scores = scores + bias.to(dtype)
+    mask = additive_mask(attn_mask, is_causal, scores.shape[-2], scores.shape[-1], dtype,
+                         scores.device)
+    if mask is not None:
+        scores = scores + mask
+    if top_n is not None and top_n < scores.shape[-1]:
+        scores = scores.masked_fill(~top_n_mask(scores, top_n), float("-inf"))
+    dead_rows = torch.isneginf(scores).all(-1, keepdim=True)
+    return torch.softmax(scores.masked_fill(dead_rows, 0.0), dim=-1).masked_fill(dead_rows, 0.0)
+
+
 def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      bias: Optional[torch.Tensor] = None,
                      attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
@@ -214,19 +238,11 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     Rows whose keys are all masked produce zeros (not NaN). With ``return_probs`` also returns
     the attention probabilities (used by attention-map distillation).
     """
-    dtype = compute_dtype(q, k, v, bias)
     scores = binary_scores(q, k, scale=scale, scale_mode=scale_mode, q_scale=q_scale,
                            k_scale=k_scale, binarizer=binarizer, temperature=temperature,
                            ste_clip=ste_clip)
-    if bias is not None:
-        scores = scores + bias.to(dtype)
-    mask = additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2], dtype, q.device)
-    if mask is not None:
-        scores = scores + mask
-    if top_n is not None and top_n < scores.shape[-1]:
-        scores = scores.masked_fill(~top_n_mask(scores, top_n), float("-inf"))
-    dead_rows = torch.isneginf(scores).all(-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(dead_rows, 0.0), dim=-1).masked_fill(dead_rows, 0.0)
+    probs = attention_probs(scores, bias, attn_mask, is_causal, top_n)
+    dtype = probs.dtype
     values = expand_kv_heads(v.to(dtype), q.shape[-3])
     if pv_bits == 8:
         probs_used, values = quantize_probs_u8(probs), quantize_v_s8(values)
@@ -234,3 +250,79 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         probs_used = probs
     out = (probs_used @ values).to(v.dtype)
     return (out, probs) if return_probs else out
+
+
+def binarize_derivative(x: torch.Tensor, binarizer: str, temperature: float,
+                        ste_clip: float) -> torch.Tensor:
+    """d binarize(x) / dx elementwise (the STE window for sign)."""
+    if binarizer == "sign":
+        return (x.abs() <= ste_clip).to(x.dtype)
+    t = torch.tanh(x / temperature)
+    return (1 - t * t) / (temperature if binarizer == "tanh" else 1.0)
+
+
+def _sum_to_shape(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Reduce a broadcast gradient back to ``shape``."""
+    while x.dim() > len(shape):
+        x = x.sum(0)
+    dims = [i for i, (a, b) in enumerate(zip(x.shape, shape)) if b == 1 and a != 1]
+    return x.sum(dims, keepdim=True) if dims else x
+
+
+def _input_grad(x, s, b_in, d_hat, binarizer, temperature, ste_clip, scale_mode):
+    """Gradient to q (or k) from d(x̂) where x̂ = s·binarize(x_in)."""
+    grad = d_hat * binarize_derivative(b_in, binarizer, temperature, ste_clip)
+    if scale_mode != "static":
+        grad = grad * s
+    if scale_mode == "mean_abs":
+        b_val = binarize(b_in, binarizer, temperature, ste_clip).detach()
+        ds = (d_hat * b_val).sum(dim=(-2, -1), keepdim=True)
+        grad = grad + ds * torch.sign(x) / (x.shape[-2] * x.shape[-1])
+    return grad
+
+
+def binary_attention_backward(grad_out, q, k, v, bias=None, attn_mask=None, is_causal=False,
+                              scale=None, scale_mode="mean_abs", q_scale=None, k_scale=None,
+                              top_n=None, pv_bits=None, binarizer="sign", temperature=1.0,
+                              ste_clip=1.0):
+    """Analytic VJP of :func:`binary_attention` (STE through sign): ``(dq, dk, dv, dbias)``.
+
+    The same math a backward kernel implements; tested against autograd of the forward.
+    ``dbias`` is None when ``bias`` is None.
+    """
+    dtype = compute_dtype(q, k, v, bias)
+    hq, hkv = q.shape[-3], k.shape[-3]
+    group = hq // hkv
+    qf, kf, vf = q.to(dtype), expand_kv_heads(k.to(dtype), hq), expand_kv_heads(v.to(dtype), hq)
+    if k_scale is not None and k_scale.dim() >= 3:
+        k_scale = expand_kv_heads(k_scale, hq)
+    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s_q, s_k = qk_scale(qf, scale_mode, q_scale), qk_scale(kf, scale_mode, k_scale)
+    q_in = qf / s_q if scale_mode == "static" else qf
+    k_in = kf / s_k if scale_mode == "static" else kf
+    q_hat = s_q * binarize(q_in, binarizer, temperature, ste_clip).detach()
+    k_hat = s_k * binarize(k_in, binarizer, temperature, ste_clip).detach()
+    with torch.no_grad():
+        scores = binary_scores(q, k, scale=scale, scale_mode=scale_mode, q_scale=q_scale,
+                               k_scale=k_scale, binarizer=binarizer, temperature=temperature,
+                               ste_clip=ste_clip)
+    probs = attention_probs(scores, bias, attn_mask, is_causal, top_n)
+    g = grad_out.to(dtype)
+    if pv_bits == 8:
+        inv_step = v_inverse_step(vf)
+        v_used, p_used = quantize_v_s8(vf), quantize_probs_u8(probs)
+        dv = (p_used.transpose(-1, -2) @ g) * (inv_step / (inv_step + 1e-6))
+    else:
+        v_used, p_used = vf, probs
+        dv = probs.transpose(-1, -2) @ g
+    dp = g @ v_used.transpose(-1, -2)
+    ds = probs * (dp - (dp * probs).sum(-1, keepdim=True))
+    dbias = _sum_to_shape(ds, bias.shape).to(bias.dtype) if bias is not None else None
+    dq_hat = softmax_scale * (ds @ k_hat)
+    dk_hat = softmax_scale * (ds.transpose(-1, -2) @ q_hat)
+    dq = _input_grad(qf, s_q, q_in, dq_hat, binarizer, temperature, ste_clip, scale_mode)
+    dk = _input_grad(kf, s_k, k_in, dk_hat, binarizer, temperature, ste_clip, scale_mode)
+    if group > 1:
+        dk = dk.unflatten(-3, (hkv, group)).sum(-3)
+        dv = dv.unflatten(-3, (hkv, group)).sum(-3)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias

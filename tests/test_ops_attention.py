@@ -1,0 +1,165 @@
+"""binary_attention against a straightforward float implementation and against SDPA on ±1 inputs."""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from binattn.ops import binary_attention
+
+TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def naive_attention(q, k, v, *, bias=None, attn_mask=None, is_causal=False, scale=None,
+                    scale_mode="mean_abs", q_scale=None, k_scale=None, top_n=None, pv_bits=None):
+    """Loop over (b, h) and rows in float64: the math of DESIGN.md written out plainly."""
+    q, k, v = q.double(), k.double(), v.double()
+    b_, hq, nq, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    out = torch.zeros(b_, hq, nq, v.shape[-1], dtype=torch.float64)
+    sign = lambda x: torch.where(x >= 0, 1.0, -1.0).double()  # noqa: E731
+    for b, h in itertools.product(range(b_), range(hq)):
+        kh = h // (hq // hkv)
+        if scale_mode == "mean_abs":
+            sq, sk = q[b, h].abs().mean(), k[b, kh].abs().mean()
+        elif scale_mode == "static":
+            sq, sk = float(q_scale), float(k_scale)
+        else:
+            sq = sk = 1.0
+        s = sq * sk * scale * (sign(q[b, h]) @ sign(k[b, kh]).T)
+        if bias is not None:
+            s = s + bias.double().expand(b_, hq, nq, nk)[b, h]
+        if attn_mask is not None:
+            m = attn_mask.expand(b_, hq, nq, nk)[b, h]
+            s = s.masked_fill(~m, -math.inf) if m.dtype == torch.bool else s + m.double()
+        if is_causal:
+            s = s.masked_fill(torch.ones(nq, nk, dtype=torch.bool).tril().logical_not(), -math.inf)
+        if top_n is not None:
+            for i in range(nq):
+                order = sorted(range(nk), key=lambda j: (-s[i, j].item(), j))
+                s[i, order[top_n:]] = -math.inf
+        p = torch.zeros_like(s)
+        alive = ~torch.isneginf(s).all(-1)
+        p[alive] = torch.softmax(s[alive], -1)
+        vv = v[b, kh]
+        if pv_bits == 8:
+            p = torch.round(p * 255).clamp(0, 255) / 255
+            inv = 127 / vv.abs().amax(0, keepdim=True)
+            vv = torch.round(vv * inv).clamp(-127, 127) / (inv + 1e-6)
+        out[b, h] = p @ vv
+    return out
+
+
+def inputs(shape_q, shape_kv, dtype=torch.float32, seed=0, dv=None):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(shape_q, generator=gen)
+    k = torch.randn(shape_kv, generator=gen)
+    v_shape = shape_kv[:-1] + ((dv,) if dv else shape_kv[-1:])
+    v = torch.randn(v_shape, generator=gen)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def check(got, q, k, v, **opts):
+    ref = naive_attention(q, k, v, **opts)
+    assert got.dtype == v.dtype and got.shape == ref.shape
+    torch.testing.assert_close(got.double(), ref, atol=TOL[v.dtype], rtol=TOL[v.dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("scale_mode", ["mean_abs", "none"])
+def test_plain(dtype, scale_mode):
+    q, k, v = inputs((2, 3, 11, 40), (2, 3, 13, 40), dtype)
+    check(binary_attention(q, k, v, scale_mode=scale_mode), q, k, v, scale_mode=scale_mode)
+
+
+def test_static_scale_and_custom_softmax_scale():
+    q, k, v = inputs((1, 2, 9, 24), (1, 2, 9, 24))
+    qs, ks = torch.tensor(0.7), torch.tensor(1.3)
+    got = binary_attention(q, k, v, scale_mode="static", q_scale=qs, k_scale=ks, scale=0.25)
+    check(got, q, k, v, scale_mode="static", q_scale=qs, k_scale=ks, scale=0.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bias_bool_mask_float_mask_causal(dtype):
+    q, k, v = inputs((2, 4, 10, 32), (2, 4, 10, 32), dtype, seed=1)
+    gen = torch.Generator().manual_seed(5)
+    bias = (torch.randn(4, 10, 10, generator=gen) * 0.5).to(dtype)
+    keep = torch.rand(2, 1, 10, 10, generator=gen) > 0.3
+    keep[..., 0] = True
+    additive = torch.randn(2, 4, 10, 10, generator=gen).to(dtype)
+    for opts in (dict(bias=bias), dict(attn_mask=keep), dict(attn_mask=additive),
+                 dict(is_causal=True), dict(bias=bias, attn_mask=keep),
+                 dict(bias=bias, is_causal=True), dict(attn_mask=keep, is_causal=True)):
+        check(binary_attention(q, k, v, **opts), q, k, v, **opts)
+
+
+def test_gqa_and_cross_attention_shapes():
+    q, k, v = inputs((2, 6, 7, 72), (2, 2, 19, 72), dv=48)
+    check(binary_attention(q, k, v), q, k, v)
+    check(binary_attention(q, k, v, is_causal=True), q, k, v, is_causal=True)
+
+
+@pytest.mark.parametrize("top_n", [1, 3, 8, 50])
+def test_top_n(top_n):
+    q, k, v = inputs((1, 2, 12, 16), (1, 2, 20, 16), seed=2)
+    check(binary_attention(q, k, v, top_n=top_n), q, k, v, top_n=top_n)
+    check(binary_attention(q, k, v, top_n=top_n, is_causal=True), q, k, v, top_n=top_n,
+          is_causal=True)
+
+
+def test_top_n_keeps_exactly_n_per_row():
+    from binattn.ops.reference import top_n_mask
+
+    scores = torch.randint(-3, 4, (4, 9, 30)).float()        # many ties
+    mask = top_n_mask(scores, 7)
+    assert bool((mask.sum(-1) == 7).all())
+    kept_min = scores.masked_fill(~mask, float("inf")).amin(-1)
+    dropped_max = scores.masked_fill(mask, float("-inf")).amax(-1)
+    assert bool((kept_min >= dropped_max).all())
+
+
+def test_pv_bits_8():
+    q, k, v = inputs((2, 2, 16, 32), (2, 2, 16, 32), seed=3)
+    got = binary_attention(q, k, v, pv_bits=8)
+    ref = naive_attention(q, k, v, pv_bits=8)
+    # a P level can flip at a rounding boundary between float32 and float64: allow 2 levels
+    assert (got.double() - ref).abs().max() <= 2 * v.abs().max() / 255
+    assert (got - binary_attention(q, k, v)).abs().max() > 0     # the quantization is applied
+
+
+def test_fully_masked_row_gives_zeros():
+    q, k, v = inputs((1, 1, 4, 8), (1, 1, 4, 8))
+    keep = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    keep[0, 0, 2] = False
+    out = binary_attention(q, k, v, attn_mask=keep)
+    assert torch.equal(out[0, 0, 2], torch.zeros(8)) and torch.isfinite(out).all()
+
+
+def test_three_d_inputs_are_one_head():
+    q, k, v = inputs((3, 9, 16), (3, 9, 16))
+    out = binary_attention(q, k, v, is_causal=True)
+    assert out.shape == (3, 9, 16)
+    torch.testing.assert_close(out, binary_attention(q[:, None], k[:, None], v[:, None],
+                                                     is_causal=True)[:, 0])
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(is_causal=True), dict(mask=True), dict(gqa=True),
+                                  dict(scale=0.3)])
+def test_equals_sdpa_on_plus_minus_one_inputs(opts):
+    """On ±1 q, k with scale_mode='none', binary attention IS softmax attention: SDPA is an oracle."""
+    gen = torch.Generator().manual_seed(7)
+    hkv = 2 if opts.get("gqa") else 4
+    q = torch.randint(0, 2, (2, 4, 9, 32), generator=gen).float() * 2 - 1
+    k = torch.randint(0, 2, (2, hkv, 9, 32), generator=gen).float() * 2 - 1
+    v = torch.randn(2, hkv, 9, 32, generator=gen)
+    mask = torch.rand(2, 1, 9, 9, generator=gen) > 0.4 if opts.get("mask") else None
+    if mask is not None:
+        mask[..., 0] = True
+    ours = binary_attention(q, k, v, scale_mode="none", attn_mask=mask,
+                            is_causal=opts.get("is_causal", False), scale=opts.get("scale"))
+    theirs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                            is_causal=opts.get("is_causal", False),
+                                            scale=opts.get("scale"), enable_gqa=hkv != 4)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,76 @@
+"""Bad input: clear ValueError/TypeError naming the argument; NaN policy."""
+import pytest
+import torch
+
+from binattn.ops import binary_attention, popcount_scores, sign_pack
+
+
+def qkv(shape=(1, 2, 4, 8)):
+    return torch.randn(shape), torch.randn(shape), torch.randn(shape)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda q, k, v: binary_attention(q[0, 0, 0], k, v), "q must be 4-D"),
+    (lambda q, k, v: binary_attention(q[None], k, v), "q must be 4-D"),
+    (lambda q, k, v: binary_attention(q, k[..., :4], v), "D mismatch"),
+    (lambda q, k, v: binary_attention(q, k, v[:, :, :3]), "share Nk"),
+    (lambda q, k, v: binary_attention(q[:, :, :0], k, v), "empty sequence"),
+    (lambda q, k, v: binary_attention(q, k[:, :, :0], v[:, :, :0]), "empty sequence"),
+    (lambda q, k, v: binary_attention(q.repeat(1, 3, 1, 1), k.repeat(1, 2, 1, 1),
+                                      v.repeat(1, 2, 1, 1)), "multiple of k/v heads"),
+    (lambda q, k, v: binary_attention(q, k, v, bias=torch.zeros(3, 4, 4)), "bias of shape"),
+    (lambda q, k, v: binary_attention(q, k, v, attn_mask=torch.ones(5, 5, dtype=torch.bool)),
+     "attn_mask of shape"),
+    (lambda q, k, v: binary_attention(q, k, v, scale_mode="max"), "scale_mode"),
+    (lambda q, k, v: binary_attention(q, k, v, scale_mode="static"), "q_scale"),
+    (lambda q, k, v: binary_attention(q, k, v, top_n=0), "top_n"),
+    (lambda q, k, v: binary_attention(q, k, v, pv_bits=4), "pv_bits"),
+    (lambda q, k, v: binary_attention(q, k, v, binarizer="round"), "binarizer"),
+    (lambda q, k, v: binary_attention(q, k, v, temperature=0.0), "temperature"),
+])
+def test_value_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        bad(*qkv())
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda q, k, v: binary_attention(q.long(), k, v), "q must be float16"),
+    (lambda q, k, v: binary_attention(q, k.int(), v), "k must be float16"),
+    (lambda q, k, v: binary_attention(q.numpy(), k, v), "q must be a torch.Tensor"),
+    (lambda q, k, v: binary_attention(q, k, v, attn_mask=torch.ones(4, 4, dtype=torch.int64)),
+     "attn_mask must be bool"),
+    (lambda q, k, v: sign_pack(torch.ones(3, 4, dtype=torch.int32)), "x must be float"),
+    (lambda q, k, v: popcount_scores(q, k, 8), "q_bits must be int32"),
+])
+def test_type_errors(bad, match):
+    with pytest.raises(TypeError, match=match):
+        bad(*qkv())
+
+
+def test_packed_word_count_must_match_d():
+    bits, _ = sign_pack(torch.randn(3, 40))
+    with pytest.raises(ValueError, match="D=70 needs 3"):
+        popcount_scores(bits, bits, 70)
+    with pytest.raises(ValueError, match="positive int"):
+        popcount_scores(bits, bits, 0)
+    with pytest.raises(ValueError, match="empty last dimension"):
+        sign_pack(torch.randn(3, 0))
+
+
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+@pytest.mark.parametrize("value, word", [(float("nan"), "NaN"), (float("inf"), "Inf")])
+def test_nan_inf_policy(name, value, word):
+    tensors = dict(zip("qkv", qkv()))
+    tensors[name][0, 0, 1, 2] = value
+    with pytest.raises(ValueError, match=f"{name} contains {word}"):
+        binary_attention(tensors["q"], tensors["k"], tensors["v"])
+    # opting out computes without the check (the output is then the user's responsibility)
+    binary_attention(tensors["q"], tensors["k"], tensors["v"], check_finite=False)
+
+
+def test_nan_check_is_skipped_while_exporting():
+    class M(torch.nn.Module):
+        def forward(self, q, k, v):
+            return binary_attention(q, k, v)
+
+    torch.export.export(M(), qkv())   # no data-dependent check breaks tracing
