@@ -1,0 +1,4 @@
+"""python -m binattn"""
+from binattn.cli import main
+
+main()

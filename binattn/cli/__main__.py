@@ -1,0 +1,4 @@
+"""python -m binattn.cli"""
+from binattn.cli import main
+
+main()
