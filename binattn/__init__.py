@@ -10,5 +10,6 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402  (registers torch.ops.binattn.*)
+from .binarize_pass import BinarizeConfig, binarize, inspect  # noqa: E402
 
-__all__ = ["ops", "__version__"]
+__all__ = ["ops", "__version__", "binarize", "inspect", "BinarizeConfig"]

@@ -1,1 +1,86 @@
-"""binattn.binarize_pass (see docs/DESIGN.md)."""
+"""binattn.binarize_pass: find the attention in a model's ATen graph and rewrite it to binary attention.
+
+``binarize(model, example_inputs, config)`` captures the model with ``torch.export``, finds every
+attention site (one matcher per attention shape, ``matchers/``), rewrites each to a
+``BinaryAttentionSite`` with an optional learned bias, and returns a trainable
+``torch.fx.GraphModule`` (its report in ``gm.meta["binattn_report"]``). ``inspect`` returns the
+report without rewriting; ``find_sites`` lists the sites of a rewritten graph. See docs/pass.md.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import fx, nn
+
+from .capture import capture
+from .config import BinarizeConfig
+from .matchers import Match, find_matches
+from .report import Report, SiteRow
+from .rewrite import FilterFn, rewrite
+from .site import BinaryAttentionSite
+
+__all__ = ["binarize", "inspect", "find_sites", "BinarizeConfig", "BinaryAttentionSite",
+           "Report", "SiteRow", "analyze"]
+
+REPORT_KEY = "binattn_report"
+
+
+def _model_name(model: Any) -> str:
+    return type(model).__name__
+
+
+def analyze(gm: fx.GraphModule, name: str) -> tuple[list[Match], Report]:
+    """Matches and report rows for a captured graph (no change to it)."""
+    matches = find_matches(gm)
+    report = Report(model=name, rows=[SiteRow.from_match(i, m) for i, m in enumerate(matches)])
+    return matches, report
+
+
+def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tuple,
+             config: Optional[BinarizeConfig] = None, filter_fn: Optional[FilterFn] = None, *,
+             example_kwargs: Optional[dict] = None) -> fx.GraphModule:
+    """Rewrite every attention site of ``model`` to 1-bit query/key attention.
+
+    Args:
+        model: an ``nn.Module`` (exported with ``torch.export``, non-strict) or ExportedProgram.
+        example_inputs: positional inputs for the capture (batch dim exported dynamic where
+            the model allows it).
+        config: :class:`BinarizeConfig` (bias, scale mode, binarizer, ...); default: no bias.
+        filter_fn: ``filter_fn(row) -> bool`` on each site's :class:`SiteRow`; False skips it.
+
+    Returns:
+        A trainable ``torch.fx.GraphModule``: the original parameters plus ``binattn_bias_<i>``;
+        each site is a ``call_module`` to ``binattn_site_<i>`` (a :class:`BinaryAttentionSite`).
+        ``gm.meta["binattn_report"]`` holds the :class:`Report`.
+    """
+    config = config or BinarizeConfig()
+    gm = capture(model, example_inputs, example_kwargs=example_kwargs,
+                 dynamic_batch=config.dynamic_batch)
+    matches, report = analyze(gm, _model_name(model))
+    rewrite(gm, matches, report.rows, config, model=model, filter_fn=filter_fn)
+    gm.meta[REPORT_KEY] = report
+    return gm
+
+
+def inspect(model: nn.Module | torch.export.ExportedProgram, example_inputs: tuple, *,
+            config: Optional[BinarizeConfig] = None,
+            example_kwargs: Optional[dict] = None) -> Report:
+    """The attention sites of ``model`` and what :func:`binarize` would do with each."""
+    config = config or BinarizeConfig()
+    gm = capture(model, example_inputs, example_kwargs=example_kwargs,
+                 dynamic_batch=config.dynamic_batch)
+    return analyze(gm, _model_name(model))[1]
+
+
+def find_sites(gm: nn.Module) -> list[BinaryAttentionSite]:
+    """The BinaryAttentionSite modules of a rewritten graph, in graph order."""
+    if isinstance(gm, fx.GraphModule):
+        sites = []
+        for node in gm.graph.nodes:
+            if node.op == "call_module":
+                mod = gm.get_submodule(node.target)
+                if isinstance(mod, BinaryAttentionSite) and mod not in sites:
+                    sites.append(mod)
+        return sites
+    return [m for m in gm.modules() if isinstance(m, BinaryAttentionSite)]

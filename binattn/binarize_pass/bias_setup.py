@@ -1,0 +1,81 @@
+"""Which learned bias a site gets: the relpos token grid from the config or the model, else the
+configured fallback (the report says which, and why).
+
+What it does: infers (Gh, Gw) and the number of prefix tokens from ``BinarizeConfig`` or from
+what the model makes clear (binattn's TinyViT ``cfg.grid``, timm's ``patch_embed.grid_size`` /
+``num_prefix_tokens``, Hugging Face ViT ``config.image_size``/``patch_size``, diffusers
+``sample_size``/``patch_size``), checked against the site's N = prefix + Gh·Gw; builds the bias
+module. What it does not: guess a grid from N alone (a text model with N = 1 + 3² is no image).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import nn
+
+from ..ops.bias import DenseBias, HeadBias, RelPosBias
+from .config import BinarizeConfig
+
+Grid = tuple[tuple[int, int], int]
+
+
+def _pair(x: Any) -> tuple[int, int]:
+    return (int(x[0]), int(x[1])) if isinstance(x, (tuple, list)) else (int(x), int(x))
+
+
+def model_grid(model: Any) -> Optional[Grid]:
+    """(grid, prefix tokens) the model declares, or None."""
+    if model is None or not isinstance(model, nn.Module):
+        return None
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "grid"):
+        return _pair(cfg.grid), 1
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and getattr(embed, "grid_size", None) is not None:
+        return _pair(embed.grid_size), int(getattr(model, "num_prefix_tokens", 1))
+    hf = getattr(model, "config", None)
+    if hf is not None and hasattr(hf, "image_size") and hasattr(hf, "patch_size"):
+        image, patch = _pair(hf.image_size), _pair(hf.patch_size)
+        return (image[0] // patch[0], image[1] // patch[1]), 1
+    if hf is not None and getattr(hf, "sample_size", None) and getattr(hf, "patch_size", None):
+        side = int(hf.sample_size) // int(hf.patch_size)
+        return (side, side), 0
+    return None
+
+
+def relpos_grid(config: BinarizeConfig, model: Any, n_q: int, n_k: int) -> tuple[Optional[Grid], str]:
+    """The grid for a site, or None with the reason it could not be inferred."""
+    if n_q != n_k:
+        return None, f"cross-attention (Nq={n_q} ≠ Nk={n_k})"
+    if config.grid is not None:
+        gh, gw = config.grid
+        prefix = n_q - gh * gw if config.num_prefix_tokens is None else config.num_prefix_tokens
+        if prefix < 0 or prefix + gh * gw != n_q:
+            return None, f"config grid {gh}×{gw} + {prefix} prefix ≠ N={n_q}"
+        return ((gh, gw), prefix), ""
+    declared = model_grid(model)
+    if declared is None:
+        return None, "no token grid known (set BinarizeConfig.grid)"
+    (gh, gw), prefix = declared
+    if config.num_prefix_tokens is not None:
+        prefix = config.num_prefix_tokens
+    if prefix + gh * gw != n_q:
+        return None, f"model grid {gh}×{gw} + {prefix} prefix ≠ N={n_q}"
+    return ((gh, gw), prefix), ""
+
+
+def make_bias(config: BinarizeConfig, model: Any, heads: int, n_q: int,
+              n_k: int) -> tuple[Optional[nn.Module], str]:
+    """The bias module for a site and a short description for the report."""
+    kind, note = config.bias, ""
+    if kind == "relpos":
+        grid, why = relpos_grid(config, model, n_q, n_k)
+        if grid is not None:
+            (gh, gw), prefix = grid
+            return RelPosBias(heads, (gh, gw), prefix), f"relpos {gh}×{gw}+{prefix}"
+        kind, note = config.bias_fallback, f" (relpos: {why})"
+    if kind == "dense":
+        return DenseBias(heads, n_q, n_k), f"dense{note}"
+    if kind == "head":
+        return HeadBias(heads), f"head{note}"
+    return None, f"none{note}" if note else "-"

@@ -1,0 +1,86 @@
+"""Rewrite: replace each matched attention site by a call to a ``BinaryAttentionSite``.
+
+For site i it adds submodules ``binattn_site_<i>`` (and ``binattn_bias_<i>`` when a learned bias
+is configured), inserts ``kᵀ→k`` transposes and the merged mask where needed, reroutes the
+users of the attention output, and erases the nodes that became dead. What it does not: find
+sites (``matchers``) or capture graphs (``capture``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import fx
+
+from .bias_setup import make_bias
+from .config import BinarizeConfig
+from .glue import merge_masks
+from .matchers import Match
+from .report import SiteRow
+from .site import BinaryAttentionSite
+
+aten = torch.ops.aten
+
+FilterFn = Callable[[SiteRow], bool]
+
+
+def _device(gm: fx.GraphModule) -> torch.device:
+    for tensor in list(gm.parameters()) + list(gm.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _erase_dead(graph: fx.Graph, nodes: list[fx.Node]) -> None:
+    """Erase the match's nodes that nothing uses any more (never anything else)."""
+    pending = [n for n in dict.fromkeys(nodes) if n.graph is graph]
+    changed = True
+    while changed:
+        changed = False
+        for node in list(pending):
+            if not node.users:
+                graph.erase_node(node)
+                pending.remove(node)
+                changed = True
+
+
+def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
+                 config: BinarizeConfig, model: Any) -> None:
+    """Rewrite one site in place; fills row.bias."""
+    shape = row.shape
+    site = BinaryAttentionSite(index=index, module_path=row.module_path, matcher=m.matcher,
+                               shape=shape, scale=m.scale, is_causal=m.is_causal,
+                               **config.site_options()).to(_device(gm))
+    bias, row.bias = make_bias(config, model, shape["Hq"], shape["Nq"], shape["Nk"])
+    gm.add_submodule(f"binattn_site_{index}", site)
+    graph = gm.graph
+    with graph.inserting_before(m.output):
+        k = m.k
+        if m.k_transposed:
+            k = graph.call_function(aten.transpose.int, (m.k, -2, -1))
+        kwargs: dict[str, Optional[fx.Node]] = {}
+        if m.mask_parts:
+            masks = tuple(node for node, _ in m.mask_parts)
+            kinds = tuple(kind for _, kind in m.mask_parts)
+            kwargs["attn_mask"] = graph.call_function(merge_masks, masks, {"kinds": kinds})
+        if bias is not None:
+            gm.add_submodule(f"binattn_bias_{index}", bias.to(_device(gm)))
+            kwargs["bias"] = graph.call_module(f"binattn_bias_{index}")
+        out = graph.call_module(f"binattn_site_{index}", (m.q, k, m.v), kwargs)
+    out.meta.update({key: m.output.meta[key] for key in ("val", "nn_module_stack", "stack_trace")
+                     if key in m.output.meta})
+    m.output.replace_all_uses_with(out)
+    _erase_dead(graph, m.nodes + [m.output])
+
+
+def rewrite(gm: fx.GraphModule, matches: list[Match], rows: list[SiteRow],
+            config: BinarizeConfig, model: Any = None,
+            filter_fn: Optional[FilterFn] = None) -> fx.GraphModule:
+    """Rewrite every site whose row says "rewritten" (filter_fn may exclude some)."""
+    for m, row in zip(matches, rows):
+        if row.rewritten and filter_fn is not None and not filter_fn(row):
+            row.status = "skipped: excluded by filter_fn"
+        if row.rewritten:
+            rewrite_site(gm, row.index, m, row, config, model)
+    gm.graph.lint()
+    gm.recompile()
+    return gm

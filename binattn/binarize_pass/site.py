@@ -1,0 +1,93 @@
+"""``BinaryAttentionSite``: the module every rewritten attention site calls.
+
+What it does: holds one site's description (where it came from, which matcher fired, its
+shapes, scale, causality) and its options as plain attributes that training may change between
+steps (binarizer, temperature, ste_clip, top_n, static q/k scales, mode). ``forward(q, k, v,
+attn_mask, bias)`` runs :func:`binattn.ops.binary_attention` — which exports as
+``torch.ops.binattn.binary_attention`` — or, with ``mode = "float"``, exact full-precision softmax
+attention on the same inputs (the teacher of self-distillation). With ``record_probs`` it keeps
+the attention probabilities of the last forward in ``last_probs``.
+
+What it does not: find sites or own the learned bias (the bias module is a sibling submodule of
+the GraphModule named ``binattn_bias_<i>``; its output arrives as ``bias``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..ops import reference
+
+
+class BinaryAttentionSite(nn.Module):
+    """One attention site rewritten to 1-bit query/key attention."""
+
+    def __init__(self, *, index: int, module_path: str, matcher: str, shape: dict,
+                 scale: Optional[float], is_causal: bool, scale_mode: str = "mean_abs",
+                 top_n: Optional[int] = None, pv_bits: Optional[int] = None,
+                 binarizer: str = "sign", temperature: float = 1.0, ste_clip: float = 1.0,
+                 mode: str = "binary"):
+        super().__init__()
+        self.index, self.module_path, self.matcher = index, module_path, matcher
+        self.shape = dict(shape)
+        self.scale, self.is_causal = scale, bool(is_causal)
+        self.scale_mode, self.top_n, self.pv_bits = scale_mode, top_n, pv_bits
+        self.binarizer, self.temperature, self.ste_clip = binarizer, temperature, ste_clip
+        self.mode = mode
+        self.record_probs = False
+        self.last_probs: Optional[torch.Tensor] = None
+        self.register_buffer("q_scale", None)
+        self.register_buffer("k_scale", None)
+
+    def extra_repr(self) -> str:
+        s = self.shape
+        return (f"index={self.index}, path={self.module_path!r}, matcher={self.matcher!r}, "
+                f"B={s.get('B')}, Hq={s.get('Hq')}, Hkv={s.get('Hkv')}, Nq={s.get('Nq')}, "
+                f"Nk={s.get('Nk')}, D={s.get('D')}, scale={self.scale}, "
+                f"causal={self.is_causal}, mode={self.mode!r}")
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                attn_mask: Optional[torch.Tensor] = None,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.mode == "float":
+            return self._float_attention(q, k, v, attn_mask)
+        if self.record_probs:
+            return self._binary_with_probs(q, k, v, attn_mask, bias)
+        return ops.binary_attention(
+            q, k, v, bias=bias, attn_mask=attn_mask, is_causal=self.is_causal, scale=self.scale,
+            scale_mode=self.scale_mode, q_scale=self.q_scale, k_scale=self.k_scale,
+            top_n=self.top_n, pv_bits=self.pv_bits, binarizer=self.binarizer,
+            temperature=self.temperature, ste_clip=self.ste_clip)
+
+    def _binary_with_probs(self, q, k, v, attn_mask, bias):
+        """The reference op with its probabilities (same math as the custom op, differentiable)."""
+        squeeze = q.dim() == 3
+        q4, k4, v4, m4, b4 = (x.unsqueeze(1) if squeeze and x is not None and x.dim() == 3 else x
+                              for x in (q, k, v, attn_mask, bias))
+        out, probs = reference.binary_attention(
+            q4, k4, v4, b4, m4, self.is_causal, self.scale, self.scale_mode, self.q_scale,
+            self.k_scale, self.top_n, self.pv_bits, self.binarizer, self.temperature,
+            self.ste_clip, return_probs=True)
+        self.last_probs = probs
+        return out.squeeze(1) if squeeze else out
+
+    def _float_attention(self, q, k, v, attn_mask):
+        """Exact full-precision softmax attention on the same q, k, v, mask and scale."""
+        gqa = q.dim() == 4 and q.shape[1] != k.shape[1]
+        if not self.record_probs:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                                  is_causal=self.is_causal, scale=self.scale,
+                                                  enable_gqa=gqa)
+        scale = q.shape[-1] ** -0.5 if self.scale is None else self.scale
+        if gqa:
+            k, v = (reference.expand_kv_heads(x, q.shape[1]) for x in (k, v))
+        scores = (q @ k.transpose(-2, -1)) * scale
+        mask = reference.additive_mask(attn_mask, self.is_causal, q.shape[-2], k.shape[-2],
+                                       scores.dtype, q.device)
+        probs = torch.softmax(scores if mask is None else scores + mask, dim=-1)
+        self.last_probs = probs
+        return probs @ v
