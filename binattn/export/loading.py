@@ -1,0 +1,48 @@
+"""MODEL argument → binarized GraphModule + example inputs (shared by ``binattn asic`` and
+``binattn export``).
+
+What it does: ``binattn.model_io.load_model`` (safe loading, example inputs), then
+``binattn.binarize`` with the given top-N / 8-bit P·V options; a model that is already a
+binarized GraphModule passes through. What it does not: train (a freshly binarized model has
+untrained biases — fine for costing and for checking an export, not for accuracy).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..errors import UserError
+
+
+def parse_shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    """``"1,3,32,32"`` → (1, 3, 32, 32); None passes through."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise UserError(f"--input-shape wants comma-separated ints, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise UserError(f"--input-shape wants positive ints, got {text!r}")
+    return shape
+
+
+def load_binarized(path: str | Path, *, trust_pickle: bool = False,
+                   input_shape: Optional[Sequence[int]] = None, top_n: Optional[int] = None,
+                   pv_bits: Optional[int] = None, dynamic_batch: bool = True
+                   ) -> tuple[torch.fx.GraphModule, tuple]:
+    """Load MODEL and rewrite its attention; ``(gm, example_inputs)``."""
+    from ..binarize_pass import BinarizeConfig, binarize, find_sites
+    from ..model_io import load_model
+
+    model, inputs = load_model(path, trust_pickle=trust_pickle, input_shape=input_shape)
+    if isinstance(model, torch.fx.GraphModule) and find_sites(model):
+        return model, inputs
+    config = BinarizeConfig(top_n=top_n, pv_bits=pv_bits, dynamic_batch=dynamic_batch)
+    gm = binarize(model, inputs, config)
+    if not find_sites(gm):
+        raise UserError(f"{path}: no attention site could be rewritten "
+                        "(run `binattn inspect` to see why)")
+    return gm, inputs
