@@ -85,7 +85,8 @@ def popcount32(words: torch.Tensor) -> torch.Tensor:
     v = v - ((v >> 1) & 0x55555555)
     v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
     v = (v + (v >> 4)) & 0x0F0F0F0F
-    return ((v * 0x01010101) & 0xFFFFFFFF).bitwise_right_shift(24).to(torch.int32)
+    # `>>` (aten.__rshift__), not bitwise_right_shift: torch-mlir lowers only the former
+    return (((v * 0x01010101) & 0xFFFFFFFF) >> 24).to(torch.int32)
 
 
 def _pairwise_popcount(q_bits: torch.Tensor, k_bits: torch.Tensor, op,
@@ -161,12 +162,17 @@ def additive_mask(attn_mask: Optional[torch.Tensor], is_causal: bool, n_q: int, 
 
 
 def top_n_mask(scores: torch.Tensor, top_n: int) -> torch.Tensor:
-    """Bool mask keeping the ``top_n`` largest scores per row (ties: lower key index wins)."""
-    order = torch.sort(scores.detach(), dim=-1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device)
-                   .expand_as(order).contiguous())
-    return ranks < top_n
+    """Bool mask keeping the ``top_n`` largest scores per row (ties: lower key index wins).
+
+    Threshold form (no sort, so torch-mlir and ONNX can export it): keep every score above
+    the row's ``top_n``-th largest value t, then the first ``top_n − #(s > t)`` scores equal to t.
+    """
+    s = scores.detach()
+    threshold = torch.topk(s, top_n, dim=-1).values[..., -1:]
+    above = s > threshold
+    ties = s == threshold
+    room = top_n - above.sum(-1, keepdim=True)
+    return above | (ties & (torch.cumsum(ties.to(torch.int32), dim=-1) <= room))
 
 
 def quantize_probs_u8(p: torch.Tensor) -> torch.Tensor:

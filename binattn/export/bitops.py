@@ -1,0 +1,82 @@
+"""``torch.ops.binattn.binary_attention`` written with integer bit operations only, for export.
+
+Exporters cannot see through a custom op (torch-mlir emits an opaque ``torch.operator``, ONNX
+has no function for it), so before export the op is decomposed into standard ATen ops:
+sign bits packed into 32-bit words (``reference.sign_pack``), XOR, a SWAR popcount
+(``reference.popcount32``: shifts, ands, adds, one multiply — ONNX has no popcount op and
+torch-mlir has no ATen popcount), ``D − 2·popc(a XOR c)`` as the exact ±1 dot product, then the
+scales, bias, mask, top-N and softmax of ``reference.attention_probs`` and the float P·V. The QKᵀ
+product is therefore **no float matmul**: only P·V is.
+
+What it does not: soft binarizers (HAD's tanh stages are float math, not bits — export the
+trained ``sign`` model) or the backward.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from ..errors import UserError
+from ..ops import reference
+
+
+def bit_scores(q: torch.Tensor, k: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Exact ``sign(q)·sign(k)ᵀ`` as int32 from packed sign bits (XOR + SWAR popcount)."""
+    q_bits, _ = reference.sign_pack(q)
+    k_bits, _ = reference.sign_pack(k)
+    return reference.popcount_scores_xor(q_bits, k_bits, head_dim)
+
+
+def binary_attention_bitops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            bias: Optional[torch.Tensor] = None,
+                            attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+                            scale: Optional[float] = None, scale_mode: str = "mean_abs",
+                            q_scale: Optional[torch.Tensor] = None,
+                            k_scale: Optional[torch.Tensor] = None,
+                            top_n: Optional[int] = None, pv_bits: Optional[int] = None,
+                            binarizer: str = "sign", temperature: float = 1.0,
+                            ste_clip: float = 1.0) -> torch.Tensor:
+    """Forward of the binary-attention op (same signature), QKᵀ through bit operations."""
+    if binarizer != "sign":
+        raise UserError(f"export needs binarizer='sign' (the trained model), got {binarizer!r}: "
+                        "soft HAD stages are float math, not bit operations")
+    dtype = reference.compute_dtype(q, k, v, bias)
+    qf, kf = q.to(dtype), reference.expand_kv_heads(k.to(dtype), q.shape[-3])
+    if k_scale is not None and k_scale.dim() >= 3:
+        k_scale = reference.expand_kv_heads(k_scale, q.shape[-3])
+    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s_q = reference.qk_scale(qf, scale_mode, q_scale)
+    s_k = reference.qk_scale(kf, scale_mode, k_scale)
+    # sign(x/σ) = sign(x) for σ > 0, so static scales only multiply the integer scores
+    dots = bit_scores(qf, kf, q.shape[-1]).to(dtype)
+    scores = (s_q * s_k * softmax_scale) * dots
+    probs = reference.attention_probs(scores, bias, attn_mask, is_causal, top_n)
+    values = reference.expand_kv_heads(v.to(dtype), q.shape[-3])
+    if pv_bits == 8:
+        probs, values = reference.quantize_probs_u8(probs), reference.quantize_v_s8(values)
+    return (probs @ values).to(v.dtype)
+
+
+def decomposition_table(base: Optional[dict] = None) -> dict:
+    """``base`` (or an empty table) plus binattn's op → its bit-op decomposition."""
+    table: dict = dict(base or {})
+    table[torch.ops.binattn.binary_attention.default] = binary_attention_bitops
+    table[torch.ops.binattn.popcount_scores.default] = reference.popcount_scores
+    table[torch.ops.binattn.sign_pack.default] = reference.sign_pack
+    return table
+
+
+def decompose(program: torch.export.ExportedProgram,
+              base: Optional[dict] = None) -> torch.export.ExportedProgram:
+    """The program with every binattn op replaced by standard ATen bit/float ops."""
+    return program.run_decompositions(decomposition_table(base))
+
+
+def count_binattn_nodes(program: torch.export.ExportedProgram) -> int:
+    """How many ``torch.ops.binattn.*`` calls a program still holds."""
+    return sum(1 for n in program.graph.nodes if n.op == "call_function"
+               and getattr(n.target, "namespace", "") == "binattn")
+
+
