@@ -1,0 +1,185 @@
+"""GPU benchmark: binattn's TVM CUDA binary attention vs torch SDPA (cuDNN and FLASH backends).
+
+Run on an H100/H200: ``python benchmarks/gpu_attention.py [--out DIR] [--quick]``. Side by side in
+one run, at the issue's shapes, bf16, forward, non-causal: the time of one binattn call
+(``binattn.ops.binary_attention``: sign-pack of q and k, scales and the fused kernel, i.e. what a
+user pays) and of the fused kernel alone, SDPA with the cuDNN and the FLASH backends, the
+effective TFLOP/s (4·B·H·N²·D / t), ratios vs cuDNN against the issue's targets, and a roofline
+line: the time the exponential unit (4.17 T exp/s), the 16-bit mma.sync PV and the 1-bit QKᵀ
+would need at their measured ceilings (lab/CEILINGS.md) and the share of it each kernel reaches.
+Prints the table, writes ``gpu_attention.json`` and ``gpu_attention.png`` into ``--out``.
+
+What it does not: check correctness (tests/test_gpu_kernels.py does) or tune.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+SHAPES = [  # (B, H, N, D), name, target speed-up over cuDNN
+    ((64, 12, 197, 64), "ViT-B/16 224²", 1.5),
+    ((8, 16, 1024, 72), "DiT-XL/2 512²", None),
+    ((4, 16, 4096, 64), "N=4096 D=64", 2.5),
+    ((4, 16, 4096, 128), "N=4096 D=128", 2.0),
+    ((1, 16, 16384, 64), "N=16384 D=64", 2.5),
+    ((1, 24, 4608, 128), "Flux-like", 2.0),
+]
+# ceilings measured on Hopper (lab/CEILINGS.md, H100 column where both exist)
+EXP_PER_S = 4.17e12
+MMA_F16_FLOPS = 640e12
+MMA_B1_OPS = 10.0e15
+
+
+def bench_ms(fn, reps: int = 50) -> float:
+    """Median ms of ``fn`` (triton's do_bench when present: L2 flushed, warm-up; else events)."""
+    try:
+        from triton.testing import do_bench
+        return float(do_bench(fn, warmup=25, rep=reps, return_mode="median"))
+    except ImportError:
+        for _ in range(5):
+            fn()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return sorted(times)[len(times) // 2]
+
+
+def ceilings_us(B: int, H: int, N: int, D: int) -> dict:
+    """Time (µs) each unit needs at its ceiling for one forward (exp, PV 16-bit, QKᵀ 1-bit)."""
+    scores = B * H * N * N
+    return {"exp": scores / EXP_PER_S * 1e6, "pv_bf16": 2 * scores * D / MMA_F16_FLOPS * 1e6,
+            "qk_b1": 2 * scores * 256 / MMA_B1_OPS * 1e6}
+
+
+def sdpa_ms(q, k, v, backend) -> float | None:
+    try:
+        with sdpa_kernel([backend]):
+            F.scaled_dot_product_attention(q, k, v)
+            return bench_ms(lambda: F.scaled_dot_product_attention(q, k, v))
+    except RuntimeError:
+        return None
+
+
+def measure(shape, dtype=torch.bfloat16) -> dict:
+    import binattn
+    from binattn.tvm_kernels import cuda_dispatch as cd
+
+    B, H, N, D = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=dtype, generator=g) for _ in range(3))
+    out = torch.empty_like(q)
+    args = (None, None, False, None, "mean_abs", None, None, None, None, "sign", 1.0, 1.0)
+    call = lambda: binattn.ops.binary_attention(q, k, v, check_finite=False)  # noqa: E731
+    call()
+    path = binattn.ops.kernel_report().get("binary_attention/cuda", "?")
+    qb, qp, qa = cd.pack_signs(q, cd.QBITS_WORDS)
+    kb, kp, ka = cd.pack_signs(k, cd.QBITS_WORDS)
+    name = f"binattn_attention_{cd.PV_DTYPES[dtype]}_dv{cd.dv_bucket(D)}"
+    v32, o32, one = v.view(torch.int32), out.view(torch.int32), torch.zeros(1, device="cuda")
+    fused = lambda: cd._call(q.device, name, qb, qp, kb, kp, v32, o32, qa, ka, one, D, 0, 0, 1,  # noqa: E731
+                             0, 0, 0, 0, float(1.4426950408889634 / math.sqrt(D) / (N * D) ** 2))
+    row = {"shape": list(shape), "path": path,
+           "binattn_ms": bench_ms(call), "fused_ms": bench_ms(fused),
+           "sign_pack_ms": bench_ms(lambda: (cd.pack_signs(q, 8), cd.pack_signs(k, 8))),
+           "cudnn_ms": sdpa_ms(q, k, v, SDPBackend.CUDNN_ATTENTION),
+           "flash_ms": sdpa_ms(q, k, v, SDPBackend.FLASH_ATTENTION)}
+    row["ceil_us"] = ceilings_us(B, H, N, D)
+    del q, k, v, out
+    torch.cuda.empty_cache()
+    return row
+
+
+def tflops(shape, ms):
+    B, H, N, D = shape
+    return None if ms is None else 4 * B * H * N * N * D / (ms * 1e-3) / 1e12
+
+
+def fmt(x, spec=".1f"):
+    return "–" if x is None else format(x, spec)
+
+
+def report(rows, device: str) -> str:
+    lines = [f"device: {device}", "",
+             "| shape (B,H,N,D) | binattn µs | fused kernel µs | sign-pack µs | cuDNN µs | FLASH µs "
+             "| binattn TFLOP/s | cuDNN TFLOP/s | × cuDNN | × FLASH | target | exp-bound µs | "
+             "share of bound |", "|" + "---|" * 13]
+    for r, (_, name, target) in zip(rows, SHAPES):
+        s = tuple(r["shape"])
+        ratio = r["cudnn_ms"] / r["binattn_ms"] if r["cudnn_ms"] else None
+        ratio_fa = r["flash_ms"] / r["binattn_ms"] if r["flash_ms"] else None
+        bound = max(r["ceil_us"].values())
+        tgt = "–" if target is None else f"≥{target}× {'met' if ratio and ratio >= target else 'missed'}"
+        lines.append(
+            f"| {s} {name} | {r['binattn_ms']*1e3:.1f} | {r['fused_ms']*1e3:.1f} | "
+            f"{r['sign_pack_ms']*1e3:.1f} | {fmt(r['cudnn_ms'] and r['cudnn_ms']*1e3)} | "
+            f"{fmt(r['flash_ms'] and r['flash_ms']*1e3)} | {tflops(s, r['binattn_ms']):.0f} | "
+            f"{fmt(tflops(s, r['cudnn_ms']), '.0f')} | {fmt(ratio, '.2f')} | {fmt(ratio_fa, '.2f')} | "
+            f"{tgt} | {bound:.1f} | {bound / (r['binattn_ms']*1e3):.0%} |")
+    return "\n".join(lines)
+
+
+def plot(rows, path: Path, device: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{n}\n{tuple(r['shape'])}" for r, (_, n, _) in zip(rows, SHAPES)]
+    x = range(len(rows))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5))
+    for off, key, label in ((-0.25, "binattn_ms", "binattn (1-bit QK)"), (0, "cudnn_ms", "SDPA cuDNN"),
+                            (0.25, "flash_ms", "SDPA FLASH")):
+        ax1.bar([i + off for i in x], [tflops(tuple(r["shape"]), r[key]) or 0 for r in rows],
+                width=0.25, label=label)
+    ax1.set_xticks(list(x), names, fontsize=7)
+    ax1.set_ylabel("effective TFLOP/s (4·B·H·N²·D / t)")
+    ax1.legend()
+    ax1.set_title(f"forward, bf16 — {device}")
+    ratios = [r["cudnn_ms"] / r["binattn_ms"] if r["cudnn_ms"] else 0 for r in rows]
+    ax2.bar(list(x), ratios, color="tab:blue", label="binattn speed-up over cuDNN")
+    for i, (_, _, target) in enumerate(SHAPES):
+        if target:
+            ax2.hlines(target, i - 0.4, i + 0.4, colors="red", label="target" if i == 0 else None)
+    share = [max(r["ceil_us"].values()) / (r["binattn_ms"] * 1e3) for r in rows]
+    ax2.plot(list(x), share, "k^", label="share of exp/PV/QK ceiling reached")
+    ax2.axhline(1.0, color="grey", lw=0.5)
+    ax2.set_xticks(list(x), names, fontsize=7)
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
+    parser.add_argument("--quick", action="store_true", help="first two shapes only")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_attention: no CUDA GPU here; run it on an H100/H200", file=sys.stderr)
+        return 2
+    device = f"{torch.cuda.get_device_name()} (torch {torch.__version__}, {platform.node()})"
+    rows = [measure(shape) for shape, _, _ in (SHAPES[:2] if args.quick else SHAPES)]
+    table = report(rows, device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_attention.json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
+    (args.out / "gpu_attention.md").write_text(table + "\n")
+    plot(rows, args.out / "gpu_attention.png", device)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

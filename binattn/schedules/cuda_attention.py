@@ -1,0 +1,88 @@
+"""Schedule knobs of binattn's CUDA attention kernel and the tuned-config database they come from.
+
+What it does: names the knobs the TVMScript kernel in ``binattn.tvm_kernels.cuda_attention`` is
+generated with (warps per CTA = 16 query rows each, keys per inner block), gives a default per
+value head size, and reads/writes the tuning database (JSON: ``{arch: {"<dtype>/dv<N>":
+{"warps": .., "key_block": ..}}}``) that ``binattn build-kernels`` consults and
+``binattn tune --target cuda`` fills.
+
+What it does not: build or time kernels (``binattn.tvm_kernels.cuda_build`` and
+``benchmarks/gpu_attention.py`` do).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+#: value head sizes a kernel is built for; a head of size Dv runs the smallest one >= Dv
+DV_BUCKETS = (32, 64, 72, 80, 96, 128, 256)
+DTYPES = ("float16", "bfloat16")
+PACKAGED_DB = Path(__file__).with_name("cuda_tuned.json")
+
+
+@dataclass(frozen=True)
+class CudaAttentionSchedule:
+    """Knobs of one attention kernel: ``warps`` × 16 query rows per CTA, ``key_block`` keys per step."""
+
+    warps: int = 4
+    key_block: int = 64
+
+    def check(self) -> None:
+        """Raise ValueError for knob values the kernel template cannot generate."""
+        if self.warps not in (1, 2, 4, 8):
+            raise ValueError(f"warps must be 1, 2, 4 or 8, got {self.warps}")
+        if self.key_block not in (16, 32, 64, 128):
+            raise ValueError(f"key_block must be 16, 32, 64 or 128, got {self.key_block}")
+
+
+def default_schedule(dv: int) -> CudaAttentionSchedule:
+    """Untuned default: 4 warps; fewer keys per step for big heads to keep registers in check."""
+    return CudaAttentionSchedule(warps=4, key_block=32 if dv > 128 else 64)
+
+
+def db_path() -> Path:
+    """The user's tuning database (``$BINATTN_CACHE`` or ``~/.cache/binattn``)/cuda_tuned.json."""
+    root = os.environ.get("BINATTN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "binattn")
+    return Path(root) / "cuda_tuned.json"
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def schedule_for(arch: str, dtype: str, dv: int, db: Optional[Path] = None) -> CudaAttentionSchedule:
+    """Tuned schedule for (arch, dtype, dv): user DB, then packaged DB, then the default."""
+    key = f"{dtype}/dv{dv}"
+    for path in ([db] if db else [db_path(), PACKAGED_DB]):
+        entry = _read(path).get(arch, {}).get(key)
+        if entry:
+            sched = CudaAttentionSchedule(**entry)
+            sched.check()
+            return sched
+    return default_schedule(dv)
+
+
+def record_schedule(arch: str, dtype: str, dv: int, schedule: CudaAttentionSchedule,
+                    db: Optional[Path] = None) -> Path:
+    """Store a tuned schedule in the database (atomically replaced); returns the DB path."""
+    schedule.check()
+    path = db or db_path()
+    data = _read(path)
+    data.setdefault(arch, {})[f"{dtype}/dv{dv}"] = asdict(schedule)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return path
+
+
+def dv_bucket(dv: int) -> Optional[int]:
+    """Smallest built value head size >= dv, or None when dv is larger than all of them."""
+    return next((b for b in DV_BUCKETS if b >= dv), None)

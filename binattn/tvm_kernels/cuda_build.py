@@ -1,0 +1,152 @@
+"""Build binattn's CUDA kernels with TVM + nvcc into small shared objects that need no TVM to run.
+
+What it does: for each requested arch (``sm_90a``, ``sm_80``, …) puts every attention kernel
+(one per dtype × value-head bucket, with the tuned schedule from ``binattn.schedules``) and every
+sign-pack kernel and the popcount-scores kernel in one IRModule, compiles it with TVM for ``{"kind": "cuda", "arch": ...}`` and
+host ``cuda_host`` (TVM_NOTES §2 route 1), writes the generated CUDA C++ next to the library and
+compiles it with nvcc against the apache-tvm-ffi headers (static cudart; the sm_80 build also
+carries PTX so newer GPUs can JIT it). ``manifest.json`` lists what each library holds; the
+runtime (``cuda_dispatch``) reads only the manifest and the .so files.
+
+Works on a machine without a GPU (these CPU machines: nvcc 13.0). What it does not: load or run
+kernels (``cuda_dispatch``), time them (``benchmarks/gpu_attention.py``), or tune.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+from ..schedules import cuda_attention as sched
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+SUPPORTED_ARCHS = ("sm_90a", "sm_90", "sm_80", "sm_86", "sm_89")
+
+
+def library_name(arch: str) -> str:
+    """File name of the shared object for one arch."""
+    return f"binattn_cuda_{arch}.so"
+
+
+def parse_archs(text: str) -> list[str]:
+    """``"sm_90a,sm_80"`` → ``["sm_90a", "sm_80"]``; ValueError naming an unknown arch."""
+    archs = [a.strip() for a in text.split(",") if a.strip()]
+    if not archs:
+        raise ValueError("no arch given (e.g. --arch sm_90a,sm_80)")
+    for arch in archs:
+        if arch not in SUPPORTED_ARCHS:
+            raise ValueError(f"unsupported arch {arch!r}; choose from {', '.join(SUPPORTED_ARCHS)}")
+    return archs
+
+
+def find_nvcc() -> str:
+    """Path of nvcc (``$CUDA_HOME/bin``, then PATH); RuntimeError when there is none."""
+    for cand in (os.path.join(os.environ.get("CUDA_HOME", ""), "bin", "nvcc"), shutil.which("nvcc")):
+        if cand and os.path.isfile(cand):
+            return cand
+    raise RuntimeError("nvcc not found: install the CUDA toolkit or set CUDA_HOME")
+
+
+def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
+                    dvs: Sequence[int] = sched.DV_BUCKETS) -> tuple[str, dict]:
+    """CUDA C++ (device kernels + tvm-ffi host wrappers) for one arch, and what it contains."""
+    import tvm  # the TVM compiler is needed only here
+
+    from .cuda_attention import attention_func, attention_name
+    from .cuda_popcount import popcount_scores_func, popcount_scores_name
+    from .cuda_sign_pack import DTYPES as PACK_DTYPES, sign_pack_func, sign_pack_name
+
+    funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {}}
+    for dtype in dtypes:
+        for dv in dvs:
+            schedule = sched.schedule_for(arch, dtype, dv)
+            funcs[attention_name(dtype, dv)] = attention_func(dtype, dv, schedule)
+            contents["attention"].setdefault(dtype, []).append(dv)
+            contents["schedules"][f"{dtype}/dv{dv}"] = asdict(schedule)
+    for dtype in PACK_DTYPES:
+        funcs[sign_pack_name(dtype)] = sign_pack_func(dtype)
+    funcs[popcount_scores_name()] = popcount_scores_func()
+    target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "cuda_host"})
+    executable = tvm.compile(tvm.IRModule(funcs), target=target)
+    return tvm.backend.cuda.export_cuda_host(executable.mod), contents
+
+
+def nvcc_command(arch: str, source: Path, output: Path) -> list[str]:
+    """The nvcc command line that turns generated source into a tvm-ffi loadable .so."""
+    import tvm_ffi
+
+    ffi = Path(tvm_ffi.__file__).parent
+    compute = arch.replace("sm_", "compute_")
+    gencode = [f"-gencode=arch={compute},code={arch}"]
+    if not arch.endswith("a"):  # architecture-specific (a) features cannot ship as portable PTX
+        gencode.append(f"-gencode=arch={compute},code={compute}")
+    return [find_nvcc(), "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC",
+            "-cudart", "static", *gencode, f"-I{ffi / 'include'}",
+            f"-I{ffi / 'include' / 'dlpack'}", f"-L{ffi / 'lib'}", "-ltvm_ffi",
+            "-o", str(output), str(source)]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_arch(arch: str, out_dir: Path, dtypes: Sequence[str] = sched.DTYPES,
+               dvs: Sequence[int] = sched.DV_BUCKETS, keep_source: bool = True) -> dict:
+    """Generate, compile and describe the library of one arch; returns its manifest entry."""
+    started = time.time()
+    source_text, contents = generate_source(arch, dtypes, dvs)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        source = Path(tmp) / f"binattn_cuda_{arch}.cu"
+        source.write_text(source_text)
+        lib_tmp = Path(tmp) / library_name(arch)
+        proc = subprocess.run(nvcc_command(arch, source, lib_tmp), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nvcc failed for {arch}:\n{proc.stderr[-4000:]}")
+        lib = out_dir / library_name(arch)
+        os.replace(lib_tmp, lib)
+        if keep_source:
+            os.replace(source, out_dir / source.name)
+    return {"file": lib.name, "sha256": _sha256(lib), "bytes": lib.stat().st_size,
+            "ptx": not arch.endswith("a"), "build_seconds": round(time.time() - started, 1),
+            **contents}
+
+
+def build(archs: Iterable[str], out_dir: Path, dtypes: Sequence[str] = sched.DTYPES,
+          dvs: Sequence[int] = sched.DV_BUCKETS, keep_source: bool = True,
+          on_arch: Optional[Callable[[str], None]] = None) -> Path:
+    """Build every arch into ``out_dir`` and (re)write its manifest; returns the manifest path.
+
+    Entries of archs not rebuilt now are kept when their files are still there.
+    """
+    import tvm_ffi
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / MANIFEST
+    manifest = read_manifest(out_dir) or {}
+    libs = {a: e for a, e in manifest.get("libraries", {}).items() if (out_dir / e["file"]).exists()}
+    for arch in archs:
+        if on_arch:
+            on_arch(arch)
+        libs[arch] = build_arch(arch, out_dir, dtypes, dvs, keep_source)
+    manifest = {"format": MANIFEST_FORMAT, "tvm_ffi": tvm_ffi.__version__, "libraries": libs}
+    tmp = manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    tmp.replace(manifest_path)
+    return manifest_path
+
+
+def read_manifest(directory: Path) -> Optional[dict]:
+    """The manifest of a kernel directory, or None when absent or not a binattn manifest."""
+    try:
+        data = json.loads((Path(directory) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None

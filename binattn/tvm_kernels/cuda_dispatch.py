@@ -1,0 +1,287 @@
+"""CUDA kernel provider: loads binattn's prebuilt TVM kernels with apache-tvm-ffi and registers them.
+
+What it does: imported lazily by ``binattn.ops.dispatch`` on the first CUDA call. Registers
+``sign_pack`` and ``binary_attention`` kernels whose ``supports`` names the reason when a call
+cannot run on them (no library for this GPU's arch, apache-tvm-ffi missing, an option the
+kernel does not implement, …) so the dispatcher falls back to the reference with a one-time
+warning naming it. Kernel libraries are looked up in ``$BINATTN_CUDA_KERNELS``, then the
+package data (``binattn/kernels``), then the user cache (``~/.cache/binattn/cuda_kernels``,
+where ``binattn build-kernels`` writes by default). torch CUDA tensors go straight through
+DLPack on torch's current stream.
+
+What it does not: need or import the TVM compiler (only ``tvm_ffi``), build kernels
+(``cuda_build``), or hold math (the reference defines it; tests compare against it).
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..ops import dispatch, reference
+from ..schedules.cuda_attention import dv_bucket
+from .cuda_build import read_manifest
+
+LOG2E = 1.4426950408889634
+QBITS_WORDS = 8
+MAX_HEAD_DIM = 256
+PACK_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+PV_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_lock = threading.Lock()
+_libraries: dict[str, Any] = {}  # arch -> (tvm_ffi module, manifest entry) or error text
+
+
+def kernel_dirs() -> list[Path]:
+    """Where kernel libraries are looked up, in order."""
+    dirs = []
+    if os.environ.get("BINATTN_CUDA_KERNELS"):
+        dirs.append(Path(os.environ["BINATTN_CUDA_KERNELS"]))
+    dirs.append(Path(__file__).resolve().parent.parent / "kernels")
+    dirs.append(user_kernel_dir())
+    return dirs
+
+
+def user_kernel_dir() -> Path:
+    """Default output of ``binattn build-kernels``: ``$BINATTN_CACHE/cuda_kernels``."""
+    root = os.environ.get("BINATTN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "binattn")
+    return Path(root) / "cuda_kernels"
+
+
+def arch_candidates(capability: tuple[int, int]) -> list[str]:
+    """Library archs that can run on a GPU of this compute capability, best first.
+
+    Exact SASS first (``sm_90a`` on 9.0), then same-major SASS, then PTX builds (sm_80 carries
+    PTX) that the driver JIT-compiles for any newer GPU.
+    """
+    major, minor = capability
+    exact = ([f"sm_{major}{minor}a"] if major >= 9 else []) + [f"sm_{major}{minor}"]
+    same_major = [f"sm_{major}{m}" for m in range(minor - 1, -1, -1)] if major == 8 else []
+    ptx = ["sm_89", "sm_86", "sm_80"] if major >= 8 else []
+    return list(dict.fromkeys(exact + same_major + ptx))
+
+
+def _runs_on(arch: str, entry: dict, capability: tuple[int, int]) -> bool:
+    """SASS runs on its own arch and, within major 8, on later minors; PTX runs on any newer GPU."""
+    major, minor = capability
+    if arch in (f"sm_{major}{minor}a", f"sm_{major}{minor}"):
+        return True
+    if major == 8 and arch.startswith("sm_8") and int(arch[4:6].rstrip("a")) <= minor:
+        return True
+    return bool(entry.get("ptx"))
+
+
+def find_library(capability: tuple[int, int]) -> tuple[Optional[Path], Optional[dict], str]:
+    """(directory, manifest entry, arch) of the first usable library, or (None, None, reason)."""
+    seen = []
+    for directory in kernel_dirs():
+        manifest = read_manifest(directory)
+        if not manifest:
+            continue
+        libs = manifest.get("libraries", {})
+        seen.extend(libs)
+        for arch in arch_candidates(capability):
+            entry = libs.get(arch)
+            if entry and (directory / entry["file"]).exists() and _runs_on(arch, entry, capability):
+                return directory, entry, arch
+    built = ", ".join(sorted(set(seen))) or "none"
+    return None, None, (f"no CUDA kernel library for sm_{capability[0]}{capability[1]} "
+                        f"(built: {built}; run `binattn build-kernels`)")
+
+
+def _library(device: torch.device):
+    """The loaded (module, entry) for this device, or raise RuntimeError with the reason."""
+    capability = torch.cuda.get_device_capability(device)
+    key = f"{capability}"
+    with _lock:
+        if key not in _libraries:
+            _libraries[key] = _load(capability)
+    lib = _libraries[key]
+    if isinstance(lib, str):
+        raise RuntimeError(lib)
+    return lib
+
+
+def _load(capability: tuple[int, int]):
+    try:
+        import tvm_ffi
+    except ImportError:
+        return "apache-tvm-ffi is not installed (pip install apache-tvm-ffi==0.1.14.post1)"
+    directory, entry, arch = find_library(capability)
+    if directory is None:
+        return arch
+    try:
+        return tvm_ffi.load_module(str(directory / entry["file"])), entry
+    except Exception as exc:  # noqa: BLE001 - a broken library means "use the reference"
+        return f"{directory / entry['file']} failed to load: {type(exc).__name__}: {exc}"
+
+
+def library_reason(device: torch.device) -> Optional[str]:
+    """None when a kernel library loads for this device, else why not."""
+    try:
+        _library(device)
+        return None
+    except RuntimeError as exc:
+        return str(exc)
+
+
+def _call(device: torch.device, name: str, *args) -> None:
+    import tvm_ffi
+
+    module, _ = _library(device)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    with tvm_ffi.use_raw_stream(tvm_ffi.device("cuda", device.index or 0), stream):
+        module[name](*args)
+
+
+def pack_signs(x: torch.Tensor, words: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(bits int32 [..., words], popcounts int32 [...], sum|x| per leading-2-dims float32)."""
+    x = x.contiguous()
+    lead = x.shape[:-1]
+    rows = x.reshape(-1, x.shape[-2] if x.dim() >= 2 else 1, x.shape[-1])
+    bits = torch.empty((*rows.shape[:2], words), dtype=torch.int32, device=x.device)
+    pops = torch.empty(rows.shape[:2], dtype=torch.int32, device=x.device)
+    abs_sum = torch.zeros(rows.shape[0], dtype=torch.float32, device=x.device)
+    if rows.numel():
+        _call(x.device, f"binattn_sign_pack_{PACK_DTYPES[x.dtype]}", rows, bits, pops, abs_sum)
+    return bits.reshape(*lead, words), pops.reshape(lead), abs_sum
+
+
+# ---- sign_pack ------------------------------------------------------------------------------
+
+def sign_pack_supports(x: torch.Tensor) -> Optional[str]:
+    if x.device.type != "cuda":
+        return "not a CUDA tensor"
+    if x.dtype not in PACK_DTYPES:
+        return f"dtype {x.dtype} (kernel takes float16, bfloat16, float32)"
+    if x.dim() == 0:
+        return "0-d input"
+    return library_reason(x.device)
+
+
+def sign_pack_kernel(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    bits, pops, _ = pack_signs(x, reference.num_words(x.shape[-1]))
+    return bits, pops
+
+
+# ---- popcount_scores ------------------------------------------------------------------------
+
+def popcount_supports(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int) -> Optional[str]:
+    if q_bits.device.type != "cuda":
+        return "not a CUDA tensor"
+    if q_bits.shape[:-2] != k_bits.shape[:-2]:
+        return "broadcast batch dims (kernel takes equal ones)"
+    if D > MAX_HEAD_DIM:
+        return f"D={D} > {MAX_HEAD_DIM}"
+    if q_bits.numel() == 0 or k_bits.numel() == 0:
+        return "empty input"
+    return library_reason(q_bits.device)
+
+
+def popcount_kernel(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int) -> torch.Tensor:
+    n_q, n_k, words = q_bits.shape[-2], k_bits.shape[-2], q_bits.shape[-1]
+    q3 = q_bits.contiguous().reshape(-1, n_q, words)
+    k3 = k_bits.contiguous().reshape(-1, n_k, words)
+    scores = torch.empty((q3.shape[0], n_q, n_k), dtype=torch.int32, device=q_bits.device)
+    _call(q_bits.device, "binattn_popcount_scores", q3, k3, scores, int(D))
+    return scores.reshape(*q_bits.shape[:-2], n_q, n_k)
+
+
+# ---- binary_attention -----------------------------------------------------------------------
+
+def attention_supports(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
+                       top_n, pv_bits, binarizer, temperature, ste_clip) -> Optional[str]:
+    if q.device.type != "cuda":
+        return "not a CUDA tensor"
+    if v.dtype not in PV_DTYPES:
+        return f"v dtype {v.dtype} (kernel takes float16/bfloat16 V)"
+    if q.dtype not in PACK_DTYPES or k.dtype not in PACK_DTYPES:
+        return f"q/k dtype {q.dtype}/{k.dtype}"
+    if binarizer != "sign":
+        return f"binarizer={binarizer!r} (kernel implements 'sign')"
+    if top_n is not None and top_n < k.shape[-2]:
+        return "top_n not implemented in the CUDA kernel"
+    if pv_bits == 8:
+        return "pv_bits=8 not implemented in the CUDA kernel"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"
+    if v.shape[-1] % 2 or dv_bucket(v.shape[-1]) is None:
+        return f"value head dim {v.shape[-1]} (kernel takes even sizes <= 256)"
+    if min(q.shape[-2], k.shape[-2], q.shape[0], q.shape[1]) == 0:
+        return "empty input"
+    if scale_mode == "static" and (q_scale is None or k_scale is None):
+        return "static scale_mode without q_scale/k_scale"
+    for name, t in (("bias", bias), ("attn_mask", attn_mask)):
+        if t is not None and t.device != q.device:
+            return f"{name} on {t.device}"
+    return library_reason(q.device)
+
+
+def _additive(bias, attn_mask, n_q, n_k, device) -> Optional[torch.Tensor]:
+    """bias + mask as one float32 additive tensor of <= 4 dims (masks folded in on the host)."""
+    mask = reference.additive_mask(attn_mask, False, n_q, n_k, torch.float32, device)
+    add = None if bias is None else bias.to(torch.float32)
+    if mask is not None:
+        add = mask if add is None else add + mask
+    return add
+
+
+def _broadcast_strides(add: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """(flat contiguous storage, element strides over [B, H, Nq, Nk]; 0 where broadcast)."""
+    while add.dim() < 4:
+        add = add.unsqueeze(0)
+    add = add.contiguous()
+    strides = [0 if size == 1 else stride for size, stride in zip(add.shape, add.stride())]
+    return add.reshape(-1), strides
+
+
+def _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs):
+    """(s_q per (b, hq), s_k table, ks_group, extra multiplier) as the kernel reads them."""
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    if scale_mode == "mean_abs":
+        return q_abs, k_abs, Hq // Hkv, 1.0 / (Nq * D * Nk * D)
+    if scale_mode == "static":
+        if k_scale.dim() >= 3:
+            k_scale = reference.expand_kv_heads(k_scale, Hq)
+        s_q = torch.broadcast_to(q_scale.float(), (B, Hq, 1, 1)).reshape(-1).contiguous()
+        s_k = torch.broadcast_to(k_scale.float(), (B, Hq, 1, 1)).reshape(-1).contiguous()
+        return s_q, s_k, 1, 1.0
+    ones = torch.ones(B * Hq, dtype=torch.float32, device=q.device)
+    return ones, ones, 1, 1.0
+
+
+def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
+                     top_n, pv_bits, binarizer, temperature, ste_clip,
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The kernel behind ``binattn::binary_attention`` on CUDA (writes into ``out`` if given)."""
+    B, Hq, Nq, D = q.shape
+    Nk, Dv = k.shape[2], v.shape[-1]
+    q_bits, q_pop, q_abs = pack_signs(q, QBITS_WORDS)
+    k_bits, k_pop, k_abs = pack_signs(k, QBITS_WORDS)
+    s_q, s_k, ks_group, extra = _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs)
+    softmax_scale = 1.0 / math.sqrt(D) if scale is None else scale
+    add = _additive(bias, attn_mask, Nq, Nk, q.device)
+    if add is None:
+        flat, strides = torch.zeros(1, dtype=torch.float32, device=q.device), [0, 0, 0, 0]
+    else:
+        flat, strides = _broadcast_strides(add)
+    if out is None:
+        out = torch.empty((B, Hq, Nq, Dv), dtype=v.dtype, device=q.device)
+    name = f"binattn_attention_{PV_DTYPES[v.dtype]}_dv{dv_bucket(Dv)}"
+    _call(q.device, name, q_bits, q_pop, k_bits, k_pop, v.contiguous().view(torch.int32),
+          out.view(torch.int32), s_q, s_k, flat, D, int(bool(is_causal)), int(add is not None),
+          ks_group, *strides, float(softmax_scale * LOG2E * extra))
+    return out
+
+
+dispatch.register_kernel("sign_pack", "cuda", dispatch.Kernel(
+    "tvm-cuda:sign_pack", sign_pack_kernel, sign_pack_supports))
+dispatch.register_kernel("popcount_scores", "cuda", dispatch.Kernel(
+    "tvm-cuda:popcount_scores", popcount_kernel, popcount_supports))
+dispatch.register_kernel("binary_attention", "cuda", dispatch.Kernel(
+    "tvm-cuda:binary_attention", attention_kernel, attention_supports))

@@ -1,0 +1,83 @@
+"""TVMScript (TIRx) source of binattn's fused CUDA sign-pack kernel.
+
+What it does: ``sign_pack_func(dtype)`` returns a PrimFunc that, in one pass over ``x [BH, N, D]``
+(any D), writes the sign bits in DESIGN.md's layout (bit j of word w is 1 iff
+``x[32w + j] >= 0``, padding bits 0) into ``bits [BH, N, WS]`` — ``WS = ceil(D/32)`` gives the
+public layout, ``WS = 8`` the 256-bit-per-row layout the attention kernel's b1 tensor-core
+fragments read (extra words are written as 0) — plus the row popcounts ``pops [BH, N]`` and
+adds ``sum |x|`` of each (b, h) into ``abs_sum [BH]`` (the caller zeroes it; mean|x| is that
+over N·D). One warp packs one row per step: lane j loads element 32w + j (coalesced) and
+``__ballot_sync`` assembles the word; the |x| sums are reduced per warp, then per CTA, then
+one ``atomicAdd`` per CTA.
+
+What it does not: launch anything or choose the layout (``cuda_dispatch`` does).
+"""
+from __future__ import annotations
+
+import tvm
+from tvm.script import tirx as T
+
+WARPS = 4
+ROWS_PER_WARP = 8
+DTYPES = ("float16", "bfloat16", "float32")
+
+
+def sign_pack_name(dtype: str) -> str:
+    """Exported symbol of the sign-pack kernel for an input dtype."""
+    return f"binattn_sign_pack_{dtype}"
+
+
+def sign_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
+    """The sign-pack PrimFunc for inputs of ``dtype`` (float16|bfloat16|float32)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"no sign-pack kernel for dtype {dtype!r}")
+    rows_per_cta = WARPS * ROWS_PER_WARP
+    full = T.uint32(0xFFFFFFFF)
+
+    @T.prim_func
+    def sign_pack(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
+        T.func_attr({"global_symbol": sign_pack_name(dtype), "tirx.noalias": True})
+        BH = T.int32()
+        N = T.int32()
+        D = T.int32()
+        WS = T.int32()
+        X = T.match_buffer(x_h, (BH, N, D), dtype)
+        Bits = T.match_buffer(bits_h, (BH, N, WS), "int32")
+        Pops = T.match_buffer(pops_h, (BH, N), "int32")
+        AbsSum = T.match_buffer(abs_h, (BH,), "float32")
+        for bx in T.thread_binding(T.ceildiv(N, rows_per_cta), thread="blockIdx.x"):
+            for bh in T.thread_binding(BH, thread="blockIdx.y"):
+                for tid in T.thread_binding(32 * WARPS, thread="threadIdx.x"):
+                    warp_sums = T.alloc_buffer((WARPS,), "float32", scope="shared")
+                    acc = T.alloc_buffer((1,), "float32", scope="local")
+                    pop = T.alloc_buffer((1,), "int32", scope="local")
+                    word = T.alloc_buffer((1,), "uint32", scope="local")
+                    val = T.alloc_buffer((1,), "float32", scope="local")
+                    lane = tid % 32
+                    warp = tid // 32
+                    acc[0] = T.float32(0)
+                    for i in T.serial(ROWS_PER_WARP):
+                        n = bx * rows_per_cta + warp * ROWS_PER_WARP + i
+                        if n < N:
+                            pop[0] = 0
+                            for w in T.serial(WS):
+                                e = 32 * w + lane
+                                val[0] = T.if_then_else(e < D, T.Cast("float32", X[bh, n, T.min(e, D - 1)]), T.float32(0))
+                                word[0] = T.call_extern("uint32", "__ballot_sync", full, e < D and val[0] >= T.float32(0))
+                                acc[0] = acc[0] + T.fabs(val[0])
+                                pop[0] = pop[0] + T.popcount(word[0])
+                                if lane == w % 32:
+                                    Bits[bh, n, w] = T.reinterpret("int32", word[0])
+                            if lane == 0:
+                                Pops[bh, n] = pop[0]
+                    for sh in T.unroll(5):
+                        acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", full, acc[0], 16 >> sh, 32)
+                    if lane == 0:
+                        warp_sums[warp] = acc[0]
+                    T.tvm_storage_sync("shared")
+                    if tid == 0:
+                        for w in T.unroll(WARPS - 1):
+                            acc[0] = acc[0] + warp_sums[w + 1]
+                        T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(AbsSum[bh]), acc[0]))
+
+    return sign_pack

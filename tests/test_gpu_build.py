@@ -1,0 +1,152 @@
+"""CPU-runnable tests of binattn's CUDA build path (no GPU needed; nvcc 13 is on these machines).
+
+Real builds: TVM generates the kernels, nvcc compiles them, apache-tvm-ffi loads the .so here
+and lists the kernels; manifests, arch matching, the packaged libraries, the fallback reason
+when no kernel matches, the tuning database, the ``build-kernels`` CLI, and that
+``import binattn`` (with the CUDA dispatch module) works where the TVM compiler is absent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from binattn.schedules import cuda_attention as sched
+from binattn.tvm_kernels import cuda_build, cuda_dispatch
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+PACKAGED = Path(cuda_dispatch.__file__).resolve().parent.parent / "kernels"
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kernels")
+    cuda_build.build(["sm_90a"], out, dtypes=("bfloat16",), dvs=(64,))
+    return out
+
+
+@needs_nvcc
+def test_build_writes_loadable_library_and_manifest(small_build):
+    import tvm_ffi
+
+    manifest = cuda_build.read_manifest(small_build)
+    entry = manifest["libraries"]["sm_90a"]
+    lib = small_build / entry["file"]
+    assert entry["attention"] == {"bfloat16": [64]}
+    assert entry["sha256"] == hashlib.sha256(lib.read_bytes()).hexdigest()
+    source = (small_build / "binattn_cuda_sm_90a.cu").read_text()
+    assert "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc" in source
+    assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in source
+    module = tvm_ffi.load_module(str(lib))
+    for name in ("binattn_attention_bfloat16_dv64", "binattn_sign_pack_float32",
+                 "binattn_popcount_scores"):
+        assert module[name] is not None
+    cuobjdump = shutil.which("cuobjdump")
+    if cuobjdump:
+        listing = subprocess.run([cuobjdump, "--list-elf", str(lib)], capture_output=True,
+                                 text=True).stdout
+        assert "sm_90a" in listing
+
+
+@needs_nvcc
+def test_rebuild_keeps_other_archs(small_build, tmp_path):
+    for f in small_build.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["libraries"]["sm_80"] = dict(manifest["libraries"]["sm_90a"], file="gone.so")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    # an entry whose file is missing is dropped; the real one is kept
+    assert set(cuda_build.read_manifest(tmp_path)["libraries"]) == {"sm_90a", "sm_80"}
+
+
+def test_packaged_libraries_match_manifest():
+    manifest = cuda_build.read_manifest(PACKAGED)
+    assert manifest is not None, "binattn/kernels/manifest.json missing"
+    assert {"sm_90a", "sm_80"} <= set(manifest["libraries"])
+    for arch, entry in manifest["libraries"].items():
+        lib = PACKAGED / entry["file"]
+        assert lib.stat().st_size < 8 << 20, f"{lib} too big for package data"
+        assert hashlib.sha256(lib.read_bytes()).hexdigest() == entry["sha256"], arch
+        assert sorted(entry["attention"]["bfloat16"]) == sorted(sched.DV_BUCKETS)
+
+
+def test_packaged_library_loads_without_gpu():
+    import tvm_ffi
+
+    entry = cuda_build.read_manifest(PACKAGED)["libraries"]["sm_90a"]
+    module = tvm_ffi.load_module(str(PACKAGED / entry["file"]))
+    assert module["binattn_attention_float16_dv128"] is not None
+
+
+@pytest.mark.parametrize("capability, first", [((9, 0), "sm_90a"), ((8, 6), "sm_86"),
+                                               ((8, 0), "sm_80"), ((12, 0), "sm_120a")])
+def test_arch_candidates(capability, first):
+    cands = cuda_dispatch.arch_candidates(capability)
+    assert cands[0] == first
+    assert "sm_80" in cands
+
+
+def test_no_matching_library_names_reason(tmp_path, monkeypatch):
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": 1, "libraries": {"sm_90a": {"file": "x.so"}}}))
+    (tmp_path / "x.so").write_bytes(b"")
+    monkeypatch.setenv("BINATTN_CUDA_KERNELS", str(tmp_path))
+    monkeypatch.setattr(cuda_dispatch, "kernel_dirs", lambda: [tmp_path])
+    directory, entry, reason = cuda_dispatch.find_library((7, 5))
+    assert directory is None and "sm_75" in reason and "sm_90a" in reason
+    assert cuda_dispatch.find_library((9, 0))[2] == "sm_90a"
+
+
+def test_parse_archs_rejects_unknown():
+    assert cuda_build.parse_archs("sm_90a, sm_80") == ["sm_90a", "sm_80"]
+    with pytest.raises(ValueError, match="sm_99"):
+        cuda_build.parse_archs("sm_99")
+
+
+def test_tuning_db_roundtrip(tmp_path):
+    db = tmp_path / "tuned.json"
+    assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db) == sched.default_schedule(64)
+    best = sched.CudaAttentionSchedule(warps=8, key_block=32)
+    sched.record_schedule("sm_90a", "bfloat16", 64, best, db=db)
+    assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db) == best
+    with pytest.raises(ValueError, match="warps"):
+        sched.record_schedule("sm_90a", "bfloat16", 64, sched.CudaAttentionSchedule(3, 64), db=db)
+
+
+def test_build_kernels_cli_errors_and_help(tmp_path):
+    from binattn.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["build-kernels", "--help"])
+    assert result.exit_code == 0 and "--arch" in result.output
+    result = runner.invoke(main, ["build-kernels", "--arch", "sm_99", "-o", str(tmp_path / "k")])
+    assert result.exit_code == 2 and "sm_99" in result.output
+    assert not (tmp_path / "k").exists()
+
+
+BLOCK_TVM = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tvm" or name.startswith("tvm."):
+            raise ImportError("TVM compiler blocked for this test")
+sys.meta_path.insert(0, Block())
+import binattn, torch
+from binattn.tvm_kernels import cuda_dispatch
+from binattn.ops import dispatch
+assert ("binary_attention", "cuda") in dispatch._registry
+assert "tvm" not in sys.modules
+print("ok")
+"""
+
+
+def test_import_without_tvm_compiler():
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TVM], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")

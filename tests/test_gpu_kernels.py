@@ -1,0 +1,171 @@
+"""GPU correctness of binattn's prebuilt TVM CUDA kernels against the reference op.
+
+Runs only where torch sees a CUDA GPU (skips cleanly elsewhere); on a GPU the kernel library must
+load (a load failure fails the tests, it does not skip them). Every test draws fresh random inputs
+(seed printed on failure, never zeros) and poisons outputs before each launch. Sign bits, row
+popcounts and integer scores must be bit-exact; attention output must match the reference within
+the rounding of P to the value dtype. Covers D ∈ {32, 64, 72, 80, 96, 128, 256}, odd N, bool and
+float masks, causal, GQA, dense / broadcast bias, the three scale modes and the fallback path.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+import binattn
+from binattn.ops import dispatch, reference
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+HEAD_DIMS = (32, 64, 72, 80, 96, 128, 256)
+DTYPES = (torch.float16, torch.bfloat16)
+TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+@pytest.fixture(scope="module")
+def cuda_dispatch():
+    from binattn.tvm_kernels import cuda_dispatch as cd
+
+    reason = cd.library_reason(torch.device("cuda"))
+    assert reason is None, f"CUDA kernel library did not load: {reason}"
+    return cd
+
+
+@pytest.fixture
+def gen():
+    seed = int.from_bytes(os.urandom(4), "little")
+    return torch.Generator(device="cuda").manual_seed(seed)
+
+
+def randn(gen, *shape, dtype=torch.float32):
+    x = torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32)
+    x = x + 0.01 * torch.sign(x)  # no exact zeros: sign(0) is covered by its own test
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float32))
+@pytest.mark.parametrize("head_dim", HEAD_DIMS + (1, 33, 200))
+def test_sign_pack_bit_exact(cuda_dispatch, gen, dtype, head_dim):
+    x = randn(gen, 3, 37, head_dim, dtype=dtype)
+    x[0, 0, : min(5, head_dim)] = 0  # sign(0) = +1
+    for words in (reference.num_words(head_dim), 8):
+        if words < reference.num_words(head_dim):
+            continue
+        bits = torch.full((3, 37, words), -12345, dtype=torch.int32, device="cuda")
+        pops = torch.full((3, 37), -7, dtype=torch.int32, device="cuda")
+        abs_sum = torch.zeros(3, dtype=torch.float32, device="cuda")
+        cuda_dispatch._call(x.device, f"binattn_sign_pack_{cuda_dispatch.PACK_DTYPES[dtype]}",
+                            x, bits, pops, abs_sum)
+        ref_bits, ref_pops = reference.sign_pack(x)
+        w = ref_bits.shape[-1]
+        assert torch.equal(bits[..., :w], ref_bits), f"seed {gen.initial_seed()}"
+        assert torch.all(bits[..., w:] == 0)
+        assert torch.equal(pops, ref_pops)
+        torch.testing.assert_close(abs_sum, x.float().abs().sum((-2, -1)), rtol=1e-5, atol=1e-3)
+
+
+def test_sign_pack_op_uses_kernel(cuda_dispatch, gen):
+    x = randn(gen, 2, 5, 41, 96, dtype=torch.bfloat16)
+    words, pops = binattn.ops.sign_pack(x)
+    assert dispatch.kernel_report()["sign_pack/cuda"] == "tvm-cuda:sign_pack"
+    ref_words, ref_pops = reference.sign_pack(x)
+    assert torch.equal(words, ref_words) and torch.equal(pops, ref_pops)
+
+
+@pytest.mark.parametrize("head_dim", HEAD_DIMS + (1, 255))
+def test_popcount_scores_bit_exact(cuda_dispatch, gen, head_dim):
+    q_bits, _ = reference.sign_pack(randn(gen, 2, 3, 77, head_dim))
+    k_bits, _ = reference.sign_pack(randn(gen, 2, 3, 131, head_dim))
+    scores = binattn.ops.popcount_scores(q_bits, k_bits, head_dim)
+    assert dispatch.kernel_report()["popcount_scores/cuda"] == "tvm-cuda:popcount_scores"
+    ref = reference.popcount_scores(q_bits, k_bits, head_dim)
+    assert torch.equal(scores, ref), f"seed {gen.initial_seed()}"
+    assert int(scores.abs().max()) <= head_dim
+
+
+def _case_inputs(gen, case, dtype, head_dim):
+    B, Hq, Hkv, Nq, Nk = 2, 4, 4, 77, 133
+    kw = {}
+    if case == "gqa":
+        Hkv = 2
+    if case == "mqa_causal":
+        Hkv, Nq, Nk = 1, 133, 133
+        kw["is_causal"] = True
+    if case == "causal":
+        Nq = Nk = 129
+        kw["is_causal"] = True
+    q = randn(gen, B, Hq, Nq, head_dim, dtype=dtype)
+    k = randn(gen, B, Hkv, Nk, head_dim, dtype=dtype)
+    v = randn(gen, B, Hkv, Nk, head_dim, dtype=dtype)
+    if case == "bool_mask":
+        mask = torch.rand(B, 1, Nq, Nk, generator=gen, device="cuda") > 0.3
+        mask[0, 0, 3] = False  # a row with no visible key gives 0
+        kw["attn_mask"] = mask
+    if case == "float_mask_bias":
+        kw["attn_mask"] = randn(gen, Nq, Nk)
+        kw["bias"] = randn(gen, Hq, Nq, Nk) * 0.5
+    if case == "head_bias":
+        kw["bias"] = randn(gen, 1, Hq, 1, 1)
+    if case == "static":
+        kw.update(scale_mode="static", q_scale=torch.tensor(0.7, device="cuda"),
+                  k_scale=torch.rand(1, Hkv, 1, 1, generator=gen, device="cuda") + 0.5)
+    if case == "none_scale":
+        kw.update(scale_mode="none", scale=0.05)
+    return q, k, v, kw
+
+
+CASES = ("plain", "gqa", "causal", "mqa_causal", "bool_mask", "float_mask_bias", "head_bias",
+         "static", "none_scale")
+
+
+def _check(out, q, k, v, kw, gen):
+    with dispatch.reference_only():
+        ref = binattn.ops.binary_attention(q, k, v, **kw)
+    assert not torch.isnan(out).any(), f"NaN left in output (seed {gen.initial_seed()})"
+    err = (out.float() - ref.float()).abs().max().item()
+    bound = TOL[v.dtype] * max(1.0, ref.float().abs().max().item())
+    assert err <= bound, f"max err {err:.3g} > {bound:.3g} (seed {gen.initial_seed()})"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_attention_matches_reference(cuda_dispatch, gen, dtype, head_dim):
+    q, k, v, kw = _case_inputs(gen, "plain", dtype, head_dim)
+    out = torch.full((*q.shape[:-1], v.shape[-1]), float("nan"), dtype=dtype, device="cuda")
+    cuda_dispatch.attention_kernel(q, k, v, None, None, False, None, "mean_abs", None, None,
+                                   None, None, "sign", 1.0, 1.0, out=out)
+    _check(out, q, k, v, kw, gen)
+
+
+@pytest.mark.parametrize("head_dim", (64, 72, 128))
+@pytest.mark.parametrize("case", CASES[1:])
+def test_attention_cases_match_reference(cuda_dispatch, gen, case, head_dim):
+    dtype = torch.bfloat16 if head_dim != 72 else torch.float16
+    q, k, v, kw = _case_inputs(gen, case, dtype, head_dim)
+    out = binattn.ops.binary_attention(q, k, v, **kw)
+    assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
+    _check(out, q, k, v, kw, gen)
+
+
+def test_attention_long_sequence(cuda_dispatch, gen):
+    q, k, v, _ = _case_inputs(gen, "plain", torch.bfloat16, 64)
+    q = randn(gen, 1, 2, 1500, 64, dtype=torch.bfloat16)
+    k = randn(gen, 1, 2, 2049, 64, dtype=torch.bfloat16)
+    v = randn(gen, 1, 2, 2049, 64, dtype=torch.bfloat16)
+    _check(binattn.ops.binary_attention(q, k, v), q, k, v, {}, gen)
+
+
+def test_unsupported_option_falls_back_with_reason(cuda_dispatch, gen):
+    q, k, v, _ = _case_inputs(gen, "plain", torch.bfloat16, 64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dispatch._warned.clear()
+        out = binattn.ops.binary_attention(q, k, v, top_n=5)
+    assert any("top_n" in str(w.message) for w in caught)
+    assert dispatch.kernel_report()["binary_attention/cuda"].startswith("reference (")
+    with dispatch.reference_only():
+        ref = binattn.ops.binary_attention(q, k, v, top_n=5)
+    assert torch.equal(out, ref)
