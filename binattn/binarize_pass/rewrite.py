@@ -7,6 +7,7 @@ sites (``matchers``) or capture graphs (``capture``).
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, Optional
 
 import torch
@@ -66,6 +67,14 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
             gm.add_submodule(f"binattn_bias_{index}", bias.to(_device(gm)))
             kwargs["bias"] = graph.call_module(f"binattn_bias_{index}")
         out = graph.call_module(f"binattn_site_{index}", (m.q, k, m.v), kwargs)
+        if m.probs_node is not None:
+            site.returns_probs = True
+            both, out = out, graph.call_function(operator.getitem, (out, 0))
+            probs = graph.call_function(operator.getitem, (both, 1))
+            dtype = m.probs_node.meta["val"].dtype
+            probs = graph.call_function(aten.to.dtype, (probs, dtype))
+            chain = set(m.nodes)
+            m.probs_node.replace_all_uses_with(probs, delete_user_cb=lambda u: u not in chain)
     out.meta.update({key: m.output.meta[key] for key in ("val", "nn_module_stack", "stack_trace")
                      if key in m.output.meta})
     m.output.replace_all_uses_with(out)

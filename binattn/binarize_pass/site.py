@@ -39,6 +39,7 @@ class BinaryAttentionSite(nn.Module):
         self.binarizer, self.temperature, self.ste_clip = binarizer, temperature, ste_clip
         self.mode = mode
         self.record_probs = False
+        self.returns_probs = False   # set by the pass where the graph also uses the weights
         self.last_probs: Optional[torch.Tensor] = None
         self.register_buffer("q_scale", None)
         self.register_buffer("k_scale", None)
@@ -52,16 +53,23 @@ class BinaryAttentionSite(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 attn_mask: Optional[torch.Tensor] = None,
-                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+                bias: Optional[torch.Tensor] = None):
+        """The attention output; ``(output, probs)`` where ``returns_probs`` is set."""
+        need_probs = self.record_probs or self.returns_probs
         if self.mode == "float":
-            return self._float_attention(q, k, v, attn_mask)
+            out, probs = self._float_attention(q, k, v, attn_mask, need_probs)
+        elif need_probs:
+            out, probs = self._binary_with_probs(q, k, v, attn_mask, bias)
+        else:
+            out, probs = ops.binary_attention(
+                q, k, v, bias=bias, attn_mask=attn_mask, is_causal=self.is_causal,
+                scale=self.scale, scale_mode=self.scale_mode, q_scale=self.q_scale,
+                k_scale=self.k_scale, top_n=self.top_n, pv_bits=self.pv_bits,
+                binarizer=self.binarizer, temperature=self.temperature,
+                ste_clip=self.ste_clip), None
         if self.record_probs:
-            return self._binary_with_probs(q, k, v, attn_mask, bias)
-        return ops.binary_attention(
-            q, k, v, bias=bias, attn_mask=attn_mask, is_causal=self.is_causal, scale=self.scale,
-            scale_mode=self.scale_mode, q_scale=self.q_scale, k_scale=self.k_scale,
-            top_n=self.top_n, pv_bits=self.pv_bits, binarizer=self.binarizer,
-            temperature=self.temperature, ste_clip=self.ste_clip)
+            self.last_probs = probs
+        return (out, probs) if self.returns_probs else out
 
     def _binary_with_probs(self, q, k, v, attn_mask, bias):
         """The reference op with its probabilities (same math as the custom op, differentiable)."""
@@ -72,16 +80,15 @@ class BinaryAttentionSite(nn.Module):
             q4, k4, v4, b4, m4, self.is_causal, self.scale, self.scale_mode, self.q_scale,
             self.k_scale, self.top_n, self.pv_bits, self.binarizer, self.temperature,
             self.ste_clip, return_probs=True)
-        self.last_probs = probs
-        return out.squeeze(1) if squeeze else out
+        return (out.squeeze(1), probs.squeeze(1)) if squeeze else (out, probs)
 
-    def _float_attention(self, q, k, v, attn_mask):
+    def _float_attention(self, q, k, v, attn_mask, need_probs: bool):
         """Exact full-precision softmax attention on the same q, k, v, mask and scale."""
         gqa = q.dim() == 4 and q.shape[1] != k.shape[1]
-        if not self.record_probs:
+        if not need_probs:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                                   is_causal=self.is_causal, scale=self.scale,
-                                                  enable_gqa=gqa)
+                                                  enable_gqa=gqa), None
         scale = q.shape[-1] ** -0.5 if self.scale is None else self.scale
         if gqa:
             k, v = (reference.expand_kv_heads(x, q.shape[1]) for x in (k, v))
@@ -89,5 +96,4 @@ class BinaryAttentionSite(nn.Module):
         mask = reference.additive_mask(attn_mask, self.is_causal, q.shape[-2], k.shape[-2],
                                        scores.dtype, q.device)
         probs = torch.softmax(scores if mask is None else scores + mask, dim=-1)
-        self.last_probs = probs
-        return probs @ v
+        return probs @ v, probs

@@ -40,6 +40,7 @@ class Match:
     scale: Optional[float] = None       # None: 1/sqrt(D) as in SDPA
     nodes: list[fx.Node] = field(default_factory=list)  # nodes made dead by the rewrite
     skip: Optional[str] = None
+    probs_node: Optional[fx.Node] = None  # probabilities also used off the attention chain
 
     @property
     def mask_desc(self) -> str:

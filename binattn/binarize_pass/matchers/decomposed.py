@@ -38,6 +38,8 @@ CASTS = {aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout, aten.type_a
 VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default,
          aten.expand.default}
 DROPOUT = {aten.dropout.default, aten.native_dropout.default}
+# export keeps metadata assertions on intermediate tensors; they are not real users
+ASSERTS = {aten._assert_tensor_metadata.default}
 
 
 class _NoMatch(Exception):
@@ -51,7 +53,8 @@ class _Walk:
         self.gm, self.rank = gm, scores_rank
         self.scale, self.masks, self.nodes = 1.0, [], []
         self.skip: Optional[str] = None
-        self.masked = False
+        self.scaled_after = False   # walking up: a scale op seen before any mask op
+        self.probs_node: Optional[fx.Node] = None
 
     def set_skip(self, reason: str) -> None:
         self.skip = self.skip or reason
@@ -106,9 +109,9 @@ def _scale_step(node: fx.Node, walk: _Walk) -> Optional[fx.Node]:
     if c is None:
         tensor_scores = a if _leads_to_scores(a) else b
         walk.set_skip("the scores are scaled by a tensor that is not a constant")
-        return tensor_scores
-    if walk.masked:
-        walk.set_skip("the scores are scaled after the mask is added")
+        return tensor_scores if isinstance(tensor_scores, fx.Node) else None
+    if not walk.masks:
+        walk.scaled_after = True
     if c == 0:
         walk.set_skip("the scores are multiplied by 0")
         return scores
@@ -156,7 +159,8 @@ def _mask_step(node: fx.Node, walk: _Walk) -> Optional[fx.Node]:
         walk.masks.append((cond, "keep" if scores_first else "drop"))
     else:
         return None
-    walk.masked = True
+    if walk.scaled_after:
+        walk.set_skip("the scores are scaled after a mask is added")
     return scores
 
 
@@ -188,43 +192,80 @@ def _walk_up(softmax_in: fx.Node, walk: _Walk) -> tuple[fx.Node, fx.Node]:
     raise _NoMatch
 
 
+def _chain_step(cur: fx.Node, user: fx.Node, walk: _Walk) -> Optional[tuple]:
+    """One step down from the probs: ("done", v, pv) at the product with v, ("next", node) for
+    dropout/cast/view, None if ``user`` does not continue the attention."""
+    if user.op != "call_function":
+        return None
+    t = user.target
+    if t in MATMUL:
+        return ("done", user.args[1], user) if user.args[0] is cur else None
+    if t in DROPOUT:
+        p = const_value(user.args[1], walk.gm)
+        train = user.args[2] if len(user.args) > 2 else True
+        if train is not False and (p is None or p > 0):
+            walk.set_skip(f"attention dropout p={user.args[1]} is active "
+                          "(model in training mode)")
+        if t is aten.native_dropout.default:
+            getters = list(user.users)
+            if len(getters) != 1 or getters[0].args[1] != 0:
+                return None
+            walk.nodes.append(user)
+            return "next", getters[0]
+        return "next", user
+    if t in CASTS or t in VIEWS:
+        return "next", user
+    return None
+
+
 def _walk_down(softmax: fx.Node, walk: _Walk) -> tuple[fx.Node, fx.Node]:
-    """From the softmax down to the probs·v product; returns (v operand, output node)."""
+    """From the softmax down to the probs·v product; returns (v operand, output node).
+
+    Users of the probabilities off the chain (``nn.MultiheadAttention`` returning its weights,
+    ``output_attentions``) are allowed at one node of the scores' rank: the site then also
+    returns its own probabilities for them (``Match.probs_node``).
+    """
     cur = softmax
     for _ in range(32):
-        users = list(cur.users)
-        if len(users) != 1:
-            if any(u.op == "call_function" and u.target in MATMUL for u in users):
-                walk.set_skip("the attention probabilities are also used elsewhere "
-                              "(returned as weights?)")
-                users = [u for u in users if u.target in MATMUL]
-            else:
-                raise _NoMatch
-        user = users[0]
-        if user.op != "call_function":
+        asserts = [u for u in cur.users if u.op == "call_function" and u.target in ASSERTS]
+        walk.nodes.extend(asserts)
+        users = [u for u in cur.users if u not in asserts]
+        steps = [(u, _chain_step(cur, u, walk)) for u in users]
+        chain = [(u, st) for u, st in steps if st is not None and
+                 (st[0] == "done" or _continues(st[1], walk))]
+        if not chain:
             raise _NoMatch
-        walk.nodes.append(user)
-        t = user.target
-        if t in MATMUL:
-            if user.args[0] is not cur:
-                raise _NoMatch
-            return user.args[1], user
-        if t in DROPOUT:
-            p = const_value(user.args[1], walk.gm)
-            train = user.args[2] if len(user.args) > 2 else True
-            if train is not False and (p is None or p > 0):
-                walk.set_skip(f"attention dropout p={user.args[1]} is active "
-                              "(model in training mode)")
-            if t is aten.native_dropout.default:
-                getters = list(user.users)
-                if len(getters) != 1 or getters[0].args[1] != 0:
-                    raise _NoMatch
-                walk.nodes.append(getters[0])
-                user = getters[0]
-        elif not (t in CASTS or t in VIEWS):
-            raise _NoMatch
-        cur = user
+        user, step = chain[0]
+        if len(users) > 1:
+            if walk.probs_node is not None or rank(cur) != walk.rank:
+                walk.set_skip("the attention probabilities are used elsewhere in a form the "
+                              "pass cannot provide")
+            walk.probs_node = cur
+        walk.nodes.append(user if step[0] == "done" else step[1])
+        if step[0] == "done":
+            return step[1], step[2]
+        if user is not step[1]:
+            walk.nodes.append(user)
+        cur = step[1]
     raise _NoMatch
+
+
+def _continues(node: fx.Node, walk: _Walk, depth: int = 0) -> bool:
+    """Whether a dropout/cast/view user leads on to the product with v."""
+    if depth > 16:
+        return False
+    for user in node.users:
+        if user.op == "call_function" and user.target in MATMUL and user.args[0] is node:
+            return True
+        if user.op == "call_function" and user.target in DROPOUT | CASTS | VIEWS:
+            nxt = user
+            if user.target is aten.native_dropout.default:
+                nxt = next(iter(user.users), None)
+                if nxt is None:
+                    continue
+            if _continues(nxt, walk, depth + 1):
+                return True
+    return False
 
 
 def _lift_output(node: fx.Node, target_rank: int, walk: _Walk) -> fx.Node:
@@ -284,4 +325,4 @@ def match(node: fx.Node, gm: Optional[fx.GraphModule]) -> Optional[Match]:
     walk.nodes.append(node)
     return Match(NAME, anchor=node, output=output, q=q, k=k, v=v, k_transposed=transposed,
                  mask_parts=walk.masks, is_causal=False, scale=walk.scale, nodes=walk.nodes,
-                 skip=walk.skip)
+                 skip=walk.skip, probs_node=walk.probs_node)
