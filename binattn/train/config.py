@@ -1,0 +1,117 @@
+"""``TrainConfig``: every option of the QAT + distillation trainer, checked on construction.
+
+Options left at ``None`` take the recipe's default (see ``recipes.RECIPE_DEFAULTS``); e.g.
+``top_n`` is 30 for HAD and off for BinaryAttention, ``attn_weight`` 1 for HAD and 0 for
+BinaryAttention. ``top_n=0`` turns top-N off explicitly.
+
+What it does not: run anything (``trainer``) or choose the loss terms (``recipes``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+from ..errors import UserError
+from .schedules import HAD_FRACTIONS
+
+RECIPE_NAMES = ("binaryattention", "had", "fp")
+DISTILL_KINDS = ("hard", "soft", "none")
+TASKS = ("auto", "classification", "embedding")
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`binattn.train.train`.
+
+    Attributes:
+        recipe: ``"binaryattention"`` (mean|x| scales, STE clip 1, hard-label KD), ``"had"``
+            (static calibrated scales, staged tanh→sign, attention-map + output KL, top-N) or
+            ``"fp"`` (plain supervised training, no binarization logic; for FP baselines).
+        epochs / steps: run length (``steps`` wins when set).
+        batch_size: per rank; fixed (static-shape graphs accept one batch size).
+        lr, weight_decay, warmup (fraction of steps), min_lr_ratio, grad_clip: AdamW + cosine.
+            The learned attention bias, norms and 1-D parameters get no weight decay.
+        bias_lr_mult: learning-rate multiplier for the learned attention bias.
+        distill: ``"hard"`` (0.5·CE(labels) + 0.5·CE(argmax teacher)), ``"soft"`` (KL at
+            ``kd_temperature``, mixed with CE) or ``"none"`` — for classification outputs.
+        label_weight: weight of CE(labels) in the distillation mix.
+        attn_weight: attention-map KL weight (HAD default 1; BinaryAttention default 0).
+        hidden_weight: MSE between student and teacher per-site attention outputs (default 0).
+        output_weight: weight of the output term (KL for logits, 1−cos+MSE for embeddings).
+        scale_mode: override the recipe's scale mode (``"none"`` gives the sign-only ablation).
+        top_n, pv_bits, ste_clip: site options (``None`` = recipe default; ``top_n=0`` = off).
+        calib_batches: HAD's calibration batches for the static scales (std of q and k).
+        had_fractions: lengths of HAD's four stages as fractions of the run.
+        task: ``"classification"`` (labels + logits), ``"embedding"`` (pure distillation on
+            outputs) or ``"auto"`` (classification when labels are given).
+        checkpoint / checkpoint_every / resume: save to this file every N steps and at the end;
+            resume from it when it exists.
+    """
+
+    recipe: str = "binaryattention"
+    epochs: float = 60.0
+    steps: Optional[int] = None
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup: float = 0.05
+    min_lr_ratio: float = 0.01
+    grad_clip: Optional[float] = 1.0
+    bias_lr_mult: float = 1.0
+    distill: str = "hard"
+    kd_temperature: float = 1.0
+    label_weight: float = 0.5
+    attn_weight: Optional[float] = None
+    hidden_weight: float = 0.0
+    output_weight: float = 1.0
+    embedding_mse_weight: float = 1.0
+    scale_mode: Optional[str] = None
+    top_n: Optional[int] = None
+    pv_bits: Optional[int] = None
+    ste_clip: Optional[float] = None
+    calib_batches: int = 100
+    had_fractions: tuple[float, float, float, float] = HAD_FRACTIONS
+    task: str = "auto"
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint: Optional[str] = None
+    checkpoint_every: int = 0
+    resume: bool = True
+    progress: bool = True
+    eval_every: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.recipe in RECIPE_NAMES, f"recipe must be one of {RECIPE_NAMES}"),
+            (self.distill in DISTILL_KINDS, f"distill must be one of {DISTILL_KINDS}"),
+            (self.task in TASKS, f"task must be one of {TASKS}"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.steps is None or self.steps >= 1, "steps must be >= 1"),
+            (self.epochs > 0, "epochs must be > 0"),
+            (self.lr > 0, "lr must be > 0"),
+            (0 <= self.warmup < 1, "warmup is a fraction of the steps, in [0, 1)"),
+            (0 <= self.label_weight <= 1, "label_weight must be in [0, 1]"),
+            (self.top_n is None or self.top_n >= 0, "top_n must be >= 0 (0 = off)"),
+            (self.pv_bits in (None, 8), "pv_bits must be None or 8"),
+            (self.scale_mode in (None, "mean_abs", "static", "none"),
+             "scale_mode must be mean_abs, static or none"),
+            (self.calib_batches >= 1, "calib_batches must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"TrainConfig: {message} (got {self._field_of(message)!r})")
+        self.had_fractions = tuple(float(f) for f in self.had_fractions)
+
+    def _field_of(self, message: str) -> Any:
+        name = message.split()[0]
+        return getattr(self, name, None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k == "had_fractions" else v)
+                      for k, v in values.items() if k in known})

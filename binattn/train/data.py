@@ -1,0 +1,232 @@
+"""Offline training data: real digits, cluttered digits, unlabeled English text, and batching.
+
+What it does:
+  - ``digits()``: scikit-learn's ``load_digits`` (1797 real 8×8 grey images, shipped with
+    scikit-learn), as float tensors ``[N, 1, 8, 8]`` scaled to [0, 1] and int64 labels;
+  - ``cluttered_digits()``: each digit at a random position on a 24×24 canvas, with clutter made of
+    fragments of *other* digits, so the classifier has to attend to the right place;
+  - ``stratified_folds()``: stratified k-fold index splits (scikit-learn);
+  - ``stdlib_sentences()``: unlabeled English sentences from the docstrings of the Python
+    standard library (always available offline), deduplicated, in a deterministic order;
+  - ``TensorData`` + ``batches()``: in-memory datasets and seeded, fixed-size batches, sharded
+    across ranks for DDP.
+
+What it does not: augmentation, tokenization (the MiniLM benchmark tokenizes), or file formats
+beyond ``load_tensor_data`` (``.npz``/``.pt`` with ``x``/``y`` arrays, or a text file).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+
+@dataclass
+class TensorData:
+    """Model inputs (a tuple of tensors sharing dim 0) and optional integer labels."""
+
+    inputs: tuple[torch.Tensor, ...]
+    labels: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        n = self.inputs[0].shape[0]
+        sizes = [t.shape[0] for t in self.inputs] + (
+            [] if self.labels is None else [self.labels.shape[0]])
+        if any(s != n for s in sizes):
+            raise UserError(f"training data: inputs and labels disagree on the number of "
+                            f"examples: {sizes}")
+
+    def __len__(self) -> int:
+        return self.inputs[0].shape[0]
+
+    def subset(self, index: torch.Tensor | np.ndarray | Sequence[int]) -> "TensorData":
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        labels = None if self.labels is None else self.labels[index]
+        return TensorData(tuple(t[index] for t in self.inputs), labels)
+
+    def to(self, device: torch.device | str) -> "TensorData":
+        labels = None if self.labels is None else self.labels.to(device)
+        return TensorData(tuple(t.to(device) for t in self.inputs), labels)
+
+
+def batches(data: TensorData, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
+            rank: int = 0, world_size: int = 1, drop_last: bool = True
+            ) -> Iterator[tuple[tuple[torch.Tensor, ...], Optional[torch.Tensor]]]:
+    """Yield ``(inputs, labels)`` batches of exactly ``batch_size`` (per rank).
+
+    The order depends only on (seed, epoch), so a resumed run sees the same batches; with
+    ``world_size > 1`` each rank takes every ``world_size``-th batch-sized slice (DDP sharding).
+    The batch size is fixed because graphs captured with static shapes only accept it.
+    """
+    n = len(data)
+    if shuffle:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+    else:
+        order = torch.arange(n)
+    per_step = batch_size * world_size
+    steps = n // per_step if drop_last else -(-n // per_step)
+    for step in range(steps):
+        index = order[step * per_step + rank * batch_size:][:batch_size]
+        if index.numel() < batch_size:  # only when not drop_last: pad by wrapping around
+            index = torch.cat([index, order[: batch_size - index.numel()]])
+        sub = data.subset(index)
+        yield sub.inputs, sub.labels
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Optimizer steps in one epoch of ``n`` examples with :func:`batches` (drop_last)."""
+    steps = n // (batch_size * world_size)
+    if steps == 0:
+        raise UserError(f"training data has {n} examples, fewer than one batch of "
+                        f"{batch_size} × {world_size} rank(s): lower --batch-size")
+    return steps
+
+
+def digits() -> TensorData:
+    """scikit-learn's 1797 real 8×8 digit images as ``[N, 1, 8, 8]`` in [0, 1], labels 0–9."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return TensorData((images,), torch.tensor(bunch.target, dtype=torch.long))
+
+
+def cluttered_digits(canvas: int = 24, fragments: int = 4, fragment_size: int = 4,
+                     seed: int = 0) -> TensorData:
+    """Every digit of :func:`digits` placed at a random spot of a ``canvas``² image, plus clutter.
+
+    Clutter: ``fragments`` random ``fragment_size``² crops of other (random) digits at random
+    positions, drawn first so the digit is pasted over them (max-composited). Deterministic in
+    ``seed``. Returns ``[1797, 1, canvas, canvas]`` in [0, 1] with the digit's label.
+    """
+    base = digits()
+    images, labels = base.inputs[0][:, 0], base.labels
+    n, side = images.shape[0], images.shape[-1]
+    if canvas < side or fragment_size > side:
+        raise ValueError(f"canvas {canvas} must be >= {side} and fragment_size <= {side}")
+    rng = np.random.default_rng(seed)
+    out = torch.zeros(n, 1, canvas, canvas)
+    for i in range(n):
+        img = out[i, 0]
+        for _ in range(fragments):
+            j = int(rng.integers(n - 1))
+            j += j >= i  # another digit
+            fy, fx = rng.integers(0, side - fragment_size + 1, size=2)
+            y, x = rng.integers(0, canvas - fragment_size + 1, size=2)
+            patch = images[j, fy:fy + fragment_size, fx:fx + fragment_size]
+            region = img[y:y + fragment_size, x:x + fragment_size]
+            region.copy_(torch.maximum(region, patch))
+        y, x = rng.integers(0, canvas - side + 1, size=2)
+        region = img[y:y + side, x:x + side]
+        region.copy_(torch.maximum(region, images[i]))
+    return TensorData((out,), labels.clone())
+
+
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds`` (train_index, test_index) pairs, stratified by label, shuffled by ``seed``."""
+    from sklearn.model_selection import StratifiedKFold
+
+    y = labels.cpu().numpy()
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y)]
+
+
+STDLIB_MODULES = (
+    "abc argparse array ast asyncio base64 bisect calendar cmd codecs collections colorsys "
+    "concurrent.futures configparser contextlib copy csv dataclasses datetime decimal difflib "
+    "dis email enum filecmp fnmatch fractions ftplib functools getopt gettext glob gzip hashlib "
+    "heapq hmac html html.parser http.client http.server imaplib inspect io ipaddress itertools "
+    "json locale logging lzma mailbox mimetypes multiprocessing numbers operator optparse os "
+    "pathlib pdb pickle pkgutil platform plistlib poplib pprint profile pstats queue quopri "
+    "random re reprlib sched secrets selectors shelve shlex shutil signal smtplib socket "
+    "socketserver sqlite3 ssl statistics string struct subprocess symtable sysconfig tarfile "
+    "tempfile textwrap threading timeit tokenize trace traceback turtle types typing unittest "
+    "urllib.parse urllib.request uuid warnings wave weakref xml.dom.minidom xml.etree.ElementTree "
+    "zipfile zipimport zoneinfo").split()
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_WORDS = re.compile(r"[A-Za-z]{2,}")
+
+
+def _docstrings(module_name: str) -> Iterator[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception:  # noqa: BLE001 - a module missing on this platform just gives nothing
+            return
+        seen = set()
+        yield inspect.getdoc(module) or ""
+        for _, obj in sorted(vars(module).items()):
+            if id(obj) in seen or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            seen.add(id(obj))
+            yield inspect.getdoc(obj) or ""
+            if inspect.isclass(obj):
+                for _, member in sorted(vars(obj).items()):
+                    if inspect.isfunction(member):
+                        yield inspect.getdoc(member) or ""
+
+
+def _is_prose(sentence: str, min_chars: int, max_chars: int) -> bool:
+    if not min_chars <= len(sentence) <= max_chars or not sentence[0].isupper():
+        return False
+    if any(mark in sentence for mark in (">>>", "::", "==", "()", "{", "}", "[", "]", "\\", "|")):
+        return False
+    words = _WORDS.findall(sentence)
+    return len(words) >= 5 and sum(map(len, words)) >= 0.7 * len(sentence.replace(" ", ""))
+
+
+def stdlib_sentences(min_chars: int = 40, max_chars: int = 240,
+                     modules: Sequence[str] = STDLIB_MODULES) -> list[str]:
+    """Unlabeled English prose: sentences from standard-library docstrings, deduplicated.
+
+    Paragraphs are joined, split at sentence ends, and kept when they look like prose (letters
+    dominate, no code or doctest markers). Order is deterministic for a given Python version;
+    the set differs slightly between Python versions (record ``sys.version`` with results).
+    """
+    seen: dict[str, None] = {}
+    for name in modules:
+        for doc in _docstrings(name):
+            for paragraph in doc.split("\n\n"):
+                text = " ".join(paragraph.split())
+                for sentence in _SENTENCE_END.split(text):
+                    if _is_prose(sentence, min_chars, max_chars):
+                        seen.setdefault(sentence, None)
+    return list(seen)
+
+
+def python_version() -> str:
+    return sys.version.split()[0]
+
+
+def load_tensor_data(path: str | Path) -> TensorData:
+    """Load ``x`` (and optional integer ``y``) from a ``.npz`` or a ``.pt`` dict of tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"data file not found: {path}")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                blob = {k: torch.from_numpy(arrays[k]) for k in arrays.files}
+        else:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure is a corrupt file for the user
+        raise UserError(f"cannot read data file {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(blob, dict) or "x" not in blob:
+        raise UserError(f"data file {path} must hold an array named 'x' (and optionally 'y')")
+    x = torch.as_tensor(blob["x"])
+    x = x.float() if x.is_floating_point() else x
+    y = blob.get("y")
+    return TensorData((x,), None if y is None else torch.as_tensor(y).long())

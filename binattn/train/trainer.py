@@ -1,0 +1,315 @@
+"""The QAT + self-distillation loop for a binarized model (a GraphModule from ``binattn.binarize``
+or any module whose attention runs through ``BinaryAttentionSite``s / the binattn ops).
+
+``train(model, data, cfg)``: makes the FP teacher (a frozen copy with every site in float mode),
+applies the recipe's site setup (and HAD's calibration), then runs AdamW with linear warm-up +
+cosine, the recipe's per-step site schedule and loss, gradient clipping, a rich progress bar
+(loss, stage, metric), periodic atomic checkpoints and exact resume (same batches, same RNG).
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel with DDP: each rank takes
+its share of every batch, rank 0 logs and writes checkpoints.
+
+What it does not: binarize the model (``binattn.binarize``), load data (``data``), or choose loss
+terms (``recipes``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import UserError
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import TensorData, batches, steps_per_epoch
+from .metrics import accuracy, embedding_agreement
+from .recipes import Recipe, make_recipe
+from .schedules import warmup_cosine
+from .sites import Recorder, bias_parameter_names, find_sites, make_teacher, unwrap
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model, its teacher, the logs and final metrics."""
+
+    model: nn.Module
+    teacher: Optional[nn.Module]
+    history: list[dict] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def main_output(out: Any) -> torch.Tensor:
+    """The tensor a loss applies to: logits / embedding from a tensor, mapping or tuple output."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping) or hasattr(out, "keys"):
+        for key in ("logits", "sentence_embedding", "last_hidden_state", "pooler_output"):
+            if key in out and out[key] is not None:
+                return out[key]
+        return next(iter(out.values()))
+    if isinstance(out, (tuple, list)) and out:
+        return main_output(out[0])
+    raise UserError(f"cannot find a tensor in the model's output of type {type(out).__name__}")
+
+
+def resolve_task(cfg: TrainConfig, data: TensorData) -> str:
+    if cfg.task != "auto":
+        if cfg.task == "classification" and data.labels is None:
+            raise UserError("task 'classification' needs labels (y) in the training data")
+        return cfg.task
+    return "classification" if data.labels is not None else "embedding"
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: decayed weights; no decay for norms/1-D params/embeddings tokens; the
+    learned attention bias without decay and at ``lr · bias_lr_mult``."""
+    bias_names = bias_parameter_names(model)
+    groups = {"decay": [], "no_decay": [], "attn_bias": []}
+    for name, p in unwrap(model).named_parameters():
+        if not p.requires_grad:
+            continue
+        if name in bias_names:
+            groups["attn_bias"].append(p)
+        elif p.ndim <= 1 or name.endswith(("cls_token", "pos_embed")):
+            groups["no_decay"].append(p)
+        else:
+            groups["decay"].append(p)
+    out = [dict(params=groups["decay"], weight_decay=cfg.weight_decay, base_lr=cfg.lr),
+           dict(params=groups["no_decay"], weight_decay=0.0, base_lr=cfg.lr),
+           dict(params=groups["attn_bias"], weight_decay=0.0, base_lr=cfg.lr * cfg.bias_lr_mult)]
+    return [dict(g, lr=g["base_lr"]) for g in out if g["params"]]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: TensorData, batch_size: int) -> torch.Tensor:
+    """Main outputs for every example, in fixed-size batches (the last one padded, trimmed)."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    try:
+        for inputs, _ in batches(data, batch_size, seed=0, epoch=0, shuffle=False,
+                                 drop_last=False):
+            outs.append(main_output(model(*inputs)).float())
+    finally:
+        model.train(was_training)
+    return torch.cat(outs)[: len(data)]
+
+
+def evaluate(model: nn.Module, data: TensorData, batch_size: int, task: str,
+             teacher: Optional[nn.Module] = None) -> dict[str, float]:
+    """``accuracy`` for classification; ``mean_cosine``/``spearman`` vs the teacher otherwise."""
+    out = predict(model, data, batch_size)
+    if task == "classification":
+        return {"accuracy": accuracy(out, data.labels.to(out.device))}
+    if teacher is None:
+        raise UserError("embedding evaluation needs the teacher")
+    return embedding_agreement(out, predict(teacher, data, batch_size))
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device: str) -> _Dist:
+    """Join the torchrun process group when launched with WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _device(cfg: TrainConfig, d: _Dist) -> torch.device:
+    if cfg.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("device 'cuda' asked for, but torch sees no GPU")
+        return torch.device("cuda", d.local_rank if d.world_size > 1 else
+                            torch.device(cfg.device).index or 0)
+    return torch.device(cfg.device)
+
+
+class Trainer:
+    """One training run; :func:`train` is the one-call front end."""
+
+    def __init__(self, model: nn.Module, data: TensorData, cfg: TrainConfig,
+                 eval_data: Optional[TensorData] = None, teacher: Optional[nn.Module] = None):
+        self.cfg, self.dist = cfg, _init_distributed(cfg.device)
+        self.device = _device(cfg, self.dist)
+        self.task = resolve_task(cfg, data)
+        self.recipe: Recipe = make_recipe(cfg)
+        self.data = data.to(self.device)
+        self.eval_data = eval_data.to(self.device) if eval_data is not None else None
+        self.spe = steps_per_epoch(len(data), cfg.batch_size, self.dist.world_size)
+        self.total = cfg.steps or max(1, round(cfg.epochs * self.spe))
+        self.model = model
+        self.sites = find_sites(model)
+        if self.recipe.needs_teacher(self.task) and teacher is None:
+            teacher = make_teacher(model)
+        self.teacher = teacher.to(self.device) if teacher is not None else None
+        self.teacher_sites = find_sites(self.teacher) if self.teacher is not None else []
+        self.recipe.prepare(self.sites)
+        self.model.to(self.device).train()
+        self.history: list[dict] = []
+        self.start_step = 0
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+        torch.manual_seed(cfg.seed)
+        self._resume_or_calibrate()
+        self.ddp = self._wrap()
+
+    # -- setup ------------------------------------------------------------------------------
+    def _resume_or_calibrate(self) -> None:
+        path = self.cfg.checkpoint
+        if path and self.cfg.resume and os.path.isfile(path):
+            blob = ckpt.load(path)
+            self.start_step = ckpt.restore(blob, self.model, self.optimizer)
+            self.history = list(blob.get("history", []))
+            return
+        calib = (inputs for inputs, _ in self._epoch_batches(0))
+        self.recipe.calibrate(self.model, self.sites, calib)
+
+    def _wrap(self) -> nn.Module:
+        if self.dist.world_size <= 1:
+            return self.model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _epoch_batches(self, epoch: int) -> Iterator:
+        return batches(self.data, self.cfg.batch_size, seed=self.cfg.seed, epoch=epoch,
+                       rank=self.dist.rank, world_size=self.dist.world_size)
+
+    def _steps(self) -> Iterator[tuple[int, tuple, Optional[torch.Tensor]]]:
+        step = self.start_step
+        while step < self.total:
+            epoch, skip = divmod(step, self.spe)
+            for i, (inputs, labels) in enumerate(self._epoch_batches(epoch)):
+                if i < skip:
+                    continue
+                yield step, inputs, labels
+                step += 1
+                if step >= self.total:
+                    return
+
+    # -- one step ---------------------------------------------------------------------------
+    def _set_lr(self, step: int) -> float:
+        warm = int(round(self.cfg.warmup * self.total))
+        factor = warmup_cosine(step, self.total, warm, self.cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        return self.cfg.lr * factor
+
+    def step(self, step: int, inputs: tuple, labels: Optional[torch.Tensor]) -> dict:
+        plan = self.recipe.plan(self.sites, step, self.total)
+        lr = self._set_lr(step)
+        out_t, rec_t = None, None
+        if self.teacher is not None:
+            with torch.no_grad(), Recorder(self.teacher_sites, plan.record_probs,
+                                           plan.record_outputs) as rec_t:
+                out_t = main_output(self.teacher(*inputs)).float()
+        with Recorder(self.sites, plan.record_probs, plan.record_outputs) as rec_s:
+            out_s = main_output(self.ddp(*inputs)).float()
+            loss, parts = self.recipe.loss(out_s, out_t, labels, self.task, plan, rec_s, rec_t)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)} at step {step} ({plan.stage}); "
+                                     f"lower the learning rate")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        record = {"step": step + 1, "loss": float(loss), "lr": lr, "stage": plan.stage, **parts}
+        if self.task == "classification" and labels is not None:
+            record["train_acc"] = accuracy(out_s.detach(), labels)
+        return record
+
+    # -- loop -------------------------------------------------------------------------------
+    def save(self, step: int) -> None:
+        if self.cfg.checkpoint and self.dist.main:
+            ckpt.save(self.cfg.checkpoint, self.model, self.optimizer, step,
+                      self.cfg.to_dict(), self.history)
+
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_data is None:
+            return {}
+        return evaluate(self.model, self.eval_data, self.cfg.batch_size, self.task, self.teacher)
+
+    def run(self) -> TrainResult:
+        start = time.perf_counter()
+        with _progress(self.cfg.progress and self.dist.main) as progress:
+            bar = progress.add_task(f"{self.cfg.recipe}", total=self.total,
+                                    completed=self.start_step, info="")
+            metric = ""
+            for step, inputs, labels in self._steps():
+                record = self.step(step, inputs, labels)
+                self.history.append(record)
+                done = step + 1
+                if self.cfg.eval_every and done % self.cfg.eval_every == 0 and self.dist.main:
+                    scores = self.evaluate()
+                    record.update({f"eval_{k}": v for k, v in scores.items()})
+                    metric = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+                if self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0:
+                    self.save(done)
+                progress.update(bar, completed=done, info=_info(record, metric))
+        self.save(self.total)
+        metrics = self.evaluate() if self.dist.main else {}
+        return TrainResult(self.model, self.teacher, self.history, metrics,
+                           self.total, time.perf_counter() - start)
+
+
+def _info(record: dict, metric: str) -> str:
+    acc = f"  acc {record['train_acc']:.3f}" if "train_acc" in record else ""
+    return f"loss {record['loss']:.4f}{acc}  [{record['stage']}]  {metric}"
+
+
+class _NullProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *args, **kwargs):
+        return 0
+
+    def update(self, *args, **kwargs):
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NullProgress()
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+
+
+def train(model: nn.Module, data: TensorData, cfg: Optional[TrainConfig] = None, *,
+          eval_data: Optional[TensorData] = None, teacher: Optional[nn.Module] = None,
+          **overrides: Any) -> TrainResult:
+    """Train a binarized ``model`` on ``data`` with ``cfg.recipe``; returns a :class:`TrainResult`.
+
+    ``overrides`` replace fields of ``cfg`` (or of the default config), e.g.
+    ``train(gm, data, recipe="had", epochs=30)``. ``teacher`` defaults to a frozen float-mode
+    copy of ``model`` taken before training. The model is trained in place.
+    """
+    cfg = replace(cfg, **overrides) if cfg is not None else TrainConfig(**overrides)
+    if not math.isfinite(cfg.lr):
+        raise UserError("lr must be finite")
+    return Trainer(model, data, cfg, eval_data=eval_data, teacher=teacher).run()
