@@ -9,8 +9,6 @@ package) and writes it atomically (nothing half-written at the path on error);
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any, Optional
 import jsonschema
 
 from .. import __version__
+from ..export.files import write_text
 from ..errors import UserError
 from . import scaling
 from .cost_model import (AttentionShape, Cost, baseline_layer_cost, cam_layer_cost, cam_mapping)
@@ -165,18 +164,8 @@ def build_descriptor(target: CamAccelerator, sites: list[SiteSpec],
 def write_descriptor(doc: dict, path: Path) -> Path:
     """Validate, then write ``doc`` to ``path`` atomically (temp file + rename)."""
     validate(doc)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    write_text(path, json.dumps(doc, indent=2) + "\n")
+    return Path(path)
 
 
 def read_descriptor(path: Path) -> dict:

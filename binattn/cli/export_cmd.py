@@ -1,0 +1,80 @@
+"""``binattn export``: a model's binarized graph as MLIR (torch-mlir) or ONNX (onnxruntime-checked)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from ..errors import UserError
+
+TOLERANCE = 1e-4
+
+
+@click.command("export")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["mlir", "onnx"]), required=True,
+              help="mlir: torch-mlir text; onnx: standard-op ONNX checked in onnxruntime.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Output file (.mlir / .onnx).")
+@click.option("--dialect", default="linalg-on-tensors", show_default=True,
+              type=click.Choice(["linalg-on-tensors", "torch", "tosa", "stablehlo"]),
+              help="MLIR dialect (tosa/stablehlo cannot lower the popcount's shifts).")
+@click.option("--top-n", type=int, help="Binarize with HAD's top-N per query row.")
+@click.option("--pv-bits", type=click.Choice(["8"]), help="8-bit P and V.")
+@click.option("--input-shape", help="Example input shape for MODEL, e.g. 1,3,224,224.")
+@click.option("--trust-pickle", is_flag=True, help="Allow MODEL pickles that hold code.")
+@click.option("--no-check", is_flag=True,
+              help="Skip the check (MLIR re-parse / onnxruntime vs PyTorch comparison).")
+def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[int],
+            pv_bits: Optional[str], input_shape: Optional[str], trust_pickle: bool,
+            no_check: bool) -> None:
+    """Export MODEL's binarized graph to MLIR or ONNX.
+
+    MODEL (a .pt2, a torch.save'd module or a Hugging Face directory) is binarized, exported
+    with torch.export, and every binary attention is decomposed into integer bit operations —
+    sign packing, XOR and a SWAR popcount (exact ±1 dot products) — so no float matmul is left
+    for QKᵀ. MLIR is parsed again with torch-mlir's bindings; ONNX is run in onnxruntime and
+    compared with the PyTorch binarized model (fails above 1e-4).
+
+    \b
+    Examples:
+      binattn export model.pt2 --format mlir -o out.mlir
+      binattn export ./all-MiniLM-L6-v2 --format onnx -o minilm.onnx
+    """
+    from rich.console import Console
+
+    from ..export.files import write_text
+    from ..export.loading import load_binarized, parse_shape
+
+    console = Console()
+    if top_n is not None and top_n < 1:
+        raise UserError(f"--top-n must be >= 1, got {top_n}")
+    gm, inputs = load_binarized(model, trust_pickle=trust_pickle,
+                                input_shape=parse_shape(input_shape), top_n=top_n,
+                                pv_bits=int(pv_bits) if pv_bits else None, dynamic_batch=False)
+    if fmt == "mlir":
+        from ..export.mlir import bit_op_summary, reparse, to_mlir
+
+        with console.status(f"lowering to MLIR ({dialect}) through torch-mlir"):
+            text = to_mlir(gm, inputs, dialect)
+            if not no_check:
+                reparse(text)
+        write_text(output, text)
+        ops = bit_op_summary(text)
+        console.print(f"wrote {output} ({len(text) / 1e6:.1f} MB, {dialect}); attention as bit ops: "
+                      f"{ops['xor'] or ops['torch_xor']} xor, {ops['and']} and, {ops['shift']} shifts"
+                      + ("" if no_check else "; re-parsed with torch-mlir: OK"))
+        return
+    from ..export.onnx import check_onnx, to_onnx
+
+    with console.status("exporting to ONNX (torch.onnx dynamo, opset 20)"):
+        to_onnx(gm, inputs, output)
+    if no_check:
+        console.print(f"wrote {output}")
+        return
+    err = check_onnx(output, gm, inputs)
+    console.print(f"wrote {output}; onnxruntime vs PyTorch (binarized): max |err| = {err:.2e}")
+    if not err <= TOLERANCE:
+        output.unlink(missing_ok=True)
+        raise UserError(f"ONNX output differs from PyTorch by {err:.3g} (> {TOLERANCE})")
