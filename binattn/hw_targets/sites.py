@@ -33,6 +33,8 @@ def parse_attention(spec: str) -> AttentionShape:
         raise HardwareConfigError(
             f"--attention wants SEQ,D,HEADS[,TOPK] as positive integers, got {spec!r}")
     seq, dim, heads, *top = (int(p) for p in parts)
+    if min(seq, dim, heads, *top) < 1:
+        raise HardwareConfigError(f"--attention SEQ,D,HEADS[,TOPK] must all be >= 1, got {spec!r}")
     return AttentionShape.square(seq, dim, heads, top[0] if top else None)
 
 
