@@ -22,6 +22,8 @@ SHAPE_KEYS = ("B", "Hq", "Hkv", "Nq", "Nk", "D", "Dv")
 
 def site_shape(m: Match) -> dict[str, int]:
     """B, Hq, Hkv, Nq, Nk, D, Dv of a match (3-D sites count as one head)."""
+    if m.shape is not None:
+        return dict(m.shape)
     q, k, v = (meta_val(x) for x in (m.q, m.k, m.v))
     if q is None or k is None or v is None:
         return {key: -1 for key in SHAPE_KEYS}

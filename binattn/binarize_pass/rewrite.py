@@ -16,7 +16,7 @@ from torch import fx
 from .bias_setup import make_bias
 from .config import BinarizeConfig
 from .glue import merge_masks
-from .matchers import Match
+from .matchers import Match, hint
 from .report import SiteRow
 from .site import BinaryAttentionSite
 
@@ -42,6 +42,31 @@ def _erase_dead(graph: fx.Graph, nodes: list[fx.Node]) -> None:
                 graph.erase_node(node)
                 pending.remove(node)
                 changed = True
+
+
+def _dim_order(val: torch.Tensor) -> list[int]:
+    """Dims from outermost to innermost by stride (ties keep the logical order)."""
+    strides = [hint(s) for s in val.stride()]
+    return sorted(range(val.dim()), key=lambda d: -strides[d])
+
+
+def _match_layout(graph: fx.Graph, out: fx.Node, original: fx.Node) -> fx.Node:
+    """Give the site's (contiguous) output the memory layout of the value it replaces.
+
+    aot_autograd graphs rely on it: e.g. the CPU flash-attention op returns [B, H, N, D] laid
+    out as [B, N, H, D], and the graph then *views* it as [B, N, H·D].
+    """
+    val = original.meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.dim() < 2:
+        return out
+    order = _dim_order(val)
+    if order == list(range(val.dim())):
+        return out
+    inverse = [order.index(d) for d in range(val.dim())]
+    permuted = graph.call_function(aten.permute.default, (out, order))
+    dense = graph.call_function(aten.clone.default, (permuted,),
+                                {"memory_format": torch.contiguous_format})
+    return graph.call_function(aten.permute.default, (dense, inverse))
 
 
 def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
@@ -75,6 +100,7 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
             probs = graph.call_function(aten.to.dtype, (probs, dtype))
             chain = set(m.nodes)
             m.probs_node.replace_all_uses_with(probs, delete_user_cb=lambda u: u not in chain)
+        out = _match_layout(graph, out, m.output)
     out.meta.update({key: m.output.meta[key] for key in ("val", "nn_module_stack", "stack_trace")
                      if key in m.output.meta})
     m.output.replace_all_uses_with(out)

@@ -3,7 +3,8 @@
 - ``sdpa``: ``scaled_dot_product_attention`` and its backend variants (also what
   ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` become with ``need_weights=False``);
 - ``decomposed``: hand-written ``softmax(q·kᵀ·scale + mask)·v`` in matmul/bmm/baddbmm form
-  (timm/HF eager paths, GPT-2, ``nn.MultiheadAttention`` with weights).
+  (timm/HF eager paths, GPT-2, ``nn.MultiheadAttention`` with weights);
+- ``fastpath``: torch's fused inference ops that hide an attention (always reported skipped).
 """
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from typing import Callable, Optional
 
 from torch import fx
 
-from . import decomposed, sdpa
+from . import decomposed, fastpath, sdpa
 from .base import Match, hint, meta_val, module_path
 
 MatcherFn = Callable[[fx.Node, Optional[fx.GraphModule]], Optional[Match]]
-MATCHERS: list[MatcherFn] = [sdpa.match, decomposed.match]
+MATCHERS: list[MatcherFn] = [sdpa.match, decomposed.match, fastpath.match]
 
 __all__ = ["Match", "MATCHERS", "find_matches", "hint", "meta_val", "module_path"]
 

@@ -41,6 +41,7 @@ class Match:
     nodes: list[fx.Node] = field(default_factory=list)  # nodes made dead by the rewrite
     skip: Optional[str] = None
     probs_node: Optional[fx.Node] = None  # probabilities also used off the attention chain
+    shape: Optional[dict] = None          # shapes, where q/k/v do not tell them
 
     @property
     def mask_desc(self) -> str:
