@@ -26,5 +26,6 @@ setup(
                               "kernels/**/*"]},
     install_requires=CORE,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["binattn=binattn.cli:main"]},
+    entry_points={"console_scripts": ["binattn=binattn.cli:main"],
+                  "torch_dynamo_backends": ["binattn = binattn.backend:binattn_backend"]},
 )

@@ -11,5 +11,8 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: E402  (registers torch.ops.binattn.*)
 from .binarize_pass import BinarizeConfig, binarize, inspect  # noqa: E402
+from .backend import register_if_dynamo_loaded  # noqa: E402
+
+register_if_dynamo_loaded()  # torch.compile backend "binattn" (else via its entry point)
 
 __all__ = ["ops", "__version__", "binarize", "inspect", "BinarizeConfig"]
