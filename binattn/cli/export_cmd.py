@@ -9,6 +9,9 @@ import click
 from ..errors import UserError
 
 TOLERANCE = 1e-4
+# with 8-bit P, round(P·255) can land on the other side of .5 in onnxruntime's float math:
+# one u8 level (1/255) times |v| per flipped entry
+PV8_TOLERANCE = 1e-2
 
 
 @click.command("export")
@@ -35,7 +38,8 @@ def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[i
     with torch.export, and every binary attention is decomposed into integer bit operations —
     sign packing, XOR and a SWAR popcount (exact ±1 dot products) — so no float matmul is left
     for QKᵀ. MLIR is parsed again with torch-mlir's bindings; ONNX is run in onnxruntime and
-    compared with the PyTorch binarized model (fails above 1e-4).
+    compared with the PyTorch binarized model (fails above 1e-4; 1e-2 with 8-bit P, where
+    one u8 rounding may differ).
 
     \b
     Examples:
@@ -75,6 +79,7 @@ def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[i
         return
     err = check_onnx(output, gm, inputs)
     console.print(f"wrote {output}; onnxruntime vs PyTorch (binarized): max |err| = {err:.2e}")
-    if not err <= TOLERANCE:
+    tolerance = PV8_TOLERANCE if pv_bits else TOLERANCE
+    if not err <= tolerance:
         output.unlink(missing_ok=True)
-        raise UserError(f"ONNX output differs from PyTorch by {err:.3g} (> {TOLERANCE})")
+        raise UserError(f"ONNX output differs from PyTorch by {err:.3g} (> {tolerance})")
