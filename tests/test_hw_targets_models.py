@@ -67,3 +67,21 @@ def test_asic_cli_on_minilm(tmp_path):
     shape = doc["sites"][0]["shape"]
     assert (shape["Hq"], shape["Nq"], shape["Nk"], shape["D"]) == (12, 128, 128, 32)
     assert doc["sites"][0]["mapping"]["key_tiles"] == 8
+
+
+def test_saved_binarized_program_keeps_its_sites(tmp_path):
+    """A .pt2 of a binarized (e.g. trained) model is costed and exported as it is."""
+    model = demo_vit().eval()
+    x = torch.randn(1, 3, 32, 32)
+    gm = binarize(model, (x,), BinarizeConfig(top_n=8, bias="relpos"))
+    path = tmp_path / "binarized.pt2"
+    torch.export.save(torch.export.export(gm, (x,)), str(path))
+    out = tmp_path / "t.json"
+    result = CliRunner().invoke(main, ["asic", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = read_descriptor(out)
+    assert [s["top_n"] for s in doc["sites"]] == [8] * 4
+    onnx_out = tmp_path / "b.onnx"
+    result = CliRunner().invoke(main, ["export", str(path), "--format", "onnx", "-o", str(onnx_out)])
+    assert result.exit_code == 0, result.output
+    assert float(result.output.split("max |err| =")[1].split()[0]) <= 1e-4

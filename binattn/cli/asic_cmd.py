@@ -71,7 +71,7 @@ def command(model: Optional[Path], attention: Optional[str], target: str,
     from rich.console import Console
 
     from ..hw_targets import (attention_site, build_descriptor, parse_attention, resolve_target,
-                              sites_from_graph, write_descriptor)
+                              site_specs, write_descriptor)
     from ..hw_targets.report import comparison_table, sites_table, write_png
 
     if (model is None) == (attention is None):
@@ -86,7 +86,7 @@ def command(model: Optional[Path], attention: Optional[str], target: str,
 
         gm, _ = load_binarized(model, trust_pickle=trust_pickle,
                                input_shape=parse_shape(input_shape))
-        sites, name = sites_from_graph(gm, top_k=top_k), str(model)
+        sites, name = site_specs(gm, top_k=top_k), str(model)
     doc = build_descriptor(hw, sites, model=name)
     if output is not None:
         write_descriptor(doc, output)

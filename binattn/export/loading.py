@@ -32,12 +32,20 @@ def parse_shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
 def load_binarized(path: str | Path, *, trust_pickle: bool = False,
                    input_shape: Optional[Sequence[int]] = None, top_n: Optional[int] = None,
                    pv_bits: Optional[int] = None, dynamic_batch: bool = True
-                   ) -> tuple[torch.fx.GraphModule, tuple]:
-    """Load MODEL and rewrite its attention; ``(gm, example_inputs)``."""
+                   ) -> tuple[torch.fx.GraphModule | torch.export.ExportedProgram, tuple]:
+    """Load MODEL and rewrite its attention; ``(gm, example_inputs)``.
+
+    A .pt2 that already holds binattn attention (``binattn train``/``convert`` output) is
+    returned as the ExportedProgram itself, trained biases and options included; ``top_n`` and
+    ``pv_bits`` then do not apply.
+    """
     from ..binarize_pass import BinarizeConfig, binarize, find_sites
+    from ..hw_targets.sites import binattn_attention_nodes
     from ..model_io import load_model
 
     model, inputs = load_model(path, trust_pickle=trust_pickle, input_shape=input_shape)
+    if isinstance(model, torch.export.ExportedProgram) and binattn_attention_nodes(model):
+        return model, inputs
     if isinstance(model, torch.fx.GraphModule) and find_sites(model):
         return model, inputs
     config = BinarizeConfig(top_n=top_n, pv_bits=pv_bits, dynamic_batch=dynamic_batch)

@@ -69,6 +69,8 @@ def _flat_outputs(out) -> list[torch.Tensor]:
 
 def check_onnx(path: Path, module: torch.nn.Module, example_inputs: tuple) -> float:
     """Max |ONNX (onnxruntime) − PyTorch| over every floating output of ``module``."""
+    if isinstance(module, torch.export.ExportedProgram):
+        module = module.module()
     with torch.no_grad():
         expected = _flat_outputs(module(*example_inputs))
     got = run_onnx(path, example_inputs)

@@ -11,11 +11,12 @@ from .descriptor import (SCHEMA_VERSION, DescriptorError, build_descriptor, read
                          resolve_target, schema, validate, write_descriptor)
 from .hardware import BaselineAccelerator, Block, CamAccelerator, HardwareConfigError, Memory
 from .presets import PRESETS, TARGETS, baseline_for, get_preset
-from .sites import SiteSpec, attention_site, parse_attention, sites_from_graph
+from .sites import (SiteSpec, attention_site, parse_attention, site_specs, sites_from_graph,
+                    sites_from_program)
 
 __all__ = ["AttentionShape", "Cost", "baseline_layer_cost", "cam_layer_cost", "cam_query_cost",
            "SCHEMA_VERSION", "DescriptorError", "build_descriptor", "read_descriptor",
            "resolve_target", "schema", "validate", "write_descriptor", "BaselineAccelerator",
            "Block", "CamAccelerator", "HardwareConfigError", "Memory", "PRESETS", "TARGETS",
            "baseline_for", "get_preset", "SiteSpec", "attention_site", "parse_attention",
-           "sites_from_graph"]
+           "sites_from_graph", "sites_from_program", "site_specs"]

@@ -1,14 +1,17 @@
-"""Attention sites to cost: from a binarized GraphModule (``find_sites``) or a bare shape.
+"""Attention sites to cost: from a binarized GraphModule (``find_sites``), from a saved binarized
+program (``binattn train``/``convert`` output: ``torch.ops.binattn.binary_attention`` nodes), or
+a bare shape.
 
-What it does: turn each ``BinaryAttentionSite`` (its ``shape`` dict B/Hq/Hkv/Nq/Nk/D/Dv, its
-``top_n`` and ``pv_bits``) into a ``SiteSpec``; build the one-site spec of
-``--attention SEQ,D,HEADS[,TOPK]``. What it does not: load or binarize models (the CLI does,
-through ``binattn.model_io`` and ``binattn.binarize``).
+What it does: turn each site (its shapes B/Hq/Hkv/Nq/Nk/D/Dv, its ``top_n`` and ``pv_bits``) into
+a ``SiteSpec``; build the one-site spec of ``--attention SEQ,D,HEADS[,TOPK]``. What it does not:
+load or binarize models (the CLI does, through ``binattn.model_io`` and ``binattn.binarize``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
+
+import torch
 
 from .cost_model import AttentionShape
 from .hardware import HardwareConfigError
@@ -54,11 +57,57 @@ def sites_from_graph(gm, top_k: Optional[int] = None) -> list[SiteSpec]:
     for site in find_sites(gm):
         s = site.shape
         n_keys = int(s["Nk"])
-        k = top_k if top_k is not None else site.top_n
-        if k is not None and k >= n_keys:
-            k = None                      # keeps every key: the op does the same
+        k = _override_top_k(top_k, site.top_n, n_keys)
         shape = AttentionShape(int(s["B"]), int(s["Hq"]), int(s["Hkv"]), int(s["Nq"]), n_keys,
                                int(s["D"]), int(s.get("Dv", s["D"])), k).validate()
         specs.append(SiteSpec(int(site.index), str(site.module_path), str(site.matcher), shape,
                               site.pv_bits, str(site.binarizer)))
     return specs
+
+
+# positions of the options in torch.ops.binattn.binary_attention's schema
+_ARG_TOP_N, _ARG_PV_BITS, _ARG_BINARIZER = 10, 11, 12
+
+
+def binattn_attention_nodes(graph_owner: Any) -> list:
+    """The ``torch.ops.binattn.binary_attention`` call nodes of a program / GraphModule."""
+    graph = graph_owner.graph
+    op = torch.ops.binattn.binary_attention.default
+    return [n for n in graph.nodes if n.op == "call_function" and n.target == op]
+
+
+def _layer_name(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    paths = [path for path, _ in stack.values() if path]
+    return paths[-1] if paths else node.name
+
+
+def _override_top_k(top_k: Optional[int], own: Optional[int], n_keys: int) -> Optional[int]:
+    k = top_k if top_k is not None else own
+    return None if k is not None and k >= n_keys else k   # keeps every key, as the op does
+
+
+def sites_from_program(program: Any, top_k: Optional[int] = None) -> list[SiteSpec]:
+    """Specs of the binattn attention calls of an ExportedProgram (e.g. a trained .pt2)."""
+    from ..binarize_pass.matchers.base import hint
+
+    specs = []
+    for index, node in enumerate(binattn_attention_nodes(program)):
+        q, k, v = (a.meta["val"] for a in node.args[:3])
+        if q.dim() == 3:
+            q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
+        b, hq, nq, d = (hint(x) for x in q.shape)
+        hkv, nk, dv = hint(k.shape[1]), hint(k.shape[2]), hint(v.shape[-1])
+        args = list(node.args) + [None] * (16 - len(node.args))
+        shape = AttentionShape(max(b, 1), hq, hkv, nq, nk, d, dv,
+                               _override_top_k(top_k, args[_ARG_TOP_N], nk)).validate()
+        specs.append(SiteSpec(index, _layer_name(node), "binattn.binary_attention", shape,
+                              args[_ARG_PV_BITS], str(args[_ARG_BINARIZER] or "sign")))
+    return specs
+
+
+def site_specs(model: Any, top_k: Optional[int] = None) -> list[SiteSpec]:
+    """Specs of a binarized GraphModule or of a program holding binattn attention calls."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return sites_from_program(model, top_k)
+    return sites_from_graph(model, top_k)
