@@ -56,8 +56,16 @@ def step_check_ops(state: DemoState) -> None:
     state.results["ops_exact"] = exact
 
 
+def step_asic(state: DemoState) -> None:
+    """ASIC: the binarized ViT on the simulated HAD-style CAM accelerator (descriptor + comparison)."""
+    from .hw_targets.demo import run as cost_on_cam
+
+    state.results["asic"] = cost_on_cam(state.model, state.out_dir, console)
+
+
 STEPS: list[Callable[[DemoState], None]] = [
     step_check_ops,
+    step_asic,
 ]
 
 
