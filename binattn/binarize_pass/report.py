@@ -94,18 +94,19 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent)
 
     def table(self) -> Table:
-        table = Table(title=self.summary, show_lines=False)
-        for col in ("#", "module", "matcher", "B", "Hq/Hkv", "Nq×Nk", "D", "mask", "causal",
-                    "scale", "bias", "status"):
-            table.add_column(col, overflow="fold")
+        table = Table(title=self.summary, title_justify="left")
+        for col in ("#", "module", "matcher", "B×H×Nq×Nk×D", "mask", "scale", "bias", "status"):
+            table.add_column(col, overflow="fold", no_wrap=col in ("#", "B×H×Nq×Nk×D"))
         for r in self.rows:
             s = r.shape
             heads = f"{s['Hq']}" if s["Hq"] == s["Hkv"] else f"{s['Hq']}/{s['Hkv']}"
+            shape = f"{s['B']}×{heads}×{s['Nq']}×{s['Nk']}×{s['D']}"
+            mask = " + ".join(p for p in (("causal" if r.causal else ""),
+                                          ("" if r.mask == "-" else r.mask)) if p) or "-"
             scale = "1/√D" if r.scale is None else f"{r.scale:.4g}"
             status = f"[green]{r.status}[/]" if r.rewritten else f"[yellow]{r.status}[/]"
-            table.add_row(str(r.index), r.module_path, r.matcher, str(s["B"]), heads,
-                          f"{s['Nq']}×{s['Nk']}", str(s["D"]), r.mask, "yes" if r.causal else "-",
-                          scale, r.bias, status)
+            table.add_row(str(r.index), r.module_path, r.matcher, shape, mask, scale, r.bias,
+                          status)
         return table
 
     def __rich__(self) -> Table:

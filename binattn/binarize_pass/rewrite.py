@@ -73,10 +73,16 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
                  config: BinarizeConfig, model: Any) -> None:
     """Rewrite one site in place; fills row.bias."""
     shape = row.shape
+    options = dict(config.site_options(), **m.options)
     site = BinaryAttentionSite(index=index, module_path=row.module_path, matcher=m.matcher,
                                shape=shape, scale=m.scale, is_causal=m.is_causal,
-                               **config.site_options()).to(_device(gm))
-    bias, row.bias = make_bias(config, model, shape["Hq"], shape["Nq"], shape["Nk"])
+                               **options).to(_device(gm))
+    for name, value in m.static_scales.items():
+        setattr(site, name, value.detach().clone())
+    if m.matcher == "binattn-op":   # already binary: keep the graph's own bias input
+        bias, row.bias = None, "from graph" if m.bias_node is not None else "-"
+    else:
+        bias, row.bias = make_bias(config, model, shape["Hq"], shape["Nq"], shape["Nk"])
     gm.add_submodule(f"binattn_site_{index}", site)
     graph = gm.graph
     with graph.inserting_before(m.output):
@@ -91,6 +97,8 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
         if bias is not None:
             gm.add_submodule(f"binattn_bias_{index}", bias.to(_device(gm)))
             kwargs["bias"] = graph.call_module(f"binattn_bias_{index}")
+        elif m.bias_node is not None:
+            kwargs["bias"] = m.bias_node
         out = graph.call_module(f"binattn_site_{index}", (m.q, k, m.v), kwargs)
         if m.probs_node is not None:
             site.returns_probs = True

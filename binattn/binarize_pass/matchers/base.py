@@ -42,6 +42,9 @@ class Match:
     skip: Optional[str] = None
     probs_node: Optional[fx.Node] = None  # probabilities also used off the attention chain
     shape: Optional[dict] = None          # shapes, where q/k/v do not tell them
+    bias_node: Optional[fx.Node] = None   # an existing bias input (binarized graphs)
+    options: dict = field(default_factory=dict)        # site options found in the graph
+    static_scales: dict = field(default_factory=dict)  # q_scale/k_scale found in the graph
 
     @property
     def mask_desc(self) -> str:
