@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from ..export.files import atomic_output
 from .hardware import from_dict
 
 def comparison_table(doc: dict) -> Table:
@@ -64,37 +65,48 @@ def _area_breakdown(hw_dict: dict) -> dict[str, float]:
     return {name: hw.block_area_um2(name) / 1e6 for name in hw.blocks}
 
 
+def _stacked(ax, names, data: tuple[dict, dict], colors: dict, share: bool, unit: str,
+             title: str) -> None:
+    """Stacked bars of ``data`` (module → value) per engine; ``share`` plots percentages."""
+    totals = [sum(d.values()) for d in data]
+    bottoms = [0.0, 0.0]
+    for module in colors:
+        values = [d.get(module, 0.0) / (t if share and t else 1) * (100 if share else 1)
+                  for d, t in zip(data, totals)]
+        ax.bar(names, values, bottom=bottoms, label=module, color=colors[module])
+        bottoms = [b + v for b, v in zip(bottoms, values)]
+    for x, (top, total) in enumerate(zip(bottoms, totals)):
+        ax.text(x, top, f"{total:,.4g} {unit}", ha="center", va="bottom")
+    ax.set_ylabel("% of the engine's total" if share else unit)
+    ax.set_title(title, pad=14)
+    ax.set_ylim(0, max(bottoms) * 1.08)
+
+
 def write_png(doc: dict, path: Path) -> Path:
-    """Stacked bars: energy by module (left) and area by module (right), CAM vs baseline."""
+    """Energy share by module (left: each engine sums to 100 %, totals on top) and area by module
+    (right, mm²), CAM engine vs baseline."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = (doc["target"], doc["baseline_hardware"]["name"])
-    energy = (doc["totals"]["energy_breakdown_nj"], doc["baseline"]["energy_breakdown_nj"])
+    energy = tuple({k: v / 1e3 for k, v in d.items()} for d in (
+        doc["totals"]["energy_breakdown_nj"], doc["baseline"]["energy_breakdown_nj"]))
     area = (_area_breakdown(doc["hardware"]), _area_breakdown(doc["baseline_hardware"]))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
-    for ax, data, unit, title in ((axes[0], energy, "µJ", "energy by module"),
-                                  (axes[1], area, "mm²", "area by module")):
-        modules = sorted({m for d in data for m in d}, key=lambda m: -max(d.get(m, 0) for d in data))
-        cmap = plt.get_cmap("tab20")
-        scale = 1e-3 if unit == "µJ" else 1.0
-        bottoms = [0.0, 0.0]
-        for i, module in enumerate(modules):
-            values = [d.get(module, 0.0) * scale for d in data]
-            ax.bar(names, values, bottom=bottoms, label=module, color=cmap(i % 20))
-            bottoms = [b + v for b, v in zip(bottoms, values)]
-        for x, total in enumerate(bottoms):
-            ax.text(x, total, f"{total:,.3g} {unit}", ha="center", va="bottom")
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.legend(fontsize=7, loc="upper left", ncol=2)
+    modules = sorted({m for d in energy + area for m in d},
+                     key=lambda m: -max(d.get(m, 0.0) / (sum(d.values()) or 1) for d in energy + area))
+    cmap = plt.get_cmap("tab20")
+    colors = {m: cmap(i % 20) for i, m in enumerate(modules)}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    _stacked(axes[0], names, energy, colors, True, "µJ", "energy by module")
+    _stacked(axes[1], names, area, colors, False, "mm²", "area by module")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.suptitle(f"{doc.get('model') or 'attention'} on {doc['target']}: "
-                 f"area −{doc['area_reduction']:.0%}, power −{doc['power_reduction']:.0%} "
-                 f"(HAD: −79 %, −87 %)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+                 f"area −{doc['area_reduction']:.0%}, power −{doc['power_reduction']:.0%}, "
+                 f"energy −{doc.get('energy_reduction', 0):.0%} (HAD: area −79 %, power −87 %)")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    return path
+    return Path(path)
