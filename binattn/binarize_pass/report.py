@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -94,9 +95,11 @@ class Report:
         return json.dumps(self.to_dict(), indent=indent)
 
     def table(self) -> Table:
-        table = Table(title=self.summary, title_justify="left")
+        table = Table(title=self.summary, title_justify="left", box=box.SIMPLE_HEAD,
+                      pad_edge=False, collapse_padding=True, padding=(0, 1))
         for col in ("#", "module", "matcher", "B×H×Nq×Nk×D", "mask", "scale", "bias", "status"):
-            table.add_column(col, overflow="fold", no_wrap=col in ("#", "B×H×Nq×Nk×D"))
+            table.add_column(col, overflow="fold", min_width=9 if col == "status" else None,
+                             no_wrap=col in ("#", "module", "B×H×Nq×Nk×D", "scale", "bias"))
         for r in self.rows:
             s = r.shape
             heads = f"{s['Hq']}" if s["Hq"] == s["Hkv"] else f"{s['Hq']}/{s['Hkv']}"
