@@ -97,9 +97,10 @@ def _case_inputs(gen, case, dtype, head_dim):
     if case == "causal":
         Nq = Nk = 129
         kw["is_causal"] = True
+    dv = 2 * head_dim if case == "wide_v" else head_dim
     q = randn(gen, B, Hq, Nq, head_dim, dtype=dtype)
     k = randn(gen, B, Hkv, Nk, head_dim, dtype=dtype)
-    v = randn(gen, B, Hkv, Nk, head_dim, dtype=dtype)
+    v = randn(gen, B, Hkv, Nk, dv, dtype=dtype)
     if case == "bool_mask":
         mask = torch.rand(B, 1, Nq, Nk, generator=gen, device="cuda") > 0.3
         mask[0, 0, 3] = False  # a row with no visible key gives 0
@@ -117,7 +118,7 @@ def _case_inputs(gen, case, dtype, head_dim):
     return q, k, v, kw
 
 
-CASES = ("plain", "gqa", "causal", "mqa_causal", "bool_mask", "float_mask_bias", "head_bias",
+CASES = ("plain", "wide_v", "gqa", "causal", "mqa_causal", "bool_mask", "float_mask_bias", "head_bias",
          "static", "none_scale")
 
 
@@ -151,7 +152,6 @@ def test_attention_cases_match_reference(cuda_dispatch, gen, case, head_dim):
 
 
 def test_attention_long_sequence(cuda_dispatch, gen):
-    q, k, v, _ = _case_inputs(gen, "plain", torch.bfloat16, 64)
     q = randn(gen, 1, 2, 1500, 64, dtype=torch.bfloat16)
     k = randn(gen, 1, 2, 2049, 64, dtype=torch.bfloat16)
     v = randn(gen, 1, 2, 2049, 64, dtype=torch.bfloat16)

@@ -34,8 +34,10 @@ class CudaAttentionSchedule:
         """Raise ValueError for knob values the kernel template cannot generate."""
         if self.warps not in (1, 2, 4, 8):
             raise ValueError(f"warps must be 1, 2, 4 or 8, got {self.warps}")
-        if self.key_block not in (16, 32, 64, 128):
-            raise ValueError(f"key_block must be 16, 32, 64 or 128, got {self.key_block}")
+        if self.key_block not in (32, 64, 128):
+            raise ValueError(f"key_block must be 32, 64 or 128, got {self.key_block}")
+        if self.key_block > 32 * self.warps:
+            raise ValueError(f"key_block {self.key_block} needs at least {self.key_block // 32} warps")
 
 
 def default_schedule(dv: int) -> CudaAttentionSchedule:

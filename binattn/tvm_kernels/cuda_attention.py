@@ -40,21 +40,39 @@ CVT_PAIR = {"float16": "cvt.rn.f16x2.f32", "bfloat16": "cvt.rn.bf16x2.f32"}
 MMA_B1 = "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc"
 
 
-def attention_name(dtype: str, dv: int) -> str:
-    """Exported symbol of the attention kernel for (dtype, padded value head size)."""
-    return f"binattn_attention_{dtype}_dv{dv}"
+def attention_name(dtype: str, dv: int, has_bias: bool = False) -> str:
+    """Exported symbol of the attention kernel for (dtype, padded value head size, bias or not)."""
+    return f"binattn_attention_{dtype}_dv{dv}{'_bias' if has_bias else ''}"
 
 
-def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> tvm.tirx.PrimFunc:
+MAGIC = 0x4B400000  # float bits of 1.5·2**23: as_float(MAGIC + i) == 1.5·2**23 + i for |i| < 2**22
+MASKED = -16777216  # 0xFF000000: negative as int32, about -1.7e38 as float32
+
+
+def vt_col(p):
+    """Column of key pair ``p`` in a V^T row: pairs 8c+t and 8c+t+4 of chunks c = 2cc, 2cc+1
+    sit in the 4 adjacent words at 16·cc + 4·t, the order one lane's B fragments need."""
+    return (p // 16) * 16 + (p % 4) * 4 + ((p // 8) % 2) * 2 + (p // 4) % 2
+
+
+def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
+                   has_bias: bool = False) -> tvm.tirx.PrimFunc:
     """The attention PrimFunc for ``dtype`` (float16|bfloat16) and padded value head size ``dv``.
 
     Arguments of the generated function (torch tensors through DLPack, all contiguous):
-    ``qbits int32[B,Hq,Nq,8]``, ``qpop int32[B,Hq,Nq]``, ``kbits int32[B,Hkv,Nk,8]``,
-    ``kpop int32[B,Hkv,Nk]``, ``v32 int32[B,Hkv,Nk,Dv/2]`` (v viewed as 16-bit pairs),
+    ``qbits int32[B,Hq,Nq,8]``, ``kbits int32[B,Hkv,Nk,8]``, ``kpop int32[B,Hkv,Nk]``,
+    ``v32 int32[B,Hkv,Nk,Dv/8,4]`` (v viewed as 16-bit pairs, 16-byte groups; Dv % 8 == 0),
     ``out32 int32[B,Hq,Nq,Dv/2]``, ``qscale f32[B*Hq]``, ``kscale f32[B*Hks]``,
-    ``bias f32[nbias]`` (flat; indexed with the strides below), then scalars
-    ``head_dim, causal, has_bias, ks_group, bias_sb, bias_sh, bias_sq, bias_sk`` and ``mult``
-    (the product of everything else in the score coefficient, already times log2 e).
+    ``bias f32[nbias]`` (flat; indexed with the strides below; ignored without ``has_bias``),
+    then scalars ``causal, ks_group, bias_sb, bias_sh, bias_sq, bias_sk`` and ``mult`` (the
+    rest of the score coefficient, times log2 e).
+
+    Scores: the AND identity ``4·popc(a&c) − 2·popc(a) − 2·popc(c) + D`` minus its per-row
+    constant ``D − 2·popc(a)`` (softmax is invariant to it) is ``2·(2·popc(a&c) − popc(c))``;
+    the kernel forms ``t = 2·acc − popc(c) + MAGIC`` as int32 bits (one LEA), so
+    ``as_float(t) − 1.5·2**23`` is that integer exactly, with no int→float conversion. Padded keys
+    carry ``MASKED`` in place of ``2**23 − popc(c)``. Without bias the running row max is taken
+    on the integers.
     """
     schedule.check()
     if dtype not in MMA_PV or dv % 8 or not 8 <= dv <= 256:
@@ -62,21 +80,23 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> tvm.
     warps, kb = schedule.warps, schedule.key_block
     nthreads, rows_per_cta = 32 * warps, 16 * warps
     n_tiles, n_chunks, o_tiles = kb // 8, kb // 16, dv // 8
-    dv_words, kb_pairs = dv // 2, kb // 2
-    vt_stride = kb_pairs + 4  # words; +4 keeps the B-fragment reads of 8 lanes on 8 banks
-    k_load_iters = math.ceil(kb * QBITS_WORDS / nthreads)
-    v_load_iters = math.ceil(kb_pairs * dv_words / nthreads)
+    kb_pairs, dv_quads = kb // 2, dv // 8
+    # V^T rows hold key pairs in the order the B fragments read them (see vt_col), so one
+    # 16-byte load feeds two PV mmas; a row stride of 16 mod 32 words keeps them conflict-free
+    vt_stride = kb_pairs + (16 if kb_pairs % 32 == 0 else 0)
+    k_units, v_units = kb * QBITS_WORDS // 4, kb_pairs * dv_quads
+    k_iters, v_iters = math.ceil(k_units / nthreads), math.ceil(v_units / nthreads)
     mma_pv, cvt_pair = MMA_PV[dtype], CVT_PAIR[dtype]
     neg_inf = T.float32(-math.inf)
     full = T.uint32(0xFFFFFFFF)
+    magic_f = T.float32(1.5 * 2.0 ** 23)
 
     @T.prim_func
-    def attention(qbits_h: T.handle, qpop_h: T.handle, kbits_h: T.handle, kpop_h: T.handle,
-                  v_h: T.handle, out_h: T.handle, qscale_h: T.handle, kscale_h: T.handle,
-                  bias_h: T.handle, head_dim: T.int32, causal: T.int32, has_bias: T.int32,
-                  ks_group: T.int32, bias_sb: T.int32, bias_sh: T.int32, bias_sq: T.int32,
-                  bias_sk: T.int32, mult: T.float32):
-        T.func_attr({"global_symbol": attention_name(dtype, dv), "tirx.noalias": True})
+    def attention(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v_h: T.handle,
+                  out_h: T.handle, qscale_h: T.handle, kscale_h: T.handle, bias_h: T.handle,
+                  causal: T.int32, ks_group: T.int32, bias_sb: T.int32, bias_sh: T.int32,
+                  bias_sq: T.int32, bias_sk: T.int32, mult: T.float32):
+        T.func_attr({"global_symbol": attention_name(dtype, dv, has_bias), "tirx.noalias": True})
         B = T.int32()
         Hq = T.int32()
         Hkv = T.int32()
@@ -86,10 +106,10 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> tvm.
         Dw = T.int32()
         NB = T.int32()
         Qb = T.match_buffer(qbits_h, (B, Hq, Nq, QBITS_WORDS), "int32")
-        Qp = T.match_buffer(qpop_h, (B, Hq, Nq), "int32")
         Kb = T.match_buffer(kbits_h, (B, Hkv, Nk, QBITS_WORDS), "int32")
         Kp = T.match_buffer(kpop_h, (B, Hkv, Nk), "int32")
-        V = T.match_buffer(v_h, (B, Hkv, Nk, Dw), "int32")
+        Dq = T.int32()
+        V = T.match_buffer(v_h, (B, Hkv, Nk, Dq, 4), "int32")
         O = T.match_buffer(out_h, (B, Hq, Nq, Dw), "int32")
         Sq = T.match_buffer(qscale_h, (B * Hq,), "float32")
         Sk = T.match_buffer(kscale_h, (Hks,), "float32")
@@ -97,22 +117,30 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> tvm.
         for bx in T.thread_binding(T.ceildiv(Nq, rows_per_cta), thread="blockIdx.x"):
             for bh in T.thread_binding(B * Hq, thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
-                    Ks = T.alloc_buffer((kb, QBITS_WORDS), "uint32", scope="shared")
-                    Kps = T.alloc_buffer((kb,), "int32", scope="shared")
+                    Ks = T.alloc_buffer((kb, QBITS_WORDS), "int32", scope="shared")
+                    Kt = T.alloc_buffer((kb,), "int32", scope="shared")
                     Vt = T.alloc_buffer((dv, vt_stride), "uint32", scope="shared")
+                    kreg = T.alloc_buffer((k_iters * 4,), "int32", scope="local")
+                    vreg = T.alloc_buffer((v_iters * 8,), "int32", scope="local")
+                    ktreg = T.alloc_buffer((1,), "int32", scope="local")
                     qa = T.alloc_buffer((4,), "uint32", scope="local")
-                    base = T.alloc_buffer((2,), "int32", scope="local")
                     row = T.alloc_buffer((2,), "int32", scope="local")
-                    m = T.alloc_buffer((2,), "float32", scope="local")
-                    msub = T.alloc_buffer((2,), "float32", scope="local")
+                    m_i = T.alloc_buffer((2,), "int32", scope="local")
+                    m_f = T.alloc_buffer((2,), "float32", scope="local")
+                    moff = T.alloc_buffer((2,), "int32", scope="local")
                     alpha = T.alloc_buffer((2,), "float32", scope="local")
                     lsum = T.alloc_buffer((2,), "float32", scope="local")
                     red = T.alloc_buffer((2,), "float32", scope="local")
+                    red_i = T.alloc_buffer((2,), "int32", scope="local")
                     acc = T.alloc_buffer((4,), "uint32", scope="local")
+                    kf = T.alloc_buffer((2,), "int32", scope="local")
+                    vf = T.alloc_buffer((4,), "uint32", scope="local")
+                    kt = T.alloc_buffer((n_tiles * 2,), "int32", scope="local")
+                    ti = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
                     s = T.alloc_buffer((n_tiles * 4,), "float32", scope="local")
                     pa = T.alloc_buffer((n_chunks * 4,), "uint32", scope="local")
                     o = T.alloc_buffer((o_tiles * 4,), "float32", scope="local")
-                    coef = T.alloc_buffer((1,), "float32", scope="local")
+                    coef = T.alloc_buffer((2,), "float32", scope="local")
                     b = bh // Hq
                     h = bh % Hq
                     hk = h // (Hq // Hkv)
@@ -121,65 +149,128 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> tvm.
                     t = lane % 4
                     q_first = bx * rows_per_cta
                     q0 = q_first + (tid // 32) * 16
-                    coef[0] = Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult
+                    coef[0] = T.max(Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2), T.float32(1e-30))
+                    # keep 22 significant bits so that 1.5·2**23·coef is exact: then
+                    # fma(as_float(MAGIC + i), coef, -1.5·2**23·coef) == i·coef rounded once
+                    coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
+                    coef[1] = -magic_f * coef[0]
                     for r in T.unroll(2):
                         row[r] = q0 + g + 8 * r
-                        base[r] = T.if_then_else(row[r] < Nq, head_dim - 2 * Qp[b, h, T.min(row[r], Nq - 1)], 0)
-                        m[r] = neg_inf
+                        m_i[r] = MASKED
+                        m_f[r] = neg_inf
+                        moff[r] = 0
                         lsum[r] = T.float32(0)
                     for i in T.unroll(4):
                         qa[i] = T.if_then_else(row[i % 2] < Nq, T.reinterpret("uint32", Qb[b, h, T.min(row[i % 2], Nq - 1), t + 4 * (i // 2)]), T.uint32(0))
                     for i in T.unroll(o_tiles * 4):
                         o[i] = T.float32(0)
-                    kv_len = T.if_then_else(causal != 0, T.min(Nk, T.min(Nq, q_first + rows_per_cta)), Nk)
-                    for kblk in T.serial(T.ceildiv(kv_len, kb)):
+                    kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
+                    n_blocks = T.ceildiv(kv_len, kb)
+                    # prefetch block 0 into registers (16-byte loads)
+                    for it in T.unroll(k_iters):
+                        u = tid + it * nthreads
+                        key = u // 2
+                        if u < k_units and key < Nk:
+                            kreg[T.ramp(it * 4, 1, 4)] = Kb[b, hk, key, T.ramp((u % 2) * 4, 1, 4)]
+                        else:
+                            kreg[T.ramp(it * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
+                    ktreg[0] = T.if_then_else(tid < kb and tid < Nk, MAGIC - Kp[b, hk, T.min(tid, Nk - 1)], MASKED)
+                    for it in T.unroll(v_iters):
+                        u = tid + it * nthreads
+                        p = u % kb_pairs
+                        dq = u // kb_pairs
+                        for hh in T.unroll(2):
+                            if u < v_units and 2 * p + hh < Nk and dq < Dq:
+                                vreg[T.ramp(it * 8 + hh * 4, 1, 4)] = V[b, hk, 2 * p + hh, dq, T.ramp(0, 1, 4)]
+                            else:
+                                vreg[T.ramp(it * 8 + hh * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
+                    for kblk in T.serial(n_blocks):
                         k0 = kblk * kb
                         T.tvm_storage_sync("shared")
-                        for it in T.unroll(k_load_iters):
-                            idx = tid + it * nthreads
-                            if idx < kb * QBITS_WORDS:
-                                key = idx // QBITS_WORDS
-                                Ks[key, idx % QBITS_WORDS] = T.if_then_else(k0 + key < Nk, T.reinterpret("uint32", Kb[b, hk, T.min(k0 + key, Nk - 1), idx % QBITS_WORDS]), T.uint32(0))
+                        for it in T.unroll(k_iters):
+                            u = tid + it * nthreads
+                            if u < k_units:
+                                for w in T.unroll(4):
+                                    # word order t, t+4 adjacent: one 8-byte load per B fragment
+                                    Ks[u // 2, 2 * w + u % 2] = kreg[it * 4 + w]
                         if tid < kb:
-                            Kps[tid] = T.if_then_else(k0 + tid < Nk, Kp[b, hk, T.min(k0 + tid, Nk - 1)], 0)
-                        for it in T.unroll(v_load_iters):
-                            idx = tid + it * nthreads
-                            if idx < kb_pairs * dv_words:
-                                p = idx // dv_words
-                                dw = idx % dv_words
-                                k_even = k0 + 2 * p
-                                w0 = T.if_then_else(k_even < Nk and dw < Dw, T.reinterpret("uint32", V[b, hk, T.min(k_even, Nk - 1), T.min(dw, Dw - 1)]), T.uint32(0))
-                                w1 = T.if_then_else(k_even + 1 < Nk and dw < Dw, T.reinterpret("uint32", V[b, hk, T.min(k_even + 1, Nk - 1), T.min(dw, Dw - 1)]), T.uint32(0))
-                                Vt[2 * dw, p] = (w0 & T.uint32(0xFFFF)) | (w1 << T.uint32(16))
-                                Vt[2 * dw + 1, p] = (w0 >> T.uint32(16)) | (w1 & T.uint32(0xFFFF0000))
+                            Kt[tid] = ktreg[0]
+                        for it in T.unroll(v_iters):
+                            u = tid + it * nthreads
+                            if u < v_units:
+                                for w in T.unroll(4):
+                                    Vt[8 * (u // kb_pairs) + 2 * w, vt_col(u % kb_pairs)] = (T.reinterpret("uint32", vreg[it * 8 + w]) & T.uint32(0xFFFF)) | (T.reinterpret("uint32", vreg[it * 8 + 4 + w]) << T.uint32(16))
+                                    Vt[8 * (u // kb_pairs) + 2 * w + 1, vt_col(u % kb_pairs)] = (T.reinterpret("uint32", vreg[it * 8 + w]) >> T.uint32(16)) | (T.reinterpret("uint32", vreg[it * 8 + 4 + w]) & T.uint32(0xFFFF0000))
                         T.tvm_storage_sync("shared")
-                        # S = popc(q AND k) on the 1-bit tensor cores, then exact ±1 dots → log2 scores
+                        # prefetch the next block while this one computes
+                        if kblk + 1 < n_blocks:
+                            for it in T.unroll(k_iters):
+                                u = tid + it * nthreads
+                                key = k0 + kb + u // 2
+                                if u < k_units and key < Nk:
+                                    kreg[T.ramp(it * 4, 1, 4)] = Kb[b, hk, key, T.ramp((u % 2) * 4, 1, 4)]
+                                else:
+                                    kreg[T.ramp(it * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
+                            ktreg[0] = T.if_then_else(tid < kb and k0 + kb + tid < Nk, MAGIC - Kp[b, hk, T.min(k0 + kb + tid, Nk - 1)], MASKED)
+                            for it in T.unroll(v_iters):
+                                u = tid + it * nthreads
+                                p = u % kb_pairs
+                                dq = u // kb_pairs
+                                for hh in T.unroll(2):
+                                    if u < v_units and k0 + kb + 2 * p + hh < Nk and dq < Dq:
+                                        vreg[T.ramp(it * 8 + hh * 4, 1, 4)] = V[b, hk, k0 + kb + 2 * p + hh, dq, T.ramp(0, 1, 4)]
+                                    else:
+                                        vreg[T.ramp(it * 8 + hh * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
+                        # S on the 1-bit tensor cores: t = 2·popc(q&k) − popc(k) + 2**23 as int32 bits
+                        for j in T.unroll(n_tiles):
+                            kt[T.ramp(j * 2, 1, 2)] = Kt[T.ramp(8 * j + 2 * t, 1, 2)]
                         for j in T.unroll(n_tiles):
                             for e in T.unroll(4):
                                 acc[e] = T.uint32(0)
-                            T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[0], qa[1], qa[2], qa[3], Ks[8 * j + g, t], Ks[8 * j + g, t + 4], acc[0], acc[1], acc[2], acc[3])
+                            kf[T.ramp(0, 1, 2)] = Ks[8 * j + g, T.ramp(2 * t, 1, 2)]
+                            T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), acc[0], acc[1], acc[2], acc[3])
                             for e in T.unroll(4):
-                                key_l = 8 * j + 2 * t + e % 2
-                                key = k0 + key_l
-                                x = T.Cast("float32", 4 * T.reinterpret("int32", acc[e]) - 2 * Kps[key_l] + base[e // 2]) * coef[0]
-                                if has_bias != 0:
-                                    x = x + Bias[b * bias_sb + h * bias_sh + T.min(row[e // 2], Nq - 1) * bias_sq + T.min(key, Nk - 1) * bias_sk] * T.float32(LOG2E)
-                                s[j * 4 + e] = T.if_then_else(key >= Nk or (causal != 0 and key > row[e // 2]), neg_inf, x)
-                        # online softmax (rows g and g+8 of this warp's 16; a quad of lanes shares a row)
-                        for r in T.unroll(2):
-                            red[r] = neg_inf
+                                ti[j * 4 + e] = T.reinterpret("int32", acc[e]) * 2 + kt[j * 2 + e % 2]
+                        if causal != 0 and k0 + kb > q0:  # only blocks that cross the diagonal
                             for j in T.unroll(n_tiles):
-                                red[r] = T.max(red[r], T.max(s[j * 4 + 2 * r], s[j * 4 + 2 * r + 1]))
-                            red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 1, 32))
-                            red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 2, 32))
-                            red[r] = T.max(m[r], red[r])
-                            msub[r] = T.if_then_else(red[r] == neg_inf, T.float32(0), red[r])
-                            T.ptx["ex2.approx.ftz.f32"](alpha[r], m[r] - msub[r])
-                            m[r] = red[r]
+                                for e in T.unroll(4):
+                                    ti[j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 > row[e // 2], MASKED, ti[j * 4 + e])
+                        if has_bias:
+                            for j in T.unroll(n_tiles):
+                                for e in T.unroll(4):
+                                    s[j * 4 + e] = T.if_then_else(ti[j * 4 + e] < 0, neg_inf, T.reinterpret("float32", ti[j * 4 + e]) * coef[0] + coef[1] + Bias[b * bias_sb + h * bias_sh + T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E))
+                            for r in T.unroll(2):
+                                red[r] = neg_inf
+                                for j in T.unroll(n_tiles):
+                                    red[r] = T.max(red[r], T.max(s[j * 4 + 2 * r], s[j * 4 + 2 * r + 1]))
+                                red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 1, 32))
+                                red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 2, 32))
+                                red[r] = T.max(m_f[r], red[r])
+                                T.ptx["ex2.approx.ftz.f32"](alpha[r], T.if_then_else(red[r] == neg_inf, T.float32(0), m_f[r] - red[r]))
+                                m_f[r] = red[r]
+                                red[r] = T.if_then_else(red[r] == neg_inf, T.float32(0), red[r])
+                            for j in T.unroll(n_tiles):
+                                for e in T.unroll(4):
+                                    T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], s[j * 4 + e] - red[e // 2])
+                        else:
+                            for r in T.unroll(2):
+                                red_i[r] = m_i[r]
+                                for j in T.unroll(n_tiles):
+                                    red_i[r] = T.max(red_i[r], T.max(ti[j * 4 + 2 * r], ti[j * 4 + 2 * r + 1]))
+                                red_i[r] = T.max(red_i[r], T.call_extern("int32", "__shfl_xor_sync", full, red_i[r], 1, 32))
+                                red_i[r] = T.max(red_i[r], T.call_extern("int32", "__shfl_xor_sync", full, red_i[r], 2, 32))
+                                red[r] = T.if_then_else(red_i[r] >= 0, (T.reinterpret("float32", red_i[r]) - magic_f) * coef[0], neg_inf)
+                                T.ptx["ex2.approx.ftz.f32"](alpha[r], T.if_then_else(red_i[r] >= 0, m_f[r] - red[r], T.float32(0)))
+                                m_f[r] = red[r]
+                                m_i[r] = red_i[r]
+                                moff[r] = T.if_then_else(red_i[r] >= 0, MAGIC - red_i[r], 0)
+                            for j in T.unroll(n_tiles):
+                                for e in T.unroll(4):
+                                    T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], T.reinterpret("float32", ti[j * 4 + e] + moff[e // 2]) * coef[0] + coef[1])
+                        for r in T.unroll(2):
                             red[r] = T.float32(0)
                         for j in T.unroll(n_tiles):
                             for e in T.unroll(4):
-                                T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], s[j * 4 + e] - msub[e // 2])
                                 red[e // 2] = red[e // 2] + s[j * 4 + e]
                         for r in T.unroll(2):
                             lsum[r] = lsum[r] * alpha[r] + red[r]
@@ -189,9 +280,11 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> tvm.
                         for c in T.unroll(n_chunks):
                             for i in T.unroll(4):
                                 T.ptx[cvt_pair](pa[c * 4 + i], s[(2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[(2 * c + i // 2) * 4 + 2 * (i % 2)])
-                        for c in T.unroll(n_chunks):
+                        for cc in T.unroll(n_chunks // 2):
                             for n in T.unroll(o_tiles):
-                                T.ptx[mma_pv](o[n * 4], o[n * 4 + 1], o[n * 4 + 2], o[n * 4 + 3], pa[c * 4], pa[c * 4 + 1], pa[c * 4 + 2], pa[c * 4 + 3], Vt[8 * n + g, 8 * c + t], Vt[8 * n + g, 8 * c + t + 4], o[n * 4], o[n * 4 + 1], o[n * 4 + 2], o[n * 4 + 3])
+                                vf[T.ramp(0, 1, 4)] = Vt[8 * n + g, T.ramp(16 * cc + 4 * t, 1, 4)]
+                                for c2 in T.unroll(2):
+                                    T.ptx[mma_pv](o[n * 4], o[n * 4 + 1], o[n * 4 + 2], o[n * 4 + 3], pa[(2 * cc + c2) * 4], pa[(2 * cc + c2) * 4 + 1], pa[(2 * cc + c2) * 4 + 2], pa[(2 * cc + c2) * 4 + 3], vf[2 * c2], vf[2 * c2 + 1], o[n * 4], o[n * 4 + 1], o[n * 4 + 2], o[n * 4 + 3])
                     for r in T.unroll(2):
                         lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 1, 32)
                         lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 2, 32)

@@ -1,7 +1,7 @@
 """Build binattn's CUDA kernels with TVM + nvcc into small shared objects that need no TVM to run.
 
 What it does: for each requested arch (``sm_90a``, ``sm_80``, …) puts every attention kernel
-(one per dtype × value-head bucket, with the tuned schedule from ``binattn.schedules``) and every
+(one per dtype × value-head bucket × with/without additive bias, with the tuned schedule from ``binattn.schedules``) and every
 sign-pack kernel and the popcount-scores kernel in one IRModule, compiles it with TVM for ``{"kind": "cuda", "arch": ...}`` and
 host ``cuda_host`` (TVM_NOTES §2 route 1), writes the generated CUDA C++ next to the library and
 compiles it with nvcc against the apache-tvm-ffi headers (static cudart; the sm_80 build also
@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
@@ -68,7 +69,9 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     for dtype in dtypes:
         for dv in dvs:
             schedule = sched.schedule_for(arch, dtype, dv)
-            funcs[attention_name(dtype, dv)] = attention_func(dtype, dv, schedule)
+            for has_bias in (False, True):
+                funcs[attention_name(dtype, dv, has_bias)] = attention_func(dtype, dv, schedule,
+                                                                            has_bias)
             contents["attention"].setdefault(dtype, []).append(dv)
             contents["schedules"][f"{dtype}/dv{dv}"] = asdict(schedule)
     for dtype in PACK_DTYPES:
@@ -132,10 +135,17 @@ def build(archs: Iterable[str], out_dir: Path, dtypes: Sequence[str] = sched.DTY
     manifest_path = out_dir / MANIFEST
     manifest = read_manifest(out_dir) or {}
     libs = {a: e for a, e in manifest.get("libraries", {}).items() if (out_dir / e["file"]).exists()}
-    for arch in archs:
+    archs = list(archs)
+
+    def one(arch: str) -> dict:
         if on_arch:
             on_arch(arch)
-        libs[arch] = build_arch(arch, out_dir, dtypes, dvs, keep_source)
+        return build_arch(arch, out_dir, dtypes, dvs, keep_source)
+
+    # nvcc runs outside the GIL: archs compile side by side
+    with ThreadPoolExecutor(max_workers=max(1, min(len(archs), os.cpu_count() or 1))) as pool:
+        for arch, entry in zip(archs, pool.map(one, archs)):
+            libs[arch] = entry
     manifest = {"format": MANIFEST_FORMAT, "tvm_ffi": tvm_ffi.__version__, "libraries": libs}
     tmp = manifest_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))

@@ -40,9 +40,14 @@ def kernel_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("BINATTN_CUDA_KERNELS"):
         dirs.append(Path(os.environ["BINATTN_CUDA_KERNELS"]))
-    dirs.append(Path(__file__).resolve().parent.parent / "kernels")
+    dirs.append(package_kernel_dir())
     dirs.append(user_kernel_dir())
     return dirs
+
+
+def package_kernel_dir() -> Path:
+    """The prebuilt libraries shipped as package data (``binattn/kernels``)."""
+    return Path(__file__).resolve().parent.parent / "kernels"
 
 
 def user_kernel_dir() -> Path:
@@ -160,6 +165,8 @@ def sign_pack_supports(x: torch.Tensor) -> Optional[str]:
         return f"dtype {x.dtype} (kernel takes float16, bfloat16, float32)"
     if x.dim() == 0:
         return "0-d input"
+    if x.shape[-1] > MAX_HEAD_DIM:
+        return f"last dim {x.shape[-1]} > {MAX_HEAD_DIM}"
     return library_reason(x.device)
 
 
@@ -209,8 +216,8 @@ def attention_supports(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q
         return "pv_bits=8 not implemented in the CUDA kernel"
     if q.shape[-1] > MAX_HEAD_DIM:
         return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"
-    if v.shape[-1] % 2 or dv_bucket(v.shape[-1]) is None:
-        return f"value head dim {v.shape[-1]} (kernel takes even sizes <= 256)"
+    if v.shape[-1] % 8 or dv_bucket(v.shape[-1]) is None:
+        return f"value head dim {v.shape[-1]} (kernel takes multiples of 8 up to 256)"
     if min(q.shape[-2], k.shape[-2], q.shape[0], q.shape[1]) == 0:
         return "empty input"
     if scale_mode == "static" and (q_scale is None or k_scale is None):
@@ -260,23 +267,36 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The kernel behind ``binattn::binary_attention`` on CUDA (writes into ``out`` if given)."""
     B, Hq, Nq, D = q.shape
-    Nk, Dv = k.shape[2], v.shape[-1]
-    q_bits, q_pop, q_abs = pack_signs(q, QBITS_WORDS)
+    Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    q_bits, _, q_abs = pack_signs(q, QBITS_WORDS)
     k_bits, k_pop, k_abs = pack_signs(k, QBITS_WORDS)
     s_q, s_k, ks_group, extra = _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs)
     softmax_scale = 1.0 / math.sqrt(D) if scale is None else scale
     add = _additive(bias, attn_mask, Nq, Nk, q.device)
     if add is None:
-        flat, strides = torch.zeros(1, dtype=torch.float32, device=q.device), [0, 0, 0, 0]
+        flat, strides = _dummy(q.device), [0, 0, 0, 0]
     else:
         flat, strides = _broadcast_strides(add)
     if out is None:
         out = torch.empty((B, Hq, Nq, Dv), dtype=v.dtype, device=q.device)
-    name = f"binattn_attention_{PV_DTYPES[v.dtype]}_dv{dv_bucket(Dv)}"
-    _call(q.device, name, q_bits, q_pop, k_bits, k_pop, v.contiguous().view(torch.int32),
-          out.view(torch.int32), s_q, s_k, flat, D, int(bool(is_causal)), int(add is not None),
-          ks_group, *strides, float(softmax_scale * LOG2E * extra))
+    v = v.contiguous()
+    if v.data_ptr() % 16:
+        v = v.clone()
+    name = f"binattn_attention_{PV_DTYPES[v.dtype]}_dv{dv_bucket(Dv)}{'_bias' if add is not None else ''}"
+    _call(q.device, name, q_bits, k_bits, k_pop, v.view(torch.int32).view(B, Hkv, Nk, Dv // 8, 4),
+          out.view(torch.int32), s_q, s_k, flat, int(bool(is_causal)), ks_group, *strides,
+          float(softmax_scale * LOG2E * extra))
     return out
+
+
+_dummies: dict = {}
+
+
+def _dummy(device: torch.device) -> torch.Tensor:
+    """A 1-element float32 tensor standing in for 'no bias' (allocated once per device)."""
+    if device not in _dummies:
+        _dummies[device] = torch.zeros(1, dtype=torch.float32, device=device)
+    return _dummies[device]
 
 
 dispatch.register_kernel("sign_pack", "cuda", dispatch.Kernel(

@@ -1,13 +1,13 @@
 """TVMScript (TIRx) source of binattn's fused CUDA sign-pack kernel.
 
 What it does: ``sign_pack_func(dtype)`` returns a PrimFunc that, in one pass over ``x [BH, N, D]``
-(any D), writes the sign bits in DESIGN.md's layout (bit j of word w is 1 iff
+(D ≤ 256), writes the sign bits in DESIGN.md's layout (bit j of word w is 1 iff
 ``x[32w + j] >= 0``, padding bits 0) into ``bits [BH, N, WS]`` — ``WS = ceil(D/32)`` gives the
 public layout, ``WS = 8`` the 256-bit-per-row layout the attention kernel's b1 tensor-core
 fragments read (extra words are written as 0) — plus the row popcounts ``pops [BH, N]`` and
 adds ``sum |x|`` of each (b, h) into ``abs_sum [BH]`` (the caller zeroes it; mean|x| is that
-over N·D). One warp packs one row per step: lane j loads element 32w + j (coalesced) and
-``__ballot_sync`` assembles the word; the |x| sums are reduced per warp, then per CTA, then
+over N·D). One thread builds one word (32 independent loads in flight, compare, shift, or), the 8
+lanes of a row sum their popcounts with shuffles; the |x| sums are reduced per warp, then per CTA, then
 one ``atomicAdd`` per CTA.
 
 What it does not: launch anything or choose the layout (``cuda_dispatch`` does).
@@ -18,7 +18,7 @@ import tvm
 from tvm.script import tirx as T
 
 WARPS = 4
-ROWS_PER_WARP = 8
+MAX_WORDS = 8  # D <= 256: 8 lanes per row, one per 32-bit word
 DTYPES = ("float16", "bfloat16", "float32")
 
 
@@ -31,7 +31,7 @@ def sign_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
     """The sign-pack PrimFunc for inputs of ``dtype`` (float16|bfloat16|float32)."""
     if dtype not in DTYPES:
         raise ValueError(f"no sign-pack kernel for dtype {dtype!r}")
-    rows_per_cta = WARPS * ROWS_PER_WARP
+    rows_per_cta = WARPS * 32 // MAX_WORDS
     full = T.uint32(0xFFFFFFFF)
 
     @T.prim_func
@@ -49,35 +49,35 @@ def sign_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
             for bh in T.thread_binding(BH, thread="blockIdx.y"):
                 for tid in T.thread_binding(32 * WARPS, thread="threadIdx.x"):
                     warp_sums = T.alloc_buffer((WARPS,), "float32", scope="shared")
+                    val = T.alloc_buffer((32,), "float32", scope="local")
                     acc = T.alloc_buffer((1,), "float32", scope="local")
                     pop = T.alloc_buffer((1,), "int32", scope="local")
                     word = T.alloc_buffer((1,), "uint32", scope="local")
-                    val = T.alloc_buffer((1,), "float32", scope="local")
-                    lane = tid % 32
-                    warp = tid // 32
+                    w = tid % MAX_WORDS
+                    n = bx * rows_per_cta + tid // MAX_WORDS
+                    # one thread per (row, word): 32 independent loads in flight
+                    for e in T.unroll(32):
+                        val[e] = T.if_then_else(n < N and 32 * w + e < D, T.Cast("float32", X[bh, T.min(n, N - 1), T.min(32 * w + e, D - 1)]), T.float32(0))
+                    word[0] = T.uint32(0)
                     acc[0] = T.float32(0)
-                    for i in T.serial(ROWS_PER_WARP):
-                        n = bx * rows_per_cta + warp * ROWS_PER_WARP + i
-                        if n < N:
-                            pop[0] = 0
-                            for w in T.serial(WS):
-                                e = 32 * w + lane
-                                val[0] = T.if_then_else(e < D, T.Cast("float32", X[bh, n, T.min(e, D - 1)]), T.float32(0))
-                                word[0] = T.call_extern("uint32", "__ballot_sync", full, e < D and val[0] >= T.float32(0))
-                                acc[0] = acc[0] + T.fabs(val[0])
-                                pop[0] = pop[0] + T.popcount(word[0])
-                                if lane == w % 32:
-                                    Bits[bh, n, w] = T.reinterpret("int32", word[0])
-                            if lane == 0:
-                                Pops[bh, n] = pop[0]
+                    for e in T.unroll(32):
+                        word[0] = word[0] | T.Cast("uint32", n < N and 32 * w + e < D and val[e] >= T.float32(0)) << T.uint32(e)
+                        acc[0] = acc[0] + T.fabs(val[e])
+                    pop[0] = T.popcount(word[0])
+                    for sh in T.unroll(3):
+                        pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full, pop[0], 1 << sh, 32)
+                    if n < N and w < WS:
+                        Bits[bh, n, w] = T.reinterpret("int32", word[0])
+                    if n < N and w == 0:
+                        Pops[bh, n] = pop[0]
                     for sh in T.unroll(5):
                         acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", full, acc[0], 16 >> sh, 32)
-                    if lane == 0:
-                        warp_sums[warp] = acc[0]
+                    if tid % 32 == 0:
+                        warp_sums[tid // 32] = acc[0]
                     T.tvm_storage_sync("shared")
                     if tid == 0:
-                        for w in T.unroll(WARPS - 1):
-                            acc[0] = acc[0] + warp_sums[w + 1]
+                        for i in T.unroll(WARPS - 1):
+                            acc[0] = acc[0] + warp_sums[i + 1]
                         T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(AbsSum[bh]), acc[0]))
 
     return sign_pack

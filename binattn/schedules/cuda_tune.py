@@ -1,0 +1,140 @@
+"""Tune the CUDA attention kernel's schedule knobs: build candidates here, time them on a GPU.
+
+What it does, in three steps that can run on two machines (TVM + nvcc here, a GPU there):
+
+1. ``build_candidates(out_dir, arch, dvs)`` builds one small library per candidate schedule
+   (warps × key_block) and value head size, with TVM + nvcc (no GPU needed), plus
+   ``candidates.json`` describing them;
+2. ``python -m binattn.schedules.cuda_tune time DIR`` (on the GPU machine; needs torch and
+   apache-tvm-ffi only) times every candidate with CUDA events at a long-sequence shape, checks
+   its output against the default schedule, and writes ``DIR/timings.json``;
+3. ``record_best(DIR)`` stores the fastest correct candidate per (arch, dtype, dv) in the tuning
+   database (``binattn.schedules.cuda_attention``) that ``binattn build-kernels`` reads.
+
+``binattn tune --target cuda`` drives steps 1 and 3 and prints the command for step 2.
+What it does not: search beyond the grid below (the kernel template fixes everything else).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .cuda_attention import CudaAttentionSchedule, record_schedule
+
+GRID_WARPS = (4, 8)
+GRID_KEY_BLOCK = (32, 64, 128)
+TUNE_DVS = (64, 128)
+TUNE_SHAPE = (2, 16, 4096)  # B, H, N; D = dv
+
+
+def candidates(dv: int) -> list[CudaAttentionSchedule]:
+    """The schedules tried for one value head size (big heads skip 128-key blocks: registers)."""
+    return [CudaAttentionSchedule(w, k) for w, k in itertools.product(GRID_WARPS, GRID_KEY_BLOCK)
+            if not (dv > 128 and k > 64)]
+
+
+def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = TUNE_DVS,
+                     dtype: str = "bfloat16") -> Path:
+    """Build one library per (dv, candidate) into ``out_dir``; returns candidates.json."""
+    import tvm
+
+    from ..tvm_kernels import cuda_build
+    from ..tvm_kernels.cuda_attention import attention_func, attention_name
+    from ..tvm_kernels.cuda_sign_pack import sign_pack_func, sign_pack_name
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for dv in dvs:
+        for i, sched in enumerate(candidates(dv)):
+            funcs = {attention_name(dtype, dv): attention_func(dtype, dv, sched),
+                     sign_pack_name(dtype): sign_pack_func(dtype)}
+            target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "cuda_host"})
+            source = tvm.backend.cuda.export_cuda_host(tvm.compile(tvm.IRModule(funcs), target).mod)
+            name = f"cand_{dtype}_dv{dv}_w{sched.warps}_k{sched.key_block}"
+            (out_dir / f"{name}.cu").write_text(source)
+            cmd = cuda_build.nvcc_command(arch, out_dir / f"{name}.cu", out_dir / f"{name}.so")
+            import subprocess
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"nvcc failed for {name}: {proc.stderr[-2000:]}")
+            (out_dir / f"{name}.cu").unlink()
+            entries.append({"file": f"{name}.so", "arch": arch, "dtype": dtype, "dv": dv,
+                            "schedule": asdict(sched)})
+    path = out_dir / "candidates.json"
+    path.write_text(json.dumps(entries, indent=1))
+    return path
+
+
+def time_candidates(directory: Path, reps: int = 20) -> Path:
+    """On a GPU: time every candidate (median of CUDA-event timings); writes timings.json."""
+    import torch
+    import tvm_ffi
+
+    entries = json.loads((directory / "candidates.json").read_text())
+    B, H, N = TUNE_SHAPE
+    results, reference = [], {}
+    for entry in entries:
+        dv, dtype = entry["dv"], getattr(torch, entry["dtype"])
+        module = tvm_ffi.load_module(str(directory / entry["file"]))
+        gen = torch.Generator(device="cuda").manual_seed(dv)
+        q, k, v = (torch.randn(B, H, N, dv, device="cuda", dtype=dtype, generator=gen)
+                   for _ in range(3))
+        packed = []
+        for x in (q, k):
+            bits = torch.empty(B * H, N, 8, dtype=torch.int32, device="cuda")
+            pops = torch.empty(B * H, N, dtype=torch.int32, device="cuda")
+            abs_sum = torch.zeros(B * H, dtype=torch.float32, device="cuda")
+            module[f"binattn_sign_pack_{entry['dtype']}"](x.reshape(B * H, N, dv), bits, pops, abs_sum)
+            packed.append((bits.view(B, H, N, 8), pops.view(B, H, N), abs_sum))
+        out = torch.full((B, H, N, dv), float("nan"), dtype=dtype, device="cuda")
+        args = (packed[0][0], packed[1][0], packed[1][1], v.view(torch.int32).view(B, H, N, dv // 8, 4),
+                out.view(torch.int32), packed[0][2], packed[1][2],
+                torch.zeros(1, device="cuda"), 0, 1, 0, 0, 0, 0,
+                float(1.4426950408889634 / math.sqrt(dv) / (N * dv) ** 2))
+        fn = module[f"binattn_attention_{entry['dtype']}_dv{dv}"]
+        fn(*args)
+        torch.cuda.synchronize()
+        ok = not torch.isnan(out).any().item()
+        key = (entry["dtype"], dv)
+        if key in reference:
+            ok = ok and (out.float() - reference[key]).abs().max().item() < 5e-2
+        else:
+            reference[key] = out.float().clone()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(*args)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        results.append(dict(entry, ms=sorted(times)[len(times) // 2], correct=bool(ok)))
+        print(f"{entry['file']}: {results[-1]['ms'] * 1e3:.1f} µs {'ok' if ok else 'WRONG'}")
+    path = directory / "timings.json"
+    path.write_text(json.dumps({"device": torch.cuda.get_device_name(), "shape": TUNE_SHAPE,
+                                "results": results}, indent=1))
+    return path
+
+
+def record_best(timings: Path, db: Optional[Path] = None) -> dict:
+    """Write the fastest correct schedule per (arch, dtype, dv) into the tuning DB; returns them."""
+    data = json.loads(Path(timings).read_text())
+    best: dict = {}
+    for r in data["results"]:
+        key = (r["arch"], r["dtype"], r["dv"])
+        if r["correct"] and (key not in best or r["ms"] < best[key]["ms"]):
+            best[key] = r
+    for (arch, dtype, dv), r in best.items():
+        record_schedule(arch, dtype, dv, CudaAttentionSchedule(**r["schedule"]), db=db)
+    return {f"{a}/{d}/dv{v}": r for (a, d, v), r in best.items()}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] != "time":
+        sys.exit("usage: python -m binattn.schedules.cuda_tune time DIR")
+    print(time_candidates(Path(sys.argv[2])))
