@@ -1,0 +1,278 @@
+"""The matchers on every attention shape they claim: each form is rewritten with its scale,
+mask and causality carried exactly (allclose to binattn.ops.binary_attention by hand), and the
+forms that cannot be rewritten safely are skipped with the reason."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import binattn
+from binattn.binarize_pass import BinarizeConfig, binarize, find_sites, inspect
+
+warnings.filterwarnings("ignore", message=".*reference path.*")
+
+B, H, N, D = 2, 3, 6, 8
+
+
+def qkv(n_q: int = N, n_k: int = N, heads: int = H, kv_heads: int = H, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, heads, n_q, D, generator=g), torch.randn(B, kv_heads, n_k, D, generator=g),
+            torch.randn(B, kv_heads, n_k, D, generator=g))
+
+
+class Fn(torch.nn.Module):
+    """Wraps an attention function of (q, k, v, *extra) so it can be exported."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
+
+
+def check(fn, inputs, expected, n_sites=1, config=None):
+    gm = binarize(Fn(fn), inputs, config)
+    report = gm.meta["binattn_report"]
+    assert report.num_rewritten == n_sites and report.num_skipped == 0, str(report)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*inputs), expected, atol=1e-5, rtol=1e-4)
+    return gm
+
+
+def bin_attn(q, k, v, **kw):
+    return binattn.ops.binary_attention(q, k, v, **kw)
+
+
+# --- decomposed forms -------------------------------------------------------------------
+
+def test_matmul_mul_scale():
+    q, k, v = qkv()
+    gm = check(lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) * 0.3, -1) @ v,
+               (q, k, v), bin_attn(q, k, v, scale=0.3))
+    assert find_sites(gm)[0].scale == pytest.approx(0.3)
+
+
+def test_div_by_sqrt_d_and_permuted_k():
+    q, k, v = qkv()
+    fn = lambda q, k, v: (torch.matmul(q, k.permute(0, 1, 3, 2)) / math.sqrt(D)).softmax(-1) @ v  # noqa: E731
+    check(fn, (q, k, v), bin_attn(q, k, v))
+
+
+def test_prescaled_q_and_k():
+    q, k, v = qkv()
+    fn = lambda q, k, v: F.softmax((q * 0.5) @ (k * 0.25).transpose(-1, -2), dim=-1) @ v  # noqa: E731
+    gm = check(fn, (q, k, v), bin_attn(q, k, v, scale=0.125))
+    assert find_sites(gm)[0].scale == pytest.approx(0.125)
+
+
+def test_no_scale_means_scale_one():
+    q, k, v = qkv()
+    check(lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1), -1) @ v, (q, k, v),
+          bin_attn(q, k, v, scale=1.0))
+
+
+def test_k_given_already_transposed():
+    q, k, v = qkv()
+    kt = k.transpose(-2, -1).contiguous()
+    check(lambda q, kt, v: torch.softmax(q @ kt * 0.2, -1) @ v, (q, kt, v),
+          bin_attn(q, k, v, scale=0.2))
+
+
+def test_additive_float_mask():
+    q, k, v = qkv()
+    mask = torch.randn(B, 1, N, N)
+    fn = lambda q, k, v, m: torch.softmax(q @ k.transpose(-2, -1) * 0.3 + m, -1) @ v  # noqa: E731
+    check(fn, (q, k, v, mask), bin_attn(q, k, v, scale=0.3, attn_mask=mask))
+
+
+def test_masked_fill_minus_inf_and_where_causal():
+    q, k, v = qkv()
+    pad = torch.zeros(B, 1, 1, N, dtype=torch.bool)
+    pad[1, ..., -2:] = True
+    causal = torch.ones(N, N, dtype=torch.bool).tril()
+
+    def fn(q, k, v, pad, causal):
+        s = (q @ k.transpose(-2, -1)) * 0.3
+        s = s.masked_fill(pad, float("-inf"))
+        s = torch.where(causal, s, torch.finfo(s.dtype).min)
+        return torch.softmax(s, -1) @ v
+
+    keep = ~pad & causal
+    check(fn, (q, k, v, pad, causal), bin_attn(q, k, v, scale=0.3, attn_mask=keep))
+
+
+def test_fp32_softmax_then_cast():
+    q, k, v = (x.to(torch.bfloat16) for x in qkv())
+
+    def fn(q, k, v):
+        s = (q @ k.transpose(-2, -1)) * 0.3
+        return torch.softmax(s, -1, dtype=torch.float32).to(q.dtype) @ v
+
+    check(fn, (q, k, v), bin_attn(q, k, v, scale=0.3))
+
+
+def test_three_d_bmm_with_baddbmm_mask():
+    q, k, v = (x.reshape(B * H, N, D) for x in qkv())
+    mask = torch.randn(B * H, N, N)
+
+    def fn(q, k, v, m):
+        return torch.bmm(torch.softmax(torch.baddbmm(m, q * 0.3, k.transpose(1, 2)), -1), v)
+
+    gm = check(fn, (q, k, v, mask), bin_attn(q, k, v, scale=0.3, attn_mask=mask))
+    assert find_sites(gm)[0].shape["Hq"] == 1
+
+
+def test_eval_dropout_is_dropped_train_dropout_is_skipped():
+    q, k, v = qkv()
+
+    class Drop(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.drop = torch.nn.Dropout(0.1)
+
+        def forward(self, q, k, v):
+            return self.drop(torch.softmax(q @ k.transpose(-2, -1) * 0.3, -1)) @ v
+
+    module = Drop().eval()
+    gm = binarize(module, (q, k, v))
+    assert gm.meta["binattn_report"].num_rewritten == 1
+    report = inspect(Drop().train(), (q, k, v))
+    assert report.num_rewritten == 0
+    assert report.rows[0].status.startswith("skipped: attention dropout p=0.1 is active")
+
+
+def test_scale_after_mask_is_skipped():
+    q, k, v = qkv()
+    mask = torch.randn(1, 1, N, N)
+    report = inspect(Fn(lambda q, k, v, m: torch.softmax((q @ k.transpose(-2, -1) + m) * 0.3, -1) @ v),
+                     (q, k, v, mask))
+    assert report.rows[0].status == "skipped: the scores are scaled after a mask is added"
+
+
+def test_masked_fill_with_small_value_is_skipped():
+    q, k, v = qkv()
+    m = torch.rand(1, 1, N, N) > 0.5
+    report = inspect(Fn(lambda q, k, v, m: torch.softmax(
+        (q @ k.transpose(-2, -1)).masked_fill(m, -5.0), -1) @ v), (q, k, v, m))
+    assert "masked_fill with value -5.0" in report.rows[0].status
+
+
+def test_tensor_scale_is_skipped():
+    q, k, v = qkv()
+    t = torch.rand(1, H, 1, 1)
+    report = inspect(Fn(lambda q, k, v, t: torch.softmax(q @ k.transpose(-2, -1) * t, -1) @ v),
+                     (q, k, v, t))
+    assert report.rows[0].status == "skipped: the scores are scaled by a tensor that is not a constant"
+
+
+def test_softmax_that_is_not_attention_is_ignored():
+    x = torch.randn(2, 5, 7)
+    report = inspect(Fn(lambda x: torch.softmax(x, -1) @ torch.ones(7, 3)), (x,))
+    assert report.rows == [] and "no attention found" in report.summary
+
+
+# --- SDPA -------------------------------------------------------------------------------
+
+def test_sdpa_causal_scale_mask_gqa():
+    q, k, v = qkv(n_q=5, n_k=7, heads=6, kv_heads=2)
+    mask = torch.rand(B, 1, 5, 7) > 0.3
+    mask[..., 0] = True
+    fn = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.2,  # noqa: E731
+                                                           enable_gqa=True)
+    gm = check(fn, (q, k, v, mask), bin_attn(q, k, v, attn_mask=mask, scale=0.2))
+    site = find_sites(gm)[0]
+    assert (site.shape["Hq"], site.shape["Hkv"], site.shape["Nq"], site.shape["Nk"]) == (6, 2, 5, 7)
+    q, k, v = qkv(n_q=5, n_k=7)
+    gm = check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+               (q, k, v), bin_attn(q, k, v, is_causal=True))
+    assert find_sites(gm)[0].is_causal
+
+
+def test_sdpa_dropout_in_training_is_skipped():
+    q, k, v = qkv()
+    report = inspect(Fn(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1)),
+                     (q, k, v))
+    assert report.rows[0].status.startswith("skipped: dropout_p=0.1")
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n_q=st.integers(1, 9), n_k=st.integers(1, 9), d=st.sampled_from([3, 8, 33]),
+       causal=st.booleans(), scale=st.one_of(st.none(), st.floats(0.05, 2.0)),
+       masked=st.booleans(), seed=st.integers(0, 2**16))
+def test_sdpa_options_carried_exactly(n_q, n_k, d, causal, scale, masked, seed):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, 2, n, d, generator=g) for n in (n_q, n_k, n_k))
+    mask = (torch.rand(1, 1, n_q, n_k, generator=g) > 0.4) if masked else None
+    if mask is not None:
+        mask[..., 0] = True
+    inputs = (q, k, v) + ((mask,) if masked else ())
+
+    def fn(q, k, v, m=None):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal, scale=scale)
+
+    if causal and masked:
+        return  # SDPA itself rejects attn_mask together with is_causal
+    gm = binarize(Fn(fn), inputs, BinarizeConfig(dynamic_batch=False))
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*inputs), bin_attn(q, k, v, attn_mask=mask, is_causal=causal,
+                                                         scale=scale), atol=1e-5, rtol=1e-4)
+
+
+# --- options, biases, filter ------------------------------------------------------------
+
+def test_filter_fn_and_site_options():
+    q, k, v = qkv()
+
+    def two(q, k, v):
+        a = F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(a, k, v)
+
+    gm = binarize(Fn(two), (q, k, v), BinarizeConfig(top_n=3, binarizer="tanh"),
+                  filter_fn=lambda row: row.index == 1)
+    rows = gm.meta["binattn_report"].rows
+    assert [r.status for r in rows] == ["skipped: excluded by filter_fn", "rewritten"]
+    site = find_sites(gm)[0]
+    assert (site.index, site.top_n, site.binarizer) == (1, 3, "tanh")
+    a = F.scaled_dot_product_attention(q, k, v)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(q, k, v), bin_attn(a, k, v, top_n=3, binarizer="tanh"))
+
+
+@pytest.mark.parametrize("kind, shape", [("dense", (H, N, N)), ("head", (H, 1, 1))])
+def test_dense_and_head_biases(kind, shape):
+    q, k, v = qkv()
+    gm = binarize(Fn(lambda q, k, v: F.scaled_dot_product_attention(q, k, v)), (q, k, v),
+                  BinarizeConfig(bias=kind))
+    table = gm.get_submodule("binattn_bias_0").table
+    assert tuple(table.shape) == shape
+    with torch.no_grad():
+        table.normal_()
+        torch.testing.assert_close(gm(q, k, v), bin_attn(q, k, v, bias=table.expand(H, N, N)))
+
+
+def test_relpos_fallback_is_reported():
+    q, k, v = qkv()
+    fn = Fn(lambda q, k, v: F.scaled_dot_product_attention(q, k, v))
+    gm = binarize(fn, (q, k, v), BinarizeConfig(bias="relpos", bias_fallback="head"))
+    assert gm.meta["binattn_report"].rows[0].bias == \
+        "head (relpos: no token grid known (set BinarizeConfig.grid))"
+    gm = binarize(fn, (q, k, v), BinarizeConfig(bias="relpos", grid=(1, 5)))
+    assert gm.meta["binattn_report"].rows[0].bias == "relpos 1×5+1"
+    gm = binarize(fn, (q, k, v), BinarizeConfig(bias="relpos", grid=(3, 3), bias_fallback=None))
+    assert "none (relpos: config grid 3×3" in gm.meta["binattn_report"].rows[0].bias
+
+
+def test_bad_config_names_the_option():
+    with pytest.raises(ValueError, match="bias must be one of"):
+        BinarizeConfig(bias="rel")
+    with pytest.raises(ValueError, match="grid must be two positive ints"):
+        BinarizeConfig(grid=(0, 3))
+    with pytest.raises(ValueError, match="top_n"):
+        BinarizeConfig(top_n=0)
