@@ -46,6 +46,9 @@ class TrainConfig:
             outputs) or ``"auto"`` (classification when labels are given).
         checkpoint / checkpoint_every / resume: save to this file every N steps and at the end;
             resume from it when it exists.
+        stop_at: stop after this step (saving the checkpoint) without changing the schedule,
+            for time-boxed jobs that resume later.
+        eval_every: evaluate on ``eval_data`` every N steps (shown in the progress bar).
     """
 
     recipe: str = "binaryattention"
@@ -79,6 +82,7 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     eval_every: int = 0
+    stop_at: Optional[int] = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

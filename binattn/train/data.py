@@ -142,18 +142,34 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int
     return [(tr, te) for tr, te in splitter.split(np.zeros(len(y)), y)]
 
 
-STDLIB_MODULES = (
-    "abc argparse array ast asyncio base64 bisect calendar cmd codecs collections colorsys "
-    "concurrent.futures configparser contextlib copy csv dataclasses datetime decimal difflib "
-    "dis email enum filecmp fnmatch fractions ftplib functools getopt gettext glob gzip hashlib "
-    "heapq hmac html html.parser http.client http.server imaplib inspect io ipaddress itertools "
-    "json locale logging lzma mailbox mimetypes multiprocessing numbers operator optparse os "
-    "pathlib pdb pickle pkgutil platform plistlib poplib pprint profile pstats queue quopri "
-    "random re reprlib sched secrets selectors shelve shlex shutil signal smtplib socket "
-    "socketserver sqlite3 ssl statistics string struct subprocess symtable sysconfig tarfile "
-    "tempfile textwrap threading timeit tokenize trace traceback turtle types typing unittest "
-    "urllib.parse urllib.request uuid warnings wave weakref xml.dom.minidom xml.etree.ElementTree "
-    "zipfile zipimport zoneinfo").split()
+STDLIB_SKIP = frozenset(
+    "antigravity this idlelib tkinter turtle turtledemo test lib2to3 ensurepip pydoc_data msilib "
+    "venv webbrowser".split())
+
+
+def stdlib_modules() -> list[str]:
+    """Importable standard-library module names: top level + submodules of packages.
+
+    Skips private modules, tests, GUI/demo modules and the ones with import side effects.
+    """
+    import pkgutil
+
+    names = []
+    for top in sorted(sys.stdlib_module_names):
+        if top.startswith("_") or top in STDLIB_SKIP:
+            continue
+        names.append(top)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(top)
+        except Exception:  # noqa: BLE001 - platform-specific modules
+            continue
+        for info in pkgutil.walk_packages(getattr(module, "__path__", []), top + "."):
+            if not any(part in info.name for part in (".test", "tests", "__main__", "idle")):
+                names.append(info.name)
+    return names
+
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _WORDS = re.compile(r"[A-Za-z]{2,}")
@@ -189,7 +205,7 @@ def _is_prose(sentence: str, min_chars: int, max_chars: int) -> bool:
 
 
 def stdlib_sentences(min_chars: int = 40, max_chars: int = 240,
-                     modules: Sequence[str] = STDLIB_MODULES) -> list[str]:
+                     modules: Optional[Sequence[str]] = None) -> list[str]:
     """Unlabeled English prose: sentences from standard-library docstrings, deduplicated.
 
     Paragraphs are joined, split at sentence ends, and kept when they look like prose (letters
@@ -197,7 +213,7 @@ def stdlib_sentences(min_chars: int = 40, max_chars: int = 240,
     the set differs slightly between Python versions (record ``sys.version`` with results).
     """
     seen: dict[str, None] = {}
-    for name in modules:
+    for name in stdlib_modules() if modules is None else modules:
         for doc in _docstrings(name):
             for paragraph in doc.split("\n\n"):
                 text = " ".join(paragraph.split())

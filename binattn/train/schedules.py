@@ -31,7 +31,10 @@ class HADStage:
 
 
 def _geometric(start: float, end: float, frac: float) -> float:
-    frac = min(max(frac, 0.0), 1.0)
+    if frac <= 0:
+        return start
+    if frac >= 1:
+        return end
     return math.exp(math.log(start) + (math.log(end) - math.log(start)) * frac)
 
 

@@ -60,12 +60,22 @@ class Recorder:
     def __init__(self, sites: list[BinaryAttentionSite], probs: bool = False,
                  outputs: bool = False):
         self.sites, self.want_probs, self.want_outputs = sites, probs, outputs
-        self.probs: list[torch.Tensor] = []
+        self._kept_probs: Optional[list[torch.Tensor]] = None
         self.outputs: list[torch.Tensor] = []
         self._hooks: list = []
         self._previous: list[bool] = []
 
+    @property
+    def probs(self) -> list[torch.Tensor]:
+        """Probabilities of the last forward (live inside the block, kept after it)."""
+        if self._kept_probs is not None:
+            return self._kept_probs
+        if not self.want_probs:
+            return []
+        return [s.last_probs for s in self.sites if s.last_probs is not None]
+
     def __enter__(self) -> "Recorder":
+        self._kept_probs = None
         self._previous = [s.record_probs for s in self.sites]
         for site in self.sites:
             site.record_probs = self.want_probs
@@ -80,8 +90,7 @@ class Recorder:
     def __exit__(self, *exc: Any) -> None:
         for hook in self._hooks:
             hook.remove()
-        if self.want_probs:
-            self.probs = [s.last_probs for s in self.sites if s.last_probs is not None]
+        self._kept_probs = self.probs
         for site, previous in zip(self.sites, self._previous):
             site.record_probs = previous
             site.last_probs = None

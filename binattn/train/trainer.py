@@ -194,15 +194,15 @@ class Trainer:
                        rank=self.dist.rank, world_size=self.dist.world_size)
 
     def _steps(self) -> Iterator[tuple[int, tuple, Optional[torch.Tensor]]]:
-        step = self.start_step
-        while step < self.total:
+        step, end = self.start_step, min(self.total, self.cfg.stop_at or self.total)
+        while step < end:
             epoch, skip = divmod(step, self.spe)
             for i, (inputs, labels) in enumerate(self._epoch_batches(epoch)):
                 if i < skip:
                     continue
                 yield step, inputs, labels
                 step += 1
-                if step >= self.total:
+                if step >= end:
                     return
 
     # -- one step ---------------------------------------------------------------------------
@@ -232,7 +232,7 @@ class Trainer:
         if self.cfg.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        record = {"step": step + 1, "loss": float(loss), "lr": lr, "stage": plan.stage, **parts}
+        record = {"step": step + 1, "loss": float(loss.detach()), "lr": lr, "stage": plan.stage, **parts}
         if self.task == "classification" and labels is not None:
             record["train_acc"] = accuracy(out_s.detach(), labels)
         return record
@@ -265,10 +265,11 @@ class Trainer:
                 if self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0:
                     self.save(done)
                 progress.update(bar, completed=done, info=_info(record, metric))
-        self.save(self.total)
+        done = min(self.total, self.cfg.stop_at or self.total)
+        self.save(done)
         metrics = self.evaluate() if self.dist.main else {}
         return TrainResult(self.model, self.teacher, self.history, metrics,
-                           self.total, time.perf_counter() - start)
+                           done, time.perf_counter() - start)
 
 
 def _info(record: dict, metric: str) -> str:

@@ -1,0 +1,175 @@
+"""``binattn train MODEL --recipe had|binaryattention --data ... -o OUT.pt2``: QAT + distillation.
+
+Loads MODEL (``.pt2``, ``torch.save``'d module, or Hugging Face model directory), binarizes its
+attention (``binattn.binarize``), trains it with the chosen recipe against its own full-precision
+copy, and writes the trained model as a ``.pt2`` (the ops resolve after ``import binattn``) plus
+a training checkpoint next to it (``OUT.ckpt``; ``--resume`` continues from it). Data: a built-in
+offline set (``digits``, ``cluttered-digits``, ``stdlib-text`` for text models), a ``.npz``/``.pt``
+file holding ``x`` (and labels ``y`` for classification) or a ``.txt`` file of sentences (one per
+line, tokenized with the model directory's tokenizer).
+
+What it does not: hyper-parameter search, or data pipelines beyond in-memory tensors.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import click
+import torch
+
+from ..errors import UserError
+
+BUILTIN_DATA = ("digits", "cluttered-digits", "stdlib-text")
+
+
+def _text_data(sentences: list[str], model_path: Path, max_len: int):
+    from ..train.data import TensorData
+
+    if not model_path.is_dir():
+        raise UserError("text data needs a Hugging Face model directory with a tokenizer as MODEL")
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(model_path))
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot load a tokenizer from {model_path}: {exc}") from None
+    enc = tok(sentences, padding="max_length", truncation=True, max_length=max_len,
+              return_tensors="pt")
+    return TensorData((enc["input_ids"], enc["attention_mask"]))
+
+
+def load_data(spec: str, model_path: Path, max_len: int):
+    """The TensorData that ``--data`` names."""
+    from ..train import data
+
+    if spec == "digits":
+        return data.digits()
+    if spec == "cluttered-digits":
+        return data.cluttered_digits()
+    if spec == "stdlib-text":
+        return _text_data(data.stdlib_sentences(), model_path, max_len)
+    path = Path(spec)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise UserError(f"data file not found: {path}")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            raise UserError(f"{path} has no sentences")
+        return _text_data(lines, model_path, max_len)
+    if path.suffix not in (".npz", ".pt", ".pth"):
+        raise UserError(f"--data must be one of {BUILTIN_DATA} or a .npz/.pt/.txt file, "
+                        f"got {spec!r}")
+    return data.load_tensor_data(path)
+
+
+def split(data, eval_fraction: float, seed: int):
+    """(train, eval) with a seeded random split; eval is None when the fraction is 0."""
+    if eval_fraction <= 0:
+        return data, None
+    n = len(data)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    cut = int(round(n * eval_fraction))
+    return data.subset(order[cut:]), data.subset(order[:cut])
+
+
+def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
+    """Export the trained model to ``out`` atomically (temporary file, then rename)."""
+    model.eval()
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.export.export(model, example,
+                                      dynamic_shapes=tuple({0: batch} for _ in example))
+    except Exception:  # noqa: BLE001 - some graphs pin the batch size: export it static
+        program = torch.export.export(model, example)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.pt2")
+    try:
+        torch.export.save(program, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@click.command("train")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--recipe", type=click.Choice(["binaryattention", "had"]), default="binaryattention",
+              show_default=True, help="BinaryAttention (mean|x| scales, bias, hard-label KD) or "
+              "HAD (static scales, tanh→sign stages, attention-map + output KL, top-N).")
+@click.option("--data", "data_spec", required=True,
+              help=f"{', '.join(BUILTIN_DATA)}, or a .npz/.pt (x[, y]) or .txt file.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Trained model (.pt2); the checkpoint goes to OUTPUT.ckpt.")
+@click.option("--epochs", type=float, default=60.0, show_default=True)
+@click.option("--steps", type=int, default=None, help="Train this many steps (overrides epochs).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--bias", type=click.Choice(["relpos", "dense", "head", "none", "auto"]),
+              default="auto", show_default=True,
+              help="Learned attention bias (auto: relpos for binaryattention, none for had).")
+@click.option("--distill", type=click.Choice(["hard", "soft", "none"]), default="hard",
+              show_default=True, help="Output distillation for classification.")
+@click.option("--top-n", type=int, default=None, help="Top-N keys per query (HAD default 30; "
+              "0 = off).")
+@click.option("--pv-bits", type=click.Choice(["8"]), default=None, help="8-bit P and V.")
+@click.option("--attn-weight", type=float, default=None,
+              help="Attention-map KL weight (HAD default 1, BinaryAttention 0).")
+@click.option("--calib-batches", type=int, default=100, show_default=True,
+              help="HAD: batches for the static scales.")
+@click.option("--eval-fraction", type=float, default=0.2, show_default=True,
+              help="Held-out share of the data for the final metric (0 = none).")
+@click.option("--max-len", type=int, default=64, show_default=True,
+              help="Token length for text data.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue from OUTPUT.ckpt when it exists.")
+@click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of MODEL (only for "
+              "files you trust).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: float,
+            steps: Optional[int], batch_size: int, lr: float, bias: str, distill: str,
+            top_n: Optional[int], pv_bits: Optional[str], attn_weight: Optional[float],
+            calib_batches: int, eval_fraction: float, max_len: int, seed: int, device: str,
+            resume: bool, trust_pickle: bool, quiet: bool) -> None:
+    """Binarize MODEL's attention and train it back to full-precision quality.
+
+    Example: binattn train vit.pt --recipe binaryattention --data digits --epochs 60 -o vit_b.pt2
+    """
+    import binattn
+    from rich.console import Console
+
+    from ..model_io import load_model
+    from ..train import TrainConfig, find_sites, train
+
+    if output.suffix != ".pt2":
+        raise UserError(f"--output must end in .pt2, got {output}")
+    if not 0 <= eval_fraction < 1:
+        raise UserError(f"--eval-fraction must be in [0, 1), got {eval_fraction}")
+    net, _ = load_model(model, trust_pickle=trust_pickle)
+    dataset = load_data(data_spec, model, max_len)
+    train_set, eval_set = split(dataset, eval_fraction, seed)
+    bias_kind = {"auto": "relpos" if recipe == "binaryattention" else None,
+                 "none": None}.get(bias, bias)
+    example = tuple(t[:batch_size] for t in train_set.inputs)
+    if isinstance(net, torch.nn.Module):
+        net.eval()
+    gm = binattn.binarize(net, example, binattn.BinarizeConfig(bias=bias_kind))
+    sites = find_sites(gm)
+    console = Console(stderr=True)
+    if not sites:
+        raise UserError(f"{model}: the pass found no attention to binarize "
+                        f"(see `binattn inspect {model}`)")
+    console.print(f"binarized {len(sites)} attention site(s); training with {recipe}")
+    cfg = TrainConfig(recipe=recipe, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
+                      distill=distill, top_n=top_n, pv_bits=int(pv_bits) if pv_bits else None,
+                      attn_weight=attn_weight, calib_batches=calib_batches, seed=seed,
+                      device=device, checkpoint=str(output) + ".ckpt", resume=resume,
+                      progress=not quiet)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    result = train(gm, train_set, cfg, eval_data=eval_set)
+    write_pt2(result.model.cpu(), example, output)
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s  {metrics}")
+    console.print(f"wrote {output} and {cfg.checkpoint}")
