@@ -215,3 +215,14 @@ def test_cli_report_writes_png_and_lists_targets(tmp_path):
     assert doc["target"] == "had-cam-7nm" and "calibration" not in doc
     listing = CliRunner().invoke(main, ["asic", "--list-targets"])
     assert listing.exit_code == 0 and "had-cam-28nm" in listing.output
+
+
+def test_eight_bit_values_cut_value_traffic(cam45):
+    bf16 = cam_query_cost(cam45, AttentionShape.square(1024, 64, 1, 32))
+    int8 = cam_query_cost(cam45, dataclasses.replace(AttentionShape.square(1024, 64, 1, 32),
+                                                     pv_bits=8))
+    assert int8.dram_bytes == bf16.dram_bytes / 2
+    assert int8.energy_pj["value_sram"] < bf16.energy_pj["value_sram"]
+    assert int8.energy_pj["mac"] == bf16.energy_pj["mac"]            # same bf16 MACs
+    with pytest.raises(HardwareConfigError, match="pv_bits must be None or 8"):
+        dataclasses.replace(AttentionShape.square(64, 64, 1), pv_bits=4).validate()

@@ -35,7 +35,7 @@ def test_sites_from_binarized_vit_follow_the_graph():
         assert spec.layer == site.module_path and spec.shape.top_k == 8
         assert (spec.shape.q_len, spec.shape.k_len, spec.shape.head_dim) == (
             tokens, tokens, cfg.dim // cfg.heads)
-        assert spec.shape.q_heads == cfg.heads and spec.pv_bits == 8
+        assert spec.shape.q_heads == cfg.heads and spec.shape.pv_bits == 8
     doc = build_descriptor(get_preset("had-cam-45nm"), specs, model="demo")
     assert [s["bits"]["p"] for s in doc["sites"]] == [8] * cfg.depth
     assert doc["totals"]["energy_nj"] == pytest.approx(sum(s["energy_nj"] for s in doc["sites"]),

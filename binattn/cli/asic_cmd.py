@@ -84,8 +84,9 @@ def command(model: Optional[Path], attention: Optional[str], target: str,
     else:
         from ..export.loading import load_binarized, parse_shape
 
-        gm, _ = load_binarized(model, trust_pickle=trust_pickle,
-                               input_shape=parse_shape(input_shape))
+        with Console(stderr=True).status(f"loading and binarizing {model}"):
+            gm, _ = load_binarized(model, trust_pickle=trust_pickle,
+                                   input_shape=parse_shape(input_shape))
         sites, name = site_specs(gm, top_k=top_k), str(model)
     doc = build_descriptor(hw, sites, model=name)
     if output is not None:

@@ -24,6 +24,10 @@ Baseline, per query: QKᵀ and P·V on the MAC array, exp (LUT) + divide units o
 keys/values from the same SRAMs (or streamed from DRAM when they do not fit); cycles are the
 larger of compute and DRAM transfer time.
 
+Bit widths: Q and K are 1 bit (binary keys in the CAM, 1-bit query buffer); a site with
+``pv_bits=8`` moves int8 values (half the prefetch bytes and value-SRAM reads) through the same
+bf16 MACs (int8 is exact in bf16), on both engines.
+
 Energy of a block use = power × delay × instances / clock (CAMformer's accounting); DRAM energy
 = bytes × pJ/B. What it does not: leakage, control, interconnect, multi-engine scheduling.
 """
@@ -49,6 +53,12 @@ class AttentionShape:
     head_dim: int
     v_dim: int
     top_k: Optional[int] = None
+    pv_bits: Optional[int] = None     # 8: int8 V (1 byte/element) and u8 P; None: bf16
+
+    @property
+    def v_bytes(self) -> int:
+        """Bytes per value element moved through SRAM/DRAM."""
+        return 1 if self.pv_bits == 8 else 2
 
     @classmethod
     def square(cls, seq: int, head_dim: int, heads: int,
@@ -64,6 +74,8 @@ class AttentionShape:
         if self.q_heads % self.kv_heads:
             raise HardwareConfigError(
                 f"q_heads={self.q_heads} is not a multiple of kv_heads={self.kv_heads}")
+        if self.pv_bits not in (None, 8):
+            raise HardwareConfigError(f"pv_bits must be None or 8, got {self.pv_bits!r}")
         if self.top_k is not None:
             if self.top_k < 1:
                 raise HardwareConfigError(f"top-k must be >= 1, got {self.top_k}")
@@ -188,7 +200,7 @@ def cam_query_cost(hw: CamAccelerator, shape: AttentionShape) -> Cost:
             led.use("ptop_reg")
         else:
             led.use("output_buffer")
-        prefetch += kept * shape.v_dim * hw.value_bytes
+        prefetch += kept * shape.v_dim * min(shape.v_bytes, hw.value_bytes)
         led.use("value_sram", kept / hw.tile_keep)           # one write per prefetch burst
     led.dram(prefetch)
     drain = led.delay("adc") + led.delay("scaler") + (
@@ -206,7 +218,8 @@ def cam_query_cost(hw: CamAccelerator, shape: AttentionShape) -> Cost:
     kept = top_k if top_k is not None else shape.k_len
     _softmax(led, kept, hw.softmax_parallel, 1, top_k is not None)
     iterations = math.ceil(kept * shape.v_dim / hw.mac_count)
-    led.use("value_sram", iterations)
+    # int8 V runs on the bf16 MACs (exact), but each SRAM read brings twice the values
+    led.use("value_sram", iterations * min(shape.v_bytes, hw.value_bytes) / hw.value_bytes)
     led.use("mac", iterations, hw.mac_count)
     led.phase("contextualization", iterations + led.delay("mac"))
     return led.cost
@@ -230,7 +243,7 @@ def baseline_query_cost(hw: BaselineAccelerator, shape: AttentionShape) -> Cost:
     led = _Ledger(hw)
     access = hw.memory.sram_access_bytes
     key_bytes = shape.k_len * shape.head_dim * hw.key_bytes
-    value_bytes = shape.k_len * shape.v_dim * hw.value_bytes
+    value_bytes = shape.k_len * shape.v_dim * min(shape.v_bytes, hw.value_bytes)
     led.use("query_buffer")
     led.use("key_sram", math.ceil(key_bytes / access))
     if key_bytes > hw.memory.key_sram_kib * 1024:

@@ -95,7 +95,7 @@ def _site_entry(target, baseline, spec: SiteSpec) -> tuple[dict, Cost, Cost]:
         "index": spec.index, "layer": spec.layer, "matcher": spec.matcher,
         "shape": _shape_dict(spec.shape), "queries": spec.shape.queries,
         "top_n": spec.shape.top_k,
-        "bits": {"q": 1, "k": 1, "p": spec.pv_bits or 16, "v": spec.pv_bits or 16,
+        "bits": {"q": 1, "k": 1, "p": spec.shape.pv_bits or 16, "v": spec.shape.pv_bits or 16,
                  "mac": target.mac_precision},
         "mapping": cam_mapping(target, spec.shape),
         "per_query": {"cycles": per_query.cycles, "energy_nj": round(per_query.energy_nj, 6),

@@ -24,8 +24,7 @@ class SiteSpec:
     index: int
     layer: str
     matcher: str
-    shape: AttentionShape
-    pv_bits: Optional[int] = None
+    shape: AttentionShape            # includes top_k and pv_bits
     binarizer: str = "sign"
 
 
@@ -59,9 +58,10 @@ def sites_from_graph(gm, top_k: Optional[int] = None) -> list[SiteSpec]:
         n_keys = int(s["Nk"])
         k = _override_top_k(top_k, site.top_n, n_keys)
         shape = AttentionShape(int(s["B"]), int(s["Hq"]), int(s["Hkv"]), int(s["Nq"]), n_keys,
-                               int(s["D"]), int(s.get("Dv", s["D"])), k).validate()
+                               int(s["D"]), int(s.get("Dv", s["D"])), k,
+                               site.pv_bits).validate()
         specs.append(SiteSpec(int(site.index), str(site.module_path), str(site.matcher), shape,
-                              site.pv_bits, str(site.binarizer)))
+                              str(site.binarizer)))
     return specs
 
 
@@ -100,9 +100,10 @@ def sites_from_program(program: Any, top_k: Optional[int] = None) -> list[SiteSp
         hkv, nk, dv = hint(k.shape[1]), hint(k.shape[2]), hint(v.shape[-1])
         args = list(node.args) + [None] * (16 - len(node.args))
         shape = AttentionShape(max(b, 1), hq, hkv, nq, nk, d, dv,
-                               _override_top_k(top_k, args[_ARG_TOP_N], nk)).validate()
+                               _override_top_k(top_k, args[_ARG_TOP_N], nk),
+                               args[_ARG_PV_BITS]).validate()
         specs.append(SiteSpec(index, _layer_name(node), "binattn.binary_attention", shape,
-                              args[_ARG_PV_BITS], str(args[_ARG_BINARIZER] or "sign")))
+                              str(args[_ARG_BINARIZER] or "sign")))
     return specs
 
 
