@@ -202,7 +202,7 @@ def test_sdpa_dropout_in_training_is_skipped():
     assert report.rows[0].status.startswith("skipped: dropout_p=0.1")
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n_q=st.integers(1, 9), n_k=st.integers(1, 9), d=st.sampled_from([3, 8, 33]),
        causal=st.booleans(), scale=st.one_of(st.none(), st.floats(0.05, 2.0)),
        masked=st.booleans(), seed=st.integers(0, 2**16))
@@ -276,3 +276,15 @@ def test_bad_config_names_the_option():
         BinarizeConfig(grid=(0, 3))
     with pytest.raises(ValueError, match="top_n"):
         BinarizeConfig(top_n=0)
+
+
+def test_div_by_full_tensor_constant():
+    q, k, v = qkv()
+
+    def fn(q, k, v):
+        s = q @ k.transpose(-1, -2)
+        s = s / torch.full([], v.size(-1) ** 0.5, dtype=s.dtype, device=s.device)
+        return torch.softmax(s, -1) @ v
+
+    gm = check(fn, (q, k, v), bin_attn(q, k, v))
+    assert find_sites(gm)[0].scale == pytest.approx(D ** -0.5)

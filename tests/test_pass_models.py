@@ -193,3 +193,20 @@ def test_bare_multihead_attention(need_weights, with_mask):
         torch.testing.assert_close(got[1], want[1], atol=1e-6, rtol=1e-4)
     else:
         torch.testing.assert_close(got, want[0], atol=1e-5, rtol=1e-4)
+
+
+def test_minilm_output_attentions_are_the_binary_probabilities():
+    ids = torch.randint(0, 30000, (1, 7), generator=torch.Generator().manual_seed(0))
+    model = _bert("eager")
+    gm = binattn.binarize(model, (ids,), example_kwargs={"output_attentions": True})
+    assert gm.meta["binattn_report"].num_rewritten == 6
+    with torch.no_grad():
+        out = gm(ids, output_attentions=True)
+    sites = find_sites(gm)
+    assert all(s.returns_probs for s in sites)
+    for site in sites:
+        site.record_probs = True
+    with torch.no_grad():
+        gm(ids, output_attentions=True)
+    torch.testing.assert_close(out.attentions[0], sites[0].last_probs)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(1, 12, 7))
