@@ -1,4 +1,5 @@
-"""`binattn export` on real models from the CLI: the built-in ViT (MLIR + ONNX) and MiniLM (ONNX)."""
+"""`binattn export` on real models from the CLI: the built-in ViT and MiniLM (MLIR + ONNX)."""
+import re
 from pathlib import Path
 
 import onnx
@@ -58,6 +59,16 @@ def test_export_onnx_minilm(tmp_path):
     assert err <= 1e-4
     model = onnx.load(str(out), load_external_data=False)
     assert sum(n.op_type == "BitwiseXor" for n in model.graph.node) == 6   # one per layer
+
+
+def test_export_mlir_minilm(tmp_path):
+    out = tmp_path / "minilm.mlir"
+    result = CliRunner().invoke(main, ["export", str(MINILM), "--format", "mlir", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "re-parsed with torch-mlir: OK" in result.output
+    xors = int(re.search(r"(\d+)\s+xor", result.output).group(1))
+    assert xors >= 6                                          # one per layer (+ HF mask logic)
+    assert out.stat().st_size > 50e6                         # weights embedded
 
 
 @pytest.mark.parametrize("args, message", [

@@ -178,6 +178,13 @@ def test_bad_hardware_configurations(cam45, change, message):
         dataclasses.replace(cam45, **change).validate()
 
 
+def test_query_must_fit_the_query_buffer(cam45):
+    base = baseline_for(cam45)
+    with pytest.raises(HardwareConfigError, match="query buffer holds 512 B"):
+        baseline_query_cost(base, AttentionShape.square(64, 512, 1))   # bf16: 1024 B
+    assert cam_query_cost(cam45, AttentionShape.square(64, 512, 1)).cycles > 0   # 1 bit: 64 B
+
+
 def test_bad_attention_requests(cam45):
     with pytest.raises(HardwareConfigError, match="top-k 2048 is larger than the number of keys"):
         AttentionShape.square(1024, 64, 16, 2048)

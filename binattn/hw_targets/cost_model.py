@@ -178,8 +178,17 @@ def _binary_key_bytes(shape: AttentionShape) -> float:
     return shape.k_len * shape.head_dim / 8
 
 
+def _check_query_fits(hw, shape: AttentionShape, bits: int) -> None:
+    need = math.ceil(shape.head_dim * bits / 8)
+    if need > hw.memory.query_buffer_bytes:
+        raise HardwareConfigError(
+            f"{hw.name}: a {bits}-bit query of D={shape.head_dim} needs {need} B, the query "
+            f"buffer holds {hw.memory.query_buffer_bytes} B (raise memory.query_buffer_bytes)")
+
+
 def cam_query_cost(hw: CamAccelerator, shape: AttentionShape) -> Cost:
     """Cost of one query row of one head on the CAM engine."""
+    _check_query_fits(hw, shape, 1)
     m = cam_mapping(hw, shape)
     led, passes, top_k = _Ledger(hw), m["column_passes"], m["top_k"]
     programs = math.ceil(hw.cam_rows / hw.rows_per_program) * passes
@@ -240,6 +249,7 @@ def _softmax(led: _Ledger, entries: int, exp_units: int, div_units: int, final_t
 
 def baseline_query_cost(hw: BaselineAccelerator, shape: AttentionShape) -> Cost:
     """Cost of one query row of one head of standard (dense, bf16) attention on the baseline."""
+    _check_query_fits(hw, shape, 8 * hw.query_bytes)
     led = _Ledger(hw)
     access = hw.memory.sram_access_bytes
     key_bytes = shape.k_len * shape.head_dim * hw.key_bytes

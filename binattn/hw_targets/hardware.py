@@ -63,10 +63,11 @@ class Memory:
     dram_bandwidth_gb_s: float
     dram_energy_pj_per_byte: float
     dram_latency_cycles: int
+    query_buffer_bytes: int = 512     # query buffer (SRAM/registers) size
 
     def validate(self) -> None:
         _positive(self, ("key_sram_kib", "value_sram_kib", "sram_access_bytes",
-                         "dram_bandwidth_gb_s", "dram_energy_pj_per_byte"))
+                         "dram_bandwidth_gb_s", "dram_energy_pj_per_byte", "query_buffer_bytes"))
         if self.dram_latency_cycles < 0:
             raise HardwareConfigError("memory.dram_latency_cycles must be >= 0")
 

@@ -52,6 +52,7 @@ MEMORY_45NM = Memory(
     dram_bandwidth_gb_s=128.0,   # ours: enough to hide the per-tile value prefetch (as CAMformer)
     dram_energy_pj_per_byte=CAMFORMER_DRAM_PJ_PER_BYTE,
     dram_latency_cycles=24,
+    query_buffer_bytes=512,      # a bf16 query up to d=256 (binary: 16 queries of d=256)
 )
 
 HAD_CAM_45NM = CamAccelerator(
