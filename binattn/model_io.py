@@ -25,8 +25,11 @@ DEFAULT_TOKENS = 16
 
 
 def load_model(path: str | os.PathLike, *, trust_pickle: bool = False,
-               input_shape: Optional[Sequence[int]] = None) -> tuple[nn.Module, tuple]:
-    """``(model, example_inputs)`` for a .pt2, a torch.save'd module or a HF model directory."""
+               input_shape: Optional[Sequence] = None) -> tuple[nn.Module, tuple]:
+    """``(model, example_inputs)`` for a .pt2, a torch.save'd module or a HF model directory.
+
+    ``input_shape``: one shape (ints) or one shape per input (see :func:`parse_input_shapes`).
+    """
     p = Path(path)
     if not p.exists():
         raise UserError(f"{p}: no such file or directory")
@@ -37,13 +40,34 @@ def load_model(path: str | os.PathLike, *, trust_pickle: bool = False,
     return _load_pickled(p, trust_pickle, input_shape)
 
 
-def _shape_inputs(input_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> tuple:
-    shape = tuple(int(s) for s in input_shape)
-    if not shape or min(shape) < 1:
-        raise UserError(f"--input-shape must be positive ints, got {input_shape}")
-    if dtype.is_floating_point:
-        return (torch.randn(shape, dtype=dtype),)
-    return (torch.randint(0, 100, shape, dtype=dtype),)
+def parse_input_shapes(text: Optional[str]) -> Optional[list[tuple[int, ...]]]:
+    """``"1,3,224,224"`` → [(1, 3, 224, 224)]; several inputs: ``"2,7,32;2,7,32"``."""
+    if text is None:
+        return None
+    shapes = []
+    for part in text.split(";"):
+        try:
+            shape = tuple(int(p) for p in part.replace("x", ",").split(","))
+        except ValueError:
+            raise UserError(f"--input-shape wants comma-separated ints (';' between inputs), "
+                            f"got {text!r}") from None
+        if not shape or min(shape) < 1:
+            raise UserError(f"--input-shape wants positive ints, got {text!r}")
+        shapes.append(shape)
+    return shapes
+
+
+def _shape_inputs(input_shape: Sequence, dtype: torch.dtype = torch.float32) -> tuple:
+    """Random inputs for one shape (a sequence of ints) or several (a sequence of those)."""
+    shapes = [input_shape] if input_shape and isinstance(input_shape[0], int) else input_shape
+    inputs = []
+    for shape in shapes:
+        shape = tuple(int(s) for s in shape)
+        if not shape or min(shape) < 1:
+            raise UserError(f"--input-shape must be positive ints, got {input_shape}")
+        inputs.append(torch.randn(shape, dtype=dtype) if dtype.is_floating_point
+                      else torch.randint(0, 100, shape, dtype=dtype))
+    return tuple(inputs)
 
 
 def _load_pt2(p: Path, input_shape) -> tuple[nn.Module, tuple]:
@@ -113,6 +137,12 @@ def _guess_inputs(model: nn.Module, p: Path) -> tuple:
 
 
 def _hf_inputs(model: nn.Module, config: Any) -> tuple:
+    if getattr(config, "sample_size", None) and getattr(config, "in_channels", None):
+        side = int(config.sample_size)   # diffusers DiT-style: (latents, timestep[, class])
+        inputs = (torch.randn(1, int(config.in_channels), side, side), torch.tensor([1]))
+        if getattr(config, "num_embeds_ada_norm", None):
+            inputs += (torch.tensor([0]),)
+        return inputs
     if getattr(config, "image_size", None) and getattr(config, "num_channels", None):
         size = config.image_size
         size = size if isinstance(size, (tuple, list)) else (size, size)
@@ -127,18 +157,40 @@ def _load_hf_dir(p: Path, input_shape) -> tuple[nn.Module, tuple]:
         raise UserError(f"{p}: a directory, but not a Hugging Face model (no config.json)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        json.loads((p / "config.json").read_text())
-        from transformers import AutoModel
-
-        model = AutoModel.from_pretrained(str(p), local_files_only=True)
+        config = json.loads((p / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{p}/config.json is not valid JSON ({_first_line(err)})") from err
+    try:
+        model = _from_pretrained(p, config)
     except Exception as err:  # noqa: BLE001
         raise UserError(f"{p}: could not load the Hugging Face model ({type(err).__name__}: "
                         f"{_first_line(err)})") from err
     model.eval()
+    hf_config = model.config
+    if getattr(hf_config, "use_cache", None):
+        hf_config.use_cache = False  # a KV cache object is no tensor output: export needs none
     if input_shape is not None:
-        dtype = torch.float32 if getattr(model.config, "image_size", None) else torch.long
+        dtype = torch.float32 if _is_image_model(hf_config) else torch.long
         return model, _shape_inputs(input_shape, dtype)
-    return model, _hf_inputs(model, model.config)
+    return model, _hf_inputs(model, hf_config)
+
+
+def _from_pretrained(p: Path, config: dict) -> nn.Module:
+    """transformers' AutoModel, or the diffusers class named in config.json."""
+    if "_diffusers_version" in config:
+        import diffusers
+
+        cls = getattr(diffusers, str(config.get("_class_name")), None)
+        if cls is None:
+            raise UserError(f"{p}: unknown diffusers class {config.get('_class_name')!r}")
+        return cls.from_pretrained(str(p), local_files_only=True)
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(p), local_files_only=True)
+
+
+def _is_image_model(config: Any) -> bool:
+    return bool(getattr(config, "image_size", None) or getattr(config, "sample_size", None))
 
 
 def _first_line(err: BaseException) -> str:

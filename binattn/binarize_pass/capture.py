@@ -16,9 +16,10 @@ from ..errors import UserError
 
 
 def _dynamic_batch(example_inputs: tuple) -> tuple:
-    """Dim.AUTO on dim 0 of every tensor input (export keeps it static where it must)."""
+    """Dim.AUTO on dim 0 of every tensor input with a batch of 2 or more (export keeps it
+    static where it must; a batch of 1 would be specialized anyway)."""
     def spec(x: Any):
-        if isinstance(x, torch.Tensor) and x.dim() > 0:
+        if isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] > 1:
             return {0: torch.export.Dim.AUTO}
         return None
     return tuple(torch.utils._pytree.tree_map(spec, x) if not isinstance(x, torch.Tensor)

@@ -37,7 +37,8 @@ def _grid(text: Optional[str]) -> Optional[tuple[int, int]]:
               show_default=True, help="Magnitude of the binarized q and k.")
 @click.option("--top-n", type=int, help="HAD top-N: keep the N largest scores per query.")
 @click.option("--pv-bits", type=click.Choice(["8"]), help="8-bit P and V.")
-@click.option("--input-shape", help="Example input shape, e.g. 1,3,224,224.")
+@click.option("--input-shape", help="Example input shape, e.g. 1,3,224,224; several inputs: "
+              "'2,7,32;2,7,32'.")
 @click.option("--trust-pickle", is_flag=True,
               help="Allow a torch.save'd MODEL that holds code (only for files you trust).")
 def command(model: Path, output: Path, bias: str, grid: Optional[str],
@@ -60,8 +61,7 @@ def command(model: Path, output: Path, bias: str, grid: Optional[str],
 
     from ..binarize_pass import BinarizeConfig, binarize
     from ..export.files import atomic_output
-    from ..export.loading import parse_shape
-    from ..model_io import load_model
+    from ..model_io import load_model, parse_input_shapes
     from ._console import quiet_torch_logs, report_console
 
     if output.suffix != ".pt2":
@@ -77,7 +77,7 @@ def command(model: Path, output: Path, bias: str, grid: Optional[str],
     console = report_console()
     with console.status(f"loading {model}"), quiet_torch_logs():
         loaded, inputs = load_model(model, trust_pickle=trust_pickle,
-                                    input_shape=parse_shape(input_shape))
+                                    input_shape=parse_input_shapes(input_shape))
     with console.status("capturing (torch.export) and rewriting the attention"), \
             quiet_torch_logs():
         gm = binarize(loaded, inputs, config)
