@@ -40,22 +40,33 @@ def qkv(b=1, h=2, n=16, d=64, hkv=None, seed=0):
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(1, 24), d=st.integers(1, 80), group=st.sampled_from([1, 2]),
        top_n=st.one_of(st.none(), st.integers(1, 24)), causal=st.booleans(),
-       pv_bits=st.sampled_from([None, 8]), seed=st.integers(0, 1000))
-def test_decomposition_equals_reference(n, d, group, top_n, causal, pv_bits, seed):
+       pv_bits=st.sampled_from([None, 8]), portable=st.booleans(), seed=st.integers(0, 1000))
+def test_decomposition_equals_reference(n, d, group, top_n, causal, pv_bits, portable, seed):
     q, k, v = qkv(n=n, d=d, h=2 * group, hkv=2, seed=seed)        # group > 1: GQA
     gen = torch.Generator().manual_seed(seed + 1)
     bias = 0.1 * torch.randn(1, q.shape[1], n, n, generator=gen)
     options = dict(bias=bias, is_causal=causal, top_n=top_n, pv_bits=pv_bits)
     want = reference.binary_attention(q, k, v, **options)
-    got = bitops.binary_attention_bitops(q, k, v, **options)
+    got = bitops.binary_attention_bitops(q, k, v, **options, portable=portable)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
-def test_bit_scores_are_exact():
+@pytest.mark.parametrize("portable", [False, True])
+def test_bit_scores_are_exact(portable):
     q, k, _ = qkv(n=33, d=70)
+    q[0, 0, 0, :5] = 0.0                                            # sign(0) = +1
     signs = lambda x: torch.where(x >= 0, 1, -1)  # noqa: E731
-    assert torch.equal(bitops.bit_scores(q, k, 70),
+    assert torch.equal(bitops.bit_scores(q, k, 70, portable),
                        (signs(q) @ signs(k).transpose(-1, -2)).to(torch.int32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(d=st.integers(1, 130), seed=st.integers(0, 1000))
+def test_portable_packing_and_popcount_match_reference(d, seed):
+    x = torch.randn(3, 4, d, generator=torch.Generator().manual_seed(seed))
+    words, _ = reference.sign_pack(x)
+    assert torch.equal(bitops.sign_pack_int32(x), words)
+    assert torch.equal(bitops.popcount_bittest(words), reference.popcount32(words))
 
 
 def test_soft_binarizer_is_refused():
@@ -78,15 +89,22 @@ def test_mlir_has_bit_ops_and_no_qk_matmul(options):
         assert ops["topk"] >= 1
 
 
-def test_mlir_torch_dialect_and_unsupported_dialects():
+def test_mlir_torch_dialect():
     inputs = qkv()
     text = mlir.to_mlir(OneSite(), inputs, "torch")
     assert mlir.reparse(text) == "builtin.module"
     assert mlir.bit_op_summary(text)["torch_xor"] == 1
-    with pytest.raises(UserError, match="could not lower the model to tosa"):
-        mlir.to_mlir(OneSite(), inputs, "tosa")
     with pytest.raises(UserError, match="--dialect must be one of"):
         mlir.to_mlir(OneSite(), inputs, "llvm")
+
+
+@pytest.mark.parametrize("dialect", ["tosa", "stablehlo"])
+def test_mlir_tosa_and_stablehlo_use_the_portable_popcount(dialect):
+    text = mlir.to_mlir(OneSite(top_n=4), qkv(), dialect)
+    assert mlir.reparse(text) == "builtin.module"
+    ops = mlir.bit_op_summary(text)
+    assert ops["xor"] == 1 and ops["and"] >= 32 and ops["shift"] == 0   # bit-test popcount
+    assert ops["matmul"] == 1
 
 
 def test_reparse_rejects_garbage():

@@ -73,7 +73,7 @@ def test_export_mlir_minilm(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["missing.pt2", "--format", "onnx"], "no such file"),
-    (["{demo}", "--format", "mlir", "--dialect", "tosa"], "could not lower the model to tosa"),
+    (["{demo}", "--format", "mlir", "--input-shape", "1,x"], "comma-separated ints"),
     (["{demo}", "--format", "onnx", "--top-n", "0"], "--top-n must be >= 1"),
 ])
 def test_export_errors(tmp_path, demo_pt2, args, message):

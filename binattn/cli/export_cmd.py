@@ -22,7 +22,7 @@ PV8_TOLERANCE = 1e-2
               help="Output file (.mlir / .onnx).")
 @click.option("--dialect", default="linalg-on-tensors", show_default=True,
               type=click.Choice(["linalg-on-tensors", "torch", "tosa", "stablehlo"]),
-              help="MLIR dialect (tosa/stablehlo cannot lower the popcount's shifts).")
+              help="MLIR dialect (tosa/stablehlo get a shift-free int32 popcount).")
 @click.option("--top-n", type=int, help="Binarize with HAD's top-N per query row.")
 @click.option("--pv-bits", type=click.Choice(["8"]), help="8-bit P and V.")
 @click.option("--input-shape", help="Example input shape for MODEL, e.g. 1,3,224,224.")

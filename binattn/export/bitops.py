@@ -6,13 +6,15 @@ sign bits packed into 32-bit words (``reference.sign_pack``), XOR, a SWAR popcou
 (``reference.popcount32``: shifts, ands, adds, one multiply — ONNX has no popcount op and
 torch-mlir has no ATen popcount), ``D − 2·popc(a XOR c)`` as the exact ±1 dot product, then the
 scales, bias, mask, top-N and softmax of ``reference.attention_probs`` and the float P·V. The QKᵀ
-product is therefore **no float matmul**: only P·V is.
+product is therefore **no float matmul**: only P·V is. The ``portable`` variant (int32 packing
+and a bit-test popcount, no shifts, no int64) is for tosa/stablehlo, which reject those.
 
 What it does not: soft binarizers (HAD's tanh stages are float math, not bits — export the
 trained ``sign`` model) or the backward.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -22,11 +24,42 @@ from ..errors import UserError
 from ..ops import reference
 
 
-def bit_scores(q: torch.Tensor, k: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """Exact ``sign(q)·sign(k)ᵀ`` as int32 from packed sign bits (XOR + SWAR popcount)."""
-    q_bits, _ = reference.sign_pack(q)
-    k_bits, _ = reference.sign_pack(k)
-    return reference.popcount_scores_xor(q_bits, k_bits, head_dim)
+# int32 value of bit j (bit 31 is the sign bit); Python ints, so the graph holds scalars only
+_BIT_VALUES = [1 << j for j in range(31)] + [-(1 << 31)]
+
+
+def sign_pack_int32(x: torch.Tensor) -> torch.Tensor:
+    """The public bit layout (``reference.sign_pack`` words) built with int32 arithmetic only:
+    bits × 2^j summed per word (bits are disjoint, so the int32 sum is the exact word)."""
+    head_dim = x.shape[-1]
+    words = reference.num_words(head_dim)
+    bits = (x >= 0).to(torch.int32)
+    pad = words * reference.WORD_BITS - head_dim
+    if pad:
+        bits = torch.nn.functional.pad(bits, (0, pad))
+    bits = bits.reshape(*x.shape[:-1], words, reference.WORD_BITS)
+    return sum(bits[..., j] * value for j, value in enumerate(_BIT_VALUES))
+
+
+def popcount_bittest(words: torch.Tensor) -> torch.Tensor:
+    """Popcount of int32 words by testing each bit (AND with 2^j, compare, sum): no shifts, no
+    int64 — what tosa and stablehlo can lower. 32 element-wise steps instead of SWAR's 12."""
+    return sum(((words & value) != 0).to(torch.int32) for value in _BIT_VALUES)
+
+
+def bit_scores(q: torch.Tensor, k: torch.Tensor, head_dim: int,
+               portable: bool = False) -> torch.Tensor:
+    """Exact ``sign(q)·sign(k)ᵀ`` as int32 from packed sign bits: ``D − 2·popc(a XOR c)``.
+
+    Default: ``reference.sign_pack`` + the SWAR popcount (int64 shifts; linalg, torch dialect,
+    ONNX). ``portable``: int32 packing + bit-test popcount (tosa, stablehlo).
+    """
+    if not portable:
+        q_bits, _ = reference.sign_pack(q)
+        k_bits, _ = reference.sign_pack(k)
+        return reference.popcount_scores_xor(q_bits, k_bits, head_dim)
+    xor = torch.bitwise_xor(sign_pack_int32(q).unsqueeze(-2), sign_pack_int32(k).unsqueeze(-3))
+    return head_dim - 2 * popcount_bittest(xor).sum(-1, dtype=torch.int32)
 
 
 def binary_attention_bitops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -37,8 +70,9 @@ def binary_attention_bitops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             k_scale: Optional[torch.Tensor] = None,
                             top_n: Optional[int] = None, pv_bits: Optional[int] = None,
                             binarizer: str = "sign", temperature: float = 1.0,
-                            ste_clip: float = 1.0) -> torch.Tensor:
-    """Forward of the binary-attention op (same signature), QKᵀ through bit operations."""
+                            ste_clip: float = 1.0, *, portable: bool = False) -> torch.Tensor:
+    """Forward of the binary-attention op (same signature), QKᵀ through bit operations
+    (``portable``: the shift-free int32 form of :func:`bit_scores`)."""
     if binarizer != "sign":
         raise UserError(f"export needs binarizer='sign' (the trained model), got {binarizer!r}: "
                         "soft HAD stages are float math, not bit operations")
@@ -50,7 +84,7 @@ def binary_attention_bitops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     s_q = reference.qk_scale(qf, scale_mode, q_scale)
     s_k = reference.qk_scale(kf, scale_mode, k_scale)
     # sign(x/σ) = sign(x) for σ > 0, so static scales only multiply the integer scores
-    dots = bit_scores(qf, kf, q.shape[-1]).to(dtype)
+    dots = bit_scores(qf, kf, q.shape[-1], portable).to(dtype)
     scores = (s_q * s_k * softmax_scale) * dots
     probs = reference.attention_probs(scores, bias, attn_mask, is_causal, top_n)
     values = reference.expand_kv_heads(v.to(dtype), q.shape[-3])
@@ -59,19 +93,21 @@ def binary_attention_bitops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return (probs @ values).to(v.dtype)
 
 
-def decomposition_table(base: Optional[dict] = None) -> dict:
+def decomposition_table(base: Optional[dict] = None, portable: bool = False) -> dict:
     """``base`` (or an empty table) plus binattn's op → its bit-op decomposition."""
     table: dict = dict(base or {})
-    table[torch.ops.binattn.binary_attention.default] = binary_attention_bitops
+    table[torch.ops.binattn.binary_attention.default] = (
+        functools.partial(binary_attention_bitops, portable=True) if portable
+        else binary_attention_bitops)
     table[torch.ops.binattn.popcount_scores.default] = reference.popcount_scores
     table[torch.ops.binattn.sign_pack.default] = reference.sign_pack
     return table
 
 
-def decompose(program: torch.export.ExportedProgram,
-              base: Optional[dict] = None) -> torch.export.ExportedProgram:
+def decompose(program: torch.export.ExportedProgram, base: Optional[dict] = None,
+              portable: bool = False) -> torch.export.ExportedProgram:
     """The program with every binattn op replaced by standard ATen bit/float ops."""
-    return program.run_decompositions(decomposition_table(base))
+    return program.run_decompositions(decomposition_table(base, portable))
 
 
 def count_binattn_nodes(program: torch.export.ExportedProgram) -> int:

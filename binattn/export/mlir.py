@@ -7,9 +7,10 @@ own decompositions → text, then parsed back with torch-mlir's MLIR bindings (`
 
 Dialects: ``linalg-on-tensors`` (default; top-N's topk lowers to torch-mlir's ``tm_tensor.sort``,
 written in MLIR's generic op form because the Python bindings do not register tm_tensor),
-``torch`` (torch dialect, backend-neutral). ``tosa`` and ``stablehlo`` reject the int64 ops of
-the packed-bit scores (the SWAR popcount's ``aten.__rshift__.Scalar``, int64 ``sub.Scalar``; see
-TVM_NOTES §5); they work for the float model, and the error says so. What it does not: compile or run the MLIR.
+``torch`` (torch dialect, backend-neutral), ``tosa`` and ``stablehlo`` (generic form). tosa and
+stablehlo reject the int64 shifts of the SWAR popcount (``aten.__rshift__.Scalar``, int64
+``sub.Scalar``; TVM_NOTES §5), so for them the op is decomposed in its ``portable`` form: int32
+packing and a bit-test popcount (AND with each 2^j, compare, sum). What it does not: compile or run the MLIR.
 """
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ from .bitops import count_binattn_nodes, decompose
 DIALECTS = ("linalg-on-tensors", "torch", "tosa", "stablehlo")
 
 
-def export_program(module: torch.nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
+def export_program(module: torch.nn.Module, example_inputs: tuple,
+                   portable: bool = False) -> torch.export.ExportedProgram:
     """``torch.export`` (non-strict) with binattn's ops decomposed into bit operations."""
     if isinstance(module, torch.export.ExportedProgram):
         program = module
     else:
         program = torch.export.export(module, tuple(example_inputs), strict=False)
-    program = decompose(program)
+    program = decompose(program, portable=portable)
     left = count_binattn_nodes(program)
     if left:
         raise UserError(f"{left} binattn op(s) could not be decomposed for export")
@@ -43,7 +45,8 @@ def to_mlir(module: torch.nn.Module, example_inputs: tuple,
 
     if dialect not in DIALECTS:
         raise UserError(f"--dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
-    program = export_program(module, example_inputs).run_decompositions(
+    portable = dialect in ("tosa", "stablehlo")         # no int64 shifts there
+    program = export_program(module, example_inputs, portable).run_decompositions(
         fx.get_decomposition_table())
     program = _with_nonpersistent_buffers(program)
     try:   # decompositions already ran: an empty table makes torch-mlir skip (and re-verify)
@@ -51,15 +54,13 @@ def to_mlir(module: torch.nn.Module, example_inputs: tuple,
     except Exception as err:  # noqa: BLE001  (torch-mlir raises plain Exceptions)
         illegal = re.findall(r'name = "([^"]+)"', str(err))
         what = f" (cannot legalize {illegal[0]})" if illegal else ""
-        hint = ("; tosa/stablehlo do not legalize the 64-bit integer ops (shifts, int64 "
-                "arithmetic) of the packed-bit scores — use --dialect linalg-on-tensors or "
-                "torch") if dialect in (
-                    "tosa", "stablehlo") else ""
+        hint = ("; see the diagnostic above — linalg-on-tensors lowers every op binattn "
+                "emits") if dialect in ("tosa", "stablehlo") else ""
         raise UserError(f"torch-mlir could not lower the model to {dialect}{what}{hint}") from None
     text = str(mlir_module)
-    if "tm_tensor." in text:
-        # torch-mlir's Python bindings do not register tm_tensor (top-N's topk): the generic
-        # op form is what they (and any MLIR tool) can parse back
+    if "tm_tensor." in text or dialect == "stablehlo":
+        # torch-mlir's Python bindings register neither tm_tensor (top-N's topk) nor
+        # stablehlo/chlo: the generic op form is what they (and any MLIR tool) parse back
         text = mlir_module.operation.get_asm(print_generic_op_form=True)
     return text
 
@@ -92,8 +93,10 @@ def reparse(text: str) -> str:
 
 def bit_op_summary(text: str) -> dict[str, int]:
     """Counts of the ops that show how attention was lowered."""
-    names = {"xor": r"arith\.xori", "and": r"arith\.andi", "shift": r"arith\.shr[su]i",
-             "ctpop": r"math\.ctpop", "matmul": r"linalg\.(?:batch_)?matmul",
+    names = {"xor": r"arith\.xori|tosa\.bitwise_xor|stablehlo\.xor",
+             "and": r"arith\.andi|tosa\.bitwise_and|stablehlo\.and",
+             "shift": r"arith\.shr[su]i", "ctpop": r"math\.ctpop",
+             "matmul": r"linalg\.(?:batch_)?matmul|tosa\.matmul|stablehlo\.dot_general",
              "torch_xor": r"torch\.aten\.bitwise_xor", "torch_matmul": r"torch\.aten\.(?:bmm|matmul)",
              "topk": r"tm_tensor\.(?:topk|sort)|torch\.aten\.(?:topk|sort)\b"}
     return {k: len(re.findall(p, text)) for k, p in names.items()}
