@@ -283,7 +283,8 @@ def _io_cost(hw, shape: AttentionShape, key_bits: int, query_bits: int,
         led.dram(heads * shape.k_len * shape.head_dim * key_bits / 8)
     led.dram(shape.queries * shape.head_dim * query_bits / 8)
     led.dram(shape.queries * shape.v_dim * 2)                  # bf16 outputs
-    led.phase("io", led.cost.dram_bytes / hw.memory.dram_bytes_per_cycle(hw.clock_ghz))
+    led.phase("io", hw.memory.dram_latency_cycles
+              + led.cost.dram_bytes / hw.memory.dram_bytes_per_cycle(hw.clock_ghz))
     return led.cost
 
 
