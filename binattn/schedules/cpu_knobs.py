@@ -1,0 +1,96 @@
+"""Schedule templates' named knobs for binattn's CPU kernels, their defaults and search spaces.
+
+What it does: one frozen dataclass per kernel template (``ScoreKnobs`` for the popcount score
+kernel, ``AttentionKnobs`` for the fused attention kernels), a default tuned for generic
+x86-64 (AVX2 or AVX-512, 2+ cores), the candidate grid that ``binattn tune`` searches, and a
+stable text form (``key()``) used in cache keys and the tuning database.
+
+What it does not: build kernels (``binattn.tvm_kernels.cpu_kernels``) or time them
+(``binattn.schedules.tune``).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ScoreKnobs:
+    """Register tile of the score kernel: tile_m query rows × tile_n keys (vectorized)."""
+
+    tile_m: int = 4
+    tile_n: int = 16
+
+    def key(self) -> str:
+        return f"m{self.tile_m}n{self.tile_n}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AttentionKnobs:
+    """Tiling of the fused attention kernel.
+
+    block_q: query rows per parallel task; block_k: keys per tile (the online-softmax step);
+    rows: query rows of the P·V register tile (unrolled); acc_cols: value columns per register
+    buffer (vectorized); vector: lanes of the score/softmax loops.
+    """
+
+    block_q: int = 32
+    block_k: int = 128
+    rows: int = 4
+    acc_cols: int = 32
+    vector: int = 16
+
+    def check(self, value_dim: int) -> None:
+        """Raise ValueError when the knobs cannot tile this workload."""
+        problems = []
+        if self.block_q % self.rows:
+            problems.append(f"block_q={self.block_q} is not a multiple of rows={self.rows}")
+        if self.block_k % self.vector or self.block_k % 4:
+            problems.append(f"block_k={self.block_k} is not a multiple of vector={self.vector}")
+        if value_dim % self.acc_cols:
+            problems.append(f"value dim {value_dim} is not a multiple of acc_cols={self.acc_cols}")
+        if self.rows * self.acc_cols * 4 >= 1024:
+            problems.append("rows*acc_cols*4 bytes must stay under 1 KiB (register tile)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def key(self) -> str:
+        return f"q{self.block_q}k{self.block_k}r{self.rows}c{self.acc_cols}v{self.vector}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT_SCORE = ScoreKnobs()
+DEFAULT_ATTENTION = AttentionKnobs()
+
+
+def attention_knobs_for(value_dim: int, knobs: AttentionKnobs = DEFAULT_ATTENTION) -> AttentionKnobs:
+    """The given knobs adapted to a value dim they cannot tile (odd Dv: narrower columns)."""
+    cols = knobs.acc_cols
+    while value_dim % cols:
+        cols //= 2
+    return knobs if cols == knobs.acc_cols else AttentionKnobs(
+        knobs.block_q, knobs.block_k, knobs.rows, cols, knobs.vector)
+
+
+def score_space() -> list[ScoreKnobs]:
+    """Candidates searched by ``binattn tune`` for the score kernel."""
+    return [ScoreKnobs(m, n) for m, n in itertools.product((2, 4, 8), (8, 16, 32))]
+
+
+def attention_space(value_dim: int) -> list[AttentionKnobs]:
+    """Candidates searched by ``binattn tune`` for the attention kernels (valid ones only)."""
+    out = []
+    for bq, bk, rows, cols in itertools.product((16, 32, 64), (64, 128, 256), (2, 4, 6),
+                                                (16, 32)):
+        knobs = AttentionKnobs(bq, bk, rows, cols)
+        try:
+            knobs.check(value_dim)
+        except ValueError:
+            continue
+        out.append(knobs)
+    return out

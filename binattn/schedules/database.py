@@ -1,0 +1,84 @@
+"""The tuned-schedule database: a directory that ``binattn tune`` writes and kernel builds read.
+
+Layout of ``<db>/``:
+  ``records.json``          {target: {workload: {"knobs": {...}, "ms": t, "method": ...,
+                            "trials": n, "ms_workdir": <subdir or null>}}}
+  ``meta_schedule/<name>/`` TVM meta_schedule's own JSON database (database_workload.json,
+                            database_tuning_record.json, logs/) for workloads tuned that way.
+
+``lookup`` returns the best record for (target, workload) or None; builds then fall back to the
+template's defaults (``cpu_knobs``). Writes are atomic (temp file + rename).
+Default location: ``$BINATTN_TUNE_DB`` or ``<user cache dir>/tuning``.
+
+What it does not: tune (``binattn.schedules.tune``) or build kernels.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from ..tvm_kernels.cache import user_cache_dir
+
+
+def default_db_dir() -> Path:
+    return Path(os.environ.get("BINATTN_TUNE_DB") or user_cache_dir() / "tuning")
+
+
+class TuningDatabase:
+    """Best schedule per (target, workload); see module docstring."""
+
+    def __init__(self, root: Optional[Path] = None):
+        self.root = Path(root) if root is not None else default_db_dir()
+
+    @property
+    def records_path(self) -> Path:
+        return self.root / "records.json"
+
+    def meta_schedule_dir(self, workload: str) -> Path:
+        return self.root / "meta_schedule" / workload
+
+    def records(self) -> dict:
+        try:
+            return json.loads(self.records_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as err:
+            raise ValueError(f"tuning database {self.records_path} is not valid JSON: {err}") from err
+
+    def lookup(self, target: str, workload: str) -> Optional[dict]:
+        """The stored best record, or None."""
+        try:
+            return self.records().get(target, {}).get(workload)
+        except ValueError:
+            return None
+
+    def store(self, target: str, workload: str, record: dict) -> bool:
+        """Keep ``record`` if it is faster than what is stored; True if it was written."""
+        records = self.records()
+        old = records.get(target, {}).get(workload)
+        if old is not None and old.get("ms", float("inf")) <= record["ms"]:
+            return False
+        records.setdefault(target, {})[workload] = record
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".records.", suffix=".json")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(records, handle, indent=1, sort_keys=True)
+        os.replace(tmp, self.records_path)
+        return True
+
+
+_db_override: Optional[TuningDatabase] = None
+
+
+def active_db() -> TuningDatabase:
+    """The database kernel builds consult (the default dir unless ``use_db`` changed it)."""
+    return _db_override or TuningDatabase()
+
+
+def use_db(root: Optional[Path]) -> None:
+    """Point kernel builds at another database directory (None: back to the default)."""
+    global _db_override
+    _db_override = TuningDatabase(root) if root is not None else None

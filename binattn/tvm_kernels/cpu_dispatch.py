@@ -1,0 +1,243 @@
+"""CPU kernels of binattn's ops: TVM-built (LLVM) functions registered with the op dispatcher.
+
+Imported lazily by ``binattn.ops.dispatch`` on the first CPU call. Registers one kernel per op
+(``sign_pack``, ``popcount_scores``, ``binary_attention``) whose ``fn`` takes exactly the
+reference's arguments and whose ``supports`` returns None or a short reason. A TVM build
+failure is a reason too ("build failed: …"), so the op falls back to the reference with the
+dispatcher's one-time warning instead of raising. Tensors reach TVM zero-copy through DLPack.
+
+What the kernels cover: float32/float16/bfloat16 inputs, any D and Dv, odd N, GQA, bool or
+float masks, causal, learned bias, the three scale modes, ``pv_bits`` None or 8. What they do
+not (the reference runs, with the reason): float64 (the gradcheck path), the soft binarizers
+(training-only), top-N, non-CPU tensors, empty tensors, non-positive static scales.
+
+What this module does not do: math (the reference's helpers are reused for masks and
+scales) or building (``cpu_build``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import dispatch, reference
+from . import cpu_build, cpu_kernels
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_failed: dict[object, str] = {}
+
+
+def _try_build(key: object, build: Callable[[], object]) -> Optional[str]:
+    """Build once; a failure becomes a remembered fallback reason."""
+    if key in _failed:
+        return _failed[key]
+    try:
+        build()
+    except cpu_build.KernelBuildError as err:
+        _failed[key] = f"build failed: {err}"
+        return _failed[key]
+    return None
+
+
+def _dtype_reason(*tensors: torch.Tensor) -> Optional[str]:
+    for t in tensors:
+        if t.device.type != "cpu":
+            return f"tensor on {t.device.type}"
+        if t.dtype == torch.float64:
+            return "float64 runs the reference (exact gradcheck path)"
+        if t.dtype not in KERNEL_DTYPES:
+            return f"dtype {t.dtype} not built"
+        if t.numel() == 0:
+            return "empty tensor"
+    return None
+
+
+# --------------------------------------------------------------------------- sign_pack
+def pack_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(words, popcounts, sum|x| per row) of ``x [..., D]`` through the TVM kernel."""
+    head_dim = x.shape[-1]
+    rows = x.reshape(-1, head_dim).to(torch.float32).contiguous()
+    words = reference.num_words(head_dim)
+    bits = torch.empty(rows.shape[0], words, dtype=torch.int32)
+    pops = torch.empty(rows.shape[0], dtype=torch.int32)
+    abs_sum = torch.empty(rows.shape[0], dtype=torch.float32)
+    cpu_build.sign_pack_kernel(head_dim)(rows, bits, pops, abs_sum)
+    lead = x.shape[:-1]
+    return bits.reshape(*lead, words), pops.reshape(lead), abs_sum.reshape(lead)
+
+
+def sign_pack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    bits, pops, _ = pack_rows(x)
+    return bits, pops
+
+
+def sign_pack_supports(x: torch.Tensor) -> Optional[str]:
+    return _dtype_reason(x) or _try_build(("sign_pack", x.shape[-1]),
+                                          lambda: cpu_build.sign_pack_kernel(x.shape[-1]))
+
+
+# --------------------------------------------------------------------------- popcount_scores
+def popcount_scores(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int) -> torch.Tensor:
+    batch = torch.broadcast_shapes(q_bits.shape[:-2], k_bits.shape[:-2])
+    n_q, n_k, words = q_bits.shape[-2], k_bits.shape[-2], q_bits.shape[-1]
+    q = q_bits.expand(*batch, n_q, words).reshape(-1, n_q, words).contiguous()
+    k = k_bits.expand(*batch, n_k, words).reshape(-1, n_k, words).contiguous()
+    out = torch.empty(q.shape[0], n_q, n_k, dtype=torch.int32)
+    cpu_build.scores_kernel(n_q, n_k, words)(q, k, out, D)
+    return out.reshape(*batch, n_q, n_k)
+
+
+def popcount_scores_supports(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int) -> Optional[str]:
+    for t in (q_bits, k_bits):
+        if t.device.type != "cpu":
+            return f"tensor on {t.device.type}"
+        if t.dtype != torch.int32:
+            return f"packed words must be int32, got {t.dtype}"
+    if q_bits.shape[-2] == 0 or k_bits.shape[-2] == 0 or q_bits.numel() == 0:
+        return "empty tensor"
+    n_q, n_k, words = q_bits.shape[-2], k_bits.shape[-2], q_bits.shape[-1]
+    return _try_build(("scores", n_q, n_k, words),
+                      lambda: cpu_build.scores_kernel(n_q, n_k, words))
+
+
+# --------------------------------------------------------------------------- binary_attention
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pad_dim(x: torch.Tensor, dim: int, size: int, value: float = 0.0) -> torch.Tensor:
+    extra = size - x.shape[dim]
+    if extra == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra]
+    return F.pad(x, pad, value=value)
+
+
+def _additive(bias, attn_mask, n_q: int, n_k: int) -> Optional[torch.Tensor]:
+    """bias + mask (reference semantics) as float32, broadcast dims kept at size 1, 4-D."""
+    mask = reference.additive_mask(attn_mask, False, n_q, n_k, torch.float32, torch.device("cpu"))
+    terms = [t.to(torch.float32) for t in (bias, mask) if t is not None]
+    if not terms:
+        return None
+    add = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+    while add.dim() < 4:
+        add = add.unsqueeze(0)
+    return add.expand(*add.shape[:3], n_k)
+
+
+def _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs) -> tuple[torch.Tensor, torch.Tensor]:
+    """s_q [B, Hq, 1, 1] and s_k [B, Hkv, 1, 1] as the reference defines them."""
+    if scale_mode == "mean_abs":
+        per = q.shape[-2] * q.shape[-1]
+        return ((q_abs.sum(-1) / per)[..., None, None],
+                (k_abs.sum(-1) / (k.shape[-2] * k.shape[-1]))[..., None, None])
+    qf = q.new_zeros((), dtype=torch.float32)
+    return (reference.qk_scale(qf, scale_mode, q_scale).to(torch.float32),
+            reference.qk_scale(qf, scale_mode, k_scale).to(torch.float32))
+
+
+def _coef(q, k, scale, s_q, s_k) -> torch.Tensor:
+    """s_q·s_k·softmax_scale per (b, q head): float32 [B, Hq]."""
+    b, hq, hkv = q.shape[0], q.shape[1], k.shape[1]
+    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if s_k.dim() >= 3 and s_k.shape[-3] == hkv and hkv != hq:
+        s_k = reference.expand_kv_heads(s_k, hq)
+    coef = torch.broadcast_to(s_q * s_k * softmax_scale, (b, hq, 1, 1))
+    return coef.reshape(b, hq).to(torch.float32).contiguous()
+
+
+def _add_shape(bias, attn_mask) -> Optional[tuple[int, ...]]:
+    """4-D broadcast shape of bias and mask (None when there is neither)."""
+    shapes = [t.shape for t in (bias, attn_mask) if t is not None]
+    if not shapes:
+        return None
+    shape = torch.broadcast_shapes(*shapes)
+    return (1,) * (4 - len(shape)) + tuple(shape)
+
+
+def value_bucket(value_dim: int) -> int:
+    """Dv rounded up to the kernels' bucket (multiples of 16); v is zero-padded to it."""
+    return _round_up(value_dim, 16)
+
+
+def _workload(q, v, add_shape, is_causal, pv_bits) -> cpu_kernels.AttentionWorkload:
+    bcast = None if add_shape is None else tuple(n == 1 for n in add_shape[:3])
+    return cpu_kernels.AttentionWorkload(reference.num_words(q.shape[-1]),
+                                         value_bucket(v.shape[-1]), bool(is_causal), bcast,
+                                         pv_bits == 8)
+
+
+def binary_attention(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=None,
+                     scale_mode="mean_abs", q_scale=None, k_scale=None, top_n=None, pv_bits=None,
+                     binarizer="sign", temperature=1.0, ste_clip=1.0):
+    """The fused TVM kernel with the reference's signature (see module docstring)."""
+    B, hq, n_q, head_dim = q.shape
+    hkv, n_k, dv_true = k.shape[1], k.shape[2], v.shape[-1]
+    dv = value_bucket(dv_true)
+    q_bits, _, q_abs = pack_rows(q)
+    k_bits, _, k_abs = pack_rows(k)
+    s_q, s_k = _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs)
+    coef = _coef(q, k, scale, s_q, s_k)
+    add = _additive(bias, attn_mask, n_q, n_k)
+    wl = _workload(q, v, None if add is None else add.shape, is_causal, pv_bits)
+    fn, knobs = cpu_build.attention_kernel(wl)
+    nq_pad, nk_pad = _round_up(n_q, knobs.block_q), _round_up(n_k, knobs.block_k)
+    q_bits = _pad_dim(q_bits, 2, nq_pad)
+    k_bits_t = _pad_dim(k_bits, 2, nk_pad).transpose(-1, -2).contiguous()
+    args = [q_bits.contiguous(), k_bits_t]
+    v32 = _pad_dim(v.to(torch.float32), 3, dv)
+    if pv_bits == 8:
+        inv = 127.0 / v32.abs().amax(dim=-2, keepdim=True).clamp_min(1e-12)  # as quantize_v_s8
+        v8 = torch.round(v32 * inv).clamp(-127, 127).to(torch.int8)
+        v8 = _pad_dim(v8, 2, nk_pad).reshape(B, hkv, nk_pad // 4, 4, dv).transpose(-1, -2)
+        args += [v8.contiguous(), (1.0 / (255 * (inv + 1e-6))).reshape(B, hkv, dv).contiguous()]
+    else:
+        args.append(_pad_dim(v32, 2, nk_pad).contiguous())
+    args.append(coef)
+    if add is not None:
+        if add.shape[2] != 1:
+            add = _pad_dim(add, 2, nq_pad)
+        args.append(_pad_dim(add, 3, nk_pad).contiguous())
+    out = torch.empty(B, hq, nq_pad, dv, dtype=torch.float32)
+    fn(*args, out, n_k, head_dim)
+    if nq_pad != n_q or dv != dv_true:
+        out = out[:, :, :n_q, :dv_true].contiguous()
+    return out.to(v.dtype)
+
+
+def binary_attention_supports(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=None,
+                              scale_mode="mean_abs", q_scale=None, k_scale=None, top_n=None,
+                              pv_bits=None, binarizer="sign", temperature=1.0,
+                              ste_clip=1.0) -> Optional[str]:
+    reason = _dtype_reason(q, k, v)
+    if reason:
+        return reason
+    for name, t in (("bias", bias), ("attn_mask", attn_mask)):
+        if t is not None and (t.device.type != "cpu" or t.dtype == torch.float64):
+            return f"{name} on {t.device.type} / {t.dtype}"
+    if binarizer != "sign":
+        return f"binarizer={binarizer!r} (soft, training-only) runs the reference"
+    if top_n is not None and top_n < k.shape[-2]:
+        return "top_n is not built"
+    if q.dim() != 4:
+        return f"{q.dim()}-D inputs"
+    if scale_mode == "static":
+        for name, s in (("q_scale", q_scale), ("k_scale", k_scale)):
+            if s is None or s.dtype == torch.float64 or bool((s <= 0).any()):
+                return f"{name} must be positive float32 for the kernel"
+        try:
+            _coef(q, k, scale, q_scale.float(), k_scale.float())
+        except RuntimeError:
+            return "static scales are not per (batch, head)"
+    wl = _workload(q, v, _add_shape(bias, attn_mask), is_causal, pv_bits)
+    return _try_build(wl, lambda: cpu_build.attention_kernel(wl))
+
+
+dispatch.register_kernel("sign_pack", "cpu", dispatch.Kernel(
+    "tvm-llvm sign_pack", sign_pack, sign_pack_supports))
+dispatch.register_kernel("popcount_scores", "cpu", dispatch.Kernel(
+    "tvm-llvm popcount_scores", popcount_scores, popcount_scores_supports))
+dispatch.register_kernel("binary_attention", "cpu", dispatch.Kernel(
+    "tvm-llvm fused binary_attention", binary_attention, binary_attention_supports))

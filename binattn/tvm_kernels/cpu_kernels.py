@@ -1,0 +1,379 @@
+"""TensorIR definitions of binattn's CPU kernels (TVMScript / TE, target LLVM).
+
+What it does: turns a workload (shapes, flags) plus schedule knobs
+(``binattn.schedules.cpu_knobs``) into a ``tvm.IRModule`` ready for ``tvm.compile``:
+
+* ``sign_pack_module``: float32 rows ``[R, D]`` → packed words ``[R, W]``, row popcounts ``[R]``
+  and row sums of ``|x|`` ``[R]`` (so the per-(b, h) mean|x| scale comes from the same pass).
+* ``scores_module``: the packed popcount score kernel (exact int32, XOR identity), TE + schedule.
+* ``attention_module``: the fused binary-attention kernel. One task per (b, q-head, q-block);
+  key tiles, online softmax (running max / sum), P·V accumulated in registers, no N×N tensor.
+  Optional additive tensor (bias + mask), causal masking with tile skipping, GQA (kv head =
+  q head // group). Scores are exact integers times one float per (b, h).
+* ``attention_pv8_module``: the ``pv_bits=8`` path: pass 1 finds each row's max and sum, pass 2
+  quantizes the normalized P to u8 and accumulates u8×s8 products in int32 (AVX-512 VNNI
+  ``vpdpbusd`` where the target has it, plain integer loops elsewhere).
+
+The attention kernels take padded inputs: Nq a multiple of ``block_q``, Nk of ``block_k``, with
+the true key count ``nk`` as a scalar (keys past it are masked). ``cpu_dispatch`` does the
+padding, layout changes and scales. What it does not: build, cache or call kernels
+(``cpu_build`` / ``cache`` / ``cpu_dispatch``) or choose knobs (``binattn.schedules``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import tvm
+from tvm import te, tirx
+from tvm.script import tirx as T
+
+from ..schedules.cpu_knobs import AttentionKnobs, ScoreKnobs
+
+WORD_BITS = 32
+
+
+@dataclass(frozen=True)
+class AttentionWorkload:
+    """What a fused-attention kernel is specialised for (its shape bucket): words per row
+    (D itself is a runtime argument), the value dim (callers pad Dv up to a bucket), flags.
+    B, H, Nq, Nk stay symbolic.
+
+    ``add_bcast`` says which of (B, H, Nq) the additive tensor broadcasts over (None: no tensor).
+    """
+
+    words: int
+    value_dim: int
+    causal: bool = False
+    add_bcast: Optional[tuple[bool, bool, bool]] = None
+    pv8: bool = False
+
+    def tag(self) -> str:
+        add = "none" if self.add_bcast is None else "".join("1" if b else "n" for b in self.add_bcast)
+        return (f"attn_w{self.words}_dv{self.value_dim}_c{int(self.causal)}_add{add}"
+                f"_pv{8 if self.pv8 else 32}")
+
+
+# --------------------------------------------------------------------------- sign_pack
+def sign_pack_module(head_dim: int) -> tvm.IRModule:
+    """Rows of float32 → (words int32 [R, W], popcounts int32 [R], sum|x| float32 [R])."""
+    words = (head_dim + WORD_BITS - 1) // WORD_BITS
+    bit_terms = []
+    for w in range(words):
+        bits = [f"T.shift_left(T.Cast(\"int32\", x[r, {w * 32 + j}] >= T.float32(0)), {j})"
+                for j in range(min(32, head_dim - 32 * w))]
+        bit_terms.append(" | ".join(bits))
+    body = "\n".join(f"            bits[r, {w}] = {t}" for w, t in enumerate(bit_terms))
+    pops = " + ".join(f"T.popcount(bits[r, {w}])" for w in range(words))
+    source = f'''
+@T.prim_func
+def main(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
+    T.func_attr({{"tir.noalias": True}})
+    R = T.int32()
+    x = T.match_buffer(x_h, (R, {head_dim}), "float32")
+    bits = T.match_buffer(bits_h, (R, {words}), "int32")
+    pops = T.match_buffer(pops_h, (R,), "int32")
+    absx = T.match_buffer(abs_h, (R,), "float32")
+    for ro in T.parallel((R + 63) // 64):
+        for ri in range(64):
+            r = T.Bind(ro * 64 + ri)
+            if r < R:
+{body.replace("            ", "                ")}
+                pops[r] = {pops}
+                acc = T.alloc_buffer((16,), "float32")
+                for l in T.vectorized(16):
+                    acc[l] = T.float32(0)
+                for d in range({head_dim}):
+                    acc[d % 16] = acc[d % 16] + T.fabs(x[r, d])
+                absx[r] = {" + ".join(f"acc[{i}]" for i in range(16))}
+'''
+    return _parse(source)
+
+
+# --------------------------------------------------------------------------- popcount scores
+def scores_te(words: int, n_q: Optional[int] = None,
+              n_k: Optional[int] = None) -> tvm.tirx.PrimFunc:
+    """TE definition: S[b, m, n] = D − 2·Σ_w popc(Q[b, m, w] XOR K[b, n, w]) (int32).
+
+    Batch is symbolic; so are Nq / Nk when None. D is a runtime int32 argument (``hd``, last),
+    so one kernel serves every D with this many words.
+    """
+    batch = te.var("batch", "int32")
+    n_q = te.var("n_q", "int32") if n_q is None else n_q
+    n_k = te.var("n_k", "int32") if n_k is None else n_k
+    head_dim = te.var("hd", "int32")
+    q = te.placeholder((batch, n_q, words), "int32", name="Q")
+    k = te.placeholder((batch, n_k, words), "int32", name="K")
+    w = te.reduce_axis((0, words), name="w")
+    # D is folded into the sum (a reduction must be the top level of a compute): every word
+    # carries 32 of it, the last one the rest
+    share = (head_dim if words == 1 else
+             tirx.Select(w == words - 1, head_dim - WORD_BITS * (words - 1), WORD_BITS))
+    s = te.compute((batch, n_q, n_k), lambda b, m, n: te.sum(
+        share - 2 * tirx.popcount(q[b, m, w] ^ k[b, n, w]), axis=w), name="S")
+    return te.create_prim_func([q, k, s, head_dim])
+
+
+def schedule_scores(mod: tvm.IRModule, knobs: ScoreKnobs) -> tvm.IRModule:
+    """Schedule C of TVM_NOTES §1: register tile tile_m × tile_n, vectorized n, parallel."""
+    sch = tvm.s_tir.Schedule(mod)
+    block = sch.get_sblock("S")
+    b, m, n, w = sch.get_loops(block)
+    mo, mi = sch.split(m, [None, knobs.tile_m])
+    no, ni = sch.split(n, [None, knobs.tile_n])
+    sch.reorder(b, mo, no, w, mi, ni)
+    sch.parallel(sch.fuse(b, mo, no))
+    sch.unroll(w)
+    sch.unroll(mi)
+    sch.vectorize(ni)
+    sch.decompose_reduction(block, w)
+    return sch.mod
+
+
+def scores_module(words: int, knobs: ScoreKnobs, n_q: Optional[int] = None,
+                  n_k: Optional[int] = None) -> tvm.IRModule:
+    """Scheduled score kernel (exact Nq/Nk when given, else symbolic)."""
+    mod = tvm.IRModule({"main": scores_te(words, n_q, n_k)})
+    return schedule_scores(mod, knobs)
+
+
+# --------------------------------------------------------------------------- fused attention
+def fexp(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """exp(x) for float32 vectors: Cody-Waite range reduction + degree-6 polynomial, 0 below −87.
+
+    Built from Let expressions so each intermediate appears once (keeps the IR, and the build
+    time, small). Relative error ≈ 2 ulp; exp(−inf) = 0 exactly.
+    """
+    f = lambda c: tirx.const(c, "float32")  # noqa: E731
+    xv, cv, nv, rv = (tirx.Var(name, "float32") for name in ("fx", "fc", "fn", "fr"))
+    poly = f(0.0013888889)
+    for coeff in (0.008333334, 0.041666668, 0.16666667, 0.5, 1.0, 1.0):
+        poly = f(coeff) + rv * poly
+    two_n = tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("int32", nv) + 127, 23))
+    body = tirx.Let(rv, cv - nv * f(0.693359375) + nv * f(2.12194440e-4), poly * two_n)
+    body = tirx.Let(nv, tirx.floor(cv * f(1.4426950408889634) + f(0.5)), body)
+    clamped = tirx.max(tirx.min(xv, f(88.0)), f(-87.0))
+    return tirx.Let(xv, x, tirx.Select(xv < f(-87.0), f(0.0), tirx.Let(cv, clamped, body)))
+
+
+def _score_expr(wl: AttentionWorkload, row: str, col: str) -> str:
+    """TVMScript text of the float score of (row, col) inside a key tile, before masking."""
+    popc = " + ".join(f"T.popcount(qb[b, h, {row}, {w}] ^ kb[b, hk, {w}, {col}])"
+                      for w in range(wl.words))
+    expr = f"c * T.Cast(\"float32\", hd - 2 * ({popc}))"
+    if wl.add_bcast is not None:
+        bb, hb, qb = wl.add_bcast
+        expr += (f" + add[{'0' if bb else 'b'}, {'0' if hb else 'h'}, "
+                 f"{'0' if qb else row}, {col}]")
+    keep = f"{col} < nk"
+    if wl.causal:
+        keep = f"T.And({keep}, {col} <= {row})"
+    return f"T.Select({keep}, {expr}, NEG_INF)"
+
+
+def _params(wl: AttentionWorkload) -> tuple[str, str]:
+    """Parameter list and buffer declarations shared by both attention kernels."""
+    add_param = ", add_h: T.handle" if wl.add_bcast is not None else ""
+    decl = f'''
+    T.func_attr({{"tir.noalias": True}})
+    B = T.int32(); H = T.int32(); HK = T.int32(); NQ = T.int32(); NK = T.int32()
+    qb = T.match_buffer(qb_h, (B, H, NQ, {wl.words}), "int32")
+    kb = T.match_buffer(kb_h, (B, HK, {wl.words}, NK), "int32")
+    coef = T.match_buffer(coef_h, (B, H), "float32")
+    out = T.match_buffer(out_h, (B, H, NQ, {wl.value_dim}), "float32")'''
+    if wl.add_bcast is not None:
+        bb, hb, qb = wl.add_bcast
+        dims = ", ".join(["1" if bb else "B", "1" if hb else "H", "1" if qb else "NQ", "NK"])
+        decl += f'\n    add = T.match_buffer(add_h, ({dims}), "float32")'
+    return add_param, decl
+
+
+def _row_softmax_step(knobs: AttentionKnobs, wl: AttentionWorkload, indent: str,
+                      update_acc: bool) -> str:
+    """Scores of one row of a key tile, running max/sum update, P written over S."""
+    vl, bk = knobs.vector, knobs.block_k
+    lines = f'''
+for i in range({knobs.block_q}):
+    row = T.Bind(q0 + i)
+    for jj in T.vectorized({vl}):
+        red[jj] = NEG_INF
+    for jo in range({bk // vl}):
+        for jj in T.vectorized({vl}):
+            S[i, jo * {vl} + jj] = {_score_expr(wl, "row", f"k0 + jo * {vl} + jj")}
+            red[jj] = T.max(red[jj], S[i, jo * {vl} + jj])
+    mnew = T.Bind(T.max(m[i], {_tree("T.max", [f"red[{x}]" for x in range(vl)])}))
+    muse = T.Bind(T.Select(mnew == NEG_INF, T.float32(0), mnew))
+    alpha = T.Bind(fexp(m[i] - muse))
+    for jj in T.vectorized({vl}):
+        red[jj] = T.float32(0)
+    for jo in range({bk // vl}):
+        for jj in T.vectorized({vl}):
+            S[i, jo * {vl} + jj] = fexp(S[i, jo * {vl} + jj] - muse)
+            red[jj] = red[jj] + S[i, jo * {vl} + jj]
+    l[i] = l[i] * alpha + {_tree("T.Add", [f"red[{x}]" for x in range(vl)])}
+    m[i] = mnew'''
+    if update_acc:
+        lines += f'''
+    for d in T.vectorized({wl.value_dim}):
+        acc[i, d] = acc[i, d] * alpha'''
+    return _indent(lines, indent)
+
+
+def _tree(op: str, items: list[str]) -> str:
+    """Balanced reduction text: op(op(a, b), op(c, d)) …"""
+    while len(items) > 1:
+        items = [f"{op}({items[i]}, {items[i + 1]})" if i + 1 < len(items) else items[i]
+                 for i in range(0, len(items), 2)]
+    return items[0]
+
+
+def _indent(text: str, indent: str) -> str:
+    return "\n".join(indent + line if line.strip() else line for line in text.splitlines())
+
+
+def _tile_loop_header(knobs: AttentionKnobs, wl: AttentionWorkload) -> str:
+    """The key-tile loop bound: all tiles, or (causal) those up to this q block's diagonal."""
+    tiles = f"NK // {knobs.block_k}"
+    if wl.causal:
+        tiles = f"T.min({tiles}, (q0 + {knobs.block_q} + {knobs.block_k - 1}) // {knobs.block_k})"
+    return tiles
+
+
+def _task_prologue(knobs: AttentionKnobs) -> str:
+    bq = knobs.block_q
+    return f'''
+        b = T.Bind(task // (H * (NQ // {bq})))
+        h = T.Bind(task // (NQ // {bq}) % H)
+        q0 = T.Bind(task % (NQ // {bq}) * {bq})
+        hk = T.Bind(h // (H // HK))
+        c = T.Bind(coef[b, h])
+        S = T.alloc_buffer(({bq}, {knobs.block_k}), "float32")
+        m = T.alloc_buffer(({bq},), "float32")
+        l = T.alloc_buffer(({bq},), "float32")
+        red = T.alloc_buffer(({knobs.vector},), "float32")
+        for i in range({bq}):
+            m[i] = NEG_INF
+            l[i] = T.float32(0)'''
+
+
+def attention_module(wl: AttentionWorkload, knobs: AttentionKnobs) -> tvm.IRModule:
+    """Fused binary attention with full-precision P·V (float32)."""
+    if wl.pv8:
+        return attention_pv8_module(wl, knobs)
+    knobs.check(wl.value_dim)
+    bq, bk, ri, dvc = knobs.block_q, knobs.block_k, knobs.rows, knobs.acc_cols
+    dv = wl.value_dim
+    chunks = range(dv // dvc)
+    add_param, decl = _params(wl)
+    # P·V micro-kernel: ri rows × dv columns of accumulators, kept in registers as separate
+    # small buffers (each under TVM's 1 KiB stack-allocation limit, so LLVM promotes them)
+    regs = "\n".join(f"r{x} = T.alloc_buffer(({ri}, {dvc}), \"float32\")" for x in chunks)
+    load = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized({dvc}):\n"
+                     f"        r{x}[ii, d] = acc[io * {ri} + ii, {x * dvc} + d]" for x in chunks)
+    fma = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized({dvc}):\n"
+                    f"        r{x}[ii, d] = r{x}[ii, d] + S[io * {ri} + ii, j] * "
+                    f"v[b, hk, k0 + j, {x * dvc} + d]" for x in chunks)
+    store = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized({dvc}):\n"
+                      f"        acc[io * {ri} + ii, {x * dvc} + d] = r{x}[ii, d]" for x in chunks)
+    pv = (f"for io in range({bq // ri}):\n{_indent(regs, '    ')}\n{_indent(load, '    ')}\n"
+          f"    for j in range({bk}):\n{_indent(fma, '        ')}\n{_indent(store, '    ')}")
+    source = f'''
+@T.prim_func
+def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, coef_h: T.handle{add_param},
+         out_h: T.handle, nk: T.int32, hd: T.int32):{decl}
+    v = T.match_buffer(v_h, (B, HK, NK, {dv}), "float32")
+    for task in T.parallel(B * H * (NQ // {bq})):{_task_prologue(knobs)}
+        acc = T.alloc_buffer(({bq}, {dv}), "float32")
+        for i in range({bq}):
+            for d in T.vectorized({dv}):
+                acc[i, d] = T.float32(0)
+        for kt in range({_tile_loop_header(knobs, wl)}):
+            k0 = T.Bind(kt * {bk})
+{_row_softmax_step(knobs, wl, "            ", update_acc=True)}
+{_indent(pv, "            ")}
+        for i in range({bq}):
+            inv = T.Bind(T.Select(l[i] > T.float32(0), T.float32(1) / l[i], T.float32(0)))
+            for d in T.vectorized({dv}):
+                out[b, h, q0 + i, d] = acc[i, d] * inv
+'''
+    return _parse(source)
+
+
+def attention_pv8_module(wl: AttentionWorkload, knobs: AttentionKnobs,
+                         vnni: Optional[bool] = None) -> tvm.IRModule:
+    """``pv_bits=8``: two passes; P quantized to u8 after normalisation, V given as s8.
+
+    V arrives as int8 ``[B, HK, NK/4, DV, 4]`` (4 consecutive keys interleaved per channel, the
+    VNNI operand layout) with ``vscale [B, HK, DV]`` = 1 / (255 · (127/max|v| + 1e-6)).
+    """
+    knobs.check(wl.value_dim)
+    from .cpu_target import has_vnni
+
+    vnni = has_vnni() if vnni is None else vnni
+    bq, bk, ri = knobs.block_q, knobs.block_k, knobs.rows
+    dv = wl.value_dim
+    add_param, decl = _params(wl)
+    if vnni and dv % 16 == 0:
+        lanes = range(dv // 16)
+        regs = "\n".join(f"r{x} = T.alloc_buffer(({ri}, 16), \"int32\")" for x in lanes)
+        zero = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized(16):\n"
+                         f"        r{x}[ii, d] = 0" for x in lanes)
+        dot = (f"for ii in T.unroll({ri}):\n    pw = T.Bind(T.reinterpret(\"int8x64\", T.broadcast(T.reinterpret(\"int32\", "
+               f"P8.vload([io * {ri} + ii, j4 * 4], \"uint8x4\")), 16)))\n" + "\n".join(
+                   f"    r{x}[ii, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("
+                   f"\"llvm.x86.avx512.vpdpbusd.512\"), r{x}.vload([ii, 0], \"int32x16\"), pw, "
+                   f"v8.vload([b, hk, k0 // 4 + j4, {x * 16}, 0], \"int8x64\"), dtype=\"int32x16\")" for x in lanes))
+        add_back = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized(16):\n"
+                             f"        acc[io * {ri} + ii, {x * 16} + d] = "
+                             f"acc[io * {ri} + ii, {x * 16} + d] + r{x}[ii, d]" for x in lanes)
+        pv = (f"for io in range({bq // ri}):\n{_indent(regs, '    ')}\n{_indent(zero, '    ')}\n"
+              f"    for j4 in range({bk // 4}):\n{_indent(dot, '        ')}\n"
+              f"{_indent(add_back, '    ')}")
+    else:
+        pv = (f"for i in range({bq}):\n    for j in range({bk}):\n"
+              f"        for d in T.vectorized({dv}):\n"
+              f"            acc[i, d] = acc[i, d] + T.Cast(\"int32\", P8[i, j]) * "
+              f"T.Cast(\"int32\", v8[b, hk, (k0 + j) // 4, d, (k0 + j) % 4])")
+    pv_block = _indent(pv, "            ")
+    source = f'''
+@T.prim_func
+def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle, coef_h: T.handle{add_param},
+         out_h: T.handle, nk: T.int32, hd: T.int32):{decl}
+    v8 = T.match_buffer(v_h, (B, HK, NK // 4, {dv}, 4), "int8")
+    vscale = T.match_buffer(vscale_h, (B, HK, {dv}), "float32")
+    for task in T.parallel(B * H * (NQ // {bq})):{_task_prologue(knobs)}
+        acc = T.alloc_buffer(({bq}, {dv}), "int32")
+        P8 = T.alloc_buffer(({bq}, {bk}), "uint8")
+        for i in range({bq}):
+            for d in T.vectorized({dv}):
+                acc[i, d] = 0
+        for kt in range({_tile_loop_header(knobs, wl)}):
+            k0 = T.Bind(kt * {bk})
+{_row_softmax_step(knobs, wl, "            ", update_acc=False)}
+        for kt in range({_tile_loop_header(knobs, wl)}):
+            k0 = T.Bind(kt * {bk})
+            for i in range({bq}):
+                row = T.Bind(q0 + i)
+                muse = T.Bind(T.Select(m[i] == NEG_INF, T.float32(0), m[i]))
+                pscale = T.Bind(T.Select(l[i] > T.float32(0), T.float32(255) / l[i], T.float32(0)))
+                for jo in range({bk // knobs.vector}):
+                    for jj in T.vectorized({knobs.vector}):
+                        S[i, jo * {knobs.vector} + jj] = {_score_expr(wl, "row", f"k0 + jo * {knobs.vector} + jj")}
+                    for jj in T.vectorized({knobs.vector}):
+                        P8[i, jo * {knobs.vector} + jj] = T.Cast("uint8", T.min(T.floor(fexp(S[i, jo * {knobs.vector} + jj] - muse) * pscale + T.float32(0.5)), T.float32(255)))
+{pv_block}
+        for i in range({bq}):
+            for d in T.vectorized({dv}):
+                out[b, h, q0 + i, d] = T.Cast("float32", acc[i, d]) * vscale[b, hk, d]
+'''
+    return _parse(source)
+
+
+NEG_INF = tirx.const(-math.inf, "float32")
+
+
+def _parse(source: str) -> tvm.IRModule:
+    """Parse generated TVMScript; kernels may use ``fexp`` and ``NEG_INF``."""
+    func = tvm.script.from_source(source, extra_vars={"T": T, "fexp": fexp, "NEG_INF": NEG_INF})
+    return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})

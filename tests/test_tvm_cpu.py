@@ -1,0 +1,198 @@
+"""TVM CPU kernels against the reference: exact integer scores, allclose attention, fallbacks.
+
+Every kernel output is poisoned (NaN / sentinel) before the call so unwritten elements fail, and
+inputs are fresh random tensors. Builds go to a per-session cache directory.
+"""
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+tvm = pytest.importorskip("tvm", reason="the TVM compiler is not installed")
+
+from binattn import ops  # noqa: E402
+from binattn.ops import dispatch, reference  # noqa: E402
+from binattn.tvm_kernels import cpu_build, cpu_dispatch  # noqa: E402
+from binattn.tvm_kernels.cache import KernelCache  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def session_cache(tmp_path_factory):
+    cache = KernelCache(tmp_path_factory.mktemp("kernels"))
+    cpu_build.use_cache(cache)
+    yield cache
+    cpu_build.use_cache(None)
+
+
+def reference_attention(*args, **kwargs):
+    with dispatch.reference_only():
+        return ops.binary_attention(*args, **kwargs)
+
+
+def assert_kernel_ran(op: str) -> None:
+    path = dispatch.kernel_report()[f"{op}/cpu"]
+    assert path.startswith("tvm-llvm"), path
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 40), head_dim=st.integers(1, 130), seed=st.integers(0, 2**16))
+def test_sign_pack_matches_reference_exactly(rows, head_dim, seed):
+    x = torch.randn(rows, head_dim, generator=torch.Generator().manual_seed(seed))
+    x[0, 0] = 0.0  # sign(0) = +1
+    bits, pops, abs_sum = cpu_dispatch.pack_rows(x)
+    ref_bits, ref_pops = reference.sign_pack(x)
+    assert torch.equal(bits, ref_bits) and torch.equal(pops, ref_pops)
+    torch.testing.assert_close(abs_sum, x.abs().sum(-1))
+    words, popcounts = ops.sign_pack(x.reshape(1, rows, head_dim))
+    assert torch.equal(words[0], ref_bits) and torch.equal(popcounts[0], ref_pops)
+    assert_kernel_ran("sign_pack")
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_q=st.integers(1, 70), n_k=st.integers(1, 70), head_dim=st.integers(1, 100),
+       batch=st.sampled_from([(), (2,), (2, 3)]), seed=st.integers(0, 2**16))
+def test_popcount_scores_exact_on_random_shapes(n_q, n_k, head_dim, batch, seed):
+    gen = torch.Generator().manual_seed(seed)
+    q_bits, _ = reference.sign_pack(torch.randn(*batch, n_q, head_dim, generator=gen))
+    k_bits, _ = reference.sign_pack(torch.randn(*batch, n_k, head_dim, generator=gen))
+    scores = ops.popcount_scores(q_bits, k_bits, head_dim)
+    assert torch.equal(scores, reference.popcount_scores(q_bits, k_bits, head_dim))
+    assert_kernel_ran("popcount_scores")
+
+
+def test_popcount_scores_broadcast_batch_and_large_exact_kernel():
+    gen = torch.Generator().manual_seed(1)
+    q_bits, _ = reference.sign_pack(torch.randn(2, 1, 1030, 64, generator=gen))
+    k_bits, _ = reference.sign_pack(torch.randn(1, 3, 1025, 64, generator=gen))
+    scores = ops.popcount_scores(q_bits, k_bits, 64)  # ≥ 2^20 outputs: the exact-shape kernel
+    assert scores.shape == (2, 3, 1030, 1025)
+    assert torch.equal(scores, reference.popcount_scores(q_bits, k_bits, 64))
+
+
+ATTENTION_CASES = {
+    "plain": dict(),
+    "odd-dims": dict(n_q=37, n_k=53, head_dim=33, value_dim=17),
+    "gqa-causal": dict(heads=4, kv_heads=2, is_causal=True, n_q=70, n_k=90),
+    "bool-mask-bias": dict(mask="bool", bias=True),
+    "float-key-padding-mask": dict(mask="key_padding"),
+    "fully-masked-row": dict(mask="dead_row"),
+    "static-scales": dict(scale_mode="static"),
+    "no-scale-custom-softmax-scale": dict(scale_mode="none", scale=0.3),
+    "pv8": dict(pv_bits=8, n_k=130),
+    "pv8-causal-gqa-bias": dict(pv_bits=8, heads=4, kv_heads=1, is_causal=True, bias=True),
+    "float16": dict(dtype=torch.float16),
+}
+
+
+def make_inputs(seed, batch=2, heads=2, kv_heads=2, n_q=45, n_k=61, head_dim=64, value_dim=64,
+                dtype=torch.float32, mask=None, bias=False, scale_mode="mean_abs", **options):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, n_q, head_dim, generator=gen).to(dtype)
+    k = torch.randn(batch, kv_heads, n_k, head_dim, generator=gen).to(dtype)
+    v = torch.randn(batch, kv_heads, n_k, value_dim, generator=gen).to(dtype)
+    kwargs = dict(options, scale_mode=scale_mode)
+    if mask == "bool":
+        kwargs["attn_mask"] = torch.rand(n_q, n_k, generator=gen) > 0.3
+    elif mask == "key_padding":
+        keep = torch.ones(batch, 1, 1, n_k)
+        keep[0, ..., n_k // 2:] = 0
+        kwargs["attn_mask"] = (1 - keep) * torch.finfo(torch.float32).min
+    elif mask == "dead_row":
+        m = torch.rand(n_q, n_k, generator=gen) > 0.5
+        m[3] = False
+        kwargs["attn_mask"] = m
+    if bias:
+        kwargs["bias"] = 0.2 * torch.randn(heads, n_q, n_k, generator=gen)
+    if scale_mode == "static":
+        kwargs["q_scale"] = torch.tensor(0.8)
+        kwargs["k_scale"] = torch.rand(1, kv_heads, 1, 1, generator=gen) + 0.5
+    return q, k, v, kwargs
+
+
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+def test_fused_attention_matches_reference(case):
+    q, k, v, kwargs = make_inputs(seed=len(case), **ATTENTION_CASES[case])
+    out = ops.binary_attention(q, k, v, **kwargs)
+    assert_kernel_ran("binary_attention")
+    ref = reference_attention(q, k, v, **kwargs)
+    assert out.dtype == v.dtype and out.shape == ref.shape
+    tol = 2e-2 if v.dtype == torch.float16 else 1e-5
+    # 8-bit P: a probability on a rounding boundary may land one u8 level off
+    atol = 3 * v.abs().max().item() / 255 if kwargs.get("pv_bits") == 8 else tol
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=atol)
+    if case == "fully-masked-row":
+        assert torch.equal(out[:, :, 3], torch.zeros_like(out[:, :, 3]))
+
+
+@settings(max_examples=12, deadline=None)
+@given(n_q=st.integers(1, 80), n_k=st.integers(1, 150), head_dim=st.sampled_from([1, 31, 64, 65]),
+       value_dim=st.sampled_from([8, 64]), causal=st.booleans(), seed=st.integers(0, 2**16))
+def test_fused_attention_random_shapes(n_q, n_k, head_dim, value_dim, causal, seed):
+    q, k, v, kwargs = make_inputs(seed, batch=1, heads=2, kv_heads=1, n_q=n_q, n_k=n_k,
+                                  head_dim=head_dim, value_dim=value_dim, is_causal=causal)
+    out = ops.binary_attention(q, k, v, **kwargs)
+    assert_kernel_ran("binary_attention")
+    torch.testing.assert_close(out, reference_attention(q, k, v, **kwargs), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_in_output_is_written_everywhere():
+    """Large enough for several q blocks and key tiles, with padding on both."""
+    q, k, v, kwargs = make_inputs(seed=7, batch=1, heads=3, kv_heads=3, n_q=200, n_k=333)
+    out = ops.binary_attention(q, k, v, **kwargs)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, reference_attention(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options,reason", [
+    (dict(top_n=3), "top_n is not built"),
+    (dict(binarizer="tanh", temperature=0.5), "soft, training-only"),
+])
+def test_unsupported_options_fall_back_with_reason(options, reason):
+    q, k, v, _ = make_inputs(seed=3, n_q=8, n_k=8)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        out = ops.binary_attention(q, k, v, **options)
+    assert reason in dispatch.kernel_report()["binary_attention/cpu"]
+    torch.testing.assert_close(out, reference_attention(q, k, v, **options))
+
+
+def test_float64_runs_reference():
+    q, k, v, _ = make_inputs(seed=4, n_q=8, n_k=8, dtype=torch.float64)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        ops.binary_attention(q, k, v)
+    assert "float64" in dispatch.kernel_report()["binary_attention/cpu"]
+
+
+def test_build_failure_becomes_a_fallback_reason(monkeypatch):
+    """A TVM build error must not raise: the op runs the reference and says why."""
+    def broken(mod):
+        raise tvm.error.InternalError("simulated LLVM failure")
+
+    monkeypatch.setattr(cpu_build, "compile_module", broken)
+    monkeypatch.setattr(cpu_dispatch, "_failed", {})
+    monkeypatch.setattr(cpu_build, "_cache_override",
+                        KernelCache(cpu_build.kernel_cache().root / "broken"))
+    q, k, v, kwargs = make_inputs(seed=5, n_q=8, n_k=8, value_dim=48, is_causal=True)
+    with pytest.warns(RuntimeWarning, match="build failed"):
+        out = ops.binary_attention(q, k, v, **kwargs)
+    torch.testing.assert_close(out, reference_attention(q, k, v, **kwargs))
+
+
+def test_gradients_still_flow_through_the_op():
+    q, k, v, _ = make_inputs(seed=6, n_q=16, n_k=16)
+    q.requires_grad_(True)
+    v.requires_grad_(True)
+    ops.binary_attention(q, k, v).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and v.grad.abs().sum() > 0
+
+
+def test_mean_abs_scale_comes_from_the_pack_pass():
+    x = torch.randn(2, 3, 10, 40)
+    _, _, abs_sum = cpu_dispatch.pack_rows(x)
+    s = abs_sum.sum(-1) / (10 * 40)
+    torch.testing.assert_close(s[..., None, None], reference.qk_scale(x, "mean_abs", None))
+    assert math.isfinite(float(s.sum()))
