@@ -48,8 +48,8 @@ def test_calibration_from_cli():
     assert site["per_query"]["cycles"] == 721
     assert site["queries"] == 16 * 1024 and site["top_n"] == 32
     assert site["mapping"] == {"key_tiles": 64, "column_passes": 1, "physical_tiles": 1,
-                               "waves": 64, "keys_fit_in_sram": True, "top_k": 32,
-                               "mode": "top-k"}
+                               "waves": 64, "keys_fit_in_sram": True,
+                               "softmax_lut_covers_scores": True, "top_k": 32, "mode": "top-k"}
 
 
 def test_layer_cost_is_queries_times_per_query_plus_io(cam45):

@@ -160,6 +160,8 @@ def cam_mapping(hw: CamAccelerator, shape: AttentionShape) -> dict:
             "physical_tiles": hw.cam_tiles,
             "waves": math.ceil(math.ceil(shape.k_len / hw.cam_rows) / hw.cam_tiles),
             "keys_fit_in_sram": _binary_key_bytes(shape) <= hw.memory.key_sram_kib * 1024,
+            # the exp LUT is indexed by the integer score in [-D, D]: 2D + 1 entries
+            "softmax_lut_covers_scores": hw.softmax_lut_entries >= 2 * shape.head_dim + 1,
             "top_k": top_k, "mode": "top-k" if top_k is not None else "dense"}
 
 
