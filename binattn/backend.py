@@ -26,6 +26,7 @@ import torch
 from torch import fx
 
 from .binarize_pass import BinarizeConfig, analyze, rewrite
+from .binarize_pass.decompositions import DECOMPOSITIONS
 from .errors import UserError
 
 NAME = "binattn"
@@ -95,7 +96,8 @@ def binattn_backend(gm: fx.GraphModule, example_inputs: list,
 
     config, ours = _config(dict(options or {}, **kwargs))
     backend = aot_autograd(fw_compiler=_training_compiler, bw_compiler=_training_compiler,
-                           inference_compiler=_inference_compiler(config, ours))
+                           inference_compiler=_inference_compiler(config, ours),
+                           decompositions=DECOMPOSITIONS)
     return backend(gm, example_inputs)
 
 

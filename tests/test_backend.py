@@ -91,20 +91,41 @@ def test_gpt2_causal():
     _compiled_matches(model, (ids,), reference, sites=2, kwargs={"use_cache": False})
 
 
-def test_transformer_encoder():
+@pytest.mark.parametrize("norm_first, masks", [(False, "none"), (True, "causal+padding"),
+                                               (False, "padding")])
+def test_transformer_encoder_fast_path_is_decomposed(norm_first, masks):
+    """Under no_grad torch runs its fused encoder-layer op; the backend spells it out (SDPA
+    inside) so the sites are rewritten like on the regular path."""
     torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, norm_first=norm_first,
+                                             activation="gelu")
     encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
     x = torch.randn(2, 7, 32)
-    with torch.no_grad():  # torch's fused fast path: reported as skipped, output stays float
-        out = torch.compile(encoder, backend="binattn", fullgraph=True)(x)
-        torch.testing.assert_close(out, encoder(x))
-    rows = [r for rep in backend.last_reports for r in rep.rows]
-    assert len(rows) == 2 and all("fast path" in r.status for r in rows)
-    assert rows[0].shape["Hq"] == 4 and rows[0].shape["D"] == 8
-    # the same model through binattn.binarize takes the regular path and is rewritten
-    gm = binattn.binarize(encoder, (x,))
-    assert gm.meta["binattn_report"].num_rewritten == 2
+    padding = torch.zeros(2, 7, dtype=torch.bool)
+    padding[1, 5:] = True
+    kwargs = {"none": {}, "padding": {"src_key_padding_mask": padding},
+              "causal+padding": {"mask": torch.ones(7, 7, dtype=torch.bool).triu(1),
+                                 "src_key_padding_mask": padding, "is_causal": True}}[masks]
+    _compiled_matches(encoder, (x,), sites=2, kwargs=kwargs)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_bare_multihead_attention(need_weights):
+    from tests.test_pass_models import BareMHA, _mha_by_hand
+
+    module = BareMHA(need_weights)
+    x = torch.randn(2, 7, 32)
+    mask = torch.ones(7, 7, dtype=torch.bool).triu(1)  # True = masked (nn.MultiheadAttention)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = torch.compile(module, backend="binattn", fullgraph=True)(x, mask)
+        want = _mha_by_hand(module.mha, x, ~mask)
+    assert sum(r.num_rewritten for r in backend.last_reports) == 1
+    if need_weights:
+        torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(got[1], want[1])
+    else:
+        torch.testing.assert_close(got, want[0], atol=1e-5, rtol=1e-4)
 
 
 def test_binarized_model_is_only_lowered_and_trains():

@@ -288,3 +288,29 @@ def test_div_by_full_tensor_constant():
 
     gm = check(fn, (q, k, v), bin_attn(q, k, v))
     assert find_sites(gm)[0].scale == pytest.approx(D ** -0.5)
+
+
+def test_fused_fast_path_ops_are_reported_skipped():
+    """Without binattn's decompositions (e.g. another aot_autograd backend) torch's fused
+    encoder-layer op hides its attention: reported, never silently left out."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    from binattn.binarize_pass import analyze
+
+    graphs = []
+
+    def keep(gm, _inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(encoder, backend=aot_autograd(fw_compiler=keep))(torch.randn(2, 7, 32))
+    torch._dynamo.reset()
+    rows = analyze(graphs[0], "graph")[1].rows
+    assert len(rows) == 2 and all(r.matcher == "torch-fastpath" for r in rows)
+    assert rows[0].status.startswith("skipped: torch's fused fast path")
+    assert (rows[0].shape["Hq"], rows[0].shape["Nq"], rows[0].shape["D"]) == (4, 7, 8)
