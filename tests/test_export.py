@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import binattn
 from binattn.errors import UserError
-from binattn.export import bitops, mlir
+from binattn.export import bitops, mlir, mlir_run
 from binattn.export import onnx as onnx_export
 from binattn.ops import reference
 
@@ -87,6 +87,23 @@ def test_mlir_has_bit_ops_and_no_qk_matmul(options):
     assert float_ops["matmul"] == 2 and float_ops["xor"] == 0         # QKᵀ and P·V
     if "top_n" in options:
         assert ops["topk"] >= 1
+
+
+@pytest.mark.parametrize("options, shape", [({}, {}), ({"pv_bits": 8, "is_causal": True},
+                                                         {"h": 4, "hkv": 2, "d": 40})])
+def test_mlir_runs_and_matches_pytorch(options, shape):
+    """The emitted linalg MLIR, lowered to LLVM and executed, computes the op."""
+    inputs = qkv(**shape)
+    module = OneSite(**options)
+    err, reason = mlir_run.compare(mlir.to_mlir(module, inputs), module, inputs)
+    assert reason == "" and err <= 1e-5
+
+
+def test_mlir_run_says_why_it_cannot():
+    inputs = qkv()
+    text = mlir.to_mlir(OneSite(top_n=4), inputs)
+    assert mlir_run.compare(text, OneSite(top_n=4), inputs) == (
+        None, "top-N lowers to tm_tensor ops the Python bindings cannot lower")
 
 
 def test_mlir_torch_dialect():

@@ -39,6 +39,15 @@ def test_export_mlir_demo_model(tmp_path, demo_pt2):
     assert mlir.bit_op_summary(float_text)["matmul"] - ops["matmul"] == 4
 
 
+def test_export_mlir_demo_model_runs(tmp_path, demo_pt2):
+    out = tmp_path / "demo_run.mlir"
+    result = CliRunner().invoke(main, ["export", str(demo_pt2), "--format", "mlir", "-o", str(out),
+                                       "--run"])
+    assert result.exit_code == 0, result.output
+    err = float(result.output.split("max |MLIR − PyTorch| =")[1].split()[0])
+    assert err <= 1e-5
+
+
 def test_export_onnx_demo_model(tmp_path, demo_pt2):
     out = tmp_path / "demo.onnx"
     result = CliRunner().invoke(main, ["export", str(demo_pt2), "--format", "onnx", "-o", str(out),
@@ -75,6 +84,7 @@ def test_export_mlir_minilm(tmp_path):
     (["missing.pt2", "--format", "onnx"], "no such file"),
     (["{demo}", "--format", "mlir", "--input-shape", "1,x"], "comma-separated ints"),
     (["{demo}", "--format", "onnx", "--top-n", "0"], "--top-n must be >= 1"),
+    (["{demo}", "--format", "onnx", "--run"], "--run needs --format mlir"),
 ])
 def test_export_errors(tmp_path, demo_pt2, args, message):
     out = tmp_path / "out.file"

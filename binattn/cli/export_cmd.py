@@ -14,6 +14,21 @@ TOLERANCE = 1e-4
 PV8_TOLERANCE = 1e-2
 
 
+def _run_mlir(console, text: str, dialect: str, gm, inputs: tuple, output: Path) -> None:
+    """Execute the linalg module via MLIR's ExecutionEngine and compare with PyTorch."""
+    from ..export.mlir_run import compare
+
+    with console.status("lowering the MLIR to LLVM and running it"):
+        err, reason = compare(text, gm, inputs)
+    if err is None:
+        console.print(f"--run skipped: {reason}")
+    else:
+        console.print(f"ran through MLIR's ExecutionEngine: max |MLIR − PyTorch| = {err:.2e}")
+        if not err <= TOLERANCE:
+            output.unlink(missing_ok=True)
+            raise UserError(f"the MLIR computes something else: max |err| {err:.3g} > {TOLERANCE}")
+
+
 @click.command("export")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["mlir", "onnx"]), required=True,
@@ -27,11 +42,14 @@ PV8_TOLERANCE = 1e-2
 @click.option("--pv-bits", type=click.Choice(["8"]), help="8-bit P and V.")
 @click.option("--input-shape", help="Example input shape for MODEL, e.g. 1,3,224,224.")
 @click.option("--trust-pickle", is_flag=True, help="Allow MODEL pickles that hold code.")
+@click.option("--run", "run_mlir", is_flag=True,
+              help="MLIR (linalg): also lower it to LLVM with torch-mlir's RefBackend passes, "
+                   "run it on the example inputs and compare with PyTorch.")
 @click.option("--no-check", is_flag=True,
               help="Skip the check (MLIR re-parse / onnxruntime vs PyTorch comparison).")
 def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[int],
             pv_bits: Optional[str], input_shape: Optional[str], trust_pickle: bool,
-            no_check: bool) -> None:
+            run_mlir: bool, no_check: bool) -> None:
     """Export MODEL's binarized graph to MLIR or ONNX.
 
     MODEL (a .pt2, a torch.save'd module or a Hugging Face directory) is binarized, exported
@@ -43,7 +61,7 @@ def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[i
 
     \b
     Examples:
-      binattn export model.pt2 --format mlir -o out.mlir
+      binattn export model.pt2 --format mlir -o out.mlir --run
       binattn export ./all-MiniLM-L6-v2 --format onnx -o minilm.onnx
     """
     from rich.console import Console
@@ -57,6 +75,8 @@ def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[i
     gm, inputs = load_binarized(model, trust_pickle=trust_pickle,
                                 input_shape=parse_shape(input_shape), top_n=top_n,
                                 pv_bits=int(pv_bits) if pv_bits else None, dynamic_batch=False)
+    if run_mlir and (fmt != "mlir" or dialect != "linalg-on-tensors"):
+        raise UserError("--run needs --format mlir --dialect linalg-on-tensors")
     if fmt == "mlir":
         from ..export.mlir import bit_op_summary, reparse, to_mlir
 
@@ -69,6 +89,8 @@ def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[i
         console.print(f"wrote {output} ({len(text) / 1e6:.1f} MB, {dialect}); attention as bit ops: "
                       f"{ops['xor'] or ops['torch_xor']} xor, {ops['and']} and, {ops['shift']} shifts"
                       + ("" if no_check else "; re-parsed with torch-mlir: OK"))
+        if run_mlir:
+            _run_mlir(console, text, dialect, gm, inputs, output)
         return
     from ..export.onnx import check_onnx, to_onnx
 
