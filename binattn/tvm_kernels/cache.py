@@ -4,9 +4,10 @@ What it does: ``KernelCache.get(key, build)`` returns a loaded module for ``key`
 else from ``<root>/<digest>.so`` on disk, else by calling ``build()`` (which returns anything
 with ``export_library(path)``, e.g. ``tvm.compile(...)``'s Executable), writing the library
 atomically (temp file + rename, so a crash never leaves half a library under the final name)
-and loading it. An entry that fails to load (truncated, corrupt, built for another ABI) is
-deleted and rebuilt. Each entry has a ``.json`` sidecar with its key for humans and for
-``binattn tune``/``bench`` reports. Loading uses ``tvm_ffi.load_module``, so a machine with
+and loading it. Each entry has a ``.json`` sidecar with its key and the library's SHA-256; an
+entry whose bytes do not match (truncated, overwritten: loading such a file can kill the process
+with SIGBUS, so it is checked before loading) or that fails to load (another ABI) is deleted and
+rebuilt. Loading uses ``tvm_ffi.load_module``, so a machine with
 only apache-tvm-ffi (no TVM compiler) can run libraries built elsewhere.
 
 Device-neutral: the CUDA provider uses the same class with its own key fields.
@@ -103,8 +104,11 @@ class KernelCache:
         if not path.exists():
             return None
         try:
+            expected = json.loads(path.with_suffix(".json").read_text()).get("sha256")
+            if expected != _sha256(path):
+                raise ValueError("checksum mismatch")
             module = self.loader(str(path))
-        except Exception:  # noqa: BLE001 - any load failure means a bad entry: rebuild it
+        except Exception:  # noqa: BLE001 - any bad entry is rebuilt
             self.stats.corrupt_rebuilt += 1
             path.unlink(missing_ok=True)
             return None
@@ -119,12 +123,14 @@ class KernelCache:
         os.close(fd)
         try:
             built.export_library(tmp)
+            digest = _sha256(Path(tmp))
+            sidecar = path.with_suffix(".json")
+            sidecar.write_text(json.dumps(dict(asdict(key), sha256=digest), default=str,
+                                          indent=1))
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        sidecar = path.with_suffix(".json")
-        sidecar.write_text(json.dumps(asdict(key), default=str, indent=1))
         self.stats.builds += 1
         return self.loader(str(path))
 
@@ -144,6 +150,10 @@ class KernelCache:
         """Forget loaded modules (the next get reads the disk again); for tests and tools."""
         with self._lock:
             self._memory.clear()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 _default: Optional[KernelCache] = None

@@ -92,14 +92,14 @@ def main(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
 
 
 # --------------------------------------------------------------------------- popcount scores
-def scores_te(words: int, n_q: Optional[int] = None,
-              n_k: Optional[int] = None) -> tvm.tirx.PrimFunc:
+def scores_te(words: int, n_q: Optional[int] = None, n_k: Optional[int] = None,
+              batch: Optional[int] = None) -> tvm.tirx.PrimFunc:
     """TE definition: S[b, m, n] = D − 2·Σ_w popc(Q[b, m, w] XOR K[b, n, w]) (int32).
 
-    Batch is symbolic; so are Nq / Nk when None. D is a runtime int32 argument (``hd``, last),
+    Batch, Nq and Nk are symbolic when None (meta_schedule tunes a concrete batch). D is a runtime int32 argument (``hd``, last),
     so one kernel serves every D with this many words.
     """
-    batch = te.var("batch", "int32")
+    batch = te.var("batch", "int32") if batch is None else batch
     n_q = te.var("n_q", "int32") if n_q is None else n_q
     n_k = te.var("n_k", "int32") if n_k is None else n_k
     head_dim = te.var("hd", "int32")
