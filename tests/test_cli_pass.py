@@ -141,6 +141,8 @@ def test_convert_roundtrip_equals_hand_reference(files, tmp_path):
 
 
 def test_convert_relpos_then_load_in_a_fresh_process(files, tmp_path):
+    """A fresh process that only imports binattn: the .pt2's ops resolve, and the
+    torch.compile backend "binattn" is registered (it compiles the loaded program)."""
     out = tmp_path / "vit_relpos.pt2"
     result = run("convert", files / "vit.pt", "--trust-pickle", "-o", out, "--bias", "relpos")
     assert result.exit_code == 0, result.output
@@ -148,9 +150,12 @@ def test_convert_relpos_then_load_in_a_fresh_process(files, tmp_path):
     code = ("import torch, binattn\n"
             f"p = torch.export.load({str(out)!r})\n"
             "print(tuple(p.module()(torch.randn(2, 3, 32, 32)).shape))\n"
-            "print(sorted(n for n, _ in p.named_parameters() if 'binattn_bias' in n))\n")
+            "print(sorted(n for n, _ in p.named_parameters() if 'binattn_bias' in n))\n"
+            "m = torch.compile(torch.nn.Linear(4, 4), backend='binattn')\n"
+            "print('compiled', tuple(m(torch.ones(2, 4)).shape))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "(2, 10)" in proc.stdout
     assert "binattn_bias_0.table" in proc.stdout and "binattn_bias_1.table" in proc.stdout
+    assert "compiled (2, 4)" in proc.stdout

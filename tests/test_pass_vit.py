@@ -100,3 +100,15 @@ def test_inspect_reports_without_rewriting():
     data = report.to_dict()
     assert data["num_sites"] == 2 and data["sites"][0]["shape"]["Nq"] == 65
     assert "blocks.0.attn" in str(report)
+
+
+def test_binarize_is_reproducible():
+    model = demo_vit(depth=2).eval()
+    images = model.example_inputs()
+    config = binattn.BinarizeConfig(bias="relpos")
+    a, b = (dict(binattn.binarize(model, images, config).named_parameters()) for _ in range(2))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["binattn_bias_0.table"], a["binattn_bias_1.table"])
+    other = binattn.binarize(model, images, binattn.BinarizeConfig(bias="relpos", seed=1))
+    assert not torch.equal(other.binattn_bias_0.table, a["binattn_bias_0.table"])

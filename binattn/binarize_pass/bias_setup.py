@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
 from torch import nn
 
 from ..ops.bias import DenseBias, HeadBias, RelPosBias
@@ -64,15 +65,26 @@ def relpos_grid(config: BinarizeConfig, model: Any, n_q: int, n_k: int) -> tuple
     return ((gh, gw), prefix), ""
 
 
+def _seeded_init(bias: RelPosBias, seed: int, index: int) -> None:
+    """trunc-normal(0.02) from a generator seeded by (seed, site index): binarizing the same
+    model twice gives the same parameters (reproducible runs, resumable training)."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + index)
+    with torch.no_grad():
+        bias.table.copy_(torch.nn.init.trunc_normal_(torch.empty_like(bias.table, device="cpu"),
+                                                     std=0.02, generator=gen))
+
+
 def make_bias(config: BinarizeConfig, model: Any, heads: int, n_q: int,
-              n_k: int) -> tuple[Optional[nn.Module], str]:
-    """The bias module for a site and a short description for the report."""
+              n_k: int, index: int = 0) -> tuple[Optional[nn.Module], str]:
+    """The bias module for site ``index`` and a short description for the report."""
     kind, note = config.bias, ""
     if kind == "relpos":
         grid, why = relpos_grid(config, model, n_q, n_k)
         if grid is not None:
             (gh, gw), prefix = grid
-            return RelPosBias(heads, (gh, gw), prefix), f"relpos {gh}×{gw}+{prefix}"
+            bias = RelPosBias(heads, (gh, gw), prefix)
+            _seeded_init(bias, config.seed, index)
+            return bias, f"relpos {gh}×{gw}+{prefix}"
         kind, note = config.bias_fallback, f" (relpos: {why})"
     if kind == "dense":
         return DenseBias(heads, n_q, n_k), f"dense{note}"

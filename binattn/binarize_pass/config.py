@@ -31,8 +31,8 @@ class BinarizeConfig:
         ste_clip: the options of :func:`binattn.ops.binary_attention` every site starts with.
         mode: ``"binary"`` or ``"float"`` (exact full-precision attention at each site).
         dynamic_batch: export with a symbolic batch dim where the model allows it.
-        allow_dropout: rewrite sites whose attention dropout is active (training mode),
-            dropping the dropout; off by default (such sites are skipped with a reason).
+        seed: seeds the relpos tables' trunc-normal init (per site), so binarizing the same
+            model twice gives the same parameters.
     """
 
     bias: Optional[str] = None
@@ -47,7 +47,7 @@ class BinarizeConfig:
     ste_clip: float = 1.0
     mode: str = "binary"
     dynamic_batch: bool = True
-    allow_dropout: bool = False
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.bias not in BIAS_KINDS:

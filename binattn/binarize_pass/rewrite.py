@@ -82,7 +82,7 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
     if m.matcher == "binattn-op":   # already binary: keep the graph's own bias input
         bias, row.bias = None, "from graph" if m.bias_node is not None else "-"
     else:
-        bias, row.bias = make_bias(config, model, shape["Hq"], shape["Nq"], shape["Nk"])
+        bias, row.bias = make_bias(config, model, shape["Hq"], shape["Nq"], shape["Nk"], index)
     gm.add_submodule(f"binattn_site_{index}", site)
     graph = gm.graph
     with graph.inserting_before(m.output):
