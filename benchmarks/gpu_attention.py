@@ -110,7 +110,7 @@ def measure(shape, dtype=torch.bfloat16) -> dict:
     row = {"shape": list(shape), "path": path,
            "eager_ms": bench_ms(call), "binattn_ms": bench_ms(graphed(call)),
            "fused_ms": bench_ms(fused),
-           "sign_pack_ms": bench_ms(lambda: (cd.pack_signs(q, 8), cd.pack_signs(k, 8))),
+           "sign_pack_ms": bench_ms(graphed(lambda: (cd.pack_signs(q, 8), cd.pack_signs(k, 8)))),
            "cudnn_ms": sdpa_ms(q, k, v, SDPBackend.CUDNN_ATTENTION),
            "flash_ms": sdpa_ms(q, k, v, SDPBackend.FLASH_ATTENTION)}
     row["ceil_us"] = ceilings_us(B, H, N, D)

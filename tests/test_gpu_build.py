@@ -44,7 +44,8 @@ def test_build_writes_loadable_library_and_manifest(small_build):
     assert "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc" in source
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in source
     module = tvm_ffi.load_module(str(lib))
-    for name in ("binattn_attention_bfloat16_dv64", "binattn_sign_pack_float32",
+    for name in ("binattn_attention_bfloat16_dv64", "binattn_attention_bfloat16_dv64_bias",
+                 "binattn_sign_pack_float32", "binattn_sign_pack_bfloat16_v8",
                  "binattn_popcount_scores"):
         assert module[name] is not None
     cuobjdump = shutil.which("cuobjdump")
@@ -117,6 +118,23 @@ def test_tuning_db_roundtrip(tmp_path):
     assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db) == best
     with pytest.raises(ValueError, match="warps"):
         sched.record_schedule("sm_90a", "bfloat16", 64, sched.CudaAttentionSchedule(3, 64), db=db)
+
+
+def test_tune_grid_and_record_best(tmp_path):
+    from binattn.schedules import cuda_tune
+
+    grid = cuda_tune.candidates(64)
+    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 6
+    assert all(c.key_block <= 64 for c in cuda_tune.candidates(256))
+    timings = tmp_path / "timings.json"
+    rows = [dict(arch="sm_90a", dtype="bfloat16", dv=64, ms=ms, correct=ok,
+                 schedule={"warps": w, "key_block": k})
+            for w, k, ms, ok in ((4, 64, 1.0, True), (8, 128, 0.5, False), (4, 128, 0.7, True))]
+    timings.write_text(json.dumps({"results": rows}))
+    db = tmp_path / "db.json"
+    best = cuda_tune.record_best(timings, db=db)
+    assert best["sm_90a/bfloat16/dv64"]["ms"] == 0.7  # the faster wrong one is not taken
+    assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db) == sched.CudaAttentionSchedule(4, 128)
 
 
 def test_build_kernels_cli_errors_and_help(tmp_path):

@@ -46,19 +46,28 @@ def randn(gen, *shape, dtype=torch.float32):
     return x.to(dtype)
 
 
-@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16, torch.float32))
-@pytest.mark.parametrize("head_dim", HEAD_DIMS + (1, 33, 200))
-def test_sign_pack_bit_exact(cuda_dispatch, gen, dtype, head_dim):
+PACK_CASES = [(dtype, d, vec) for dtype in (torch.float16, torch.bfloat16, torch.float32)
+              for d in HEAD_DIMS + (1, 33, 200) for vec in (False, True)
+              if not vec or (dtype != torch.float32 and d % 8 == 0)]  # 16-byte loads: 16-bit, D % 8
+
+
+@pytest.mark.parametrize("dtype, head_dim, vec", PACK_CASES)
+def test_sign_pack_bit_exact(cuda_dispatch, gen, dtype, head_dim, vec):
     x = randn(gen, 3, 37, head_dim, dtype=dtype)
     x[0, 0, : min(5, head_dim)] = 0  # sign(0) = +1
+    x[1, 1, : min(3, head_dim)] = -0.0  # -0.0 >= 0 too
     for words in (reference.num_words(head_dim), 8):
         if words < reference.num_words(head_dim):
             continue
         bits = torch.full((3, 37, words), -12345, dtype=torch.int32, device="cuda")
         pops = torch.full((3, 37), -7, dtype=torch.int32, device="cuda")
         abs_sum = torch.zeros(3, dtype=torch.float32, device="cuda")
-        cuda_dispatch._call(x.device, f"binattn_sign_pack_{cuda_dispatch.PACK_DTYPES[dtype]}",
-                            x, bits, pops, abs_sum)
+        name = f"binattn_sign_pack_{cuda_dispatch.PACK_DTYPES[dtype]}"
+        if vec:
+            name, x_in = name + "_v8", x.view(torch.int32).view(3, 37, head_dim // 8, 4)
+        else:
+            x_in = x
+        cuda_dispatch._call(x.device, name, x_in, bits, pops, abs_sum)
         ref_bits, ref_pops = reference.sign_pack(x)
         w = ref_bits.shape[-1]
         assert torch.equal(bits[..., :w], ref_bits), f"seed {gen.initial_seed()}"

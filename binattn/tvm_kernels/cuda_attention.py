@@ -80,6 +80,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     warps, kb = schedule.warps, schedule.key_block
     nthreads, rows_per_cta = 32 * warps, 16 * warps
     n_tiles, n_chunks, o_tiles = kb // 8, kb // 16, dv // 8
+    n_group = next(d for d in (4, 3, 2, 1) if o_tiles % d == 0)
     kb_pairs, dv_quads = kb // 2, dv // 8
     # V^T rows hold key pairs in the order the B fragments read them (see vt_col), so one
     # 16-byte load feeds two PV mmas; a row stride of 16 mod 32 words keeps them conflict-free
@@ -134,7 +135,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     red_i = T.alloc_buffer((2,), "int32", scope="local")
                     acc = T.alloc_buffer((4,), "uint32", scope="local")
                     kf = T.alloc_buffer((2,), "int32", scope="local")
-                    vf = T.alloc_buffer((4,), "uint32", scope="local")
+                    vf = T.alloc_buffer((4 * n_group,), "uint32", scope="local")
                     kt = T.alloc_buffer((n_tiles * 2,), "int32", scope="local")
                     ti = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
                     s = T.alloc_buffer((n_tiles * 4,), "float32", scope="local")
@@ -280,11 +281,14 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                         for c in T.unroll(n_chunks):
                             for i in T.unroll(4):
                                 T.ptx[cvt_pair](pa[c * 4 + i], s[(2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[(2 * c + i // 2) * 4 + 2 * (i % 2)])
+                        # groups of n-tiles so that back-to-back mmas use different accumulators
                         for cc in T.unroll(n_chunks // 2):
-                            for n in T.unroll(o_tiles):
-                                vf[T.ramp(0, 1, 4)] = Vt[8 * n + g, T.ramp(16 * cc + 4 * t, 1, 4)]
+                            for ng in T.unroll(o_tiles // n_group):
+                                for i in T.unroll(n_group):
+                                    vf[T.ramp(4 * i, 1, 4)] = Vt[8 * (ng * n_group + i) + g, T.ramp(16 * cc + 4 * t, 1, 4)]
                                 for c2 in T.unroll(2):
-                                    T.ptx[mma_pv](o[n * 4], o[n * 4 + 1], o[n * 4 + 2], o[n * 4 + 3], pa[(2 * cc + c2) * 4], pa[(2 * cc + c2) * 4 + 1], pa[(2 * cc + c2) * 4 + 2], pa[(2 * cc + c2) * 4 + 3], vf[2 * c2], vf[2 * c2 + 1], o[n * 4], o[n * 4 + 1], o[n * 4 + 2], o[n * 4 + 3])
+                                    for i in T.unroll(n_group):
+                                        T.ptx[mma_pv](o[(ng * n_group + i) * 4], o[(ng * n_group + i) * 4 + 1], o[(ng * n_group + i) * 4 + 2], o[(ng * n_group + i) * 4 + 3], pa[(2 * cc + c2) * 4], pa[(2 * cc + c2) * 4 + 1], pa[(2 * cc + c2) * 4 + 2], pa[(2 * cc + c2) * 4 + 3], vf[4 * i + 2 * c2], vf[4 * i + 2 * c2 + 1], o[(ng * n_group + i) * 4], o[(ng * n_group + i) * 4 + 1], o[(ng * n_group + i) * 4 + 2], o[(ng * n_group + i) * 4 + 3])
                     for r in T.unroll(2):
                         lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 1, 32)
                         lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 2, 32)

@@ -63,7 +63,8 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
 
     from .cuda_attention import attention_func, attention_name
     from .cuda_popcount import popcount_scores_func, popcount_scores_name
-    from .cuda_sign_pack import DTYPES as PACK_DTYPES, sign_pack_func, sign_pack_name
+    from .cuda_sign_pack import (DTYPES as PACK_DTYPES, sign_pack_func, sign_pack_name,
+                                 sign_pack_vec_func)
 
     funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {}}
     for dtype in dtypes:
@@ -76,6 +77,8 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
             contents["schedules"][f"{dtype}/dv{dv}"] = asdict(schedule)
     for dtype in PACK_DTYPES:
         funcs[sign_pack_name(dtype)] = sign_pack_func(dtype)
+        if dtype != "float32":
+            funcs[sign_pack_name(dtype, True)] = sign_pack_vec_func(dtype)
     funcs[popcount_scores_name()] = popcount_scores_func()
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "cuda_host"})
     executable = tvm.compile(tvm.IRModule(funcs), target=target)

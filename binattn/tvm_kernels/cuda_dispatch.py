@@ -152,7 +152,11 @@ def pack_signs(x: torch.Tensor, words: int) -> tuple[torch.Tensor, torch.Tensor,
     pops = torch.empty(rows.shape[:2], dtype=torch.int32, device=x.device)
     abs_sum = torch.zeros(rows.shape[0], dtype=torch.float32, device=x.device)
     if rows.numel():
-        _call(x.device, f"binattn_sign_pack_{PACK_DTYPES[x.dtype]}", rows, bits, pops, abs_sum)
+        name = f"binattn_sign_pack_{PACK_DTYPES[x.dtype]}"
+        if x.element_size() == 2 and x.shape[-1] % 8 == 0 and rows.data_ptr() % 16 == 0:
+            rows = rows.view(torch.int32).view(*rows.shape[:2], x.shape[-1] // 8, 4)
+            name += "_v8"  # 16-byte loads
+        _call(x.device, name, rows, bits, pops, abs_sum)
     return bits.reshape(*lead, words), pops.reshape(lead), abs_sum
 
 

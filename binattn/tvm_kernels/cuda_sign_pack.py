@@ -22,9 +22,77 @@ MAX_WORDS = 8  # D <= 256: 8 lanes per row, one per 32-bit word
 DTYPES = ("float16", "bfloat16", "float32")
 
 
-def sign_pack_name(dtype: str) -> str:
-    """Exported symbol of the sign-pack kernel for an input dtype."""
-    return f"binattn_sign_pack_{dtype}"
+def sign_pack_name(dtype: str, vec: bool = False) -> str:
+    """Exported symbol of the sign-pack kernel for an input dtype (``vec``: 16-byte loads)."""
+    return f"binattn_sign_pack_{dtype}{'_v8' if vec else ''}"
+
+
+def sign_pack_vec_func(dtype: str) -> tvm.tirx.PrimFunc:
+    """Sign-pack for 16-bit inputs with D % 8 == 0, reading ``x`` as int32 quads (16-byte loads).
+
+    ``x32 int32[BH, N, D/8, 4]`` is x viewed as pairs of 16-bit values; otherwise as
+    :func:`sign_pack_func`. ``x >= 0`` is tested on the bits (sign clear, or ±0).
+    """
+    if dtype not in ("float16", "bfloat16"):
+        raise ValueError(f"no vectorized sign-pack kernel for dtype {dtype!r}")
+    rows_per_cta = WARPS * 32 // MAX_WORDS
+    full = T.uint32(0xFFFFFFFF)
+
+    def magnitude(h):
+        if dtype == "bfloat16":
+            return T.reinterpret("float32", (h & T.uint32(0x7FFF)) << T.uint32(16))
+        return T.Cast("float32", T.reinterpret("float16", T.Cast("uint16", h & T.uint32(0x7FFF))))
+
+    @T.prim_func
+    def sign_pack_vec(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
+        T.func_attr({"global_symbol": sign_pack_name(dtype, True), "tirx.noalias": True})
+        BH = T.int32()
+        N = T.int32()
+        DQ = T.int32()
+        WS = T.int32()
+        X = T.match_buffer(x_h, (BH, N, DQ, 4), "int32")
+        Bits = T.match_buffer(bits_h, (BH, N, WS), "int32")
+        Pops = T.match_buffer(pops_h, (BH, N), "int32")
+        AbsSum = T.match_buffer(abs_h, (BH,), "float32")
+        for bx in T.thread_binding(T.ceildiv(N, rows_per_cta), thread="blockIdx.x"):
+            for bh in T.thread_binding(BH, thread="blockIdx.y"):
+                for tid in T.thread_binding(32 * WARPS, thread="threadIdx.x"):
+                    warp_sums = T.alloc_buffer((WARPS,), "float32", scope="shared")
+                    raw = T.alloc_buffer((16,), "int32", scope="local")
+                    acc = T.alloc_buffer((1,), "float32", scope="local")
+                    pop = T.alloc_buffer((1,), "int32", scope="local")
+                    word = T.alloc_buffer((1,), "uint32", scope="local")
+                    w = tid % MAX_WORDS
+                    n = bx * rows_per_cta + tid // MAX_WORDS
+                    for i in T.unroll(4):
+                        if n < N and 4 * w + i < DQ:
+                            raw[T.ramp(4 * i, 1, 4)] = X[bh, n, 4 * w + i, T.ramp(0, 1, 4)]
+                        else:
+                            raw[T.ramp(4 * i, 1, 4)] = T.Broadcast(T.int32(0), 4)
+                    word[0] = T.uint32(0)
+                    acc[0] = T.float32(0)
+                    for e in T.unroll(32):
+                        h = (T.reinterpret("uint32", raw[e // 2]) >> T.uint32(16 * (e % 2))) & T.uint32(0xFFFF)
+                        word[0] = word[0] | T.Cast("uint32", (n < N and 4 * w + e // 8 < DQ) and (h < T.uint32(0x8000) or h == T.uint32(0x8000))) << T.uint32(e)
+                        acc[0] = acc[0] + magnitude(h)
+                    pop[0] = T.popcount(word[0])
+                    for sh in T.unroll(3):
+                        pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full, pop[0], 1 << sh, 32)
+                    if n < N and w < WS:
+                        Bits[bh, n, w] = T.reinterpret("int32", word[0])
+                    if n < N and w == 0:
+                        Pops[bh, n] = pop[0]
+                    for sh in T.unroll(5):
+                        acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", full, acc[0], 16 >> sh, 32)
+                    if tid % 32 == 0:
+                        warp_sums[tid // 32] = acc[0]
+                    T.tvm_storage_sync("shared")
+                    if tid == 0:
+                        for i in T.unroll(WARPS - 1):
+                            acc[0] = acc[0] + warp_sums[i + 1]
+                        T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(AbsSum[bh]), acc[0]))
+
+    return sign_pack_vec
 
 
 def sign_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
