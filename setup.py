@@ -23,7 +23,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["binattn", "binattn.*"]),
     package_data={"binattn": ["data/*", "data/**/*", "hw_targets/*.json",
-                              "kernels/**/*"]},
+                              "kernels/**/*", "kernels/*", "schedules/*.json"]},
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["binattn=binattn.cli:main"],
