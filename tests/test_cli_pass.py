@@ -138,6 +138,8 @@ def test_convert_roundtrip_equals_hand_reference(files, tmp_path):
     # the converted .pt2 is binarizable again: its ops become trainable sites
     gm = binattn.binarize(program, (images,))
     assert [s.matcher for s in binattn.binarize_pass.find_sites(gm)] == ["binattn-op"] * 2
+    assert "already binary" in gm.meta["binattn_report"].notes[0]
+    torch.testing.assert_close(gm(images), want, atol=1e-5, rtol=1e-4)
 
 
 def test_convert_relpos_then_load_in_a_fresh_process(files, tmp_path):

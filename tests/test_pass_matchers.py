@@ -145,6 +145,7 @@ def test_eval_dropout_is_dropped_train_dropout_is_skipped():
     assert gm.meta["binattn_report"].num_rewritten == 1
     report = inspect(Drop().train(), (q, k, v))
     assert report.num_rewritten == 0
+    assert any("training mode" in note for note in report.notes)
     assert report.rows[0].status.startswith("skipped: attention dropout p=0.1 is active")
 
 

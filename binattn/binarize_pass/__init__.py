@@ -30,10 +30,17 @@ def _model_name(model: Any) -> str:
     return type(model).__name__
 
 
-def analyze(gm: fx.GraphModule, name: str) -> tuple[list[Match], Report]:
+def analyze(gm: fx.GraphModule, name: str, model: Any = None) -> tuple[list[Match], Report]:
     """Matches and report rows for a captured graph (no change to it)."""
     matches = find_matches(gm)
     report = Report(model=name, rows=[SiteRow.from_match(i, m) for i, m in enumerate(matches)])
+    already = sum(m.matcher == "binattn-op" for m in matches)
+    if already:
+        report.notes.append(f"{already} site(s) were already binary (binattn ops in the graph): "
+                            "they become trainable sites again with their own options")
+    if isinstance(model, nn.Module) and model.training:
+        report.notes.append("the model was captured in training mode (dropout and batch norm "
+                            "as in training); call model.eval() first for inference")
     return matches, report
 
 
@@ -57,7 +64,7 @@ def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tu
     config = config or BinarizeConfig()
     gm = capture(model, example_inputs, example_kwargs=example_kwargs,
                  dynamic_batch=config.dynamic_batch)
-    matches, report = analyze(gm, _model_name(model))
+    matches, report = analyze(gm, _model_name(model), model)
     rewrite(gm, matches, report.rows, config, model=model, filter_fn=filter_fn)
     gm.meta[REPORT_KEY] = report
     return gm
@@ -70,7 +77,7 @@ def inspect(model: nn.Module | torch.export.ExportedProgram, example_inputs: tup
     config = config or BinarizeConfig()
     gm = capture(model, example_inputs, example_kwargs=example_kwargs,
                  dynamic_batch=config.dynamic_batch)
-    return analyze(gm, _model_name(model))[1]
+    return analyze(gm, _model_name(model), model)[1]
 
 
 def find_sites(gm: nn.Module) -> list[BinaryAttentionSite]:

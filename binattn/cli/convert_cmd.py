@@ -85,6 +85,8 @@ def command(model: Path, output: Path, bias: str, grid: Optional[str],
     report.model = model.name
     if report.rows:
         console.print(report.table())
+    for note in report.notes:
+        console.print(note)
     if report.num_rewritten == 0:
         raise UserError(f"{model}: no attention site could be rewritten "
                         f"({'none found' if not report.rows else 'all skipped'}); "
