@@ -315,3 +315,39 @@ def test_fused_fast_path_ops_are_reported_skipped():
     assert len(rows) == 2 and all(r.matcher == "torch-fastpath" for r in rows)
     assert rows[0].status.startswith("skipped: torch's fused fast path")
     assert (rows[0].shape["Hq"], rows[0].shape["Nq"], rows[0].shape["D"]) == (4, 7, 8)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(three_d=st.booleans(), scale_style=st.sampled_from(["mul", "div", "pre_q", "none"]),
+       mask_kind=st.sampled_from(["none", "additive", "masked_fill", "where"]),
+       n_q=st.integers(1, 7), n_k=st.integers(2, 7), d=st.sampled_from([4, 16, 40]),
+       seed=st.integers(0, 2**16))
+def test_decomposed_forms_carried_exactly(three_d, scale_style, mask_kind, n_q, n_k, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    lead = (4,) if three_d else (2, 2)
+    q, k, v = (torch.randn(*lead, n, d, generator=g) for n in (n_q, n_k, n_k))
+    c = 0.37
+    drop = torch.rand(*lead[:-1], 1, n_q, n_k, generator=g) > 0.6
+    drop[..., 0] = False  # every query keeps one key
+    additive = torch.randn(1, n_q, n_k, generator=g)
+    matmul = torch.bmm if three_d else torch.matmul
+
+    def fn(q, k, v, drop, additive):
+        kt = k.transpose(-2, -1)
+        s = matmul(q * c, kt) if scale_style == "pre_q" else matmul(q, kt)
+        s = s * c if scale_style == "mul" else (s / (1 / c) if scale_style == "div" else s)
+        if mask_kind == "additive":
+            s = s + additive
+        elif mask_kind == "masked_fill":
+            s = s.masked_fill(drop, float("-inf"))
+        elif mask_kind == "where":
+            s = torch.where(~drop, s, -1e9)
+        return matmul(torch.softmax(s, dim=-1), v)
+
+    inputs = (q, k, v, drop, additive)
+    gm = binarize(Fn(fn), inputs, BinarizeConfig(dynamic_batch=False))
+    assert gm.meta["binattn_report"].num_rewritten == 1, str(gm.meta["binattn_report"])
+    mask = {"none": None, "additive": additive, "masked_fill": ~drop, "where": ~drop}[mask_kind]
+    want = bin_attn(q, k, v, scale=1.0 if scale_style == "none" else c, attn_mask=mask)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*inputs), want, atol=1e-5, rtol=1e-4)
