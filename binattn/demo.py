@@ -125,9 +125,33 @@ def step_binarize(state: DemoState) -> None:
     state.results["sites"] = report.to_dict()
 
 
+def step_cpu_kernels(state: DemoState) -> None:
+    """CPU kernels: TVM builds the fused binary-attention kernels; speed vs SDPA and the reference."""
+    from .tvm_kernels import cpu_bench
+
+    cfg = state.model.cfg
+    n, d = 1 + cfg.grid[0] * cfg.grid[1], cfg.dim // cfg.heads
+    with console.status("building the LLVM kernels (first run only; cached on disk)…"):
+        row = cpu_bench.bench_attention(8, cfg.heads, n, d, repeat=3 if state.quick else 10)
+    table = Table(title=f"fused binary attention on the demo shapes (B=8, H={cfg.heads}, N={n}, "
+                        f"D={d}) — {row.path.get('binattn')}")
+    for col in ("contender", "median ms", "vs SDPA fp32"):
+        table.add_column(col)
+    for name, t in row.timings.items():
+        table.add_row(name, f"{t.median_ms:.2f}", f"{row.ratio('SDPA fp32', name):.2f}×")
+    console.print(table)
+    err = row.max_abs_err.get("binattn fp32-PV", float("nan"))
+    console.print(f"kernel vs reference max |err| {err:.1e}; {cpu_bench.machine_load()} "
+                  "(small shapes are overhead-bound; benchmarks/cpu_attention.py sweeps N)")
+    if not err < 1e-4:
+        raise SystemExit("demo: the TVM CPU kernel disagrees with the reference")
+    state.results["cpu_kernels"] = {k: v.median_ms for k, v in row.timings.items()}
+
+
 STEPS: list[Callable[[DemoState], None]] = [
     step_check_ops,
     step_binarize,
+    step_cpu_kernels,
     step_cuda_kernels,
     step_asic,
 ]

@@ -234,8 +234,8 @@ def tune_scores_meta_schedule(n_q: int, n_k: int, head_dim: int, trials: int,
 
     words = (head_dim + 31) // 32
     tag = scores_tag(words, n_q, n_k)
-    workdir = Path("meta_schedule") / target_key() / f"{tag}_b{batch}"
-    mod = tvm.IRModule({"main": cpu_kernels.scores_te(words, n_q, n_k, batch=batch)})
+    workdir = Path("meta_schedule") / target_key() / f"{tag}_b{batch}_d{head_dim}"
+    mod = tvm.IRModule({"main": cpu_kernels.scores_te(words, n_q, n_k, batch, head_dim)})
     runner = "local"
     if rpc is not None:
         runner = ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(
@@ -249,7 +249,8 @@ def tune_scores_meta_schedule(n_q: int, n_k: int, head_dim: int, trials: int,
         return tag, None
     best_ms = float(np.mean([float(x) for x in records[0].run_secs])) * 1e3
     db.store(target_key(), tag, {"knobs": {}, "ms": best_ms, "method": "meta_schedule",
-                                 "batch": batch, "trials": trials, "ms_workdir": str(workdir)})
+                                 "batch": batch, "head_dim": head_dim, "trials": trials,
+                                 "ms_workdir": str(workdir)})
     return tag, best_ms
 
 

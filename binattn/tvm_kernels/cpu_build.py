@@ -100,7 +100,8 @@ def sign_pack_kernel(head_dim: int) -> Any:
     return _get(key, lambda: cpu_kernels.sign_pack_module(head_dim))
 
 
-def scores_kernel(n_q: int, n_k: int, words: int, batch: Optional[int] = None) -> Any:
+def scores_kernel(n_q: int, n_k: int, words: int, batch: Optional[int] = None,
+                  head_dim: Optional[int] = None) -> Any:
     """The score kernel, called as ``fn(q [B, Nq, W], k [B, Nk, W], out [B, Nq, Nk], D)``.
 
     Large shapes get an exact-shape kernel (meta_schedule's best if ``binattn tune`` stored one,
@@ -110,19 +111,21 @@ def scores_kernel(n_q: int, n_k: int, words: int, batch: Optional[int] = None) -
     tag = scores_tag(words, n_q, n_k) if exact else scores_tag(words)
     record = active_db().lookup(target_key(), tag)
     if (exact and record is not None and record.get("method") == "meta_schedule"
-            and record.get("batch") == batch):
-        key = CacheKey("scores", target_key(), f"{tag}_b{batch}", "int32",
+            and record.get("batch") == batch and record.get("head_dim") == head_dim):
+        key = CacheKey("scores", target_key(), f"{tag}_b{batch}_d{head_dim}", "int32",
                        f"ms:{record['ms_workdir']}")
-        return _get(key, lambda: _meta_schedule_module(record, words, n_q, n_k, batch))
+        fn = _get(key, lambda: _meta_schedule_module(record, words, n_q, n_k, batch, head_dim))
+        return lambda q, k, out, d: fn(q, k, out)  # D is baked into the tuned workload
     knobs = score_knobs(tag)
     key = CacheKey("scores", target_key(), tag, "int32", knobs.key())
     return _get(key, lambda: cpu_kernels.scores_module(words, knobs, n_q if exact else None,
                                                         n_k if exact else None))
 
 
-def _meta_schedule_module(record: dict, words: int, n_q: int, n_k: int, batch: int):
+def _meta_schedule_module(record: dict, words: int, n_q: int, n_k: int, batch: int,
+                          head_dim: int):
     """Apply the meta_schedule database's best trace to the score workload."""
     from ..schedules.tune import meta_schedule_best_module
 
     return meta_schedule_best_module(active_db().root / record["ms_workdir"],
-                                     cpu_kernels.scores_te(words, n_q, n_k, batch))
+                                     cpu_kernels.scores_te(words, n_q, n_k, batch, head_dim))

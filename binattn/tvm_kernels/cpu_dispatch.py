@@ -85,7 +85,7 @@ def popcount_scores(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int) -> torch
     q = q_bits.expand(*batch, n_q, words).reshape(-1, n_q, words).contiguous()
     k = k_bits.expand(*batch, n_k, words).reshape(-1, n_k, words).contiguous()
     out = torch.empty(q.shape[0], n_q, n_k, dtype=torch.int32)
-    cpu_build.scores_kernel(n_q, n_k, words, q.shape[0])(q, k, out, D)
+    cpu_build.scores_kernel(n_q, n_k, words, q.shape[0], D)(q, k, out, D)
     return out.reshape(*batch, n_q, n_k)
 
 

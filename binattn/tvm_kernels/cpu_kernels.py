@@ -93,16 +93,18 @@ def main(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
 
 # --------------------------------------------------------------------------- popcount scores
 def scores_te(words: int, n_q: Optional[int] = None, n_k: Optional[int] = None,
-              batch: Optional[int] = None) -> tvm.tirx.PrimFunc:
+              batch: Optional[int] = None, head_dim: Optional[int] = None) -> tvm.tirx.PrimFunc:
     """TE definition: S[b, m, n] = D − 2·Σ_w popc(Q[b, m, w] XOR K[b, n, w]) (int32).
 
-    Batch, Nq and Nk are symbolic when None (meta_schedule tunes a concrete batch). D is a runtime int32 argument (``hd``, last),
+    Batch, Nq and Nk are symbolic when None. ``head_dim=None`` makes D a runtime argument;
+    meta_schedule needs it (and the batch) constant: it accepts only buffer arguments. D is a runtime int32 argument (``hd``, last),
     so one kernel serves every D with this many words.
     """
     batch = te.var("batch", "int32") if batch is None else batch
     n_q = te.var("n_q", "int32") if n_q is None else n_q
     n_k = te.var("n_k", "int32") if n_k is None else n_k
-    head_dim = te.var("hd", "int32")
+    runtime_d = head_dim is None
+    head_dim = te.var("hd", "int32") if runtime_d else tirx.const(head_dim, "int32")
     q = te.placeholder((batch, n_q, words), "int32", name="Q")
     k = te.placeholder((batch, n_k, words), "int32", name="K")
     w = te.reduce_axis((0, words), name="w")
@@ -112,7 +114,7 @@ def scores_te(words: int, n_q: Optional[int] = None, n_k: Optional[int] = None,
              tirx.Select(w == words - 1, head_dim - WORD_BITS * (words - 1), WORD_BITS))
     s = te.compute((batch, n_q, n_k), lambda b, m, n: te.sum(
         share - 2 * tirx.popcount(q[b, m, w] ^ k[b, n, w]), axis=w), name="S")
-    return te.create_prim_func([q, k, s, head_dim])
+    return te.create_prim_func([q, k, s, head_dim] if runtime_d else [q, k, s])
 
 
 def schedule_scores(mod: tvm.IRModule, knobs: ScoreKnobs) -> tvm.IRModule:

@@ -1,0 +1,123 @@
+"""CPU benchmark: binattn's TVM kernels vs SDPA fp32, the reference op, a float ±1 matmul, numpy.
+
+Side by side in one run (round-robin timing, see ``binattn.tvm_kernels.cpu_bench``):
+  * attention: fused binary attention (fp32 P·V and 8-bit P·V) vs ``F.scaled_dot_product_attention``
+    fp32 vs the reference op (N ≤ 2048: it materialises N² scores), B=1, H=8;
+  * scores: packed popcount kernel vs float32 ±1 matmul vs ``numpy.bitwise_count`` (one head);
+for N in 256…8192 and D in {64, 128}. Prints ratio tables, the targets at (1, 8, 4096, 64), the
+machine load seen, and writes a log-log PNG of time vs N (``--out``, default
+``benchmarks/cpu_attention.png``) plus the raw numbers as JSON next to it.
+
+Usage: ``nice python benchmarks/cpu_attention.py [--quick] [--repeat 5] [--out PATH]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from binattn.tvm_kernels import cpu_bench  # noqa: E402
+
+console = Console()
+TARGETS = {("attention", "binattn fp32-PV"): 1.5, ("attention", "binattn 8-bit-PV"): 3.0,
+           ("scores", "binattn popcount"): 4.0}
+BASELINE = {"attention": "SDPA fp32", "scores": "float32 ±1 matmul"}
+
+
+def run(ns: list[int], dims: list[int], repeat: int) -> list[cpu_bench.BenchRow]:
+    rows = []
+    for d in dims:
+        for n in ns:
+            console.print(f"[dim]N={n} D={d}  ({cpu_bench.machine_load()})[/]")
+            rows.append(cpu_bench.bench_attention(1, 8, n, d, repeat=repeat))
+            rows.append(cpu_bench.bench_scores(n, d, repeat=repeat, with_numpy=n <= 4096))
+    return rows
+
+
+def print_tables(rows: list[cpu_bench.BenchRow]) -> None:
+    for kind in ("attention", "scores"):
+        subset = [r for r in rows if r.kind == kind]
+        names = list(dict.fromkeys(name for r in subset for name in r.timings))
+        table = Table(title=f"{kind}: median ms (speed-up vs {BASELINE[kind]})")
+        table.add_column("shape")
+        for name in names:
+            table.add_column(name, justify="right")
+        for r in subset:
+            cells = []
+            for name in names:
+                t = r.timings.get(name)
+                ratio = r.ratio(BASELINE[kind], name)
+                cells.append("—" if t is None else f"{t.median_ms:.1f} ({ratio:.2f}×)")
+            table.add_row(str(r.shape), *cells)
+        console.print(table)
+
+
+def print_targets(rows: list[cpu_bench.BenchRow]) -> dict:
+    verdicts = {}
+    table = Table(title="targets at (1, 8, 4096, 64) — scores at N=4096, D=64")
+    for col in ("contender", "measured", "target", "met"):
+        table.add_column(col)
+    for (kind, name), target in TARGETS.items():
+        shape = (1, 8, 4096, 64) if kind == "attention" else (4096, 64)
+        row = next((r for r in rows if r.kind == kind and r.shape == shape), None)
+        ratio = row.ratio(BASELINE[kind], name) if row else None
+        met = ratio is not None and ratio >= target
+        verdicts[name] = {"ratio": ratio, "target": target, "met": met}
+        table.add_row(name, "—" if ratio is None else f"{ratio:.2f}×", f"≥ {target}×",
+                      "[green]yes[/]" if met else "[red]no[/]")
+    console.print(table)
+    return verdicts
+
+
+def plot(rows: list[cpu_bench.BenchRow], path: Path) -> None:
+    dims = sorted({r.shape[-1] for r in rows})
+    fig, axes = plt.subplots(2, len(dims), figsize=(6 * len(dims), 9), squeeze=False)
+    for col, d in enumerate(dims):
+        for row_i, kind in enumerate(("attention", "scores")):
+            ax = axes[row_i][col]
+            subset = [r for r in rows if r.kind == kind and r.shape[-1] == d]
+            names = list(dict.fromkeys(n for r in subset for n in r.timings))
+            for name in names:
+                pts = [(r.shape[-2], r.timings[name].median_ms) for r in subset if name in r.timings]
+                ax.loglog(*zip(*pts), marker="o", label=name)
+            ax.set_title(f"{kind}, D={d}" + (" (B=1, H=8)" if kind == "attention" else " (1 head)"))
+            ax.set_xlabel("N")
+            ax.set_ylabel("median time (ms)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+    fig.suptitle(f"binattn TVM CPU kernels vs baselines — {cpu_bench.machine_load()}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N in {256, 1024, 4096}, D=64")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("cpu_attention.png"))
+    args = parser.parse_args()
+    ns = [256, 1024, 4096] if args.quick else [256, 512, 1024, 2048, 4096, 8192]
+    dims = [64] if args.quick else [64, 128]
+    console.print(f"[bold]start: {cpu_bench.machine_load()}[/]")
+    rows = run(ns, dims, args.repeat)
+    console.print(f"[bold]end: {cpu_bench.machine_load()}[/]")
+    print_tables(rows)
+    verdicts = print_targets(rows)
+    plot(rows, args.out)
+    args.out.with_suffix(".json").write_text(json.dumps({
+        "load_at_end": cpu_bench.machine_load(), "targets": verdicts,
+        "rows": [{"kind": r.kind, "shape": list(r.shape), "kernel": r.path.get("binattn"),
+                  "timings_ms": {k: vars(t) for k, t in r.timings.items()},
+                  "max_abs_err": r.max_abs_err} for r in rows]}, indent=1))
+    console.print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()

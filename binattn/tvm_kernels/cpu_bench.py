@@ -1,0 +1,129 @@
+"""Side-by-side CPU timings of binattn's TVM kernels against PyTorch/numpy baselines.
+
+What it does: builds inputs for one workload and times, round-robin in one process (so machine
+load hits every contender alike), the fused binary-attention op (full-precision and 8-bit P·V)
+against ``F.scaled_dot_product_attention`` fp32 and the reference op, and the packed score
+kernel against a float32 ±1 matmul and ``numpy.bitwise_count``. Returns plain rows that
+``binattn bench`` and ``benchmarks/cpu_attention.py`` print and plot.
+
+What it does not: check numerics beyond a sanity check (tests do), or pick schedules.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from ..ops import dispatch, reference
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    min_ms: float
+
+
+@dataclass
+class BenchRow:
+    kind: str                      # "attention" or "scores"
+    shape: tuple
+    timings: dict[str, Timing] = field(default_factory=dict)
+    path: dict[str, str] = field(default_factory=dict)
+    max_abs_err: dict[str, float] = field(default_factory=dict)
+
+    def ratio(self, baseline: str, contender: str) -> Optional[float]:
+        if baseline not in self.timings or contender not in self.timings:
+            return None
+        return self.timings[baseline].median_ms / self.timings[contender].median_ms
+
+
+def side_by_side(fns: dict[str, Callable[[], object]], repeat: int = 5,
+                 warmup: int = 1) -> dict[str, Timing]:
+    """Time each function ``repeat`` times, interleaved (a, b, c, a, b, c, …)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: Timing(statistics.median(s), min(s)) for name, s in samples.items()}
+
+
+def machine_load() -> str:
+    """1/5/15-minute load averages and core count, for the report."""
+    try:
+        one, five, fifteen = os.getloadavg()
+        return f"load avg {one:.2f} / {five:.2f} / {fifteen:.2f} on {os.cpu_count()} cores"
+    except OSError:
+        return "load unknown"
+
+
+REFERENCE_MAX_N = 2048  # the reference materialises B·H·N² floats several times
+
+
+def bench_attention(batch: int, heads: int, n: int, head_dim: int, repeat: int = 5,
+                    with_reference: Optional[bool] = None, seed: int = 0) -> BenchRow:
+    """binattn fused (fp32 P·V and pv_bits=8) vs SDPA fp32 vs the reference op."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, heads, n, head_dim, generator=gen) for _ in range(3))
+    row = BenchRow("attention", (batch, heads, n, head_dim))
+    fns = {
+        "binattn fp32-PV": lambda: ops.binary_attention(q, k, v, check_finite=False),
+        "binattn 8-bit-PV": lambda: ops.binary_attention(q, k, v, pv_bits=8, check_finite=False),
+        "SDPA fp32": lambda: F.scaled_dot_product_attention(q, k, v),
+    }
+    with_reference = n <= REFERENCE_MAX_N if with_reference is None else with_reference
+    if with_reference:
+        fns["reference op"] = lambda: reference.binary_attention(q, k, v)
+    with torch.no_grad():
+        out = fns["binattn fp32-PV"]()
+        row.path["binattn"] = dispatch.kernel_report().get("binary_attention/cpu", "?")
+        if n <= REFERENCE_MAX_N:
+            ref = reference.binary_attention(q, k, v)
+            row.max_abs_err["binattn fp32-PV"] = (out - ref).abs().max().item()
+        row.timings = side_by_side(fns, repeat)
+    return row
+
+
+def numpy_bitwise_count_scores(q_bits: np.ndarray, k_bits: np.ndarray, head_dim: int,
+                               chunk: int = 256) -> np.ndarray:
+    """D − 2·popc(q XOR k) with ``numpy.bitwise_count`` (rows chunked to bound memory)."""
+    q_u, k_u = q_bits.view(np.uint32), k_bits.view(np.uint32)
+    out = np.empty((q_u.shape[0], k_u.shape[0]), np.int32)
+    for start in range(0, q_u.shape[0], chunk):
+        x = np.bitwise_count(q_u[start:start + chunk, None, :] ^ k_u[None])
+        out[start:start + chunk] = head_dim - 2 * x.sum(-1, dtype=np.int32)
+    return out
+
+
+def bench_scores(n: int, head_dim: int, repeat: int = 5, with_numpy: bool = True,
+                 seed: int = 0) -> BenchRow:
+    """Packed popcount score kernel vs float32 ±1 matmul vs numpy.bitwise_count (one head)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(n, head_dim, generator=gen), torch.randn(n, head_dim, generator=gen)
+    q_bits, _ = ops.sign_pack(q)
+    k_bits, _ = ops.sign_pack(k)
+    q_sign, k_sign = torch.where(q >= 0, 1.0, -1.0), torch.where(k >= 0, 1.0, -1.0)
+    row = BenchRow("scores", (n, head_dim))
+    fns = {
+        "binattn popcount": lambda: ops.popcount_scores(q_bits, k_bits, head_dim),
+        "float32 ±1 matmul": lambda: q_sign @ k_sign.T,
+    }
+    if with_numpy:
+        qn, kn = q_bits.numpy(), k_bits.numpy()
+        fns["numpy bitwise_count"] = lambda: numpy_bitwise_count_scores(qn, kn, head_dim)
+    exact = torch.equal(fns["binattn popcount"](), (q_sign @ k_sign.T).to(torch.int32))
+    row.path["binattn"] = dispatch.kernel_report().get("popcount_scores/cpu", "?")
+    row.max_abs_err["binattn popcount"] = 0.0 if exact else float("nan")
+    row.timings = side_by_side(fns, repeat)
+    return row
