@@ -98,7 +98,32 @@ def _tune_llvm(opts: TuneOptions) -> list[tuple[str, str, Optional[float], int]]
     return rows
 
 
-TARGETS: dict[str, Callable[[TuneOptions], list]] = {"llvm": _tune_llvm}
+def _tune_cuda(opts: TuneOptions) -> list[tuple[str, str, Optional[float], int]]:
+    """Build CUDA schedule candidates here; time them now if a GPU is here, else say how."""
+    try:
+        from ..schedules import cuda_attention, cuda_tune
+    except ImportError as err:
+        raise UserError(f"tuning needs the TVM compiler (pip install binattn[tvm]): {err}")
+    import torch
+
+    dv = cuda_attention.dv_bucket(opts.shape[3])
+    if dv is None:
+        raise UserError(f"--shape: D={opts.shape[3]} is larger than the CUDA kernel's 256")
+    out = Path(opts.db) / "cuda_candidates"
+    with console.status(f"building {len(cuda_tune.candidates(dv))} CUDA candidates (TVM + nvcc)…"):
+        cuda_tune.build_candidates(out, dvs=(dv,))
+    if not torch.cuda.is_available():
+        console.print(f"no GPU here: copy {out} to the GPU machine, run\n"
+                      f"  python -m binattn.schedules.cuda_tune time {out.name}\n"
+                      f"and record the result here with\n"
+                      f"  python -m binattn.schedules.cuda_tune record {out.name}/timings.json")
+        return []
+    best = cuda_tune.record_best(cuda_tune.time_candidates(out))
+    return [(key, f"grid w{r['schedule']['warps']} k{r['schedule']['key_block']}", r["ms"],
+             len(cuda_tune.candidates(dv))) for key, r in best.items()]
+
+
+TARGETS: dict[str, Callable[[TuneOptions], list]] = {"llvm": _tune_llvm, "cuda": _tune_cuda}
 
 
 @click.command(name="tune")

@@ -135,6 +135,10 @@ def record_best(timings: Path, db: Optional[Path] = None) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "time":
-        sys.exit("usage: python -m binattn.schedules.cuda_tune time DIR")
-    print(time_candidates(Path(sys.argv[2])))
+    if len(sys.argv) != 3 or sys.argv[1] not in ("time", "record"):
+        sys.exit("usage: python -m binattn.schedules.cuda_tune time DIR | record TIMINGS.json")
+    if sys.argv[1] == "time":
+        print(time_candidates(Path(sys.argv[2])))
+    else:
+        for key, r in record_best(Path(sys.argv[2])).items():
+            print(f"{key}: {r['schedule']} {r['ms'] * 1e3:.1f} µs")

@@ -66,7 +66,8 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     from .cuda_sign_pack import (DTYPES as PACK_DTYPES, sign_pack_func, sign_pack_name,
                                  sign_pack_vec_func)
 
-    funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {}}
+    funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {},
+                           "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"]}
     for dtype in dtypes:
         for dv in dvs:
             schedule = sched.schedule_for(arch, dtype, dv)

@@ -153,7 +153,9 @@ def pack_signs(x: torch.Tensor, words: int) -> tuple[torch.Tensor, torch.Tensor,
     abs_sum = torch.zeros(rows.shape[0], dtype=torch.float32, device=x.device)
     if rows.numel():
         name = f"binattn_sign_pack_{PACK_DTYPES[x.dtype]}"
-        if x.element_size() == 2 and x.shape[-1] % 8 == 0 and rows.data_ptr() % 16 == 0:
+        _, entry = _library(x.device)
+        if (PACK_DTYPES[x.dtype] in entry.get("sign_pack_vec", ()) and x.shape[-1] % 8 == 0
+                and rows.data_ptr() % 16 == 0):
             rows = rows.view(torch.int32).view(*rows.shape[:2], x.shape[-1] // 8, 4)
             name += "_v8"  # 16-byte loads
         _call(x.device, name, rows, bits, pops, abs_sum)

@@ -1,0 +1,118 @@
+"""Timing of binattn's CUDA attention against torch SDPA (cuDNN, FLASH) on the current GPU.
+
+What it does: ``measure(shape)`` times, side by side in one process, one CUDA-graphed
+``binattn.ops.binary_attention`` call (sign-pack + scales + fused kernel), the fused kernel alone,
+the sign-pack of q and k, and SDPA with the cuDNN and the FLASH backends (also graphed), and
+returns the times plus the ceiling times of CEILINGS.md (exp unit, 16-bit PV, 1-bit QKᵀ);
+``bench_row`` packs that into the ``BenchRow`` that ``binattn bench`` prints. Used by
+``benchmarks/gpu_attention.py`` (table + PNG over the issue's shapes) and ``binattn bench
+--device cuda``. What it does not: check correctness (tests/test_gpu_kernels.py) or plot.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# ceilings measured on Hopper (lab/CEILINGS.md, H100 column where both exist)
+EXP_PER_S = 4.17e12
+MMA_F16_FLOPS = 640e12
+MMA_B1_OPS = 10.0e15
+
+
+def bench_ms(fn, reps: int = 50) -> float:
+    """Median ms of ``fn`` (triton's do_bench when present: L2 flushed, warm-up; else events)."""
+    try:
+        from triton.testing import do_bench
+        return float(do_bench(fn, warmup=25, rep=reps, return_mode="median"))
+    except ImportError:
+        for _ in range(5):
+            fn()
+        times = []
+        for _ in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return sorted(times)[len(times) // 2]
+
+
+def graphed(fn):
+    """``fn`` captured in a CUDA graph (what it costs inside a graphed / compiled model,
+    without Python dispatch overhead); returns the replay callable."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def ceilings_us(B: int, H: int, N: int, D: int) -> dict:
+    """Time (µs) each unit needs at its ceiling for one forward (exp, PV 16-bit, QKᵀ 1-bit)."""
+    scores = B * H * N * N
+    return {"exp": scores / EXP_PER_S * 1e6, "pv_bf16": 2 * scores * D / MMA_F16_FLOPS * 1e6,
+            "qk_b1": 2 * scores * 256 / MMA_B1_OPS * 1e6}
+
+
+def sdpa_ms(q, k, v, backend) -> float | None:
+    """SDPA with one backend, CUDA-graphed like binattn's number (None if it cannot run)."""
+    try:
+        with sdpa_kernel([backend]):
+            return bench_ms(graphed(lambda: F.scaled_dot_product_attention(q, k, v)))
+    except RuntimeError:
+        return None
+
+
+def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
+    import binattn
+    from binattn.tvm_kernels import cuda_dispatch as cd
+
+    B, H, N, D = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=dtype, generator=g) for _ in range(3))
+    out = torch.empty_like(q)
+    args = (None, None, False, None, "mean_abs", None, None, None, None, "sign", 1.0, 1.0)
+    call = lambda: binattn.ops.binary_attention(q, k, v, check_finite=False)  # noqa: E731
+    call()
+    path = binattn.ops.kernel_report().get("binary_attention/cuda", "?")
+    qb, qp, qa = cd.pack_signs(q, cd.QBITS_WORDS)
+    kb, kp, ka = cd.pack_signs(k, cd.QBITS_WORDS)
+    name = f"binattn_attention_{cd.PV_DTYPES[dtype]}_dv{cd.dv_bucket(D)}"
+    v32, o32 = v.view(torch.int32).view(B, H, N, D // 8, 4), out.view(torch.int32)
+    fused = lambda: cd._call(q.device, name, qb, kb, kp, v32, o32, qa, ka, cd._dummy(q.device),  # noqa: E731
+                             0, 1, 0, 0, 0, 0, float(1.4426950408889634 / math.sqrt(D) / (N * D) ** 2))
+    row = {"shape": list(shape), "path": path,
+           "eager_ms": bench_ms(call, reps), "binattn_ms": bench_ms(graphed(call), reps),
+           "fused_ms": bench_ms(fused, reps),
+           "sign_pack_ms": bench_ms(graphed(lambda: (cd.pack_signs(q, 8), cd.pack_signs(k, 8))), reps),
+           "cudnn_ms": sdpa_ms(q, k, v, SDPBackend.CUDNN_ATTENTION),
+           "flash_ms": sdpa_ms(q, k, v, SDPBackend.FLASH_ATTENTION)}
+    row["ceil_us"] = ceilings_us(B, H, N, D)
+    del q, k, v, out
+    torch.cuda.empty_cache()
+    return row
+
+
+
+
+def bench_row(shape, repeat: int = 50):
+    """``measure`` as a ``cpu_bench.BenchRow`` (median times; ratios vs SDPA cuDNN)."""
+    from .cpu_bench import BenchRow, Timing
+
+    r = measure(tuple(shape), reps=repeat)
+    row = BenchRow(kind="attention", shape=tuple(shape), path={"binattn": r["path"]})
+    for name, key in (("binattn (graphed op)", "binattn_ms"), ("binattn fused kernel", "fused_ms"),
+                      ("sign-pack q+k", "sign_pack_ms"), ("SDPA cuDNN", "cudnn_ms"),
+                      ("SDPA FLASH", "flash_ms")):
+        if r[key] is not None:
+            row.timings[name] = Timing(median_ms=r[key], min_ms=r[key])
+    return row
