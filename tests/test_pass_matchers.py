@@ -351,3 +351,14 @@ def test_decomposed_forms_carried_exactly(three_d, scale_style, mask_kind, n_q, 
     want = bin_attn(q, k, v, scale=1.0 if scale_style == "none" else c, attn_mask=mask)
     with torch.no_grad():
         torch.testing.assert_close(gm(*inputs), want, atol=1e-5, rtol=1e-4)
+
+
+def test_integer_additive_mask_is_skipped_not_broken():
+    q, k, v = qkv()
+    m = torch.randint(-1, 1, (1, 1, N, N))
+    fn = Fn(lambda q, k, v, m: torch.softmax(q @ k.transpose(-2, -1) * 0.3 + m, -1) @ v)
+    gm = binarize(fn, (q, k, v, m))
+    row = gm.meta["binattn_report"].rows[0]
+    assert row.status == "skipped: unsupported mask dtype torch.int64 (bool or float only)"
+    with torch.no_grad():
+        torch.testing.assert_close(gm(q, k, v, m), fn(q, k, v, m))  # left float, still right

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import torch
 from torch import fx
 
 from . import binattn_op, decomposed, fastpath, sdpa
@@ -20,16 +21,43 @@ from .base import Match, hint, meta_val, module_path
 MatcherFn = Callable[[fx.Node, Optional[fx.GraphModule]], Optional[Match]]
 MATCHERS: list[MatcherFn] = [sdpa.match, decomposed.match, fastpath.match, binattn_op.match]
 
-__all__ = ["Match", "MATCHERS", "find_matches", "hint", "meta_val", "module_path"]
+__all__ = ["Match", "MATCHERS", "find_matches", "mask_problem", "hint", "meta_val",
+           "module_path"]
+
+
+def mask_problem(m: Match) -> Optional[str]:
+    """Why a match's masks cannot go to the op (dtype, rank, broadcast), or None."""
+    q, k = meta_val(m.q), meta_val(m.k)
+    if q is None or k is None:
+        return None
+    n_k = k.shape[-1] if m.k_transposed else k.shape[-2]
+    target = (*q.shape[:-1], n_k)
+    for node, _kind in m.mask_parts:
+        val = meta_val(node)
+        if val is None:
+            return "mask of unknown shape"
+        if not (val.dtype == torch.bool or val.is_floating_point()):
+            return f"unsupported mask dtype {val.dtype} (bool or float only)"
+        shape = "x".join(str(hint(s)) for s in val.shape)
+        if val.dim() > len(target):
+            return f"unsupported mask shape [{shape}] (rank above the scores')"
+        try:
+            ok = tuple(torch.broadcast_shapes(val.shape, target)) == tuple(target)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            return f"unsupported mask shape [{shape}] (does not broadcast to the scores)"
+    return None
 
 
 def find_matches(gm: fx.GraphModule) -> list[Match]:
-    """Every attention site of the graph, in graph order."""
+    """Every attention site of the graph, in graph order (masks checked)."""
     found = []
     for node in gm.graph.nodes:
         for matcher in MATCHERS:
             m = matcher(node, gm)
             if m is not None:
+                m.skip = m.skip or mask_problem(m)
                 found.append(m)
                 break
     return found

@@ -119,15 +119,21 @@ def _scale_step(node: fx.Node, walk: _Walk) -> Optional[fx.Node]:
     return scores
 
 
-def _leads_to_scores(node: fx.Node, depth: int = 0) -> bool:
-    """Whether node is (a cheap chain away from) the q·kᵀ product."""
-    if not isinstance(node, fx.Node) or node.op != "call_function" or depth > 12:
-        return False
-    if node.target in MATMUL or node.target is aten.baddbmm.default:
-        return True
-    if node.target in SOFTMAX:
-        return False
-    return any(_leads_to_scores(a, depth + 1) for a in node.args if isinstance(a, fx.Node))
+def _leads_to_scores(node: fx.Node, max_depth: int = 12) -> bool:
+    """Whether node is (a cheap chain away from) the q·kᵀ product (breadth-first, bounded)."""
+    frontier, seen = [node], set()
+    for _ in range(max_depth + 1):
+        nxt = []
+        for cur in frontier:
+            if not isinstance(cur, fx.Node) or cur.op != "call_function" or cur in seen:
+                continue
+            seen.add(cur)
+            if cur.target in MATMUL or cur.target is aten.baddbmm.default:
+                return True
+            if cur.target not in SOFTMAX:
+                nxt.extend(a for a in cur.args if isinstance(a, fx.Node))
+        frontier = nxt
+    return False
 
 
 def _mask_step(node: fx.Node, walk: _Walk) -> Optional[fx.Node]:
