@@ -65,6 +65,8 @@ def test_reductions_against_baseline(cam45):
     assert 0 < doc["area_reduction"] < 1 and 0 < doc["power_reduction"] < 1
     assert doc["area_reduction"] == pytest.approx(
         1 - doc["totals"]["area_mm2"] / doc["baseline"]["area_mm2"], abs=1e-4)
+    assert doc["iso_area_speedup"] == pytest.approx(
+        doc["speedup"] * doc["baseline"]["area_mm2"] / doc["totals"]["area_mm2"], rel=1e-3)
     assert doc["reference"]["had"] == {**doc["reference"]["had"], "area_reduction": 0.79,
                                        "power_reduction": 0.87}
 

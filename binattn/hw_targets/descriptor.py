@@ -151,6 +151,10 @@ def build_descriptor(target: CamAccelerator, sites: list[SiteSpec],
         "energy_reduction": round(1 - ours["energy_nj"] / theirs["energy_nj"], 5)
         if theirs["energy_nj"] else 0.0,
         "speedup": round(theirs["cycles"] / ours["cycles"], 4) if ours["cycles"] else 0.0,
+        # throughput per mm²: speed-up × area ratio (the baseline has more silicon)
+        "iso_area_speedup": round(theirs["cycles"] * theirs["area_mm2"]
+                                  / (ours["cycles"] * ours["area_mm2"]), 4)
+        if ours["cycles"] and ours["area_mm2"] else 0.0,
         "reference": {"had": HAD_REFERENCE},
         "scaling": scaling.describe(),
     }

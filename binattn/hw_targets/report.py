@@ -23,6 +23,7 @@ def comparison_table(doc: dict) -> Table:
         table.add_column(col, justify="right" if col != "metric" else "left")
     table.add_row("cycles", f"{ours['cycles']:,.0f}", f"{base['cycles']:,.0f}",
                   f"speed-up {doc.get('speedup', 0):.2f}×", "–")
+    table.add_row("throughput per mm²", "", "", f"×{doc.get('iso_area_speedup', 0):.2f}", "–")
     table.add_row("energy (nJ)", f"{ours['energy_nj']:,.1f}", f"{base['energy_nj']:,.1f}",
                   f"{doc.get('energy_reduction', 0):.1%}", "–")
     table.add_row("avg power (mW)", f"{ours['power_mw']:,.1f}", f"{base['power_mw']:,.1f}",
