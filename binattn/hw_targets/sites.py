@@ -99,11 +99,13 @@ def sites_from_program(program: Any, top_k: Optional[int] = None) -> list[SiteSp
         b, hq, nq, d = (hint(x) for x in q.shape)
         hkv, nk, dv = hint(k.shape[1]), hint(k.shape[2]), hint(v.shape[-1])
         args = list(node.args) + [None] * (16 - len(node.args))
+        top_n = node.kwargs.get("top_n", args[_ARG_TOP_N])
+        pv_bits = node.kwargs.get("pv_bits", args[_ARG_PV_BITS])
+        binarizer = node.kwargs.get("binarizer", args[_ARG_BINARIZER]) or "sign"
         shape = AttentionShape(max(b, 1), hq, hkv, nq, nk, d, dv,
-                               _override_top_k(top_k, args[_ARG_TOP_N], nk),
-                               args[_ARG_PV_BITS]).validate()
+                               _override_top_k(top_k, top_n, nk), pv_bits).validate()
         specs.append(SiteSpec(index, _layer_name(node), "binattn.binary_attention", shape,
-                              str(args[_ARG_BINARIZER] or "sign")))
+                              str(binarizer)))
     return specs
 
 
