@@ -103,16 +103,10 @@ def binattn_backend(gm: fx.GraphModule, example_inputs: list,
 
 def register() -> None:
     """Register ``"binattn"`` with Dynamo (idempotent)."""
-    from torch._dynamo.backends.registry import _BACKENDS, register_backend
+    from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
 
-    if _BACKENDS.get(NAME) is None or NAME not in _registered_fns():
+    if NAME not in _COMPILER_FNS:
         register_backend(compiler_fn=binattn_backend, name=NAME)
-
-
-def _registered_fns() -> dict:
-    from torch._dynamo.backends.registry import _COMPILER_FNS
-
-    return _COMPILER_FNS
 
 
 def register_if_dynamo_loaded() -> None:

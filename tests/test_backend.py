@@ -175,3 +175,17 @@ def test_warns_once():
         torch._dynamo.reset()
         torch.compile(model, backend="binattn")(*model.example_inputs(batch=3))
     assert sum("accuracy" in str(w.message) for w in caught) == 1
+
+
+def test_prescaled_q_scale_is_carried_under_compile():
+    """aot graphs put expand → clone → view between (q * scale) and bmm; the scale must still
+    be found (with scale_mode "none" a lost scale would change the output)."""
+    model = demo_vit(depth=2, fused_attn=False).eval()
+    images = model.example_inputs()
+    config = {"scale_mode": "none"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = torch.compile(model, backend="binattn", fullgraph=True, options=config)(*images)
+        want = binattn.binarize(model, images, binattn.BinarizeConfig(**config))(*images)
+    assert [r.scale for r in backend.last_reports[0].rows] == [0.25, 0.25]
+    torch.testing.assert_close(got, want)

@@ -38,6 +38,9 @@ CASTS = {aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout, aten.type_a
 VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default,
          aten.expand.default}
 DROPOUT = {aten.dropout.default, aten.native_dropout.default}
+# same values, same dtype: looked through to reach q / k / v (e.g. aot's expand → clone → view)
+SAME_VALUE = {aten.expand.default, aten.clone.default, aten.contiguous.default,
+              aten.alias.default}
 # export keeps metadata assertions on intermediate tensors; they are not real users
 ASSERTS = {aten._assert_tensor_metadata.default}
 
@@ -74,7 +77,7 @@ def _lift(node: fx.Node, target_rank: int, walk: _Walk) -> fx.Node:
             walk.set_skip("k/v are broadcast by expand (repeated heads)")
         cur = cur.args[0]
     while isinstance(cur, fx.Node) and cur.op == "call_function" and \
-            cur.target is aten.expand.default and rank(cur.args[0]) == target_rank:
+            cur.target in SAME_VALUE and rank(cur.args[0]) == target_rank:
         if tuple(meta_val(cur.args[0]).shape) != tuple(meta_val(cur).shape):
             walk.set_skip("k/v are broadcast by expand (repeated heads)")
         cur = cur.args[0]
