@@ -10,11 +10,11 @@ pytest.importorskip("tvm", reason="the TVM compiler is not installed")
 from binattn.tvm_kernels import cpu_build, cpu_kernels  # noqa: E402
 from binattn.tvm_kernels.cache import CacheKey, KernelCache  # noqa: E402
 
-KEY = CacheKey("sign_pack", "llvm-test", "d40", "float32", "rows64")
+KEY = CacheKey("sign_pack", "llvm-test", "w2", "float32", "rows64")
 
 
 def build_sign_pack():
-    return cpu_build.compile_module(cpu_kernels.sign_pack_module(40))
+    return cpu_build.compile_module(cpu_kernels.sign_pack_module(2))
 
 
 def run(module):
@@ -33,14 +33,14 @@ def test_miss_then_memory_and_disk_hits(tmp_path):
     assert builds == [1] and cache.stats.memory_hits == 1 and cache.path(KEY).exists()
     fresh = KernelCache(tmp_path)  # a new process: the library comes from disk
     run(fresh.get(KEY, lambda: pytest.fail("must not rebuild")))
-    assert fresh.stats.disk_hits == 1 and fresh.entries()[0]["bucket"] == "d40"
+    assert fresh.stats.disk_hits == 1 and fresh.entries()[0]["bucket"] == "w2"
 
 
 def test_every_key_field_changes_the_entry():
-    variants = [CacheKey("sign_pack", "llvm-other", "d40", "float32", "rows64"),
-                CacheKey("sign_pack", "llvm-test", "d41", "float32", "rows64"),
-                CacheKey("sign_pack", "llvm-test", "d40", "float16", "rows64"),
-                CacheKey("sign_pack", "llvm-test", "d40", "float32", "rows32")]
+    variants = [CacheKey("sign_pack", "llvm-other", "w2", "float32", "rows64"),
+                CacheKey("sign_pack", "llvm-test", "w3", "float32", "rows64"),
+                CacheKey("sign_pack", "llvm-test", "w2", "float16", "rows64"),
+                CacheKey("sign_pack", "llvm-test", "w2", "float32", "rows32")]
     names = {k.filename() for k in variants} | {KEY.filename()}
     assert len(names) == 5
 

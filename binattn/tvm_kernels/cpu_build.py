@@ -95,9 +95,10 @@ def attention_kernel(wl: cpu_kernels.AttentionWorkload,
 
 
 @functools.lru_cache(maxsize=None)
-def sign_pack_kernel(head_dim: int) -> Any:
-    key = CacheKey("sign_pack", target_key(), f"d{head_dim}", "float32", "rows64")
-    return _get(key, lambda: cpu_kernels.sign_pack_module(head_dim))
+def sign_pack_kernel(words: int) -> Any:
+    """sign_pack for rows of any D with this many 32-bit words."""
+    key = CacheKey("sign_pack", target_key(), f"w{words}", "float32", "rows64")
+    return _get(key, lambda: cpu_kernels.sign_pack_module(words))
 
 
 def scores_kernel(n_q: int, n_k: int, words: int, batch: Optional[int] = None,

@@ -63,7 +63,7 @@ def pack_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     bits = torch.empty(rows.shape[0], words, dtype=torch.int32)
     pops = torch.empty(rows.shape[0], dtype=torch.int32)
     abs_sum = torch.empty(rows.shape[0], dtype=torch.float32)
-    cpu_build.sign_pack_kernel(head_dim)(rows, bits, pops, abs_sum)
+    cpu_build.sign_pack_kernel(words)(rows, bits, pops, abs_sum)
     lead = x.shape[:-1]
     return bits.reshape(*lead, words), pops.reshape(lead), abs_sum.reshape(lead)
 
@@ -74,8 +74,9 @@ def sign_pack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sign_pack_supports(x: torch.Tensor) -> Optional[str]:
-    return _dtype_reason(x) or _try_build(("sign_pack", x.shape[-1]),
-                                          lambda: cpu_build.sign_pack_kernel(x.shape[-1]))
+    words = reference.num_words(x.shape[-1])
+    return _dtype_reason(x) or _try_build(("sign_pack", words),
+                                          lambda: cpu_build.sign_pack_kernel(words))
 
 
 # --------------------------------------------------------------------------- popcount_scores

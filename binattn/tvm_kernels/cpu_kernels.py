@@ -56,37 +56,37 @@ class AttentionWorkload:
 
 
 # --------------------------------------------------------------------------- sign_pack
-def sign_pack_module(head_dim: int) -> tvm.IRModule:
-    """Rows of float32 → (words int32 [R, W], popcounts int32 [R], sum|x| float32 [R])."""
-    words = (head_dim + WORD_BITS - 1) // WORD_BITS
-    bit_terms = []
-    for w in range(words):
-        bits = [f"T.shift_left(T.Cast(\"int32\", x[r, {w * 32 + j}] >= T.float32(0)), {j})"
-                for j in range(min(32, head_dim - 32 * w))]
-        bit_terms.append(" | ".join(bits))
-    body = "\n".join(f"            bits[r, {w}] = {t}" for w, t in enumerate(bit_terms))
-    pops = " + ".join(f"T.popcount(bits[r, {w}])" for w in range(words))
+def sign_pack_module(words: int) -> tvm.IRModule:
+    """Rows of float32 ``[R, D]`` → (words int32 [R, W], popcounts int32 [R], Σ|x| float32 [R]).
+
+    D is read from the input's shape at run time; one kernel serves every D with W words.
+    """
     source = f'''
 @T.prim_func
 def main(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
     T.func_attr({{"tir.noalias": True}})
     R = T.int32()
-    x = T.match_buffer(x_h, (R, {head_dim}), "float32")
+    D = T.int32()
+    x = T.match_buffer(x_h, (R, D), "float32")
     bits = T.match_buffer(bits_h, (R, {words}), "int32")
     pops = T.match_buffer(pops_h, (R,), "int32")
     absx = T.match_buffer(abs_h, (R,), "float32")
     for ro in T.parallel((R + 63) // 64):
+        acc = T.alloc_buffer((16,), "float32")
         for ri in range(64):
             r = T.Bind(ro * 64 + ri)
             if r < R:
-{body.replace("            ", "                ")}
-                pops[r] = {pops}
-                acc = T.alloc_buffer((16,), "float32")
+                for w in range({words}):
+                    bits[r, w] = 0
+                    for j in range(32):
+                        if w * 32 + j < D:
+                            bits[r, w] = bits[r, w] | T.shift_left(T.Cast("int32", x[r, w * 32 + j] >= T.float32(0)), j)
+                pops[r] = {" + ".join(f"T.popcount(bits[r, {w}])" for w in range(words))}
                 for l in T.vectorized(16):
                     acc[l] = T.float32(0)
-                for d in range({head_dim}):
+                for d in range(D):
                     acc[d % 16] = acc[d % 16] + T.fabs(x[r, d])
-                absx[r] = {" + ".join(f"acc[{i}]" for i in range(16))}
+                absx[r] = {_tree("T.Add", [f"acc[{i}]" for i in range(16)])}
 '''
     return _parse(source)
 
