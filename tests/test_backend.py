@@ -38,6 +38,18 @@ def _compiled_matches(model, inputs, reference=None, sites=None, kwargs=None, op
     rewritten = sum(r.num_rewritten for r in backend.last_reports)
     assert rewritten == sites == len(calls), [str(r) for r in backend.last_reports]
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    # decomposed forms again with scale_mode "none", which (unlike mean_abs) shows a lost scale
+    if not any(r.matcher == "matmul-softmax" for rep in backend.last_reports for r in rep.rows):
+        return
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="binattn", fullgraph=True,
+                             options=dict(options or {}, scale_mode="none"))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = output_tensor(compiled(*inputs, **kwargs))
+    with sdpa_as_binary_attention(scale_mode="none"):
+        want = output_tensor((reference or model)(*inputs, **kwargs)).detach()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("fused", [True, False])

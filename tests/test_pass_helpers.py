@@ -9,14 +9,16 @@ import torch
 import torch.nn.functional as F
 
 import binattn
+import binattn.binarize_pass
 
 warnings.filterwarnings("ignore", message=".*reference path.*")
 
 
 @contextlib.contextmanager
-def sdpa_as_binary_attention():
+def sdpa_as_binary_attention(**options):
     """Within the block, every SDPA call runs binattn.ops.binary_attention with its own
-    mask, causality, scale and GQA: the by-hand reference of a binarized model."""
+    mask, causality, scale and GQA (plus ``options``, e.g. scale_mode): the by-hand reference
+    of a binarized model."""
     original = F.scaled_dot_product_attention
     calls = []
 
@@ -25,7 +27,7 @@ def sdpa_as_binary_attention():
         assert dropout_p == 0.0, "the reference only covers inference"
         calls.append(tuple(q.shape))
         return binattn.ops.binary_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                            scale=scale)
+                                            scale=scale, **options)
 
     F.scaled_dot_product_attention = binary
     try:
@@ -66,6 +68,16 @@ def assert_binarized_matches(model, inputs, reference_model=None, expected_sites
         want = output_tensor(ref_model(*inputs, **kwargs)).detach()
     assert len(calls) == expected_sites
     torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
+    # mean_abs hides a lost softmax scale (it rescales with q); "none" shows it
+    for site in binattn.binarize_pass.find_sites(gm):
+        site.scale_mode = "none"
+    with torch.no_grad():
+        got = output_tensor(gm(*inputs, **kwargs))
+    with sdpa_as_binary_attention(scale_mode="none"):
+        want = output_tensor(ref_model(*inputs, **kwargs)).detach()
+    torch.testing.assert_close(got, want, atol=atol, rtol=1e-4)
+    for site in binattn.binarize_pass.find_sites(gm):
+        site.scale_mode = "mean_abs"
     return gm
 
 
