@@ -72,7 +72,8 @@ def step_cuda_kernels(state: DemoState) -> None:
             loads = "[green]yes[/]" if module["binattn_popcount_scores"] is not None else "no"
         except Exception as exc:  # noqa: BLE001 - shown to the user, not fatal on a CPU machine
             loads = f"[red]{type(exc).__name__}[/]"
-        n = sum(len(v) for v in entry["attention"].values()) * 2 + len(entry["sign_pack"]) + 1
+        n = (sum(len(v) for v in entry["attention"].values()) * 2 + len(entry["sign_pack"])
+             + len(entry.get("sign_pack_vec", ())) + 1)
         table.add_row(arch, entry["file"], f"{entry['bytes'] / 1e6:.1f}", str(n), loads)
     console.print(table)
     if torch.cuda.is_available():

@@ -31,6 +31,7 @@ QBITS_WORDS = 8
 MAX_HEAD_DIM = 256
 PACK_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 PV_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+MAX_GRID_YZ = 65535  # the kernels put batch × heads on gridDim.y / gridDim.z
 _lock = threading.Lock()
 _libraries: dict[str, Any] = {}  # arch -> (tvm_ffi module, manifest entry) or error text
 
@@ -173,6 +174,8 @@ def sign_pack_supports(x: torch.Tensor) -> Optional[str]:
         return "0-d input"
     if x.shape[-1] > MAX_HEAD_DIM:
         return f"last dim {x.shape[-1]} > {MAX_HEAD_DIM}"
+    if x.dim() >= 3 and math.prod(x.shape[:-2]) > MAX_GRID_YZ:
+        return f"more than {MAX_GRID_YZ} leading rows (batch × heads)"
     return library_reason(x.device)
 
 
@@ -192,6 +195,8 @@ def popcount_supports(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int) -> Opt
         return f"D={D} > {MAX_HEAD_DIM}"
     if q_bits.numel() == 0 or k_bits.numel() == 0:
         return "empty input"
+    if math.prod(q_bits.shape[:-2]) > MAX_GRID_YZ:
+        return f"batch × heads > {MAX_GRID_YZ}"
     return library_reason(q_bits.device)
 
 
@@ -226,6 +231,8 @@ def attention_supports(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q
         return f"value head dim {v.shape[-1]} (kernel takes multiples of 8 up to 256)"
     if min(q.shape[-2], k.shape[-2], q.shape[0], q.shape[1]) == 0:
         return "empty input"
+    if q.shape[0] * max(q.shape[1], 1) > MAX_GRID_YZ:
+        return f"batch × heads = {q.shape[0] * q.shape[1]} > {MAX_GRID_YZ}"
     if scale_mode == "static" and (q_scale is None or k_scale is None):
         return "static scale_mode without q_scale/k_scale"
     for name, t in (("bias", bias), ("attn_mask", attn_mask)):
