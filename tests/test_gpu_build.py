@@ -26,8 +26,14 @@ PACKAGED = Path(cuda_dispatch.__file__).resolve().parent.parent / "kernels"
 
 @pytest.fixture(scope="module")
 def small_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("kernels")
-    cuda_build.build(["sm_90a"], out, dtypes=("bfloat16",), dvs=(64,))
+    """One real ``binattn build-kernels`` run (TVM + nvcc), shared by the tests below."""
+    from binattn.cli import main
+
+    out = tmp_path_factory.mktemp("kernels") / "out"
+    result = CliRunner().invoke(main, ["build-kernels", "--arch", "sm_90a", "--dtype", "bfloat16",
+                                       "--dv", "64", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "sm_90a:" in result.output and "manifest:" in result.output
     return out
 
 
