@@ -44,18 +44,23 @@ class BenchRow:
         return self.timings[baseline].median_ms / self.timings[contender].median_ms
 
 
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+clock = "wall"  # "thread": CPU time of the calling thread (single-threaded runs; load-proof)
+
+
 def side_by_side(fns: dict[str, Callable[[], object]], repeat: int = 5,
                  warmup: int = 1) -> dict[str, Timing]:
-    """Time each function ``repeat`` times, interleaved (a, b, c, a, b, c, …)."""
+    """Time each function ``repeat`` times, interleaved (a, b, c, a, b, c, …), on ``clock``."""
+    now = CLOCKS[clock]
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = now()
             fn()
-            samples[name].append((time.perf_counter() - start) * 1e3)
+            samples[name].append((now() - start) * 1e3)
     return {name: Timing(statistics.median(s), min(s)) for name, s in samples.items()}
 
 
