@@ -139,6 +139,9 @@ def test_convert_roundtrip_equals_hand_reference(files, tmp_path):
     gm = binattn.binarize(program, (images,))
     assert [s.matcher for s in binattn.binarize_pass.find_sites(gm)] == ["binattn-op"] * 2
     assert "already binary" in gm.meta["binattn_report"].notes[0]
+    # the layer names survive the .pt2 (sites live under the module they came from)
+    assert [r.module_path for r in gm.meta["binattn_report"].rows] == ["blocks.0.attn",
+                                                                       "blocks.1.attn"]
     torch.testing.assert_close(gm(images), want, atol=1e-5, rtol=1e-4)
 
 

@@ -44,6 +44,7 @@ def test_vit_all_sites_rewritten_and_exact(fused):
     sites = find_sites(gm)
     assert [s.index for s in sites] == [0, 1]
     assert all(isinstance(s, BinaryAttentionSite) for s in sites)
+    assert gm.get_submodule("blocks.1.attn.binattn_site_1") is sites[1]
     assert sites[0].shape == {"B": 2, "Hq": 4, "Hkv": 4, "Nq": 65, "Nk": 65, "D": 16, "Dv": 16}
     assert sites[0].matcher == ("sdpa" if fused else "matmul-softmax")
     assert sites[0].scale == (None if fused else pytest.approx(0.25))

@@ -58,7 +58,8 @@ def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tu
 
     Returns:
         A trainable ``torch.fx.GraphModule``: the original parameters plus ``binattn_bias_<i>``;
-        each site is a ``call_module`` to ``binattn_site_<i>`` (a :class:`BinaryAttentionSite`).
+        each site is a ``call_module`` to ``<module path>.binattn_site_<i>`` (a
+        :class:`BinaryAttentionSite`).
         ``gm.meta["binattn_report"]`` holds the :class:`Report`.
     """
     config = config or BinarizeConfig()

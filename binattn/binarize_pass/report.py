@@ -59,7 +59,8 @@ class SiteRow:
     def from_match(cls, index: int, m: Match) -> "SiteRow":
         return cls(index=index, module_path=module_path(m.anchor), matcher=m.matcher,
                    shape=site_shape(m), mask=m.mask_desc, causal=m.is_causal, scale=m.scale,
-                   status=f"skipped: {m.skip}" if m.skip else REWRITTEN)
+                   status=f"skipped: {m.skip}" if m.skip else REWRITTEN,
+                   bias="from graph" if m.bias_node is not None else "-")
 
 
 @dataclass

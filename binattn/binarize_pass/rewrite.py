@@ -1,7 +1,8 @@
 """Rewrite: replace each matched attention site by a call to a ``BinaryAttentionSite``.
 
-For site i it adds submodules ``binattn_site_<i>`` (and ``binattn_bias_<i>`` when a learned bias
-is configured), inserts ``kᵀ→k`` transposes and the merged mask where needed, reroutes the
+For site i it adds the submodule ``<module path>.binattn_site_<i>`` (under the module the
+attention came from, so exported graphs still name it; ``binattn_site_<i>`` at the top where the
+path is unknown) and ``binattn_bias_<i>`` when a learned bias is configured, inserts ``kᵀ→k`` transposes and the merged mask where needed, reroutes the
 users of the attention output, and erases the nodes that became dead. What it does not: find
 sites (``matchers``) or capture graphs (``capture``).
 """
@@ -69,6 +70,15 @@ def _match_layout(graph: fx.Graph, out: fx.Node, original: fx.Node) -> fx.Node:
     return graph.call_function(aten.permute.default, (dense, inverse))
 
 
+def site_name(module_path: str, index: int) -> str:
+    """``blocks.0.attn.binattn_site_3``; ``binattn_site_3`` where the path is no module path."""
+    leaf = f"binattn_site_{index}"
+    parts = module_path.split(".")
+    if module_path and all(p.isidentifier() or p.isdigit() for p in parts):
+        return f"{module_path}.{leaf}"
+    return leaf
+
+
 def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
                  config: BinarizeConfig, model: Any) -> None:
     """Rewrite one site in place; fills row.bias."""
@@ -83,7 +93,8 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
         bias, row.bias = None, "from graph" if m.bias_node is not None else "-"
     else:
         bias, row.bias = make_bias(config, model, shape["Hq"], shape["Nq"], shape["Nk"], index)
-    gm.add_submodule(f"binattn_site_{index}", site)
+    name = site_name(row.module_path, index)
+    gm.add_submodule(name, site)
     graph = gm.graph
     with graph.inserting_before(m.output):
         k = m.k
@@ -99,7 +110,7 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
             kwargs["bias"] = graph.call_module(f"binattn_bias_{index}")
         elif m.bias_node is not None:
             kwargs["bias"] = m.bias_node
-        out = graph.call_module(f"binattn_site_{index}", (m.q, k, m.v), kwargs)
+        out = graph.call_module(name, (m.q, k, m.v), kwargs)
         if m.probs_node is not None:
             site.returns_probs = True
             both, out = out, graph.call_function(operator.getitem, (out, 0))

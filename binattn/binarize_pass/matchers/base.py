@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -118,6 +119,7 @@ def module_path(node: fx.Node) -> str:
     for prefix in ("L['self'].", "L__self__."):
         if path.startswith(prefix):
             path = path[len(prefix):]
+    path = re.sub(r"(^|\.)binattn_site_\d+$", "", path)  # a site of a binarized graph
     return path or "<root>"
 
 
