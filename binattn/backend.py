@@ -32,6 +32,7 @@ from .errors import UserError
 NAME = "binattn"
 BACKEND_OPTIONS = ("rewrite", "report")
 _warned = False
+MAX_REPORTS = 64
 last_reports: list = []   # the reports of the graphs rewritten most recently (for inspection)
 
 
@@ -69,6 +70,7 @@ def _inference_compiler(config: BinarizeConfig, ours: dict[str, Any]):
             if matches:
                 rewrite(gm, matches, report.rows, config)
                 last_reports.append(report)
+                del last_reports[:-MAX_REPORTS]
                 if ours.get("report"):
                     from rich.console import Console
 
