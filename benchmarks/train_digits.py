@@ -23,6 +23,7 @@ file one (variant, fold, seed) at a time, so an interrupted sweep resumes where 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -38,12 +39,13 @@ from binattn.models import digits_vit
 from binattn.train import TrainConfig, data, evaluate, find_sites, train
 from binattn.train.metrics import mean_std, paired_interval
 
-VARIANTS = ("fp", "binary", "sign", "scale", "bias", "distill", "had", "had_topn")
+VARIANTS = ("fp", "binary", "sign", "scale", "bias", "distill", "distill_soft", "had", "had_topn")
 LABELS = {"fp": "FP", "binary": "swap, no training", "sign": "sign only", "scale": "+ scale",
           "bias": "+ relpos bias", "distill": "+ distill (BinaryAttention recipe)",
-          "had": "HAD", "had_topn": "HAD + top-N"}
+          "distill_soft": "+ distill, soft KL instead of hard labels", "had": "HAD",
+          "had_topn": "HAD + top-N"}
 ABLATION_STEPS = (("binary", "sign"), ("sign", "scale"), ("scale", "bias"), ("bias", "distill"),
-                  ("had", "had_topn"), ("had", "distill"))
+                  ("bias", "distill_soft"), ("had", "had_topn"), ("had", "distill"))
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Setup:
     fp_lr: float = 1e-3
     ft_lr: float = 3e-4
     batch_size: int = 64
+    train_copies: int = 1  # >1: that many renderings (seeds 0..k-1) of each training image
     extra: dict = field(default_factory=dict)
 
 
@@ -78,6 +81,7 @@ def variant_plan(variant: str, setup: Setup, ft_epochs: int):
         "scale": (binattn.BinarizeConfig(bias=None), ba),
         "bias": (binattn.BinarizeConfig(bias="relpos"), ba),
         "distill": (binattn.BinarizeConfig(bias="relpos"), dict(ba, distill="hard")),
+        "distill_soft": (binattn.BinarizeConfig(bias="relpos"), dict(ba, distill="soft")),
         "had": (binattn.BinarizeConfig(bias=None), dict(common, recipe="had")),
         "had_topn": (binattn.BinarizeConfig(bias=None),
                      dict(common, recipe="had", top_n=setup.top_n)),
@@ -113,66 +117,100 @@ def attention_maps(model, sample: torch.Tensor) -> torch.Tensor:
         site.record_probs, site.last_probs = False, None
 
 
-def run_job(args: argparse.Namespace, setup: Setup, fold: int, seed: int) -> None:
-    """FP training and every variant for one (fold, seed); appends results as they finish."""
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    results = Path(args.results)
-    done = done_keys(results)
-    todo = [v for v in args.variants if (v, fold, seed) not in done]
-    if not todo:
-        return
-    full = setup.make_data()
-    train_idx, test_idx = data.stratified_folds(full.labels, args.folds, seed)[fold]
-    train_set, test_set = full.subset(train_idx), full.subset(test_idx)
+def split_sets(setup: Setup, folds: int, fold: int, seed: int):
+    """Train/test sets of one fold; with ``train_copies`` the training images are rendered
+    several times (different placements and clutter) and the test images once more, apart."""
+    if setup.train_copies <= 1:
+        full = setup.make_data()
+        train_idx, test_idx = data.stratified_folds(full.labels, folds, seed)[fold]
+        return full.subset(train_idx), full.subset(test_idx)
+    test_full = setup.make_data(seed=1000)
+    train_idx, test_idx = data.stratified_folds(test_full.labels, folds, seed)[fold]
+    parts = [setup.make_data(seed=k).subset(train_idx) for k in range(setup.train_copies)]
+    train_set = data.TensorData((torch.cat([p.inputs[0] for p in parts]),),
+                                torch.cat([p.labels for p in parts]))
+    return train_set, test_full.subset(test_idx)
+
+
+def fp_model(args: argparse.Namespace, setup: Setup, fold: int, seed: int, train_set):
+    """The FP ViT of one (fold, seed): trained from scratch once, then read from the cache."""
     cache = Path(args.cache) / f"{setup.name}_fp_f{fold}_s{seed}.pt"
     torch.manual_seed(seed)
     fp = setup.make_model()
-    start = time.perf_counter()
     if cache.exists():
         fp.load_state_dict(torch.load(cache, weights_only=True))
     else:
         train(fp, train_set, recipe="fp", epochs=args.fp_epochs, lr=setup.fp_lr,
               batch_size=setup.batch_size, seed=seed, progress=False, device=args.device)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(fp.state_dict(), cache)
-    fp = fp.to(args.device).eval()
+        tmp = cache.with_suffix(".tmp")
+        torch.save(fp.state_dict(), tmp)
+        os.replace(tmp, cache)
+    return fp.to(args.device).eval()
+
+
+def run_job(args: argparse.Namespace, setup: Setup, fold: int, seed: int, variant: str) -> None:
+    """One variant of one (fold, seed) (``fp`` trains and caches the FP model)."""
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    results = Path(args.results)
+    if (variant, fold, seed) in done_keys(results):
+        return
+    train_set, test_set = split_sets(setup, args.folds, fold, seed)
+    start = time.perf_counter()
+    fp = fp_model(args, setup, fold, seed, train_set)
     meta = dict(fold=fold, seed=seed, dataset=setup.name, device=args.device)
-    if "fp" in todo:
-        acc = evaluate(fp, test_set.to(args.device), 256, "classification")["accuracy"]
+    test_set = test_set.to(args.device)
+    if variant == "fp":
+        acc = evaluate(fp, test_set, 256, "classification")["accuracy"]
         append_result(results, dict(meta, variant="fp", accuracy=acc,
                                     seconds=time.perf_counter() - start))
+        return
     example = (train_set.inputs[0][: setup.batch_size].to(args.device),)
-    maps = {}
-    for variant in [v for v in todo if v != "fp"]:
-        start = time.perf_counter()
-        torch.manual_seed(seed)
-        bcfg, overrides = variant_plan(variant, setup, args.ft_epochs)
-        gm = binattn.binarize(fp, example, bcfg)
-        want_maps = args.maps and fold == 0 and seed == 0 and variant == "distill"
-        sample = test_set.inputs[0][:1].to(args.device)
-        if want_maps:
-            maps["binary_before"] = attention_maps(gm, sample)
-        if overrides is not None:
-            train(gm, train_set, seed=seed, device=args.device, **overrides)
-        acc = evaluate(gm, test_set.to(args.device), setup.batch_size,
-                       "classification")["accuracy"]
-        if want_maps:
-            maps["binary_after"] = attention_maps(gm, sample)
-            for site in find_sites(gm):
-                site.mode = "float"
-            maps["fp"] = attention_maps(gm, sample)
-            maps["image"] = sample[0, 0].cpu()
-            torch.save(maps, Path(args.cache) / f"{setup.name}_maps.pt")
-        append_result(results, dict(meta, variant=variant, accuracy=acc,
-                                    epochs=0 if overrides is None else args.ft_epochs,
-                                    seconds=time.perf_counter() - start))
-        print(f"[{setup.name}] fold {fold} seed {seed} {variant}: {acc:.4f}", flush=True)
+    torch.manual_seed(seed)
+    bcfg, overrides = variant_plan(variant, setup, args.ft_epochs)
+    # binarize shares parameter tensors with its input: train a copy, keep the FP model intact
+    gm = binattn.binarize(copy.deepcopy(fp), example, bcfg)
+    want_maps = args.maps and fold == 0 and seed == 0 and variant == "distill"
+    sample = test_set.inputs[0][:1]
+    maps = {"binary_before": attention_maps(gm, sample)} if want_maps else {}
+    if overrides is not None:
+        train(gm, train_set, seed=seed, device=args.device, **overrides)
+    acc = evaluate(gm, test_set, setup.batch_size, "classification")["accuracy"]
+    if want_maps:
+        maps["binary_after"] = attention_maps(gm, sample)
+        for site in find_sites(gm):
+            site.mode = "float"
+        maps["fp"] = attention_maps(gm, sample)
+        maps["image"] = sample[0, 0].cpu()
+        torch.save(maps, Path(args.out) / f"{setup.name}_maps.pt")
+    append_result(results, dict(meta, variant=variant, accuracy=acc,
+                                epochs=0 if overrides is None else args.ft_epochs,
+                                seconds=time.perf_counter() - start))
+    print(f"[{setup.name}] fold {fold} seed {seed} {variant}: {acc:.4f}", flush=True)
 
 
 def _job(packed):
-    args, setup_name, fold, seed = packed
-    run_job(args, SETUPS[setup_name](), fold, seed)
+    args, setup_name, fold, seed, variant = packed
+    run_job(args, SETUPS[setup_name](), fold, seed, variant)
+
+
+def run_all(args: argparse.Namespace, setup: Setup) -> None:
+    """FP jobs first (every variant starts from them), then every (fold, seed, variant)."""
+    pairs = [(f, s) for s in args.seeds for f in args.fold_ids]
+    phases = [[(args, setup.name, f, s, "fp") for f, s in pairs],
+              [(args, setup.name, f, s, v) for f, s in pairs for v in args.variants
+               if v != "fp"]]
+    if args.workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            for jobs in phases:
+                list(pool.imap_unordered(_job, jobs))
+    else:
+        for jobs in phases:
+            for job in jobs:
+                _job(job)
 
 
 def collect(results: Path, variants) -> dict[str, dict[tuple, float]]:
@@ -242,12 +280,12 @@ def plot(table: dict, maps_path: Path, png: Path, setup: Setup) -> None:
         axes[0].imshow(maps["image"], cmap="gray_r")
         axes[0].set_title("input")
         for ax, key, title in zip(axes[1:], ("fp", "binary_before", "binary_after"),
-                                  ("FP attention", "binary, before training",
-                                   "binary, after training")):
+                                  ("FP", "binary, before training", "binary, after training")):
             ax.imshow(maps[key][0], cmap="viridis")
-            ax.set_title(f"{title} (last layer, head 0)")
+            ax.set_title(title)
             ax.set_xlabel("key")
             ax.set_ylabel("query")
+        fig.suptitle(f"{setup.name}: attention probabilities, last layer, head 0 (one test image)")
         fig.tight_layout()
         fig.savefig(png.with_name(png.stem + "_attention.png"), dpi=110)
         plt.close(fig)
@@ -265,10 +303,11 @@ def parse(argv, setup: Setup) -> argparse.Namespace:
     p.add_argument("--fp-epochs", type=int, default=None)
     p.add_argument("--ft-epochs", type=int, default=None)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--workers", type=int, default=1, help="parallel (fold, seed) jobs")
+    p.add_argument("--workers", type=int, default=1, help="parallel (fold, seed, variant) jobs")
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=f"out/train_{setup.name}", help="results folder")
+    p.add_argument("--cache", default=None, help="FP model cache (default OUT/cache)")
     p.add_argument("--no-maps", dest="maps", action="store_false")
     args = p.parse_args(argv)
     if args.quick:
@@ -282,27 +321,20 @@ def parse(argv, setup: Setup) -> argparse.Namespace:
     args.fold_ids = list(range(args.folds)) if args.fold_ids is None else args.fold_ids
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    args.results, args.cache = str(out / "results.jsonl"), str(out / "cache")
+    args.results = str(out / "results.jsonl")
+    args.cache = args.cache or str(out / "cache")
     return args
 
 
 def main(argv=None, setup: Setup = DIGITS) -> dict:
     args = parse(argv, setup)
-    jobs = [(args, setup.name, f, s) for s in args.seeds for f in args.fold_ids]
     start = time.perf_counter()
-    if args.workers > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(min(args.workers, len(jobs))) as pool:
-            list(pool.imap_unordered(_job, jobs))
-    else:
-        for job in jobs:
-            _job(job)
+    run_all(args, setup)
     table = collect(Path(args.results), args.variants)
     md = markdown(table, setup, args)
     out = Path(args.out)
     (out / "table.md").write_text(md + "\n")
-    plot(table, Path(args.cache) / f"{setup.name}_maps.pt", out / f"train_{setup.name}.png",
+    plot(table, out / f"{setup.name}_maps.pt", out / f"train_{setup.name}.png",
          setup)
     summary = {v: mean_std(list(accs.values()))[0] for v, accs in table.items() if accs}
     if args.json:
@@ -313,9 +345,16 @@ def main(argv=None, setup: Setup = DIGITS) -> dict:
     return summary
 
 
-CLUTTERED = Setup("cluttered", data.cluttered_digits,
-                  lambda: digits_vit(image_size=24, patch_size=2), fp_epochs=100, ft_epochs=60,
-                  top_n=30, quick_fp_epochs=40, quick_ft_epochs=15)
+def _cluttered(seed: int = 0):
+    return data.cluttered_digits(fragments=3, seed=seed)
+
+
+def _cluttered_vit():
+    return digits_vit(image_size=24, patch_size=2)
+
+
+CLUTTERED = Setup("cluttered", _cluttered, _cluttered_vit, fp_epochs=25, ft_epochs=10,
+                  top_n=30, quick_fp_epochs=10, quick_ft_epochs=4, train_copies=6)
 SETUPS = {"digits": lambda: DIGITS, "cluttered": lambda: CLUTTERED}
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ machine without the tokenizer or the model package: ``--bundle DIR``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -114,7 +115,7 @@ def experiment_plan(name: str, steps: int, lr: float, batch: int, device: str):
     """(BinarizeConfig, TrainConfig or None) of one experiment."""
     base = dict(recipe="binaryattention", task="embedding", steps=steps, lr=lr, batch_size=batch,
                 device=device, hidden_weight=1.0, attn_weight=0.0, warmup=0.05,
-                weight_decay=0.01, eval_every=max(steps // 10, 1), progress=False)
+                weight_decay=0.01, eval_every=max(steps // 5, 1), progress=False)
     no_bias = binattn.BinarizeConfig(bias=None)
     dense = binattn.BinarizeConfig(bias="dense")
     plans = {
@@ -151,7 +152,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         start = time.perf_counter()
         torch.manual_seed(args.seed)
         bcfg, cfg = experiment_plan(name, args.steps, args.lr, args.batch, args.device)
-        gm = binattn.binarize(fp, example, bcfg)
+        # binarize shares parameter tensors with its input: give each experiment its own copy
+        gm = binattn.binarize(copy.deepcopy(fp), example, bcfg)
         sites = binattn.train.find_sites(gm)
         teacher = binattn.train.make_teacher(gm)
         history = []

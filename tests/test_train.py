@@ -5,6 +5,7 @@ trained by the recipes. Models are small so the file stays well under a minute o
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -44,6 +45,7 @@ def small_vit(seed: int = 0):
 
 
 def binarized(fp, bias="relpos"):
+    fp = copy.deepcopy(fp)  # binarize shares parameter tensors with its input
     return binattn.binarize(fp, fp.example_inputs(BATCH), binattn.BinarizeConfig(bias=bias))
 
 
