@@ -1,0 +1,57 @@
+"""``binattn train``: a real run from the command line, its outputs, and one-line errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import binattn  # noqa: F401  (registers the ops a trained .pt2 needs)
+from binattn.cli import main
+from binattn.models import digits_vit
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+@pytest.fixture(scope="module")
+def saved_vit(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "vit.pt"
+    torch.save(digits_vit(dim=32, depth=2, heads=2).eval(), path)
+    return path
+
+
+def test_train_writes_a_pt2_that_runs_and_a_checkpoint(saved_vit, tmp_path):
+    out = tmp_path / "trained.pt2"
+    result = CliRunner().invoke(main, [
+        "train", str(saved_vit), "--trust-pickle", "--recipe", "had", "--data", "digits",
+        "--steps", "3", "--batch-size", "32", "--calib-batches", "2", "--top-n", "5",
+        "--quiet", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and (tmp_path / "trained.pt2.ckpt").is_file()
+    program = torch.export.load(str(out))
+    assert any(n.target is torch.ops.binattn.binary_attention.default
+               for n in program.graph.nodes)
+    logits = program.module()(torch.rand(32, 1, 8, 8))
+    assert logits.shape == (32, 10) and bool(torch.isfinite(logits).all())
+    assert "accuracy" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.pt", "--data", "digits", "-o", "x.pt2"], "no such file"),
+    (["MODEL", "--data", "nonsense", "-o", "x.pt2"], "--data must be one of"),
+    (["MODEL", "--data", "digits", "-o", "x.onnx"], "--output must end in .pt2"),
+    (["MODEL", "--data", "missing.npz", "-o", "x.pt2"], "data file not found"),
+])
+def test_bad_input_is_a_one_line_error(args, message, saved_vit, tmp_path):
+    args = [str(saved_vit) if a == "MODEL" else a for a in args]
+    args = [str(tmp_path / a) if a.endswith((".pt2", ".onnx")) else a for a in args]
+    result = CliRunner().invoke(main, ["train", *args, "--trust-pickle"])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("x.*"))
+
+
+def test_help_names_the_recipes():
+    result = CliRunner().invoke(main, ["train", "--help"])
+    assert result.exit_code == 0
+    assert "binaryattention" in result.output and "had" in result.output
