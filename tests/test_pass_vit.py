@@ -113,3 +113,19 @@ def test_binarize_is_reproducible():
     assert not torch.equal(a["binattn_bias_0.table"], a["binattn_bias_1.table"])
     other = binattn.binarize(model, images, binattn.BinarizeConfig(bias="relpos", seed=1))
     assert not torch.equal(other.binattn_bias_0.table, a["binattn_bias_0.table"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_model_binarizes_on_its_device():
+    model = demo_vit(depth=2).eval().cuda()
+    images = torch.randn(4, 3, 32, 32, device="cuda")
+    gm = binattn.binarize(model, (images,), binattn.BinarizeConfig(bias="relpos"))
+    assert gm.binattn_bias_0.table.device.type == "cuda"
+    with torch.no_grad():
+        out = gm(images)
+        with binattn.ops.reference_only():
+            ref = gm(images)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-3)
+    gm.train()
+    gm(images).sum().backward()
+    assert gm.binattn_bias_0.table.grad.abs().sum() > 0
