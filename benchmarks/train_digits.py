@@ -68,7 +68,7 @@ class Setup:
 
 
 DIGITS = Setup("digits", data.digits, digits_vit, fp_epochs=100, ft_epochs=60, top_n=8,
-               quick_fp_epochs=60, quick_ft_epochs=20)
+               quick_fp_epochs=40, quick_ft_epochs=10)
 
 
 def variant_plan(variant: str, setup: Setup, ft_epochs: int):
