@@ -70,6 +70,14 @@ def _match_layout(graph: fx.Graph, out: fx.Node, original: fx.Node) -> fx.Node:
     return graph.call_function(aten.permute.default, (dense, inverse))
 
 
+def _add_module(gm: fx.GraphModule, name: str, module: torch.nn.Module) -> bool:
+    """add_submodule, False where a part of the path is taken by something not a module."""
+    try:
+        return bool(gm.add_submodule(name, module))
+    except (AttributeError, KeyError, TypeError):
+        return False
+
+
 def site_name(module_path: str, index: int) -> str:
     """``blocks.0.attn.binattn_site_3``; ``binattn_site_3`` where the path is no module path."""
     leaf = f"binattn_site_{index}"
@@ -94,7 +102,9 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
     else:
         bias, row.bias = make_bias(config, model, shape["Hq"], shape["Nq"], shape["Nk"], index)
     name = site_name(row.module_path, index)
-    gm.add_submodule(name, site)
+    if not _add_module(gm, name, site):
+        name = f"binattn_site_{index}"
+        gm.add_submodule(name, site)
     graph = gm.graph
     with graph.inserting_before(m.output):
         k = m.k
