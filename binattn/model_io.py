@@ -5,7 +5,8 @@ What it does: picks the loader from the path, loads safely (``weights_only=True`
 ``trust_pickle``; a pickle that needs more says to pass ``--trust-pickle``), and makes example
 inputs: the program's own example shapes for a ``.pt2``, ``input_shape`` where given, else a
 guess from the model (image size for vision models, a short token sequence for text models).
-Every failure is a one-line ``binattn.errors.UserError``. What it does not: rewrite (``binarize_pass``).
+Every failure is a one-line ``binattn.errors.UserError``. What it does not: rewrite
+(``binarize_pass``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Shared helpers of the binarize-pass tests (and a test of the helper itself): a hand-made reference for models whose attention
+"""Shared helpers of the binarize-pass tests (and a test of the helper itself): a hand-made
+reference for models whose attention
 goes through ``F.scaled_dot_product_attention`` (patched to ``binattn.ops.binary_attention``)."""
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ B, H, N, D = 2, 3, 6, 8
 
 def qkv(n_q: int = N, n_k: int = N, heads: int = H, kv_heads: int = H, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, heads, n_q, D, generator=g), torch.randn(B, kv_heads, n_k, D, generator=g),
+    return (torch.randn(B, heads, n_q, D, generator=g),
+            torch.randn(B, kv_heads, n_k, D, generator=g),
             torch.randn(B, kv_heads, n_k, D, generator=g))
 
 
@@ -61,13 +62,17 @@ def test_matmul_mul_scale():
 
 def test_div_by_sqrt_d_and_permuted_k():
     q, k, v = qkv()
-    fn = lambda q, k, v: (torch.matmul(q, k.permute(0, 1, 3, 2)) / math.sqrt(D)).softmax(-1) @ v  # noqa: E731
+    def fn(q, k, v):
+        return (torch.matmul(q, k.permute(0, 1, 3, 2)) / math.sqrt(D)).softmax(-1) @ v
+
     check(fn, (q, k, v), bin_attn(q, k, v))
 
 
 def test_prescaled_q_and_k():
     q, k, v = qkv()
-    fn = lambda q, k, v: F.softmax((q * 0.5) @ (k * 0.25).transpose(-1, -2), dim=-1) @ v  # noqa: E731
+    def fn(q, k, v):
+        return F.softmax((q * 0.5) @ (k * 0.25).transpose(-1, -2), dim=-1) @ v
+
     gm = check(fn, (q, k, v), bin_attn(q, k, v, scale=0.125))
     assert find_sites(gm)[0].scale == pytest.approx(0.125)
 
@@ -152,8 +157,10 @@ def test_eval_dropout_is_dropped_train_dropout_is_skipped():
 def test_scale_after_mask_is_skipped():
     q, k, v = qkv()
     mask = torch.randn(1, 1, N, N)
-    report = inspect(Fn(lambda q, k, v, m: torch.softmax((q @ k.transpose(-2, -1) + m) * 0.3, -1) @ v),
-                     (q, k, v, mask))
+    def fn(q, k, v, m):
+        return torch.softmax((q @ k.transpose(-2, -1) + m) * 0.3, -1) @ v
+
+    report = inspect(Fn(fn), (q, k, v, mask))
     assert report.rows[0].status == "skipped: the scores are scaled after a mask is added"
 
 
@@ -170,7 +177,8 @@ def test_tensor_scale_is_skipped():
     t = torch.rand(1, H, 1, 1)
     report = inspect(Fn(lambda q, k, v, t: torch.softmax(q @ k.transpose(-2, -1) * t, -1) @ v),
                      (q, k, v, t))
-    assert report.rows[0].status == "skipped: the scores are scaled by a tensor that is not a constant"
+    assert report.rows[0].status == \
+        "skipped: the scores are scaled by a tensor that is not a constant"
 
 
 def test_softmax_that_is_not_attention_is_ignored():
@@ -185,8 +193,9 @@ def test_sdpa_causal_scale_mask_gqa():
     q, k, v = qkv(n_q=5, n_k=7, heads=6, kv_heads=2)
     mask = torch.rand(B, 1, 5, 7) > 0.3
     mask[..., 0] = True
-    fn = lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.2,  # noqa: E731
-                                                           enable_gqa=True)
+    def fn(q, k, v, m):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.2, enable_gqa=True)
+
     gm = check(fn, (q, k, v, mask), bin_attn(q, k, v, attn_mask=mask, scale=0.2))
     site = find_sites(gm)[0]
     assert (site.shape["Hq"], site.shape["Hkv"], site.shape["Nq"], site.shape["Nk"]) == (6, 2, 5, 7)

@@ -1,4 +1,5 @@
-"""binattn.binarize_pass: find the attention in a model's ATen graph and rewrite it to binary attention.
+"""binattn.binarize_pass: find the attention in a model's ATen graph, rewrite it to binary
+attention.
 
 ``binarize(model, example_inputs, config)`` captures the model with ``torch.export``, finds every
 attention site (one matcher per attention shape, ``matchers/``), rewrites each to a

@@ -44,7 +44,8 @@ def model_grid(model: Any) -> Optional[Grid]:
     return None
 
 
-def relpos_grid(config: BinarizeConfig, model: Any, n_q: int, n_k: int) -> tuple[Optional[Grid], str]:
+def relpos_grid(config: BinarizeConfig, model: Any, n_q: int,
+                n_k: int) -> tuple[Optional[Grid], str]:
     """The grid for a site, or None with the reason it could not be inferred."""
     if n_q != n_k:
         return None, f"cross-attention (Nq={n_q} ≠ Nk={n_k})"

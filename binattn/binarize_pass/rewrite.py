@@ -1,10 +1,11 @@
 """Rewrite: replace each matched attention site by a call to a ``BinaryAttentionSite``.
 
 For site i it adds the submodule ``<module path>.binattn_site_<i>`` (under the module the
-attention came from, so exported graphs still name it; ``binattn_site_<i>`` at the top where the
-path is unknown) and ``binattn_bias_<i>`` when a learned bias is configured, inserts ``kᵀ→k`` transposes and the merged mask where needed, reroutes the
-users of the attention output, and erases the nodes that became dead. What it does not: find
-sites (``matchers``) or capture graphs (``capture``).
+attention came from, so exported graphs still name it; ``binattn_site_<i>`` at the top where
+the path is unknown) and ``binattn_bias_<i>`` when a learned bias is configured, inserts
+``kᵀ→k`` transposes and the merged mask where needed, reroutes the users of the attention
+output, and erases the nodes that became dead. What it does not: find sites (``matchers``) or
+capture graphs (``capture``).
 """
 from __future__ import annotations
 

@@ -123,11 +123,6 @@ def module_path(node: fx.Node) -> str:
     return path or "<root>"
 
 
-def single_user(node: fx.Node) -> Optional[fx.Node]:
-    users = list(node.users)
-    return users[0] if len(users) == 1 else None
-
-
 def norm_dim(dim: int, ndim: int) -> int:
     return dim + ndim if dim < 0 else dim
 
