@@ -195,7 +195,8 @@ def report(results: Path, png: Path) -> str:
     for r in rows:
         if r["history"]:
             steps = [h["step"] for h in r["history"]]
-            axes[0].plot(steps, [h["eval_mean_cosine"] for h in r["history"]], label=r["experiment"])
+            axes[0].plot(steps, [h["eval_mean_cosine"] for h in r["history"]],
+                         label=r["experiment"])
             axes[1].plot(steps, [h["eval_spearman"] for h in r["history"]], label=r["experiment"])
     for ax, name, target in zip(axes, ("mean cosine", "Spearman"), (0.97, 0.95)):
         ax.axhline(target, ls="--", c="grey")

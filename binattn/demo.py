@@ -150,10 +150,11 @@ def step_cpu_kernels(state: DemoState) -> None:
 
 
 def step_train(state: DemoState) -> None:
-    """Training: binarize a digits ViT, then QAT + self-distillation brings accuracy back (real data)."""
+    """Training: a binarized digits ViT recovers its accuracy by QAT + self-distillation."""
     from .train.quickstart import digits_quickstart
 
-    r = digits_quickstart(fp_steps=120 if state.quick else 200, qat_steps=30 if state.quick else 40)
+    r = digits_quickstart(fp_steps=120 if state.quick else 200,
+                          qat_steps=30 if state.quick else 40)
     table = Table(title="digits ViT (scikit-learn's 1797 real 8×8 digits), held-out 20 %")
     table.add_column("model")
     table.add_column("accuracy")

@@ -124,9 +124,11 @@ def test_top_n_mask_keeps_exactly_n_per_row(n, rows, keys, ties, seed):
     kept_min = scores.masked_fill(~mask, float("inf")).amin(-1, keepdim=True)
     dropped_max = scores.masked_fill(mask, float("-inf")).amax(-1, keepdim=True)
     assert bool((kept_min >= dropped_max).all())  # the kept ones are the largest
-    last_kept = torch.where(mask, torch.arange(keys), -1).amax(-1)
-    first_dropped_tie = torch.where(~mask & (scores == kept_min), torch.arange(keys), keys).amin(-1)
-    assert bool((first_dropped_tie > torch.where(scores == kept_min, torch.where(mask, torch.arange(keys), -1), -1).amax(-1)).all())
+    index = torch.arange(keys)
+    tied = scores == kept_min  # ties at the threshold: the lower key indices are kept
+    kept_tied = torch.where(mask & tied, index, -1).amax(-1)
+    dropped_tied = torch.where(~mask & tied, index, keys).amin(-1)
+    assert bool((kept_tied < dropped_tied).all())
 
 
 def test_had_training_sites_attend_to_exactly_top_n_keys(digits_small):

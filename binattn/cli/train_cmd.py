@@ -169,6 +169,8 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
                       progress=not quiet)
     output.parent.mkdir(parents=True, exist_ok=True)
     result = train(gm, train_set, cfg, eval_data=eval_set)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return  # under torchrun, rank 0 writes the outputs
     write_pt2(result.model.cpu(), example, output)
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s  {metrics}")

@@ -23,7 +23,7 @@ EPS = 1e-8
 
 def hard_kd(student_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor],
             labels: Optional[torch.Tensor], label_weight: float = 0.5) -> torch.Tensor:
-    """``w·CE(labels) + (1−w)·CE(argmax teacher)``; only the available terms when one is missing."""
+    """``w·CE(labels) + (1−w)·CE(argmax teacher)``; just the available term if one is None."""
     terms, weights = [], []
     if labels is not None:
         terms.append(F.cross_entropy(student_logits, labels))

@@ -99,12 +99,12 @@ class Recipe:
         if plan.record_probs and rec_s is not None and rec_s.probs:
             attn = losses.attention_kl(rec_s.probs, rec_t.probs)
             total = total + self.attn_weight * attn
-            parts["attn_kl"] = float(attn)
+            parts["attn_kl"] = float(attn.detach())
         if plan.record_outputs and rec_s is not None and rec_s.outputs:
             hidden = sum(F.mse_loss(s, t.detach()) / t.detach().var().clamp_min(1e-8)
                          for s, t in zip(rec_s.outputs, rec_t.outputs)) / len(rec_s.outputs)
             total = total + self.cfg.hidden_weight * hidden
-            parts["hidden"] = float(hidden)
+            parts["hidden"] = float(hidden.detach())
         return total, parts
 
 

@@ -1,7 +1,7 @@
 """Step schedules: learning rate (linear warm-up + cosine) and HAD's staged binarizer.
 
 HAD trains in four stages (Hamming Attention Distillation, arXiv 2502.01770):
-  1. ``scaled_tanh`` — T·tanh(x/T) with T decaying 5 → 1 (starts near the identity, i.e. near FP);
+  1. ``scaled_tanh`` — T·tanh(x/T), T decaying 5 → 1 (starts near the identity, i.e. near FP);
   2. ``tanh`` — tanh(x/T) with T decaying 1 → 0.05 (approaches sign);
   3. ``sign`` with a straight-through gradient clipped at 2;
   4. ``sign`` again, fine-tuned without the attention-map loss.

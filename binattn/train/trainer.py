@@ -105,13 +105,17 @@ def predict(model: nn.Module, data: TensorData, batch_size: int) -> torch.Tensor
 
 def evaluate(model: nn.Module, data: TensorData, batch_size: int, task: str,
              teacher: Optional[nn.Module] = None) -> dict[str, float]:
-    """``accuracy`` for classification; ``mean_cosine``/``spearman`` vs the teacher otherwise."""
+    """``accuracy`` for classification; ``mean_cosine``/``spearman`` vs the teacher otherwise
+    (outputs with a token dimension are mean-pooled over it first)."""
     out = predict(model, data, batch_size)
     if task == "classification":
         return {"accuracy": accuracy(out, data.labels.to(out.device))}
     if teacher is None:
         raise UserError("embedding evaluation needs the teacher")
-    return embedding_agreement(out, predict(teacher, data, batch_size))
+    ref = predict(teacher, data, batch_size)
+    if out.dim() > 2:  # token-level outputs (e.g. last_hidden_state): mean over the tokens
+        out, ref = out.flatten(1, -2).mean(1), ref.flatten(1, -2).mean(1)
+    return embedding_agreement(out, ref)
 
 
 @dataclass
@@ -232,7 +236,8 @@ class Trainer:
         if self.cfg.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        record = {"step": step + 1, "loss": float(loss.detach()), "lr": lr, "stage": plan.stage, **parts}
+        record = {"step": step + 1, "loss": float(loss.detach()), "lr": lr,
+                  "stage": plan.stage, **parts}
         if self.task == "classification" and labels is not None:
             record["train_acc"] = accuracy(out_s.detach(), labels)
         return record
