@@ -32,6 +32,7 @@ class TuningDatabase:
 
     def __init__(self, root: Optional[Path] = None):
         self.root = Path(root) if root is not None else default_db_dir()
+        self._cached: Optional[tuple[int, dict]] = None
 
     @property
     def records_path(self) -> Path:
@@ -41,12 +42,19 @@ class TuningDatabase:
         return self.root / "meta_schedule" / workload
 
     def records(self) -> dict:
+        """All records; re-read only when the file changed (kernel calls look up every time)."""
         try:
-            return json.loads(self.records_path.read_text())
+            stamp = self.records_path.stat().st_mtime_ns
         except FileNotFoundError:
             return {}
+        if self._cached is not None and self._cached[0] == stamp:
+            return self._cached[1]
+        try:
+            records = json.loads(self.records_path.read_text())
         except ValueError as err:
             raise ValueError(f"tuning database {self.records_path} is not valid JSON: {err}") from err
+        self._cached = (stamp, records)
+        return records
 
     def lookup(self, target: str, workload: str) -> Optional[dict]:
         """The stored best record, or None."""
@@ -57,7 +65,7 @@ class TuningDatabase:
 
     def store(self, target: str, workload: str, record: dict) -> bool:
         """Keep ``record`` if it is faster than what is stored; True if it was written."""
-        records = self.records()
+        records = {t: dict(w) for t, w in self.records().items()}
         old = records.get(target, {}).get(workload)
         if old is not None and old.get("ms", float("inf")) <= record["ms"]:
             return False
@@ -73,9 +81,17 @@ class TuningDatabase:
 _db_override: Optional[TuningDatabase] = None
 
 
+_default_db: Optional[TuningDatabase] = None
+
+
 def active_db() -> TuningDatabase:
     """The database kernel builds consult (the default dir unless ``use_db`` changed it)."""
-    return _db_override or TuningDatabase()
+    global _default_db
+    if _db_override is not None:
+        return _db_override
+    if _default_db is None or _default_db.root != default_db_dir():
+        _default_db = TuningDatabase()
+    return _default_db
 
 
 def use_db(root: Optional[Path]) -> None:

@@ -34,8 +34,14 @@ def host_target(mcpu: str | None = None) -> tvm.target.Target:
 
 def target_key(target: tvm.target.Target | None = None) -> str:
     """Stable short description of a target for cache keys: kind + mcpu."""
-    target = target or host_target()
+    if target is None:
+        return _host_target_key()
     return f"{target.kind.name}-{target.attrs.get('mcpu', 'generic')}"
+
+
+@functools.lru_cache(maxsize=None)
+def _host_target_key() -> str:
+    return target_key(host_target())
 
 
 @functools.lru_cache(maxsize=None)
