@@ -129,3 +129,10 @@ def test_cuda_model_binarizes_on_its_device():
     gm.train()
     gm(images).sum().backward()
     assert gm.binattn_bias_0.table.grad.abs().sum() > 0
+
+
+def test_parameters_are_shared_with_the_model():
+    """Documented behaviour: like torch.export, binarize does not copy the weights."""
+    model = demo_vit(depth=1).eval()
+    gm = binattn.binarize(model, model.example_inputs())
+    assert gm.get_parameter("head.weight") is model.head.weight

@@ -61,7 +61,9 @@ def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tu
         A trainable ``torch.fx.GraphModule``: the original parameters plus ``binattn_bias_<i>``;
         each site is a ``call_module`` to ``<module path>.binattn_site_<i>`` (a
         :class:`BinaryAttentionSite`).
-        ``gm.meta["binattn_report"]`` holds the :class:`Report`.
+        ``gm.meta["binattn_report"]`` holds the :class:`Report`. The original parameters and
+        buffers are shared with ``model``, not copied (as ``torch.export`` does): training ``gm``
+        changes ``model``; binarize a ``copy.deepcopy(model)`` to keep the original.
     """
     config = config or BinarizeConfig()
     gm = capture(model, example_inputs, example_kwargs=example_kwargs,
