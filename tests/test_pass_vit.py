@@ -131,8 +131,14 @@ def test_cuda_model_binarizes_on_its_device():
     assert gm.binattn_bias_0.table.grad.abs().sum() > 0
 
 
-def test_parameters_are_shared_with_the_model():
-    """Documented behaviour: like torch.export, binarize does not copy the weights."""
+def test_binarize_copies_by_default_and_shares_on_request():
+    """Training the binarized model must not change the FP model (the teacher) by default."""
     model = demo_vit(depth=1).eval()
     gm = binattn.binarize(model, model.example_inputs())
-    assert gm.get_parameter("head.weight") is model.head.weight
+    assert gm.get_parameter("head.weight") is not model.head.weight
+    torch.testing.assert_close(gm.get_parameter("head.weight"), model.head.weight)
+    with torch.no_grad():
+        gm.get_parameter("head.weight").add_(1.0)
+    assert not torch.equal(gm.get_parameter("head.weight"), model.head.weight)
+    shared = binattn.binarize(model, model.example_inputs(), copy=False)
+    assert shared.get_parameter("head.weight") is model.head.weight

@@ -9,6 +9,8 @@ report without rewriting; ``find_sites`` lists the sites of a rewritten graph. S
 """
 from __future__ import annotations
 
+import copy as copy_module
+
 from typing import Any, Optional
 
 import torch
@@ -47,7 +49,7 @@ def analyze(gm: fx.GraphModule, name: str, model: Any = None) -> tuple[list[Matc
 
 def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tuple,
              config: Optional[BinarizeConfig] = None, filter_fn: Optional[FilterFn] = None, *,
-             example_kwargs: Optional[dict] = None) -> fx.GraphModule:
+             example_kwargs: Optional[dict] = None, copy: bool = True) -> fx.GraphModule:
     """Rewrite every attention site of ``model`` to 1-bit query/key attention.
 
     Args:
@@ -56,16 +58,19 @@ def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tu
             the model allows it).
         config: :class:`BinarizeConfig` (bias, scale mode, binarizer, ...); default: no bias.
         filter_fn: ``filter_fn(row) -> bool`` on each site's :class:`SiteRow`; False skips it.
+        copy: deep-copy an ``nn.Module`` first (default), so training the result leaves
+            ``model`` — the full-precision teacher — untouched. ``copy=False`` shares the
+            parameters (as ``torch.export`` does) and saves the memory of a second copy.
 
     Returns:
         A trainable ``torch.fx.GraphModule``: the original parameters plus ``binattn_bias_<i>``;
         each site is a ``call_module`` to ``<module path>.binattn_site_<i>`` (a
         :class:`BinaryAttentionSite`).
-        ``gm.meta["binattn_report"]`` holds the :class:`Report`. The original parameters and
-        buffers are shared with ``model``, not copied (as ``torch.export`` does): training ``gm``
-        changes ``model``; binarize a ``copy.deepcopy(model)`` to keep the original.
+        ``gm.meta["binattn_report"]`` holds the :class:`Report`.
     """
     config = config or BinarizeConfig()
+    if copy and isinstance(model, nn.Module):
+        model = copy_module.deepcopy(model)
     gm = capture(model, example_inputs, example_kwargs=example_kwargs,
                  dynamic_batch=config.dynamic_batch)
     matches, report = analyze(gm, _model_name(model), model)
