@@ -46,6 +46,25 @@ def test_tiny_tune_writes_db_that_the_next_build_reads(tmp_path, fresh_cache):
         torch.testing.assert_close(out, ops.binary_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
 
+def test_meta_schedule_tunes_scores_and_the_next_build_applies_its_trace(tmp_path, fresh_cache):
+    """TVM meta_schedule with a 1-trial budget; the op then runs the tuned schedule, exactly."""
+    db = TuningDatabase(tmp_path / "db")
+    tag, best_ms = tune.tune_scores_meta_schedule(1024, 1024, 64, trials=1, db=db)
+    assert best_ms is not None and best_ms > 0
+    record = db.lookup(target_key(), tag)
+    assert record["method"] == "meta_schedule" and (db.root / record["ms_workdir"]).is_dir()
+    use_db(db.root)
+    gen = torch.Generator().manual_seed(0)
+    q_bits, _ = ops.sign_pack(torch.randn(1, 1024, 64, generator=gen))
+    k_bits, _ = ops.sign_pack(torch.randn(1, 1024, 64, generator=gen))
+    scores = ops.popcount_scores(q_bits, k_bits, 64)
+    with dispatch.reference_only():
+        assert torch.equal(scores, ops.popcount_scores(q_bits, k_bits, 64))
+    schedules = [e["schedule"] for e in cpu_build.kernel_cache().entries()
+                 if e["kernel"] == "scores"]
+    assert schedules == [f"ms:{record['ms_workdir']}"]
+
+
 def test_slower_result_does_not_replace_a_faster_record(tmp_path):
     db = TuningDatabase(tmp_path)
     assert db.store("t", "w", {"knobs": {"a": 1}, "ms": 1.0})

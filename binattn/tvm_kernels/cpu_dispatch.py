@@ -132,8 +132,9 @@ def popcount_scores_supports(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int)
     if q_bits.shape[-2] == 0 or k_bits.shape[-2] == 0 or q_bits.numel() == 0:
         return "empty tensor"
     n_q, n_k, words = q_bits.shape[-2], k_bits.shape[-2], q_bits.shape[-1]
-    return _try_build(("scores", n_q, n_k, words),
-                      lambda: cpu_build.scores_kernel(n_q, n_k, words))
+    batch = math.prod(torch.broadcast_shapes(q_bits.shape[:-2], k_bits.shape[:-2]))
+    return _try_build(("scores", n_q, n_k, words, batch, D),
+                      lambda: cpu_build.scores_kernel(n_q, n_k, words, batch, D))
 
 
 # --------------------------------------------------------------------------- binary_attention
