@@ -27,6 +27,9 @@ import torch.nn.functional as F
 
 from ..ops import dispatch, reference
 from . import cpu_build, cpu_kernels
+from .cpu_target import use_all_cores
+
+use_all_cores()
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _failed: dict[object, str] = {}
