@@ -82,11 +82,12 @@ def command(model: Optional[Path], attention: Optional[str], target: str,
     if attention is not None:
         sites, name = [attention_site(parse_attention(attention))], f"attention {attention}"
     else:
-        from ..export.loading import load_binarized, parse_shape
+        from ..export.loading import load_binarized
+        from ..model_io import parse_input_shapes
 
         with Console(stderr=True).status(f"loading and binarizing {model}"):
             gm, _ = load_binarized(model, trust_pickle=trust_pickle,
-                                   input_shape=parse_shape(input_shape))
+                                   input_shape=parse_input_shapes(input_shape))
         sites, name = site_specs(gm, top_k=top_k), str(model)
     doc = build_descriptor(hw, sites, model=name)
     if output is not None:

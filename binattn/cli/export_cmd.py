@@ -67,13 +67,14 @@ def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[i
     from rich.console import Console
 
     from ..export.files import write_text
-    from ..export.loading import load_binarized, parse_shape
+    from ..export.loading import load_binarized
+    from ..model_io import parse_input_shapes
 
     console = Console()
     if top_n is not None and top_n < 1:
         raise UserError(f"--top-n must be >= 1, got {top_n}")
     gm, inputs = load_binarized(model, trust_pickle=trust_pickle,
-                                input_shape=parse_shape(input_shape), top_n=top_n,
+                                input_shape=parse_input_shapes(input_shape), top_n=top_n,
                                 pv_bits=int(pv_bits) if pv_bits else None, dynamic_batch=False)
     if run_mlir and (fmt != "mlir" or dialect != "linalg-on-tensors"):
         raise UserError("--run needs --format mlir --dialect linalg-on-tensors")

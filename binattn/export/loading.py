@@ -16,19 +16,6 @@ import torch
 from ..errors import UserError
 
 
-def parse_shape(text: Optional[str]) -> Optional[tuple[int, ...]]:
-    """``"1,3,32,32"`` → (1, 3, 32, 32); None passes through."""
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(p) for p in text.split(","))
-    except ValueError:
-        raise UserError(f"--input-shape wants comma-separated ints, got {text!r}") from None
-    if not shape or min(shape) < 1:
-        raise UserError(f"--input-shape wants positive ints, got {text!r}")
-    return shape
-
-
 def load_binarized(path: str | Path, *, trust_pickle: bool = False,
                    input_shape: Optional[Sequence[int]] = None, top_n: Optional[int] = None,
                    pv_bits: Optional[int] = None, dynamic_batch: bool = True
