@@ -51,8 +51,8 @@ class AttentionWorkload:
 
     def tag(self) -> str:
         add = "none" if self.add_bcast is None else "".join("1" if b else "n" for b in self.add_bcast)
-        return (f"attn_w{self.words}_dv{self.value_dim}_c{int(self.causal)}_add{add}"
-                f"_pv{8 if self.pv8 else 32}")
+        pv = "32" if not self.pv8 else "8lut" if pv8_uses_lut(self) else "8"
+        return f"attn_w{self.words}_dv{self.value_dim}_c{int(self.causal)}_add{add}_pv{pv}"
 
 
 # --------------------------------------------------------------------------- sign_pack
@@ -262,7 +262,7 @@ def _task_prologue(knobs: AttentionKnobs) -> str:
 def attention_module(wl: AttentionWorkload, knobs: AttentionKnobs) -> tvm.IRModule:
     """Fused binary attention with full-precision P·V (float32)."""
     if wl.pv8:
-        return attention_pv8_module(wl, knobs)
+        return (attention_pv8_lut_module if pv8_uses_lut(wl) else attention_pv8_module)(wl, knobs)
     knobs.check(wl.value_dim)
     bq, bk, ri, dvc = knobs.block_q, knobs.block_k, knobs.rows, knobs.acc_cols
     dv = wl.value_dim
@@ -365,6 +365,176 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle, coef
                     for jj in T.vectorized({knobs.vector}):
                         P8[i, jo * {knobs.vector} + jj] = T.Cast("uint8", T.min(T.floor(fexp(S[i, jo * {knobs.vector} + jj] - muse) * pscale + T.float32(0.5)), T.float32(255)))
 {pv_block}
+        for i in range({bq}):
+            for d in T.vectorized({dv}):
+                out[b, h, q0 + i, d] = T.Cast("float32", acc[i, d]) * vscale[b, hk, d]
+'''
+    return _parse(source)
+
+
+# --------------------------------------------------------------------------- 8-bit P/V, byte LUT
+LUT_MAX_WORDS = 7  # the stored per-key value is popc ≤ D ≤ 224 < 255 (255 marks masked keys)
+VPERMI2B = "llvm.x86.avx512.vpermi2var.qi.512"   # 128-entry byte table lookup, 64 lanes
+VPERMPS = "llvm.x86.avx512.permvar.sf.512"       # 16-entry float table lookup, 16 lanes
+VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"        # u8×s8 dot products of 4, into int32 lanes
+LUT_MAX_CAUSAL_NQ = 1 << 24  # query rows the causal table kernel serves (cpu_dispatch checks)
+LUT_FEATURES = frozenset({"avx512f", "avx512bw", "avx512vbmi", "avx512vnni"})
+
+
+def pv8_uses_lut(wl: AttentionWorkload, features: Optional[frozenset] = None) -> bool:
+    """Whether a ``pv_bits=8`` workload runs the table kernel (``attention_pv8_lut_module``).
+
+    Needs: no additive tensor (bias/mask values are not integers, so the exponentials no longer
+    take D+1 values), D ≤ 224 (the per-key value must fit a byte), AVX-512 VBMI + VNNI.
+    """
+    from .cpu_target import cpu_features
+
+    features = cpu_features() if features is None else features
+    return (wl.pv8 and wl.add_bcast is None and wl.words <= LUT_MAX_WORDS
+            and LUT_FEATURES <= features)
+
+
+def _lut_pass_a(knobs: AttentionKnobs, wl: AttentionWorkload) -> str:
+    """Per row: each key's value (popc, or D − popc when the coefficient is negative, so a
+    smaller value always means a larger score; 255 where masked) as a byte, and the row's
+    min/max value."""
+    popc = " + ".join(f"T.popcount(qb[b, h, row, {w}] ^ kb[b, hk, {w}, col])"
+                      for w in range(wl.words))
+    keep = "col < nk" if not wl.causal else "T.And(col < nk, col <= row)"
+    vl = knobs.vector
+    return f'''
+for i in range({knobs.block_q}):
+    row = T.Bind(q0 + i)
+    for jj in T.vectorized({vl}):
+        vmin[jj] = 255
+        vmax[jj] = 0
+    for kt, jo in T.grid(ntiles, {knobs.block_k // vl}):
+        for jj in T.vectorized({vl}):
+            col = T.Bind(kt * {knobs.block_k} + jo * {vl} + jj)
+            pc = T.Bind({popc})
+            val = T.Bind(T.Select({keep}, T.Select(flip, hd - pc, pc), 255))
+            P[i, col] = T.Cast("uint8", val)
+            vmin[jj] = T.min(vmin[jj], val)
+            vmax[jj] = T.max(vmax[jj], T.Select(val < 255, val, 0))
+    lo[i] = {_tree("T.min", [f"vmin[{x}]" for x in range(vl)])}
+    hi[i] = {_tree("T.max", [f"vmax[{x}]" for x in range(vl)])}'''
+
+
+def _intrin(name: str, dtype: str, *args: str) -> str:
+    """TVMScript text of an LLVM intrinsic call."""
+    return (f"T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(\"{name}\"), "
+            f"{', '.join(args)}, dtype=\"{dtype}\")")
+
+
+def _lut_pass_b(knobs: AttentionKnobs, tables: int) -> str:
+    """Per row: Σ exp over keys from two 16-entry float tables (k = 16·k_hi + k_lo, vpermps),
+    the u8 table round(255·exp(−2|c|k)/Σ), and the row's bytes mapped through it (vpermi2b)."""
+    lookups = [_intrin(VPERMI2B, "uint8x64", f"L{2 * t}", "idx", f"L{2 * t + 1}")
+               for t in range(tables)]
+    other = lookups[1] if tables == 2 else "T.broadcast(T.uint8(0), 64)"
+    loads = "\n".join(f"    L{x} = T.Bind(lut.vload([{64 * x}], \"uint8x64\"))"
+                      for x in range(2 * tables))
+    e_hi = _intrin(VPERMPS, "float32x16", "TH", "T.shift_right(kk, T.broadcast(4, 16))")
+    e_lo = _intrin(VPERMPS, "float32x16", "TL", "T.bitwise_and(kk, T.broadcast(15, 16))")
+    return f'''
+for i in range({knobs.block_q}):
+    low = T.Bind(lo[i])
+    for t in T.vectorized(16):
+        tlo[t] = fexp(T.float32(-2) * ac * T.Cast("float32", t))
+        thi[t] = fexp(T.float32(-32) * ac * T.Cast("float32", t))
+        red[t] = T.float32(0)
+    TL = T.Bind(tlo.vload([0], "float32x16"))
+    TH = T.Bind(thi.vload([0], "float32x16"))
+    for kt, jo in T.grid(ntiles, {knobs.block_k // 16}):
+        pv = T.Bind(T.Cast("int32x16", P.vload([i, kt * {knobs.block_k} + jo * 16], "uint8x16")))
+        kk = T.Bind(pv - T.broadcast(low, 16))
+        red[T.ramp(0, 1, 16)] = red.vload([0], "float32x16") + T.Select(pv != T.broadcast(255, 16), {e_hi} * {e_lo}, T.broadcast(T.float32(0), 16))
+    total = T.Bind({_tree("T.Add", [f"red[{x}]" for x in range(16)])})
+    pscale = T.Bind(T.Select(total > T.float32(0), T.float32(255) / total, T.float32(0)))
+    span = T.Bind(hi[i] - low)
+    for t in T.vectorized({128 * tables}):
+        lut[t] = T.Select(t <= span, T.Cast("uint8", T.min(T.floor(fexp(T.float32(-2) * ac * T.Cast("float32", t)) * pscale + T.float32(0.5)), T.float32(255))), T.uint8(0))
+{loads}
+    for kt, jo in T.grid(ntiles, {knobs.block_k // 64}):
+        idx = T.Bind(P.vload([i, kt * {knobs.block_k} + jo * 64], "uint8x64") - T.broadcast(T.Cast("uint8", low), 64))
+        P[i, T.ramp(kt * {knobs.block_k} + jo * 64, 1, 64)] = T.Select(idx < T.broadcast(T.uint8(128), 64), {lookups[0]}, {other})'''
+
+
+def _vnni_pv(knobs: AttentionKnobs, dv: int, p_buf: str, p_col: str) -> str:
+    """u8 P × s8 V of one key tile (vpdpbusd, 4 keys a step) into ``acc`` through a
+    ``rows`` × Dv int32 register tile; ``p_buf[row, p_col + 4·j4]`` holds the tile's P bytes."""
+    bq, bk, ri = knobs.block_q, knobs.block_k, knobs.rows
+    lanes = range(dv // 16)
+    regs = "\n".join(f"r{x} = T.alloc_buffer(({ri}, 16), \"int32\")" for x in lanes)
+    zero = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized(16):\n"
+                     f"        r{x}[ii, d] = 0" for x in lanes)
+    p_word = (f"T.reinterpret(\"int8x64\", T.broadcast(T.reinterpret(\"int32\", "
+              f"{p_buf}.vload([io * {ri} + ii, {p_col} + j4 * 4], \"uint8x4\")), 16))")
+    dot = f"for ii in T.unroll({ri}):\n    pw = T.Bind({p_word})\n" + "\n".join(
+        f"    r{x}[ii, T.ramp(0, 1, 16)] = " + _intrin(
+            VPDPBUSD, "int32x16", f"r{x}.vload([ii, 0], \"int32x16\")", "pw",
+            f"v8.vload([b, hk, k0 // 4 + j4, {x * 16}, 0], \"int8x64\")") for x in lanes)
+    add_back = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized(16):\n"
+                         f"        acc[io * {ri} + ii, {x * 16} + d] = "
+                         f"acc[io * {ri} + ii, {x * 16} + d] + r{x}[ii, d]" for x in lanes)
+    return (f"for io in range({bq // ri}):\n{_indent(regs, '    ')}\n{_indent(zero, '    ')}\n"
+            f"    for j4 in range({bk // 4}):\n{_indent(dot, '        ')}\n"
+            f"{_indent(add_back, '    ')}")
+
+
+def attention_pv8_lut_module(wl: AttentionWorkload, knobs: AttentionKnobs) -> tvm.IRModule:
+    """``pv_bits=8`` without bias/mask: scores computed once, no exponential per key.
+
+    A score is ``c·(D − 2·popc)``, so a row's exponentials take at most D+1 values
+    ``exp(−2|c|·k)``, k = popc − min popc (c ≥ 0; mirrored for c < 0). Per task (block_q rows ×
+    all keys): pass A stores each key's popc as a byte (a block_q × Nk byte tile, in L2) with
+    the row's min/max; pass B sums the row's exponentials from two 16-entry float tables, builds
+    the u8 table round(255·exp(−2|c|k)/Σ) of the normalised, quantized P and maps the row's
+    bytes through it (vpermi2b); pass C accumulates u8 P × s8 V with vpdpbusd in int32.
+    Same arguments as ``attention_pv8_module``; needs ``pv8_uses_lut(wl)``.
+    """
+    knobs.check(wl.value_dim)
+    if knobs.block_k % 64 or knobs.vector != 16:
+        raise ValueError("the LUT kernel needs block_k a multiple of 64 and vector = 16")
+    bq, bk, dv = knobs.block_q, knobs.block_k, wl.value_dim
+    tables = 1 if wl.words * WORD_BITS <= 127 else 2
+    _, decl = _params(wl)
+    q0 = f"task % (NQ // {bq}) * {bq}"
+    if wl.causal:  # TVM's bound analysis overflows int32 on the causal tile count otherwise
+        q0 = f"T.min({q0}, {LUT_MAX_CAUSAL_NQ})"
+    source = f'''
+@T.prim_func
+def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle, coef_h: T.handle,
+         out_h: T.handle, nk: T.int32, hd: T.int32):{decl}
+    v8 = T.match_buffer(v_h, (B, HK, NK // 4, {dv}, 4), "int8")
+    vscale = T.match_buffer(vscale_h, (B, HK, {dv}), "float32")
+    for task in T.parallel(B * H * (NQ // {bq})):
+        b = T.Bind(task // (H * (NQ // {bq})))
+        h = T.Bind(task // (NQ // {bq}) % H)
+        q0 = T.Bind({q0})
+        hk = T.Bind(h // (H // HK))
+        c = T.Bind(coef[b, h])
+        ac = T.Bind(T.fabs(c))
+        flip = T.Bind(c < T.float32(0))
+        ntiles = T.Bind({_tile_loop_header(knobs, wl)})
+        P = T.alloc_buffer(({bq}, NK), "uint8")
+        lo = T.alloc_buffer(({bq},), "int32")
+        hi = T.alloc_buffer(({bq},), "int32")
+        vmin = T.alloc_buffer(({knobs.vector},), "int32")
+        vmax = T.alloc_buffer(({knobs.vector},), "int32")
+        tlo = T.alloc_buffer((16,), "float32")
+        thi = T.alloc_buffer((16,), "float32")
+        red = T.alloc_buffer((16,), "float32")
+        lut = T.alloc_buffer(({128 * tables},), "uint8")
+        acc = T.alloc_buffer(({bq}, {dv}), "int32")
+        for i in range({bq}):
+            for d in T.vectorized({dv}):
+                acc[i, d] = 0
+{_indent(_lut_pass_a(knobs, wl), "        ")}
+{_indent(_lut_pass_b(knobs, tables), "        ")}
+        for kt in range(ntiles):
+            k0 = T.Bind(kt * {bk})
+{_indent(_vnni_pv(knobs, dv, "P", "k0"), "            ")}
         for i in range({bq}):
             for d in T.vectorized({dv}):
                 out[b, h, q0 + i, d] = T.Cast("float32", acc[i, d]) * vscale[b, hk, d]

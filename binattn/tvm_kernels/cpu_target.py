@@ -3,7 +3,8 @@
 What it does: ``host_target()`` returns ``Target({"kind": "llvm", "mcpu": <this CPU>,
 "num-cores": <cores>})`` (a JSON-dict target: 0.27 rejects "llvm -mcpu=..." strings, and
 ``mcpu=native`` silently falls back to generic code, see TVM_NOTES §0), ``target_key()`` a short
-stable string for cache keys, and ``has_vnni()`` whether u8×s8 dot products (AVX-512 VNNI) exist.
+stable string for cache keys, ``cpu_features()`` LLVM's feature names for the CPU and
+``has_vnni()`` whether u8×s8 dot products (AVX-512 VNNI) exist.
 ``BINATTN_LLVM_MCPU`` overrides the CPU name (e.g. ``x86-64-v3`` for portable builds).
 
 What it does not: build anything.
@@ -54,12 +55,16 @@ def _host_target_key() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def has_vnni(mcpu: str | None = None) -> bool:
-    """True if the CPU has AVX-512 VNNI (``vpdpbusd``), read from LLVM's feature list."""
-    mcpu = mcpu or host_mcpu()
+def cpu_features(mcpu: str | None = None) -> frozenset:
+    """LLVM's feature names of this CPU (or ``mcpu``), e.g. ``avx512vnni``; empty if unknown."""
     try:
         features = tvm.target.codegen.llvm_get_cpu_features(
-            tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
-        return "avx512vnni" in {str(f) for f in features}
-    except Exception:  # noqa: BLE001 - unknown CPU name: assume the feature is absent
-        return False
+            tvm.target.Target({"kind": "llvm", "mcpu": mcpu or host_mcpu()}))
+        return frozenset(str(f) for f in features)
+    except Exception:  # noqa: BLE001 - unknown CPU name: assume no optional feature
+        return frozenset()
+
+
+def has_vnni(mcpu: str | None = None) -> bool:
+    """True if the CPU has AVX-512 VNNI (``vpdpbusd``), read from LLVM's feature list."""
+    return "avx512vnni" in cpu_features(mcpu)
