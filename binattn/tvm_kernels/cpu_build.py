@@ -95,6 +95,13 @@ def attention_kernel(wl: cpu_kernels.AttentionWorkload,
 
 
 @functools.lru_cache(maxsize=None)
+def quantize_v_kernel(value_dim: int) -> Any:
+    """V → s8 in the VNNI layout + per-channel scales, called as ``fn(v, v8, vscale)``."""
+    key = CacheKey("quantize_v", target_key(), f"dv{value_dim}", "float32", "tasks_bh")
+    return _get(key, lambda: cpu_kernels.quantize_v_module(value_dim))
+
+
+@functools.lru_cache(maxsize=None)
 def sign_pack_kernel(words: int) -> Any:
     """sign_pack for rows of any D with this many 32-bit words."""
     key = CacheKey("sign_pack", target_key(), f"w{words}", "float32", "rows64")

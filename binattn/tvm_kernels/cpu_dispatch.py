@@ -226,11 +226,11 @@ def binary_attention(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=
     k_bits_t = _pad_dim(k_bits, 2, nk_pad).transpose(-1, -2).contiguous()
     args = [q_bits.contiguous(), k_bits_t]
     v32 = _pad_dim(v.to(torch.float32), 3, dv)
-    if pv_bits == 8:
-        inv = 127.0 / v32.abs().amax(dim=-2, keepdim=True).clamp_min(1e-12)  # as quantize_v_s8
-        v8 = torch.round(v32 * inv).clamp(-127, 127).to(torch.int8)
-        v8 = _pad_dim(v8, 2, nk_pad).reshape(B, hkv, nk_pad // 4, 4, dv).transpose(-1, -2)
-        args += [v8.contiguous(), (1.0 / (255 * (inv + 1e-6))).reshape(B, hkv, dv).contiguous()]
+    if pv_bits == 8:  # reference.quantize_v_s8 in one TVM kernel, keys interleaved by 4
+        v8 = torch.empty(B, hkv, nk_pad // 4, dv, 4, dtype=torch.int8)
+        vscale = torch.empty(B, hkv, dv, dtype=torch.float32)
+        cpu_build.quantize_v_kernel(dv)(v32.contiguous(), v8, vscale)
+        args += [v8, vscale]
     else:
         args.append(_pad_dim(v32, 2, nk_pad).contiguous())
     args.append(coef)
@@ -270,6 +270,13 @@ def binary_attention_supports(q, k, v, bias=None, attn_mask=None, is_causal=Fals
         except RuntimeError:
             return "static scales are not per (batch, head)"
     wl = _workload(q, v, _add_shape(bias, attn_mask), is_causal, pv_bits)
+    if pv_bits == 8:
+        if wl.causal and cpu_kernels.pv8_uses_lut(wl) and q.shape[-2] > cpu_kernels.LUT_MAX_CAUSAL_NQ:
+            return f"causal 8-bit kernel serves at most {cpu_kernels.LUT_MAX_CAUSAL_NQ} queries"
+        reason = _try_build(("quantize_v", wl.value_dim),
+                            lambda: cpu_build.quantize_v_kernel(wl.value_dim))
+        if reason:
+            return reason
     return _try_build(wl, lambda: cpu_build.attention_kernel(wl))
 
 

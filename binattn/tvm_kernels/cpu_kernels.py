@@ -542,6 +542,50 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle, coef
     return _parse(source)
 
 
+def quantize_v_module(value_dim: int) -> tvm.IRModule:
+    """V float32 ``[B, HK, N, Dv]`` → s8 in the VNNI layout ``[B, HK, ⌈N/4⌉, Dv, 4]`` (keys
+    past N zero) and ``vscale [B, HK, Dv]`` = 1 / (255·(inv + 1e-6)), inv = 127 / max|v| over
+    tokens: ``reference.quantize_v_s8``'s rounding (``llvm.roundeven``: halves to even, as
+    ``torch.round``; TVM's ``nearbyint`` rounds them away from zero) in two passes over V.
+    """
+    dv = value_dim
+    rounded = _intrin("llvm.roundeven", "float32", "v[b, hk, n4 * 4 + r, d] * inv[d]")
+    store = f"for d in T.vectorized({dv}):\n    v8[b, hk, n4, d, r] = T.Cast(\"int8\", {rounded})"
+    source = f'''
+@T.prim_func
+def main(v_h: T.handle, v8_h: T.handle, vscale_h: T.handle):
+    T.func_attr({{"tir.noalias": True}})
+    B = T.int32(); HK = T.int32(); N = T.int32(); N4 = T.int32()
+    v = T.match_buffer(v_h, (B, HK, N, {dv}), "float32")
+    v8 = T.match_buffer(v8_h, (B, HK, N4, {dv}, 4), "int8")
+    vscale = T.match_buffer(vscale_h, (B, HK, {dv}), "float32")
+    for task in T.parallel(B * HK):
+        b = T.Bind(task // HK)
+        hk = T.Bind(task % HK)
+        inv = T.alloc_buffer(({dv},), "float32")
+        for d in T.vectorized({dv}):
+            inv[d] = T.float32(0)
+        for n in range(N):
+            for d in T.vectorized({dv}):
+                inv[d] = T.max(inv[d], T.fabs(v[b, hk, n, d]))
+        for d in T.vectorized({dv}):
+            # as torch evaluates ``127.0 / amax``: reciprocal, then the product
+            inv[d] = T.float32(1) / T.max(inv[d], T.float32(1e-12)) * T.float32(127)
+            vscale[b, hk, d] = T.float32(1) / (T.float32(255) * (inv[d] + T.float32(1e-6)))
+        for n4 in range(N // 4):
+            for r in T.unroll(4):
+{_indent(store, " " * 16)}
+        for n4 in range(N // 4, N4):
+            for r in T.unroll(4):
+                if n4 * 4 + r < N:
+{_indent(store, " " * 20)}
+                else:
+                    for d in T.vectorized({dv}):
+                        v8[b, hk, n4, d, r] = T.int8(0)
+'''
+    return _parse(source)
+
+
 NEG_INF = tirx.const(-math.inf, "float32")
 
 
