@@ -394,30 +394,43 @@ def pv8_uses_lut(wl: AttentionWorkload, features: Optional[frozenset] = None) ->
             and LUT_FEATURES <= features)
 
 
+def _lut_full_tiles(knobs: AttentionKnobs, wl: AttentionWorkload) -> str:
+    """Key tiles of row ``row`` that hold no masked key (padding or causal). The outer max
+    keeps TVM's bound analysis from assuming negative counts (it then overflows int32)."""
+    limit = "T.min(nk, row + 1)" if wl.causal else "nk"
+    return f"T.max(T.min(ntiles, {limit} // {knobs.block_k}), 0)"
+
+
 def _lut_pass_a(knobs: AttentionKnobs, wl: AttentionWorkload) -> str:
-    """Per row: each key's value (popc, or D − popc when the coefficient is negative, so a
-    smaller value always means a larger score; 255 where masked) as a byte, and the row's
-    min/max value."""
-    popc = " + ".join(f"T.popcount(qb[b, h, row, {w}] ^ kb[b, hk, {w}, col])"
-                      for w in range(wl.words))
+    """Per row: each key's value as a byte, and the row's smallest value.
+
+    The value is popc(q XOR k), or popc(NOT q XOR k) = 32·W − popc(q XOR k) when the row's
+    coefficient is negative, so a smaller value always means a larger score; 255 marks masked
+    keys (values are ≤ 32·W ≤ 224). Tiles without masked keys skip the mask test.
+    """
+    vl, bk = knobs.vector, knobs.block_k
+    popc = " + ".join(f"T.popcount(qw[{w}] ^ kb[b, hk, {w}, col])" for w in range(wl.words))
     keep = "col < nk" if not wl.causal else "T.And(col < nk, col <= row)"
-    vl = knobs.vector
+    body = {False: "val = T.Bind({popc})", True: "val = T.Bind(T.Select({keep}, {popc}, 255))"}
+
+    def tiles(masked: bool, bounds: str) -> str:
+        return f'''
+    for kt in range({bounds}):
+        for jo in range({bk // vl}):
+            for jj in T.vectorized({vl}):
+                col = T.Bind(kt * {bk} + jo * {vl} + jj)
+                {body[masked].format(popc=popc, keep=keep)}
+                P[i, col] = T.Cast("uint8", val)
+                vmin[jj] = T.min(vmin[jj], val)'''
     return f'''
 for i in range({knobs.block_q}):
     row = T.Bind(q0 + i)
+    for w in range({wl.words}):
+        qw[w] = T.Select(flip, T.bitwise_not(qb[b, h, row, w]), qb[b, h, row, w])
     for jj in T.vectorized({vl}):
         vmin[jj] = 255
-        vmax[jj] = 0
-    for kt, jo in T.grid(ntiles, {knobs.block_k // vl}):
-        for jj in T.vectorized({vl}):
-            col = T.Bind(kt * {knobs.block_k} + jo * {vl} + jj)
-            pc = T.Bind({popc})
-            val = T.Bind(T.Select({keep}, T.Select(flip, hd - pc, pc), 255))
-            P[i, col] = T.Cast("uint8", val)
-            vmin[jj] = T.min(vmin[jj], val)
-            vmax[jj] = T.max(vmax[jj], T.Select(val < 255, val, 0))
-    lo[i] = {_tree("T.min", [f"vmin[{x}]" for x in range(vl)])}
-    hi[i] = {_tree("T.max", [f"vmax[{x}]" for x in range(vl)])}'''
+    nfull = T.Bind({_lut_full_tiles(knobs, wl)})''' + tiles(False, "nfull") + tiles(True, "nfull, ntiles") + f'''
+    lo[i] = {_tree("T.min", [f"vmin[{x}]" for x in range(vl)])}'''
 
 
 def _intrin(name: str, dtype: str, *args: str) -> str:
@@ -426,7 +439,7 @@ def _intrin(name: str, dtype: str, *args: str) -> str:
             f"{', '.join(args)}, dtype=\"{dtype}\")")
 
 
-def _lut_pass_b(knobs: AttentionKnobs, tables: int) -> str:
+def _lut_pass_b(knobs: AttentionKnobs, wl: AttentionWorkload, tables: int) -> str:
     """Per row: Σ exp over keys from two 16-entry float tables (k = 16·k_hi + k_lo, vpermps),
     the u8 table round(255·exp(−2|c|k)/Σ), and the row's bytes mapped through it (vpermi2b)."""
     lookups = [_intrin(VPERMI2B, "uint8x64", f"L{2 * t}", "idx", f"L{2 * t + 1}")
@@ -436,6 +449,15 @@ def _lut_pass_b(knobs: AttentionKnobs, tables: int) -> str:
                       for x in range(2 * tables))
     e_hi = _intrin(VPERMPS, "float32x16", "TH", "T.shift_right(kk, T.broadcast(4, 16))")
     e_lo = _intrin(VPERMPS, "float32x16", "TL", "T.bitwise_and(kk, T.broadcast(15, 16))")
+    term = {False: f"{e_hi} * {e_lo}", True: f"T.Select(pv != T.broadcast(255, 16), {e_hi} * "
+                                              f"{e_lo}, T.broadcast(T.float32(0), 16))"}
+    sums = "".join(f'''
+    for kt in range({bounds}):
+        for jo in range({knobs.block_k // 16}):
+            pv = T.Bind(T.Cast("int32x16", P.vload([i, kt * {knobs.block_k} + jo * 16], "uint8x16")))
+            kk = T.Bind(pv - T.broadcast(low, 16))
+            red[T.ramp(0, 1, 16)] = red.vload([0], "float32x16") + {term[masked]}'''
+                   for masked, bounds in ((False, "nfull"), (True, "nfull, ntiles")))
     return f'''
 for i in range({knobs.block_q}):
     low = T.Bind(lo[i])
@@ -445,13 +467,11 @@ for i in range({knobs.block_q}):
         red[t] = T.float32(0)
     TL = T.Bind(tlo.vload([0], "float32x16"))
     TH = T.Bind(thi.vload([0], "float32x16"))
-    for kt, jo in T.grid(ntiles, {knobs.block_k // 16}):
-        pv = T.Bind(T.Cast("int32x16", P.vload([i, kt * {knobs.block_k} + jo * 16], "uint8x16")))
-        kk = T.Bind(pv - T.broadcast(low, 16))
-        red[T.ramp(0, 1, 16)] = red.vload([0], "float32x16") + T.Select(pv != T.broadcast(255, 16), {e_hi} * {e_lo}, T.broadcast(T.float32(0), 16))
+    row = T.Bind(q0 + i)
+    nfull = T.Bind({_lut_full_tiles(knobs, wl)}){sums}
     total = T.Bind({_tree("T.Add", [f"red[{x}]" for x in range(16)])})
     pscale = T.Bind(T.Select(total > T.float32(0), T.float32(255) / total, T.float32(0)))
-    span = T.Bind(hi[i] - low)
+    span = T.Bind({WORD_BITS * wl.words} - low)
     for t in T.vectorized({128 * tables}):
         lut[t] = T.Select(t <= span, T.Cast("uint8", T.min(T.floor(fexp(T.float32(-2) * ac * T.Cast("float32", t)) * pscale + T.float32(0.5)), T.float32(255))), T.uint8(0))
 {loads}
@@ -519,9 +539,8 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle, coef
         ntiles = T.Bind({_tile_loop_header(knobs, wl)})
         P = T.alloc_buffer(({bq}, NK), "uint8")
         lo = T.alloc_buffer(({bq},), "int32")
-        hi = T.alloc_buffer(({bq},), "int32")
+        qw = T.alloc_buffer(({wl.words},), "int32")
         vmin = T.alloc_buffer(({knobs.vector},), "int32")
-        vmax = T.alloc_buffer(({knobs.vector},), "int32")
         tlo = T.alloc_buffer((16,), "float32")
         thi = T.alloc_buffer((16,), "float32")
         red = T.alloc_buffer((16,), "float32")
@@ -531,7 +550,7 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle, coef
             for d in T.vectorized({dv}):
                 acc[i, d] = 0
 {_indent(_lut_pass_a(knobs, wl), "        ")}
-{_indent(_lut_pass_b(knobs, tables), "        ")}
+{_indent(_lut_pass_b(knobs, wl, tables), "        ")}
         for kt in range(ntiles):
             k0 = T.Bind(kt * {bk})
 {_indent(_vnni_pv(knobs, dv, "P", "k0"), "            ")}
