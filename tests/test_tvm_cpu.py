@@ -15,8 +15,9 @@ import tvm  # the TVM compiler is a test dependency: a missing install must fail
 
 from binattn import ops  # noqa: E402
 from binattn.ops import dispatch, reference  # noqa: E402
-from binattn.tvm_kernels import cpu_build, cpu_dispatch  # noqa: E402
+from binattn.tvm_kernels import cpu_build, cpu_dispatch, cpu_kernels  # noqa: E402
 from binattn.tvm_kernels.cache import KernelCache  # noqa: E402
+from binattn.tvm_kernels.cpu_target import cpu_features  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -136,6 +137,98 @@ def test_fused_attention_random_shapes(n_q, n_k, head_dim, value_dim, causal, se
     out = ops.binary_attention(q, k, v, **kwargs)
     assert_kernel_ran("binary_attention")
     torch.testing.assert_close(out, reference_attention(q, k, v, **kwargs), rtol=1e-5, atol=1e-5)
+
+
+HAS_LUT_CPU = cpu_kernels.LUT_FEATURES <= cpu_features()
+
+
+def pv8_tag(q, v, kwargs) -> str:
+    """Workload tag the dispatcher builds for this 8-bit call ('…_pv8lut': the table kernel)."""
+    add = cpu_dispatch._add_shape(kwargs.get("bias"), kwargs.get("attn_mask"))
+    return cpu_dispatch._workload(q, v, add, kwargs.get("is_causal", False), 8).tag()
+
+
+def assert_pv8_close(out, ref, v):
+    """8-bit P: a probability on a rounding boundary may land one u8 level off."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=3 * v.abs().max().item() / 255)
+
+
+@settings(max_examples=10, deadline=None)
+@given(n_q=st.integers(1, 90), n_k=st.integers(1, 300), head_dim=st.sampled_from([31, 64, 100]),
+       value_dim=st.sampled_from([17, 64]), causal=st.booleans(), kv_heads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**16))
+def test_pv8_table_kernel_random_shapes(n_q, n_k, head_dim, value_dim, causal, kv_heads, seed):
+    """The table kernel (no bias/mask) against the reference: odd D, N, Dv, causal, GQA."""
+    q, k, v, kwargs = make_inputs(seed, batch=2, heads=2, kv_heads=kv_heads, n_q=n_q, n_k=n_k,
+                                  head_dim=head_dim, value_dim=value_dim, is_causal=causal,
+                                  pv_bits=8)
+    assert pv8_tag(q, v, kwargs).endswith("_pv8lut") == HAS_LUT_CPU
+    out = ops.binary_attention(q, k, v, **kwargs)
+    assert_kernel_ran("binary_attention")
+    assert_pv8_close(out, reference_attention(q, k, v, **kwargs), v)
+
+
+@pytest.mark.parametrize("scale", [-0.3, 0.0, 1e-4, 3.0])
+def test_pv8_table_kernel_any_coefficient(scale):
+    """Negative (NOT q path), zero (uniform P), tiny (P ≈ 255/N everywhere) and large (one-hot
+    P) coefficients; 600 keys so rows have both unmasked and masked (causal) key tiles."""
+    q, k, v, kwargs = make_inputs(seed=11, batch=1, heads=2, kv_heads=1, n_q=300, n_k=600,
+                                  scale_mode="none", scale=scale, is_causal=True, pv_bits=8)
+    out = ops.binary_attention(q, k, v, **kwargs)
+    assert_kernel_ran("binary_attention")
+    assert_pv8_close(out, reference_attention(q, k, v, **kwargs), v)
+
+
+@pytest.mark.parametrize("head_dim,table", [(224, True), (225, False)])
+def test_pv8_table_kernel_head_dim_limit(head_dim, table):
+    """D ≤ 224 (7 words: a key's value fits a byte) runs the table kernel, wider D the
+    two-pass kernel; both match the reference."""
+    q, k, v, kwargs = make_inputs(seed=12, batch=1, heads=2, n_q=40, n_k=150, head_dim=head_dim,
+                                  pv_bits=8)
+    assert pv8_tag(q, v, kwargs).endswith("_pv8lut") == (table and HAS_LUT_CPU)
+    out = ops.binary_attention(q, k, v, **kwargs)
+    assert_kernel_ran("binary_attention")
+    assert_pv8_close(out, reference_attention(q, k, v, **kwargs), v)
+
+
+@pytest.mark.parametrize("case", ["bool-mask", "bias"])
+def test_pv8_with_bias_or_mask_runs_the_two_pass_kernel(case):
+    """Bias/mask values are not integers: the dispatcher keeps the two-pass kernel for them."""
+    options = dict(mask="bool") if case == "bool-mask" else dict(bias=True)
+    q, k, v, kwargs = make_inputs(seed=13, n_q=50, n_k=140, pv_bits=8, **options)
+    assert pv8_tag(q, v, kwargs).endswith("_pv8")
+    out = ops.binary_attention(q, k, v, **kwargs)
+    assert_kernel_ran("binary_attention")
+    assert_pv8_close(out, reference_attention(q, k, v, **kwargs), v)
+
+
+def test_pv8_table_kernel_needs_vbmi_and_vnni():
+    wl = cpu_kernels.AttentionWorkload(2, 64, pv8=True)
+    assert cpu_kernels.pv8_uses_lut(wl, cpu_kernels.LUT_FEATURES)
+    assert not cpu_kernels.pv8_uses_lut(wl, cpu_kernels.LUT_FEATURES - {"avx512vbmi"})
+    assert not cpu_kernels.pv8_uses_lut(cpu_kernels.AttentionWorkload(2, 64), cpu_kernels.LUT_FEATURES)
+    assert not cpu_kernels.pv8_uses_lut(cpu_kernels.AttentionWorkload(2, 64, False, (True,) * 3, True),
+                                        cpu_kernels.LUT_FEATURES)
+
+
+@settings(max_examples=8, deadline=None)
+@given(n=st.integers(1, 200), value_dim=st.sampled_from([16, 64]), seed=st.integers(0, 2**16))
+def test_quantize_v_kernel_is_exact(n, value_dim, seed):
+    """s8 V equals round(v·127/max|v|) (half to even, as the reference), keys interleaved by 4,
+    padding keys zero; scales equal the reference's 1/(255·(inv + 1e-6))."""
+    v = torch.randn(2, 3, n, value_dim, generator=torch.Generator().manual_seed(seed))
+    v[0, 0, :, 0] = 0.25  # ties: with max|v| = 127 the scale is exactly 1, so 30.5 → 30, 31.5 → 32
+    v[0, 0, :3, 0] = torch.tensor([127.0, 30.5, 31.5])[:n]
+    n4 = -(-n // 128) * 32
+    v8 = torch.full((2, 3, n4, value_dim, 4), 99, dtype=torch.int8)
+    vscale = torch.full((2, 3, value_dim), float("nan"))
+    cpu_build.quantize_v_kernel(value_dim)(v, v8, vscale)
+    inv = reference.v_inverse_step(v)
+    keys = v8.transpose(-1, -2).reshape(2, 3, n4 * 4, value_dim)
+    assert torch.equal(keys[:, :, :n], torch.round(v * inv).to(torch.int8))
+    assert not keys[:, :, n:].any()
+    assert torch.equal(vscale, (1.0 / (255 * (inv + 1e-6))).reshape(2, 3, value_dim))
 
 
 def test_attention_in_output_is_written_everywhere():

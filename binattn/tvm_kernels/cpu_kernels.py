@@ -302,6 +302,12 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, coef_h: T.handle{add_par
     return _parse(source)
 
 
+def _u8_level(scaled: str) -> str:
+    """TVMScript text of min(round(x), 255) as uint8 for x = 255·p ≥ 0, halves to even like
+    ``reference.quantize_probs_u8`` (torch.round): uniform rows hit exact halves (255/102)."""
+    return f"T.Cast(\"uint8\", T.min({_intrin('llvm.roundeven', 'float32', scaled)}, T.float32(255)))"
+
+
 def attention_pv8_module(wl: AttentionWorkload, knobs: AttentionKnobs,
                          vnni: Optional[bool] = None) -> tvm.IRModule:
     """``pv_bits=8``: two passes; P quantized to u8 after normalisation, V given as s8.
@@ -363,7 +369,7 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle, coef
                     for jj in T.vectorized({knobs.vector}):
                         S[i, jo * {knobs.vector} + jj] = {_score_expr(wl, "row", f"k0 + jo * {knobs.vector} + jj")}
                     for jj in T.vectorized({knobs.vector}):
-                        P8[i, jo * {knobs.vector} + jj] = T.Cast("uint8", T.min(T.floor(fexp(S[i, jo * {knobs.vector} + jj] - muse) * pscale + T.float32(0.5)), T.float32(255)))
+                        P8[i, jo * {knobs.vector} + jj] = {_u8_level(f"fexp(S[i, jo * {knobs.vector} + jj] - muse) * pscale")}
 {pv_block}
         for i in range({bq}):
             for d in T.vectorized({dv}):
@@ -473,7 +479,7 @@ for i in range({knobs.block_q}):
     pscale = T.Bind(T.Select(total > T.float32(0), T.float32(255) / total, T.float32(0)))
     span = T.Bind({WORD_BITS * wl.words} - low)
     for t in T.vectorized({128 * tables}):
-        lut[t] = T.Select(t <= span, T.Cast("uint8", T.min(T.floor(fexp(T.float32(-2) * ac * T.Cast("float32", t)) * pscale + T.float32(0.5)), T.float32(255))), T.uint8(0))
+        lut[t] = T.Select(t <= span, {_u8_level('fexp(T.float32(-2) * ac * T.Cast("float32", t)) * pscale')}, T.uint8(0))
 {loads}
     for kt, jo in T.grid(ntiles, {knobs.block_k // 64}):
         idx = T.Bind(P.vload([i, kt * {knobs.block_k} + jo * 64], "uint8x64") - T.broadcast(T.Cast("uint8", low), 64))
