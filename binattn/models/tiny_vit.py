@@ -2,7 +2,9 @@
 
 Its attention is ``F.scaled_dot_product_attention`` (as in timm/HF), or the hand-written
 ``softmax(q·kᵀ·scale)·v`` with ``fused_attn=False``, so the binarize pass meets the same shapes it
-meets in third-party models. Token layout: N = 1 + Gh·Gw. What it is not: a pretrained model.
+meets in third-party models. Token layout: N = 1 + Gh·Gw. Optionally a small 3×3-conv stem before
+the patch embedding (``stem_channels``), for small-data tasks where bare 2×2 patches carry too
+little. What it is not: a pretrained model.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class TinyViTConfig:
     mlp_ratio: float = 2.0
     dropout: float = 0.0
     fused_attn: bool = True
+    stem_channels: tuple[int, ...] = ()  # 3×3 conv + GELU layers before the patch embedding
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -66,14 +69,28 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def conv_stem(in_chans: int, channels: tuple[int, ...]) -> nn.Sequential:
+    """Same-size 3×3 convolutions with GELU: local features before the patch grid (the token
+    grid is unchanged, each token just sees a wider receptive field)."""
+    layers: list[nn.Module] = []
+    for width in channels:
+        layers += [nn.Conv2d(in_chans, width, 3, padding=1), nn.GELU()]
+        in_chans = width
+    return nn.Sequential(*layers)
+
+
 class TinyViT(nn.Module):
-    """ViT: patch embedding, cls token, learned positions, ``depth`` pre-norm blocks, head."""
+    """ViT: (optional conv stem,) patch embedding, cls token, learned positions, ``depth``
+    pre-norm blocks, head."""
 
     def __init__(self, cfg: TinyViTConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or TinyViTConfig()
         gh, gw = cfg.grid
-        self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.dim, cfg.patch_size, cfg.patch_size)
+        if cfg.stem_channels:  # only built when asked: the plain ViT's init stays the same
+            self.stem = conv_stem(cfg.in_chans, cfg.stem_channels)
+        embed_in = cfg.stem_channels[-1] if cfg.stem_channels else cfg.in_chans
+        self.patch_embed = nn.Conv2d(embed_in, cfg.dim, cfg.patch_size, cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + gh * gw, cfg.dim) * 0.02)
         self.blocks = nn.Sequential(*[Block(cfg) for _ in range(cfg.depth)])
@@ -81,6 +98,8 @@ class TinyViT(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cfg.stem_channels:
+            images = self.stem(images)
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         return self.norm(self.blocks(x))

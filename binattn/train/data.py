@@ -4,14 +4,15 @@ What it does:
   - ``digits()``: scikit-learn's ``load_digits`` (1797 real 8×8 grey images, shipped with
     scikit-learn), as float tensors ``[N, 1, 8, 8]`` scaled to [0, 1] and int64 labels;
   - ``cluttered_digits()``: each digit at a random position on a 24×24 canvas, with clutter made of
-    fragments of *other* digits, so the classifier has to attend to the right place;
+    fragments of *other* digits, so the classifier has to attend to the right place; any number
+    of renderings per digit (fresh positions and clutter each), vectorized;
   - ``stratified_folds()``: stratified k-fold index splits (scikit-learn);
   - ``stdlib_sentences()``: unlabeled English sentences from the docstrings of the Python
     standard library (always available offline), deduplicated, in a deterministic order;
   - ``TensorData`` + ``batches()``: in-memory datasets and seeded, fixed-size batches, sharded
     across ranks for DDP.
 
-What it does not: augmentation, tokenization (the MiniLM benchmark tokenizes), or file formats
+What it does not: augmentation beyond the cluttered renderings, tokenization (the MiniLM benchmark tokenizes), or file formats
 beyond ``load_tensor_data`` (``.npz``/``.pt`` with ``x``/``y`` arrays, or a text file).
 """
 from __future__ import annotations
@@ -101,35 +102,67 @@ def digits() -> TensorData:
     return TensorData((images,), torch.tensor(bunch.target, dtype=torch.long))
 
 
-def cluttered_digits(canvas: int = 24, fragments: int = 4, fragment_size: int = 4,
-                     seed: int = 0) -> TensorData:
-    """Every digit of :func:`digits` placed at a random spot of a ``canvas``² image, plus clutter.
+def paste_max(canvas: torch.Tensor, patches: torch.Tensor, ys: torch.Tensor,
+              xs: torch.Tensor) -> None:
+    """Max-composite ``patches[i]`` ([n, h, w]) into ``canvas[i]`` ([n, H, W]) at (ys[i], xs[i])."""
+    n, h, w = patches.shape
+    rows = (ys[:, None] + torch.arange(h))[:, :, None]
+    cols = (xs[:, None] + torch.arange(w))[:, None, :]
+    item = torch.arange(n)[:, None, None]
+    canvas[item, rows, cols] = torch.maximum(canvas[item, rows, cols], patches)
 
-    Clutter: ``fragments`` random ``fragment_size``² crops of other (random) digits at random
-    positions, drawn first so the digit is pasted over them (max-composited). Deterministic in
-    ``seed``. Returns ``[1797, 1, canvas, canvas]`` in [0, 1] with the digit's label.
+
+def render_cluttered(images: torch.Tensor, canvas: int, fragments: int, fragment_size: int,
+                     rng: np.random.Generator, copies: int = 1
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``copies`` renderings of every image of ``images`` ([n, s, s]) on a ``canvas``² canvas.
+
+    Each rendering draws ``fragments`` random ``fragment_size``² crops of *other* images of
+    ``images`` at random positions, then max-composites the image itself at a random position.
+    Returns the canvases ``[copies·n, canvas, canvas]`` (rendering-major: rows ``k·n .. k·n+n-1``
+    are the k-th rendering of images 0..n-1) and the digit positions ``[copies·n, 2]`` (y, x).
+    Vectorized: one indexing operation per fragment, not a loop over images.
     """
-    base = digits()
-    images, labels = base.inputs[0][:, 0], base.labels
     n, side = images.shape[0], images.shape[-1]
     if canvas < side or fragment_size > side:
         raise ValueError(f"canvas {canvas} must be >= {side} and fragment_size <= {side}")
-    rng = np.random.default_rng(seed)
-    out = torch.zeros(n, 1, canvas, canvas)
-    for i in range(n):
-        img = out[i, 0]
-        for _ in range(fragments):
-            j = int(rng.integers(n - 1))
-            j += j >= i  # another digit
-            fy, fx = rng.integers(0, side - fragment_size + 1, size=2)
-            y, x = rng.integers(0, canvas - fragment_size + 1, size=2)
-            patch = images[j, fy:fy + fragment_size, fx:fx + fragment_size]
-            region = img[y:y + fragment_size, x:x + fragment_size]
-            region.copy_(torch.maximum(region, patch))
-        y, x = rng.integers(0, canvas - side + 1, size=2)
-        region = img[y:y + side, x:x + side]
-        region.copy_(torch.maximum(region, images[i]))
-    return TensorData((out,), labels.clone())
+    if fragments and n < 2:
+        raise ValueError("clutter needs at least 2 images (fragments come from other images)")
+    total = copies * n
+    own = torch.arange(n).repeat(copies)
+    out = torch.zeros(total, canvas, canvas)
+    span = torch.arange(fragment_size)
+    for _ in range(fragments):
+        other = torch.as_tensor(rng.integers(n - 1, size=total))
+        other += (other >= own).long()  # another image, never the digit itself
+        crop = torch.as_tensor(rng.integers(0, side - fragment_size + 1, size=(total, 2)))
+        where = torch.as_tensor(rng.integers(0, canvas - fragment_size + 1, size=(total, 2)))
+        rows = (crop[:, :1] + span)[:, :, None]
+        cols = (crop[:, 1:] + span)[:, None, :]
+        paste_max(out, images[other[:, None, None], rows, cols], where[:, 0], where[:, 1])
+    pos = torch.as_tensor(rng.integers(0, canvas - side + 1, size=(total, 2)))
+    paste_max(out, images[own], pos[:, 0], pos[:, 1])
+    return out, pos
+
+
+def cluttered_digits(canvas: int = 24, fragments: int = 4, fragment_size: int = 4,
+                     seed: int = 0, index: Optional[Sequence[int] | np.ndarray] = None,
+                     copies: int = 1) -> TensorData:
+    """Digits of :func:`digits` placed at random spots of a ``canvas``² image, over clutter.
+
+    Clutter: ``fragments`` random ``fragment_size``² crops of *other* digits of the same selection
+    at random positions; the digit is max-composited over them (:func:`render_cluttered`).
+    ``index`` selects the digits (default: all 1797; clutter then only comes from that
+    selection, so a test split never shows fragments of training digits), ``copies`` renders
+    each one that many times with fresh positions and clutter (rendering-major order).
+    Deterministic in ``seed``. Returns ``[copies·n, 1, canvas, canvas]`` in [0, 1] + labels.
+    """
+    base = digits()
+    if index is not None:
+        base = base.subset(index)
+    images, _ = render_cluttered(base.inputs[0][:, 0], canvas, fragments, fragment_size,
+                                 np.random.default_rng(seed), copies)
+    return TensorData((images.unsqueeze(1),), base.labels.repeat(copies))
 
 
 def stratified_folds(labels: torch.Tensor, folds: int, seed: int
