@@ -52,6 +52,7 @@ def test_build_writes_loadable_library_and_manifest(small_build):
     module = tvm_ffi.load_module(str(lib))
     for name in ("binattn_attention_bfloat16_dv64", "binattn_attention_bfloat16_dv64_bias",
                  "binattn_sign_pack_float32", "binattn_sign_pack_bfloat16_v8",
+                 "binattn_sign_pack_float16_v8_l2", "binattn_sign_pack_bfloat16_v8_l4",
                  "binattn_popcount_scores"):
         assert module[name] is not None
     cuobjdump = shutil.which("cuobjdump")
@@ -101,13 +102,31 @@ def test_arch_candidates(capability, first):
 
 def test_no_matching_library_names_reason(tmp_path, monkeypatch):
     (tmp_path / "manifest.json").write_text(json.dumps(
-        {"format": 1, "libraries": {"sm_90a": {"file": "x.so"}}}))
+        {"format": cuda_build.MANIFEST_FORMAT, "libraries": {"sm_90a": {"file": "x.so"}}}))
     (tmp_path / "x.so").write_bytes(b"")
     monkeypatch.setenv("BINATTN_CUDA_KERNELS", str(tmp_path))
     monkeypatch.setattr(cuda_dispatch, "kernel_dirs", lambda: [tmp_path])
     directory, entry, reason = cuda_dispatch.find_library((7, 5))
     assert directory is None and "sm_75" in reason and "sm_90a" in reason
     assert cuda_dispatch.find_library((9, 0))[2] == "sm_90a"
+
+
+def test_library_of_an_older_format_is_not_loaded(tmp_path, monkeypatch):
+    # format 1 kernels take one argument fewer: calling them would read garbage
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": 1, "libraries": {"sm_90a": {"file": "x.so"}}}))
+    (tmp_path / "x.so").write_bytes(b"")
+    monkeypatch.setattr(cuda_dispatch, "kernel_dirs", lambda: [tmp_path])
+    assert cuda_dispatch.find_library((9, 0))[0] is None
+
+
+def test_dispatch_names_the_built_sign_pack_kernels():
+    from binattn.tvm_kernels.cuda_sign_pack import VEC_LANES, sign_pack_name
+
+    for head_dim, lanes in ((8, 2), (64, 2), (72, 4), (128, 4), (136, 8), (256, 8)):
+        assert lanes in VEC_LANES
+        assert (cuda_dispatch.vec_sign_pack_name("float16", head_dim)
+                == sign_pack_name("float16", True, lanes))
 
 
 def test_parse_archs_rejects_unknown():
@@ -129,9 +148,21 @@ def test_tuning_db_roundtrip(tmp_path):
 def test_tune_grid_and_record_best(tmp_path):
     from binattn.schedules import cuda_tune
 
+    from binattn.tvm_kernels.cuda_attention import SHARED_LIMIT, attention_func, shared_bytes
+
     grid = cuda_tune.candidates(64)
-    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 6
-    assert all(c.key_block <= 64 for c in cuda_tune.candidates(256))
+    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 20
+    assert {c.poly_quarters for c in grid} == {0, 1} and {c.stages for c in grid} == {2, 3}
+    assert {c.row_tiles for c in grid} == {1, 2}
+    assert all(shared_bytes(64, c) <= SHARED_LIMIT for c in grid)
+    big = cuda_tune.candidates(256)
+    assert big and all(c.key_block == 32 and shared_bytes(256, c) <= SHARED_LIMIT for c in big)
+    with pytest.raises(ValueError, match="shared memory"):
+        attention_func("bfloat16", 256, sched.CudaAttentionSchedule(4, 128))
+    with pytest.raises(ValueError, match="poly_quarters"):
+        sched.CudaAttentionSchedule(4, 64, 5).check()
+    with pytest.raises(ValueError, match="row_tiles"):
+        sched.CudaAttentionSchedule(4, 64, 0, 2, 3).check()
     timings = tmp_path / "timings.json"
     rows = [dict(arch="sm_90a", dtype="bfloat16", dv=64, ms=ms, correct=ok,
                  schedule={"warps": w, "key_block": k})

@@ -64,15 +64,20 @@ def test_sign_pack_bit_exact(cuda_dispatch, gen, dtype, head_dim, vec):
         abs_sum = torch.zeros(3, dtype=torch.float32, device="cuda")
         name = f"binattn_sign_pack_{cuda_dispatch.PACK_DTYPES[dtype]}"
         if vec:
-            name, x_in = name + "_v8", x.view(torch.int32).view(3, 37, head_dim // 8, 4)
+            name = cuda_dispatch.vec_sign_pack_name(cuda_dispatch.PACK_DTYPES[dtype], head_dim)
+            x_in = x.view(torch.int32).view(3, 37, head_dim // 8, 4)
         else:
             x_in = x
-        cuda_dispatch._call(x.device, name, x_in, bits, pops, abs_sum)
+        cuda_dispatch._call(x.device, name, x_in, bits, pops, abs_sum, 0, 1)
         ref_bits, ref_pops = reference.sign_pack(x)
         w = ref_bits.shape[-1]
         assert torch.equal(bits[..., :w], ref_bits), f"seed {gen.initial_seed()}"
         assert torch.all(bits[..., w:] == 0)
         assert torch.equal(pops, ref_pops)
+        # the attention kernel's key form: SCORE_MAGIC − popcount
+        cuda_dispatch._call(x.device, name, x_in, bits, pops, abs_sum.clone(),
+                            cuda_dispatch.SCORE_MAGIC, -1)
+        assert torch.equal(pops, cuda_dispatch.SCORE_MAGIC - ref_pops)
         torch.testing.assert_close(abs_sum, x.float().abs().sum((-2, -1)), rtol=1e-5, atol=1e-3)
 
 
@@ -155,6 +160,25 @@ def test_attention_matches_reference(cuda_dispatch, gen, dtype, head_dim):
 def test_attention_cases_match_reference(cuda_dispatch, gen, case, head_dim):
     dtype = torch.bfloat16 if head_dim != 72 else torch.float16
     q, k, v, kw = _case_inputs(gen, case, dtype, head_dim)
+    out = binattn.ops.binary_attention(q, k, v, **kw)
+    assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
+    _check(out, q, k, v, kw, gen)
+
+
+# the kernel picks its softmax per CTA from coef·2·D (coef = 2·scale·log2 e with scale_mode
+# "none"): a fixed shift when it fits (bf16 ≤ 100, fp16 ≤ 24), the online softmax otherwise;
+# D > 128 runs the b1 mma twice instead of duplicating the bits
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", (64, 200))
+@pytest.mark.parametrize("scale_kw", ({"scale_mode": "none", "scale": 0.002}, {},
+                                      {"scale_mode": "none", "scale": 2.0}),
+                         ids=("fixed-shift", "mean_abs", "online"))
+@pytest.mark.parametrize("causal", (False, True))
+def test_attention_softmax_modes(cuda_dispatch, gen, dtype, head_dim, scale_kw, causal):
+    q = randn(gen, 2, 3, 97, head_dim, dtype=dtype)
+    k = randn(gen, 2, 3, 131, head_dim, dtype=dtype)
+    v = randn(gen, 2, 3, 131, 64, dtype=dtype)
+    kw = dict(scale_kw, is_causal=causal)
     out = binattn.ops.binary_attention(q, k, v, **kw)
     assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
     _check(out, q, k, v, kw, gen)

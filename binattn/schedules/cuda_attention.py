@@ -1,7 +1,8 @@
 """Schedule knobs of binattn's CUDA attention kernel and the tuned-config database they come from.
 
 What it does: names the knobs the TVMScript kernel in ``binattn.tvm_kernels.cuda_attention`` is
-generated with (warps per CTA = 16 query rows each, keys per inner block), gives a default per
+generated with (warps per CTA = 16 query rows each, keys per inner block, share of the
+exponentials computed by a polynomial on the FMA pipe, pipeline stages), gives a default per
 value head size, and reads/writes the tuning database (JSON: ``{arch: {"<dtype>/dv<N>":
 {"warps": .., "key_block": ..}}}``) that ``binattn build-kernels`` consults and
 ``binattn tune --target cuda`` fills.
@@ -21,17 +22,32 @@ from typing import Optional
 DV_BUCKETS = (32, 64, 72, 80, 96, 128, 256)
 DTYPES = ("float16", "bfloat16")
 PACKAGED_DB = Path(__file__).with_name("cuda_tuned.json")
+#: float bits of 1.5·2**23: as_float(SCORE_MAGIC + i) == 1.5·2**23 + i for |i| < 2**22. The
+#: attention kernel reads key popcounts as ``SCORE_MAGIC − popc`` (the sign-pack writes them so)
+SCORE_MAGIC = 0x4B400000
 
 
 @dataclass(frozen=True)
 class CudaAttentionSchedule:
-    """Knobs of one attention kernel: ``warps`` × 16 query rows per CTA, ``key_block`` keys per step."""
+    """Knobs of one attention kernel: ``warps`` × 16 × ``row_tiles`` query rows per CTA, ``key_block`` keys per
+    step, ``poly_quarters`` quarters of each step's exponentials on the FMA pipe (the rest on the
+    MUFU ``ex2`` unit), ``stages`` key blocks in flight in shared memory (cp.async pipeline),
+    ``row_tiles`` 16-row tiles per warp."""
 
     warps: int = 4
     key_block: int = 64
+    poly_quarters: int = 0  # quarters of the exponentials computed on the FMA pipe (0..3)
+    stages: int = 2
+    row_tiles: int = 1  # 16-row tiles per warp (2: each V fragment feeds twice the mmas)
 
     def check(self) -> None:
         """Raise ValueError for knob values the kernel template cannot generate."""
+        if self.poly_quarters not in (0, 1, 2, 3):
+            raise ValueError(f"poly_quarters must be 0..3, got {self.poly_quarters}")
+        if self.row_tiles not in (1, 2):
+            raise ValueError(f"row_tiles must be 1 or 2, got {self.row_tiles}")
+        if self.stages not in (2, 3, 4):
+            raise ValueError(f"stages must be 2, 3 or 4, got {self.stages}")
         if self.warps not in (1, 2, 4, 8):
             raise ValueError(f"warps must be 1, 2, 4 or 8, got {self.warps}")
         if self.key_block not in (32, 64, 128):
@@ -41,8 +57,11 @@ class CudaAttentionSchedule:
 
 
 def default_schedule(dv: int) -> CudaAttentionSchedule:
-    """Untuned default: 4 warps; fewer keys per step for big heads to keep registers in check."""
-    return CudaAttentionSchedule(warps=4, key_block=32 if dv > 128 else 64)
+    """Untuned default (the H100 tuning's shape for dv 64): 8 warps × 64 keys; big heads take 4
+    warps × 32 keys to keep registers and shared memory in check."""
+    if dv > 128:
+        return CudaAttentionSchedule(warps=4, key_block=32)
+    return CudaAttentionSchedule(warps=8, key_block=64)
 
 
 def db_path() -> Path:

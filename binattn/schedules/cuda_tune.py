@@ -2,9 +2,9 @@
 
 What it does, in three steps that can run on two machines (TVM + nvcc here, a GPU there):
 
-1. ``build_candidates(out_dir, arch, dvs)`` builds one small library per candidate schedule
-   (warps × key_block) and value head size, with TVM + nvcc (no GPU needed), plus
-   ``candidates.json`` describing them;
+1. ``build_candidates(out_dir, arch, dvs)`` builds one library per value head size holding
+   every candidate schedule (warps × key_block × poly_quarters) under its own symbol, with
+   TVM + nvcc (no GPU needed), plus ``candidates.json`` describing them;
 2. ``python -m binattn.schedules.cuda_tune time DIR`` (on the GPU machine; needs torch and
    apache-tvm-ffi only) times every candidate with CUDA events at a long-sequence shape, checks
    its output against the default schedule, and writes ``DIR/timings.json``;
@@ -24,47 +24,75 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cuda_attention import CudaAttentionSchedule, record_schedule
+from .cuda_attention import SCORE_MAGIC, CudaAttentionSchedule, record_schedule
 
 GRID_WARPS = (4, 8)
 GRID_KEY_BLOCK = (32, 64, 128)
+GRID_POLY_QUARTERS = (0, 1)
+GRID_STAGES = (2, 3)
+GRID_ROW_TILES = (1, 2)
 TUNE_DVS = (64, 128)
 TUNE_SHAPE = (2, 16, 4096)  # B, H, N; D = dv
 
 
 def candidates(dv: int) -> list[CudaAttentionSchedule]:
-    """The schedules tried for one value head size (big heads skip 128-key blocks: registers)."""
-    return [CudaAttentionSchedule(w, k) for w, k in itertools.product(GRID_WARPS, GRID_KEY_BLOCK)
-            if not (dv > 128 and k > 64)]
+    """The schedules tried for one value head size: the grid, less what does not fit in shared
+    memory, and 32-key blocks only for heads over 64 (small blocks pay off only with big heads)."""
+    from ..tvm_kernels.cuda_attention import SHARED_LIMIT, shared_bytes
+
+    grid = itertools.product(GRID_WARPS, GRID_KEY_BLOCK, GRID_POLY_QUARTERS, GRID_STAGES,
+                             GRID_ROW_TILES)
+    return [s for s in (CudaAttentionSchedule(*knobs) for knobs in grid)
+            if shared_bytes(dv, s) <= SHARED_LIMIT and not (dv <= 64 and s.key_block == 32)
+            and not (s.row_tiles == 2 and s.key_block > 64)]  # scores of 2 row tiles: registers
+
+
+def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> str:
+    """Exported name of one candidate kernel inside a candidate library."""
+    return (f"cand_{dtype}_dv{dv}_w{schedule.warps}_k{schedule.key_block}"
+            f"_p{schedule.poly_quarters}_s{schedule.stages}_r{schedule.row_tiles}")
+
+
+def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:
+    import subprocess
+
+    import tvm
+
+    from ..tvm_kernels import cuda_build
+
+    target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "cuda_host"})
+    source = tvm.backend.cuda.export_cuda_host(tvm.compile(tvm.IRModule(funcs), target).mod)
+    (out_dir / f"{name}.cu").write_text(source)
+    cmd = cuda_build.nvcc_command(arch, out_dir / f"{name}.cu", out_dir / f"{name}.so")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nvcc failed for {name}: {proc.stderr[-2000:]}")
+    (out_dir / f"{name}.cu").unlink()
 
 
 def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = TUNE_DVS,
                      dtype: str = "bfloat16") -> Path:
-    """Build one library per (dv, candidate) into ``out_dir``; returns candidates.json."""
-    import tvm
+    """Build one library per value head size holding every candidate schedule (each under its
+    own symbol) and the sign-pack kernel, into ``out_dir``; returns candidates.json."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    from ..tvm_kernels import cuda_build
-    from ..tvm_kernels.cuda_attention import attention_func, attention_name
+    from ..tvm_kernels.cuda_attention import attention_func
     from ..tvm_kernels.cuda_sign_pack import sign_pack_func, sign_pack_name
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries = []
+    entries, jobs = [], []
     for dv in dvs:
-        for i, sched in enumerate(candidates(dv)):
-            funcs = {attention_name(dtype, dv): attention_func(dtype, dv, sched),
-                     sign_pack_name(dtype): sign_pack_func(dtype)}
-            target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "cuda_host"})
-            source = tvm.backend.cuda.export_cuda_host(tvm.compile(tvm.IRModule(funcs), target).mod)
-            name = f"cand_{dtype}_dv{dv}_w{sched.warps}_k{sched.key_block}"
-            (out_dir / f"{name}.cu").write_text(source)
-            cmd = cuda_build.nvcc_command(arch, out_dir / f"{name}.cu", out_dir / f"{name}.so")
-            import subprocess
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"nvcc failed for {name}: {proc.stderr[-2000:]}")
-            (out_dir / f"{name}.cu").unlink()
-            entries.append({"file": f"{name}.so", "arch": arch, "dtype": dtype, "dv": dv,
-                            "schedule": asdict(sched)})
+        name = f"cand_{arch}_{dtype}_dv{dv}"
+        funcs = {sign_pack_name(dtype): sign_pack_func(dtype)}
+        for sched in candidates(dv):
+            symbol = candidate_symbol(dtype, dv, sched)
+            funcs[symbol] = attention_func(dtype, dv, sched).with_attr("global_symbol", symbol)
+            entries.append({"file": f"{name}.so", "symbol": symbol, "arch": arch,
+                            "dtype": dtype, "dv": dv, "schedule": asdict(sched)})
+        jobs.append((name, funcs))
+    # nvcc runs outside the GIL: the libraries compile side by side
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        list(pool.map(lambda job: _build_library(out_dir, arch, *job), jobs))
     path = out_dir / "candidates.json"
     path.write_text(json.dumps(entries, indent=1))
     return path
@@ -77,26 +105,29 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
 
     entries = json.loads((directory / "candidates.json").read_text())
     B, H, N = TUNE_SHAPE
-    results, reference = [], {}
+    results, reference, modules = [], {}, {}
     for entry in entries:
         dv, dtype = entry["dv"], getattr(torch, entry["dtype"])
-        module = tvm_ffi.load_module(str(directory / entry["file"]))
+        if entry["file"] not in modules:
+            modules[entry["file"]] = tvm_ffi.load_module(str(directory / entry["file"]))
+        module = modules[entry["file"]]
         gen = torch.Generator(device="cuda").manual_seed(dv)
         q, k, v = (torch.randn(B, H, N, dv, device="cuda", dtype=dtype, generator=gen)
                    for _ in range(3))
         packed = []
-        for x in (q, k):
+        for x, pop_form in ((q, (0, 1)), (k, (SCORE_MAGIC, -1))):
             bits = torch.empty(B * H, N, 8, dtype=torch.int32, device="cuda")
             pops = torch.empty(B * H, N, dtype=torch.int32, device="cuda")
             abs_sum = torch.zeros(B * H, dtype=torch.float32, device="cuda")
-            module[f"binattn_sign_pack_{entry['dtype']}"](x.reshape(B * H, N, dv), bits, pops, abs_sum)
+            module[f"binattn_sign_pack_{entry['dtype']}"](x.reshape(B * H, N, dv), bits, pops,
+                                                          abs_sum, *pop_form)
             packed.append((bits.view(B, H, N, 8), pops.view(B, H, N), abs_sum))
         out = torch.full((B, H, N, dv), float("nan"), dtype=dtype, device="cuda")
         args = (packed[0][0], packed[1][0], packed[1][1], v.view(torch.int32).view(B, H, N, dv // 8, 4),
                 out.view(torch.int32), packed[0][2], packed[1][2],
                 torch.zeros(1, device="cuda"), 0, 1, 0, 0, 0, 0,
-                float(1.4426950408889634 / math.sqrt(dv) / (N * dv) ** 2))
-        fn = module[f"binattn_attention_{entry['dtype']}_dv{dv}"]
+                float(1.4426950408889634 / math.sqrt(dv) / (N * dv) ** 2), dv)
+        fn = module[entry["symbol"]]
         fn(*args)
         torch.cuda.synchronize()
         ok = not torch.isnan(out).any().item()
@@ -114,7 +145,7 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         results.append(dict(entry, ms=sorted(times)[len(times) // 2], correct=bool(ok)))
-        print(f"{entry['file']}: {results[-1]['ms'] * 1e3:.1f} µs {'ok' if ok else 'WRONG'}")
+        print(f"{entry['symbol']}: {results[-1]['ms'] * 1e3:.1f} µs {'ok' if ok else 'WRONG'}")
     path = directory / "timings.json"
     path.write_text(json.dumps({"device": torch.cuda.get_device_name(), "shape": TUNE_SHAPE,
                                 "results": results}, indent=1))

@@ -30,7 +30,7 @@ import math
 import tvm
 from tvm.script import tirx as T
 
-from ..schedules.cuda_attention import CudaAttentionSchedule
+from ..schedules.cuda_attention import SCORE_MAGIC, CudaAttentionSchedule
 
 LOG2E = 1.4426950408889634
 QBITS_WORDS = 8  # tensor-core layout: every row padded to one 256-bit K chunk
@@ -45,14 +45,24 @@ def attention_name(dtype: str, dv: int, has_bias: bool = False) -> str:
     return f"binattn_attention_{dtype}_dv{dv}{'_bias' if has_bias else ''}"
 
 
-MAGIC = 0x4B400000  # float bits of 1.5·2**23: as_float(MAGIC + i) == 1.5·2**23 + i for |i| < 2**22
+MAGIC = SCORE_MAGIC  # float bits of 1.5·2**23 (see binattn.schedules.cuda_attention)
 MASKED = -16777216  # 0xFF000000: negative as int32, about -1.7e38 as float32
 
 
-def vt_col(p):
-    """Column of key pair ``p`` in a V^T row: pairs 8c+t and 8c+t+4 of chunks c = 2cc, 2cc+1
-    sit in the 4 adjacent words at 16·cc + 4·t, the order one lane's B fragments need."""
-    return (p // 16) * 16 + (p % 4) * 4 + ((p // 8) % 2) * 2 + (p // 4) % 2
+EXP2_POLY = (0.9999280708313842, 0.6932609977919704, 0.24261117167503404, 0.05517162704802993)
+"""2**f on [−0.5, 0.5], degree 3 (relative error 7.5e-5: below bf16/fp16 rounding of P)."""
+SHARED_LIMIT = 48 * 1024  # static shared memory per CTA without opting in
+#: largest exponent range (log2) a row may span for the softmax without a running max, per P
+#: dtype: scores lie in [−D, D], so p = 2**(s·coef) stays within 2**±(range/2) — bf16 keeps
+#: fp32's exponent range, fp16 P must stay inside [2**-14, 65504]
+STATIC_RANGE = {"bfloat16": 100.0, "float16": 24.0}
+ONES_PAIR = {"bfloat16": 0x3F803F80, "float16": 0x3C003C00}  # two 16-bit 1.0s
+
+
+def shared_bytes(dv: int, schedule: CudaAttentionSchedule) -> int:
+    """Shared memory of one CTA: ``stages`` key blocks of K bits (32 B/key), key popcounts (twice:
+    8 B/key) and V rows (padded to an odd number of 16-byte groups)."""
+    return schedule.stages * schedule.key_block * (32 + 8 + 16 * ((dv // 8) | 1))
 
 
 def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
@@ -64,39 +74,72 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     ``v32 int32[B,Hkv,Nk,Dv/8,4]`` (v viewed as 16-bit pairs, 16-byte groups; Dv % 8 == 0),
     ``out32 int32[B,Hq,Nq,Dv/2]``, ``qscale f32[B*Hq]``, ``kscale f32[B*Hks]``,
     ``bias f32[nbias]`` (flat; indexed with the strides below; ignored without ``has_bias``),
-    then scalars ``causal, ks_group, bias_sb, bias_sh, bias_sq, bias_sk`` and ``mult`` (the
-    rest of the score coefficient, times log2 e).
+    then scalars ``causal, ks_group, bias_sb, bias_sh, bias_sq, bias_sk``, ``mult`` (the rest of
+    the score coefficient, times log2 e) and ``d_bits`` (the q/k head size D).
 
     Scores: the AND identity ``4·popc(a&c) − 2·popc(a) − 2·popc(c) + D`` minus its per-row
-    constant ``D − 2·popc(a)`` (softmax is invariant to it) is ``2·(2·popc(a&c) − popc(c))``;
-    the kernel forms ``t = 2·acc − popc(c) + MAGIC`` as int32 bits (one LEA), so
-    ``as_float(t) − 1.5·2**23`` is that integer exactly, with no int→float conversion. Padded keys
-    carry ``MASKED`` in place of ``2**23 − popc(c)``. Without bias the running row max is taken
-    on the integers.
+    constant ``D − 2·popc(a)`` (softmax is invariant to it) is ``2·s`` with
+    ``s = 2·popc(a&c) − popc(c)`` in [−D, D]. The b1 mma produces ``t = 2·popc(a&c) + C`` with
+    the accumulator input ``C = SCORE_MAGIC − popc(c)`` (the form the sign-pack writes the key
+    popcounts in; stored twice per key pair in shared memory so one 16-byte load is the C
+    fragment), so ``as_float(t) = 1.5·2**23 + s`` exactly: no integer arithmetic and no int→float
+    conversion per score. For D ≤ 128 the q and k words are duplicated into the unused upper
+    half of the 256-bit K chunk (the copy reads the low half twice), which doubles the popcount
+    for free; wider heads run the mma twice. The 32-bit words are permuted (logical word t ↔
+    physical 2t, t + 4 ↔ 2t + 1, the same for q and k) so one 8-byte load is the B fragment.
+    Keys past the end or the causal diagonal get ``MASKED`` (a negative int).
+
+    Softmax: when the row's whole exponent range ``2·D·coef`` fits ``STATIC_RANGE`` and there is
+    no bias, ``p = 2**(s·coef)`` needs no shift at all (no running max, no shuffles, no
+    rescaling); otherwise the kernel runs the online softmax (integer running max without bias,
+    float with it). The row sums come from the tensor cores: P times a tile of ones is one more
+    PV mma, so they are the sums of the very P (16-bit) that multiplies V.
+
+    Data movement (FlashAttention-2 structure): K bits, key popcounts and V rows of the key
+    block ``stages − 1`` ahead are copied global → shared with ``cp.async`` (zero-filled past the
+    end; per-thread offsets computed once) while the current block computes, one barrier per
+    block; V stays in its natural [key, dv] layout (rows padded to an odd number of 16-byte
+    groups: conflict-free) and ``ldmatrix.trans`` turns it into the B fragments of the 16-bit PV
+    mma. ``schedule.poly_quarters`` quarters of each block's exps run as a
+    degree-3 polynomial on the FMA pipe instead of the MUFU ``ex2`` unit (FlashAttention-4's
+    trick), so both units share the exponentials.
     """
     schedule.check()
     if dtype not in MMA_PV or dv % 8 or not 8 <= dv <= 256:
         raise ValueError(f"no attention kernel for dtype={dtype!r}, dv={dv}")
-    warps, kb = schedule.warps, schedule.key_block
-    nthreads, rows_per_cta = 32 * warps, 16 * warps
+    if shared_bytes(dv, schedule) > SHARED_LIMIT:
+        raise ValueError(f"schedule {schedule} needs {shared_bytes(dv, schedule)} B of shared "
+                         f"memory for dv={dv} (limit {SHARED_LIMIT}); use a smaller key_block")
+    warps, kb, stages, mt_n = (schedule.warps, schedule.key_block, schedule.stages,
+                               schedule.row_tiles)
+    nthreads, rows_per_warp = 32 * warps, 16 * mt_n
+    rows_per_cta = rows_per_warp * warps
     n_tiles, n_chunks, o_tiles = kb // 8, kb // 16, dv // 8
-    n_group = next(d for d in (4, 3, 2, 1) if o_tiles % d == 0)
-    kb_pairs, dv_quads = kb // 2, dv // 8
-    # V^T rows hold key pairs in the order the B fragments read them (see vt_col), so one
-    # 16-byte load feeds two PV mmas; a row stride of 16 mod 32 words keeps them conflict-free
-    vt_stride = kb_pairs + (16 if kb_pairs % 32 == 0 else 0)
-    k_units, v_units = kb * QBITS_WORDS // 4, kb_pairs * dv_quads
-    k_iters, v_iters = math.ceil(k_units / nthreads), math.ceil(v_units / nthreads)
+    n_poly = n_tiles * schedule.poly_quarters // 4
+    groups = dv // 8
+    vstride = groups | 1  # 16-byte groups per shared V row: odd → ldmatrix rows hit distinct banks
+    k_units, v_units = kb * 2, kb * groups
+    k_iters, v_iters, p_iters = (math.ceil(k_units / nthreads), math.ceil(v_units / nthreads),
+                                 math.ceil(2 * kb / nthreads))
     mma_pv, cvt_pair = MMA_PV[dtype], CVT_PAIR[dtype]
+    static_range = T.float32(STATIC_RANGE[dtype])
+    ones = T.uint32(ONES_PAIR[dtype])
+    ot = o_tiles * 4 + 4  # accumulators of one row tile: the output tiles, then the row-sum tile
+    so = o_tiles * 4
+    st_n, sc_n = n_tiles * 4, n_chunks * 4  # scores / P fragments of one row tile
     neg_inf = T.float32(-math.inf)
     full = T.uint32(0xFFFFFFFF)
     magic_f = T.float32(1.5 * 2.0 ** 23)
+    masked_u = T.uint32(MASKED & 0xFFFFFFFF)
+    c0, c1, c2, c3 = (T.float32(c) for c in EXP2_POLY)
+    ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"
+    ld_x2 = "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16"
 
     @T.prim_func
     def attention(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v_h: T.handle,
                   out_h: T.handle, qscale_h: T.handle, kscale_h: T.handle, bias_h: T.handle,
                   causal: T.int32, ks_group: T.int32, bias_sb: T.int32, bias_sh: T.int32,
-                  bias_sq: T.int32, bias_sk: T.int32, mult: T.float32):
+                  bias_sq: T.int32, bias_sk: T.int32, mult: T.float32, d_bits: T.int32):
         T.func_attr({"global_symbol": attention_name(dtype, dv, has_bias), "tirx.noalias": True})
         B = T.int32()
         Hq = T.int32()
@@ -118,30 +161,37 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
         for bx in T.thread_binding(T.ceildiv(Nq, rows_per_cta), thread="blockIdx.x"):
             for bh in T.thread_binding(B * Hq, thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
-                    Ks = T.alloc_buffer((kb, QBITS_WORDS), "int32", scope="shared")
-                    Kt = T.alloc_buffer((kb,), "int32", scope="shared")
-                    Vt = T.alloc_buffer((dv, vt_stride), "uint32", scope="shared")
-                    kreg = T.alloc_buffer((k_iters * 4,), "int32", scope="local")
-                    vreg = T.alloc_buffer((v_iters * 8,), "int32", scope="local")
-                    ktreg = T.alloc_buffer((1,), "int32", scope="local")
-                    qa = T.alloc_buffer((4,), "uint32", scope="local")
-                    row = T.alloc_buffer((2,), "int32", scope="local")
-                    m_i = T.alloc_buffer((2,), "int32", scope="local")
-                    m_f = T.alloc_buffer((2,), "float32", scope="local")
-                    moff = T.alloc_buffer((2,), "int32", scope="local")
-                    alpha = T.alloc_buffer((2,), "float32", scope="local")
-                    lsum = T.alloc_buffer((2,), "float32", scope="local")
-                    red = T.alloc_buffer((2,), "float32", scope="local")
-                    red_i = T.alloc_buffer((2,), "int32", scope="local")
+                    Ks = T.alloc_buffer((stages, kb, QBITS_WORDS), "int32", scope="shared")
+                    Kps = T.alloc_buffer((stages, kb // 2, 4), "int32", scope="shared")
+                    Vs = T.alloc_buffer((stages, kb, vstride * 4), "int32", scope="shared")
+                    # per row (index 2·mt + r: row tile mt, row g or g + 8)
+                    qa = T.alloc_buffer((4 * mt_n,), "uint32", scope="local")
+                    row = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
+                    lim = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
+                    m_i = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
+                    m_f = T.alloc_buffer((2 * mt_n,), "float32", scope="local")
+                    moff = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
+                    alpha = T.alloc_buffer((2 * mt_n,), "float32", scope="local")
+                    red = T.alloc_buffer((2 * mt_n,), "float32", scope="local")
+                    red_i = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
+                    lsum = T.alloc_buffer((2 * mt_n,), "float32", scope="local")
                     acc = T.alloc_buffer((4,), "uint32", scope="local")
                     kf = T.alloc_buffer((2,), "int32", scope="local")
-                    vf = T.alloc_buffer((4 * n_group,), "uint32", scope="local")
-                    kt = T.alloc_buffer((n_tiles * 2,), "int32", scope="local")
-                    ti = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
-                    s = T.alloc_buffer((n_tiles * 4,), "float32", scope="local")
-                    pa = T.alloc_buffer((n_chunks * 4,), "uint32", scope="local")
-                    o = T.alloc_buffer((o_tiles * 4,), "float32", scope="local")
+                    vf = T.alloc_buffer((4,), "uint32", scope="local")
+                    cst = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
+                    tu = T.alloc_buffer((st_n * mt_n,), "uint32", scope="local")
+                    s = T.alloc_buffer((st_n * mt_n,), "float32", scope="local")
+                    xr = T.alloc_buffer((2,), "float32", scope="local")
+                    pa = T.alloc_buffer((sc_n * mt_n,), "uint32", scope="local")
+                    o = T.alloc_buffer((ot * mt_n,), "float32", scope="local")
                     coef = T.alloc_buffer((2,), "float32", scope="local")
+                    mode = T.alloc_buffer((2,), "int32", scope="local")  # fixed shift?, narrow?
+                    # per-thread copy offsets (element offsets; a block adds its key offset)
+                    k_src = T.alloc_buffer((k_iters,), "int32", scope="local")
+                    k_dst = T.alloc_buffer((k_iters,), "int32", scope="local")
+                    p_dst = T.alloc_buffer((p_iters,), "int32", scope="local")
+                    v_src = T.alloc_buffer((v_iters,), "int32", scope="local")
+                    v_dst = T.alloc_buffer((v_iters,), "int32", scope="local")
                     b = bh // Hq
                     h = bh % Hq
                     hk = h // (Hq // Hkv)
@@ -149,154 +199,175 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     g = lane // 4
                     t = lane % 4
                     q_first = bx * rows_per_cta
-                    q0 = q_first + (tid // 32) * 16
+                    q0 = q_first + (tid // 32) * rows_per_warp
+                    kv_row0 = (b * Hkv + hk) * Nk  # first key row of this (b, kv head)
                     coef[0] = T.max(Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2), T.float32(1e-30))
                     # keep 22 significant bits so that 1.5·2**23·coef is exact: then
                     # fma(as_float(MAGIC + i), coef, -1.5·2**23·coef) == i·coef rounded once
                     coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
                     coef[1] = -magic_f * coef[0]
-                    for r in T.unroll(2):
-                        row[r] = q0 + g + 8 * r
-                        m_i[r] = MASKED
-                        m_f[r] = neg_inf
-                        moff[r] = 0
-                        lsum[r] = T.float32(0)
-                    for i in T.unroll(4):
-                        qa[i] = T.if_then_else(row[i % 2] < Nq, T.reinterpret("uint32", Qb[b, h, T.min(row[i % 2], Nq - 1), t + 4 * (i // 2)]), T.uint32(0))
-                    for i in T.unroll(o_tiles * 4):
-                        o[i] = T.float32(0)
-                    kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
-                    n_blocks = T.ceildiv(kv_len, kb)
-                    # prefetch block 0 into registers (16-byte loads)
+                    mode[1] = T.Cast("int32", d_bits <= 128)
+                    if has_bias:
+                        mode[0] = 0
+                    else:
+                        mode[0] = T.Cast("int32", coef[0] * T.Cast("float32", 2 * d_bits) <= static_range)
+                    for rr in T.unroll(2 * mt_n):
+                        row[rr] = q0 + 16 * (rr // 2) + g + 8 * (rr % 2)
+                        lim[rr] = T.if_then_else(causal != 0, T.min(Nk, row[rr] + 1), Nk)
+                        m_i[rr] = MASKED
+                        m_f[rr] = neg_inf
+                        moff[rr] = 0
+                    for mt in T.unroll(mt_n):
+                        for i in T.unroll(4):
+                            # logical word t / t+4 = physical 2t / 2t+1 (narrow: the low half twice)
+                            qa[mt * 4 + i] = T.if_then_else(row[mt * 2 + i % 2] < Nq, T.reinterpret("uint32", Qb[b, h, T.min(row[mt * 2 + i % 2], Nq - 1), (2 * t + i // 2) % (8 - 4 * mode[1])]), T.uint32(0))
                     for it in T.unroll(k_iters):
                         u = tid + it * nthreads
-                        key = u // 2
-                        if u < k_units and key < Nk:
-                            kreg[T.ramp(it * 4, 1, 4)] = Kb[b, hk, key, T.ramp((u % 2) * 4, 1, 4)]
-                        else:
-                            kreg[T.ramp(it * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
-                    ktreg[0] = T.if_then_else(tid < kb and tid < Nk, MAGIC - Kp[b, hk, T.min(tid, Nk - 1)], MASKED)
+                        k_src[it] = kv_row0 * QBITS_WORDS + (u % 2) * 4 * (1 - mode[1])
+                        k_dst[it] = u * 4
+                    for it in T.unroll(p_iters):
+                        u = tid + it * nthreads
+                        p_dst[it] = ((u // 2) // 2) * 4 + 2 * (u % 2) + (u // 2) % 2
                     for it in T.unroll(v_iters):
                         u = tid + it * nthreads
-                        p = u % kb_pairs
-                        dq = u // kb_pairs
-                        for hh in T.unroll(2):
-                            if u < v_units and 2 * p + hh < Nk and dq < Dq:
-                                vreg[T.ramp(it * 8 + hh * 4, 1, 4)] = V[b, hk, 2 * p + hh, dq, T.ramp(0, 1, 4)]
-                            else:
-                                vreg[T.ramp(it * 8 + hh * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
-                    for kblk in T.serial(n_blocks):
-                        k0 = kblk * kb
+                        v_src[it] = (kv_row0 * Dq + T.min(u % groups, Dq - 1)) * 4
+                        v_dst[it] = ((u // groups) * vstride + u % groups) * 4
+                    for i in T.unroll(ot * mt_n):
+                        o[i] = T.float32(0)
+                    kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
+                    warp_lim = T.if_then_else(causal != 0, T.min(Nk, q0 + 1), Nk)
+                    n_blocks = T.ceildiv(kv_len, kb)
+                    for pre in T.serial(stages - 1 + n_blocks):
+                        # stage the block `pre` (cp.async, zero-filled past Nk) ...
+                        if pre >= stages - 1:
+                            T.ptx["cp.async.wait_group"](stages - 2)
                         T.tvm_storage_sync("shared")
-                        for it in T.unroll(k_iters):
-                            u = tid + it * nthreads
-                            if u < k_units:
-                                for w in T.unroll(4):
-                                    # word order t, t+4 adjacent: one 8-byte load per B fragment
-                                    Ks[u // 2, 2 * w + u % 2] = kreg[it * 4 + w]
-                        if tid < kb:
-                            Kt[tid] = ktreg[0]
-                        for it in T.unroll(v_iters):
-                            u = tid + it * nthreads
-                            if u < v_units:
-                                for w in T.unroll(4):
-                                    Vt[8 * (u // kb_pairs) + 2 * w, vt_col(u % kb_pairs)] = (T.reinterpret("uint32", vreg[it * 8 + w]) & T.uint32(0xFFFF)) | (T.reinterpret("uint32", vreg[it * 8 + 4 + w]) << T.uint32(16))
-                                    Vt[8 * (u // kb_pairs) + 2 * w + 1, vt_col(u % kb_pairs)] = (T.reinterpret("uint32", vreg[it * 8 + w]) >> T.uint32(16)) | (T.reinterpret("uint32", vreg[it * 8 + 4 + w]) & T.uint32(0xFFFF0000))
-                        T.tvm_storage_sync("shared")
-                        # prefetch the next block while this one computes
-                        if kblk + 1 < n_blocks:
+                        if pre < n_blocks:
                             for it in T.unroll(k_iters):
                                 u = tid + it * nthreads
-                                key = k0 + kb + u // 2
-                                if u < k_units and key < Nk:
-                                    kreg[T.ramp(it * 4, 1, 4)] = Kb[b, hk, key, T.ramp((u % 2) * 4, 1, 4)]
-                                else:
-                                    kreg[T.ramp(it * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
-                            ktreg[0] = T.if_then_else(tid < kb and k0 + kb + tid < Nk, MAGIC - Kp[b, hk, T.min(k0 + kb + tid, Nk - 1)], MASKED)
+                                key = pre * kb + u // 2
+                                if u < k_units:
+                                    T.ptx["cp.async.cg.shared.global"](Ks.ptr_to([0, 0, k_dst[it] + (pre % stages) * (kb * QBITS_WORDS)]), Kb.ptr_to([0, 0, 0, k_src[it] + T.min(key, Nk - 1) * QBITS_WORDS]), 16, T.Cast("uint32", T.if_then_else(key < Nk, 16, 0)))
+                            for it in T.unroll(p_iters):
+                                u = tid + it * nthreads
+                                key = pre * kb + u // 2
+                                if u < 2 * kb:
+                                    T.ptx["cp.async.ca.shared.global"](Kps.ptr_to([0, 0, p_dst[it] + (pre % stages) * (kb * 2)]), Kp.ptr_to([0, 0, kv_row0 + T.min(key, Nk - 1)]), 4, T.Cast("uint32", T.if_then_else(key < Nk, 4, 0)))
                             for it in T.unroll(v_iters):
                                 u = tid + it * nthreads
-                                p = u % kb_pairs
-                                dq = u // kb_pairs
-                                for hh in T.unroll(2):
-                                    if u < v_units and k0 + kb + 2 * p + hh < Nk and dq < Dq:
-                                        vreg[T.ramp(it * 8 + hh * 4, 1, 4)] = V[b, hk, k0 + kb + 2 * p + hh, dq, T.ramp(0, 1, 4)]
-                                    else:
-                                        vreg[T.ramp(it * 8 + hh * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
-                        # S on the 1-bit tensor cores: t = 2·popc(q&k) − popc(k) + 2**23 as int32 bits
-                        for j in T.unroll(n_tiles):
-                            kt[T.ramp(j * 2, 1, 2)] = Kt[T.ramp(8 * j + 2 * t, 1, 2)]
-                        for j in T.unroll(n_tiles):
-                            for e in T.unroll(4):
-                                acc[e] = T.uint32(0)
-                            kf[T.ramp(0, 1, 2)] = Ks[8 * j + g, T.ramp(2 * t, 1, 2)]
-                            T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), acc[0], acc[1], acc[2], acc[3])
-                            for e in T.unroll(4):
-                                ti[j * 4 + e] = T.reinterpret("int32", acc[e]) * 2 + kt[j * 2 + e % 2]
-                        if causal != 0 and k0 + kb > q0:  # only blocks that cross the diagonal
+                                key = pre * kb + u // groups
+                                if u < v_units:
+                                    T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([0, 0, v_dst[it] + (pre % stages) * (kb * vstride * 4)]), V.ptr_to([0, 0, 0, 0, v_src[it] + T.min(key, Nk - 1) * (Dq * 4)]), 16, T.Cast("uint32", T.if_then_else(key < Nk and u % groups < Dq, 16, 0)))
+                        T.ptx["cp.async.commit_group"]()
+                        # ... while the block stages − 1 behind it computes
+                        if pre >= stages - 1:
+                            kblk = pre - (stages - 1)
+                            st = kblk % stages
+                            k0 = kblk * kb
+                            # C fragments: (SCORE_MAGIC − popc) of keys 8j+2t, 8j+2t+1, twice
                             for j in T.unroll(n_tiles):
-                                for e in T.unroll(4):
-                                    ti[j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 > row[e // 2], MASKED, ti[j * 4 + e])
+                                cst[T.ramp(j * 4, 1, 4)] = Kps[st, 4 * j + t, T.ramp(0, 1, 4)]
+                            # t = 2·popc(q&k) + MAGIC − popc(k) on the 1-bit tensor cores
+                            if mode[1] != 0:
+                                for j in T.unroll(n_tiles):
+                                    kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
+                                    for mt in T.unroll(mt_n):
+                                        T.ptx[MMA_B1](tu[mt * st_n + j * 4], tu[mt * st_n + j * 4 + 1], tu[mt * st_n + j * 4 + 2], tu[mt * st_n + j * 4 + 3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
+                            else:
+                                for j in T.unroll(n_tiles):
+                                    kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
+                                    for mt in T.unroll(mt_n):
+                                        T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
+                                        T.ptx[MMA_B1](tu[mt * st_n + j * 4], tu[mt * st_n + j * 4 + 1], tu[mt * st_n + j * 4 + 2], tu[mt * st_n + j * 4 + 3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), acc[0], acc[1], acc[2], acc[3])
+                            if k0 + kb > warp_lim:  # blocks that cross Nk or the causal diagonal
+                                for mt in T.unroll(mt_n):
+                                    for j in T.unroll(n_tiles):
+                                        for e in T.unroll(4):
+                                            tu[mt * st_n + j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 >= lim[mt * 2 + e // 2], masked_u, tu[mt * st_n + j * 4 + e])
+                            for mt in T.unroll(mt_n):
+                                if has_bias:
+                                    for j in T.unroll(n_tiles):
+                                        for e in T.unroll(4):
+                                            s[mt * st_n + j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1] + Bias[b * bias_sb + h * bias_sh + T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E))
+                                    for r in T.unroll(2):
+                                        red[mt * 2 + r] = neg_inf
+                                        for j in T.unroll(n_tiles):
+                                            red[mt * 2 + r] = T.max(red[mt * 2 + r], T.max(s[mt * st_n + j * 4 + 2 * r], s[mt * st_n + j * 4 + 2 * r + 1]))
+                                        red[mt * 2 + r] = T.max(red[mt * 2 + r], T.call_extern("float32", "__shfl_xor_sync", full, red[mt * 2 + r], 1, 32))
+                                        red[mt * 2 + r] = T.max(red[mt * 2 + r], T.call_extern("float32", "__shfl_xor_sync", full, red[mt * 2 + r], 2, 32))
+                                        red[mt * 2 + r] = T.max(m_f[mt * 2 + r], red[mt * 2 + r])
+                                        T.ptx["ex2.approx.ftz.f32"](alpha[mt * 2 + r], T.if_then_else(red[mt * 2 + r] == neg_inf, T.float32(0), m_f[mt * 2 + r] - red[mt * 2 + r]))
+                                        m_f[mt * 2 + r] = red[mt * 2 + r]
+                                        red[mt * 2 + r] = T.if_then_else(red[mt * 2 + r] == neg_inf, T.float32(0), red[mt * 2 + r])
+                                    for j in T.unroll(n_tiles):
+                                        for e in T.unroll(4):
+                                            s[mt * st_n + j * 4 + e] = s[mt * st_n + j * 4 + e] - red[mt * 2 + e // 2]
+                                    for i in T.unroll(ot):
+                                        o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
+                                elif mode[0] != 0:
+                                    # no shift: |s·coef| ≤ STATIC_RANGE / 2 is known to fit
+                                    for j in T.unroll(n_tiles):
+                                        for e in T.unroll(4):
+                                            s[mt * st_n + j * 4 + e] = T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1]
+                                else:
+                                    for r in T.unroll(2):
+                                        red_i[mt * 2 + r] = m_i[mt * 2 + r]
+                                        for j in T.unroll(n_tiles):
+                                            red_i[mt * 2 + r] = T.max(red_i[mt * 2 + r], T.max(T.reinterpret("int32", tu[mt * st_n + j * 4 + 2 * r]), T.reinterpret("int32", tu[mt * st_n + j * 4 + 2 * r + 1])))
+                                        red_i[mt * 2 + r] = T.max(red_i[mt * 2 + r], T.call_extern("int32", "__shfl_xor_sync", full, red_i[mt * 2 + r], 1, 32))
+                                        red_i[mt * 2 + r] = T.max(red_i[mt * 2 + r], T.call_extern("int32", "__shfl_xor_sync", full, red_i[mt * 2 + r], 2, 32))
+                                        red[mt * 2 + r] = T.if_then_else(red_i[mt * 2 + r] >= 0, (T.reinterpret("float32", red_i[mt * 2 + r]) - magic_f) * coef[0], neg_inf)
+                                        T.ptx["ex2.approx.ftz.f32"](alpha[mt * 2 + r], T.if_then_else(red_i[mt * 2 + r] >= 0, m_f[mt * 2 + r] - red[mt * 2 + r], T.float32(0)))
+                                        m_f[mt * 2 + r] = red[mt * 2 + r]
+                                        m_i[mt * 2 + r] = red_i[mt * 2 + r]
+                                        moff[mt * 2 + r] = T.if_then_else(red_i[mt * 2 + r] >= 0, MAGIC - red_i[mt * 2 + r], 0)
+                                    for j in T.unroll(n_tiles):
+                                        for e in T.unroll(4):
+                                            # masked keys: a huge negative argument (exp → 0)
+                                            s[mt * st_n + j * 4 + e] = T.reinterpret("float32", T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) + moff[mt * 2 + e // 2]) * coef[0] + coef[1]
+                                    for i in T.unroll(ot):
+                                        o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
+                                # exp2 (arguments ≤ 0, or within ±range/2 unshifted): MUFU, FMA polynomial for n_poly tiles
+                                for j in T.unroll(n_tiles - n_poly):
+                                    for e in T.unroll(4):
+                                        T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e], s[mt * st_n + (n_poly + j) * 4 + e])
+                                for j in T.unroll(n_poly):
+                                    for e in T.unroll(4):
+                                        # 2**x = 2**n · 2**f, n = round(x), f in [-0.5, 0.5]; 0 below 2**-125
+                                        xr[1] = T.max(s[mt * st_n + j * 4 + e], T.float32(-125))
+                                        xr[0] = xr[1] + magic_f
+                                        xr[1] = xr[1] - (xr[0] - magic_f)
+                                        s[mt * st_n + j * 4 + e] = T.if_then_else(s[mt * st_n + j * 4 + e] < T.float32(-125), T.float32(0), T.reinterpret("float32", T.reinterpret("int32", ((c3 * xr[1] + c2) * xr[1] + c1) * xr[1] + c0) + (T.reinterpret("int32", xr[0]) << 23)))
+                                for c in T.unroll(n_chunks):
+                                    for i in T.unroll(4):
+                                        T.ptx[cvt_pair](pa[mt * sc_n + c * 4 + i], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2)])
+                            # P (registers, 16-bit) @ [V | 1] (shared, [key, dv]) on the 16-bit
+                            # tensor cores; each V fragment serves every row tile
+                            for c in T.unroll(n_chunks):
+                                for mt in T.unroll(mt_n):
+                                    T.ptx[mma_pv](o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], ones, ones, o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3])
+                                for n2 in T.unroll(o_tiles // 2):
+                                    # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
+                                    T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([st, 16 * c + lane % 16, (2 * n2 + lane // 16) * 4]))
+                                    for mt in T.unroll(mt_n):
+                                        for i in T.unroll(2):
+                                            T.ptx[mma_pv](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
+                                for n1 in T.unroll(o_tiles % 2):
+                                    T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([st, 16 * c + lane % 16, (o_tiles - 1 + n1) * 4]))
+                                    for mt in T.unroll(mt_n):
+                                        T.ptx[mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
+                    for rr in T.unroll(2 * mt_n):
+                        # the row sum (the ones tile); rows with no visible key give 0
+                        lsum[rr] = o[(rr // 2) * ot + so + 2 * (rr % 2)]
                         if has_bias:
-                            for j in T.unroll(n_tiles):
-                                for e in T.unroll(4):
-                                    s[j * 4 + e] = T.if_then_else(ti[j * 4 + e] < 0, neg_inf, T.reinterpret("float32", ti[j * 4 + e]) * coef[0] + coef[1] + Bias[b * bias_sb + h * bias_sh + T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E))
-                            for r in T.unroll(2):
-                                red[r] = neg_inf
-                                for j in T.unroll(n_tiles):
-                                    red[r] = T.max(red[r], T.max(s[j * 4 + 2 * r], s[j * 4 + 2 * r + 1]))
-                                red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 1, 32))
-                                red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 2, 32))
-                                red[r] = T.max(m_f[r], red[r])
-                                T.ptx["ex2.approx.ftz.f32"](alpha[r], T.if_then_else(red[r] == neg_inf, T.float32(0), m_f[r] - red[r]))
-                                m_f[r] = red[r]
-                                red[r] = T.if_then_else(red[r] == neg_inf, T.float32(0), red[r])
-                            for j in T.unroll(n_tiles):
-                                for e in T.unroll(4):
-                                    T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], s[j * 4 + e] - red[e // 2])
+                            lsum[rr] = T.if_then_else(m_f[rr] > neg_inf and lsum[rr] > T.float32(0), T.float32(1) / lsum[rr], T.float32(0))
                         else:
+                            lsum[rr] = T.if_then_else((mode[0] != 0 or m_i[rr] >= 0) and lsum[rr] > T.float32(0), T.float32(1) / lsum[rr], T.float32(0))
+                    for mt in T.unroll(mt_n):
+                        for n in T.unroll(o_tiles):
                             for r in T.unroll(2):
-                                red_i[r] = m_i[r]
-                                for j in T.unroll(n_tiles):
-                                    red_i[r] = T.max(red_i[r], T.max(ti[j * 4 + 2 * r], ti[j * 4 + 2 * r + 1]))
-                                red_i[r] = T.max(red_i[r], T.call_extern("int32", "__shfl_xor_sync", full, red_i[r], 1, 32))
-                                red_i[r] = T.max(red_i[r], T.call_extern("int32", "__shfl_xor_sync", full, red_i[r], 2, 32))
-                                red[r] = T.if_then_else(red_i[r] >= 0, (T.reinterpret("float32", red_i[r]) - magic_f) * coef[0], neg_inf)
-                                T.ptx["ex2.approx.ftz.f32"](alpha[r], T.if_then_else(red_i[r] >= 0, m_f[r] - red[r], T.float32(0)))
-                                m_f[r] = red[r]
-                                m_i[r] = red_i[r]
-                                moff[r] = T.if_then_else(red_i[r] >= 0, MAGIC - red_i[r], 0)
-                            for j in T.unroll(n_tiles):
-                                for e in T.unroll(4):
-                                    T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], T.reinterpret("float32", ti[j * 4 + e] + moff[e // 2]) * coef[0] + coef[1])
-                        for r in T.unroll(2):
-                            red[r] = T.float32(0)
-                        for j in T.unroll(n_tiles):
-                            for e in T.unroll(4):
-                                red[e // 2] = red[e // 2] + s[j * 4 + e]
-                        for r in T.unroll(2):
-                            lsum[r] = lsum[r] * alpha[r] + red[r]
-                        for i in T.unroll(o_tiles * 4):
-                            o[i] = o[i] * alpha[(i % 4) // 2]
-                        # P (registers, 16-bit) @ V (shared, transposed pairs) on the 16-bit tensor cores
-                        for c in T.unroll(n_chunks):
-                            for i in T.unroll(4):
-                                T.ptx[cvt_pair](pa[c * 4 + i], s[(2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[(2 * c + i // 2) * 4 + 2 * (i % 2)])
-                        # groups of n-tiles so that back-to-back mmas use different accumulators
-                        for cc in T.unroll(n_chunks // 2):
-                            for ng in T.unroll(o_tiles // n_group):
-                                for i in T.unroll(n_group):
-                                    vf[T.ramp(4 * i, 1, 4)] = Vt[8 * (ng * n_group + i) + g, T.ramp(16 * cc + 4 * t, 1, 4)]
-                                for c2 in T.unroll(2):
-                                    for i in T.unroll(n_group):
-                                        T.ptx[mma_pv](o[(ng * n_group + i) * 4], o[(ng * n_group + i) * 4 + 1], o[(ng * n_group + i) * 4 + 2], o[(ng * n_group + i) * 4 + 3], pa[(2 * cc + c2) * 4], pa[(2 * cc + c2) * 4 + 1], pa[(2 * cc + c2) * 4 + 2], pa[(2 * cc + c2) * 4 + 3], vf[4 * i + 2 * c2], vf[4 * i + 2 * c2 + 1], o[(ng * n_group + i) * 4], o[(ng * n_group + i) * 4 + 1], o[(ng * n_group + i) * 4 + 2], o[(ng * n_group + i) * 4 + 3])
-                    for r in T.unroll(2):
-                        lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 1, 32)
-                        lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 2, 32)
-                        lsum[r] = T.if_then_else(lsum[r] > T.float32(0), T.float32(1) / lsum[r], T.float32(0))
-                    for n in T.unroll(o_tiles):
-                        for r in T.unroll(2):
-                            if row[r] < Nq and 4 * n + t < Dw:
-                                T.ptx[cvt_pair](acc[0], o[n * 4 + 2 * r + 1] * lsum[r], o[n * 4 + 2 * r] * lsum[r])
-                                O[b, h, row[r], 4 * n + t] = T.reinterpret("int32", acc[0])
+                                if row[mt * 2 + r] < Nq and 4 * n + t < Dw:
+                                    T.ptx[cvt_pair](acc[0], o[mt * ot + n * 4 + 2 * r + 1] * lsum[mt * 2 + r], o[mt * ot + n * 4 + 2 * r] * lsum[mt * 2 + r])
+                                    O[b, h, row[mt * 2 + r], 4 * n + t] = T.reinterpret("int32", acc[0])
 
     return attention

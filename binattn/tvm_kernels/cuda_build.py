@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from ..schedules import cuda_attention as sched
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 2: the attention kernels take d_bits (older libraries are not loaded)
 SUPPORTED_ARCHS = ("sm_90a", "sm_90", "sm_80", "sm_86", "sm_89")
 
 
@@ -63,7 +63,7 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
 
     from .cuda_attention import attention_func, attention_name
     from .cuda_popcount import popcount_scores_func, popcount_scores_name
-    from .cuda_sign_pack import (DTYPES as PACK_DTYPES, sign_pack_func, sign_pack_name,
+    from .cuda_sign_pack import (DTYPES as PACK_DTYPES, VEC_LANES, sign_pack_func, sign_pack_name,
                                  sign_pack_vec_func)
 
     funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {},
@@ -79,7 +79,8 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     for dtype in PACK_DTYPES:
         funcs[sign_pack_name(dtype)] = sign_pack_func(dtype)
         if dtype != "float32":
-            funcs[sign_pack_name(dtype, True)] = sign_pack_vec_func(dtype)
+            for lanes in VEC_LANES:
+                funcs[sign_pack_name(dtype, True, lanes)] = sign_pack_vec_func(dtype, lanes)
     funcs[popcount_scores_name()] = popcount_scores_func()
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "cuda_host"})
     executable = tvm.compile(tvm.IRModule(funcs), target=target)

@@ -23,7 +23,7 @@ from typing import Any, Optional
 import torch
 
 from ..ops import dispatch, reference
-from ..schedules.cuda_attention import dv_bucket
+from ..schedules.cuda_attention import SCORE_MAGIC, dv_bucket
 from .cuda_build import read_manifest
 
 LOG2E = 1.4426950408889634
@@ -144,8 +144,17 @@ def _call(device: torch.device, name: str, *args) -> None:
         module[name](*args)
 
 
-def pack_signs(x: torch.Tensor, words: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(bits int32 [..., words], popcounts int32 [...], sum|x| per leading-2-dims float32)."""
+def vec_sign_pack_name(dtype: str, head_dim: int) -> str:
+    """Symbol of the 16-byte-load sign-pack kernel with the fewest lanes per row for ``head_dim``
+    (as ``cuda_sign_pack.sign_pack_name(dtype, True, lanes)`` names it)."""
+    lanes = next(n for n in (2, 4, 8) if 32 * n >= head_dim)
+    return f"binattn_sign_pack_{dtype}_v8{'' if lanes == 8 else f'_l{lanes}'}"
+
+
+def pack_signs(x: torch.Tensor, words: int, pop_offset: int = 0,
+               pop_scale: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(bits int32 [..., words], ``pop_offset + pop_scale·popcount`` int32 [...], sum|x| per
+    leading-2-dims float32)."""
     x = x.contiguous()
     lead = x.shape[:-1]
     rows = x.reshape(-1, x.shape[-2] if x.dim() >= 2 else 1, x.shape[-1])
@@ -158,8 +167,8 @@ def pack_signs(x: torch.Tensor, words: int) -> tuple[torch.Tensor, torch.Tensor,
         if (PACK_DTYPES[x.dtype] in entry.get("sign_pack_vec", ()) and x.shape[-1] % 8 == 0
                 and rows.data_ptr() % 16 == 0):
             rows = rows.view(torch.int32).view(*rows.shape[:2], x.shape[-1] // 8, 4)
-            name += "_v8"  # 16-byte loads
-        _call(x.device, name, rows, bits, pops, abs_sum)
+            name = vec_sign_pack_name(PACK_DTYPES[x.dtype], x.shape[-1])  # 16-byte loads
+        _call(x.device, name, rows, bits, pops, abs_sum, pop_offset, pop_scale)
     return bits.reshape(*lead, words), pops.reshape(lead), abs_sum
 
 
@@ -282,7 +291,7 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
     B, Hq, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
     q_bits, _, q_abs = pack_signs(q, QBITS_WORDS)
-    k_bits, k_pop, k_abs = pack_signs(k, QBITS_WORDS)
+    k_bits, k_pop, k_abs = pack_signs(k, QBITS_WORDS, SCORE_MAGIC, -1)  # the kernel's key form
     s_q, s_k, ks_group, extra = _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs)
     softmax_scale = 1.0 / math.sqrt(D) if scale is None else scale
     add = _additive(bias, attn_mask, Nq, Nk, q.device)
@@ -298,7 +307,7 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
     name = f"binattn_attention_{PV_DTYPES[v.dtype]}_dv{dv_bucket(Dv)}{'_bias' if add is not None else ''}"
     _call(q.device, name, q_bits, k_bits, k_pop, v.view(torch.int32).view(B, Hkv, Nk, Dv // 8, 4),
           out.view(torch.int32), s_q, s_k, flat, int(bool(is_causal)), ks_group, *strides,
-          float(softmax_scale * LOG2E * extra))
+          float(softmax_scale * LOG2E * extra), D)
     return out
 
 

@@ -4,7 +4,9 @@ What it does: ``sign_pack_func(dtype)`` returns a PrimFunc that, in one pass ove
 (D ≤ 256), writes the sign bits in DESIGN.md's layout (bit j of word w is 1 iff
 ``x[32w + j] >= 0``, padding bits 0) into ``bits [BH, N, WS]`` — ``WS = ceil(D/32)`` gives the
 public layout, ``WS = 8`` the 256-bit-per-row layout the attention kernel's b1 tensor-core
-fragments read (extra words are written as 0) — plus the row popcounts ``pops [BH, N]`` and
+fragments read (extra words are written as 0) — plus the row popcounts ``pops [BH, N]`` (as
+``pop_offset + pop_scale · popc``: (0, 1) for the op, (SCORE_MAGIC, −1) for the attention
+kernel's keys, which then need no arithmetic per key) and
 adds ``sum |x|`` of each (b, h) into ``abs_sum [BH]`` (the caller zeroes it; mean|x| is that
 over N·D). One thread builds one word (32 independent loads in flight, compare, shift, or), the 8
 lanes of a row sum their popcounts with shuffles; the |x| sums are reduced per warp, then per CTA, then
@@ -22,20 +24,30 @@ MAX_WORDS = 8  # D <= 256: 8 lanes per row, one per 32-bit word
 DTYPES = ("float16", "bfloat16", "float32")
 
 
-def sign_pack_name(dtype: str, vec: bool = False) -> str:
-    """Exported symbol of the sign-pack kernel for an input dtype (``vec``: 16-byte loads)."""
-    return f"binattn_sign_pack_{dtype}{'_v8' if vec else ''}"
+VEC_LANES = (2, 4, 8)  # lanes per row of the 16-byte-load kernel: D ≤ 64, ≤ 128, ≤ 256
 
 
-def sign_pack_vec_func(dtype: str) -> tvm.tirx.PrimFunc:
+def sign_pack_name(dtype: str, vec: bool = False, lanes: int = MAX_WORDS) -> str:
+    """Exported symbol of the sign-pack kernel for an input dtype (``vec``: 16-byte loads, with
+    ``lanes`` threads per row)."""
+    if not vec:
+        return f"binattn_sign_pack_{dtype}"
+    return f"binattn_sign_pack_{dtype}_v8{'' if lanes == MAX_WORDS else f'_l{lanes}'}"
+
+
+def sign_pack_vec_func(dtype: str, lanes: int = MAX_WORDS) -> tvm.tirx.PrimFunc:
     """Sign-pack for 16-bit inputs with D % 8 == 0, reading ``x`` as int32 quads (16-byte loads).
 
     ``x32 int32[BH, N, D/8, 4]`` is x viewed as pairs of 16-bit values; otherwise as
-    :func:`sign_pack_func`. ``x >= 0`` is tested on the bits (sign clear, or ±0).
+    :func:`sign_pack_func`. ``x >= 0`` is tested on the bits (sign clear, or ±0). ``lanes``
+    threads share a row (D ≤ 32·lanes): lane w packs word w and writes the zero words
+    w + lanes, w + 2·lanes, … of the padded layout, so short heads keep every thread loading.
     """
     if dtype not in ("float16", "bfloat16"):
         raise ValueError(f"no vectorized sign-pack kernel for dtype {dtype!r}")
-    rows_per_cta = WARPS * 32 // MAX_WORDS
+    if lanes not in VEC_LANES:
+        raise ValueError(f"lanes must be one of {VEC_LANES}, got {lanes}")
+    rows_per_cta = WARPS * 32 // lanes
     full = T.uint32(0xFFFFFFFF)
 
     def magnitude(h):
@@ -44,8 +56,9 @@ def sign_pack_vec_func(dtype: str) -> tvm.tirx.PrimFunc:
         return T.Cast("float32", T.reinterpret("float16", T.Cast("uint16", h & T.uint32(0x7FFF))))
 
     @T.prim_func
-    def sign_pack_vec(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
-        T.func_attr({"global_symbol": sign_pack_name(dtype, True), "tirx.noalias": True})
+    def sign_pack_vec(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle,
+                      pop_offset: T.int32, pop_scale: T.int32):
+        T.func_attr({"global_symbol": sign_pack_name(dtype, True, lanes), "tirx.noalias": True})
         BH = T.int32()
         N = T.int32()
         DQ = T.int32()
@@ -62,8 +75,8 @@ def sign_pack_vec_func(dtype: str) -> tvm.tirx.PrimFunc:
                     acc = T.alloc_buffer((1,), "float32", scope="local")
                     pop = T.alloc_buffer((1,), "int32", scope="local")
                     word = T.alloc_buffer((1,), "uint32", scope="local")
-                    w = tid % MAX_WORDS
-                    n = bx * rows_per_cta + tid // MAX_WORDS
+                    w = tid % lanes
+                    n = bx * rows_per_cta + tid // lanes
                     for i in T.unroll(4):
                         if n < N and 4 * w + i < DQ:
                             raw[T.ramp(4 * i, 1, 4)] = X[bh, n, 4 * w + i, T.ramp(0, 1, 4)]
@@ -76,12 +89,15 @@ def sign_pack_vec_func(dtype: str) -> tvm.tirx.PrimFunc:
                         word[0] = word[0] | T.Cast("uint32", (n < N and 4 * w + e // 8 < DQ) and (h < T.uint32(0x8000) or h == T.uint32(0x8000))) << T.uint32(e)
                         acc[0] = acc[0] + magnitude(h)
                     pop[0] = T.popcount(word[0])
-                    for sh in T.unroll(3):
+                    for sh in T.unroll(lanes.bit_length() - 1):
                         pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full, pop[0], 1 << sh, 32)
                     if n < N and w < WS:
                         Bits[bh, n, w] = T.reinterpret("int32", word[0])
+                    for z in T.unroll(MAX_WORDS // lanes - 1):
+                        if n < N and w + lanes * (z + 1) < WS:
+                            Bits[bh, n, w + lanes * (z + 1)] = T.int32(0)
                     if n < N and w == 0:
-                        Pops[bh, n] = pop[0]
+                        Pops[bh, n] = pop_offset + pop_scale * pop[0]
                     for sh in T.unroll(5):
                         acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", full, acc[0], 16 >> sh, 32)
                     if tid % 32 == 0:
@@ -103,7 +119,8 @@ def sign_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
     full = T.uint32(0xFFFFFFFF)
 
     @T.prim_func
-    def sign_pack(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
+    def sign_pack(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle,
+                  pop_offset: T.int32, pop_scale: T.int32):
         T.func_attr({"global_symbol": sign_pack_name(dtype), "tirx.noalias": True})
         BH = T.int32()
         N = T.int32()
@@ -137,7 +154,7 @@ def sign_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
                     if n < N and w < WS:
                         Bits[bh, n, w] = T.reinterpret("int32", word[0])
                     if n < N and w == 0:
-                        Pops[bh, n] = pop[0]
+                        Pops[bh, n] = pop_offset + pop_scale * pop[0]
                     for sh in T.unroll(5):
                         acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", full, acc[0], 16 >> sh, 32)
                     if tid % 32 == 0:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One GPU session (H100/H200, no TVM there): GPU correctness tests, then optionally the timing of
+# tuning candidates built here (`binattn tune --target cuda` / cuda_tune.build_candidates), then
+# the benchmark table. Usage: benchmarks/gpu_check.sh OUT_DIR [CANDIDATE_DIR]
+# Needs torch + apache-tvm-ffi (the cp312 wheel in .whl/ is installed when present).
+set -u -o pipefail
+out=${1:?usage: gpu_check.sh OUT_DIR [CANDIDATE_DIR]}
+cands=${2:-}
+mkdir -p "$out"
+if ! python3 -c "import tvm_ffi" 2>/dev/null && ls .whl/apache_tvm_ffi-*cp312*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+    .whl/apache_tvm_ffi-*cp312*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+nvidia-smi -L
+python3 -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_gpu_kernels.py 2>&1 | tail -40 | tee "$out/gpu_tests.log"
+if [[ -n "$cands" ]]; then
+  python3 -m binattn.schedules.cuda_tune time "$cands" 2>&1 | tee "$out/tune.log"
+  cp "$cands/timings.json" "$out/tune_timings.json"
+fi
+python3 benchmarks/gpu_attention.py --out "$out" 2>&1 | tee "$out/bench.log"
