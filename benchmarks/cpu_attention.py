@@ -131,7 +131,7 @@ def main() -> None:
     plot(rows, args.out)
     args.out.with_suffix(".json").write_text(json.dumps({
         "load_at_end": cpu_bench.machine_load(), "clock": cpu_bench.clock, "targets": verdicts,
-        "rows": [{"kind": r.kind, "shape": list(r.shape), "kernel": r.path.get("binattn"),
+        "rows": [{"kind": r.kind, "shape": list(r.shape), "kernels": r.path,
                   "timings_ms": {k: vars(t) for k, t in r.timings.items()},
                   "max_abs_err": r.max_abs_err} for r in rows]}, indent=1))
     console.print(f"wrote {args.out} and {args.out.with_suffix('.json')}")

@@ -91,11 +91,13 @@ def bench_attention(batch: int, heads: int, n: int, head_dim: int, repeat: int =
     if with_reference:
         fns["reference op"] = lambda: reference.binary_attention(q, k, v)
     with torch.no_grad():
-        out = fns["binattn fp32-PV"]()
-        row.path["binattn"] = dispatch.kernel_report().get("binary_attention/cpu", "?")
-        if n <= REFERENCE_MAX_N:
-            ref = reference.binary_attention(q, k, v)
-            row.max_abs_err["binattn fp32-PV"] = (out - ref).abs().max().item()
+        for name, pv_bits in (("binattn fp32-PV", None), ("binattn 8-bit-PV", 8)):
+            out = fns[name]()
+            row.path[name] = dispatch.kernel_report().get("binary_attention/cpu", "?")
+            if n <= REFERENCE_MAX_N:
+                ref = reference.binary_attention(q, k, v, pv_bits=pv_bits)
+                row.max_abs_err[name] = (out - ref).abs().max().item()
+        row.path["binattn"] = row.path["binattn fp32-PV"]
         row.timings = side_by_side(fns, repeat)
     return row
 
