@@ -207,9 +207,11 @@ def test_pv8_table_kernel_needs_vbmi_and_vnni():
     wl = cpu_kernels.AttentionWorkload(2, 64, pv8=True)
     assert cpu_kernels.pv8_uses_lut(wl, cpu_kernels.LUT_FEATURES)
     assert not cpu_kernels.pv8_uses_lut(wl, cpu_kernels.LUT_FEATURES - {"avx512vbmi"})
-    assert not cpu_kernels.pv8_uses_lut(cpu_kernels.AttentionWorkload(2, 64), cpu_kernels.LUT_FEATURES)
-    assert not cpu_kernels.pv8_uses_lut(cpu_kernels.AttentionWorkload(2, 64, False, (True,) * 3, True),
-                                        cpu_kernels.LUT_FEATURES)
+    fp32_pv = cpu_kernels.AttentionWorkload(2, 64)
+    with_bias = cpu_kernels.AttentionWorkload(2, 64, False, (True,) * 3, True)
+    too_wide = cpu_kernels.AttentionWorkload(8, 64, pv8=True)
+    for other in (fp32_pv, with_bias, too_wide):
+        assert not cpu_kernels.pv8_uses_lut(other, cpu_kernels.LUT_FEATURES)
 
 
 @settings(max_examples=8, deadline=None)
@@ -218,7 +220,7 @@ def test_quantize_v_kernel_is_exact(n, value_dim, seed):
     """s8 V equals round(v·127/max|v|) (half to even, as the reference), keys interleaved by 4,
     padding keys zero; scales equal the reference's 1/(255·(inv + 1e-6))."""
     v = torch.randn(2, 3, n, value_dim, generator=torch.Generator().manual_seed(seed))
-    v[0, 0, :, 0] = 0.25  # ties: with max|v| = 127 the scale is exactly 1, so 30.5 → 30, 31.5 → 32
+    v[0, 0, :, 0] = 0.25  # ties: max|v| = 127 makes the scale exactly 1: 30.5 → 30, 31.5 → 32
     v[0, 0, :3, 0] = torch.tensor([127.0, 30.5, 31.5])[:n]
     n4 = -(-n // 128) * 32
     v8 = torch.full((2, 3, n4, value_dim, 4), 99, dtype=torch.int8)

@@ -271,7 +271,8 @@ def binary_attention_supports(q, k, v, bias=None, attn_mask=None, is_causal=Fals
             return "static scales are not per (batch, head)"
     wl = _workload(q, v, _add_shape(bias, attn_mask), is_causal, pv_bits)
     if pv_bits == 8:
-        if wl.causal and cpu_kernels.pv8_uses_lut(wl) and q.shape[-2] > cpu_kernels.LUT_MAX_CAUSAL_NQ:
+        limit = cpu_kernels.LUT_MAX_CAUSAL_NQ
+        if wl.causal and cpu_kernels.pv8_uses_lut(wl) and q.shape[-2] > limit:
             return f"causal 8-bit kernel serves at most {cpu_kernels.LUT_MAX_CAUSAL_NQ} queries"
         reason = _try_build(("quantize_v", wl.value_dim),
                             lambda: cpu_build.quantize_v_kernel(wl.value_dim))

@@ -10,9 +10,13 @@ What it does: turns a workload (shapes, flags) plus schedule knobs
   key tiles, online softmax (running max / sum), P·V accumulated in registers, no N×N tensor.
   Optional additive tensor (bias + mask), causal masking with tile skipping, GQA (kv head =
   q head // group). Scores are exact integers times one float per (b, h).
-* ``attention_pv8_module``: the ``pv_bits=8`` path: pass 1 finds each row's max and sum, pass 2
-  quantizes the normalized P to u8 and accumulates u8×s8 products in int32 (AVX-512 VNNI
+* ``attention_pv8_lut_module``: ``pv_bits=8`` without bias/mask (``pv8_uses_lut``): scores
+  once as popcount bytes, no exponential per key — the row sum from 16-entry float tables and
+  the quantized P from a per-row byte table (AVX-512 VBMI ``vpermi2b``), u8×s8 ``vpdpbusd``.
+* ``attention_pv8_module``: the other ``pv_bits=8`` calls: pass 1 finds each row's max and sum,
+  pass 2 quantizes the normalized P to u8 and accumulates u8×s8 products in int32 (AVX-512 VNNI
   ``vpdpbusd`` where the target has it, plain integer loops elsewhere).
+* ``quantize_v_module``: V → s8 per (b, h, channel) in the ``vpdpbusd`` layout, with scales.
 
 The attention kernels take padded inputs: Nq a multiple of ``block_q``, Nk of ``block_k``, with
 the true key count ``nk`` as a scalar (keys past it are masked). ``cpu_dispatch`` does the
@@ -305,7 +309,8 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, coef_h: T.handle{add_par
 def _u8_level(scaled: str) -> str:
     """TVMScript text of min(round(x), 255) as uint8 for x = 255·p ≥ 0, halves to even like
     ``reference.quantize_probs_u8`` (torch.round): uniform rows hit exact halves (255/102)."""
-    return f"T.Cast(\"uint8\", T.min({_intrin('llvm.roundeven', 'float32', scaled)}, T.float32(255)))"
+    rounded = _intrin("llvm.roundeven", "float32", scaled)
+    return f"T.Cast(\"uint8\", T.min({rounded}, T.float32(255)))"
 
 
 def attention_pv8_module(wl: AttentionWorkload, knobs: AttentionKnobs,
@@ -512,11 +517,11 @@ def attention_pv8_lut_module(wl: AttentionWorkload, knobs: AttentionKnobs) -> tv
     """``pv_bits=8`` without bias/mask: scores computed once, no exponential per key.
 
     A score is ``c·(D − 2·popc)``, so a row's exponentials take at most D+1 values
-    ``exp(−2|c|·k)``, k = popc − min popc (c ≥ 0; mirrored for c < 0). Per task (block_q rows ×
-    all keys): pass A stores each key's popc as a byte (a block_q × Nk byte tile, in L2) with
-    the row's min/max; pass B sums the row's exponentials from two 16-entry float tables, builds
-    the u8 table round(255·exp(−2|c|k)/Σ) of the normalised, quantized P and maps the row's
-    bytes through it (vpermi2b); pass C accumulates u8 P × s8 V with vpdpbusd in int32.
+    ``exp(−2|c|·k)``, k = popc − min popc (c ≥ 0; NOT q for c < 0). Per task (block_q
+    rows × all keys): pass A stores each key's popc as a byte (a block_q × Nk byte tile, in
+    L2) and the row's minimum; pass B sums the row's exponentials from two 16-entry float
+    tables, builds the u8 table round(255·exp(−2|c|k)/Σ) of the normalised, quantized P and
+    maps the row's bytes through it (vpermi2b); pass C accumulates u8 P × s8 V with vpdpbusd.
     Same arguments as ``attention_pv8_module``; needs ``pv8_uses_lut(wl)``.
     """
     knobs.check(wl.value_dim)
