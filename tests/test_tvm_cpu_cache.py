@@ -45,6 +45,18 @@ def test_every_key_field_changes_the_entry():
     assert len(names) == 5
 
 
+def test_other_kernel_sources_never_load_a_stale_library(tmp_path, monkeypatch):
+    from binattn.tvm_kernels import cache as cache_mod
+
+    cache = KernelCache(tmp_path)
+    run(cache.get(KEY, build_sign_pack))
+    # as if binattn's kernel code (or TVM) had changed since that library was built
+    monkeypatch.setattr(cache_mod, "_fingerprint", "0" * 16)
+    builds = []
+    run(KernelCache(tmp_path).get(KEY, lambda: builds.append(1) or build_sign_pack()))
+    assert builds == [1]
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_corrupt_entry_is_rebuilt(tmp_path, damage):
     # the entry is written by another process (a library loaded here must not be damaged:

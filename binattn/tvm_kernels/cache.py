@@ -1,4 +1,5 @@
-"""On-disk cache of built TVM kernel libraries, keyed by target + shape bucket + dtype + schedule.
+"""On-disk cache of built TVM kernel libraries, keyed by target + shape bucket + dtype + schedule
+(+ a fingerprint of binattn's kernel sources and the TVM version).
 
 What it does: ``KernelCache.get(key, build)`` returns a loaded module for ``key``: from memory,
 else from ``<root>/<digest>.so`` on disk, else by calling ``build()`` (which returns anything
@@ -28,6 +29,29 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 CACHE_VERSION = 1
+_KERNEL_SOURCES = ("tvm_kernels", "schedules")  # packages whose code decides what a build holds
+_fingerprint: Optional[str] = None
+
+
+def source_fingerprint() -> str:
+    """SHA-256 (short) of binattn's kernel and schedule sources and the installed TVM version:
+    part of every key, so a library built by other kernel code is never loaded (editing or
+    upgrading binattn rebuilds instead of silently reusing a stale kernel)."""
+    global _fingerprint
+    if _fingerprint is None:
+        from importlib import metadata
+
+        h = hashlib.sha256()
+        pkg = Path(__file__).resolve().parent.parent
+        for sub in _KERNEL_SOURCES:
+            for src in sorted((pkg / sub).glob("*.py")):
+                h.update(src.name.encode() + b"\0" + src.read_bytes())
+        try:
+            h.update(metadata.version("apache-tvm").encode())
+        except metadata.PackageNotFoundError:
+            h.update(b"no-tvm")
+        _fingerprint = h.hexdigest()[:16]
+    return _fingerprint
 
 
 def user_cache_dir() -> Path:
@@ -50,7 +74,8 @@ class CacheKey:
     extra: tuple = field(default_factory=tuple)
 
     def digest(self) -> str:
-        text = json.dumps([CACHE_VERSION, *asdict(self).values()], default=str)
+        text = json.dumps([CACHE_VERSION, source_fingerprint(), *asdict(self).values()],
+                          default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def filename(self) -> str:
