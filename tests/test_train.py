@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -284,6 +285,39 @@ def test_cluttered_digits_are_deterministic_and_shaped():
     assert a.inputs[0].shape == (1797, 1, 24, 24)
     assert torch.equal(a.inputs[0], b.inputs[0]) and torch.equal(a.labels, data.digits().labels)
     assert 0 <= float(a.inputs[0].min()) and float(a.inputs[0].max()) <= 1
+
+
+def test_render_cluttered_puts_each_digit_at_its_position_over_other_digits_fragments():
+    images = data.digits().inputs[0][:40, 0]
+    rng = lambda: np.random.default_rng(5)  # noqa: E731
+    canvas, pos = data.render_cluttered(images, 24, 3, 4, rng(), copies=3)
+    again, pos2 = data.render_cluttered(images, 24, 3, 4, rng(), copies=3)
+    assert canvas.shape == (120, 24, 24) and pos.shape == (120, 2)
+    assert torch.equal(canvas, again) and torch.equal(pos, pos2)  # deterministic in the rng
+    for row in range(120):
+        y, x = pos[row].tolist()
+        window = canvas[row, y:y + 8, x:x + 8]
+        digit = images[row % 40]  # rendering-major: row k·n + i is digit i
+        assert torch.all(window >= digit)  # max-composited over the clutter
+        outside = canvas[row].clone()
+        outside[y:y + 8, x:x + 8] = 0
+        assert int((outside > 0).sum()) <= 3 * 16  # only the three 4×4 fragments around it
+    renderings = canvas.view(3, 40, 24, 24)
+    assert not torch.equal(renderings[0], renderings[1])  # fresh positions/clutter per copy
+    no_clutter, at = data.render_cluttered(images, 24, 0, 4, rng())
+    y, x = at[7].tolist()
+    assert torch.equal(no_clutter[7, y:y + 8, x:x + 8], images[7])
+    assert float(no_clutter[7].sum()) == pytest.approx(float(images[7].sum()))
+
+
+def test_cluttered_digits_selects_digits_and_repeats_labels():
+    index = [3, 10, 11, 500]
+    sub = data.cluttered_digits(fragments=2, seed=1, index=index, copies=2)
+    labels = data.digits().labels[index]
+    assert sub.inputs[0].shape == (8, 1, 24, 24)
+    assert torch.equal(sub.labels, labels.repeat(2))
+    with pytest.raises(ValueError, match="canvas"):
+        data.cluttered_digits(canvas=6)
 
 
 def test_stratified_folds_partition_every_image_once():

@@ -12,8 +12,9 @@ What it does:
   - ``TensorData`` + ``batches()``: in-memory datasets and seeded, fixed-size batches, sharded
     across ranks for DDP.
 
-What it does not: augmentation beyond the cluttered renderings, tokenization (the MiniLM benchmark tokenizes), or file formats
-beyond ``load_tensor_data`` (``.npz``/``.pt`` with ``x``/``y`` arrays, or a text file).
+What it does not: augmentation beyond the cluttered renderings, tokenization (the MiniLM benchmark
+tokenizes), or file formats beyond ``load_tensor_data`` (``.npz``/``.pt`` with ``x``/``y`` arrays,
+or a text file).
 """
 from __future__ import annotations
 
