@@ -151,9 +151,9 @@ def test_tune_grid_and_record_best(tmp_path):
     from binattn.tvm_kernels.cuda_attention import SHARED_LIMIT, attention_func, shared_bytes
 
     grid = cuda_tune.candidates(64)
-    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 20
-    assert {c.poly_quarters for c in grid} == {0, 1} and {c.stages for c in grid} == {2, 3}
-    assert {c.row_tiles for c in grid} == {1, 2}
+    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 16
+    assert {c.stages for c in grid} == {2, 3} and {c.row_tiles for c in grid} == {1, 2}
+    assert any(c.wgmma_pv for c in grid) and not any(c.wgmma_pv for c in cuda_tune.candidates(64, "sm_80"))
     assert all(shared_bytes(64, c) <= SHARED_LIMIT for c in grid)
     big = cuda_tune.candidates(256)
     assert big and all(c.key_block == 32 and shared_bytes(256, c) <= SHARED_LIMIT for c in big)
@@ -163,6 +163,10 @@ def test_tune_grid_and_record_best(tmp_path):
         sched.CudaAttentionSchedule(4, 64, 5).check()
     with pytest.raises(ValueError, match="row_tiles"):
         sched.CudaAttentionSchedule(4, 64, 0, 2, 3).check()
+    with pytest.raises(ValueError, match="warpgroups"):
+        sched.CudaAttentionSchedule(4, 64, 0, 2, 2, 1).check()
+    with pytest.raises(ValueError, match="dv"):
+        attention_func("bfloat16", 256, sched.CudaAttentionSchedule(4, 32, 0, 2, 1, 1))
     timings = tmp_path / "timings.json"
     rows = [dict(arch="sm_90a", dtype="bfloat16", dv=64, ms=ms, correct=ok,
                  schedule={"warps": w, "key_block": k})

@@ -3,7 +3,7 @@
 What it does, in three steps that can run on two machines (TVM + nvcc here, a GPU there):
 
 1. ``build_candidates(out_dir, arch, dvs)`` builds one library per value head size holding
-   every candidate schedule (warps × key_block × poly_quarters) under its own symbol, with
+   every candidate schedule (warps × key_block × stages × row tiles / wgmma) under its own symbol, with
    TVM + nvcc (no GPU needed), plus ``candidates.json`` describing them;
 2. ``python -m binattn.schedules.cuda_tune time DIR`` (on the GPU machine; needs torch and
    apache-tvm-ffi only) times every candidate with CUDA events at a long-sequence shape, checks
@@ -28,29 +28,33 @@ from .cuda_attention import SCORE_MAGIC, CudaAttentionSchedule, record_schedule
 
 GRID_WARPS = (4, 8)
 GRID_KEY_BLOCK = (32, 64, 128)
-GRID_POLY_QUARTERS = (0, 1)
 GRID_STAGES = (2, 3)
-GRID_ROW_TILES = (1, 2)
+#: (row_tiles, wgmma_pv) pairs; poly_quarters stays 0 (the FMA-polynomial exp lost every time it
+#: was in the grid on the H100: +10–25 %, docs/gpu.md)
+GRID_PV = ((1, 0), (2, 0), (1, 1))
 TUNE_DVS = (64, 128)
 TUNE_SHAPE = (2, 16, 4096)  # B, H, N; D = dv
 
 
-def candidates(dv: int) -> list[CudaAttentionSchedule]:
+def candidates(dv: int, arch: str = "sm_90a") -> list[CudaAttentionSchedule]:
     """The schedules tried for one value head size: the grid, less what does not fit in shared
-    memory, and 32-key blocks only for heads over 64 (small blocks pay off only with big heads)."""
+    memory, 32-key blocks only for heads over 64 (small blocks pay off only with big heads), two
+    row tiles only with blocks of up to 64 keys (registers), wgmma only on sm_90a."""
     from ..tvm_kernels.cuda_attention import SHARED_LIMIT, shared_bytes
 
-    grid = itertools.product(GRID_WARPS, GRID_KEY_BLOCK, GRID_POLY_QUARTERS, GRID_STAGES,
-                             GRID_ROW_TILES)
-    return [s for s in (CudaAttentionSchedule(*knobs) for knobs in grid)
+    grid = itertools.product(GRID_WARPS, GRID_KEY_BLOCK, GRID_STAGES, GRID_PV)
+    scheds = (CudaAttentionSchedule(w, k, 0, st, rt, wg) for w, k, st, (rt, wg) in grid)
+    return [s for s in scheds
             if shared_bytes(dv, s) <= SHARED_LIMIT and not (dv <= 64 and s.key_block == 32)
-            and not (s.row_tiles == 2 and s.key_block > 64)]  # scores of 2 row tiles: registers
+            and not (s.row_tiles == 2 and s.key_block > 64)
+            and not (s.wgmma_pv and (arch != "sm_90a" or dv + 8 > 256))]
 
 
 def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> str:
     """Exported name of one candidate kernel inside a candidate library."""
     return (f"cand_{dtype}_dv{dv}_w{schedule.warps}_k{schedule.key_block}"
-            f"_p{schedule.poly_quarters}_s{schedule.stages}_r{schedule.row_tiles}")
+            f"_p{schedule.poly_quarters}_s{schedule.stages}_r{schedule.row_tiles}"
+            f"{'_wg' if schedule.wgmma_pv else ''}")
 
 
 def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:
@@ -84,7 +88,7 @@ def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = T
     for dv in dvs:
         name = f"cand_{arch}_{dtype}_dv{dv}"
         funcs = {sign_pack_name(dtype): sign_pack_func(dtype)}
-        for sched in candidates(dv):
+        for sched in candidates(dv, arch):
             symbol = candidate_symbol(dtype, dv, sched)
             funcs[symbol] = attention_func(dtype, dv, sched).with_attr("global_symbol", symbol)
             entries.append({"file": f"{name}.so", "symbol": symbol, "arch": arch,

@@ -59,10 +59,21 @@ STATIC_RANGE = {"bfloat16": 100.0, "float16": 24.0}
 ONES_PAIR = {"bfloat16": 0x3F803F80, "float16": 0x3C003C00}  # two 16-bit 1.0s
 
 
+def v_stage_words(dv: int, schedule: CudaAttentionSchedule) -> int:
+    """32-bit words of one stage of V in shared memory: rows of keys padded to an odd number of
+    16-byte groups (ldmatrix path), or with ``wgmma_pv`` group-major — per 8 columns, all keys
+    of the block, one 16-byte row each, then a group of ones (the row sums), every group padded
+    by one row (the cp.async stores of 8 consecutive groups then hit distinct banks)."""
+    kb, groups = schedule.key_block, dv // 8
+    if schedule.wgmma_pv:
+        return (groups + 1) * (kb + 1) * 4
+    return kb * (groups | 1) * 4
+
+
 def shared_bytes(dv: int, schedule: CudaAttentionSchedule) -> int:
     """Shared memory of one CTA: ``stages`` key blocks of K bits (32 B/key), key popcounts (twice:
-    8 B/key) and V rows (padded to an odd number of 16-byte groups)."""
-    return schedule.stages * schedule.key_block * (32 + 8 + 16 * ((dv // 8) | 1))
+    8 B/key) and V (see :func:`v_stage_words`)."""
+    return schedule.stages * (schedule.key_block * 40 + 4 * v_stage_words(dv, schedule))
 
 
 def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
@@ -107,6 +118,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     schedule.check()
     if dtype not in MMA_PV or dv % 8 or not 8 <= dv <= 256:
         raise ValueError(f"no attention kernel for dtype={dtype!r}, dv={dv}")
+    if schedule.wgmma_pv and dv + 8 > 256:
+        raise ValueError(f"wgmma_pv needs dv + 8 <= 256 (the row-sum columns), got dv={dv}")
     if shared_bytes(dv, schedule) > SHARED_LIMIT:
         raise ValueError(f"schedule {schedule} needs {shared_bytes(dv, schedule)} B of shared "
                          f"memory for dv={dv} (limit {SHARED_LIMIT}); use a smaller key_block")
@@ -118,6 +131,11 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     n_poly = n_tiles * schedule.poly_quarters // 4
     groups = dv // 8
     vstride = groups | 1  # 16-byte groups per shared V row: odd → ldmatrix rows hit distinct banks
+    wg = bool(schedule.wgmma_pv)
+    vwords = v_stage_words(dv, schedule)
+    ab = "bf16" if dtype == "bfloat16" else "f16"
+    wgmma_pv = f"wgmma.mma_async.sync.aligned.m64n{dv + 8}k16.f32.{ab}.{ab}"
+    ones_iters = math.ceil(stages * kb * 4 / nthreads)
     k_units, v_units = kb * 2, kb * groups
     k_iters, v_iters, p_iters = (math.ceil(k_units / nthreads), math.ceil(v_units / nthreads),
                                  math.ceil(2 * kb / nthreads))
@@ -163,7 +181,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
                     Ks = T.alloc_buffer((stages, kb, QBITS_WORDS), "int32", scope="shared")
                     Kps = T.alloc_buffer((stages, kb // 2, 4), "int32", scope="shared")
-                    Vs = T.alloc_buffer((stages, kb, vstride * 4), "int32", scope="shared")
+                    Vs = T.alloc_buffer((stages, vwords), "int32", scope="shared")
                     # per row (index 2·mt + r: row tile mt, row g or g + 8)
                     qa = T.alloc_buffer((4 * mt_n,), "uint32", scope="local")
                     row = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
@@ -186,6 +204,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     o = T.alloc_buffer((ot * mt_n,), "float32", scope="local")
                     coef = T.alloc_buffer((2,), "float32", scope="local")
                     mode = T.alloc_buffer((2,), "int32", scope="local")  # fixed shift?, narrow?
+                    desc = T.alloc_buffer((1,), "uint64", scope="local")
                     # per-thread copy offsets (element offsets; a block adds its key offset)
                     k_src = T.alloc_buffer((k_iters,), "int32", scope="local")
                     k_dst = T.alloc_buffer((k_iters,), "int32", scope="local")
@@ -231,7 +250,16 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     for it in T.unroll(v_iters):
                         u = tid + it * nthreads
                         v_src[it] = (kv_row0 * Dq + T.min(u % groups, Dq - 1)) * 4
-                        v_dst[it] = ((u // groups) * vstride + u % groups) * 4
+                        if wg:
+                            v_dst[it] = ((u % groups) * (kb + 1) + u // groups) * 4
+                        else:
+                            v_dst[it] = ((u // groups) * vstride + u % groups) * 4
+                    if wg:
+                        # the ones group (row sums through the same wgmma), every stage
+                        for it in T.unroll(ones_iters):
+                            u = tid + it * nthreads
+                            if u < stages * kb * 4:
+                                Vs[u // (kb * 4), (groups * (kb + 1) + (u % (kb * 4)) // 4) * 4 + u % 4] = T.reinterpret("int32", ones)
                     for i in T.unroll(ot * mt_n):
                         o[i] = T.float32(0)
                     kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
@@ -257,7 +285,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                 u = tid + it * nthreads
                                 key = pre * kb + u // groups
                                 if u < v_units:
-                                    T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([0, 0, v_dst[it] + (pre % stages) * (kb * vstride * 4)]), V.ptr_to([0, 0, 0, 0, v_src[it] + T.min(key, Nk - 1) * (Dq * 4)]), 16, T.Cast("uint32", T.if_then_else(key < Nk and u % groups < Dq, 16, 0)))
+                                    T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([0, v_dst[it] + (pre % stages) * vwords]), V.ptr_to([0, 0, 0, 0, v_src[it] + T.min(key, Nk - 1) * (Dq * 4)]), 16, T.Cast("uint32", T.if_then_else(key < Nk and u % groups < Dq, 16, 0)))
                         T.ptx["cp.async.commit_group"]()
                         # ... while the block stages − 1 behind it computes
                         if pre >= stages - 1:
@@ -341,21 +369,32 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                 for c in T.unroll(n_chunks):
                                     for i in T.unroll(4):
                                         T.ptx[cvt_pair](pa[mt * sc_n + c * 4 + i], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2)])
-                            # P (registers, 16-bit) @ [V | 1] (shared, [key, dv]) on the 16-bit
-                            # tensor cores; each V fragment serves every row tile
-                            for c in T.unroll(n_chunks):
-                                for mt in T.unroll(mt_n):
-                                    T.ptx[mma_pv](o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], ones, ones, o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3])
-                                for n2 in T.unroll(o_tiles // 2):
-                                    # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
-                                    T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([st, 16 * c + lane % 16, (2 * n2 + lane // 16) * 4]))
+                            if wg:
+                                # P (registers) @ [V | 1] (shared, group-major) on the warpgroup MMA:
+                                # one m64n(dv+8)k16 per 16 keys; descriptor: 128 B between the two
+                                # 8-key halves (K), (kb + 1)·16 B between 8-column groups (N)
+                                T.ptx["wgmma.fence.sync.aligned"]()
+                                for c in T.unroll(n_chunks):
+                                    T.evaluate(T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc[0]), Vs.ptr_to([st, 16 * c * 4]), 8, kb + 1, 0))
+                                    T.ptx[wgmma_pv](*[o[i] for i in range(ot)], pa[c * 4], pa[c * 4 + 1], pa[c * 4 + 2], pa[c * 4 + 3], desc[0], T.bool(True), 1, 1, 1)
+                                T.ptx["wgmma.commit_group.sync.aligned"]()
+                                T.ptx["wgmma.wait_group.sync.aligned"](0)
+                            else:
+                                # P (registers, 16-bit) @ [V | 1] (shared, [key, dv]) on the 16-bit
+                                # tensor cores; each V fragment serves every row tile
+                                for c in T.unroll(n_chunks):
                                     for mt in T.unroll(mt_n):
-                                        for i in T.unroll(2):
-                                            T.ptx[mma_pv](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
-                                for n1 in T.unroll(o_tiles % 2):
-                                    T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([st, 16 * c + lane % 16, (o_tiles - 1 + n1) * 4]))
-                                    for mt in T.unroll(mt_n):
-                                        T.ptx[mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
+                                        T.ptx[mma_pv](o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], ones, ones, o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3])
+                                    for n2 in T.unroll(o_tiles // 2):
+                                        # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
+                                        T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + 2 * n2 + lane // 16) * 4]))
+                                        for mt in T.unroll(mt_n):
+                                            for i in T.unroll(2):
+                                                T.ptx[mma_pv](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
+                                    for n1 in T.unroll(o_tiles % 2):
+                                        T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + o_tiles - 1 + n1) * 4]))
+                                        for mt in T.unroll(mt_n):
+                                            T.ptx[mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
                     for rr in T.unroll(2 * mt_n):
                         # the row sum (the ones tile); rows with no visible key give 0
                         lsum[rr] = o[(rr // 2) * ot + so + 2 * (rr % 2)]

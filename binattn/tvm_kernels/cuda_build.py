@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -71,6 +71,8 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     for dtype in dtypes:
         for dv in dvs:
             schedule = sched.schedule_for(arch, dtype, dv)
+            if schedule.wgmma_pv and arch != "sm_90a":  # warpgroup MMA exists on sm_90a only
+                schedule = replace(schedule, wgmma_pv=0)
             for has_bias in (False, True):
                 funcs[attention_name(dtype, dv, has_bias)] = attention_func(dtype, dv, schedule,
                                                                             has_bias)
