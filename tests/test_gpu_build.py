@@ -129,6 +129,29 @@ def test_dispatch_names_the_built_sign_pack_kernels():
                 == sign_pack_name("float16", True, lanes))
 
 
+@pytest.mark.parametrize("knobs, present, absent", [
+    ({"wgmma_pv": 1}, ("wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16",
+                       "wgmma.wait_group.sync.aligned", "encode_matrix_descriptor"), ("ldmatrix",)),
+    ({"row_tiles": 2, "stages": 3}, ("ldmatrix.sync.aligned.m8n8.x4.trans", "cp.async.wait_group 1"),
+     ("wgmma.mma_async", "<< 23")),
+    # the FMA-polynomial exp2 builds 2**n by adding n << 23 to the float bits
+    ({"poly_quarters": 2}, ("ex2.approx.ftz.f32", "<< 23"), ("wgmma.mma_async",)),
+])
+def test_schedule_knobs_shape_the_generated_cuda(knobs, present, absent):
+    # TVM code generation only (no nvcc): each knob leaves its mark in the CUDA source
+    import tvm
+
+    from binattn.tvm_kernels.cuda_attention import attention_func
+
+    func = attention_func("bfloat16", 64, sched.CudaAttentionSchedule(**{"warps": 4, **knobs}))
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host={"kind": "cuda_host"})
+    source = tvm.backend.cuda.export_cuda_host(tvm.compile(tvm.IRModule({"f": func}), target).mod)
+    for text in present:
+        assert text in source, text
+    for text in absent:
+        assert text not in source, text
+
+
 def test_parse_archs_rejects_unknown():
     assert cuda_build.parse_archs("sm_90a, sm_80") == ["sm_90a", "sm_80"]
     with pytest.raises(ValueError, match="sm_99"):
