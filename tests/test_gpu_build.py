@@ -130,7 +130,7 @@ def test_dispatch_names_the_built_sign_pack_kernels():
 
 
 @pytest.mark.parametrize("knobs, present, absent", [
-    ({"wgmma_pv": 1}, ("wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16",
+    ({"wgmma_pv": 1, "stages": 3}, ("wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16",
                        "wgmma.wait_group.sync.aligned", "encode_matrix_descriptor"), ("ldmatrix",)),
     ({"row_tiles": 2, "stages": 3}, ("ldmatrix.sync.aligned.m8n8.x4.trans", "cp.async.wait_group 1"),
      ("wgmma.mma_async", "<< 23")),
@@ -174,8 +174,9 @@ def test_tune_grid_and_record_best(tmp_path):
     from binattn.tvm_kernels.cuda_attention import SHARED_LIMIT, attention_func, shared_bytes
 
     grid = cuda_tune.candidates(64)
-    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 16
-    assert {c.stages for c in grid} == {2, 3} and {c.row_tiles for c in grid} == {1, 2}
+    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 14
+    assert {c.stages for c in grid} == {2, 3, 4} and {c.row_tiles for c in grid} == {1, 2}
+    assert all(c.stages >= 3 for c in grid if c.wgmma_pv)
     assert any(c.wgmma_pv for c in grid) and not any(c.wgmma_pv for c in cuda_tune.candidates(64, "sm_80"))
     assert all(shared_bytes(64, c) <= SHARED_LIMIT for c in grid)
     big = cuda_tune.candidates(256)
@@ -189,7 +190,9 @@ def test_tune_grid_and_record_best(tmp_path):
     with pytest.raises(ValueError, match="warpgroups"):
         sched.CudaAttentionSchedule(4, 64, 0, 2, 2, 1).check()
     with pytest.raises(ValueError, match="dv"):
-        attention_func("bfloat16", 256, sched.CudaAttentionSchedule(4, 32, 0, 2, 1, 1))
+        attention_func("bfloat16", 256, sched.CudaAttentionSchedule(4, 32, 0, 3, 1, 1))
+    with pytest.raises(ValueError, match="stages"):
+        attention_func("bfloat16", 64, sched.CudaAttentionSchedule(4, 64, 0, 2, 1, 1))
     timings = tmp_path / "timings.json"
     rows = [dict(arch="sm_90a", dtype="bfloat16", dv=64, ms=ms, correct=ok,
                  schedule={"warps": w, "key_block": k})

@@ -28,7 +28,7 @@ from .cuda_attention import SCORE_MAGIC, CudaAttentionSchedule, record_schedule
 
 GRID_WARPS = (4, 8)
 GRID_KEY_BLOCK = (32, 64, 128)
-GRID_STAGES = (2, 3)
+GRID_STAGES = (2, 3, 4)  # 4 only with wgmma (one stage stays with the running wgmma)
 #: (row_tiles, wgmma_pv) pairs; poly_quarters stays 0 (the FMA-polynomial exp lost every time it
 #: was in the grid on the H100: +10–25 %, docs/gpu.md)
 GRID_PV = ((1, 0), (2, 0), (1, 1))
@@ -39,7 +39,8 @@ TUNE_SHAPE = (2, 16, 4096)  # B, H, N; D = dv
 def candidates(dv: int, arch: str = "sm_90a") -> list[CudaAttentionSchedule]:
     """The schedules tried for one value head size: the grid, less what does not fit in shared
     memory, 32-key blocks only for heads over 64 (small blocks pay off only with big heads), two
-    row tiles only with blocks of up to 64 keys (registers), wgmma only on sm_90a."""
+    row tiles only with blocks of up to 64 keys (registers), wgmma only on sm_90a and with 3 or 4
+    stages (one stays with the running wgmma)."""
     from ..tvm_kernels.cuda_attention import SHARED_LIMIT, shared_bytes
 
     grid = itertools.product(GRID_WARPS, GRID_KEY_BLOCK, GRID_STAGES, GRID_PV)
@@ -47,7 +48,8 @@ def candidates(dv: int, arch: str = "sm_90a") -> list[CudaAttentionSchedule]:
     return [s for s in scheds
             if shared_bytes(dv, s) <= SHARED_LIMIT and not (dv <= 64 and s.key_block == 32)
             and not (s.row_tiles == 2 and s.key_block > 64)
-            and not (s.wgmma_pv and (arch != "sm_90a" or dv + 8 > 256))]
+            and not (s.wgmma_pv and (arch != "sm_90a" or dv + 8 > 256 or s.stages < 3))
+            and not (s.stages == 4 and not s.wgmma_pv)]
 
 
 def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> str:

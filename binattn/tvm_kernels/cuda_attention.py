@@ -132,6 +132,11 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     groups = dv // 8
     vstride = groups | 1  # 16-byte groups per shared V row: odd → ldmatrix rows hit distinct banks
     wg = bool(schedule.wgmma_pv)
+    # blocks copied ahead of the one computing; with wgmma one stage more is kept back, as the
+    # previous block's asynchronous P·V may still read its V stage
+    ahead = stages - 1 - int(wg)
+    if ahead < 1:
+        raise ValueError("wgmma_pv needs stages >= 3 (one stage stays with the running wgmma)")
     vwords = v_stage_words(dv, schedule)
     ab = "bf16" if dtype == "bfloat16" else "f16"
     wgmma_pv = f"wgmma.mma_async.sync.aligned.m64n{dv + 8}k16.f32.{ab}.{ab}"
@@ -265,10 +270,10 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
                     warp_lim = T.if_then_else(causal != 0, T.min(Nk, q0 + 1), Nk)
                     n_blocks = T.ceildiv(kv_len, kb)
-                    for pre in T.serial(stages - 1 + n_blocks):
+                    for pre in T.serial(ahead + n_blocks):
                         # stage the block `pre` (cp.async, zero-filled past Nk) ...
-                        if pre >= stages - 1:
-                            T.ptx["cp.async.wait_group"](stages - 2)
+                        if pre >= ahead:
+                            T.ptx["cp.async.wait_group"](ahead - 1)
                         T.tvm_storage_sync("shared")
                         if pre < n_blocks:
                             for it in T.unroll(k_iters):
@@ -287,9 +292,9 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                 if u < v_units:
                                     T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([0, v_dst[it] + (pre % stages) * vwords]), V.ptr_to([0, 0, 0, 0, v_src[it] + T.min(key, Nk - 1) * (Dq * 4)]), 16, T.Cast("uint32", T.if_then_else(key < Nk and u % groups < Dq, 16, 0)))
                         T.ptx["cp.async.commit_group"]()
-                        # ... while the block stages − 1 behind it computes
-                        if pre >= stages - 1:
-                            kblk = pre - (stages - 1)
+                        # ... while the block `ahead` behind it computes
+                        if pre >= ahead:
+                            kblk = pre - ahead
                             st = kblk % stages
                             k0 = kblk * kb
                             # C fragments: (SCORE_MAGIC − popc) of keys 8j+2t, 8j+2t+1, twice
@@ -312,6 +317,13 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     for j in T.unroll(n_tiles):
                                         for e in T.unroll(4):
                                             tu[mt * st_n + j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 >= lim[mt * 2 + e // 2], masked_u, tu[mt * st_n + j * 4 + e])
+                            if wg:
+                                # the previous block's wgmma still accumulates into o: the online
+                                # softmax rescales o, so it waits here (the fixed shift never does)
+                                if has_bias:
+                                    T.ptx["wgmma.wait_group.sync.aligned"](0)
+                                elif mode[0] == 0:
+                                    T.ptx["wgmma.wait_group.sync.aligned"](0)
                             for mt in T.unroll(mt_n):
                                 if has_bias:
                                     for j in T.unroll(n_tiles):
@@ -366,6 +378,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                         xr[0] = xr[1] + magic_f
                                         xr[1] = xr[1] - (xr[0] - magic_f)
                                         s[mt * st_n + j * 4 + e] = T.if_then_else(s[mt * st_n + j * 4 + e] < T.float32(-125), T.float32(0), T.reinterpret("float32", T.reinterpret("int32", ((c3 * xr[1] + c2) * xr[1] + c1) * xr[1] + c0) + (T.reinterpret("int32", xr[0]) << 23)))
+                                if wg:  # P registers are read by the previous block's wgmma
+                                    T.ptx["wgmma.wait_group.sync.aligned"](0)
                                 for c in T.unroll(n_chunks):
                                     for i in T.unroll(4):
                                         T.ptx[cvt_pair](pa[mt * sc_n + c * 4 + i], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2)])
@@ -377,8 +391,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                 for c in T.unroll(n_chunks):
                                     T.evaluate(T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc[0]), Vs.ptr_to([st, 16 * c * 4]), 8, kb + 1, 0))
                                     T.ptx[wgmma_pv](*[o[i] for i in range(ot)], pa[c * 4], pa[c * 4 + 1], pa[c * 4 + 2], pa[c * 4 + 3], desc[0], T.bool(True), 1, 1, 1)
-                                T.ptx["wgmma.commit_group.sync.aligned"]()
-                                T.ptx["wgmma.wait_group.sync.aligned"](0)
+                                T.ptx["wgmma.commit_group.sync.aligned"]()  # waited for by the next block
                             else:
                                 # P (registers, 16-bit) @ [V | 1] (shared, [key, dv]) on the 16-bit
                                 # tensor cores; each V fragment serves every row tile
@@ -395,6 +408,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                         T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + o_tiles - 1 + n1) * 4]))
                                         for mt in T.unroll(mt_n):
                                             T.ptx[mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
+                    if wg:
+                        T.ptx["wgmma.wait_group.sync.aligned"](0)
                     for rr in T.unroll(2 * mt_n):
                         # the row sum (the ones tile); rows with no visible key give 0
                         lsum[rr] = o[(rr // 2) * ot + so + 2 * (rr % 2)]
