@@ -4,20 +4,22 @@ What it does: ``attention_func(dtype, dv, schedule)`` returns a PrimFunc that co
 (b, h) and query row, ``softmax(s_q·s_k·scale·(b_q·b_kᵀ) + bias) · V`` in one pass over the keys
 (FlashAttention-2 style, no N×N tensor):
 
+* K bits, key popcounts and V of the key block ``stages − 1`` ahead are copied to shared memory
+  with ``cp.async`` while the current block computes;
 * QKᵀ runs on the 1-bit tensor cores: one ``mma.sync.m16n8k256.b1.and.popc`` per 16×8 score
-  tile (D ≤ 256 fits one 256-bit chunk; padding bits are 0), turned into the exact ±1 dot
-  product by the AND identity ``4·popc(a&c) − 2·popc(a) − 2·popc(c) + D`` with the row
-  popcounts from the sign-pack kernel;
-* online softmax in fp32 in the log2 domain (``ex2.approx``), one running max/sum per row,
-  kept per quad of lanes and reduced with warp shuffles;
-* P is rounded to fp16/bf16 in registers and reused directly as the A fragment of
-  ``mma.sync.m16n8k16`` (the accumulator layout of the b1 mma equals the A layout of the
-  16-bit one), V is staged transposed in shared memory as 16-bit pairs;
+  tile (D ≤ 256 fits one 256-bit chunk), whose accumulator input makes the result the float bits
+  of the score (AND identity, see :func:`attention_func`);
+* softmax in fp32 in the log2 domain: without any running max when the scale keeps a row's
+  exponent range small enough, otherwise online (one running max per row, warp shuffles);
+* P is rounded to fp16/bf16 in registers and reused directly as the A fragment of the PV mma
+  (``mma.sync.m16n8k16`` with ``ldmatrix.trans`` V fragments, or a warpgroup ``wgmma`` on
+  sm_90a); the row sums come from the same mma (a tile of ones);
 * optional additive bias (any broadcast strides; the host folds masks into it), causal
   masking with early exit, GQA (kv head = h // group), rows with no visible key give 0.
 
-Each CTA holds ``schedule.warps`` warps × 16 query rows of one (b, h); each step stages
-``schedule.key_block`` keys (bits, popcounts and V) in shared memory.
+Each CTA holds ``schedule.warps`` warps × 16 × ``row_tiles`` query rows of one (b, h); each step
+stages ``schedule.key_block`` keys in shared memory. The knobs are in
+``binattn.schedules.cuda_attention``.
 
 What it does not: pack signs or compute the scales (``cuda_sign_pack``), build or load the
 module (``cuda_build`` / ``cuda_dispatch``), 8-bit P/V, top-N, soft binarizers, backward.

@@ -8,8 +8,9 @@ fragments read (extra words are written as 0) — plus the row popcounts ``pops 
 ``pop_offset + pop_scale · popc``: (0, 1) for the op, (SCORE_MAGIC, −1) for the attention
 kernel's keys, which then need no arithmetic per key) and
 adds ``sum |x|`` of each (b, h) into ``abs_sum [BH]`` (the caller zeroes it; mean|x| is that
-over N·D). One thread builds one word (32 independent loads in flight, compare, shift, or), the 8
-lanes of a row sum their popcounts with shuffles; the |x| sums are reduced per warp, then per CTA, then
+over N·D). One thread builds one word (32 independent loads in flight, compare, shift, or), the
+lanes of a row (8; 2 or 4 in the 16-byte-load kernel for short heads) sum their popcounts with
+shuffles; the |x| sums are reduced per warp, then per CTA, then
 one ``atomicAdd`` per CTA.
 
 What it does not: launch anything or choose the layout (``cuda_dispatch`` does).
