@@ -2,10 +2,8 @@
 
 Run on an H100/H200: ``python benchmarks/gpu_attention.py [--out DIR] [--quick]``. Side by side in
 one run, at the issue's shapes, bf16, forward, non-causal: the time of one binattn call
-(``binattn.ops.binary_attention``, i.e. what a user pays: the dispatcher runs the fused path —
-sign-pack inside the attention kernel, one launch — for short sequences and the split path —
-two sign-pack launches, then the attention kernel — otherwise), each path forced, the split
-path's attention kernel and sign-pack alone, SDPA with the cuDNN and the FLASH backends, the
+(``binattn.ops.binary_attention``: sign-pack of q and k, scales and the fused kernel, i.e. what a
+user pays) and of the fused kernel alone, SDPA with the cuDNN and the FLASH backends, the
 effective TFLOP/s (4·B·H·N²·D / t), ratios vs cuDNN against the issue's targets, and a roofline
 line: the time the exponential unit (4.17 T exp/s), the 16-bit mma.sync PV and the 1-bit QKᵀ
 would need at their measured ceilings (lab/CEILINGS.md) and the share of it each kernel reaches.
@@ -33,8 +31,6 @@ SHAPES = [  # (B, H, N, D), name, target speed-up over cuDNN
     ((4, 16, 4096, 128), "N=4096 D=128", 2.0),
     ((1, 16, 16384, 64), "N=16384 D=64", 2.5),
     ((1, 24, 4608, 128), "Flux-like", 2.0),
-    ((32, 16, 257, 64), "ViT-L/14 224² (extra)", None),
-    ((32, 12, 512, 64), "BERT-base 512 (extra)", None),
 ]
 def tflops(shape, ms):
     B, H, N, D = shape
@@ -47,10 +43,9 @@ def fmt(x, spec=".1f"):
 
 def report(rows, device: str) -> str:
     lines = [f"device: {device}", "",
-             "| shape (B,H,N,D) | binattn µs | fused path µs | split path µs | split: kernel µs "
-             "| split: sign-pack µs | cuDNN µs | FLASH µs "
+             "| shape (B,H,N,D) | binattn µs | fused kernel µs | sign-pack µs | cuDNN µs | FLASH µs "
              "| binattn TFLOP/s | cuDNN TFLOP/s | × cuDNN | × FLASH | target | exp-bound µs | "
-             "share of bound |", "|" + "---|" * 15]
+             "share of bound |", "|" + "---|" * 13]
     for r, (_, name, target) in zip(rows, SHAPES):
         s = tuple(r["shape"])
         ratio = r["cudnn_ms"] / r["binattn_ms"] if r["cudnn_ms"] else None
@@ -58,14 +53,13 @@ def report(rows, device: str) -> str:
         bound = max(r["ceil_us"].values())
         tgt = "–" if target is None else f"≥{target}× {'met' if ratio and ratio >= target else 'missed'}"
         lines.append(
-            f"| {s} {name} | {r['binattn_ms']*1e3:.1f} | {fmt(r['fused_ms'] and r['fused_ms']*1e3)} | "
-            f"{r['split_ms']*1e3:.1f} | {r['kernel_ms']*1e3:.1f} | {r['sign_pack_ms']*1e3:.1f} | {fmt(r['cudnn_ms'] and r['cudnn_ms']*1e3)} | "
+            f"| {s} {name} | {r['binattn_ms']*1e3:.1f} | {r['fused_ms']*1e3:.1f} | "
+            f"{r['sign_pack_ms']*1e3:.1f} | {fmt(r['cudnn_ms'] and r['cudnn_ms']*1e3)} | "
             f"{fmt(r['flash_ms'] and r['flash_ms']*1e3)} | {tflops(s, r['binattn_ms']):.0f} | "
             f"{fmt(tflops(s, r['cudnn_ms']), '.0f')} | {fmt(ratio, '.2f')} | {fmt(ratio_fa, '.2f')} | "
             f"{tgt} | {bound:.1f} | {bound / (r['binattn_ms']*1e3):.0%} |")
-    lines += ["", "binattn µs = one binattn.ops.binary_attention call (the path the dispatcher "
-              "picks: fused for short sequences, split otherwise) and SDPA µs, all CUDA-graphed; "
-              "eager (Python dispatch) µs: "
+    lines += ["", "binattn µs = one binattn.ops.binary_attention call (sign-pack of q and k, scales, "
+              "fused kernel) and SDPA µs, all CUDA-graphed; eager (Python dispatch) µs: "
               + ", ".join(f"{r['eager_ms']*1e3:.0f}" for r in rows) + f"; path: {rows[0]['path']}"]
     return "\n".join(lines)
 

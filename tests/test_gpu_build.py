@@ -45,18 +45,12 @@ def test_build_writes_loadable_library_and_manifest(small_build):
     entry = manifest["libraries"]["sm_90a"]
     lib = small_build / entry["file"]
     assert entry["attention"] == {"bfloat16": [64]}
-    from binattn.tvm_kernels.cuda_attention import resident_keys
-
-    fused_sched = sched.CudaAttentionSchedule(**entry["schedules"]["bfloat16/dv64/fused"])
-    assert entry["attention_fused"] == {"bfloat16": {"64": resident_keys(64, fused_sched)}}
-    assert entry["attention_fused"]["bfloat16"]["64"] >= 257  # ViT-L/14's 257 tokens fit
     assert entry["sha256"] == hashlib.sha256(lib.read_bytes()).hexdigest()
     source = (small_build / "binattn_cuda_sm_90a.cu").read_text()
     assert "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc" in source
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in source
     module = tvm_ffi.load_module(str(lib))
     for name in ("binattn_attention_bfloat16_dv64", "binattn_attention_bfloat16_dv64_bias",
-                 "binattn_attention_bfloat16_dv64_fused", "binattn_attention_bfloat16_dv64_bias_fused",
                  "binattn_sign_pack_float32", "binattn_sign_pack_bfloat16_v8",
                  "binattn_sign_pack_float16_v8_l2", "binattn_sign_pack_bfloat16_v8_l4",
                  "binattn_popcount_scores"):
@@ -162,40 +156,6 @@ def test_parse_archs_rejects_unknown():
     assert cuda_build.parse_archs("sm_90a, sm_80") == ["sm_90a", "sm_80"]
     with pytest.raises(ValueError, match="sm_99"):
         cuda_build.parse_archs("sm_99")
-
-
-def test_fused_kernel_packs_signs_in_kernel():
-    # TVM code generation only: the fused variant reads q/k as 16-bit values (no packed-bit
-    # inputs), keeps every key block resident (no cp.async of K bits) and sums |x| itself
-    import tvm
-
-    from binattn.tvm_kernels.cuda_attention import attention_func, resident_keys, shared_bytes
-
-    schedule = sched.CudaAttentionSchedule(4, 64, 0, 2, 2)
-    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host={"kind": "cuda_host"})
-    sources = {}
-    for fused in (False, True):
-        func = attention_func("bfloat16", 64, schedule, fused=fused)
-        sources[fused] = tvm.backend.cuda.export_cuda_host(
-            tvm.compile(tvm.IRModule({"f": func}), target).mod)
-    assert sources[False].count("cp.async.ca.shared.global") > 0  # key popcounts streamed in
-    assert sources[True].count("cp.async.ca.shared.global") == 0  # ... or packed in-kernel
-    assert "__popc" in sources[True] and "__popc" not in sources[False]
-    assert shared_bytes(64, schedule, True) <= 48 * 1024 and resident_keys(64, schedule) == 704
-    with pytest.raises(ValueError, match="fused"):
-        attention_func("bfloat16", 64, sched.CudaAttentionSchedule(4, 64, 0, 3, 1, 1), fused=True)
-
-
-def test_fused_schedule_falls_back_to_regular(tmp_path):
-    db = tmp_path / "tuned.json"
-    regular = sched.CudaAttentionSchedule(8, 64, 0, 3, 1, 1)  # wgmma: the fused kernel has none
-    sched.record_schedule("sm_90a", "bfloat16", 64, regular, db=db)
-    fused = sched.schedule_for("sm_90a", "bfloat16", 64, db=db, fused=True)
-    assert not fused.wgmma_pv and fused.warps == 8
-    own = sched.CudaAttentionSchedule(8, 32, 0, 2, 2)
-    sched.record_schedule("sm_90a", "bfloat16", 64, own, db=db, fused=True)
-    assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db, fused=True) == own
-    assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db) == regular
 
 
 def test_tuning_db_roundtrip(tmp_path):

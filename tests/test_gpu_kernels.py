@@ -5,9 +5,7 @@ load (a load failure fails the tests, it does not skip them). Every test draws f
 (seed printed on failure, never zeros) and poisons outputs before each launch. Sign bits, row
 popcounts and integer scores must be bit-exact; attention output must match the reference within
 the rounding of P to the value dtype. Covers D ∈ {32, 64, 72, 80, 96, 128, 256}, odd N, bool and
-float masks, causal, GQA, dense / broadcast bias, the three scale modes and the fallback path,
-each on both CUDA paths: "fused" (sign-pack inside the attention kernel) and "split" (sign-pack
-launches, then the attention kernel).
+float masks, causal, GQA, dense / broadcast bias, the three scale modes and the fallback path.
 """
 from __future__ import annotations
 
@@ -25,18 +23,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 HEAD_DIMS = (32, 64, 72, 80, 96, 128, 256)
 DTYPES = (torch.float16, torch.bfloat16)
 TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
-PATHS = ("fused", "split")
-OP_DEFAULTS = dict(bias=None, attn_mask=None, is_causal=False, scale=None, scale_mode="mean_abs",
-                   q_scale=None, k_scale=None, top_n=None, pv_bits=None, binarizer="sign",
-                   temperature=1.0, ste_clip=1.0)
-
-
-def run_path(cuda_dispatch, q, k, v, kw, path):
-    """The CUDA attention kernel on one path (keyword arguments as binattn.ops.binary_attention),
-    into a NaN-poisoned output."""
-    out = torch.full((*q.shape[:-1], v.shape[-1]), float("nan"), dtype=v.dtype, device="cuda")
-    args = dict(OP_DEFAULTS, **kw)
-    return cuda_dispatch.attention_kernel(q, k, v, *args.values(), out=out, path=path)
 
 
 @pytest.fixture(scope="module")
@@ -159,49 +145,24 @@ def _check(out, q, k, v, kw, gen):
     assert err <= bound, f"max err {err:.3g} > {bound:.3g} (seed {gen.initial_seed()})"
 
 
-@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
-def test_attention_matches_reference(cuda_dispatch, gen, dtype, head_dim, path):
+def test_attention_matches_reference(cuda_dispatch, gen, dtype, head_dim):
     q, k, v, kw = _case_inputs(gen, "plain", dtype, head_dim)
-    _check(run_path(cuda_dispatch, q, k, v, kw, path), q, k, v, kw, gen)
-
-
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("head_dim", (64, 72, 128))
-@pytest.mark.parametrize("case", CASES[1:])
-def test_attention_cases_match_reference(cuda_dispatch, gen, case, head_dim, path):
-    dtype = torch.bfloat16 if head_dim != 72 else torch.float16
-    q, k, v, kw = _case_inputs(gen, case, dtype, head_dim)
-    _check(run_path(cuda_dispatch, q, k, v, kw, path), q, k, v, kw, gen)
-
-
-@pytest.mark.parametrize("case", ("plain", "causal", "gqa"))
-def test_op_uses_kernel(cuda_dispatch, gen, case):
-    """The public op reaches the CUDA kernel (the dispatcher picks the path)."""
-    q, k, v, kw = _case_inputs(gen, case, torch.bfloat16, 64)
-    out = binattn.ops.binary_attention(q, k, v, **kw)
-    assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
+    out = torch.full((*q.shape[:-1], v.shape[-1]), float("nan"), dtype=dtype, device="cuda")
+    cuda_dispatch.attention_kernel(q, k, v, None, None, False, None, "mean_abs", None, None,
+                                   None, None, "sign", 1.0, 1.0, out=out)
     _check(out, q, k, v, kw, gen)
 
 
-def test_fused_path_limits(cuda_dispatch, gen):
-    """Keys beyond what the fused kernel keeps in shared memory: "auto" takes the split path (and
-    is right), "fused" refuses with the reason; D not a multiple of 8 has no fused kernel."""
-    entry = cuda_dispatch._library(torch.device("cuda"))[1]
-    keys = entry["attention_fused"]["bfloat16"]["64"]
-    q = randn(gen, 1, 2, 300, 64, dtype=torch.bfloat16)  # several CTAs per head: each sums |q|
-    k = randn(gen, 1, 2, keys + 3, 64, dtype=torch.bfloat16)
-    v = randn(gen, 1, 2, keys + 3, 64, dtype=torch.bfloat16)
-    assert "keys" in cuda_dispatch.fused_reason(q, k, v)
-    with pytest.raises(ValueError, match="fused"):
-        run_path(cuda_dispatch, q, k, v, {}, "fused")
-    _check(run_path(cuda_dispatch, q, k, v, {}, "auto"), q, k, v, {}, gen)
-    # exactly at the limit the fused kernel runs (its last resident block full)
-    k, v = k[:, :, :keys], v[:, :, :keys]
-    _check(run_path(cuda_dispatch, q, k, v, {}, "fused"), q, k, v, {}, gen)
-    q33 = randn(gen, 1, 2, 40, 36, dtype=torch.bfloat16)
-    assert "multiple of 8" in cuda_dispatch.fused_reason(q33, q33, v[:, :, :40])
+@pytest.mark.parametrize("head_dim", (64, 72, 128))
+@pytest.mark.parametrize("case", CASES[1:])
+def test_attention_cases_match_reference(cuda_dispatch, gen, case, head_dim):
+    dtype = torch.bfloat16 if head_dim != 72 else torch.float16
+    q, k, v, kw = _case_inputs(gen, case, dtype, head_dim)
+    out = binattn.ops.binary_attention(q, k, v, **kw)
+    assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
+    _check(out, q, k, v, kw, gen)
 
 
 # the kernel picks its softmax per CTA from coef·2·D (coef = 2·scale·log2 e with scale_mode
@@ -213,13 +174,14 @@ def test_fused_path_limits(cuda_dispatch, gen):
                                       {"scale_mode": "none", "scale": 2.0}),
                          ids=("fixed-shift", "mean_abs", "online"))
 @pytest.mark.parametrize("causal", (False, True))
-@pytest.mark.parametrize("path", PATHS)
-def test_attention_softmax_modes(cuda_dispatch, gen, dtype, head_dim, scale_kw, causal, path):
+def test_attention_softmax_modes(cuda_dispatch, gen, dtype, head_dim, scale_kw, causal):
     q = randn(gen, 2, 3, 97, head_dim, dtype=dtype)
     k = randn(gen, 2, 3, 131, head_dim, dtype=dtype)
     v = randn(gen, 2, 3, 131, 64, dtype=dtype)
     kw = dict(scale_kw, is_causal=causal)
-    _check(run_path(cuda_dispatch, q, k, v, kw, path), q, k, v, kw, gen)
+    out = binattn.ops.binary_attention(q, k, v, **kw)
+    assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
+    _check(out, q, k, v, kw, gen)
 
 
 def test_attention_long_sequence(cuda_dispatch, gen):

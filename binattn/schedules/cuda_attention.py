@@ -83,33 +83,25 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def schedule_for(arch: str, dtype: str, dv: int, db: Optional[Path] = None,
-                 fused: bool = False) -> CudaAttentionSchedule:
-    """Tuned schedule for (arch, dtype, dv): user DB, then packaged DB, then the default.
-
-    ``fused``: the schedule of the kernel with the sign-pack inside (DB key ``…/fused``); without
-    an entry of its own it takes the regular one, made mma.sync (the fused kernel has no wgmma)."""
-    key = f"{dtype}/dv{dv}{'/fused' if fused else ''}"
+def schedule_for(arch: str, dtype: str, dv: int, db: Optional[Path] = None) -> CudaAttentionSchedule:
+    """Tuned schedule for (arch, dtype, dv): user DB, then packaged DB, then the default."""
+    key = f"{dtype}/dv{dv}"
     for path in ([db] if db else [db_path(), PACKAGED_DB]):
         entry = _read(path).get(arch, {}).get(key)
         if entry:
             sched = CudaAttentionSchedule(**entry)
             sched.check()
             return sched
-    if fused:
-        regular = schedule_for(arch, dtype, dv, db)
-        return regular if not regular.wgmma_pv else CudaAttentionSchedule(
-            regular.warps, regular.key_block, regular.poly_quarters, 2, 1, 0)
     return default_schedule(dv)
 
 
 def record_schedule(arch: str, dtype: str, dv: int, schedule: CudaAttentionSchedule,
-                    db: Optional[Path] = None, fused: bool = False) -> Path:
+                    db: Optional[Path] = None) -> Path:
     """Store a tuned schedule in the database (atomically replaced); returns the DB path."""
     schedule.check()
     path = db or db_path()
     data = _read(path)
-    data.setdefault(arch, {})[f"{dtype}/dv{dv}{'/fused' if fused else ''}"] = asdict(schedule)
+    data.setdefault(arch, {})[f"{dtype}/dv{dv}"] = asdict(schedule)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))

@@ -34,24 +34,14 @@ GRID_STAGES = (2, 3, 4)  # 4 only with wgmma (one stage stays with the running w
 GRID_PV = ((1, 0), (2, 0), (1, 1))
 TUNE_DVS = (64, 128)
 TUNE_SHAPE = (2, 16, 4096)  # B, H, N; D = dv
-#: the fused kernel (sign-pack inside) is for short sequences: tuned at ViT-B/16's shape
-FUSED_TUNE_SHAPE = (64, 12, 197)
 
 
-def candidates(dv: int, arch: str = "sm_90a", fused: bool = False) -> list[CudaAttentionSchedule]:
+def candidates(dv: int, arch: str = "sm_90a") -> list[CudaAttentionSchedule]:
     """The schedules tried for one value head size: the grid, less what does not fit in shared
     memory, 32-key blocks only for heads over 64 (small blocks pay off only with big heads), two
     row tiles only with blocks of up to 64 keys (registers), wgmma only on sm_90a and with 3 or 4
-    stages (one stays with the running wgmma). ``fused``: the kernel with the sign-pack inside
-    (mma.sync only, 2–3 stages, keys of the fused tuning shape resident in shared memory)."""
-    from ..tvm_kernels.cuda_attention import SHARED_LIMIT, resident_keys, shared_bytes
-
-    if fused:
-        grid = itertools.product(GRID_WARPS, GRID_KEY_BLOCK, (2, 3), (1, 2))
-        scheds = (CudaAttentionSchedule(w, k, 0, st, rt, 0) for w, k, st, rt in grid)
-        return [s for s in scheds if resident_keys(dv, s) >= FUSED_TUNE_SHAPE[2]
-                and shared_bytes(dv, s, True) <= SHARED_LIMIT
-                and not (s.row_tiles == 2 and s.key_block > 64)]
+    stages (one stays with the running wgmma)."""
+    from ..tvm_kernels.cuda_attention import SHARED_LIMIT, shared_bytes
 
     grid = itertools.product(GRID_WARPS, GRID_KEY_BLOCK, GRID_STAGES, GRID_PV)
     scheds = (CudaAttentionSchedule(w, k, 0, st, rt, wg) for w, k, st, (rt, wg) in grid)
@@ -62,12 +52,11 @@ def candidates(dv: int, arch: str = "sm_90a", fused: bool = False) -> list[CudaA
             and not (s.stages == 4 and not s.wgmma_pv)]
 
 
-def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule,
-                     fused: bool = False) -> str:
+def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> str:
     """Exported name of one candidate kernel inside a candidate library."""
     return (f"cand_{dtype}_dv{dv}_w{schedule.warps}_k{schedule.key_block}"
             f"_p{schedule.poly_quarters}_s{schedule.stages}_r{schedule.row_tiles}"
-            f"{'_wg' if schedule.wgmma_pv else ''}{'_fused' if fused else ''}")
+            f"{'_wg' if schedule.wgmma_pv else ''}")
 
 
 def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:
@@ -88,13 +77,9 @@ def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:
 
 
 def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = TUNE_DVS,
-                     dtype: str = "bfloat16", fused_dvs: Sequence[int] = (),
-                     shape: Optional[Sequence[int]] = None) -> Path:
+                     dtype: str = "bfloat16") -> Path:
     """Build one library per value head size holding every candidate schedule (each under its
-    own symbol) and the sign-pack kernel, into ``out_dir``, plus the fused kernel's candidates
-    for ``fused_dvs``; returns candidates.json. ``shape`` (B, H, N) times the regular candidates
-    at another shape than ``TUNE_SHAPE`` (a study: ``record_best`` records only tuning-shape
-    timings)."""
+    own symbol) and the sign-pack kernel, into ``out_dir``; returns candidates.json."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..tvm_kernels.cuda_attention import attention_func
@@ -109,18 +94,7 @@ def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = T
             symbol = candidate_symbol(dtype, dv, sched)
             funcs[symbol] = attention_func(dtype, dv, sched).with_attr("global_symbol", symbol)
             entries.append({"file": f"{name}.so", "symbol": symbol, "arch": arch,
-                            "dtype": dtype, "dv": dv, "schedule": asdict(sched),
-                            "shape": list(shape or TUNE_SHAPE)})
-        jobs.append((name, funcs))
-    for dv in fused_dvs:
-        name, funcs = f"cand_{arch}_{dtype}_dv{dv}_fused", {}
-        for sched in candidates(dv, arch, fused=True):
-            symbol = candidate_symbol(dtype, dv, sched, fused=True)
-            funcs[symbol] = attention_func(dtype, dv, sched, fused=True).with_attr(
-                "global_symbol", symbol)
-            entries.append({"file": f"{name}.so", "symbol": symbol, "arch": arch, "fused": True,
-                            "dtype": dtype, "dv": dv, "schedule": asdict(sched),
-                            "shape": list(FUSED_TUNE_SHAPE)})
+                            "dtype": dtype, "dv": dv, "schedule": asdict(sched)})
         jobs.append((name, funcs))
     # nvcc runs outside the GIL: the libraries compile side by side
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
@@ -136,10 +110,9 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
     import tvm_ffi
 
     entries = json.loads((directory / "candidates.json").read_text())
+    B, H, N = TUNE_SHAPE
     results, reference, modules = [], {}, {}
     for entry in entries:
-        fused = bool(entry.get("fused"))
-        B, H, N = entry.get("shape") or (FUSED_TUNE_SHAPE if fused else TUNE_SHAPE)
         dv, dtype = entry["dv"], getattr(torch, entry["dtype"])
         if entry["file"] not in modules:
             modules[entry["file"]] = tvm_ffi.load_module(str(directory / entry["file"]))
@@ -148,7 +121,7 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
         q, k, v = (torch.randn(B, H, N, dv, device="cuda", dtype=dtype, generator=gen)
                    for _ in range(3))
         packed = []
-        for x, pop_form in ((q, (0, 1)), (k, (SCORE_MAGIC, -1))) if not fused else ():
+        for x, pop_form in ((q, (0, 1)), (k, (SCORE_MAGIC, -1))):
             bits = torch.empty(B * H, N, 8, dtype=torch.int32, device="cuda")
             pops = torch.empty(B * H, N, dtype=torch.int32, device="cuda")
             abs_sum = torch.zeros(B * H, dtype=torch.float32, device="cuda")
@@ -156,20 +129,15 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
                                                           abs_sum, *pop_form)
             packed.append((bits.view(B, H, N, 8), pops.view(B, H, N), abs_sum))
         out = torch.full((B, H, N, dv), float("nan"), dtype=dtype, device="cuda")
-        if fused:  # q and k as 16-byte groups; Σ|q|·Σ|k| computed in the kernel
-            ones = torch.ones(B * H, device="cuda")
-            packed = [(q.view(torch.int32).view(B, H, N, dv // 8, 4), None, ones),
-                      (k.view(torch.int32).view(B, H, N, dv // 8, 4),
-                       torch.zeros(1, dtype=torch.int32, device="cuda"), ones)]
         args = (packed[0][0], packed[1][0], packed[1][1], v.view(torch.int32).view(B, H, N, dv // 8, 4),
                 out.view(torch.int32), packed[0][2], packed[1][2],
                 torch.zeros(1, device="cuda"), 0, 1, 0, 0, 0, 0,
-                float(1.4426950408889634 / math.sqrt(dv) / (N * dv) ** 2), dv, int(fused))
+                float(1.4426950408889634 / math.sqrt(dv) / (N * dv) ** 2), dv)
         fn = module[entry["symbol"]]
         fn(*args)
         torch.cuda.synchronize()
         ok = not torch.isnan(out).any().item()
-        key = (entry["dtype"], dv, fused, B, H, N)
+        key = (entry["dtype"], dv)
         if key in reference:
             ok = ok and (out.float() - reference[key]).abs().max().item() < 5e-2
         else:
@@ -182,12 +150,11 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
-        results.append(dict(entry, ms=sorted(times)[len(times) // 2], correct=bool(ok),
-                            shape=[B, H, N]))
+        results.append(dict(entry, ms=sorted(times)[len(times) // 2], correct=bool(ok)))
         print(f"{entry['symbol']}: {results[-1]['ms'] * 1e3:.1f} µs {'ok' if ok else 'WRONG'}")
     path = directory / "timings.json"
     path.write_text(json.dumps({"device": torch.cuda.get_device_name(), "shape": TUNE_SHAPE,
-                                "fused_shape": FUSED_TUNE_SHAPE, "results": results}, indent=1))
+                                "results": results}, indent=1))
     return path
 
 
@@ -196,16 +163,12 @@ def record_best(timings: Path, db: Optional[Path] = None) -> dict:
     data = json.loads(Path(timings).read_text())
     best: dict = {}
     for r in data["results"]:
-        key = (r["arch"], r["dtype"], r["dv"], bool(r.get("fused")))
-        tuning_shape = list(FUSED_TUNE_SHAPE if key[3] else TUNE_SHAPE)
-        if r.get("shape", tuning_shape) != tuning_shape:
-            continue  # a study at another shape
+        key = (r["arch"], r["dtype"], r["dv"])
         if r["correct"] and (key not in best or r["ms"] < best[key]["ms"]):
             best[key] = r
-    for (arch, dtype, dv, fused), r in best.items():
-        record_schedule(arch, dtype, dv, CudaAttentionSchedule(**r["schedule"]), db=db,
-                        fused=fused)
-    return {f"{a}/{d}/dv{v}{'/fused' if f else ''}": r for (a, d, v, f), r in best.items()}
+    for (arch, dtype, dv), r in best.items():
+        record_schedule(arch, dtype, dv, CudaAttentionSchedule(**r["schedule"]), db=db)
+    return {f"{a}/{d}/dv{v}": r for (a, d, v), r in best.items()}
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import tvm
 from tvm.script import tirx as T
 
 from ..schedules.cuda_attention import SCORE_MAGIC, CudaAttentionSchedule
-from .cuda_sign_pack import half_bits, half_magnitude, half_nonneg
 
 LOG2E = 1.4426950408889634
 QBITS_WORDS = 8  # tensor-core layout: every row padded to one 256-bit K chunk
@@ -43,10 +42,9 @@ CVT_PAIR = {"float16": "cvt.rn.f16x2.f32", "bfloat16": "cvt.rn.bf16x2.f32"}
 MMA_B1 = "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc"
 
 
-def attention_name(dtype: str, dv: int, has_bias: bool = False, fused: bool = False) -> str:
-    """Exported symbol of the attention kernel for (dtype, padded value head size, bias or not,
-    sign-pack fused in or not)."""
-    return f"binattn_attention_{dtype}_dv{dv}{'_bias' if has_bias else ''}{'_fused' if fused else ''}"
+def attention_name(dtype: str, dv: int, has_bias: bool = False) -> str:
+    """Exported symbol of the attention kernel for (dtype, padded value head size, bias or not)."""
+    return f"binattn_attention_{dtype}_dv{dv}{'_bias' if has_bias else ''}"
 
 
 MAGIC = SCORE_MAGIC  # float bits of 1.5·2**23 (see binattn.schedules.cuda_attention)
@@ -55,7 +53,6 @@ MASKED = -16777216  # 0xFF000000: negative as int32, about -1.7e38 as float32
 
 EXP2_POLY = (0.9999280708313842, 0.6932609977919704, 0.24261117167503404, 0.05517162704802993)
 """2**f on [−0.5, 0.5], degree 3 (relative error 7.5e-5: below bf16/fp16 rounding of P)."""
-PACK_QUADS = 8  # 16-byte loads in flight per thread in the fused kernel's sign-pack prologue
 SHARED_LIMIT = 48 * 1024  # static shared memory per CTA without opting in
 #: largest exponent range (log2) a row may span for the softmax without a running max, per P
 #: dtype: scores lie in [−D, D], so p = 2**(s·coef) stays within 2**±(range/2) — bf16 keeps
@@ -75,29 +72,14 @@ def v_stage_words(dv: int, schedule: CudaAttentionSchedule) -> int:
     return kb * (groups | 1) * 4
 
 
-def shared_bytes(dv: int, schedule: CudaAttentionSchedule, fused: bool = False) -> int:
+def shared_bytes(dv: int, schedule: CudaAttentionSchedule) -> int:
     """Shared memory of one CTA: ``stages`` key blocks of K bits (32 B/key), key popcounts (twice:
-    8 B/key) and V (see :func:`v_stage_words`); with ``fused``, K bits and popcounts of
-    :func:`resident_blocks` blocks instead (the whole key sequence) plus the |x|-sum scratch."""
-    v_ring = schedule.stages * 4 * v_stage_words(dv, schedule)
-    if fused:
-        return resident_blocks(dv, schedule) * schedule.key_block * 40 + v_ring + 8 * schedule.warps
-    return schedule.stages * schedule.key_block * 40 + v_ring
-
-
-def resident_blocks(dv: int, schedule: CudaAttentionSchedule) -> int:
-    """Key blocks whose bits stay in shared memory in the fused kernel (what the V ring leaves)."""
-    free = SHARED_LIMIT - schedule.stages * 4 * v_stage_words(dv, schedule) - 8 * schedule.warps
-    return max(0, free // (schedule.key_block * 40))
-
-
-def resident_keys(dv: int, schedule: CudaAttentionSchedule) -> int:
-    """Longest key sequence the fused kernel (sign-pack inside) takes for ``dv`` and ``schedule``."""
-    return resident_blocks(dv, schedule) * schedule.key_block
+    8 B/key) and V (see :func:`v_stage_words`)."""
+    return schedule.stages * (schedule.key_block * 40 + 4 * v_stage_words(dv, schedule))
 
 
 def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
-                   has_bias: bool = False, fused: bool = False) -> tvm.tirx.PrimFunc:
+                   has_bias: bool = False) -> tvm.tirx.PrimFunc:
     """The attention PrimFunc for ``dtype`` (float16|bfloat16) and padded value head size ``dv``.
 
     Arguments of the generated function (torch tensors through DLPack, all contiguous):
@@ -106,16 +88,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     ``out32 int32[B,Hq,Nq,Dv/2]``, ``qscale f32[B*Hq]``, ``kscale f32[B*Hks]``,
     ``bias f32[nbias]`` (flat; indexed with the strides below; ignored without ``has_bias``),
     then scalars ``causal, ks_group, bias_sb, bias_sh, bias_sq, bias_sk``, ``mult`` (the rest of
-    the score coefficient, times log2 e), ``d_bits`` (the q/k head size D) and ``abs_scale``
-    (fused kernel only: 1 multiplies the coefficient by Σ|q|·Σ|k| of the head, computed in-kernel).
-
-    ``fused``: the sign-pack runs inside the kernel. ``qbits``/``kbits`` are then q and k
-    themselves (``int32[B,H,N,D/8,4]``: 16-bit values of ``dtype`` viewed as 16-byte groups,
-    D % 8 == 0) and ``kpop`` is unused; every CTA packs all keys of its kv head into shared
-    memory (bits, ``SCORE_MAGIC − popc``; at most :func:`resident_keys`), builds its own q
-    fragments from q, and, with ``abs_scale``, sums |q| over the whole head and |k| over all keys.
-    One launch instead of three for short sequences (ViT, encoders), where the separate sign-pack
-    launches cost as much as the attention.
+    the score coefficient, times log2 e) and ``d_bits`` (the q/k head size D).
 
     Scores: the AND identity ``4·popc(a&c) − 2·popc(a) − 2·popc(c) + D`` minus its per-row
     constant ``D − 2·popc(a)`` (softmax is invariant to it) is ``2·s`` with
@@ -152,11 +125,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     if shared_bytes(dv, schedule) > SHARED_LIMIT:
         raise ValueError(f"schedule {schedule} needs {shared_bytes(dv, schedule)} B of shared "
                          f"memory for dv={dv} (limit {SHARED_LIMIT}); use a smaller key_block")
-    if fused and (schedule.wgmma_pv or resident_blocks(dv, schedule) < 1):
-        raise ValueError(f"no fused sign-pack kernel for dv={dv} with {schedule} (needs mma.sync "
-                         "P·V and room for one resident key block)")
-    # key blocks whose bits sit in shared memory: the cp.async ring, or the whole sequence (fused)
-    kring = resident_blocks(dv, schedule) if fused else schedule.stages
     warps, kb, stages, mt_n = (schedule.warps, schedule.key_block, schedule.stages,
                                schedule.row_tiles)
     nthreads, rows_per_warp = 32 * warps, 16 * mt_n
@@ -196,10 +164,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     def attention(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v_h: T.handle,
                   out_h: T.handle, qscale_h: T.handle, kscale_h: T.handle, bias_h: T.handle,
                   causal: T.int32, ks_group: T.int32, bias_sb: T.int32, bias_sh: T.int32,
-                  bias_sq: T.int32, bias_sk: T.int32, mult: T.float32, d_bits: T.int32,
-                  abs_scale: T.int32):
-        T.func_attr({"global_symbol": attention_name(dtype, dv, has_bias, fused),
-                     "tirx.noalias": True})
+                  bias_sq: T.int32, bias_sk: T.int32, mult: T.float32, d_bits: T.int32):
+        T.func_attr({"global_symbol": attention_name(dtype, dv, has_bias), "tirx.noalias": True})
         B = T.int32()
         Hq = T.int32()
         Hkv = T.int32()
@@ -208,16 +174,9 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
         Nk = T.int32()
         Dw = T.int32()
         NB = T.int32()
-        DQK = T.int32()
-        NP = T.int32()
-        if fused:  # q and k themselves, as 16-byte groups of 16-bit values
-            Qb = T.match_buffer(qbits_h, (B, Hq, Nq, DQK, 4), "int32")
-            Kb = T.match_buffer(kbits_h, (B, Hkv, Nk, DQK, 4), "int32")
-            Kp = T.match_buffer(kpop_h, (NP,), "int32")
-        else:
-            Qb = T.match_buffer(qbits_h, (B, Hq, Nq, QBITS_WORDS), "int32")
-            Kb = T.match_buffer(kbits_h, (B, Hkv, Nk, QBITS_WORDS), "int32")
-            Kp = T.match_buffer(kpop_h, (B, Hkv, Nk), "int32")
+        Qb = T.match_buffer(qbits_h, (B, Hq, Nq, QBITS_WORDS), "int32")
+        Kb = T.match_buffer(kbits_h, (B, Hkv, Nk, QBITS_WORDS), "int32")
+        Kp = T.match_buffer(kpop_h, (B, Hkv, Nk), "int32")
         Dq = T.int32()
         V = T.match_buffer(v_h, (B, Hkv, Nk, Dq, 4), "int32")
         O = T.match_buffer(out_h, (B, Hq, Nq, Dw), "int32")
@@ -227,13 +186,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
         for bx in T.thread_binding(T.ceildiv(Nq, rows_per_cta), thread="blockIdx.x"):
             for bh in T.thread_binding(B * Hq, thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
-                    Ks = T.alloc_buffer((kring, kb, QBITS_WORDS), "int32", scope="shared")
-                    Kps = T.alloc_buffer((kring, kb // 2, 4), "int32", scope="shared")
-                    abs_part = T.alloc_buffer((2, warps), "float32", scope="shared")
-                    raw = T.alloc_buffer((4 * PACK_QUADS,), "int32", scope="local")
-                    word = T.alloc_buffer((1,), "uint32", scope="local")
-                    pk = T.alloc_buffer((1,), "int32", scope="local")
-                    abs_sum = T.alloc_buffer((2,), "float32", scope="local")  # Σ|q|, Σ|k|
+                    Ks = T.alloc_buffer((stages, kb, QBITS_WORDS), "int32", scope="shared")
+                    Kps = T.alloc_buffer((stages, kb // 2, 4), "int32", scope="shared")
                     Vs = T.alloc_buffer((stages, vwords), "int32", scope="shared")
                     # per row (index 2·mt + r: row tile mt, row g or g + 8)
                     qa = T.alloc_buffer((4 * mt_n,), "uint32", scope="local")
@@ -273,69 +227,12 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     q_first = bx * rows_per_cta
                     q0 = q_first + (tid // 32) * rows_per_warp
                     kv_row0 = (b * Hkv + hk) * Nk  # first key row of this (b, kv head)
-                    mode[1] = T.Cast("int32", d_bits <= 128)
-                    if fused:
-                        # sign-pack of every key of this kv head into shared memory (lanes_k
-                        # lanes per key, one 32-bit word each) and, with abs_scale, Σ|k|, Σ|q|
-                        lanes_k = T.if_then_else(d_bits <= 64, 2, T.if_then_else(d_bits <= 128, 4, 8))
-                        w8 = 8 - 4 * mode[1]  # words per row: narrow heads duplicate 4 words
-                        abs_sum[0] = T.float32(0)
-                        abs_sum[1] = T.float32(0)
-                        # each step: PACK_QUADS // 4 (key, word) units per thread, all loads first
-                        for it in T.serial(T.ceildiv(T.ceildiv(Nk, kb) * kb * lanes_k, nthreads * (PACK_QUADS // 4))):
-                          for un in T.unroll(PACK_QUADS // 4):
-                            for i in T.unroll(4):
-                                if (tid + (it * (PACK_QUADS // 4) + un) * nthreads) // lanes_k < Nk and 4 * ((tid + (it * (PACK_QUADS // 4) + un) * nthreads) % lanes_k) + i < DQK:
-                                    raw[T.ramp(16 * un + 4 * i, 1, 4)] = Kb[b, hk, (tid + (it * (PACK_QUADS // 4) + un) * nthreads) // lanes_k, 4 * ((tid + (it * (PACK_QUADS // 4) + un) * nthreads) % lanes_k) + i, T.ramp(0, 1, 4)]
-                                else:
-                                    raw[T.ramp(16 * un + 4 * i, 1, 4)] = T.Broadcast(T.int32(0), 4)
-                          for un in T.unroll(PACK_QUADS // 4):
-                            u = tid + (it * (PACK_QUADS // 4) + un) * nthreads
-                            key = u // lanes_k
-                            w = u % lanes_k
-                            word[0] = T.uint32(0)
-                            for e in T.unroll(32):
-                                word[0] = word[0] | T.Cast("uint32", key < Nk and 4 * w + e // 8 < DQK and half_nonneg(half_bits(raw[16 * un + e // 2], e))) << T.uint32(e)
-                                abs_sum[1] = abs_sum[1] + half_magnitude(dtype, half_bits(raw[16 * un + e // 2], e))
-                            pk[0] = T.popcount(word[0])
-                            pk[0] = pk[0] + T.call_extern("int32", "__shfl_xor_sync", full, pk[0], 1, 32)
-                            if lanes_k >= 4:
-                                pk[0] = pk[0] + T.call_extern("int32", "__shfl_xor_sync", full, pk[0], 2, 32)
-                            if lanes_k >= 8:
-                                pk[0] = pk[0] + T.call_extern("int32", "__shfl_xor_sync", full, pk[0], 4, 32)
-                            if key < T.ceildiv(Nk, kb) * kb:
-                                for z in T.unroll(4):  # physical words w, w + lanes_k, ... (< 8)
-                                    if w + lanes_k * z < 8:
-                                        Ks[key // kb, key % kb, w + lanes_k * z] = T.if_then_else((w + lanes_k * z) % w8 == w, T.reinterpret("int32", word[0]), 0)
-                                if w == 0:
-                                    for c in T.unroll(2):  # twice per key pair: one 16-byte C fragment load
-                                        Kps[key // kb, (key % kb) // 2, 2 * c + key % 2] = MAGIC - pk[0]
-                        if abs_scale != 0:  # PACK_QUADS 16-byte loads in flight per thread
-                            for it in T.serial(T.ceildiv(Nq * DQK, nthreads * PACK_QUADS)):
-                                for j in T.unroll(PACK_QUADS):
-                                    if tid + (it * PACK_QUADS + j) * nthreads < Nq * DQK:
-                                        raw[T.ramp(4 * j, 1, 4)] = Qb[b, h, (tid + (it * PACK_QUADS + j) * nthreads) // DQK, (tid + (it * PACK_QUADS + j) * nthreads) % DQK, T.ramp(0, 1, 4)]
-                                    else:
-                                        raw[T.ramp(4 * j, 1, 4)] = T.Broadcast(T.int32(0), 4)
-                                for e in T.unroll(8 * PACK_QUADS):
-                                    abs_sum[0] = abs_sum[0] + half_magnitude(dtype, half_bits(raw[e // 2], e))
-                        for r in T.unroll(2):
-                            for sh in T.unroll(5):
-                                abs_sum[r] = abs_sum[r] + T.call_extern("float32", "__shfl_xor_sync", full, abs_sum[r], 16 >> sh, 32)
-                            if lane == 0:
-                                abs_part[r, tid // 32] = abs_sum[r]
-                        T.tvm_storage_sync("shared")
-                        for r in T.unroll(2):
-                            abs_sum[r] = T.float32(0)
-                            for i in T.unroll(warps):
-                                abs_sum[r] = abs_sum[r] + abs_part[r, i]
-                        coef[0] = T.max(Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2) * T.if_then_else(abs_scale != 0, abs_sum[0] * abs_sum[1], T.float32(1)), T.float32(1e-30))
-                    else:
-                        coef[0] = T.max(Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2), T.float32(1e-30))
+                    coef[0] = T.max(Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2), T.float32(1e-30))
                     # keep 22 significant bits so that 1.5·2**23·coef is exact: then
                     # fma(as_float(MAGIC + i), coef, -1.5·2**23·coef) == i·coef rounded once
                     coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
                     coef[1] = -magic_f * coef[0]
+                    mode[1] = T.Cast("int32", d_bits <= 128)
                     if has_bias:
                         mode[0] = 0
                     else:
@@ -349,18 +246,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     for mt in T.unroll(mt_n):
                         for i in T.unroll(4):
                             # logical word t / t+4 = physical 2t / 2t+1 (narrow: the low half twice)
-                            if fused:  # the word, packed here from q (as the keys above)
-                                for c in T.unroll(4):
-                                    if row[mt * 2 + i % 2] < Nq and 4 * ((2 * t + i // 2) % (8 - 4 * mode[1])) + c < DQK:
-                                        raw[T.ramp(4 * c, 1, 4)] = Qb[b, h, row[mt * 2 + i % 2], 4 * ((2 * t + i // 2) % (8 - 4 * mode[1])) + c, T.ramp(0, 1, 4)]
-                                    else:
-                                        raw[T.ramp(4 * c, 1, 4)] = T.Broadcast(T.int32(0), 4)
-                                word[0] = T.uint32(0)
-                                for e in T.unroll(32):
-                                    word[0] = word[0] | T.Cast("uint32", row[mt * 2 + i % 2] < Nq and 4 * ((2 * t + i // 2) % (8 - 4 * mode[1])) + e // 8 < DQK and half_nonneg(half_bits(raw[e // 2], e))) << T.uint32(e)
-                                qa[mt * 4 + i] = word[0]
-                            else:
-                                qa[mt * 4 + i] = T.if_then_else(row[mt * 2 + i % 2] < Nq, T.reinterpret("uint32", Qb[b, h, T.min(row[mt * 2 + i % 2], Nq - 1), (2 * t + i // 2) % (8 - 4 * mode[1])]), T.uint32(0))
+                            qa[mt * 4 + i] = T.if_then_else(row[mt * 2 + i % 2] < Nq, T.reinterpret("uint32", Qb[b, h, T.min(row[mt * 2 + i % 2], Nq - 1), (2 * t + i // 2) % (8 - 4 * mode[1])]), T.uint32(0))
                     for it in T.unroll(k_iters):
                         u = tid + it * nthreads
                         k_src[it] = kv_row0 * QBITS_WORDS + (u % 2) * 4 * (1 - mode[1])
@@ -392,17 +278,16 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                             T.ptx["cp.async.wait_group"](ahead - 1)
                         T.tvm_storage_sync("shared")
                         if pre < n_blocks:
-                            if not fused:  # the fused kernel packed all keys into shared memory up front
-                                for it in T.unroll(k_iters):
-                                    u = tid + it * nthreads
-                                    key = pre * kb + u // 2
-                                    if u < k_units:
-                                        T.ptx["cp.async.cg.shared.global"](Ks.ptr_to([0, 0, k_dst[it] + (pre % stages) * (kb * QBITS_WORDS)]), Kb.ptr_to([0, 0, 0, k_src[it] + T.min(key, Nk - 1) * QBITS_WORDS]), 16, T.Cast("uint32", T.if_then_else(key < Nk, 16, 0)))
-                                for it in T.unroll(p_iters):
-                                    u = tid + it * nthreads
-                                    key = pre * kb + u // 2
-                                    if u < 2 * kb:
-                                        T.ptx["cp.async.ca.shared.global"](Kps.ptr_to([0, 0, p_dst[it] + (pre % stages) * (kb * 2)]), Kp.ptr_to([0, 0, kv_row0 + T.min(key, Nk - 1)]), 4, T.Cast("uint32", T.if_then_else(key < Nk, 4, 0)))
+                            for it in T.unroll(k_iters):
+                                u = tid + it * nthreads
+                                key = pre * kb + u // 2
+                                if u < k_units:
+                                    T.ptx["cp.async.cg.shared.global"](Ks.ptr_to([0, 0, k_dst[it] + (pre % stages) * (kb * QBITS_WORDS)]), Kb.ptr_to([0, 0, 0, k_src[it] + T.min(key, Nk - 1) * QBITS_WORDS]), 16, T.Cast("uint32", T.if_then_else(key < Nk, 16, 0)))
+                            for it in T.unroll(p_iters):
+                                u = tid + it * nthreads
+                                key = pre * kb + u // 2
+                                if u < 2 * kb:
+                                    T.ptx["cp.async.ca.shared.global"](Kps.ptr_to([0, 0, p_dst[it] + (pre % stages) * (kb * 2)]), Kp.ptr_to([0, 0, kv_row0 + T.min(key, Nk - 1)]), 4, T.Cast("uint32", T.if_then_else(key < Nk, 4, 0)))
                             for it in T.unroll(v_iters):
                                 u = tid + it * nthreads
                                 key = pre * kb + u // groups
@@ -412,21 +297,20 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                         # ... while the block `ahead` behind it computes
                         if pre >= ahead:
                             kblk = pre - ahead
-                            st = kblk % stages  # V stage (and K stage of the ring)
-                            kst = kblk % kring  # K bits / popcounts: ring stage, or resident block
+                            st = kblk % stages
                             k0 = kblk * kb
                             # C fragments: (SCORE_MAGIC − popc) of keys 8j+2t, 8j+2t+1, twice
                             for j in T.unroll(n_tiles):
-                                cst[T.ramp(j * 4, 1, 4)] = Kps[kst, 4 * j + t, T.ramp(0, 1, 4)]
+                                cst[T.ramp(j * 4, 1, 4)] = Kps[st, 4 * j + t, T.ramp(0, 1, 4)]
                             # t = 2·popc(q&k) + MAGIC − popc(k) on the 1-bit tensor cores
                             if mode[1] != 0:
                                 for j in T.unroll(n_tiles):
-                                    kf[T.ramp(0, 1, 2)] = Ks[kst, 8 * j + g, T.ramp(2 * t, 1, 2)]
+                                    kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
                                     for mt in T.unroll(mt_n):
                                         T.ptx[MMA_B1](tu[mt * st_n + j * 4], tu[mt * st_n + j * 4 + 1], tu[mt * st_n + j * 4 + 2], tu[mt * st_n + j * 4 + 3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
                             else:
                                 for j in T.unroll(n_tiles):
-                                    kf[T.ramp(0, 1, 2)] = Ks[kst, 8 * j + g, T.ramp(2 * t, 1, 2)]
+                                    kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
                                     for mt in T.unroll(mt_n):
                                         T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
                                         T.ptx[MMA_B1](tu[mt * st_n + j * 4], tu[mt * st_n + j * 4 + 1], tu[mt * st_n + j * 4 + 2], tu[mt * st_n + j * 4 + 3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), acc[0], acc[1], acc[2], acc[3])

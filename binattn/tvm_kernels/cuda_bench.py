@@ -1,10 +1,8 @@
 """Timing of binattn's CUDA attention against torch SDPA (cuDNN, FLASH) on the current GPU.
 
 What it does: ``measure(shape)`` times, side by side in one process, one CUDA-graphed
-``binattn.ops.binary_attention`` call (the path the dispatcher picks), each of the two CUDA
-paths forced (split: sign-pack launches + attention kernel; fused: the sign-pack inside the
-attention kernel, short sequences only), the split path's attention kernel alone and its
-sign-pack of q and k, and SDPA with the cuDNN and the FLASH backends (also graphed), and
+``binattn.ops.binary_attention`` call (sign-pack + scales + fused kernel), the fused kernel alone,
+the sign-pack of q and k, and SDPA with the cuDNN and the FLASH backends (also graphed), and
 returns the times plus the ceiling times of CEILINGS.md (exp unit, 16-bit PV, 1-bit QKᵀ);
 ``bench_row`` packs that into the ``BenchRow`` that ``binattn bench`` prints. Used by
 ``benchmarks/gpu_attention.py`` (table + PNG over the issue's shapes) and ``binattn bench
@@ -90,16 +88,11 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
     kb, kp, ka = cd.pack_signs(k, cd.QBITS_WORDS, cd.SCORE_MAGIC, -1)
     name = f"binattn_attention_{cd.PV_DTYPES[dtype]}_dv{cd.dv_bucket(D)}"
     v32, o32 = v.view(torch.int32).view(B, H, N, D // 8, 4), out.view(torch.int32)
-    kernel = lambda: cd._call(q.device, name, qb, kb, kp, v32, o32, qa, ka, cd._dummy(q.device),  # noqa: E731
-                              0, 1, 0, 0, 0, 0, float(1.4426950408889634 / math.sqrt(D) / (N * D) ** 2), D, 0)
-    forced = {p: (lambda p=p: cd.attention_kernel(q, k, v, *args, out=out, path=p))
-              for p in ("split", "fused")}
+    fused = lambda: cd._call(q.device, name, qb, kb, kp, v32, o32, qa, ka, cd._dummy(q.device),  # noqa: E731
+                             0, 1, 0, 0, 0, 0, float(1.4426950408889634 / math.sqrt(D) / (N * D) ** 2), D)
     row = {"shape": list(shape), "path": path,
            "eager_ms": bench_ms(call, reps), "binattn_ms": bench_ms(graphed(call), reps),
-           "split_ms": bench_ms(graphed(forced["split"]), reps),
-           "fused_ms": (bench_ms(graphed(forced["fused"]), reps)
-                        if cd.fused_reason(q, k, v) is None else None),
-           "kernel_ms": bench_ms(kernel, reps),
+           "fused_ms": bench_ms(fused, reps),
            "sign_pack_ms": bench_ms(graphed(lambda: (cd.pack_signs(q, 8), cd.pack_signs(k, 8, cd.SCORE_MAGIC, -1))), reps),
            "cudnn_ms": sdpa_ms(q, k, v, SDPBackend.CUDNN_ATTENTION),
            "flash_ms": sdpa_ms(q, k, v, SDPBackend.FLASH_ATTENTION)}
@@ -117,9 +110,8 @@ def bench_row(shape, repeat: int = 50):
 
     r = measure(tuple(shape), reps=repeat)
     row = BenchRow(kind="attention", shape=tuple(shape), path={"binattn": r["path"]})
-    for name, key in (("binattn (graphed op)", "binattn_ms"), ("binattn split path", "split_ms"),
-                      ("binattn fused path", "fused_ms"), ("split: attention kernel", "kernel_ms"),
-                      ("split: sign-pack q+k", "sign_pack_ms"), ("SDPA cuDNN", "cudnn_ms"),
+    for name, key in (("binattn (graphed op)", "binattn_ms"), ("binattn fused kernel", "fused_ms"),
+                      ("sign-pack q+k", "sign_pack_ms"), ("SDPA cuDNN", "cudnn_ms"),
                       ("SDPA FLASH", "flash_ms")):
         if r[key] is not None:
             row.timings[name] = Timing(median_ms=r[key], min_ms=r[key])

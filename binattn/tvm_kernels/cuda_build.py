@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from ..schedules import cuda_attention as sched
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 3  # 3: attention kernels take abs_scale, fused variants (older ones are not loaded)
+MANIFEST_FORMAT = 2  # 2: the attention kernels take d_bits (older libraries are not loaded)
 SUPPORTED_ARCHS = ("sm_90a", "sm_90", "sm_80", "sm_86", "sm_89")
 
 
@@ -61,14 +61,13 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     """CUDA C++ (device kernels + tvm-ffi host wrappers) for one arch, and what it contains."""
     import tvm  # the TVM compiler is needed only here
 
-    from .cuda_attention import attention_func, attention_name, resident_keys
+    from .cuda_attention import attention_func, attention_name
     from .cuda_popcount import popcount_scores_func, popcount_scores_name
     from .cuda_sign_pack import (DTYPES as PACK_DTYPES, VEC_LANES, sign_pack_func, sign_pack_name,
                                  sign_pack_vec_func)
 
     funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {},
-                           "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"],
-                           "attention_fused": {}}
+                           "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"]}
     for dtype in dtypes:
         for dv in dvs:
             schedule = sched.schedule_for(arch, dtype, dv)
@@ -79,13 +78,6 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
                                                                             has_bias)
             contents["attention"].setdefault(dtype, []).append(dv)
             contents["schedules"][f"{dtype}/dv{dv}"] = asdict(schedule)
-            # the fused variant (sign-pack inside; keys resident in shared memory)
-            fused = sched.schedule_for(arch, dtype, dv, fused=True)
-            for has_bias in (False, True):
-                funcs[attention_name(dtype, dv, has_bias, True)] = attention_func(
-                    dtype, dv, fused, has_bias, fused=True)
-            contents["attention_fused"].setdefault(dtype, {})[str(dv)] = resident_keys(dv, fused)
-            contents["schedules"][f"{dtype}/dv{dv}/fused"] = asdict(fused)
     for dtype in PACK_DTYPES:
         funcs[sign_pack_name(dtype)] = sign_pack_func(dtype)
         if dtype != "float32":

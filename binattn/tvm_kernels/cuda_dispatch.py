@@ -32,11 +32,6 @@ MAX_HEAD_DIM = 256
 PACK_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 PV_DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 MAX_GRID_YZ = 65535  # the kernels put batch × heads on gridDim.y / gridDim.z
-#: the fused kernel (sign-pack inside) runs when the keys fit its shared memory and the query
-#: rows are at most this many: each CTA packs every key (and sums |q| over the whole head), which
-#: beats three launches for short sequences only (see docs/gpu.md, "Short sequences")
-FUSED_MAX_QUERIES = 1024
-ATTENTION_PATHS = ("auto", "fused", "split")
 _lock = threading.Lock()
 _libraries: dict[str, Any] = {}  # arch -> (tvm_ffi module, manifest entry) or error text
 
@@ -289,54 +284,15 @@ def _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs):
     return ones, ones, 1, 1.0
 
 
-def fused_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Optional[str]:
-    """None when the fused kernel (sign-pack inside, one launch) can take these inputs, else why
-    not; the CUDA library must already be known to load."""
-    _, entry = _library(q.device)
-    keys = entry.get("attention_fused", {}).get(PV_DTYPES[v.dtype], {}).get(str(dv_bucket(v.shape[-1])))
-    if not keys:
-        return "no fused kernel in the library for this dtype/dv"
-    if not q.dtype == k.dtype == v.dtype:
-        return f"q/k/v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})"
-    if q.shape[-1] % 8:
-        return f"head dim {q.shape[-1]} is not a multiple of 8"
-    if k.shape[-2] > keys:
-        return f"{k.shape[-2]} keys > {keys} (what fits in shared memory)"
-    return None
-
-
-def _quads(x: torch.Tensor) -> torch.Tensor:
-    """x [B, H, N, D] (16-bit, D % 8 == 0) as int32 [B, H, N, D/8, 4], contiguous and 16-byte aligned."""
-    x = x.contiguous()
-    if x.data_ptr() % 16:
-        x = x.clone()
-    return x.view(torch.int32).view(*x.shape[:-1], x.shape[-1] // 8, 4)
-
-
 def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
                      top_n, pv_bits, binarizer, temperature, ste_clip,
-                     out: Optional[torch.Tensor] = None, path: str = "auto") -> torch.Tensor:
-    """The kernel behind ``binattn::binary_attention`` on CUDA (writes into ``out`` if given).
-
-    ``path``: "fused" (the sign-pack inside the attention kernel: one launch), "split" (two
-    sign-pack launches, then the attention kernel) or "auto" (fused for short sequences: keys that
-    fit its shared memory and at most ``FUSED_MAX_QUERIES`` query rows)."""
-    if path not in ATTENTION_PATHS:
-        raise ValueError(f"path must be one of {ATTENTION_PATHS}, got {path!r}")
+                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The kernel behind ``binattn::binary_attention`` on CUDA (writes into ``out`` if given)."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
-    reason = fused_reason(q, k, v) if path != "split" else "split path asked for"
-    if path == "fused" and reason:
-        raise ValueError(f"the fused CUDA kernel cannot take these inputs: {reason}")
-    fused = reason is None and (path == "fused" or Nq <= FUSED_MAX_QUERIES)
-    if fused:
-        ones = torch.ones(B * Hq, dtype=torch.float32, device=q.device)
-        q_in, k_in, k_pop = _quads(q), _quads(k), _dummy(q.device).view(torch.int32)
-        s_q, s_k, ks_group, extra = _scales(q, k, scale_mode, q_scale, k_scale, ones, ones)
-    else:
-        q_in, _, q_abs = pack_signs(q, QBITS_WORDS)
-        k_in, k_pop, k_abs = pack_signs(k, QBITS_WORDS, SCORE_MAGIC, -1)  # the kernel's key form
-        s_q, s_k, ks_group, extra = _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs)
+    q_bits, _, q_abs = pack_signs(q, QBITS_WORDS)
+    k_bits, k_pop, k_abs = pack_signs(k, QBITS_WORDS, SCORE_MAGIC, -1)  # the kernel's key form
+    s_q, s_k, ks_group, extra = _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs)
     softmax_scale = 1.0 / math.sqrt(D) if scale is None else scale
     add = _additive(bias, attn_mask, Nq, Nk, q.device)
     if add is None:
@@ -348,11 +304,10 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
     v = v.contiguous()
     if v.data_ptr() % 16:
         v = v.clone()
-    name = (f"binattn_attention_{PV_DTYPES[v.dtype]}_dv{dv_bucket(Dv)}"
-            f"{'_bias' if add is not None else ''}{'_fused' if fused else ''}")
-    _call(q.device, name, q_in, k_in, k_pop, v.view(torch.int32).view(B, Hkv, Nk, Dv // 8, 4),
+    name = f"binattn_attention_{PV_DTYPES[v.dtype]}_dv{dv_bucket(Dv)}{'_bias' if add is not None else ''}"
+    _call(q.device, name, q_bits, k_bits, k_pop, v.view(torch.int32).view(B, Hkv, Nk, Dv // 8, 4),
           out.view(torch.int32), s_q, s_k, flat, int(bool(is_causal)), ks_group, *strides,
-          float(softmax_scale * LOG2E * extra), D, int(fused and scale_mode == "mean_abs"))
+          float(softmax_scale * LOG2E * extra), D)
     return out
 
 

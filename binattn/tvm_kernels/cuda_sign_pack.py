@@ -36,23 +36,6 @@ def sign_pack_name(dtype: str, vec: bool = False, lanes: int = MAX_WORDS) -> str
     return f"binattn_sign_pack_{dtype}_v8{'' if lanes == MAX_WORDS else f'_l{lanes}'}"
 
 
-def half_bits(pair: tvm.tirx.PrimExpr, e: int) -> tvm.tirx.PrimExpr:
-    """The 16-bit value ``e % 2`` of a 32-bit word holding two fp16/bf16 values, as uint32."""
-    return (T.reinterpret("uint32", pair) >> T.uint32(16 * (e % 2))) & T.uint32(0xFFFF)
-
-
-def half_nonneg(h: tvm.tirx.PrimExpr) -> tvm.tirx.PrimExpr:
-    """``x >= 0`` for the 16 bits ``h`` of an fp16/bf16 value: sign clear, or −0 (the sign bit)."""
-    return tvm.tirx.any(h < T.uint32(0x8000), h == T.uint32(0x8000))
-
-
-def half_magnitude(dtype: str, h: tvm.tirx.PrimExpr) -> tvm.tirx.PrimExpr:
-    """``|x|`` in float32 for the 16 bits ``h`` of an fp16/bf16 value."""
-    if dtype == "bfloat16":
-        return T.reinterpret("float32", (h & T.uint32(0x7FFF)) << T.uint32(16))
-    return T.Cast("float32", T.reinterpret("float16", T.Cast("uint16", h & T.uint32(0x7FFF))))
-
-
 def sign_pack_vec_func(dtype: str, lanes: int = MAX_WORDS) -> tvm.tirx.PrimFunc:
     """Sign-pack for 16-bit inputs with D % 8 == 0, reading ``x`` as int32 quads (16-byte loads).
 
@@ -67,6 +50,11 @@ def sign_pack_vec_func(dtype: str, lanes: int = MAX_WORDS) -> tvm.tirx.PrimFunc:
         raise ValueError(f"lanes must be one of {VEC_LANES}, got {lanes}")
     rows_per_cta = WARPS * 32 // lanes
     full = T.uint32(0xFFFFFFFF)
+
+    def magnitude(h):
+        if dtype == "bfloat16":
+            return T.reinterpret("float32", (h & T.uint32(0x7FFF)) << T.uint32(16))
+        return T.Cast("float32", T.reinterpret("float16", T.Cast("uint16", h & T.uint32(0x7FFF))))
 
     @T.prim_func
     def sign_pack_vec(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle,
@@ -98,9 +86,9 @@ def sign_pack_vec_func(dtype: str, lanes: int = MAX_WORDS) -> tvm.tirx.PrimFunc:
                     word[0] = T.uint32(0)
                     acc[0] = T.float32(0)
                     for e in T.unroll(32):
-                        h = half_bits(raw[e // 2], e)
-                        word[0] = word[0] | T.Cast("uint32", (n < N and 4 * w + e // 8 < DQ) and half_nonneg(h)) << T.uint32(e)
-                        acc[0] = acc[0] + half_magnitude(dtype, h)
+                        h = (T.reinterpret("uint32", raw[e // 2]) >> T.uint32(16 * (e % 2))) & T.uint32(0xFFFF)
+                        word[0] = word[0] | T.Cast("uint32", (n < N and 4 * w + e // 8 < DQ) and (h < T.uint32(0x8000) or h == T.uint32(0x8000))) << T.uint32(e)
+                        acc[0] = acc[0] + magnitude(h)
                     pop[0] = T.popcount(word[0])
                     for sh in T.unroll(lanes.bit_length() - 1):
                         pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full, pop[0], 1 << sh, 32)
