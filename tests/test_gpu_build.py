@@ -135,7 +135,9 @@ def test_dispatch_names_the_built_sign_pack_kernels():
     ({"row_tiles": 2, "stages": 3}, ("ldmatrix.sync.aligned.m8n8.x4.trans", "cp.async.wait_group 1"),
      ("wgmma.mma_async", "<< 23")),
     # the FMA-polynomial exp2 builds 2**n by adding n << 23 to the float bits
-    ({"poly_quarters": 2}, ("ex2.approx.ftz.f32", "<< 23"), ("wgmma.mma_async",)),
+    ({"poly_quarters": 2}, ("ex2.approx.ftz.f32", "<< 23"), ("wgmma.mma_async", "__launch_bounds__(128, ")),
+    # min_blocks promises ptxas that many CTAs per SM (it caps the registers)
+    ({"row_tiles": 2, "min_blocks": 3}, ("__launch_bounds__(128, 3)",), ("__launch_bounds__(128)",)),
 ])
 def test_schedule_knobs_shape_the_generated_cuda(knobs, present, absent):
     # TVM code generation only (no nvcc): each knob leaves its mark in the CUDA source
@@ -174,7 +176,9 @@ def test_tune_grid_and_record_best(tmp_path):
     from binattn.tvm_kernels.cuda_attention import SHARED_LIMIT, attention_func, shared_bytes
 
     grid = cuda_tune.candidates(64)
-    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 14
+    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 16
+    assert {c.min_blocks for c in grid if c.row_tiles == 2 and c.warps == 4} == {0, 3}
+    assert not any(c.min_blocks for c in cuda_tune.candidates(128))
     assert {c.stages for c in grid} == {2, 3, 4} and {c.row_tiles for c in grid} == {1, 2}
     assert all(c.stages >= 3 for c in grid if c.wgmma_pv)
     assert any(c.wgmma_pv for c in grid) and not any(c.wgmma_pv for c in cuda_tune.candidates(64, "sm_80"))
@@ -183,6 +187,8 @@ def test_tune_grid_and_record_best(tmp_path):
     assert big and all(c.key_block == 32 and shared_bytes(256, c) <= SHARED_LIMIT for c in big)
     with pytest.raises(ValueError, match="shared memory"):
         attention_func("bfloat16", 256, sched.CudaAttentionSchedule(4, 128))
+    with pytest.raises(ValueError, match="min_blocks"):
+        sched.CudaAttentionSchedule(4, 64, min_blocks=7).check()
     with pytest.raises(ValueError, match="poly_quarters"):
         sched.CudaAttentionSchedule(4, 64, 5).check()
     with pytest.raises(ValueError, match="row_tiles"):

@@ -32,7 +32,8 @@ class CudaAttentionSchedule:
     """Knobs of one attention kernel: ``warps`` × 16 × ``row_tiles`` query rows per CTA, ``key_block`` keys per
     step, ``poly_quarters`` quarters of each step's exponentials on the FMA pipe (the rest on the
     MUFU ``ex2`` unit), ``stages`` key blocks in flight in shared memory (cp.async pipeline),
-    ``row_tiles`` 16-row tiles per warp, ``wgmma_pv`` P·V on Hopper's warpgroup MMA."""
+    ``row_tiles`` 16-row tiles per warp, ``wgmma_pv`` P·V on Hopper's warpgroup MMA, ``min_blocks``
+    CTAs per SM promised in ``__launch_bounds__`` (ptxas then caps the registers to fit them)."""
 
     warps: int = 4
     key_block: int = 64
@@ -40,6 +41,7 @@ class CudaAttentionSchedule:
     stages: int = 2
     row_tiles: int = 1  # 16-row tiles per warp (2: each V fragment feeds twice the mmas)
     wgmma_pv: int = 0  # 1: P·V as one warpgroup wgmma per 16 keys (sm_90a; 4·k warps, 1 row tile)
+    min_blocks: int = 0  # CTAs per SM promised to ptxas (__launch_bounds__): caps registers; 0: none
 
     def check(self) -> None:
         """Raise ValueError for knob values the kernel template cannot generate."""
@@ -51,6 +53,8 @@ class CudaAttentionSchedule:
             raise ValueError(f"wgmma_pv must be 0 or 1, got {self.wgmma_pv}")
         if self.wgmma_pv and (self.warps % 4 or self.row_tiles != 1):
             raise ValueError("wgmma_pv needs whole warpgroups (warps 4 or 8) and row_tiles 1")
+        if self.min_blocks not in (0, 1, 2, 3, 4):
+            raise ValueError(f"min_blocks must be 0..4, got {self.min_blocks}")
         if self.stages not in (2, 3, 4):
             raise ValueError(f"stages must be 2, 3 or 4, got {self.stages}")
         if self.warps not in (1, 2, 4, 8):

@@ -20,7 +20,7 @@ import itertools
 import json
 import math
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -32,6 +32,7 @@ GRID_STAGES = (2, 3, 4)  # 4 only with wgmma (one stage stays with the running w
 #: (row_tiles, wgmma_pv) pairs; poly_quarters stays 0 (the FMA-polynomial exp lost every time it
 #: was in the grid on the H100: +10–25 %, docs/gpu.md)
 GRID_PV = ((1, 0), (2, 0), (1, 1))
+GRID_MIN_BLOCKS = 3
 TUNE_DVS = (64, 128)
 TUNE_SHAPE = (2, 16, 4096)  # B, H, N; D = dv
 
@@ -45,18 +46,23 @@ def candidates(dv: int, arch: str = "sm_90a") -> list[CudaAttentionSchedule]:
 
     grid = itertools.product(GRID_WARPS, GRID_KEY_BLOCK, GRID_STAGES, GRID_PV)
     scheds = (CudaAttentionSchedule(w, k, 0, st, rt, wg) for w, k, st, (rt, wg) in grid)
-    return [s for s in scheds
+    kept = [s for s in scheds
             if shared_bytes(dv, s) <= SHARED_LIMIT and not (dv <= 64 and s.key_block == 32)
             and not (s.row_tiles == 2 and s.key_block > 64)
             and not (s.wgmma_pv and (arch != "sm_90a" or dv + 8 > 256 or s.stages < 3))
             and not (s.stages == 4 and not s.wgmma_pv)]
+    # two row tiles of a short head hold ~210 registers (2 CTAs of 4 warps per SM): also try
+    # promising ptxas 3 CTAs (≤ 168 registers, a few spills) for the occupancy
+    return kept + [replace(s, min_blocks=GRID_MIN_BLOCKS) for s in kept
+                   if dv <= 64 and s.warps == 4 and s.row_tiles == 2]
 
 
 def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> str:
     """Exported name of one candidate kernel inside a candidate library."""
     return (f"cand_{dtype}_dv{dv}_w{schedule.warps}_k{schedule.key_block}"
             f"_p{schedule.poly_quarters}_s{schedule.stages}_r{schedule.row_tiles}"
-            f"{'_wg' if schedule.wgmma_pv else ''}")
+            f"{'_wg' if schedule.wgmma_pv else ''}"
+            f"{f'_mb{schedule.min_blocks}' if schedule.min_blocks else ''}")
 
 
 def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:

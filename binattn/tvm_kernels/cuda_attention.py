@@ -190,6 +190,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
         for bx in T.thread_binding(T.ceildiv(Nq, rows_per_cta), thread="blockIdx.x"):
             for bh in T.thread_binding(B * Hq, thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
+                    if schedule.min_blocks > 0:  # __launch_bounds__(nthreads, min_blocks): caps registers
+                        T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", schedule.min_blocks)
                     Ks = T.alloc_buffer((stages, kb, QBITS_WORDS), "int32", scope="shared")
                     Kps = T.alloc_buffer((stages, kb // 2, 4), "int32", scope="shared")
                     Vs = T.alloc_buffer((stages, vwords), "int32", scope="shared")
