@@ -63,12 +63,11 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
 
     from .cuda_attention import attention_func, attention_name
     from .cuda_popcount import popcount_scores_func, popcount_scores_name
-    from .cuda_sign_pack import (DTYPES as PACK_DTYPES, VEC_LANES, VEC_ROWS, sign_pack_func,
-                                 sign_pack_name, sign_pack_vec_func)
+    from .cuda_sign_pack import (DTYPES as PACK_DTYPES, VEC_LANES, sign_pack_func, sign_pack_name,
+                                 sign_pack_vec_func)
 
     funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {},
-                           "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"],
-                           "sign_pack_vec_rows": list(VEC_ROWS)}
+                           "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"]}
     for dtype in dtypes:
         for dv in dvs:
             schedule = sched.schedule_for(arch, dtype, dv)
@@ -83,9 +82,7 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
         funcs[sign_pack_name(dtype)] = sign_pack_func(dtype)
         if dtype != "float32":
             for lanes in VEC_LANES:
-                for rows in VEC_ROWS:
-                    funcs[sign_pack_name(dtype, True, lanes, rows)] = sign_pack_vec_func(dtype, lanes,
-                                                                                         rows)
+                funcs[sign_pack_name(dtype, True, lanes)] = sign_pack_vec_func(dtype, lanes)
     funcs[popcount_scores_name()] = popcount_scores_func()
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "cuda_host"})
     executable = tvm.compile(tvm.IRModule(funcs), target=target)

@@ -144,13 +144,11 @@ def _call(device: torch.device, name: str, *args) -> None:
         module[name](*args)
 
 
-def vec_sign_pack_name(dtype: str, head_dim: int, rows: int = 1) -> str:
+def vec_sign_pack_name(dtype: str, head_dim: int) -> str:
     """Symbol of the 16-byte-load sign-pack kernel with the fewest lanes per row for ``head_dim``
-    and ``rows`` rows per thread (as ``cuda_sign_pack.sign_pack_name(dtype, True, lanes, rows)``
-    names it)."""
+    (as ``cuda_sign_pack.sign_pack_name(dtype, True, lanes)`` names it)."""
     lanes = next(n for n in (2, 4, 8) if 32 * n >= head_dim)
-    return (f"binattn_sign_pack_{dtype}_v8{'' if lanes == 8 else f'_l{lanes}'}"
-            f"{f'_x{rows}' if rows > 1 else ''}")
+    return f"binattn_sign_pack_{dtype}_v8{'' if lanes == 8 else f'_l{lanes}'}"
 
 
 def pack_signs(x: torch.Tensor, words: int, pop_offset: int = 0,

@@ -26,34 +26,29 @@ DTYPES = ("float16", "bfloat16", "float32")
 
 
 VEC_LANES = (2, 4, 8)  # lanes per row of the 16-byte-load kernel: D ≤ 64, ≤ 128, ≤ 256
-VEC_ROWS = (1, 2, 4)  # rows per thread of the 16-byte-load kernel (chosen per call from N)
 
 
-def sign_pack_name(dtype: str, vec: bool = False, lanes: int = MAX_WORDS, rows: int = 1) -> str:
+def sign_pack_name(dtype: str, vec: bool = False, lanes: int = MAX_WORDS) -> str:
     """Exported symbol of the sign-pack kernel for an input dtype (``vec``: 16-byte loads, with
-    ``lanes`` threads per row and ``rows`` rows per thread)."""
+    ``lanes`` threads per row)."""
     if not vec:
         return f"binattn_sign_pack_{dtype}"
-    return (f"binattn_sign_pack_{dtype}_v8{'' if lanes == MAX_WORDS else f'_l{lanes}'}"
-            f"{f'_x{rows}' if rows > 1 else ''}")
+    return f"binattn_sign_pack_{dtype}_v8{'' if lanes == MAX_WORDS else f'_l{lanes}'}"
 
 
-def sign_pack_vec_func(dtype: str, lanes: int = MAX_WORDS, rows: int = 1) -> tvm.tirx.PrimFunc:
+def sign_pack_vec_func(dtype: str, lanes: int = MAX_WORDS) -> tvm.tirx.PrimFunc:
     """Sign-pack for 16-bit inputs with D % 8 == 0, reading ``x`` as int32 quads (16-byte loads).
 
     ``x32 int32[BH, N, D/8, 4]`` is x viewed as pairs of 16-bit values; otherwise as
     :func:`sign_pack_func`. ``x >= 0`` is tested on the bits (sign clear, or ±0). ``lanes``
     threads share a row (D ≤ 32·lanes): lane w packs word w and writes the zero words
     w + lanes, w + 2·lanes, … of the padded layout, so short heads keep every thread loading.
-    Each thread packs ``rows`` rows (all their loads in flight at once, one |x| reduction and
-    atomic per CTA): fewer, longer-lived CTAs.
     """
     if dtype not in ("float16", "bfloat16"):
         raise ValueError(f"no vectorized sign-pack kernel for dtype {dtype!r}")
     if lanes not in VEC_LANES:
         raise ValueError(f"lanes must be one of {VEC_LANES}, got {lanes}")
-    rows_per_step = WARPS * 32 // lanes
-    rows_per_cta = rows_per_step * rows
+    rows_per_cta = WARPS * 32 // lanes
     full = T.uint32(0xFFFFFFFF)
 
     def magnitude(h):
@@ -64,7 +59,7 @@ def sign_pack_vec_func(dtype: str, lanes: int = MAX_WORDS, rows: int = 1) -> tvm
     @T.prim_func
     def sign_pack_vec(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle,
                       pop_offset: T.int32, pop_scale: T.int32):
-        T.func_attr({"global_symbol": sign_pack_name(dtype, True, lanes, rows), "tirx.noalias": True})
+        T.func_attr({"global_symbol": sign_pack_name(dtype, True, lanes), "tirx.noalias": True})
         BH = T.int32()
         N = T.int32()
         DQ = T.int32()
@@ -77,35 +72,33 @@ def sign_pack_vec_func(dtype: str, lanes: int = MAX_WORDS, rows: int = 1) -> tvm
             for bh in T.thread_binding(BH, thread="blockIdx.y"):
                 for tid in T.thread_binding(32 * WARPS, thread="threadIdx.x"):
                     warp_sums = T.alloc_buffer((WARPS,), "float32", scope="shared")
-                    raw = T.alloc_buffer((16 * rows,), "int32", scope="local")
+                    raw = T.alloc_buffer((16,), "int32", scope="local")
                     acc = T.alloc_buffer((1,), "float32", scope="local")
                     pop = T.alloc_buffer((1,), "int32", scope="local")
                     word = T.alloc_buffer((1,), "uint32", scope="local")
                     w = tid % lanes
-                    for r in T.unroll(rows):  # every row's loads first
-                        for i in T.unroll(4):
-                            if bx * rows_per_cta + r * rows_per_step + tid // lanes < N and 4 * w + i < DQ:
-                                raw[T.ramp(16 * r + 4 * i, 1, 4)] = X[bh, bx * rows_per_cta + r * rows_per_step + tid // lanes, 4 * w + i, T.ramp(0, 1, 4)]
-                            else:
-                                raw[T.ramp(16 * r + 4 * i, 1, 4)] = T.Broadcast(T.int32(0), 4)
+                    n = bx * rows_per_cta + tid // lanes
+                    for i in T.unroll(4):
+                        if n < N and 4 * w + i < DQ:
+                            raw[T.ramp(4 * i, 1, 4)] = X[bh, n, 4 * w + i, T.ramp(0, 1, 4)]
+                        else:
+                            raw[T.ramp(4 * i, 1, 4)] = T.Broadcast(T.int32(0), 4)
+                    word[0] = T.uint32(0)
                     acc[0] = T.float32(0)
-                    for r in T.unroll(rows):
-                        n = bx * rows_per_cta + r * rows_per_step + tid // lanes
-                        word[0] = T.uint32(0)
-                        for e in T.unroll(32):
-                            h = (T.reinterpret("uint32", raw[16 * r + e // 2]) >> T.uint32(16 * (e % 2))) & T.uint32(0xFFFF)
-                            word[0] = word[0] | T.Cast("uint32", (n < N and 4 * w + e // 8 < DQ) and (h < T.uint32(0x8000) or h == T.uint32(0x8000))) << T.uint32(e)
-                            acc[0] = acc[0] + magnitude(h)
-                        pop[0] = T.popcount(word[0])
-                        for sh in T.unroll(lanes.bit_length() - 1):
-                            pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full, pop[0], 1 << sh, 32)
-                        if n < N and w < WS:
-                            Bits[bh, n, w] = T.reinterpret("int32", word[0])
-                        for z in T.unroll(MAX_WORDS // lanes - 1):
-                            if n < N and w + lanes * (z + 1) < WS:
-                                Bits[bh, n, w + lanes * (z + 1)] = T.int32(0)
-                        if n < N and w == 0:
-                            Pops[bh, n] = pop_offset + pop_scale * pop[0]
+                    for e in T.unroll(32):
+                        h = (T.reinterpret("uint32", raw[e // 2]) >> T.uint32(16 * (e % 2))) & T.uint32(0xFFFF)
+                        word[0] = word[0] | T.Cast("uint32", (n < N and 4 * w + e // 8 < DQ) and (h < T.uint32(0x8000) or h == T.uint32(0x8000))) << T.uint32(e)
+                        acc[0] = acc[0] + magnitude(h)
+                    pop[0] = T.popcount(word[0])
+                    for sh in T.unroll(lanes.bit_length() - 1):
+                        pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full, pop[0], 1 << sh, 32)
+                    if n < N and w < WS:
+                        Bits[bh, n, w] = T.reinterpret("int32", word[0])
+                    for z in T.unroll(MAX_WORDS // lanes - 1):
+                        if n < N and w + lanes * (z + 1) < WS:
+                            Bits[bh, n, w + lanes * (z + 1)] = T.int32(0)
+                    if n < N and w == 0:
+                        Pops[bh, n] = pop_offset + pop_scale * pop[0]
                     for sh in T.unroll(5):
                         acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", full, acc[0], 16 >> sh, 32)
                     if tid % 32 == 0:
