@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Profile binattn's fused CUDA attention kernel with Nsight Compute (on the GPU machine):
-# SASS instruction mix of the shipped library and ncu's pipe/stall/memory sections for one launch.
+# SASS instruction mix of the shipped library, ncu's pipe/stall/memory sections for one launch
+# and the warp stall breakdown by reason (stalls.txt).
 # Usage: benchmarks/gpu_profile.sh OUT_DIR [B,H,N,D]   (default 2,16,4096,64, bf16, non-causal)
 set -u -o pipefail
 out=${1:?usage: gpu_profile.sh OUT_DIR [B,H,N,D]}
@@ -29,3 +30,14 @@ ncu -k "regex:binattn_attention" -s 1 -c 1 \
   --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
   --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
   --section MemoryWorkloadAnalysis_Tables --page details python3 /tmp/launch.py 2>&1 | tee "$out/ncu.txt" | tail -150
+# warp stall breakdown (cycles per issued instruction by reason) and exp-unit / tensor-pipe use
+stalls=""
+for r in wait short_scoreboard long_scoreboard math_pipe_throttle mio_throttle barrier drain \
+         not_selected selected dispatch_stall no_instruction branch_resolving lg_throttle imc_miss; do
+  stalls="$stalls,smsp__average_warps_issue_stalled_${r}_per_issue_active.ratio"
+done
+ncu -k "regex:binattn_attention" -s 1 -c 1 --metrics "${stalls#,},smsp__inst_executed.sum,\
+smsp__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,\
+smsp__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active" python3 /tmp/launch.py 2>&1 \
+  | grep -E "stalled|inst_executed|pipe" | sed 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' \
+  | tee "$out/stalls.txt"
