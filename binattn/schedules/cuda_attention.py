@@ -33,8 +33,7 @@ class CudaAttentionSchedule:
     step, ``poly_quarters`` quarters of each step's exponentials on the FMA pipe (the rest on the
     MUFU ``ex2`` unit), ``stages`` key blocks in flight in shared memory (cp.async pipeline),
     ``row_tiles`` 16-row tiles per warp, ``wgmma_pv`` P·V on Hopper's warpgroup MMA, ``min_blocks``
-    CTAs per SM promised in ``__launch_bounds__`` (ptxas then caps the registers to fit them),
-    ``pv_lag`` a block's P·V issued one block later, under the next block's QKᵀ and exps."""
+    CTAs per SM promised in ``__launch_bounds__`` (ptxas then caps the registers to fit them)."""
 
     warps: int = 4
     key_block: int = 64
@@ -43,7 +42,6 @@ class CudaAttentionSchedule:
     row_tiles: int = 1  # 16-row tiles per warp (2: each V fragment feeds twice the mmas)
     wgmma_pv: int = 0  # 1: P·V as one warpgroup wgmma per 16 keys (sm_90a; 4·k warps, 1 row tile)
     min_blocks: int = 0  # CTAs per SM promised to ptxas (__launch_bounds__): caps registers; 0: none
-    pv_lag: int = 0  # 1: a block's P·V runs during the next block's QKᵀ/softmax (stages >= 3)
 
     def check(self) -> None:
         """Raise ValueError for knob values the kernel template cannot generate."""
@@ -55,10 +53,6 @@ class CudaAttentionSchedule:
             raise ValueError(f"wgmma_pv must be 0 or 1, got {self.wgmma_pv}")
         if self.wgmma_pv and (self.warps % 4 or self.row_tiles != 1):
             raise ValueError("wgmma_pv needs whole warpgroups (warps 4 or 8) and row_tiles 1")
-        if self.pv_lag not in (0, 1):
-            raise ValueError(f"pv_lag must be 0 or 1, got {self.pv_lag}")
-        if self.pv_lag and self.wgmma_pv:
-            raise ValueError("pv_lag is the mma.sync P·V's overlap; wgmma_pv has its own")
         if self.min_blocks not in (0, 1, 2, 3, 4):
             raise ValueError(f"min_blocks must be 0..4, got {self.min_blocks}")
         if self.stages not in (2, 3, 4):

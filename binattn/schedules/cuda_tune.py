@@ -53,10 +53,8 @@ def candidates(dv: int, arch: str = "sm_90a") -> list[CudaAttentionSchedule]:
             and not (s.stages == 4 and not s.wgmma_pv)]
     # two row tiles of a short head hold ~210 registers (2 CTAs of 4 warps per SM): also try
     # promising ptxas 3 CTAs (≤ 168 registers, a few spills) for the occupancy
-    # and the lagged P·V (a block's P·V under the next block's QKᵀ/exps; needs a third stage)
-    return (kept + [replace(s, min_blocks=GRID_MIN_BLOCKS) for s in kept
-                    if dv <= 64 and s.warps == 4 and s.row_tiles == 2]
-            + [replace(s, pv_lag=1) for s in kept if s.stages == 3 and not s.wgmma_pv])
+    return kept + [replace(s, min_blocks=GRID_MIN_BLOCKS) for s in kept
+                   if dv <= 64 and s.warps == 4 and s.row_tiles == 2]
 
 
 def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> str:
@@ -64,8 +62,7 @@ def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> st
     return (f"cand_{dtype}_dv{dv}_w{schedule.warps}_k{schedule.key_block}"
             f"_p{schedule.poly_quarters}_s{schedule.stages}_r{schedule.row_tiles}"
             f"{'_wg' if schedule.wgmma_pv else ''}"
-            f"{f'_mb{schedule.min_blocks}' if schedule.min_blocks else ''}"
-            f"{'_lag' if schedule.pv_lag else ''}")
+            f"{f'_mb{schedule.min_blocks}' if schedule.min_blocks else ''}")
 
 
 def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:

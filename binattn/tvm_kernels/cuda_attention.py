@@ -28,7 +28,6 @@ Those run the reference through the dispatcher's fallback.
 from __future__ import annotations
 
 import math
-import types
 
 import tvm
 from tvm.script import tirx as T
@@ -137,13 +136,11 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     groups = dv // 8
     vstride = groups | 1  # 16-byte groups per shared V row: odd → ldmatrix rows hit distinct banks
     wg = bool(schedule.wgmma_pv)
-    lag = bool(schedule.pv_lag)  # P·V of a block runs one block later (mma.sync path)
     # blocks copied ahead of the one computing; with wgmma one stage more is kept back, as the
     # previous block's asynchronous P·V may still read its V stage
-    ahead = stages - 1 - int(wg or lag)
+    ahead = stages - 1 - int(wg)
     if ahead < 1:
-        raise ValueError("wgmma_pv and pv_lag need stages >= 3 (one stage stays with the "
-                         "block whose P·V is still to run)")
+        raise ValueError("wgmma_pv needs stages >= 3 (one stage stays with the running wgmma)")
     vwords = v_stage_words(dv, schedule)
     # the shared V offsets of a thread's copies differ by constants when groups divides nthreads
     v_dst_const = nthreads % groups == 0 and not wg
@@ -166,48 +163,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     c0, c1, c2, c3 = (T.float32(c) for c in EXP2_POLY)
     ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"
     ld_x2 = "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16"
-
-    # constants the two macros below need (passed in, so the kernel's closure captures them)
-    kc = types.SimpleNamespace(n_poly=n_poly, c0=c0, c1=c1, c2=c2, c3=c3, mma_pv=mma_pv, ld_x4=ld_x4,
-                               ld_x2=ld_x2, ones=ones, cvt_pair=cvt_pair)
-
-    @T.macro(hygienic=False)
-    def exp_and_round(mt, kc):
-        # exp2 of one row tile's block (MUFU, or the FMA polynomial for n_poly tiles), then P
-        # rounded to 16-bit pairs: the A fragments of the P·V mma
-        for j in T.unroll(n_tiles - kc.n_poly):
-            for e in T.unroll(4):
-                T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (kc.n_poly + j) * 4 + e], s[mt * st_n + (kc.n_poly + j) * 4 + e])
-        for j in T.unroll(kc.n_poly):
-            for e in T.unroll(4):
-                # 2**x = 2**n · 2**f, n = round(x), f in [-0.5, 0.5]; 0 below 2**-125
-                xr[1] = T.max(s[mt * st_n + j * 4 + e], T.float32(-125))
-                xr[0] = xr[1] + magic_f
-                xr[1] = xr[1] - (xr[0] - magic_f)
-                s[mt * st_n + j * 4 + e] = T.if_then_else(s[mt * st_n + j * 4 + e] < T.float32(-125), T.float32(0), T.reinterpret("float32", T.reinterpret("int32", ((kc.c3 * xr[1] + kc.c2) * xr[1] + kc.c1) * xr[1] + kc.c0) + (T.reinterpret("int32", xr[0]) << 23)))
-        if wg:  # P registers are read by the previous block's wgmma
-            T.ptx["wgmma.wait_group.sync.aligned"](0)
-        for c in T.unroll(n_chunks):
-            for i in T.unroll(4):
-                T.ptx[kc.cvt_pair](pa[mt * sc_n + c * 4 + i], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2)])
-
-    @T.macro(hygienic=False)
-    def p_times_v(vstage, kc):
-        # P (registers, 16-bit) @ [V | 1] (shared, [key, dv]) on the 16-bit
-        # tensor cores; each V fragment serves every row tile
-        for c in T.unroll(n_chunks):
-            for mt in T.unroll(mt_n):
-                T.ptx[kc.mma_pv](o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], kc.ones, kc.ones, o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3])
-            for n2 in T.unroll(o_tiles // 2):
-                # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
-                T.ptx[kc.ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([vstage, ((16 * c + lane % 16) * vstride + 2 * n2 + lane // 16) * 4]))
-                for mt in T.unroll(mt_n):
-                    for i in T.unroll(2):
-                        T.ptx[kc.mma_pv](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
-            for n1 in T.unroll(o_tiles % 2):
-                T.ptx[kc.ld_x2](vf[0], vf[1], Vs.ptr_to([vstage, ((16 * c + lane % 16) * vstride + o_tiles - 1 + n1) * 4]))
-                for mt in T.unroll(mt_n):
-                    T.ptx[kc.mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
 
     @T.prim_func
     def attention(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v_h: T.handle,
@@ -426,9 +381,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     for j in T.unroll(n_tiles):
                                         for e in T.unroll(4):
                                             s[mt * st_n + j * 4 + e] = s[mt * st_n + j * 4 + e] - red[mt * 2 + e // 2]
-                                    if not lag:
-                                        for i in T.unroll(ot):
-                                            o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
+                                    for i in T.unroll(ot):
+                                        o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
                                 elif mode[0] != 0:
                                     # no shift: |s·coef| ≤ STATIC_RANGE / 2 is known to fit
                                     for j in T.unroll(n_tiles):
@@ -450,11 +404,24 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                         for e in T.unroll(4):
                                             # masked keys: a huge negative argument (exp → 0)
                                             s[mt * st_n + j * 4 + e] = T.reinterpret("float32", T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) + moff[mt * 2 + e // 2]) * coef[0] + coef[1]
-                                    if not lag:
-                                        for i in T.unroll(ot):
-                                            o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
-                                if not lag:
-                                    exp_and_round(mt, kc)
+                                    for i in T.unroll(ot):
+                                        o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
+                                # exp2 (arguments ≤ 0, or within ±range/2 unshifted): MUFU, FMA polynomial for n_poly tiles
+                                for j in T.unroll(n_tiles - n_poly):
+                                    for e in T.unroll(4):
+                                        T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e], s[mt * st_n + (n_poly + j) * 4 + e])
+                                for j in T.unroll(n_poly):
+                                    for e in T.unroll(4):
+                                        # 2**x = 2**n · 2**f, n = round(x), f in [-0.5, 0.5]; 0 below 2**-125
+                                        xr[1] = T.max(s[mt * st_n + j * 4 + e], T.float32(-125))
+                                        xr[0] = xr[1] + magic_f
+                                        xr[1] = xr[1] - (xr[0] - magic_f)
+                                        s[mt * st_n + j * 4 + e] = T.if_then_else(s[mt * st_n + j * 4 + e] < T.float32(-125), T.float32(0), T.reinterpret("float32", T.reinterpret("int32", ((c3 * xr[1] + c2) * xr[1] + c1) * xr[1] + c0) + (T.reinterpret("int32", xr[0]) << 23)))
+                                if wg:  # P registers are read by the previous block's wgmma
+                                    T.ptx["wgmma.wait_group.sync.aligned"](0)
+                                for c in T.unroll(n_chunks):
+                                    for i in T.unroll(4):
+                                        T.ptx[cvt_pair](pa[mt * sc_n + c * 4 + i], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2)])
                             if wg:
                                 # P (registers) @ [V | 1] (shared, group-major) on the warpgroup MMA:
                                 # one m64n(dv+8)k16 per 16 keys; descriptor: 128 B between the two
@@ -464,28 +431,24 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     T.evaluate(T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc[0]), Vs.ptr_to([st, 16 * c * 4]), 8, kb + 1, 0))
                                     T.ptx[wgmma_pv](*[o[i] for i in range(ot)], pa[c * 4], pa[c * 4 + 1], pa[c * 4 + 2], pa[c * 4 + 3], desc[0], T.bool(True), 1, 1, 1)
                                 T.ptx["wgmma.commit_group.sync.aligned"]()  # waited for by the next block
-                            elif lag:
-                                # the previous block's P·V now, under this block's QKᵀ (its V stage
-                                # is kept: one cp.async stage of slack); the online softmax's
-                                # rescale follows it, then this block's exps
-                                if kblk > 0:
-                                    p_times_v((kblk - 1) % stages, kc)
-                                for mt in T.unroll(mt_n):
-                                    if has_bias:
-                                        for i in T.unroll(ot):
-                                            o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
-                                    elif mode[0] == 0:
-                                        for i in T.unroll(ot):
-                                            o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
-                                for mt in T.unroll(mt_n):
-                                    exp_and_round(mt, kc)
                             else:
-                                p_times_v(st, kc)
+                                # P (registers, 16-bit) @ [V | 1] (shared, [key, dv]) on the 16-bit
+                                # tensor cores; each V fragment serves every row tile
+                                for c in T.unroll(n_chunks):
+                                    for mt in T.unroll(mt_n):
+                                        T.ptx[mma_pv](o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], ones, ones, o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3])
+                                    for n2 in T.unroll(o_tiles // 2):
+                                        # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
+                                        T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + 2 * n2 + lane // 16) * 4]))
+                                        for mt in T.unroll(mt_n):
+                                            for i in T.unroll(2):
+                                                T.ptx[mma_pv](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
+                                    for n1 in T.unroll(o_tiles % 2):
+                                        T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + o_tiles - 1 + n1) * 4]))
+                                        for mt in T.unroll(mt_n):
+                                            T.ptx[mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
                     if wg:
                         T.ptx["wgmma.wait_group.sync.aligned"](0)
-                    if lag:  # the last block's P·V
-                        if n_blocks > 0:
-                            p_times_v((n_blocks - 1) % stages, kc)
                     for rr in T.unroll(2 * mt_n):
                         # the row sum (the ones tile); rows with no visible key give 0
                         lsum[rr] = o[(rr // 2) * ot + so + 2 * (rr % 2)]
