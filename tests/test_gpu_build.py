@@ -136,6 +136,9 @@ def test_dispatch_names_the_built_sign_pack_kernels():
      ("wgmma.mma_async", "<< 23")),
     # the FMA-polynomial exp2 builds 2**n by adding n << 23 to the float bits
     ({"poly_quarters": 2}, ("ex2.approx.ftz.f32", "<< 23"), ("wgmma.mma_async", "__launch_bounds__(128, ")),
+    # exp_table: the no-shift softmax reads its exps from a shared table of the 2D+1 scores
+    ({"row_tiles": 2, "exp_table": 1}, ("__shared__ alignas(64) float etab_ptr[514]",), ("<< 23",)),
+    ({"row_tiles": 2}, ("ex2.approx.ftz.f32",), ("etab_ptr",)),
     # min_blocks promises ptxas that many CTAs per SM (it caps the registers)
     ({"row_tiles": 2, "min_blocks": 3}, ("__launch_bounds__(128, 3)",), ("__launch_bounds__(128)",)),
 ])
@@ -176,7 +179,8 @@ def test_tune_grid_and_record_best(tmp_path):
     from binattn.tvm_kernels.cuda_attention import SHARED_LIMIT, attention_func, shared_bytes
 
     grid = cuda_tune.candidates(64)
-    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 16
+    assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 18
+    assert {c.warps for c in grid if c.exp_table} == {4, 8}
     assert {c.min_blocks for c in grid if c.row_tiles == 2 and c.warps == 4} == {0, 3}
     assert not any(c.min_blocks for c in cuda_tune.candidates(128))
     assert {c.stages for c in grid} == {2, 3, 4} and {c.row_tiles for c in grid} == {1, 2}
@@ -187,6 +191,8 @@ def test_tune_grid_and_record_best(tmp_path):
     assert big and all(c.key_block == 32 and shared_bytes(256, c) <= SHARED_LIMIT for c in big)
     with pytest.raises(ValueError, match="shared memory"):
         attention_func("bfloat16", 256, sched.CudaAttentionSchedule(4, 128))
+    with pytest.raises(ValueError, match="exp_table"):
+        sched.CudaAttentionSchedule(4, 64, poly_quarters=1, exp_table=1).check()
     with pytest.raises(ValueError, match="min_blocks"):
         sched.CudaAttentionSchedule(4, 64, min_blocks=7).check()
     with pytest.raises(ValueError, match="poly_quarters"):

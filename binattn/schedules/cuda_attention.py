@@ -33,7 +33,8 @@ class CudaAttentionSchedule:
     step, ``poly_quarters`` quarters of each step's exponentials on the FMA pipe (the rest on the
     MUFU ``ex2`` unit), ``stages`` key blocks in flight in shared memory (cp.async pipeline),
     ``row_tiles`` 16-row tiles per warp, ``wgmma_pv`` P·V on Hopper's warpgroup MMA, ``min_blocks``
-    CTAs per SM promised in ``__launch_bounds__`` (ptxas then caps the registers to fit them)."""
+    CTAs per SM promised in ``__launch_bounds__`` (ptxas then caps the registers to fit them),
+    ``exp_table`` the no-shift softmax's exps read from a table of the 2D+1 possible scores."""
 
     warps: int = 4
     key_block: int = 64
@@ -42,6 +43,7 @@ class CudaAttentionSchedule:
     row_tiles: int = 1  # 16-row tiles per warp (2: each V fragment feeds twice the mmas)
     wgmma_pv: int = 0  # 1: P·V as one warpgroup wgmma per 16 keys (sm_90a; 4·k warps, 1 row tile)
     min_blocks: int = 0  # CTAs per SM promised to ptxas (__launch_bounds__): caps registers; 0: none
+    exp_table: int = 0  # 1: no-shift softmax reads 2**(s·coef) from a (2D+2)-entry shared table
 
     def check(self) -> None:
         """Raise ValueError for knob values the kernel template cannot generate."""
@@ -53,6 +55,10 @@ class CudaAttentionSchedule:
             raise ValueError(f"wgmma_pv must be 0 or 1, got {self.wgmma_pv}")
         if self.wgmma_pv and (self.warps % 4 or self.row_tiles != 1):
             raise ValueError("wgmma_pv needs whole warpgroups (warps 4 or 8) and row_tiles 1")
+        if self.exp_table not in (0, 1):
+            raise ValueError(f"exp_table must be 0 or 1, got {self.exp_table}")
+        if self.exp_table and self.poly_quarters:
+            raise ValueError("exp_table and poly_quarters are two ways off the MUFU: pick one")
         if self.min_blocks not in (0, 1, 2, 3, 4):
             raise ValueError(f"min_blocks must be 0..4, got {self.min_blocks}")
         if self.stages not in (2, 3, 4):

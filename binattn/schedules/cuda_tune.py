@@ -53,8 +53,12 @@ def candidates(dv: int, arch: str = "sm_90a") -> list[CudaAttentionSchedule]:
             and not (s.stages == 4 and not s.wgmma_pv)]
     # two row tiles of a short head hold ~210 registers (2 CTAs of 4 warps per SM): also try
     # promising ptxas 3 CTAs (≤ 168 registers, a few spills) for the occupancy
-    return kept + [replace(s, min_blocks=GRID_MIN_BLOCKS) for s in kept
-                   if dv <= 64 and s.warps == 4 and s.row_tiles == 2]
+    # and the exps of the no-shift softmax from a table of the 2D+1 scores instead of the MUFU
+    return (kept + [replace(s, min_blocks=GRID_MIN_BLOCKS) for s in kept
+                    if dv <= 64 and s.warps == 4 and s.row_tiles == 2]
+            + [replace(s, exp_table=1) for s in kept
+               if s.row_tiles == 2 and s.stages == 2 and not s.wgmma_pv
+               and shared_bytes(dv, replace(s, exp_table=1)) <= SHARED_LIMIT])
 
 
 def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> str:
@@ -62,7 +66,8 @@ def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> st
     return (f"cand_{dtype}_dv{dv}_w{schedule.warps}_k{schedule.key_block}"
             f"_p{schedule.poly_quarters}_s{schedule.stages}_r{schedule.row_tiles}"
             f"{'_wg' if schedule.wgmma_pv else ''}"
-            f"{f'_mb{schedule.min_blocks}' if schedule.min_blocks else ''}")
+            f"{f'_mb{schedule.min_blocks}' if schedule.min_blocks else ''}"
+            f"{'_etab' if schedule.exp_table else ''}")
 
 
 def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:

@@ -53,7 +53,8 @@ MASKED = -16777216  # 0xFF000000: negative as int32, about -1.7e38 as float32
 
 EXP2_POLY = (0.9999280708313842, 0.6932609977919704, 0.24261117167503404, 0.05517162704802993)
 """2**f on [−0.5, 0.5], degree 3 (relative error 7.5e-5: below bf16/fp16 rounding of P)."""
-SHARED_LIMIT = 48 * 1024  # static shared memory per CTA without opting in
+SHARED_LIMIT = 48 * 1024
+ETAB_SIZE = 2 * 256 + 2  # exp table: scores −D..D for D ≤ 256, and the masked-key 0  # static shared memory per CTA without opting in
 #: largest exponent range (log2) a row may span for the softmax without a running max, per P
 #: dtype: scores lie in [−D, D], so p = 2**(s·coef) stays within 2**±(range/2) — bf16 keeps
 #: fp32's exponent range, fp16 P must stay inside [2**-14, 65504]
@@ -74,8 +75,9 @@ def v_stage_words(dv: int, schedule: CudaAttentionSchedule) -> int:
 
 def shared_bytes(dv: int, schedule: CudaAttentionSchedule) -> int:
     """Shared memory of one CTA: ``stages`` key blocks of K bits (32 B/key), key popcounts (twice:
-    8 B/key) and V (see :func:`v_stage_words`)."""
-    return schedule.stages * (schedule.key_block * 40 + 4 * v_stage_words(dv, schedule))
+    8 B/key) and V (see :func:`v_stage_words`), plus the exp table with ``exp_table``."""
+    table = 4 * ETAB_SIZE if schedule.exp_table else 0
+    return schedule.stages * (schedule.key_block * 40 + 4 * v_stage_words(dv, schedule)) + table
 
 
 def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
@@ -117,7 +119,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     groups: conflict-free) and ``ldmatrix.trans`` turns it into the B fragments of the 16-bit PV
     mma. ``schedule.poly_quarters`` quarters of each block's exps run as a
     degree-3 polynomial on the FMA pipe instead of the MUFU ``ex2`` unit (FlashAttention-4's
-    trick), so both units share the exponentials.
+    trick), so both units share the exponentials; ``schedule.exp_table`` makes the no-shift
+    softmax read ``2**(s·coef)`` from a shared table of the 2D+1 possible scores instead.
     """
     schedule.check()
     if dtype not in MMA_PV or dv % 8 or not 8 <= dv <= 256:
@@ -136,6 +139,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     groups = dv // 8
     vstride = groups | 1  # 16-byte groups per shared V row: odd → ldmatrix rows hit distinct banks
     wg = bool(schedule.wgmma_pv)
+    etab_on = bool(schedule.exp_table)
     # blocks copied ahead of the one computing; with wgmma one stage more is kept back, as the
     # previous block's asynchronous P·V may still read its V stage
     ahead = stages - 1 - int(wg)
@@ -195,6 +199,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     Ks = T.alloc_buffer((stages, kb, QBITS_WORDS), "int32", scope="shared")
                     Kps = T.alloc_buffer((stages, kb // 2, 4), "int32", scope="shared")
                     Vs = T.alloc_buffer((stages, vwords), "int32", scope="shared")
+                    # exp_table: 2**(s·coef) for every score s in [−D, D], then a 0 for masked keys
+                    etab = T.alloc_buffer((ETAB_SIZE if etab_on else 1,), "float32", scope="shared")
                     # per row (index 2·mt + r: row tile mt, row g or g + 8)
                     qa = T.alloc_buffer((4 * mt_n,), "uint32", scope="local")
                     row = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
@@ -245,6 +251,11 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                         mode[0] = 0
                     else:
                         mode[0] = T.Cast("int32", coef[0] * T.Cast("float32", 2 * d_bits) <= static_range)
+                    if etab_on:  # read after the main loop's first barrier
+                        for it in T.serial(T.ceildiv(2 * d_bits + 2, nthreads)):
+                            if tid + it * nthreads < 2 * d_bits + 2:
+                                T.ptx["ex2.approx.ftz.f32"](xr[0], T.Cast("float32", tid + it * nthreads - d_bits) * coef[0])
+                                etab[tid + it * nthreads] = T.if_then_else(tid + it * nthreads <= 2 * d_bits, xr[0], T.float32(0))
                     for rr in T.unroll(2 * mt_n):
                         row[rr] = q0 + 16 * (rr // 2) + g + 8 * (rr % 2)
                         lim[rr] = T.if_then_else(causal != 0, T.min(Nk, row[rr] + 1), Nk)
@@ -385,9 +396,14 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                         o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
                                 elif mode[0] != 0:
                                     # no shift: |s·coef| ≤ STATIC_RANGE / 2 is known to fit
-                                    for j in T.unroll(n_tiles):
-                                        for e in T.unroll(4):
-                                            s[mt * st_n + j * 4 + e] = T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1]
+                                    if etab_on:  # p straight from the table (masked keys: the 0)
+                                        for j in T.unroll(n_tiles):
+                                            for e in T.unroll(4):
+                                                s[mt * st_n + j * 4 + e] = etab[T.Cast("int32", T.min(tu[mt * st_n + j * 4 + e] - T.Cast("uint32", MAGIC - d_bits), T.Cast("uint32", 2 * d_bits + 1)))]
+                                    else:
+                                        for j in T.unroll(n_tiles):
+                                            for e in T.unroll(4):
+                                                s[mt * st_n + j * 4 + e] = T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1]
                                 else:
                                     for r in T.unroll(2):
                                         red_i[mt * 2 + r] = m_i[mt * 2 + r]
@@ -407,9 +423,15 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     for i in T.unroll(ot):
                                         o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
                                 # exp2 (arguments ≤ 0, or within ±range/2 unshifted): MUFU, FMA polynomial for n_poly tiles
-                                for j in T.unroll(n_tiles - n_poly):
-                                    for e in T.unroll(4):
-                                        T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e], s[mt * st_n + (n_poly + j) * 4 + e])
+                                if etab_on:
+                                    if mode[0] == 0:  # the table covered the no-shift mode
+                                        for j in T.unroll(n_tiles - n_poly):
+                                            for e in T.unroll(4):
+                                                T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e], s[mt * st_n + (n_poly + j) * 4 + e])
+                                else:
+                                    for j in T.unroll(n_tiles - n_poly):
+                                        for e in T.unroll(4):
+                                            T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e], s[mt * st_n + (n_poly + j) * 4 + e])
                                 for j in T.unroll(n_poly):
                                     for e in T.unroll(4):
                                         # 2**x = 2**n · 2**f, n = round(x), f in [-0.5, 0.5]; 0 below 2**-125
