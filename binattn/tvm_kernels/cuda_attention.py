@@ -28,7 +28,6 @@ Those run the reference through the dispatcher's fallback.
 from __future__ import annotations
 
 import math
-import types
 
 import tvm
 from tvm.script import tirx as T
@@ -169,60 +168,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"
     ld_x2 = "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16"
 
-    # constants the two macros below need (passed in, so the kernel's closure captures them)
-    kc = types.SimpleNamespace(n_poly=n_poly, c0=c0, c1=c1, c2=c2, c3=c3, mma_pv=mma_pv, ld_x4=ld_x4,
-                               ld_x2=ld_x2, ones=ones, cvt_pair=cvt_pair)
-
-    @T.macro(hygienic=False)
-    def exp_and_round(mt, kc, nlive):
-        # exp2 of one row tile's block, then P rounded to 16-bit pairs (the A fragments of the
-        # P·V mma), for the first ``nlive`` 16-key chunks (a Python int: all, no test)
-        if etab_on:
-            if mode[0] == 0:  # the table covered the no-shift mode
-                for j in T.unroll(n_tiles - kc.n_poly):
-                    if (kc.n_poly + j) // 2 < nlive:
-                        for e in T.unroll(4):
-                            T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (kc.n_poly + j) * 4 + e], s[mt * st_n + (kc.n_poly + j) * 4 + e])
-        else:
-            for j in T.unroll(n_tiles - kc.n_poly):
-                if (kc.n_poly + j) // 2 < nlive:
-                    for e in T.unroll(4):
-                        T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (kc.n_poly + j) * 4 + e], s[mt * st_n + (kc.n_poly + j) * 4 + e])
-        for j in T.unroll(kc.n_poly):
-            if j // 2 < nlive:
-                for e in T.unroll(4):
-                    # 2**x = 2**n · 2**f, n = round(x), f in [-0.5, 0.5]; 0 below 2**-125
-                    xr[1] = T.max(s[mt * st_n + j * 4 + e], T.float32(-125))
-                    xr[0] = xr[1] + magic_f
-                    xr[1] = xr[1] - (xr[0] - magic_f)
-                    s[mt * st_n + j * 4 + e] = T.if_then_else(s[mt * st_n + j * 4 + e] < T.float32(-125), T.float32(0), T.reinterpret("float32", T.reinterpret("int32", ((kc.c3 * xr[1] + kc.c2) * xr[1] + kc.c1) * xr[1] + kc.c0) + (T.reinterpret("int32", xr[0]) << 23)))
-        if wg:  # P registers are read by the previous block's wgmma
-            T.ptx["wgmma.wait_group.sync.aligned"](0)
-        for c in T.unroll(n_chunks):
-            if c < nlive:
-                for i in T.unroll(4):
-                    T.ptx[kc.cvt_pair](pa[mt * sc_n + c * 4 + i], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2)])
-
-    @T.macro(hygienic=False)
-    def p_times_v(vstage, kc, nlive):
-        # P·V (and the row sums) for the first ``nlive`` 16-key chunks of a block
-        # P (registers, 16-bit) @ [V | 1] (shared, [key, dv]) on the 16-bit
-        # tensor cores; each V fragment serves every row tile
-        for c in T.unroll(n_chunks):
-            if c < nlive:
-                for mt in T.unroll(mt_n):
-                    T.ptx[kc.mma_pv](o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], kc.ones, kc.ones, o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3])
-                for n2 in T.unroll(o_tiles // 2):
-                    # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
-                    T.ptx[kc.ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([vstage, ((16 * c + lane % 16) * vstride + 2 * n2 + lane // 16) * 4]))
-                    for mt in T.unroll(mt_n):
-                        for i in T.unroll(2):
-                            T.ptx[kc.mma_pv](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
-                for n1 in T.unroll(o_tiles % 2):
-                    T.ptx[kc.ld_x2](vf[0], vf[1], Vs.ptr_to([vstage, ((16 * c + lane % 16) * vstride + o_tiles - 1 + n1) * 4]))
-                    for mt in T.unroll(mt_n):
-                        T.ptx[kc.mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
-
     @T.prim_func
     def attention(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v_h: T.handle,
                   out_h: T.handle, qscale_h: T.handle, kscale_h: T.handle, bias_h: T.handle,
@@ -286,7 +231,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     v_src = T.alloc_buffer((v_iters,), "int32", scope="local")
                     v_dst = T.alloc_buffer((v_iters,), "int32", scope="local")
                     fast_src = T.alloc_buffer((3,), "int32", scope="local")
-                    live = T.alloc_buffer((1,), "int32", scope="local")
                     fast_dst = T.alloc_buffer((3,), "int32", scope="local")
                     b = bh // Hq
                     h = bh % Hq
@@ -354,8 +298,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                         o[i] = T.float32(0)
                     kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
                     warp_lim = T.if_then_else(causal != 0, T.min(Nk, q0 + 1), Nk)
-                    # keys from kv_hi on are masked for every row of the warp
-                    kv_hi = T.if_then_else(causal != 0, T.min(Nk, q0 + rows_per_warp), Nk)
                     n_blocks = T.ceildiv(kv_len, kb)
                     for pre in T.serial(ahead + n_blocks):
                         # stage the block `pre` (cp.async, zero-filled past Nk) ...
@@ -405,8 +347,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                             kblk = pre - ahead
                             st = kblk % stages
                             k0 = kblk * kb
-                            # 16-key chunks of this block holding a key some row of the warp sees
-                            live[0] = T.max(T.min((kv_hi - k0 + 15) // 16, n_chunks), 0)
                             # C fragments: (SCORE_MAGIC − popc) of keys 8j+2t, 8j+2t+1, twice
                             for j in T.unroll(n_tiles):
                                 cst[T.ramp(j * 4, 1, 4)] = Kps[st, 4 * j + t, T.ramp(0, 1, 4)]
@@ -483,12 +423,27 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     for i in T.unroll(ot):
                                         o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
                                 # exp2 (arguments ≤ 0, or within ±range/2 unshifted): MUFU, FMA polynomial for n_poly tiles
-                                if wg:  # warpgroup-collective P·V: every chunk
-                                    exp_and_round(mt, kc, n_chunks)
-                                elif k0 + kb <= kv_hi:
-                                    exp_and_round(mt, kc, n_chunks)
-                                else:  # chunks past every row's last key are skipped
-                                    exp_and_round(mt, kc, live[0])
+                                if etab_on:
+                                    if mode[0] == 0:  # the table covered the no-shift mode
+                                        for j in T.unroll(n_tiles - n_poly):
+                                            for e in T.unroll(4):
+                                                T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e], s[mt * st_n + (n_poly + j) * 4 + e])
+                                else:
+                                    for j in T.unroll(n_tiles - n_poly):
+                                        for e in T.unroll(4):
+                                            T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e], s[mt * st_n + (n_poly + j) * 4 + e])
+                                for j in T.unroll(n_poly):
+                                    for e in T.unroll(4):
+                                        # 2**x = 2**n · 2**f, n = round(x), f in [-0.5, 0.5]; 0 below 2**-125
+                                        xr[1] = T.max(s[mt * st_n + j * 4 + e], T.float32(-125))
+                                        xr[0] = xr[1] + magic_f
+                                        xr[1] = xr[1] - (xr[0] - magic_f)
+                                        s[mt * st_n + j * 4 + e] = T.if_then_else(s[mt * st_n + j * 4 + e] < T.float32(-125), T.float32(0), T.reinterpret("float32", T.reinterpret("int32", ((c3 * xr[1] + c2) * xr[1] + c1) * xr[1] + c0) + (T.reinterpret("int32", xr[0]) << 23)))
+                                if wg:  # P registers are read by the previous block's wgmma
+                                    T.ptx["wgmma.wait_group.sync.aligned"](0)
+                                for c in T.unroll(n_chunks):
+                                    for i in T.unroll(4):
+                                        T.ptx[cvt_pair](pa[mt * sc_n + c * 4 + i], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2)])
                             if wg:
                                 # P (registers) @ [V | 1] (shared, group-major) on the warpgroup MMA:
                                 # one m64n(dv+8)k16 per 16 keys; descriptor: 128 B between the two
@@ -498,10 +453,22 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     T.evaluate(T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc[0]), Vs.ptr_to([st, 16 * c * 4]), 8, kb + 1, 0))
                                     T.ptx[wgmma_pv](*[o[i] for i in range(ot)], pa[c * 4], pa[c * 4 + 1], pa[c * 4 + 2], pa[c * 4 + 3], desc[0], T.bool(True), 1, 1, 1)
                                 T.ptx["wgmma.commit_group.sync.aligned"]()  # waited for by the next block
-                            elif k0 + kb <= kv_hi:
-                                p_times_v(st, kc, n_chunks)
-                            else:  # the block crosses the warp's last visible key
-                                p_times_v(st, kc, live[0])
+                            else:
+                                # P (registers, 16-bit) @ [V | 1] (shared, [key, dv]) on the 16-bit
+                                # tensor cores; each V fragment serves every row tile
+                                for c in T.unroll(n_chunks):
+                                    for mt in T.unroll(mt_n):
+                                        T.ptx[mma_pv](o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], ones, ones, o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3])
+                                    for n2 in T.unroll(o_tiles // 2):
+                                        # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
+                                        T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + 2 * n2 + lane // 16) * 4]))
+                                        for mt in T.unroll(mt_n):
+                                            for i in T.unroll(2):
+                                                T.ptx[mma_pv](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
+                                    for n1 in T.unroll(o_tiles % 2):
+                                        T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + o_tiles - 1 + n1) * 4]))
+                                        for mt in T.unroll(mt_n):
+                                            T.ptx[mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
                     if wg:
                         T.ptx["wgmma.wait_group.sync.aligned"](0)
                     for rr in T.unroll(2 * mt_n):
