@@ -31,6 +31,8 @@ SHAPES = [  # (B, H, N, D), name, target speed-up over cuDNN
     ((4, 16, 4096, 128), "N=4096 D=128", 2.0),
     ((1, 16, 16384, 64), "N=16384 D=64", 2.5),
     ((1, 24, 4608, 128), "Flux-like", 2.0),
+    ((32, 16, 257, 64), "ViT-L/14 224² (extra)", None),
+    ((32, 12, 512, 64), "BERT-base 512 (extra)", None),
 ]
 def tflops(shape, ms):
     B, H, N, D = shape

@@ -45,12 +45,16 @@ def test_build_writes_loadable_library_and_manifest(small_build):
     entry = manifest["libraries"]["sm_90a"]
     lib = small_build / entry["file"]
     assert entry["attention"] == {"bfloat16": [64]}
+    assert entry["attention_short"] == {"bfloat16": [64]}
+    assert entry["short_max_keys"] == sched.SHORT_MAX_KEYS
+    assert entry["schedules"]["bfloat16/dv64/short"]["key_block"] == 32
     assert entry["sha256"] == hashlib.sha256(lib.read_bytes()).hexdigest()
     source = (small_build / "binattn_cuda_sm_90a.cu").read_text()
     assert "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc" in source
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in source
     module = tvm_ffi.load_module(str(lib))
     for name in ("binattn_attention_bfloat16_dv64", "binattn_attention_bfloat16_dv64_bias",
+                 "binattn_attention_bfloat16_dv64_short", "binattn_attention_bfloat16_dv64_bias_short",
                  "binattn_sign_pack_float32", "binattn_sign_pack_bfloat16_v8",
                  "binattn_sign_pack_float16_v8_l2", "binattn_sign_pack_bfloat16_v8_l4",
                  "binattn_popcount_scores"):
@@ -163,6 +167,18 @@ def test_parse_archs_rejects_unknown():
         cuda_build.parse_archs("sm_99")
 
 
+def test_short_schedule_defaults_to_32_key_blocks(tmp_path):
+    db = tmp_path / "tuned.json"
+    regular = sched.CudaAttentionSchedule(8, 64, 0, 3, 1, 1)  # wgmma: not with 32-key blocks here
+    sched.record_schedule("sm_90a", "bfloat16", 64, regular, db=db)
+    short = sched.schedule_for("sm_90a", "bfloat16", 64, db=db, short=True)
+    assert (short.key_block, short.wgmma_pv, short.warps) == (32, 0, 8)
+    own = sched.CudaAttentionSchedule(4, 64, 0, 2, 2)
+    sched.record_schedule("sm_90a", "bfloat16", 64, own, db=db, short=True)
+    assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db, short=True) == own
+    assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db) == regular
+
+
 def test_tuning_db_roundtrip(tmp_path):
     db = tmp_path / "tuned.json"
     assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db) == sched.default_schedule(64)
@@ -209,6 +225,9 @@ def test_tune_grid_and_record_best(tmp_path):
     rows = [dict(arch="sm_90a", dtype="bfloat16", dv=64, ms=ms, correct=ok,
                  schedule={"warps": w, "key_block": k})
             for w, k, ms, ok in ((4, 64, 1.0, True), (8, 128, 0.5, False), (4, 128, 0.7, True))]
+    # a study at another shape (build_candidates(shape=...)) is never recorded
+    rows.append(dict(arch="sm_90a", dtype="bfloat16", dv=64, ms=0.1, correct=True,
+                     schedule={"warps": 8, "key_block": 32}, shape=[64, 12, 197]))
     timings.write_text(json.dumps({"results": rows}))
     db = tmp_path / "db.json"
     best = cuda_tune.record_best(timings, db=db)

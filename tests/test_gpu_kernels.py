@@ -5,7 +5,8 @@ load (a load failure fails the tests, it does not skip them). Every test draws f
 (seed printed on failure, never zeros) and poisons outputs before each launch. Sign bits, row
 popcounts and integer scores must be bit-exact; attention output must match the reference within
 the rounding of P to the value dtype. Covers D ∈ {32, 64, 72, 80, 96, 128, 256}, odd N, bool and
-float masks, causal, GQA, dense / broadcast bias, the three scale modes and the fallback path.
+float masks, causal, GQA, dense / broadcast bias, the three scale modes and the fallback path,
+each on both attention kernels: the short-sequence one (32-key blocks) and the regular one.
 """
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 HEAD_DIMS = (32, 64, 72, 80, 96, 128, 256)
 DTYPES = (torch.float16, torch.bfloat16)
 TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
+VARIANTS = ("short", "long")  # the two attention kernels of each (dtype, dv)
+OP_DEFAULTS = dict(bias=None, attn_mask=None, is_causal=False, scale=None, scale_mode="mean_abs",
+                   q_scale=None, k_scale=None, top_n=None, pv_bits=None, binarizer="sign",
+                   temperature=1.0, ste_clip=1.0)
+
+
+def run_variant(cuda_dispatch, q, k, v, kw, variant):
+    """The CUDA attention kernel ``variant`` (keyword arguments as binattn.ops.binary_attention),
+    into a NaN-poisoned output."""
+    out = torch.full((*q.shape[:-1], v.shape[-1]), float("nan"), dtype=v.dtype, device="cuda")
+    args = dict(OP_DEFAULTS, **kw)
+    return cuda_dispatch.attention_kernel(q, k, v, *args.values(), out=out, variant=variant)
 
 
 @pytest.fixture(scope="module")
@@ -145,24 +158,42 @@ def _check(out, q, k, v, kw, gen):
     assert err <= bound, f"max err {err:.3g} > {bound:.3g} (seed {gen.initial_seed()})"
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
-def test_attention_matches_reference(cuda_dispatch, gen, dtype, head_dim):
+def test_attention_matches_reference(cuda_dispatch, gen, dtype, head_dim, variant):
     q, k, v, kw = _case_inputs(gen, "plain", dtype, head_dim)
-    out = torch.full((*q.shape[:-1], v.shape[-1]), float("nan"), dtype=dtype, device="cuda")
-    cuda_dispatch.attention_kernel(q, k, v, None, None, False, None, "mean_abs", None, None,
-                                   None, None, "sign", 1.0, 1.0, out=out)
-    _check(out, q, k, v, kw, gen)
+    _check(run_variant(cuda_dispatch, q, k, v, kw, variant), q, k, v, kw, gen)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("head_dim", (64, 72, 128))
 @pytest.mark.parametrize("case", CASES[1:])
-def test_attention_cases_match_reference(cuda_dispatch, gen, case, head_dim):
+def test_attention_cases_match_reference(cuda_dispatch, gen, case, head_dim, variant):
     dtype = torch.bfloat16 if head_dim != 72 else torch.float16
     q, k, v, kw = _case_inputs(gen, case, dtype, head_dim)
+    _check(run_variant(cuda_dispatch, q, k, v, kw, variant), q, k, v, kw, gen)
+
+
+@pytest.mark.parametrize("case", ("plain", "causal", "gqa"))
+def test_op_uses_kernel(cuda_dispatch, gen, case):
+    """The public op reaches the CUDA kernel (the dispatcher picks the variant)."""
+    q, k, v, kw = _case_inputs(gen, case, torch.bfloat16, 64)
     out = binattn.ops.binary_attention(q, k, v, **kw)
     assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
     _check(out, q, k, v, kw, gen)
+
+
+def test_kernel_variant_choice(cuda_dispatch):
+    """Up to the library's short_max_keys keys the short-sequence kernel runs, beyond it the
+    regular one; an unknown variant is refused by name."""
+    dev = torch.device("cuda")
+    limit = cuda_dispatch._library(dev)[1]["short_max_keys"]
+    assert cuda_dispatch.attention_symbol(dev, torch.bfloat16, 64, False, limit).endswith("_short")
+    assert not cuda_dispatch.attention_symbol(dev, torch.bfloat16, 64, True, limit + 1).endswith("_short")
+    assert cuda_dispatch.attention_symbol(dev, torch.float16, 72, True, 7, "long").endswith("dv72_bias")
+    with pytest.raises(ValueError, match="variant"):
+        cuda_dispatch.attention_symbol(dev, torch.bfloat16, 64, False, 7, "medium")
 
 
 # the kernel picks its softmax per CTA from coef·2·D (coef = 2·scale·log2 e with scale_mode
@@ -174,14 +205,13 @@ def test_attention_cases_match_reference(cuda_dispatch, gen, case, head_dim):
                                       {"scale_mode": "none", "scale": 2.0}),
                          ids=("fixed-shift", "mean_abs", "online"))
 @pytest.mark.parametrize("causal", (False, True))
-def test_attention_softmax_modes(cuda_dispatch, gen, dtype, head_dim, scale_kw, causal):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attention_softmax_modes(cuda_dispatch, gen, dtype, head_dim, scale_kw, causal, variant):
     q = randn(gen, 2, 3, 97, head_dim, dtype=dtype)
     k = randn(gen, 2, 3, 131, head_dim, dtype=dtype)
     v = randn(gen, 2, 3, 131, 64, dtype=dtype)
     kw = dict(scale_kw, is_causal=causal)
-    out = binattn.ops.binary_attention(q, k, v, **kw)
-    assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
-    _check(out, q, k, v, kw, gen)
+    _check(run_variant(cuda_dispatch, q, k, v, kw, variant), q, k, v, kw, gen)
 
 
 def test_attention_long_sequence(cuda_dispatch, gen):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +25,12 @@ PACKAGED_DB = Path(__file__).with_name("cuda_tuned.json")
 #: float bits of 1.5·2**23: as_float(SCORE_MAGIC + i) == 1.5·2**23 + i for |i| < 2**22. The
 #: attention kernel reads key popcounts as ``SCORE_MAGIC − popc`` (the sign-pack writes them so)
 SCORE_MAGIC = 0x4B400000
+#: sequences of at most this many keys run the "short" kernel (32-key blocks by default): on the
+#: H100, dv 64: 17 % faster at 197 keys, 16 % at 257, 8 % at 577, 2 % at 1024, 3.5 % slower at
+#: 4096 than the 64-key-block kernel; dv 128: 8 % / 2 % faster at 257 / 577, slower from 768;
+#: dv 72 and 96 no faster at any length, so their short entries in the packaged database are
+#: the regular schedule (docs/results/gpu_short_keyblock_*_h100.json)
+SHORT_MAX_KEYS = 640
 
 
 @dataclass(frozen=True)
@@ -94,25 +100,34 @@ def _read(path: Path) -> dict:
         return {}
 
 
-def schedule_for(arch: str, dtype: str, dv: int, db: Optional[Path] = None) -> CudaAttentionSchedule:
-    """Tuned schedule for (arch, dtype, dv): user DB, then packaged DB, then the default."""
-    key = f"{dtype}/dv{dv}"
+def schedule_for(arch: str, dtype: str, dv: int, db: Optional[Path] = None,
+                 short: bool = False) -> CudaAttentionSchedule:
+    """Tuned schedule for (arch, dtype, dv): user DB, then packaged DB, then the default.
+
+    ``short``: the kernel for sequences of at most ``SHORT_MAX_KEYS`` keys (DB key ``…/short``);
+    without an entry of its own it is the regular schedule with 32-key blocks (and mma.sync P·V),
+    which pads a short sequence less (ViT-B's 197 keys: 224 computed instead of 256)."""
+    key = f"{dtype}/dv{dv}{'/short' if short else ''}"
     for path in ([db] if db else [db_path(), PACKAGED_DB]):
         entry = _read(path).get(arch, {}).get(key)
         if entry:
             sched = CudaAttentionSchedule(**entry)
             sched.check()
             return sched
+    if short:
+        regular = schedule_for(arch, dtype, dv, db)
+        return replace(regular, key_block=32, wgmma_pv=0,
+                       stages=regular.stages if not regular.wgmma_pv else 2)
     return default_schedule(dv)
 
 
 def record_schedule(arch: str, dtype: str, dv: int, schedule: CudaAttentionSchedule,
-                    db: Optional[Path] = None) -> Path:
+                    db: Optional[Path] = None, short: bool = False) -> Path:
     """Store a tuned schedule in the database (atomically replaced); returns the DB path."""
     schedule.check()
     path = db or db_path()
     data = _read(path)
-    data.setdefault(arch, {})[f"{dtype}/dv{dv}"] = asdict(schedule)
+    data.setdefault(arch, {})[f"{dtype}/dv{dv}{'/short' if short else ''}"] = asdict(schedule)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))

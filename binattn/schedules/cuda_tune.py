@@ -88,9 +88,11 @@ def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:
 
 
 def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = TUNE_DVS,
-                     dtype: str = "bfloat16") -> Path:
+                     dtype: str = "bfloat16", shape: Optional[Sequence[int]] = None) -> Path:
     """Build one library per value head size holding every candidate schedule (each under its
-    own symbol) and the sign-pack kernel, into ``out_dir``; returns candidates.json."""
+    own symbol) and the sign-pack kernel, into ``out_dir``; returns candidates.json. ``shape``
+    (B, H, N) times them at another shape than ``TUNE_SHAPE`` (a study: ``record_best``
+    records only tuning-shape timings)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..tvm_kernels.cuda_attention import attention_func
@@ -105,7 +107,8 @@ def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = T
             symbol = candidate_symbol(dtype, dv, sched)
             funcs[symbol] = attention_func(dtype, dv, sched).with_attr("global_symbol", symbol)
             entries.append({"file": f"{name}.so", "symbol": symbol, "arch": arch,
-                            "dtype": dtype, "dv": dv, "schedule": asdict(sched)})
+                            "dtype": dtype, "dv": dv, "schedule": asdict(sched),
+                            "shape": list(shape or TUNE_SHAPE)})
         jobs.append((name, funcs))
     # nvcc runs outside the GIL: the libraries compile side by side
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
@@ -121,9 +124,9 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
     import tvm_ffi
 
     entries = json.loads((directory / "candidates.json").read_text())
-    B, H, N = TUNE_SHAPE
     results, reference, modules = [], {}, {}
     for entry in entries:
+        B, H, N = entry.get("shape") or TUNE_SHAPE
         dv, dtype = entry["dv"], getattr(torch, entry["dtype"])
         if entry["file"] not in modules:
             modules[entry["file"]] = tvm_ffi.load_module(str(directory / entry["file"]))
@@ -148,7 +151,7 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
         fn(*args)
         torch.cuda.synchronize()
         ok = not torch.isnan(out).any().item()
-        key = (entry["dtype"], dv)
+        key = (entry["dtype"], dv, B, H, N)
         if key in reference:
             ok = ok and (out.float() - reference[key]).abs().max().item() < 5e-2
         else:
@@ -161,7 +164,8 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
-        results.append(dict(entry, ms=sorted(times)[len(times) // 2], correct=bool(ok)))
+        results.append(dict(entry, ms=sorted(times)[len(times) // 2], correct=bool(ok),
+                            shape=[B, H, N]))
         print(f"{entry['symbol']}: {results[-1]['ms'] * 1e3:.1f} µs {'ok' if ok else 'WRONG'}")
     path = directory / "timings.json"
     path.write_text(json.dumps({"device": torch.cuda.get_device_name(), "shape": TUNE_SHAPE,
@@ -174,6 +178,8 @@ def record_best(timings: Path, db: Optional[Path] = None) -> dict:
     data = json.loads(Path(timings).read_text())
     best: dict = {}
     for r in data["results"]:
+        if r.get("shape", list(TUNE_SHAPE)) != list(TUNE_SHAPE):
+            continue  # a study at another shape
         key = (r["arch"], r["dtype"], r["dv"])
         if r["correct"] and (key not in best or r["ms"] < best[key]["ms"]):
             best[key] = r

@@ -42,9 +42,10 @@ CVT_PAIR = {"float16": "cvt.rn.f16x2.f32", "bfloat16": "cvt.rn.bf16x2.f32"}
 MMA_B1 = "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc"
 
 
-def attention_name(dtype: str, dv: int, has_bias: bool = False) -> str:
-    """Exported symbol of the attention kernel for (dtype, padded value head size, bias or not)."""
-    return f"binattn_attention_{dtype}_dv{dv}{'_bias' if has_bias else ''}"
+def attention_name(dtype: str, dv: int, has_bias: bool = False, short: bool = False) -> str:
+    """Exported symbol of the attention kernel for (dtype, padded value head size, bias or not,
+    the short-sequence schedule or the regular one)."""
+    return f"binattn_attention_{dtype}_dv{dv}{'_bias' if has_bias else ''}{'_short' if short else ''}"
 
 
 MAGIC = SCORE_MAGIC  # float bits of 1.5·2**23 (see binattn.schedules.cuda_attention)

@@ -86,7 +86,7 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
     path = binattn.ops.kernel_report().get("binary_attention/cuda", "?")
     qb, qp, qa = cd.pack_signs(q, cd.QBITS_WORDS)
     kb, kp, ka = cd.pack_signs(k, cd.QBITS_WORDS, cd.SCORE_MAGIC, -1)
-    name = f"binattn_attention_{cd.PV_DTYPES[dtype]}_dv{cd.dv_bucket(D)}"
+    name = cd.attention_symbol(q.device, dtype, D, False, N)  # the kernel the dispatcher picks
     v32, o32 = v.view(torch.int32).view(B, H, N, D // 8, 4), out.view(torch.int32)
     fused = lambda: cd._call(q.device, name, qb, kb, kp, v32, o32, qa, ka, cd._dummy(q.device),  # noqa: E731
                              0, 1, 0, 0, 0, 0, float(1.4426950408889634 / math.sqrt(D) / (N * D) ** 2), D)

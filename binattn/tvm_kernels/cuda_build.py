@@ -67,17 +67,26 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
                                  sign_pack_vec_func)
 
     funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {},
-                           "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"]}
+                           "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"],
+                           "attention_short": {}, "short_max_keys": sched.SHORT_MAX_KEYS}
     for dtype in dtypes:
         for dv in dvs:
             schedule = sched.schedule_for(arch, dtype, dv)
             if schedule.wgmma_pv and arch != "sm_90a":  # warpgroup MMA exists on sm_90a only
                 schedule = replace(schedule, wgmma_pv=0)
+            short = sched.schedule_for(arch, dtype, dv, short=True)
             for has_bias in (False, True):
                 funcs[attention_name(dtype, dv, has_bias)] = attention_func(dtype, dv, schedule,
                                                                             has_bias)
+                # the short-sequence kernel (exported under its own name, even when its schedule
+                # equals the regular one: the dispatcher then needs no special case)
+                funcs[attention_name(dtype, dv, has_bias, short=True)] = attention_func(
+                    dtype, dv, short, has_bias).with_attr(
+                        "global_symbol", attention_name(dtype, dv, has_bias, short=True))
             contents["attention"].setdefault(dtype, []).append(dv)
+            contents["attention_short"].setdefault(dtype, []).append(dv)
             contents["schedules"][f"{dtype}/dv{dv}"] = asdict(schedule)
+            contents["schedules"][f"{dtype}/dv{dv}/short"] = asdict(short)
     for dtype in PACK_DTYPES:
         funcs[sign_pack_name(dtype)] = sign_pack_func(dtype)
         if dtype != "float32":

@@ -284,10 +284,33 @@ def _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs):
     return ones, ones, 1, 1.0
 
 
+KERNEL_VARIANTS = ("auto", "short", "long")
+
+
+def attention_symbol(device: torch.device, v_dtype: torch.dtype, dv: int, has_bias: bool,
+                     n_keys: int, variant: str = "auto") -> str:
+    """Exported name of the attention kernel for this call: the short-sequence kernel (its own
+    schedule, 32-key blocks by default) up to the library's ``short_max_keys`` keys, the regular
+    one beyond (``variant`` "short"/"long" forces one; a library without short kernels has only
+    the regular one)."""
+    if variant not in KERNEL_VARIANTS:
+        raise ValueError(f"variant must be one of {KERNEL_VARIANTS}, got {variant!r}")
+    _, entry = _library(device)
+    dtype, bucket = PV_DTYPES[v_dtype], dv_bucket(dv)
+    has_short = bucket in entry.get("attention_short", {}).get(dtype, ())
+    if variant == "short" and not has_short:
+        raise ValueError(f"the CUDA library has no short-sequence kernel for {dtype} dv{bucket}")
+    short = has_short and (variant == "short" or
+                           (variant == "auto" and n_keys <= entry.get("short_max_keys", 0)))
+    return (f"binattn_attention_{dtype}_dv{bucket}{'_bias' if has_bias else ''}"
+            f"{'_short' if short else ''}")
+
+
 def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
                      top_n, pv_bits, binarizer, temperature, ste_clip,
-                     out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The kernel behind ``binattn::binary_attention`` on CUDA (writes into ``out`` if given)."""
+                     out: Optional[torch.Tensor] = None, variant: str = "auto") -> torch.Tensor:
+    """The kernel behind ``binattn::binary_attention`` on CUDA (writes into ``out`` if given;
+    ``variant`` as in :func:`attention_symbol`)."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
     q_bits, _, q_abs = pack_signs(q, QBITS_WORDS)
@@ -304,7 +327,7 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
     v = v.contiguous()
     if v.data_ptr() % 16:
         v = v.clone()
-    name = f"binattn_attention_{PV_DTYPES[v.dtype]}_dv{dv_bucket(Dv)}{'_bias' if add is not None else ''}"
+    name = attention_symbol(q.device, v.dtype, Dv, add is not None, Nk, variant)
     _call(q.device, name, q_bits, k_bits, k_pop, v.view(torch.int32).view(B, Hkv, Nk, Dv // 8, 4),
           out.view(torch.int32), s_q, s_k, flat, int(bool(is_causal)), ks_group, *strides,
           float(softmax_scale * LOG2E * extra), D)
