@@ -3,8 +3,9 @@
 What it does, in three steps that can run on two machines (TVM + nvcc here, a GPU there):
 
 1. ``build_candidates(out_dir, arch, dvs)`` builds one library per value head size holding
-   every candidate schedule (warps × key_block × stages × row tiles / wgmma) under its own symbol, with
-   TVM + nvcc (no GPU needed), plus ``candidates.json`` describing them;
+   every candidate schedule (warps × key_block × stages × row tiles / wgmma, plus min_blocks and
+   exp_table variants) under its own symbol, with TVM + nvcc (no GPU needed), plus
+   ``candidates.json`` describing them (``shape=`` times them at another shape: a study);
 2. ``python -m binattn.schedules.cuda_tune time DIR`` (on the GPU machine; needs torch and
    apache-tvm-ffi only) times every candidate with CUDA events at a long-sequence shape, checks
    its output against the default schedule, and writes ``DIR/timings.json``;
@@ -51,9 +52,9 @@ def candidates(dv: int, arch: str = "sm_90a") -> list[CudaAttentionSchedule]:
             and not (s.row_tiles == 2 and s.key_block > 64)
             and not (s.wgmma_pv and (arch != "sm_90a" or dv + 8 > 256 or s.stages < 3))
             and not (s.stages == 4 and not s.wgmma_pv)]
-    # two row tiles of a short head hold ~210 registers (2 CTAs of 4 warps per SM): also try
-    # promising ptxas 3 CTAs (≤ 168 registers, a few spills) for the occupancy
-    # and the exps of the no-shift softmax from a table of the 2D+1 scores instead of the MUFU
+    # plus two variants: promising ptxas 3 CTAs per SM (two row tiles of a short head hold ~210
+    # registers, i.e. 2 CTAs of 4 warps: ≤ 168 registers, a few spills, more resident warps);
+    # and the no-shift softmax's exps from a table of the 2D+1 scores instead of the MUFU
     return (kept + [replace(s, min_blocks=GRID_MIN_BLOCKS) for s in kept
                     if dv <= 64 and s.warps == 4 and s.row_tiles == 2]
             + [replace(s, exp_table=1) for s in kept
