@@ -235,6 +235,24 @@ def test_tune_grid_and_record_best(tmp_path):
     assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db) == sched.CudaAttentionSchedule(4, 128)
 
 
+def test_short_kernel_tuning_records_under_its_own_key(tmp_path):
+    from binattn.schedules import cuda_tune
+
+    grid = cuda_tune.candidates(64, short=True)
+    assert {c.key_block for c in grid} == {32, 64} and not any(c.wgmma_pv for c in grid)
+    rows = [dict(arch="sm_90a", dtype="bfloat16", dv=64, ms=0.3, correct=True, short=True,
+                 shape=list(cuda_tune.SHORT_TUNE_SHAPE), schedule={"warps": 4, "key_block": 32}),
+            dict(arch="sm_90a", dtype="bfloat16", dv=64, ms=0.9, correct=True,
+                 shape=list(cuda_tune.TUNE_SHAPE), schedule={"warps": 8, "key_block": 64})]
+    timings = tmp_path / "timings.json"
+    timings.write_text(json.dumps({"results": rows}))
+    db = tmp_path / "db.json"
+    assert set(cuda_tune.record_best(timings, db=db)) == {"sm_90a/bfloat16/dv64/short",
+                                                           "sm_90a/bfloat16/dv64"}
+    assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db, short=True).key_block == 32
+    assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db).warps == 8
+
+
 def test_build_kernels_cli_errors_and_help(tmp_path):
     from binattn.cli import main
 

@@ -110,8 +110,10 @@ def _tune_cuda(opts: TuneOptions) -> list[tuple[str, str, Optional[float], int]]
     if dv is None:
         raise UserError(f"--shape: D={opts.shape[3]} is larger than the CUDA kernel's 256")
     out = Path(opts.db) / "cuda_candidates"
-    with console.status(f"building {len(cuda_tune.candidates(dv))} CUDA candidates (TVM + nvcc)…"):
-        cuda_tune.build_candidates(out, dvs=(dv,))
+    n_cands = len(cuda_tune.candidates(dv)) + len(cuda_tune.candidates(dv, short=True))
+    with console.status(f"building {n_cands} CUDA candidates, regular and short-sequence kernel "
+                        "(TVM + nvcc)…"):
+        cuda_tune.build_candidates(out, dvs=(dv,), short_dvs=(dv,))
     if not torch.cuda.is_available():
         console.print(f"no GPU here: copy {out} to the GPU machine, run\n"
                       f"  python -m binattn.schedules.cuda_tune time {out.name}\n"
@@ -120,7 +122,8 @@ def _tune_cuda(opts: TuneOptions) -> list[tuple[str, str, Optional[float], int]]
         return []
     best = cuda_tune.record_best(cuda_tune.time_candidates(out))
     return [(key, f"grid w{r['schedule']['warps']} k{r['schedule']['key_block']}", r["ms"],
-             len(cuda_tune.candidates(dv))) for key, r in best.items()]
+             len(cuda_tune.candidates(dv, short=key.endswith("/short"))))
+            for key, r in best.items()]
 
 
 TARGETS: dict[str, Callable[[TuneOptions], list]] = {"llvm": _tune_llvm, "cuda": _tune_cuda}

@@ -36,14 +36,22 @@ GRID_PV = ((1, 0), (2, 0), (1, 1))
 GRID_MIN_BLOCKS = 3
 TUNE_DVS = (64, 128)
 TUNE_SHAPE = (2, 16, 4096)  # B, H, N; D = dv
+#: the short-sequence kernel (run up to SHORT_MAX_KEYS keys) is tuned at ViT-B/16's shape
+SHORT_TUNE_SHAPE = (64, 12, 197)
 
 
-def candidates(dv: int, arch: str = "sm_90a") -> list[CudaAttentionSchedule]:
+def candidates(dv: int, arch: str = "sm_90a", short: bool = False) -> list[CudaAttentionSchedule]:
     """The schedules tried for one value head size: the grid, less what does not fit in shared
     memory, 32-key blocks only for heads over 64 (small blocks pay off only with big heads), two
     row tiles only with blocks of up to 64 keys (registers), wgmma only on sm_90a and with 3 or 4
-    stages (one stays with the running wgmma)."""
+    stages (one stays with the running wgmma). ``short``: the short-sequence kernel's grid,
+    warps × 32- or 64-key blocks × 2–3 stages × 1–2 row tiles, mma.sync only."""
     from ..tvm_kernels.cuda_attention import SHARED_LIMIT, shared_bytes
+
+    if short:
+        grid = itertools.product(GRID_WARPS, (32, 64), (2, 3), (1, 2))
+        return [s for s in (CudaAttentionSchedule(w, k, 0, st, rt) for w, k, st, rt in grid)
+                if shared_bytes(dv, s) <= SHARED_LIMIT and s.key_block <= 32 * s.warps]
 
     grid = itertools.product(GRID_WARPS, GRID_KEY_BLOCK, GRID_STAGES, GRID_PV)
     scheds = (CudaAttentionSchedule(w, k, 0, st, rt, wg) for w, k, st, (rt, wg) in grid)
@@ -62,13 +70,14 @@ def candidates(dv: int, arch: str = "sm_90a") -> list[CudaAttentionSchedule]:
                and shared_bytes(dv, replace(s, exp_table=1)) <= SHARED_LIMIT])
 
 
-def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule) -> str:
+def candidate_symbol(dtype: str, dv: int, schedule: CudaAttentionSchedule,
+                     short: bool = False) -> str:
     """Exported name of one candidate kernel inside a candidate library."""
     return (f"cand_{dtype}_dv{dv}_w{schedule.warps}_k{schedule.key_block}"
             f"_p{schedule.poly_quarters}_s{schedule.stages}_r{schedule.row_tiles}"
             f"{'_wg' if schedule.wgmma_pv else ''}"
             f"{f'_mb{schedule.min_blocks}' if schedule.min_blocks else ''}"
-            f"{'_etab' if schedule.exp_table else ''}")
+            f"{'_etab' if schedule.exp_table else ''}{'_short' if short else ''}")
 
 
 def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:
@@ -89,11 +98,13 @@ def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:
 
 
 def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = TUNE_DVS,
-                     dtype: str = "bfloat16", shape: Optional[Sequence[int]] = None) -> Path:
+                     dtype: str = "bfloat16", shape: Optional[Sequence[int]] = None,
+                     short_dvs: Sequence[int] = ()) -> Path:
     """Build one library per value head size holding every candidate schedule (each under its
     own symbol) and the sign-pack kernel, into ``out_dir``; returns candidates.json. ``shape``
     (B, H, N) times them at another shape than ``TUNE_SHAPE`` (a study: ``record_best``
-    records only tuning-shape timings)."""
+    records only tuning-shape timings). ``short_dvs``: also the short-sequence kernel's
+    candidates for these value head sizes, timed at ``SHORT_TUNE_SHAPE``."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ..tvm_kernels.cuda_attention import attention_func
@@ -110,6 +121,15 @@ def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = T
             entries.append({"file": f"{name}.so", "symbol": symbol, "arch": arch,
                             "dtype": dtype, "dv": dv, "schedule": asdict(sched),
                             "shape": list(shape or TUNE_SHAPE)})
+        jobs.append((name, funcs))
+    for dv in short_dvs:
+        name, funcs = f"cand_{arch}_{dtype}_dv{dv}_short", {}
+        for sched in candidates(dv, arch, short=True):
+            symbol = candidate_symbol(dtype, dv, sched, short=True)
+            funcs[symbol] = attention_func(dtype, dv, sched).with_attr("global_symbol", symbol)
+            entries.append({"file": f"{name}.so", "symbol": symbol, "arch": arch, "short": True,
+                            "dtype": dtype, "dv": dv, "schedule": asdict(sched),
+                            "shape": list(SHORT_TUNE_SHAPE)})
         jobs.append((name, funcs))
     # nvcc runs outside the GIL: the libraries compile side by side
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
@@ -152,7 +172,7 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
         fn(*args)
         torch.cuda.synchronize()
         ok = not torch.isnan(out).any().item()
-        key = (entry["dtype"], dv, B, H, N)
+        key = (entry["dtype"], dv, B, H, N)  # the first candidate of each is the reference
         if key in reference:
             ok = ok and (out.float() - reference[key]).abs().max().item() < 5e-2
         else:
@@ -175,18 +195,22 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
 
 
 def record_best(timings: Path, db: Optional[Path] = None) -> dict:
-    """Write the fastest correct schedule per (arch, dtype, dv) into the tuning DB; returns them."""
+    """Write the fastest correct schedule per (arch, dtype, dv, regular or short kernel) into the
+    tuning DB; returns them."""
     data = json.loads(Path(timings).read_text())
     best: dict = {}
     for r in data["results"]:
-        if r.get("shape", list(TUNE_SHAPE)) != list(TUNE_SHAPE):
+        short = bool(r.get("short"))
+        tuning_shape = list(SHORT_TUNE_SHAPE if short else TUNE_SHAPE)
+        if r.get("shape", tuning_shape) != tuning_shape:
             continue  # a study at another shape
-        key = (r["arch"], r["dtype"], r["dv"])
+        key = (r["arch"], r["dtype"], r["dv"], short)
         if r["correct"] and (key not in best or r["ms"] < best[key]["ms"]):
             best[key] = r
-    for (arch, dtype, dv), r in best.items():
-        record_schedule(arch, dtype, dv, CudaAttentionSchedule(**r["schedule"]), db=db)
-    return {f"{a}/{d}/dv{v}": r for (a, d, v), r in best.items()}
+    for (arch, dtype, dv, short), r in best.items():
+        record_schedule(arch, dtype, dv, CudaAttentionSchedule(**r["schedule"]), db=db,
+                        short=short)
+    return {f"{a}/{d}/dv{v}{'/short' if sh else ''}": r for (a, d, v, sh), r in best.items()}
 
 
 if __name__ == "__main__":
