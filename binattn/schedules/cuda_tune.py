@@ -123,7 +123,8 @@ def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = T
                             "shape": list(shape or TUNE_SHAPE)})
         jobs.append((name, funcs))
     for dv in short_dvs:
-        name, funcs = f"cand_{arch}_{dtype}_dv{dv}_short", {}
+        name = f"cand_{arch}_{dtype}_dv{dv}_short"
+        funcs = {sign_pack_name(dtype): sign_pack_func(dtype)}  # the timing packs q and k with it
         for sched in candidates(dv, arch, short=True):
             symbol = candidate_symbol(dtype, dv, sched, short=True)
             funcs[symbol] = attention_func(dtype, dv, sched).with_attr("global_symbol", symbol)
