@@ -54,8 +54,8 @@ MASKED = -16777216  # 0xFF000000: negative as int32, about -1.7e38 as float32
 
 EXP2_POLY = (0.9999280708313842, 0.6932609977919704, 0.24261117167503404, 0.05517162704802993)
 """2**f on [−0.5, 0.5], degree 3 (relative error 7.5e-5: below bf16/fp16 rounding of P)."""
-SHARED_LIMIT = 48 * 1024
-ETAB_SIZE = 2 * 256 + 2  # exp table: scores −D..D for D ≤ 256, and the masked-key 0  # static shared memory per CTA without opting in
+SHARED_LIMIT = 48 * 1024  # static shared memory per CTA without opting in
+ETAB_SIZE = 2 * 256 + 2  # exp table: scores −D..D for D ≤ 256, and the masked-key 0
 #: largest exponent range (log2) a row may span for the softmax without a running max, per P
 #: dtype: scores lie in [−D, D], so p = 2**(s·coef) stays within 2**±(range/2) — bf16 keeps
 #: fp32's exponent range, fp16 P must stay inside [2**-14, 65504]
@@ -116,7 +116,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     block computes, one barrier per block. A full block (every key < Nk, V rows exactly dv wide)
     is copied from one global and one shared offset per tensor, carried from block to block in
     registers, the unrolled copies differing by constants (28 instructions per block for dv 64
-    on sm_90a instead of ~130 with per-copy clamping); the last block clamps and zero-fills; V stays in its natural [key, dv] layout (rows padded to an odd number of 16-byte
+    on sm_90a instead of ~130 with per-copy clamping); the last block clamps and zero-fills;
+    V stays in its natural [key, dv] layout (rows padded to an odd number of 16-byte
     groups: conflict-free) and ``ldmatrix.trans`` turns it into the B fragments of the 16-bit PV
     mma. ``schedule.poly_quarters`` quarters of each block's exps run as a
     degree-3 polynomial on the FMA pipe instead of the MUFU ``ex2`` unit (FlashAttention-4's
