@@ -34,8 +34,8 @@ def run_variant(cuda_dispatch, q, k, v, kw, variant):
     """The CUDA attention kernel ``variant`` (keyword arguments as binattn.ops.binary_attention),
     into a NaN-poisoned output."""
     out = torch.full((*q.shape[:-1], v.shape[-1]), float("nan"), dtype=v.dtype, device="cuda")
-    args = dict(OP_DEFAULTS, **kw)
-    return cuda_dispatch.attention_kernel(q, k, v, *args.values(), out=out, variant=variant)
+    return cuda_dispatch.attention_kernel(q, k, v, **dict(OP_DEFAULTS, **kw), out=out,
+                                          variant=variant)
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +192,8 @@ def test_kernel_variant_choice(cuda_dispatch):
     assert cuda_dispatch.attention_symbol(dev, torch.bfloat16, 64, False, limit).endswith("_short")
     assert not cuda_dispatch.attention_symbol(dev, torch.bfloat16, 64, True, limit + 1).endswith("_short")
     assert cuda_dispatch.attention_symbol(dev, torch.float16, 72, True, 7, "long").endswith("dv72_bias")
+    # dv 72's short schedule is its regular one: a single kernel serves both
+    assert cuda_dispatch.attention_symbol(dev, torch.float16, 72, False, 7, "short").endswith("dv72")
     with pytest.raises(ValueError, match="variant"):
         cuda_dispatch.attention_symbol(dev, torch.bfloat16, 64, False, 7, "medium")
 

@@ -78,13 +78,13 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
             for has_bias in (False, True):
                 funcs[attention_name(dtype, dv, has_bias)] = attention_func(dtype, dv, schedule,
                                                                             has_bias)
-                # the short-sequence kernel (exported under its own name, even when its schedule
-                # equals the regular one: the dispatcher then needs no special case)
-                funcs[attention_name(dtype, dv, has_bias, short=True)] = attention_func(
-                    dtype, dv, short, has_bias).with_attr(
-                        "global_symbol", attention_name(dtype, dv, has_bias, short=True))
+                if short != schedule:  # a short-sequence kernel only where its schedule differs
+                    funcs[attention_name(dtype, dv, has_bias, short=True)] = attention_func(
+                        dtype, dv, short, has_bias).with_attr(
+                            "global_symbol", attention_name(dtype, dv, has_bias, short=True))
             contents["attention"].setdefault(dtype, []).append(dv)
-            contents["attention_short"].setdefault(dtype, []).append(dv)
+            if short != schedule:
+                contents["attention_short"].setdefault(dtype, []).append(dv)
             contents["schedules"][f"{dtype}/dv{dv}"] = asdict(schedule)
             contents["schedules"][f"{dtype}/dv{dv}/short"] = asdict(short)
     for dtype in PACK_DTYPES:

@@ -291,15 +291,14 @@ def attention_symbol(device: torch.device, v_dtype: torch.dtype, dv: int, has_bi
                      n_keys: int, variant: str = "auto") -> str:
     """Exported name of the attention kernel for this call: the short-sequence kernel (its own
     schedule, 32-key blocks by default) up to the library's ``short_max_keys`` keys, the regular
-    one beyond (``variant`` "short"/"long" forces one; a library without short kernels has only
-    the regular one)."""
+    one beyond (``variant`` "short"/"long" forces one). Where the short schedule equals the
+    regular one the library holds only the regular kernel (manifest ``attention_short`` lists
+    the value head sizes that have their own), and that is the short-sequence kernel."""
     if variant not in KERNEL_VARIANTS:
         raise ValueError(f"variant must be one of {KERNEL_VARIANTS}, got {variant!r}")
     _, entry = _library(device)
     dtype, bucket = PV_DTYPES[v_dtype], dv_bucket(dv)
     has_short = bucket in entry.get("attention_short", {}).get(dtype, ())
-    if variant == "short" and not has_short:
-        raise ValueError(f"the CUDA library has no short-sequence kernel for {dtype} dv{bucket}")
     short = has_short and (variant == "short" or
                            (variant == "auto" and n_keys <= entry.get("short_max_keys", 0)))
     return (f"binattn_attention_{dtype}_dv{bucket}{'_bias' if has_bias else ''}"
