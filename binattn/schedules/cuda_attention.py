@@ -40,10 +40,7 @@ class CudaAttentionSchedule:
     MUFU ``ex2`` unit), ``stages`` key blocks in flight in shared memory (cp.async pipeline),
     ``row_tiles`` 16-row tiles per warp, ``wgmma_pv`` P·V on Hopper's warpgroup MMA, ``min_blocks``
     CTAs per SM promised in ``__launch_bounds__`` (ptxas then caps the registers to fit them),
-    ``exp_table`` the no-shift softmax's exps read from a table of the 2D+1 possible scores,
-    ``pingpong`` the second half of an 8-warp CTA running each block's P·V one block late, so
-    that the two warps sharing a scheduler (w and w + 4) are in opposite phases: one on the
-    exponential unit while the other is on the tensor cores."""
+    ``exp_table`` the no-shift softmax's exps read from a table of the 2D+1 possible scores."""
 
     warps: int = 4
     key_block: int = 64
@@ -53,7 +50,6 @@ class CudaAttentionSchedule:
     wgmma_pv: int = 0  # 1: P·V as one warpgroup wgmma per 16 keys (sm_90a; 4·k warps, 1 row tile)
     min_blocks: int = 0  # CTAs per SM promised to ptxas (__launch_bounds__): caps registers; 0: none
     exp_table: int = 0  # 1: no-shift softmax reads 2**(s·coef) from a (2D+2)-entry shared table
-    pingpong: int = 0  # 1: warps 4..7 run each block's P·V one block late (8 warps, mma.sync)
 
     def check(self) -> None:
         """Raise ValueError for knob values the kernel template cannot generate."""
@@ -69,11 +65,6 @@ class CudaAttentionSchedule:
             raise ValueError(f"exp_table must be 0 or 1, got {self.exp_table}")
         if self.exp_table and self.poly_quarters:
             raise ValueError("exp_table and poly_quarters are two ways off the MUFU: pick one")
-        if self.pingpong not in (0, 1):
-            raise ValueError(f"pingpong must be 0 or 1, got {self.pingpong}")
-        if self.pingpong and (self.warps != 8 or self.wgmma_pv or self.stages < 3):
-            raise ValueError("pingpong needs 8 warps (schedulers pair warps w and w + 4), "
-                             "mma.sync P·V and stages >= 3 (the late P·V keeps one V stage)")
         if self.min_blocks not in (0, 1, 2, 3, 4):
             raise ValueError(f"min_blocks must be 0..4, got {self.min_blocks}")
         if self.stages not in (2, 3, 4):

@@ -143,12 +143,10 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     wg = bool(schedule.wgmma_pv)
     etab_on = bool(schedule.exp_table)
     # blocks copied ahead of the one computing; with wgmma one stage more is kept back, as the
-    # previous block's asynchronous P·V may still read its V stage; with pingpong the lagging
-    # warps' P·V of the previous block reads it
-    lag = bool(schedule.pingpong)
-    ahead = stages - 1 - int(wg) - int(lag)
+    # previous block's asynchronous P·V may still read its V stage
+    ahead = stages - 1 - int(wg)
     if ahead < 1:
-        raise ValueError("wgmma_pv / pingpong need stages >= 3 (one stage stays with the late P·V)")
+        raise ValueError("wgmma_pv needs stages >= 3 (one stage stays with the running wgmma)")
     vwords = v_stage_words(dv, schedule)
     # the shared V offsets of a thread's copies differ by constants when groups divides nthreads
     v_dst_const = nthreads % groups == 0 and not wg
@@ -171,25 +169,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     c0, c1, c2, c3 = (T.float32(c) for c in EXP2_POLY)
     ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"
     ld_x2 = "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16"
-
-
-    @T.macro
-    def pv_mma(st, o, pa, vf, Vs, lane):
-        # P (registers, 16-bit) @ [V | 1] (shared, [key, dv], stage st) on the 16-bit tensor
-        # cores; each V fragment serves every row tile
-        for c in T.unroll(n_chunks):
-            for mt in T.unroll(mt_n):
-                T.ptx[mma_pv](o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], ones, ones, o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3])
-            for n2 in T.unroll(o_tiles // 2):
-                # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
-                T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + 2 * n2 + lane // 16) * 4]))
-                for mt in T.unroll(mt_n):
-                    for i in T.unroll(2):
-                        T.ptx[mma_pv](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
-            for n1 in T.unroll(o_tiles % 2):
-                T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + o_tiles - 1 + n1) * 4]))
-                for mt in T.unroll(mt_n):
-                    T.ptx[mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
 
     @T.prim_func
     def attention(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v_h: T.handle,
@@ -369,9 +348,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                         if pre >= ahead:
                             kblk = pre - ahead
                             st = kblk % stages
-                            if lag:  # the lagging half: the previous block's P·V first
-                                if tid // 32 >= warps // 2 and kblk > 0:
-                                    pv_mma((kblk + stages - 1) % stages, o, pa, vf, Vs, lane)
                             k0 = kblk * kb
                             # C fragments: (SCORE_MAGIC − popc) of keys 8j+2t, 8j+2t+1, twice
                             for j in T.unroll(n_tiles):
@@ -479,14 +455,22 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     T.evaluate(T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc[0]), Vs.ptr_to([st, 16 * c * 4]), 8, kb + 1, 0))
                                     T.ptx[wgmma_pv](*[o[i] for i in range(ot)], pa[c * 4], pa[c * 4 + 1], pa[c * 4 + 2], pa[c * 4 + 3], desc[0], T.bool(True), 1, 1, 1)
                                 T.ptx["wgmma.commit_group.sync.aligned"]()  # waited for by the next block
-                            elif lag:  # the leading half now, the lagging half next block
-                                if tid // 32 < warps // 2:
-                                    pv_mma(st, o, pa, vf, Vs, lane)
                             else:
-                                pv_mma(st, o, pa, vf, Vs, lane)
-                    if lag:  # the lagging half's last block
-                        if tid // 32 >= warps // 2 and n_blocks > 0:
-                            pv_mma((n_blocks - 1) % stages, o, pa, vf, Vs, lane)
+                                # P (registers, 16-bit) @ [V | 1] (shared, [key, dv]) on the 16-bit
+                                # tensor cores; each V fragment serves every row tile
+                                for c in T.unroll(n_chunks):
+                                    for mt in T.unroll(mt_n):
+                                        T.ptx[mma_pv](o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], ones, ones, o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3])
+                                    for n2 in T.unroll(o_tiles // 2):
+                                        # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
+                                        T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + 2 * n2 + lane // 16) * 4]))
+                                        for mt in T.unroll(mt_n):
+                                            for i in T.unroll(2):
+                                                T.ptx[mma_pv](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
+                                    for n1 in T.unroll(o_tiles % 2):
+                                        T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + o_tiles - 1 + n1) * 4]))
+                                        for mt in T.unroll(mt_n):
+                                            T.ptx[mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
                     if wg:
                         T.ptx["wgmma.wait_group.sync.aligned"](0)
                     for rr in T.unroll(2 * mt_n):
