@@ -14,6 +14,22 @@ fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 nvidia-smi -L
 python3 -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_gpu_kernels.py 2>&1 | tail -40 | tee "$out/gpu_tests.log"
+# the sm_80 library (A100) through its PTX, JIT-compiled by the driver for this GPU: the same
+# tests on the code sm_80 gets (mma.sync only, its default schedules), from a directory whose
+# manifest lists only that library
+sm80=$(mktemp -d)
+python3 - "$sm80" <<'PY'
+import json, sys
+from pathlib import Path
+src, dst = Path("binattn/kernels"), Path(sys.argv[1])
+manifest = json.loads((src / "manifest.json").read_text())
+entry = manifest["libraries"]["sm_80"]
+(dst / entry["file"]).symlink_to((src / entry["file"]).resolve())
+manifest["libraries"] = {"sm_80": entry}
+(dst / "manifest.json").write_text(json.dumps(manifest))
+PY
+BINATTN_CUDA_KERNELS=$sm80 python3 -c "import torch; from binattn.tvm_kernels import cuda_dispatch as cd; print('library used:', cd.find_library(torch.cuda.get_device_capability())[2])" | tee "$out/gpu_tests_sm80.log"
+BINATTN_CUDA_KERNELS=$sm80 python3 -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_gpu_kernels.py 2>&1 | tail -40 | tee -a "$out/gpu_tests_sm80.log"
 if [[ -n "$cands" ]]; then
   python3 -m binattn.schedules.cuda_tune time "$cands" 2>&1 | tee "$out/tune.log"
   cp "$cands/timings.json" "$out/tune_timings.json"

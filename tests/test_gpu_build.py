@@ -47,6 +47,7 @@ def test_build_writes_loadable_library_and_manifest(small_build):
     assert entry["attention"] == {"bfloat16": [64]}
     assert entry["attention_short"] == {"bfloat16": [64]}
     assert entry["short_max_keys"] == sched.SHORT_MAX_KEYS
+    assert entry["sign_pack_qk"] == ["float16", "bfloat16"]
     assert entry["schedules"]["bfloat16/dv64/short"]["key_block"] == 32
     assert entry["sha256"] == hashlib.sha256(lib.read_bytes()).hexdigest()
     source = (small_build / "binattn_cuda_sm_90a.cu").read_text()
@@ -57,6 +58,7 @@ def test_build_writes_loadable_library_and_manifest(small_build):
                  "binattn_attention_bfloat16_dv64_short", "binattn_attention_bfloat16_dv64_bias_short",
                  "binattn_sign_pack_float32", "binattn_sign_pack_bfloat16_v8",
                  "binattn_sign_pack_float16_v8_l2", "binattn_sign_pack_bfloat16_v8_l4",
+                 "binattn_sign_pack_qk_bfloat16_l2", "binattn_sign_pack_qk_float16_l8",
                  "binattn_popcount_scores"):
         assert module[name] is not None
     cuobjdump = shutil.which("cuobjdump")
@@ -125,12 +127,14 @@ def test_library_of_an_older_format_is_not_loaded(tmp_path, monkeypatch):
 
 
 def test_dispatch_names_the_built_sign_pack_kernels():
-    from binattn.tvm_kernels.cuda_sign_pack import VEC_LANES, sign_pack_name
+    from binattn.tvm_kernels.cuda_sign_pack import VEC_LANES, sign_pack_name, sign_pack_qk_name
 
     for head_dim, lanes in ((8, 2), (64, 2), (72, 4), (128, 4), (136, 8), (256, 8)):
         assert lanes in VEC_LANES
         assert (cuda_dispatch.vec_sign_pack_name("float16", head_dim)
                 == sign_pack_name("float16", True, lanes))
+        assert (cuda_dispatch.qk_sign_pack_name("bfloat16", head_dim)
+                == sign_pack_qk_name("bfloat16", lanes))
 
 
 @pytest.mark.parametrize("knobs, present, absent", [

@@ -84,8 +84,7 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
     call = lambda: binattn.ops.binary_attention(q, k, v, check_finite=False)  # noqa: E731
     call()
     path = binattn.ops.kernel_report().get("binary_attention/cuda", "?")
-    qb, qp, qa = cd.pack_signs(q, cd.QBITS_WORDS)
-    kb, kp, ka = cd.pack_signs(k, cd.QBITS_WORDS, cd.SCORE_MAGIC, -1)
+    qb, kb, kp, qa, ka = cd.pack_q_and_k(q, k)
     name = cd.attention_symbol(q.device, dtype, D, False, N)  # the kernel the dispatcher picks
     v32, o32 = v.view(torch.int32).view(B, H, N, D // 8, 4), out.view(torch.int32)
     fused = lambda: cd._call(q.device, name, qb, kb, kp, v32, o32, qa, ka, cd._dummy(q.device),  # noqa: E731
@@ -93,7 +92,8 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
     row = {"shape": list(shape), "path": path,
            "eager_ms": bench_ms(call, reps), "binattn_ms": bench_ms(graphed(call), reps),
            "fused_ms": bench_ms(fused, reps),
-           "sign_pack_ms": bench_ms(graphed(lambda: (cd.pack_signs(q, 8), cd.pack_signs(k, 8, cd.SCORE_MAGIC, -1))), reps),
+           "sign_pack_ms": bench_ms(graphed(lambda: cd.pack_q_and_k(q, k)), reps),
+           "sign_pack_2_ms": bench_ms(graphed(lambda: (cd.pack_signs(q, 8), cd.pack_signs(k, 8, cd.SCORE_MAGIC, -1))), reps),
            "cudnn_ms": sdpa_ms(q, k, v, SDPBackend.CUDNN_ATTENTION),
            "flash_ms": sdpa_ms(q, k, v, SDPBackend.FLASH_ATTENTION)}
     row["ceil_us"] = ceilings_us(B, H, N, D)

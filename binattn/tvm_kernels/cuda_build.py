@@ -64,10 +64,11 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     from .cuda_attention import attention_func, attention_name
     from .cuda_popcount import popcount_scores_func, popcount_scores_name
     from .cuda_sign_pack import (DTYPES as PACK_DTYPES, VEC_LANES, sign_pack_func, sign_pack_name,
-                                 sign_pack_vec_func)
+                                 sign_pack_qk_func, sign_pack_qk_name, sign_pack_vec_func)
 
     funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {},
                            "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"],
+                           "sign_pack_qk": [d for d in PACK_DTYPES if d != "float32"],
                            "attention_short": {}, "short_max_keys": sched.SHORT_MAX_KEYS}
     for dtype in dtypes:
         for dv in dvs:
@@ -92,6 +93,7 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
         if dtype != "float32":
             for lanes in VEC_LANES:
                 funcs[sign_pack_name(dtype, True, lanes)] = sign_pack_vec_func(dtype, lanes)
+                funcs[sign_pack_qk_name(dtype, lanes)] = sign_pack_qk_func(dtype, lanes)
     funcs[popcount_scores_name()] = popcount_scores_func()
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "cuda_host"})
     executable = tvm.compile(tvm.IRModule(funcs), target=target)

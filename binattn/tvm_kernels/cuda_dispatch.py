@@ -144,11 +144,55 @@ def _call(device: torch.device, name: str, *args) -> None:
         module[name](*args)
 
 
+def pack_lanes(head_dim: int) -> int:
+    """Threads per row of the 16-byte-load sign-pack kernels: the fewest that cover ``head_dim``."""
+    return next(n for n in (2, 4, 8) if 32 * n >= head_dim)
+
+
 def vec_sign_pack_name(dtype: str, head_dim: int) -> str:
     """Symbol of the 16-byte-load sign-pack kernel with the fewest lanes per row for ``head_dim``
     (as ``cuda_sign_pack.sign_pack_name(dtype, True, lanes)`` names it)."""
-    lanes = next(n for n in (2, 4, 8) if 32 * n >= head_dim)
+    lanes = pack_lanes(head_dim)
     return f"binattn_sign_pack_{dtype}_v8{'' if lanes == 8 else f'_l{lanes}'}"
+
+
+def qk_sign_pack_name(dtype: str, head_dim: int) -> str:
+    """Symbol of the one-launch q-and-k sign-pack kernel for ``head_dim`` (as
+    ``cuda_sign_pack.sign_pack_qk_name(dtype, lanes)`` names it)."""
+    return f"binattn_sign_pack_qk_{dtype}_l{pack_lanes(head_dim)}"
+
+
+def _quads(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """x (contiguous, 16-bit, [BH, N, D]) viewed as int32 quads [BH, N, D/8, 4] for the
+    16-byte-load kernels, or None where it cannot be (D % 8, alignment)."""
+    if x.shape[-1] % 8 or x.data_ptr() % 16:
+        return None
+    return x.view(torch.int32).view(*x.shape[:2], x.shape[-1] // 8, 4)
+
+
+def pack_q_and_k(q: torch.Tensor, k: torch.Tensor):
+    """The attention kernel's operands: (q bits, k bits, k popcounts in the kernel's
+    ``SCORE_MAGIC − popc`` form, Σ|q| per (b, h), Σ|k| per (b, h)) — in one launch of the
+    q-and-k sign-pack where the library has it (16-bit q and k of one dtype, D % 8 == 0),
+    else one launch each."""
+    _, entry = _library(q.device)
+    dtype = PACK_DTYPES[q.dtype]
+    q3 = q.contiguous().reshape(-1, q.shape[-2], q.shape[-1])
+    k3 = k.contiguous().reshape(-1, k.shape[-2], k.shape[-1])
+    one_launch = k.dtype == q.dtype and dtype in entry.get("sign_pack_qk", ())
+    xq, xk = (_quads(q3), _quads(k3)) if one_launch else (None, None)
+    if xq is None or xk is None:
+        q_bits, _, q_abs = pack_signs(q, QBITS_WORDS)
+        k_bits, k_pop, k_abs = pack_signs(k, QBITS_WORDS, SCORE_MAGIC, -1)
+        return q_bits, k_bits, k_pop, q_abs, k_abs
+    q_bits = torch.empty((*q3.shape[:2], QBITS_WORDS), dtype=torch.int32, device=q.device)
+    k_bits = torch.empty((*k3.shape[:2], QBITS_WORDS), dtype=torch.int32, device=q.device)
+    k_pop = torch.empty(k3.shape[:2], dtype=torch.int32, device=q.device)
+    abs_sum = torch.zeros(q3.shape[0] + k3.shape[0], dtype=torch.float32, device=q.device)
+    _call(q.device, qk_sign_pack_name(dtype, q.shape[-1]), xq, xk, q_bits,
+          k_bits, k_pop, abs_sum, SCORE_MAGIC, -1, q3.shape[0])
+    return (q_bits.view(*q.shape[:-1], QBITS_WORDS), k_bits.view(*k.shape[:-1], QBITS_WORDS),
+            k_pop.view(k.shape[:-1]), abs_sum[:q3.shape[0]], abs_sum[q3.shape[0]:])
 
 
 def pack_signs(x: torch.Tensor, words: int, pop_offset: int = 0,
@@ -164,9 +208,9 @@ def pack_signs(x: torch.Tensor, words: int, pop_offset: int = 0,
     if rows.numel():
         name = f"binattn_sign_pack_{PACK_DTYPES[x.dtype]}"
         _, entry = _library(x.device)
-        if (PACK_DTYPES[x.dtype] in entry.get("sign_pack_vec", ()) and x.shape[-1] % 8 == 0
-                and rows.data_ptr() % 16 == 0):
-            rows = rows.view(torch.int32).view(*rows.shape[:2], x.shape[-1] // 8, 4)
+        quads = _quads(rows) if PACK_DTYPES[x.dtype] in entry.get("sign_pack_vec", ()) else None
+        if quads is not None:
+            rows = quads
             name = vec_sign_pack_name(PACK_DTYPES[x.dtype], x.shape[-1])  # 16-byte loads
         _call(x.device, name, rows, bits, pops, abs_sum, pop_offset, pop_scale)
     return bits.reshape(*lead, words), pops.reshape(lead), abs_sum
@@ -312,8 +356,7 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
     ``variant`` as in :func:`attention_symbol`)."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
-    q_bits, _, q_abs = pack_signs(q, QBITS_WORDS)
-    k_bits, k_pop, k_abs = pack_signs(k, QBITS_WORDS, SCORE_MAGIC, -1)  # the kernel's key form
+    q_bits, k_bits, k_pop, q_abs, k_abs = pack_q_and_k(q, k)
     s_q, s_k, ks_group, extra = _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs)
     softmax_scale = 1.0 / math.sqrt(D) if scale is None else scale
     add = _additive(bias, attn_mask, Nq, Nk, q.device)
