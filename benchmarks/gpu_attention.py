@@ -47,7 +47,7 @@ def report(rows, device: str) -> str:
     lines = [f"device: {device}", "",
              "| shape (B,H,N,D) | binattn µs | fused kernel µs | sign-pack µs | cuDNN µs | FLASH µs "
              "| binattn TFLOP/s | cuDNN TFLOP/s | × cuDNN | × FLASH | target | exp-bound µs | "
-             "share of bound |", "|" + "---|" * 13]
+             "share of bound | pv_bits=8 µs |", "|" + "---|" * 14]
     for r, (_, name, target) in zip(rows, SHAPES):
         s = tuple(r["shape"])
         ratio = r["cudnn_ms"] / r["binattn_ms"] if r["cudnn_ms"] else None
@@ -59,10 +59,14 @@ def report(rows, device: str) -> str:
             f"{r['sign_pack_ms']*1e3:.1f} | {fmt(r['cudnn_ms'] and r['cudnn_ms']*1e3)} | "
             f"{fmt(r['flash_ms'] and r['flash_ms']*1e3)} | {tflops(s, r['binattn_ms']):.0f} | "
             f"{fmt(tflops(s, r['cudnn_ms']), '.0f')} | {fmt(ratio, '.2f')} | {fmt(ratio_fa, '.2f')} | "
-            f"{tgt} | {bound:.1f} | {bound / (r['binattn_ms']*1e3):.0%} |")
+            f"{tgt} | {bound:.1f} | {bound / (r['binattn_ms']*1e3):.0%} | "
+            f"{r['pv8_ms']*1e3:.1f} |")
     lines += ["", "binattn µs = one binattn.ops.binary_attention call (sign-pack of q and k, scales, "
               "fused kernel) and SDPA µs, all CUDA-graphed; eager (Python dispatch) µs: "
-              + ", ".join(f"{r['eager_ms']*1e3:.0f}" for r in rows) + f"; path: {rows[0]['path']}"]
+              + ", ".join(f"{r['eager_ms']*1e3:.0f}" for r in rows) + f"; path: {rows[0]['path']}",
+              "", "pv_bits=8 µs = the same call with 8-bit P and V (u8 P × s8 V on the 8-bit tensor "
+              "cores, two passes over the keys; V quantised in torch first), path: "
+              + rows[0]["pv8_path"]]
     return "\n".join(lines)
 
 

@@ -31,6 +31,24 @@ SCORE_MAGIC = 0x4B400000
 #: dv 72 and 96 no faster at any length, so their short entries in the packaged database are
 #: the regular schedule (docs/results/gpu_short_keyblock_*_h100.json)
 SHORT_MAX_KEYS = 640
+#: the 8-bit-P·V kernel (``pv_bits=8``) streams keys in blocks of this many; its int32 sums of
+#: u8·s8 products (≤ 255·127 per key) are exact up to PV8_MAX_KEYS keys
+PV8_KEY_BLOCK = 32
+PV8_MAX_KEYS = 65536
+
+
+def pv8_key_permutation(n_keys: int, device=None):
+    """The key order of the 8-bit kernel's V operand, as an int64 torch tensor: for each position
+    of the permuted key axis (padded to whole blocks), the key it holds — position
+    16c + 4t + 2a + b ↔ key 16c + 8a + 2t + b, the order in which a thread's scores (keys
+    8a + 2t + b of its two 8-key score tiles) fill bytes k = 4t + 2a + b of the u8 A fragment
+    of ``mma.m16n8k32``. Built with tensor ops on ``device`` (no host copy: CUDA-graph safe)."""
+    import torch
+
+    padded = -(-n_keys // PV8_KEY_BLOCK) * PV8_KEY_BLOCK
+    pos = torch.arange(padded, device=device)
+    r = pos % 16
+    return pos - r + 8 * ((r % 4) // 2) + 2 * (r // 4) + r % 2
 
 
 @dataclass(frozen=True)

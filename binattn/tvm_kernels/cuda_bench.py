@@ -82,6 +82,9 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
     out = torch.empty_like(q)
     args = (None, None, False, None, "mean_abs", None, None, None, None, "sign", 1.0, 1.0)
     call = lambda: binattn.ops.binary_attention(q, k, v, check_finite=False)  # noqa: E731
+    call8 = lambda: binattn.ops.binary_attention(q, k, v, pv_bits=8, check_finite=False)  # noqa: E731
+    call8()
+    path8 = binattn.ops.kernel_report().get("binary_attention/cuda", "?")
     call()
     path = binattn.ops.kernel_report().get("binary_attention/cuda", "?")
     qb, kb, kp, qa, ka = cd.pack_q_and_k(q, k)
@@ -92,6 +95,7 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
     row = {"shape": list(shape), "path": path,
            "eager_ms": bench_ms(call, reps), "binattn_ms": bench_ms(graphed(call), reps),
            "fused_ms": bench_ms(fused, reps),
+           "pv8_ms": bench_ms(graphed(call8), reps), "pv8_path": path8,
            "sign_pack_ms": bench_ms(graphed(lambda: cd.pack_q_and_k(q, k)), reps),
            "sign_pack_2_ms": bench_ms(graphed(lambda: (cd.pack_signs(q, 8), cd.pack_signs(k, 8, cd.SCORE_MAGIC, -1))), reps),
            "cudnn_ms": sdpa_ms(q, k, v, SDPBackend.CUDNN_ATTENTION),

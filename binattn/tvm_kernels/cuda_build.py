@@ -62,6 +62,7 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     import tvm  # the TVM compiler is needed only here
 
     from .cuda_attention import attention_func, attention_name
+    from .cuda_attention_pv8 import attention_pv8_func, attention_pv8_name
     from .cuda_popcount import popcount_scores_func, popcount_scores_name
     from .cuda_sign_pack import (DTYPES as PACK_DTYPES, VEC_LANES, sign_pack_func, sign_pack_name,
                                  sign_pack_qk_func, sign_pack_qk_name, sign_pack_vec_func)
@@ -69,7 +70,8 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {},
                            "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"],
                            "sign_pack_qk": [d for d in PACK_DTYPES if d != "float32"],
-                           "attention_short": {}, "short_max_keys": sched.SHORT_MAX_KEYS}
+                           "attention_short": {}, "short_max_keys": sched.SHORT_MAX_KEYS,
+                           "attention_pv8": {}}
     for dtype in dtypes:
         for dv in dvs:
             schedule = sched.schedule_for(arch, dtype, dv)
@@ -84,6 +86,10 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
                         dtype, dv, short, has_bias).with_attr(
                             "global_symbol", attention_name(dtype, dv, has_bias, short=True))
             contents["attention"].setdefault(dtype, []).append(dv)
+            for has_bias in (False, True):  # pv_bits=8: two passes, P and V on 8-bit tensor cores
+                funcs[attention_pv8_name(dtype, dv, has_bias)] = attention_pv8_func(dtype, dv,
+                                                                                    has_bias)
+            contents["attention_pv8"].setdefault(dtype, []).append(dv)
             if short != schedule:
                 contents["attention_short"].setdefault(dtype, []).append(dv)
             contents["schedules"][f"{dtype}/dv{dv}"] = asdict(schedule)

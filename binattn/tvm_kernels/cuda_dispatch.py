@@ -23,7 +23,8 @@ from typing import Any, Optional
 import torch
 
 from ..ops import dispatch, reference
-from ..schedules.cuda_attention import SCORE_MAGIC, dv_bucket
+from ..schedules.cuda_attention import (PV8_MAX_KEYS, SCORE_MAGIC, dv_bucket,
+                                         pv8_key_permutation)
 from .cuda_build import read_manifest
 
 LOG2E = 1.4426950408889634
@@ -277,7 +278,9 @@ def attention_supports(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q
     if top_n is not None and top_n < k.shape[-2]:
         return "top_n not implemented in the CUDA kernel"
     if pv_bits == 8:
-        return "pv_bits=8 not implemented in the CUDA kernel"
+        reason = _pv8_reason(q.device, v, k.shape[-2])
+        if reason:
+            return reason
     if q.shape[-1] > MAX_HEAD_DIM:
         return f"head dim {q.shape[-1]} > {MAX_HEAD_DIM}"
     if v.shape[-1] % 8 or dv_bucket(v.shape[-1]) is None:
@@ -292,6 +295,40 @@ def attention_supports(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q
         if t is not None and t.device != q.device:
             return f"{name} on {t.device}"
     return library_reason(q.device)
+
+
+def _pv8_reason(device: torch.device, v: torch.Tensor, n_keys: int) -> Optional[str]:
+    """Why the 8-bit P·V kernel cannot take this call, or None."""
+    if n_keys > PV8_MAX_KEYS:
+        return f"pv_bits=8 with {n_keys} keys (the int32 sums are exact up to {PV8_MAX_KEYS})"
+    try:
+        _, entry = _library(device)
+    except RuntimeError as exc:
+        return str(exc)
+    built = entry.get("attention_pv8", {}).get(PV_DTYPES[v.dtype], ())
+    if dv_bucket(v.shape[-1]) not in built:
+        return f"pv_bits=8: no 8-bit P·V kernel in this library for dv={v.shape[-1]}"
+    return None
+
+
+def quantize_v8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """V as the 8-bit kernel reads it: (int8 V, transposed to ``[B, Hkv, dv, keys]`` with the keys
+    permuted as ``pv8_key_permutation`` says and zero-padded to whole blocks, dv
+    padded to its bucket, viewed as int32; the per-column output scale
+    ``1 / (255·(127/max|v| + 1e-6))`` as float32 ``[B·Hkv·dv]``). The int8 values are the
+    reference's (``reference.quantize_v_s8``: the same float32 products, rounded the same way)."""
+    B, H, N, Dv = v.shape
+    dv = dv_bucket(Dv)
+    vf = v.float()
+    inv_step = reference.v_inverse_step(vf)  # [B, H, 1, Dv]
+    v8 = torch.round(vf * inv_step).to(torch.int8)
+    perm = pv8_key_permutation(N, v.device)
+    padded = torch.zeros((B, H, perm.numel(), dv), dtype=torch.int8, device=v.device)
+    padded[:, :, :N, :Dv] = v8
+    v8t = padded.index_select(2, perm).transpose(-1, -2).contiguous()
+    scale = torch.zeros((B, H, dv), dtype=torch.float32, device=v.device)
+    scale[..., :Dv] = 1.0 / (255.0 * (inv_step[..., 0, :] + 1e-6))
+    return v8t.view(torch.int32), scale.reshape(-1)
 
 
 def _additive(bias, attn_mask, n_q, n_k, device) -> Optional[torch.Tensor]:
@@ -369,10 +406,17 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
     v = v.contiguous()
     if v.data_ptr() % 16:
         v = v.clone()
+    mult = float(softmax_scale * LOG2E * extra)
+    if pv_bits == 8:  # the two-pass kernel with P and V on the 8-bit tensor cores
+        v8, v_scale = quantize_v8(v)
+        name = (f"binattn_attention_pv8_{PV_DTYPES[v.dtype]}_dv{dv_bucket(Dv)}"
+                f"{'_bias' if add is not None else ''}")
+        _call(q.device, name, q_bits, k_bits, k_pop, v8, v_scale, out.view(torch.int32), s_q,
+              s_k, flat, int(bool(is_causal)), ks_group, *strides, mult, D)
+        return out
     name = attention_symbol(q.device, v.dtype, Dv, add is not None, Nk, variant)
     _call(q.device, name, q_bits, k_bits, k_pop, v.view(torch.int32).view(B, Hkv, Nk, Dv // 8, 4),
-          out.view(torch.int32), s_q, s_k, flat, int(bool(is_causal)), ks_group, *strides,
-          float(softmax_scale * LOG2E * extra), D)
+          out.view(torch.int32), s_q, s_k, flat, int(bool(is_causal)), ks_group, *strides, mult, D)
     return out
 
 

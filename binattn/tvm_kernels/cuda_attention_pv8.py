@@ -1,0 +1,254 @@
+"""TVMScript (TIRx) source of binattn's CUDA binary attention with 8-bit P and V (``pv_bits=8``).
+
+What it does: ``attention_pv8_func(dtype, dv)`` returns a PrimFunc computing DESIGN.md's 8-bit
+path, ``round(P·255)/255 · V8`` with ``P = softmax(s_q·s_k·scale·(b_q·b_kᵀ) + bias)`` and V8
+the per-(b, h, d) symmetric int8 V, with P·V on the 8-bit tensor cores
+(``mma.sync.m16n8k32.s32.u8.s8``, twice the 16-bit rate) accumulated exactly in int32:
+
+* P must be normalised before it is rounded to 8 bits, so the kernel makes **two passes** over
+  the keys: the first finds each row's max and sum of ``2**(x − max)`` (x = the score in the log2
+  domain: QKᵀ on the 1-bit tensor cores as in ``cuda_attention``), the second recomputes the
+  scores and rounds ``p·255/sum`` to u8 (round to nearest even, as ``torch.round``);
+* the u8 A fragments come straight from the score accumulators: within each 16 keys, the
+  fragment's byte order (k = 4t + i) is a permutation of the keys a thread holds (8a + 2t + b), so
+  V8 arrives **key-permuted and transposed** (``[dv, keys]``, prepared by the dispatcher) and
+  plain ``ldmatrix`` gives the B fragments in the same order — the sum over keys is unchanged;
+* bias (dense, any broadcast strides; masks folded in by the host), causal, GQA and the three
+  scale modes as the 16-bit kernel; rows with no visible key give 0.
+
+One CTA = 4 warps × 16 query rows, 32-key blocks, two cp.async stages. What it does not: the
+16-bit path and its tuning (``cuda_attention``), quantise V (the dispatcher does, in torch),
+top-N, soft binarizers, backward.
+"""
+from __future__ import annotations
+
+import math
+
+import tvm
+from tvm.script import tirx as T
+
+from ..schedules.cuda_attention import PV8_KEY_BLOCK
+from .cuda_attention import CVT_PAIR, LOG2E, MASKED, MMA_B1, QBITS_WORDS
+
+MMA_PV8 = "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32"
+WARPS = 4
+KEY_BLOCK = PV8_KEY_BLOCK
+STAGES = 2
+#: 32-bit words per shared V8 row (one value column, 32 keys = 8 words, padded so that the 8
+#: rows one ldmatrix phase reads start in distinct 16-byte bank groups)
+V8_ROW_WORDS = 12
+
+
+def attention_pv8_name(dtype: str, dv: int, has_bias: bool = False) -> str:
+    """Exported symbol of the 8-bit-P·V attention kernel."""
+    return f"binattn_attention_pv8_{dtype}_dv{dv}{'_bias' if has_bias else ''}"
+
+
+def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.PrimFunc:
+    """The PrimFunc for V dtype ``dtype`` (float16|bfloat16, the output's) and value head ``dv``.
+
+    Arguments (torch tensors through DLPack, contiguous): ``qbits int32[B,Hq,Nq,8]``,
+    ``kbits int32[B,Hkv,Nk,8]``, ``kpop int32[B,Hkv,Nk]`` (the sign-pack's ``SCORE_MAGIC −
+    popc`` form), ``v8 int32[B,Hkv,dv,NKW]`` (int8 V, transposed, keys permuted by
+    ``schedules.cuda_attention.pv8_key_permutation`` and zero-padded to whole blocks, 4 per
+    word), ``vscale f32[B·Hkv·dv]``
+    (1 / (255·(127/max|v| + 1e-6)) per column: the output's dequantisation), ``out32
+    int32[B,Hq,Nq,Dw]``, ``qscale``, ``kscale``, ``bias`` and the scalars as
+    ``cuda_attention.attention_func``.
+    """
+    if dtype not in CVT_PAIR or dv % 8 or not 8 <= dv <= 256:
+        raise ValueError(f"no 8-bit P·V attention kernel for dtype={dtype!r}, dv={dv}")
+    nthreads, kb = 32 * WARPS, KEY_BLOCK
+    rows_per_cta = 16 * WARPS
+    n_tiles, o_tiles = kb // 8, dv // 8
+    k_units, p_units, v_units = kb * 2, kb * 2, dv * 2
+    k_iters, p_iters, v_iters = (math.ceil(u / nthreads) for u in (k_units, p_units, v_units))
+    vwords = dv * V8_ROW_WORDS
+    neg_inf = T.float32(-math.inf)
+    full = T.uint32(0xFFFFFFFF)
+    magic_f = T.float32(1.5 * 2.0 ** 23)
+    masked_u = T.uint32(MASKED & 0xFFFFFFFF)
+    cvt_pair = CVT_PAIR[dtype]
+    ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.shared.b16"
+    ld_x2 = "ldmatrix.sync.aligned.m8n8.x2.shared.b16"
+
+    @T.macro
+    def copy_block(blk, st, with_v, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW):
+        # K bits (16-byte halves; D ≤ 128: the low half twice), key popcounts (twice per key
+        # pair), V8 rows of the block; past Nk zero-filled (V8 is padded with zeros already)
+        for it in T.unroll(k_iters):
+            u = tid + it * nthreads
+            key = blk * kb + u // 2
+            if u < k_units:
+                T.ptx["cp.async.cg.shared.global"](Ks.ptr_to([st, u // 2, (u % 2) * 4]), Kb.ptr_to([0, 0, 0, (kv_row0 + T.min(key, Nk - 1)) * QBITS_WORDS + (u % 2) * 4 * (1 - narrow)]), 16, T.Cast("uint32", T.if_then_else(key < Nk, 16, 0)))
+        for it in T.unroll(p_iters):
+            u = tid + it * nthreads
+            key = blk * kb + u // 2
+            if u < p_units:
+                T.ptx["cp.async.ca.shared.global"](Kps.ptr_to([st, (u // 2) // 2, 2 * (u % 2) + (u // 2) % 2]), Kp.ptr_to([0, 0, kv_row0 + T.min(key, Nk - 1)]), 4, T.Cast("uint32", T.if_then_else(key < Nk, 4, 0)))
+        if with_v:
+            for it in T.unroll(v_iters):
+                u = tid + it * nthreads
+                if u < v_units:
+                    T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([st, (u // 2) * V8_ROW_WORDS + (u % 2) * 4]), V8.ptr_to([0, 0, 0, (vrow0 + u // 2) * NKW + blk * (kb // 4) + (u % 2) * 4]), 16, 16)
+        T.ptx["cp.async.commit_group"]()
+
+    @T.macro
+    def block_scores(st, k0, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow,
+                     warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk):
+        # x = s·coef (+ bias·log2 e) of the thread's 16 scores (rows g, g+8 × keys 8j+2t+e%2);
+        # keys past Nk or the causal diagonal: −inf
+        for j in T.unroll(n_tiles):
+            cst[T.ramp(j * 4, 1, 4)] = Kps[st, 4 * j + t, T.ramp(0, 1, 4)]
+        for j in T.unroll(n_tiles):
+            kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
+            if narrow != 0:
+                T.ptx[MMA_B1](tu[j * 4], tu[j * 4 + 1], tu[j * 4 + 2], tu[j * 4 + 3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
+            else:
+                T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
+                T.ptx[MMA_B1](tu[j * 4], tu[j * 4 + 1], tu[j * 4 + 2], tu[j * 4 + 3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), acc[0], acc[1], acc[2], acc[3])
+        if k0 + kb > warp_lim:
+            for j in T.unroll(n_tiles):
+                for e in T.unroll(4):
+                    tu[j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 >= lim[e // 2], masked_u, tu[j * 4 + e])
+        for j in T.unroll(n_tiles):
+            for e in T.unroll(4):
+                if has_bias:
+                    s[j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1] + Bias[b * bias_sb + h * bias_sh + T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E))
+                else:
+                    s[j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1])
+
+    @T.prim_func
+    def attention_pv8(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v8_h: T.handle,
+                      vscale_h: T.handle, out_h: T.handle, qscale_h: T.handle,
+                      kscale_h: T.handle, bias_h: T.handle, causal: T.int32, ks_group: T.int32,
+                      bias_sb: T.int32, bias_sh: T.int32, bias_sq: T.int32, bias_sk: T.int32,
+                      mult: T.float32, d_bits: T.int32):
+        T.func_attr({"global_symbol": attention_pv8_name(dtype, dv, has_bias), "tirx.noalias": True})
+        B = T.int32()
+        Hq = T.int32()
+        Hkv = T.int32()
+        Hks = T.int32()
+        Nq = T.int32()
+        Nk = T.int32()
+        NKW = T.int32()
+        Dw = T.int32()
+        NB = T.int32()
+        Qb = T.match_buffer(qbits_h, (B, Hq, Nq, QBITS_WORDS), "int32")
+        Kb = T.match_buffer(kbits_h, (B, Hkv, Nk, QBITS_WORDS), "int32")
+        Kp = T.match_buffer(kpop_h, (B, Hkv, Nk), "int32")
+        V8 = T.match_buffer(v8_h, (B, Hkv, dv, NKW), "int32")
+        Vsc = T.match_buffer(vscale_h, (B * Hkv * dv,), "float32")
+        O = T.match_buffer(out_h, (B, Hq, Nq, Dw), "int32")
+        Sq = T.match_buffer(qscale_h, (B * Hq,), "float32")
+        Sk = T.match_buffer(kscale_h, (Hks,), "float32")
+        Bias = T.match_buffer(bias_h, (NB,), "float32")
+        for bx in T.thread_binding(T.ceildiv(Nq, rows_per_cta), thread="blockIdx.x"):
+            for bh in T.thread_binding(B * Hq, thread="blockIdx.y"):
+                for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
+                    Ks = T.alloc_buffer((STAGES, kb, QBITS_WORDS), "int32", scope="shared")
+                    Kps = T.alloc_buffer((STAGES, kb // 2, 4), "int32", scope="shared")
+                    Vs = T.alloc_buffer((STAGES, vwords), "int32", scope="shared")
+                    qa = T.alloc_buffer((4,), "uint32", scope="local")
+                    row = T.alloc_buffer((2,), "int32", scope="local")
+                    lim = T.alloc_buffer((2,), "int32", scope="local")
+                    m = T.alloc_buffer((2,), "float32", scope="local")
+                    lsum = T.alloc_buffer((2,), "float32", scope="local")
+                    red = T.alloc_buffer((2,), "float32", scope="local")
+                    acc = T.alloc_buffer((4,), "uint32", scope="local")
+                    kf = T.alloc_buffer((2,), "int32", scope="local")
+                    vf = T.alloc_buffer((4,), "uint32", scope="local")
+                    cst = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
+                    tu = T.alloc_buffer((n_tiles * 4,), "uint32", scope="local")
+                    s = T.alloc_buffer((n_tiles * 4,), "float32", scope="local")
+                    xr = T.alloc_buffer((1,), "float32", scope="local")
+                    pa = T.alloc_buffer((4,), "uint32", scope="local")
+                    o = T.alloc_buffer((o_tiles * 4,), "uint32", scope="local")  # int32 sums
+                    coef = T.alloc_buffer((2,), "float32", scope="local")
+                    b = bh // Hq
+                    h = bh % Hq
+                    hk = h // (Hq // Hkv)
+                    lane = tid % 32
+                    g = lane // 4
+                    t = lane % 4
+                    q_first = bx * rows_per_cta
+                    q0 = q_first + (tid // 32) * 16
+                    kv_row0 = (b * Hkv + hk) * Nk
+                    vrow0 = (b * Hkv + hk) * dv
+                    narrow = T.Cast("int32", d_bits <= 128)
+                    coef[0] = T.max(Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2), T.float32(1e-30))
+                    coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
+                    coef[1] = -magic_f * coef[0]
+                    for r in T.unroll(2):
+                        row[r] = q0 + g + 8 * r
+                        lim[r] = T.if_then_else(causal != 0, T.min(Nk, row[r] + 1), Nk)
+                        m[r] = neg_inf
+                        lsum[r] = T.float32(0)
+                    for i in T.unroll(4):
+                        qa[i] = T.if_then_else(row[i % 2] < Nq, T.reinterpret("uint32", Qb[b, h, T.min(row[i % 2], Nq - 1), (2 * t + i // 2) % (8 - 4 * narrow)]), T.uint32(0))
+                    for i in T.unroll(o_tiles * 4):
+                        o[i] = T.uint32(0)
+                    kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
+                    warp_lim = T.if_then_else(causal != 0, T.min(Nk, q0 + 1), Nk)
+                    n_blocks = T.ceildiv(kv_len, kb)
+                    # pass 1: each row's max and sum of 2**(x − max) (online)
+                    for pre in T.serial(1 + n_blocks):
+                        if pre >= 1:
+                            T.ptx["cp.async.wait_group"](0)
+                        T.tvm_storage_sync("shared")
+                        if pre < n_blocks:
+                            copy_block(pre, pre % STAGES, False, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
+                        if pre >= 1:
+                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
+                            for r in T.unroll(2):
+                                red[r] = m[r]
+                                for j in T.unroll(n_tiles):
+                                    red[r] = T.max(red[r], T.max(s[j * 4 + 2 * r], s[j * 4 + 2 * r + 1]))
+                                red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 1, 32))
+                                red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 2, 32))
+                                # the new max as the shift (0 while the row has seen no key)
+                                xr[0] = T.if_then_else(red[r] == neg_inf, T.float32(0), red[r])
+                                T.ptx["ex2.approx.ftz.f32"](m[r], m[r] - xr[0])  # the rescale of the old sum
+                                lsum[r] = lsum[r] * m[r]
+                                for j in T.unroll(n_tiles):
+                                    for e in T.unroll(2):
+                                        T.ptx["ex2.approx.ftz.f32"](s[j * 4 + 2 * r + e], s[j * 4 + 2 * r + e] - xr[0])
+                                        lsum[r] = lsum[r] + s[j * 4 + 2 * r + e]
+                                m[r] = red[r]
+                    for r in T.unroll(2):
+                        lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 1, 32)
+                        lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 2, 32)
+                        # p·255 = 2**(x − max) · (255 / sum); rows with no visible key: 0
+                        lsum[r] = T.if_then_else(lsum[r] > T.float32(0), T.float32(255) / lsum[r], T.float32(0))
+                        m[r] = T.if_then_else(m[r] == neg_inf, T.float32(0), m[r])
+                    # pass 2: u8 = round(p·255), P·V8 on the 8-bit tensor cores (exact in int32)
+                    for pre in T.serial(1 + n_blocks):
+                        if pre >= 1:
+                            T.ptx["cp.async.wait_group"](0)
+                        T.tvm_storage_sync("shared")
+                        if pre < n_blocks:
+                            copy_block(pre, pre % STAGES, True, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
+                        if pre >= 1:
+                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
+                            for j in T.unroll(n_tiles):
+                                for e in T.unroll(4):
+                                    T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], s[j * 4 + e] - m[e // 2])
+                                    tu[j * 4 + e] = T.min(T.call_extern("uint32", "__float2uint_rn", s[j * 4 + e] * lsum[e // 2]), T.uint32(255))
+                            # A fragment bytes k = 4t + 2a + b: row g / g+8 (i % 2), keys 16·(i // 2) + 8a + 2t + b
+                            for i in T.unroll(4):
+                                pa[i] = (tu[(2 * (i // 2)) * 4 + 2 * (i % 2)] | (tu[(2 * (i // 2)) * 4 + 2 * (i % 2) + 1] << T.uint32(8)) | (tu[(2 * (i // 2) + 1) * 4 + 2 * (i % 2)] << T.uint32(16)) | (tu[(2 * (i // 2) + 1) * 4 + 2 * (i % 2) + 1] << T.uint32(24)))
+                            for n2 in T.unroll(o_tiles // 2):
+                                # matrices: value columns 16·n2 + 8·(q // 2) + row, keys 16·(q % 2) + 0..15
+                                T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([(pre - 1) % STAGES, (16 * n2 + 8 * (lane // 16) + lane % 8) * V8_ROW_WORDS + 4 * ((lane // 8) % 2)]))
+                                for i in T.unroll(2):
+                                    T.ptx[MMA_PV8](o[(2 * n2 + i) * 4], o[(2 * n2 + i) * 4 + 1], o[(2 * n2 + i) * 4 + 2], o[(2 * n2 + i) * 4 + 3], pa[0], pa[1], pa[2], pa[3], vf[2 * i], vf[2 * i + 1], o[(2 * n2 + i) * 4], o[(2 * n2 + i) * 4 + 1], o[(2 * n2 + i) * 4 + 2], o[(2 * n2 + i) * 4 + 3])
+                            for n1 in T.unroll(o_tiles % 2):
+                                T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([(pre - 1) % STAGES, (8 * (o_tiles - 1 + n1) + lane % 8) * V8_ROW_WORDS + 4 * ((lane // 8) % 2)]))
+                                T.ptx[MMA_PV8](o[(o_tiles - 1) * 4], o[(o_tiles - 1) * 4 + 1], o[(o_tiles - 1) * 4 + 2], o[(o_tiles - 1) * 4 + 3], pa[0], pa[1], pa[2], pa[3], vf[0], vf[1], o[(o_tiles - 1) * 4], o[(o_tiles - 1) * 4 + 1], o[(o_tiles - 1) * 4 + 2], o[(o_tiles - 1) * 4 + 3])
+                    for n in T.unroll(o_tiles):
+                        for r in T.unroll(2):
+                            if row[r] < Nq and 4 * n + t < Dw:
+                                T.ptx[cvt_pair](acc[0], T.Cast("float32", T.reinterpret("int32", o[n * 4 + 2 * r + 1])) * Vsc[vrow0 + 8 * n + 2 * t + 1], T.Cast("float32", T.reinterpret("int32", o[n * 4 + 2 * r])) * Vsc[vrow0 + 8 * n + 2 * t])
+                                O[b, h, row[r], 4 * n + t] = T.reinterpret("int32", acc[0])
+
+    return attention_pv8
