@@ -65,7 +65,7 @@ def report(rows, device: str) -> str:
               "fused kernel) and SDPA µs, all CUDA-graphed; eager (Python dispatch) µs: "
               + ", ".join(f"{r['eager_ms']*1e3:.0f}" for r in rows) + f"; path: {rows[0]['path']}",
               "", "pv_bits=8 µs = the same call with 8-bit P and V (u8 P × s8 V on the 8-bit tensor "
-              "cores, two passes over the keys; V quantised in torch first), path: "
+              "cores, two passes over the keys, after two launches that quantise V), path: "
               + rows[0]["pv8_path"]]
     return "\n".join(lines)
 

@@ -62,6 +62,7 @@ def test_build_writes_loadable_library_and_manifest(small_build):
                  "binattn_sign_pack_float16_v8_l2", "binattn_sign_pack_bfloat16_v8_l4",
                  "binattn_sign_pack_qk_bfloat16_l2", "binattn_sign_pack_qk_float16_l8",
                  "binattn_attention_pv8_bfloat16_dv64", "binattn_attention_pv8_bfloat16_dv64_bias",
+                 "binattn_v8_amax_bfloat16", "binattn_v8_pack_bfloat16",
                  "binattn_popcount_scores"):
         assert module[name] is not None
     cuobjdump = shutil.which("cuobjdump")
@@ -129,31 +130,17 @@ def test_library_of_an_older_format_is_not_loaded(tmp_path, monkeypatch):
     assert cuda_dispatch.find_library((9, 0))[0] is None
 
 
-def test_pv8_key_permutation_and_v_quantization_match_the_reference():
-    """The 8-bit kernel's V operand, on the CPU: the key order is a permutation that matches
-    the u8 fragment's byte order, and un-permuted, un-transposed and scaled back it is the
-    reference's int8 fake-quant of V."""
-    from binattn.ops import reference
-    from binattn.schedules.cuda_attention import PV8_KEY_BLOCK as KEY_BLOCK
-    from binattn.schedules.cuda_attention import pv8_key_permutation as key_permutation
+def test_pv8_key_permutation():
+    """The key order of the 8-bit kernel's V operand is a permutation of whole blocks that
+    matches the u8 fragment's byte order."""
+    from binattn.schedules.cuda_attention import PV8_KEY_BLOCK, pv8_key_permutation
 
     for n in (1, 31, 32, 77):
-        perm = key_permutation(n).tolist()
-        assert sorted(perm) == list(range(len(perm))) and len(perm) % KEY_BLOCK == 0
+        perm = pv8_key_permutation(n).tolist()
+        assert sorted(perm) == list(range(len(perm))) and len(perm) % PV8_KEY_BLOCK == 0
     # byte k = 4t + 2a + b of a 16-key group holds key 8a + 2t + b (the thread's score tiles)
-    assert key_permutation(32)[:8].tolist() == [0, 1, 8, 9, 2, 3, 10, 11]
-    assert key_permutation(32)[16:20].tolist() == [16, 17, 24, 25]
-    torch.manual_seed(0)
-    v = torch.randn(2, 3, 45, 40)
-    v8t, scale = cuda_dispatch.quantize_v8(v)
-    assert v8t.dtype == torch.int32 and v8t.shape == (2, 3, 64, 64 // 4)  # dv 40 → bucket 64
-    v8 = v8t.view(torch.int8).transpose(-1, -2)  # [B, H, padded keys, dv bucket]
-    unpermuted = torch.empty_like(v8)
-    unpermuted[:, :, key_permutation(45)] = v8
-    deq = unpermuted[:, :, :45, :40].float() * (255 * scale.view(2, 3, 64)[:, :, None, :40])
-    torch.testing.assert_close(deq, reference.quantize_v_s8(v), rtol=1e-6, atol=1e-6)
-    assert torch.all(unpermuted[:, :, 45:] == 0) and torch.all(unpermuted[..., 40:] == 0)
-    assert torch.all(scale.view(2, 3, 64)[..., 40:] == 0)
+    assert pv8_key_permutation(32)[:8].tolist() == [0, 1, 8, 9, 2, 3, 10, 11]
+    assert pv8_key_permutation(32)[16:20].tolist() == [16, 17, 24, 25]
 
 
 def test_dispatch_names_the_built_sign_pack_kernels():

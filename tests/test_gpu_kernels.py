@@ -299,6 +299,26 @@ def test_attention_long_sequence(cuda_dispatch, gen):
     _check(binattn.ops.binary_attention(q, k, v), q, k, v, {}, gen)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n, dv", [(45, 40), (197, 64), (64, 72), (33, 256)])
+def test_v8_quantization_is_the_reference(cuda_dispatch, gen, dtype, n, dv):
+    """The V operand of the 8-bit kernel, un-permuted, un-transposed and scaled back, is the
+    reference's int8 fake-quant of V exactly; padding keys and columns are 0."""
+    from binattn.schedules.cuda_attention import dv_bucket, pv8_key_permutation
+
+    v = randn(gen, 2, 3, n, dv, dtype=dtype)
+    v[1, 2, :, 5] = 0  # an all-zero column (max 0: the reference's clamp)
+    v8t, scale = cuda_dispatch.quantize_v8(v)
+    bucket = dv_bucket(dv)
+    v8 = v8t.view(torch.int8).transpose(-1, -2)  # [B, H, padded keys, bucket]
+    unpermuted = torch.empty_like(v8)
+    unpermuted[:, :, pv8_key_permutation(n, v.device)] = v8
+    deq = unpermuted[:, :, :n, :dv].float() * (255 * scale.view(2, 3, bucket)[:, :, None, :dv])
+    torch.testing.assert_close(deq, reference.quantize_v_s8(v.float()), rtol=1e-6, atol=1e-6)
+    assert torch.all(unpermuted[:, :, n:] == 0) and torch.all(unpermuted[..., dv:] == 0)
+    assert torch.all(scale.view(2, 3, bucket)[..., dv:] == 0)
+
+
 def test_pv8_past_exact_int32_sums_falls_back(cuda_dispatch, gen):
     from binattn.schedules.cuda_attention import PV8_MAX_KEYS as MAX_KEYS
 

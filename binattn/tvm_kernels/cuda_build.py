@@ -63,6 +63,7 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
 
     from .cuda_attention import attention_func, attention_name
     from .cuda_attention_pv8 import attention_pv8_func, attention_pv8_name
+    from .cuda_quantize_v import v8_amax_func, v8_amax_name, v8_pack_func, v8_pack_name
     from .cuda_popcount import popcount_scores_func, popcount_scores_name
     from .cuda_sign_pack import (DTYPES as PACK_DTYPES, VEC_LANES, sign_pack_func, sign_pack_name,
                                  sign_pack_qk_func, sign_pack_qk_name, sign_pack_vec_func)
@@ -100,6 +101,9 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
             for lanes in VEC_LANES:
                 funcs[sign_pack_name(dtype, True, lanes)] = sign_pack_vec_func(dtype, lanes)
                 funcs[sign_pack_qk_name(dtype, lanes)] = sign_pack_qk_func(dtype, lanes)
+    for dtype in dtypes:  # V for the 8-bit kernel: max|v| per column, then int8, permuted
+        funcs[v8_amax_name(dtype)] = v8_amax_func(dtype)
+        funcs[v8_pack_name(dtype)] = v8_pack_func(dtype)
     funcs[popcount_scores_name()] = popcount_scores_func()
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "cuda_host"})
     executable = tvm.compile(tvm.IRModule(funcs), target=target)

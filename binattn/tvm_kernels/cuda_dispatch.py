@@ -23,8 +23,7 @@ from typing import Any, Optional
 import torch
 
 from ..ops import dispatch, reference
-from ..schedules.cuda_attention import (PV8_MAX_KEYS, SCORE_MAGIC, dv_bucket,
-                                         pv8_key_permutation)
+from ..schedules.cuda_attention import PV8_KEY_BLOCK, PV8_MAX_KEYS, SCORE_MAGIC, dv_bucket
 from .cuda_build import read_manifest
 
 LOG2E = 1.4426950408889634
@@ -312,23 +311,25 @@ def _pv8_reason(device: torch.device, v: torch.Tensor, n_keys: int) -> Optional[
 
 
 def quantize_v8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """V as the 8-bit kernel reads it: (int8 V, transposed to ``[B, Hkv, dv, keys]`` with the keys
-    permuted as ``pv8_key_permutation`` says and zero-padded to whole blocks, dv
-    padded to its bucket, viewed as int32; the per-column output scale
-    ``1 / (255·(127/max|v| + 1e-6))`` as float32 ``[B·Hkv·dv]``). The int8 values are the
-    reference's (``reference.quantize_v_s8``: the same float32 products, rounded the same way)."""
+    """V as the 8-bit kernel reads it, in two launches (``cuda_quantize_v``): (int8 V,
+    transposed to ``[B, Hkv, dv, keys]`` with the keys permuted as ``pv8_key_permutation`` says
+    and zero-padded to whole blocks, dv padded to its bucket, viewed as int32; the per-column
+    output scale ``1 / (255·(127/max|v| + 1e-6))`` as float32 ``[B·Hkv·dv]``). The int8 values
+    are the reference's (``reference.quantize_v_s8``: the same float32 products, rounded alike)."""
     B, H, N, Dv = v.shape
-    dv = dv_bucket(Dv)
-    vf = v.float()
-    inv_step = reference.v_inverse_step(vf)  # [B, H, 1, Dv]
-    v8 = torch.round(vf * inv_step).to(torch.int8)
-    perm = pv8_key_permutation(N, v.device)
-    padded = torch.zeros((B, H, perm.numel(), dv), dtype=torch.int8, device=v.device)
-    padded[:, :, :N, :Dv] = v8
-    v8t = padded.index_select(2, perm).transpose(-1, -2).contiguous()
-    scale = torch.zeros((B, H, dv), dtype=torch.float32, device=v.device)
-    scale[..., :Dv] = 1.0 / (255.0 * (inv_step[..., 0, :] + 1e-6))
-    return v8t.view(torch.int32), scale.reshape(-1)
+    dv, dtype = dv_bucket(Dv), PV_DTYPES[v.dtype]
+    quads = _quads(v.reshape(B * H, N, Dv))
+    if quads is None:
+        quads = _quads(v.reshape(B * H, N, Dv).clone())
+    amax = torch.zeros((B * H, Dv), dtype=torch.int32, device=v.device)
+    _call(v.device, f"binattn_v8_amax_{dtype}", quads, amax)
+    inv_step = torch.zeros((B * H, dv), dtype=torch.float32, device=v.device)
+    inv_step[:, :Dv] = 127.0 / amax.view(torch.float32).clamp_min(1e-12)  # reference.v_inverse_step
+    scale = torch.where(inv_step > 0, 1.0 / (255.0 * (inv_step + 1e-6)), 0.0)
+    n_words = -(-N // PV8_KEY_BLOCK) * PV8_KEY_BLOCK // 4
+    v8 = torch.empty((B * H, dv, n_words), dtype=torch.int32, device=v.device)
+    _call(v.device, f"binattn_v8_pack_{dtype}", quads, inv_step, v8)
+    return v8.view(B, H, dv, n_words), scale.reshape(-1)
 
 
 def _additive(bias, attn_mask, n_q, n_k, device) -> Optional[torch.Tensor]:
