@@ -11,14 +11,14 @@ the per-(b, h, d) symmetric int8 V, with P·V on the 8-bit tensor cores
   scores and rounds ``p·255/sum`` to u8 (round to nearest even, as ``torch.round``);
 * the u8 A fragments come straight from the score accumulators: within each 16 keys, the
   fragment's byte order (k = 4t + i) is a permutation of the keys a thread holds (8a + 2t + b), so
-  V8 arrives **key-permuted and transposed** (``[dv, keys]``, by ``cuda_quantize_v``) and
+  V8 arrives **key-permuted and transposed** (``[dv, keys]``, prepared by the dispatcher) and
   plain ``ldmatrix`` gives the B fragments in the same order — the sum over keys is unchanged;
 * bias (dense, any broadcast strides; masks folded in by the host), causal, GQA and the three
   scale modes as the 16-bit kernel; rows with no visible key give 0.
 
-One CTA = 4 warps × 16 × (2, or 1 above dv 128) query rows, 32-key blocks, two cp.async
-stages. What it does not: the 16-bit path and its tuning (``cuda_attention``), quantise V
-(``cuda_quantize_v``), top-N, soft binarizers, backward.
+One CTA = 4 warps × 16 query rows, 32-key blocks, two cp.async stages. What it does not: the
+16-bit path and its tuning (``cuda_attention``), quantise V (the dispatcher does, in torch),
+top-N, soft binarizers, backward.
 """
 from __future__ import annotations
 
@@ -44,8 +44,7 @@ def attention_pv8_name(dtype: str, dv: int, has_bias: bool = False) -> str:
     return f"binattn_attention_pv8_{dtype}_dv{dv}{'_bias' if has_bias else ''}"
 
 
-def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
-                       row_tiles: int = 0) -> tvm.tirx.PrimFunc:
+def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.PrimFunc:
     """The PrimFunc for V dtype ``dtype`` (float16|bfloat16, the output's) and value head ``dv``.
 
     Arguments (torch tensors through DLPack, contiguous): ``qbits int32[B,Hq,Nq,8]``,
@@ -55,16 +54,12 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
     word), ``vscale f32[B·Hkv·dv]``
     (1 / (255·(127/max|v| + 1e-6)) per column: the output's dequantisation), ``out32
     int32[B,Hq,Nq,Dw]``, ``qscale``, ``kscale``, ``bias`` and the scalars as
-    ``cuda_attention.attention_func``. ``row_tiles`` 16-row tiles per warp (each V fragment
-    feeds all of them; 0: two up to dv 128, one above, where the int32 accumulators would not
-    fit in registers twice).
+    ``cuda_attention.attention_func``.
     """
     if dtype not in CVT_PAIR or dv % 8 or not 8 <= dv <= 256:
         raise ValueError(f"no 8-bit P·V attention kernel for dtype={dtype!r}, dv={dv}")
-    mt_n = row_tiles or (2 if dv <= 128 else 1)
     nthreads, kb = 32 * WARPS, KEY_BLOCK
-    rows_per_cta = 16 * WARPS * mt_n
-    st_n, ot = kb // 8 * 4, dv // 8 * 4  # scores / accumulators of one row tile
+    rows_per_cta = 16 * WARPS
     n_tiles, o_tiles = kb // 8, dv // 8
     k_units, p_units, v_units = kb * 2, kb * 2, dv * 2
     k_iters, p_iters, v_iters = (math.ceil(u / nthreads) for u in (k_units, p_units, v_units))
@@ -107,24 +102,21 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
             cst[T.ramp(j * 4, 1, 4)] = Kps[st, 4 * j + t, T.ramp(0, 1, 4)]
         for j in T.unroll(n_tiles):
             kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
-            for mt in T.unroll(mt_n):
-                if narrow != 0:
-                    T.ptx[MMA_B1](tu[mt * st_n + j * 4], tu[mt * st_n + j * 4 + 1], tu[mt * st_n + j * 4 + 2], tu[mt * st_n + j * 4 + 3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
-                else:
-                    T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
-                    T.ptx[MMA_B1](tu[mt * st_n + j * 4], tu[mt * st_n + j * 4 + 1], tu[mt * st_n + j * 4 + 2], tu[mt * st_n + j * 4 + 3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), acc[0], acc[1], acc[2], acc[3])
+            if narrow != 0:
+                T.ptx[MMA_B1](tu[j * 4], tu[j * 4 + 1], tu[j * 4 + 2], tu[j * 4 + 3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
+            else:
+                T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
+                T.ptx[MMA_B1](tu[j * 4], tu[j * 4 + 1], tu[j * 4 + 2], tu[j * 4 + 3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), acc[0], acc[1], acc[2], acc[3])
         if k0 + kb > warp_lim:
-            for mt in T.unroll(mt_n):
-                for j in T.unroll(n_tiles):
-                    for e in T.unroll(4):
-                        tu[mt * st_n + j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 >= lim[mt * 2 + e // 2], masked_u, tu[mt * st_n + j * 4 + e])
-        for mt in T.unroll(mt_n):
             for j in T.unroll(n_tiles):
                 for e in T.unroll(4):
-                    if has_bias:
-                        s[mt * st_n + j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1] + Bias[b * bias_sb + h * bias_sh + T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E))
-                    else:
-                        s[mt * st_n + j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1])
+                    tu[j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 >= lim[e // 2], masked_u, tu[j * 4 + e])
+        for j in T.unroll(n_tiles):
+            for e in T.unroll(4):
+                if has_bias:
+                    s[j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1] + Bias[b * bias_sb + h * bias_sh + T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E))
+                else:
+                    s[j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1])
 
     @T.prim_func
     def attention_pv8(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v8_h: T.handle,
@@ -157,22 +149,21 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                     Ks = T.alloc_buffer((STAGES, kb, QBITS_WORDS), "int32", scope="shared")
                     Kps = T.alloc_buffer((STAGES, kb // 2, 4), "int32", scope="shared")
                     Vs = T.alloc_buffer((STAGES, vwords), "int32", scope="shared")
-                    # per row (index 2·mt + r: row tile mt, row g or g + 8)
-                    qa = T.alloc_buffer((4 * mt_n,), "uint32", scope="local")
-                    row = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
-                    lim = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
-                    m = T.alloc_buffer((2 * mt_n,), "float32", scope="local")
-                    lsum = T.alloc_buffer((2 * mt_n,), "float32", scope="local")
-                    red = T.alloc_buffer((2 * mt_n,), "float32", scope="local")
+                    qa = T.alloc_buffer((4,), "uint32", scope="local")
+                    row = T.alloc_buffer((2,), "int32", scope="local")
+                    lim = T.alloc_buffer((2,), "int32", scope="local")
+                    m = T.alloc_buffer((2,), "float32", scope="local")
+                    lsum = T.alloc_buffer((2,), "float32", scope="local")
+                    red = T.alloc_buffer((2,), "float32", scope="local")
                     acc = T.alloc_buffer((4,), "uint32", scope="local")
                     kf = T.alloc_buffer((2,), "int32", scope="local")
                     vf = T.alloc_buffer((4,), "uint32", scope="local")
                     cst = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
-                    tu = T.alloc_buffer((st_n * mt_n,), "uint32", scope="local")
-                    s = T.alloc_buffer((st_n * mt_n,), "float32", scope="local")
+                    tu = T.alloc_buffer((n_tiles * 4,), "uint32", scope="local")
+                    s = T.alloc_buffer((n_tiles * 4,), "float32", scope="local")
                     xr = T.alloc_buffer((1,), "float32", scope="local")
-                    pa = T.alloc_buffer((4 * mt_n,), "uint32", scope="local")
-                    o = T.alloc_buffer((ot * mt_n,), "uint32", scope="local")  # int32 sums
+                    pa = T.alloc_buffer((4,), "uint32", scope="local")
+                    o = T.alloc_buffer((o_tiles * 4,), "uint32", scope="local")  # int32 sums
                     coef = T.alloc_buffer((2,), "float32", scope="local")
                     b = bh // Hq
                     h = bh % Hq
@@ -181,21 +172,21 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                     g = lane // 4
                     t = lane % 4
                     q_first = bx * rows_per_cta
-                    q0 = q_first + (tid // 32) * 16 * mt_n
+                    q0 = q_first + (tid // 32) * 16
                     kv_row0 = (b * Hkv + hk) * Nk
                     vrow0 = (b * Hkv + hk) * dv
                     narrow = T.Cast("int32", d_bits <= 128)
                     coef[0] = T.max(Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2), T.float32(1e-30))
                     coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
                     coef[1] = -magic_f * coef[0]
-                    for r in T.unroll(2 * mt_n):
-                        row[r] = q0 + 16 * (r // 2) + g + 8 * (r % 2)
+                    for r in T.unroll(2):
+                        row[r] = q0 + g + 8 * r
                         lim[r] = T.if_then_else(causal != 0, T.min(Nk, row[r] + 1), Nk)
                         m[r] = neg_inf
                         lsum[r] = T.float32(0)
-                    for i in T.unroll(4 * mt_n):
-                        qa[i] = T.if_then_else(row[(i // 4) * 2 + i % 2] < Nq, T.reinterpret("uint32", Qb[b, h, T.min(row[(i // 4) * 2 + i % 2], Nq - 1), (2 * t + (i % 4) // 2) % (8 - 4 * narrow)]), T.uint32(0))
-                    for i in T.unroll(ot * mt_n):
+                    for i in T.unroll(4):
+                        qa[i] = T.if_then_else(row[i % 2] < Nq, T.reinterpret("uint32", Qb[b, h, T.min(row[i % 2], Nq - 1), (2 * t + i // 2) % (8 - 4 * narrow)]), T.uint32(0))
+                    for i in T.unroll(o_tiles * 4):
                         o[i] = T.uint32(0)
                     kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
                     warp_lim = T.if_then_else(causal != 0, T.min(Nk, q0 + 1), Nk)
@@ -209,10 +200,10 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                             copy_block(pre, pre % STAGES, False, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
                         if pre >= 1:
                             block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
-                            for r in T.unroll(2 * mt_n):
+                            for r in T.unroll(2):
                                 red[r] = m[r]
                                 for j in T.unroll(n_tiles):
-                                    red[r] = T.max(red[r], T.max(s[(r // 2) * st_n + j * 4 + 2 * (r % 2)], s[(r // 2) * st_n + j * 4 + 2 * (r % 2) + 1]))
+                                    red[r] = T.max(red[r], T.max(s[j * 4 + 2 * r], s[j * 4 + 2 * r + 1]))
                                 red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 1, 32))
                                 red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 2, 32))
                                 # the new max as the shift (0 while the row has seen no key)
@@ -221,10 +212,10 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                                 lsum[r] = lsum[r] * m[r]
                                 for j in T.unroll(n_tiles):
                                     for e in T.unroll(2):
-                                        T.ptx["ex2.approx.ftz.f32"](s[(r // 2) * st_n + j * 4 + 2 * (r % 2) + e], s[(r // 2) * st_n + j * 4 + 2 * (r % 2) + e] - xr[0])
-                                        lsum[r] = lsum[r] + s[(r // 2) * st_n + j * 4 + 2 * (r % 2) + e]
+                                        T.ptx["ex2.approx.ftz.f32"](s[j * 4 + 2 * r + e], s[j * 4 + 2 * r + e] - xr[0])
+                                        lsum[r] = lsum[r] + s[j * 4 + 2 * r + e]
                                 m[r] = red[r]
-                    for r in T.unroll(2 * mt_n):
+                    for r in T.unroll(2):
                         lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 1, 32)
                         lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 2, 32)
                         # p·255 = 2**(x − max) · (255 / sum); rows with no visible key: 0
@@ -239,29 +230,25 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                             copy_block(pre, pre % STAGES, True, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
                         if pre >= 1:
                             block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
-                            for mt in T.unroll(mt_n):
-                                for j in T.unroll(n_tiles):
-                                    for e in T.unroll(4):
-                                        T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + j * 4 + e], s[mt * st_n + j * 4 + e] - m[mt * 2 + e // 2])
-                                        tu[mt * st_n + j * 4 + e] = T.min(T.call_extern("uint32", "__float2uint_rn", s[mt * st_n + j * 4 + e] * lsum[mt * 2 + e // 2]), T.uint32(255))
-                                # A fragment bytes k = 4t + 2a + b: row g / g+8 (i % 2), keys 16·(i // 2) + 8a + 2t + b
-                                for i in T.unroll(4):
-                                    pa[mt * 4 + i] = (tu[mt * st_n + (2 * (i // 2)) * 4 + 2 * (i % 2)] | (tu[mt * st_n + (2 * (i // 2)) * 4 + 2 * (i % 2) + 1] << T.uint32(8)) | (tu[mt * st_n + (2 * (i // 2) + 1) * 4 + 2 * (i % 2)] << T.uint32(16)) | (tu[mt * st_n + (2 * (i // 2) + 1) * 4 + 2 * (i % 2) + 1] << T.uint32(24)))
+                            for j in T.unroll(n_tiles):
+                                for e in T.unroll(4):
+                                    T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], s[j * 4 + e] - m[e // 2])
+                                    tu[j * 4 + e] = T.min(T.call_extern("uint32", "__float2uint_rn", s[j * 4 + e] * lsum[e // 2]), T.uint32(255))
+                            # A fragment bytes k = 4t + 2a + b: row g / g+8 (i % 2), keys 16·(i // 2) + 8a + 2t + b
+                            for i in T.unroll(4):
+                                pa[i] = (tu[(2 * (i // 2)) * 4 + 2 * (i % 2)] | (tu[(2 * (i // 2)) * 4 + 2 * (i % 2) + 1] << T.uint32(8)) | (tu[(2 * (i // 2) + 1) * 4 + 2 * (i % 2)] << T.uint32(16)) | (tu[(2 * (i // 2) + 1) * 4 + 2 * (i % 2) + 1] << T.uint32(24)))
                             for n2 in T.unroll(o_tiles // 2):
                                 # matrices: value columns 16·n2 + 8·(q // 2) + row, keys 16·(q % 2) + 0..15
                                 T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([(pre - 1) % STAGES, (16 * n2 + 8 * (lane // 16) + lane % 8) * V8_ROW_WORDS + 4 * ((lane // 8) % 2)]))
-                                for mt in T.unroll(mt_n):
-                                    for i in T.unroll(2):
-                                        T.ptx[MMA_PV8](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * 4], pa[mt * 4 + 1], pa[mt * 4 + 2], pa[mt * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
+                                for i in T.unroll(2):
+                                    T.ptx[MMA_PV8](o[(2 * n2 + i) * 4], o[(2 * n2 + i) * 4 + 1], o[(2 * n2 + i) * 4 + 2], o[(2 * n2 + i) * 4 + 3], pa[0], pa[1], pa[2], pa[3], vf[2 * i], vf[2 * i + 1], o[(2 * n2 + i) * 4], o[(2 * n2 + i) * 4 + 1], o[(2 * n2 + i) * 4 + 2], o[(2 * n2 + i) * 4 + 3])
                             for n1 in T.unroll(o_tiles % 2):
                                 T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([(pre - 1) % STAGES, (8 * (o_tiles - 1 + n1) + lane % 8) * V8_ROW_WORDS + 4 * ((lane // 8) % 2)]))
-                                for mt in T.unroll(mt_n):
-                                    T.ptx[MMA_PV8](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * 4], pa[mt * 4 + 1], pa[mt * 4 + 2], pa[mt * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
-                    for mt in T.unroll(mt_n):
-                        for n in T.unroll(o_tiles):
-                            for r in T.unroll(2):
-                                if row[mt * 2 + r] < Nq and 4 * n + t < Dw:
-                                    T.ptx[cvt_pair](acc[0], T.Cast("float32", T.reinterpret("int32", o[mt * ot + n * 4 + 2 * r + 1])) * Vsc[vrow0 + 8 * n + 2 * t + 1], T.Cast("float32", T.reinterpret("int32", o[mt * ot + n * 4 + 2 * r])) * Vsc[vrow0 + 8 * n + 2 * t])
-                                    O[b, h, row[mt * 2 + r], 4 * n + t] = T.reinterpret("int32", acc[0])
+                                T.ptx[MMA_PV8](o[(o_tiles - 1) * 4], o[(o_tiles - 1) * 4 + 1], o[(o_tiles - 1) * 4 + 2], o[(o_tiles - 1) * 4 + 3], pa[0], pa[1], pa[2], pa[3], vf[0], vf[1], o[(o_tiles - 1) * 4], o[(o_tiles - 1) * 4 + 1], o[(o_tiles - 1) * 4 + 2], o[(o_tiles - 1) * 4 + 3])
+                    for n in T.unroll(o_tiles):
+                        for r in T.unroll(2):
+                            if row[r] < Nq and 4 * n + t < Dw:
+                                T.ptx[cvt_pair](acc[0], T.Cast("float32", T.reinterpret("int32", o[n * 4 + 2 * r + 1])) * Vsc[vrow0 + 8 * n + 2 * t + 1], T.Cast("float32", T.reinterpret("int32", o[n * 4 + 2 * r])) * Vsc[vrow0 + 8 * n + 2 * t])
+                                O[b, h, row[r], 4 * n + t] = T.reinterpret("int32", acc[0])
 
     return attention_pv8
