@@ -2,8 +2,9 @@
 
 What it does: ``measure(shape)`` times, side by side in one process, one CUDA-graphed
 ``binattn.ops.binary_attention`` call (sign-pack + scales + fused kernel), the fused kernel alone,
-the sign-pack of q and k, and SDPA with the cuDNN and the FLASH backends (also graphed), and
-returns the times plus the ceiling times of CEILINGS.md (exp unit, 16-bit PV, 1-bit QKᵀ);
+the sign-pack of q and k, the same call with ``pv_bits=8``, and SDPA with the cuDNN and the
+FLASH backends (also graphed), and returns the times plus the ceiling times of CEILINGS.md (exp
+unit, 16-bit PV, 1-bit QKᵀ);
 ``bench_row`` packs that into the ``BenchRow`` that ``binattn bench`` prints. Used by
 ``benchmarks/gpu_attention.py`` (table + PNG over the issue's shapes) and ``binattn bench
 --device cuda``. What it does not: check correctness (tests/test_gpu_kernels.py) or plot.
@@ -97,15 +98,12 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
            "fused_ms": bench_ms(fused, reps),
            "pv8_ms": bench_ms(graphed(call8), reps), "pv8_path": path8,
            "sign_pack_ms": bench_ms(graphed(lambda: cd.pack_q_and_k(q, k)), reps),
-           "sign_pack_2_ms": bench_ms(graphed(lambda: (cd.pack_signs(q, 8), cd.pack_signs(k, 8, cd.SCORE_MAGIC, -1))), reps),
            "cudnn_ms": sdpa_ms(q, k, v, SDPBackend.CUDNN_ATTENTION),
            "flash_ms": sdpa_ms(q, k, v, SDPBackend.FLASH_ATTENTION)}
     row["ceil_us"] = ceilings_us(B, H, N, D)
     del q, k, v, out
     torch.cuda.empty_cache()
     return row
-
-
 
 
 def bench_row(shape, repeat: int = 50):
@@ -115,7 +113,8 @@ def bench_row(shape, repeat: int = 50):
     r = measure(tuple(shape), reps=repeat)
     row = BenchRow(kind="attention", shape=tuple(shape), path={"binattn": r["path"]})
     for name, key in (("binattn (graphed op)", "binattn_ms"), ("binattn fused kernel", "fused_ms"),
-                      ("sign-pack q+k", "sign_pack_ms"), ("SDPA cuDNN", "cudnn_ms"),
+                      ("sign-pack q+k", "sign_pack_ms"), ("binattn pv_bits=8", "pv8_ms"),
+                      ("SDPA cuDNN", "cudnn_ms"),
                       ("SDPA FLASH", "flash_ms")):
         if r[key] is not None:
             row.timings[name] = Timing(median_ms=r[key], min_ms=r[key])
