@@ -256,6 +256,38 @@ def test_tune_grid_and_record_best(tmp_path):
     assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db) == sched.CudaAttentionSchedule(4, 128)
 
 
+@needs_nvcc
+def test_tune_cuda_cli_builds_candidates_and_says_how_to_time_them(tmp_path, monkeypatch):
+    """`binattn tune --target cuda` end to end on a machine without a GPU: real TVM + nvcc builds
+    of the regular and short-sequence candidate libraries (the grid cut to two schedules each to
+    keep nvcc short), candidates.json describing them, and the GPU step printed."""
+    import tvm_ffi
+
+    from binattn.cli import main
+    from binattn.schedules import cuda_tune
+
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the command times the candidates itself")
+    full = cuda_tune.candidates
+    monkeypatch.setattr(cuda_tune, "candidates",
+                        lambda dv, arch="sm_90a", short=False: full(dv, arch, short)[:2])
+    result = CliRunner().invoke(main, ["tune", "--target", "cuda", "--shape", "2,4,64,60",
+                                       "--db", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "cuda_tune time cuda_candidates" in result.output and "record" in result.output
+    out = tmp_path / "cuda_candidates"
+    entries = json.loads((out / "candidates.json").read_text())
+    assert len(entries) == 4 and {e["dv"] for e in entries} == {64}  # D=60 runs the dv 64 kernel
+    assert sorted(bool(e.get("short")) for e in entries) == [False, False, True, True]
+    assert {tuple(e["shape"]) for e in entries if e.get("short")} == {cuda_tune.SHORT_TUNE_SHAPE}
+    for entry in entries:
+        module = tvm_ffi.load_module(str(out / entry["file"]))
+        assert module[entry["symbol"]] is not None and module["binattn_sign_pack_bfloat16"] is not None
+    bad = CliRunner().invoke(main, ["tune", "--target", "cuda", "--shape", "2,4,64,300",
+                                    "--db", str(tmp_path)])
+    assert bad.exit_code != 0 and "256" in bad.output
+
+
 def test_short_kernel_tuning_records_under_its_own_key(tmp_path):
     from binattn.schedules import cuda_tune
 
