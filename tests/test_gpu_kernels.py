@@ -220,6 +220,26 @@ def test_attention_cases_match_reference(cuda_dispatch, gen, case, head_dim, var
     _check(run_variant(cuda_dispatch, q, k, v, kw, variant), q, k, v, kw, gen)
 
 
+def test_relpos_bias_view_is_read_in_place(cuda_dispatch, gen):
+    """RelPosBias's gathered table ([N, N, H] permuted to [H, N, N]: a non-contiguous view) and a
+    transposed dense bias go to the kernel with their own strides, no copy, and give the
+    reference's output."""
+    from binattn.ops.bias import RelPosBias
+
+    torch.manual_seed(gen.initial_seed())
+    rel = RelPosBias(4, (7, 7)).cuda()
+    with torch.no_grad():
+        rel.table.normal_(0, 0.5)
+    q, k, v = (randn(gen, 2, 4, 50, 64, dtype=torch.bfloat16) for _ in range(3))
+    for bias in (rel().detach(), randn(gen, 4, 50, 50).transpose(-1, -2)):
+        assert not bias.is_contiguous()
+        flat, strides = cuda_dispatch._broadcast_strides(bias)
+        assert flat.data_ptr() == bias.data_ptr() and strides[1:] == list(bias.stride())
+        for variant in VARIANTS:
+            _check(run_variant(cuda_dispatch, q, k, v, {"bias": bias}, variant), q, k, v,
+                   {"bias": bias}, gen)
+
+
 @pytest.mark.parametrize("case", ("plain", "causal", "gqa"))
 def test_op_uses_kernel(cuda_dispatch, gen, case):
     """The public op reaches the CUDA kernel (the dispatcher picks the variant)."""

@@ -342,12 +342,19 @@ def _additive(bias, attn_mask, n_q, n_k, device) -> Optional[torch.Tensor]:
 
 
 def _broadcast_strides(add: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-    """(flat contiguous storage, element strides over [B, H, Nq, Nk]; 0 where broadcast)."""
+    """(flat storage the kernel indexes, element strides over [B, H, Nq, Nk]; 0 where
+    broadcast). The tensor's own strides are kept, so a view — e.g. ``RelPosBias``'s
+    ``table[index]`` gathered as [N, N, H] and permuted to [H, N, N] — is read in place, without
+    a contiguous copy; only a span past int32 indexing is copied first."""
     while add.dim() < 4:
         add = add.unsqueeze(0)
-    add = add.contiguous()
     strides = [0 if size == 1 else stride for size, stride in zip(add.shape, add.stride())]
-    return add.reshape(-1), strides
+    span = 1 + sum((size - 1) * stride for size, stride in zip(add.shape, strides))
+    if span >= 2 ** 31:
+        add = add.contiguous()
+        strides = [0 if size == 1 else stride for size, stride in zip(add.shape, add.stride())]
+        span = 1 + sum((size - 1) * stride for size, stride in zip(add.shape, strides))
+    return add.as_strided((span,), (1,)), strides
 
 
 def _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs):
