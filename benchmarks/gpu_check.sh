@@ -13,7 +13,7 @@ if ! python3 -c "import tvm_ffi" 2>/dev/null && ls .whl/apache_tvm_ffi-*cp312*.w
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
 nvidia-smi -L
-python3 -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_gpu_kernels.py 2>&1 | tail -40 | tee "$out/gpu_tests.log"
+python3 -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_gpu_kernels.py tests/test_gpu_models.py 2>&1 | tail -40 | tee "$out/gpu_tests.log"
 # the sm_80 library (A100) through its PTX, JIT-compiled by the driver for this GPU: the same
 # tests on the code sm_80 gets (mma.sync only, its default schedules), from a directory whose
 # manifest lists only that library
@@ -29,7 +29,7 @@ manifest["libraries"] = {"sm_80": entry}
 (dst / "manifest.json").write_text(json.dumps(manifest))
 PY
 BINATTN_CUDA_KERNELS=$sm80 python3 -c "import torch; from binattn.tvm_kernels import cuda_dispatch as cd; print('library used:', cd.find_library(torch.cuda.get_device_capability())[2])" | tee "$out/gpu_tests_sm80.log"
-BINATTN_CUDA_KERNELS=$sm80 python3 -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_gpu_kernels.py 2>&1 | tail -40 | tee -a "$out/gpu_tests_sm80.log"
+BINATTN_CUDA_KERNELS=$sm80 python3 -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_gpu_kernels.py tests/test_gpu_models.py 2>&1 | tail -40 | tee -a "$out/gpu_tests_sm80.log"
 if [[ -n "$cands" ]]; then
   python3 -m binattn.schedules.cuda_tune time "$cands" 2>&1 | tee "$out/tune.log"
   cp "$cands/timings.json" "$out/tune_timings.json"
