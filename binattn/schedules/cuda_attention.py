@@ -42,7 +42,8 @@ def pv8_key_permutation(n_keys: int, device=None):
     of the permuted key axis (padded to whole blocks), the key it holds — position
     16c + 4t + 2a + b ↔ key 16c + 8a + 2t + b, the order in which a thread's scores (keys
     8a + 2t + b of its two 8-key score tiles) fill bytes k = 4t + 2a + b of the u8 A fragment
-    of ``mma.m16n8k32``. Built with tensor ops on ``device`` (no host copy: CUDA-graph safe)."""
+    of ``mma.m16n8k32``. ``tvm_kernels.cuda_quantize_v`` writes V in this order (the formula is
+    inlined there); this is its specification, which the tests hold the kernel to."""
     import torch
 
     padded = -(-n_keys // PV8_KEY_BLOCK) * PV8_KEY_BLOCK
