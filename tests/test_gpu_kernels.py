@@ -302,6 +302,18 @@ def test_pv8_cases_match_reference(cuda_dispatch, gen, case, head_dim):
     _check(run_variant(cuda_dispatch, q, k, v, kw, "auto"), q, k, v, kw, gen)
 
 
+@pytest.mark.parametrize("scale_kw", ({}, {"scale_mode": "none", "scale": 2.0}))
+@pytest.mark.parametrize("causal", (False, True))
+def test_pv8_softmax_modes(cuda_dispatch, gen, scale_kw, causal):
+    """The 8-bit kernel's first pass without a running max (small scales) and online (a scale
+    whose exponent range is too wide for that), with and without causal masking."""
+    q = randn(gen, 2, 3, 97, 64, dtype=torch.bfloat16)
+    k = randn(gen, 2, 3, 131, 64, dtype=torch.bfloat16)
+    v = randn(gen, 2, 3, 131, 64, dtype=torch.bfloat16)
+    kw = dict(scale_kw, is_causal=causal, pv_bits=8)
+    _check(run_variant(cuda_dispatch, q, k, v, kw, "auto"), q, k, v, kw, gen)
+
+
 def test_pv8_op_uses_kernel_and_long_rows(cuda_dispatch, gen):
     """The public op reaches the 8-bit kernel; many keys, odd lengths, a narrow V."""
     q = randn(gen, 1, 2, 300, 64, dtype=torch.bfloat16)

@@ -37,6 +37,7 @@ STAGES = 2
 #: 32-bit words per shared V8 row (one value column, 32 keys = 8 words, padded so that the 8
 #: rows one ldmatrix phase reads start in distinct 16-byte bank groups)
 V8_ROW_WORDS = 12
+FIXED_RANGE = 100.0  # log2 span of 2**x the first pass sums unshifted (float32: far from over/underflow)
 
 
 def attention_pv8_name(dtype: str, dv: int, has_bias: bool = False) -> str:
@@ -179,6 +180,10 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                     coef[0] = T.max(Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2), T.float32(1e-30))
                     coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
                     coef[1] = -magic_f * coef[0]
+                    # without bias every x = s·coef lies in ±coef·D: when that spans at most
+                    # FIXED_RANGE (log2), pass 1 sums 2**x with no running max (as the 16-bit
+                    # kernel's no-shift softmax); a bias can be anything, so it always shifts
+                    fixed = T.Cast("int32", (not has_bias) and coef[0] * T.Cast("float32", 2 * d_bits) <= T.float32(FIXED_RANGE))
                     for r in T.unroll(2):
                         row[r] = q0 + g + 8 * r
                         lim[r] = T.if_then_else(causal != 0, T.min(Nk, row[r] + 1), Nk)
@@ -191,7 +196,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                     kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
                     warp_lim = T.if_then_else(causal != 0, T.min(Nk, q0 + 1), Nk)
                     n_blocks = T.ceildiv(kv_len, kb)
-                    # pass 1: each row's max and sum of 2**(x − max) (online)
+                    # pass 1: each row's sum of 2**x (no shift), or max and sum of 2**(x − max) (online)
                     for pre in T.serial(1 + n_blocks):
                         if pre >= 1:
                             T.ptx["cp.async.wait_group"](0)
@@ -200,27 +205,34 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                             copy_block(pre, pre % STAGES, False, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
                         if pre >= 1:
                             block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
-                            for r in T.unroll(2):
-                                red[r] = m[r]
-                                for j in T.unroll(n_tiles):
-                                    red[r] = T.max(red[r], T.max(s[j * 4 + 2 * r], s[j * 4 + 2 * r + 1]))
-                                red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 1, 32))
-                                red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 2, 32))
-                                # the new max as the shift (0 while the row has seen no key)
-                                xr[0] = T.if_then_else(red[r] == neg_inf, T.float32(0), red[r])
-                                T.ptx["ex2.approx.ftz.f32"](m[r], m[r] - xr[0])  # the rescale of the old sum
-                                lsum[r] = lsum[r] * m[r]
-                                for j in T.unroll(n_tiles):
-                                    for e in T.unroll(2):
-                                        T.ptx["ex2.approx.ftz.f32"](s[j * 4 + 2 * r + e], s[j * 4 + 2 * r + e] - xr[0])
-                                        lsum[r] = lsum[r] + s[j * 4 + 2 * r + e]
-                                m[r] = red[r]
+                            if fixed != 0:  # no shift needed: 2**x stays well inside float32
+                                for r in T.unroll(2):
+                                    for j in T.unroll(n_tiles):
+                                        for e in T.unroll(2):
+                                            T.ptx["ex2.approx.ftz.f32"](s[j * 4 + 2 * r + e], s[j * 4 + 2 * r + e])
+                                            lsum[r] = lsum[r] + s[j * 4 + 2 * r + e]
+                            else:
+                                for r in T.unroll(2):
+                                    red[r] = m[r]
+                                    for j in T.unroll(n_tiles):
+                                        red[r] = T.max(red[r], T.max(s[j * 4 + 2 * r], s[j * 4 + 2 * r + 1]))
+                                    red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 1, 32))
+                                    red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 2, 32))
+                                    # the new max as the shift (0 while the row has seen no key)
+                                    xr[0] = T.if_then_else(red[r] == neg_inf, T.float32(0), red[r])
+                                    T.ptx["ex2.approx.ftz.f32"](m[r], m[r] - xr[0])  # the rescale of the old sum
+                                    lsum[r] = lsum[r] * m[r]
+                                    for j in T.unroll(n_tiles):
+                                        for e in T.unroll(2):
+                                            T.ptx["ex2.approx.ftz.f32"](s[j * 4 + 2 * r + e], s[j * 4 + 2 * r + e] - xr[0])
+                                            lsum[r] = lsum[r] + s[j * 4 + 2 * r + e]
+                                    m[r] = red[r]
                     for r in T.unroll(2):
                         lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 1, 32)
                         lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 2, 32)
                         # p·255 = 2**(x − max) · (255 / sum); rows with no visible key: 0
                         lsum[r] = T.if_then_else(lsum[r] > T.float32(0), T.float32(255) / lsum[r], T.float32(0))
-                        m[r] = T.if_then_else(m[r] == neg_inf, T.float32(0), m[r])
+                        m[r] = T.if_then_else(m[r] == neg_inf or fixed != 0, T.float32(0), m[r])
                     # pass 2: u8 = round(p·255), P·V8 on the 8-bit tensor cores (exact in int32)
                     for pre in T.serial(1 + n_blocks):
                         if pre >= 1:
