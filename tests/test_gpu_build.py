@@ -154,6 +154,17 @@ def test_dispatch_names_the_built_sign_pack_kernels():
                 == sign_pack_qk_name("bfloat16", lanes))
 
 
+def test_dispatch_names_the_built_8bit_kernels():
+    from binattn.tvm_kernels.cuda_attention_pv8 import attention_pv8_name
+    from binattn.tvm_kernels.cuda_quantize_v import v8_amax_name, v8_pack_name
+
+    for dtype, dv, has_bias in (("float16", 64, False), ("bfloat16", 256, True)):
+        assert cuda_dispatch.pv8_symbol(dtype, dv, has_bias) == attention_pv8_name(dtype, dv,
+                                                                                 has_bias)
+    assert v8_amax_name("bfloat16") == "binattn_v8_amax_bfloat16"  # as quantize_v8 calls them
+    assert v8_pack_name("float16") == "binattn_v8_pack_float16"
+
+
 @pytest.mark.parametrize("knobs, present, absent", [
     ({"wgmma_pv": 1, "stages": 3}, ("wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16",
                        "wgmma.wait_group.sync.aligned", "encode_matrix_descriptor"), ("ldmatrix",)),

@@ -332,6 +332,12 @@ def _pv8_reason(device: torch.device, v: torch.Tensor, n_keys: int) -> Optional[
     return None
 
 
+def pv8_symbol(dtype: str, dv: int, has_bias: bool) -> str:
+    """Exported name of the 8-bit-P·V attention kernel (as
+    ``cuda_attention_pv8.attention_pv8_name`` names it; a test checks they agree)."""
+    return f"binattn_attention_pv8_{dtype}_dv{dv}{'_bias' if has_bias else ''}"
+
+
 def quantize_v8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """V as the 8-bit kernel reads it, in two launches (``cuda_quantize_v``): (int8 V,
     transposed to ``[B, Hkv, dv, keys]`` with the keys permuted as ``pv8_key_permutation`` says
@@ -340,9 +346,9 @@ def quantize_v8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     are the reference's (``reference.quantize_v_s8``: the same float32 products, rounded alike)."""
     B, H, N, Dv = v.shape
     dv, dtype = dv_bucket(Dv), PV_DTYPES[v.dtype]
-    quads = _quads(v.reshape(B * H, N, Dv))
-    if quads is None:
-        quads = _quads(v.reshape(B * H, N, Dv).clone())
+    quads = _quads(v.contiguous().reshape(B * H, N, Dv))
+    if quads is None:  # attention_kernel hands over aligned V with Dv % 8 == 0
+        raise ValueError(f"quantize_v8 needs a 16-byte-aligned V with Dv % 8 == 0, got Dv={Dv}")
     amax = torch.zeros((B * H, Dv), dtype=torch.int32, device=v.device)
     _call(v.device, f"binattn_v8_amax_{dtype}", quads, amax)
     inv_step = torch.zeros((B * H, dv), dtype=torch.float32, device=v.device)
@@ -439,8 +445,7 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
     mult = float(softmax_scale * LOG2E * extra)
     if pv_bits == 8:  # the two-pass kernel with P and V on the 8-bit tensor cores
         v8, v_scale = quantize_v8(v)
-        name = (f"binattn_attention_pv8_{PV_DTYPES[v.dtype]}_dv{dv_bucket(Dv)}"
-                f"{'_bias' if add is not None else ''}")
+        name = pv8_symbol(PV_DTYPES[v.dtype], dv_bucket(Dv), add is not None)
         _call(q.device, name, q_bits, k_bits, k_pop, v8, v_scale, out.view(torch.int32), s_q,
               s_k, flat, int(bool(is_causal)), ks_group, *strides, mult, D)
         return out
