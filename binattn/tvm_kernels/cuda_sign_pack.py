@@ -28,6 +28,21 @@ DTYPES = ("float16", "bfloat16", "float32")
 VEC_LANES = (2, 4, 8)  # lanes per row of the 16-byte-load kernel: D ≤ 64, ≤ 128, ≤ 256
 
 
+@T.macro
+def add_abs_sum(AbsSum, slot, tid, acc, warp_sums):
+    """``AbsSum[slot] += Σ acc`` over the CTA: warp shuffles, then the warps' sums in shared
+    memory, then one ``atomicAdd`` per CTA."""
+    for sh in T.unroll(5):
+        acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", T.uint32(0xFFFFFFFF), acc[0], 16 >> sh, 32)
+    if tid % 32 == 0:
+        warp_sums[tid // 32] = acc[0]
+    T.tvm_storage_sync("shared")
+    if tid == 0:
+        for i in T.unroll(WARPS - 1):
+            acc[0] = acc[0] + warp_sums[i + 1]
+        T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(AbsSum[slot]), acc[0]))
+
+
 def sign_pack_name(dtype: str, vec: bool = False, lanes: int = MAX_WORDS) -> str:
     """Exported symbol of the sign-pack kernel for an input dtype (``vec``: 16-byte loads, with
     ``lanes`` threads per row)."""
@@ -76,15 +91,7 @@ def _vec_pack_macro(dtype: str, lanes: int):
                 pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full, pop[0], 1 << sh, 32)
             if n < n_rows and w == 0:
                 Pops[bh, n] = pop_offset + pop_scale * pop[0]
-        for sh in T.unroll(5):
-            acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", full, acc[0], 16 >> sh, 32)
-        if tid % 32 == 0:
-            warp_sums[tid // 32] = acc[0]
-        T.tvm_storage_sync("shared")
-        if tid == 0:
-            for i in T.unroll(WARPS - 1):
-                acc[0] = acc[0] + warp_sums[i + 1]
-            T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(AbsSum[abs_slot]), acc[0]))
+        add_abs_sum(AbsSum, abs_slot, tid, acc, warp_sums)
 
     return pack_rows
 
@@ -231,14 +238,6 @@ def sign_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
                         Bits[bh, n, w] = T.reinterpret("int32", word[0])
                     if n < N and w == 0:
                         Pops[bh, n] = pop_offset + pop_scale * pop[0]
-                    for sh in T.unroll(5):
-                        acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", full, acc[0], 16 >> sh, 32)
-                    if tid % 32 == 0:
-                        warp_sums[tid // 32] = acc[0]
-                    T.tvm_storage_sync("shared")
-                    if tid == 0:
-                        for i in T.unroll(WARPS - 1):
-                            acc[0] = acc[0] + warp_sums[i + 1]
-                        T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(AbsSum[bh]), acc[0]))
+                    add_abs_sum(AbsSum, bh, tid, acc, warp_sums)
 
     return sign_pack
