@@ -74,25 +74,33 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
     ld_x2 = "ldmatrix.sync.aligned.m8n8.x2.shared.b16"
 
     @T.macro
-    def copy_block(blk, st, with_v, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW):
-        # K bits (16-byte halves; D ≤ 128: the low half twice), key popcounts (twice per key
-        # pair), V8 rows of the block; past Nk zero-filled (V8 is padded with zeros already)
-        for it in T.unroll(k_iters):
-            u = tid + it * nthreads
-            key = blk * kb + u // 2
-            if u < k_units:
-                T.ptx["cp.async.cg.shared.global"](Ks.ptr_to([st, u // 2, (u % 2) * 4]), Kb.ptr_to([0, 0, 0, (kv_row0 + T.min(key, Nk - 1)) * QBITS_WORDS + (u % 2) * 4 * (1 - narrow)]), 16, T.Cast("uint32", T.if_then_else(key < Nk, 16, 0)))
-        for it in T.unroll(p_iters):
-            u = tid + it * nthreads
-            key = blk * kb + u // 2
-            if u < p_units:
-                T.ptx["cp.async.ca.shared.global"](Kps.ptr_to([st, (u // 2) // 2, 2 * (u % 2) + (u // 2) % 2]), Kp.ptr_to([0, 0, kv_row0 + T.min(key, Nk - 1)]), 4, T.Cast("uint32", T.if_then_else(key < Nk, 4, 0)))
-        if with_v:
-            for it in T.unroll(v_iters):
+    def next_block(blk, n_blocks, with_v, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow,
+                   Nk, NKW):
+        # one pipeline step of either pass: the block before ``blk`` has landed (waited for, then
+        # a barrier: every warp is also done with the stage about to be overwritten), and the
+        # copies of block ``blk`` start: K bits (16-byte halves; D ≤ 128: the low half twice),
+        # key popcounts (twice per key pair), with_v: V8 rows; past Nk zero-filled (V8 is
+        # padded with zeros already)
+        if blk >= 1:
+            T.ptx["cp.async.wait_group"](0)
+        T.tvm_storage_sync("shared")
+        if blk < n_blocks:
+            for it in T.unroll(k_iters):
                 u = tid + it * nthreads
-                if u < v_units:
-                    T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([st, (u // 2) * V8_ROW_WORDS + (u % 2) * 4]), V8.ptr_to([0, 0, 0, (vrow0 + u // 2) * NKW + blk * (kb // 4) + (u % 2) * 4]), 16, 16)
-        T.ptx["cp.async.commit_group"]()
+                key = blk * kb + u // 2
+                if u < k_units:
+                    T.ptx["cp.async.cg.shared.global"](Ks.ptr_to([blk % STAGES, u // 2, (u % 2) * 4]), Kb.ptr_to([0, 0, 0, (kv_row0 + T.min(key, Nk - 1)) * QBITS_WORDS + (u % 2) * 4 * (1 - narrow)]), 16, T.Cast("uint32", T.if_then_else(key < Nk, 16, 0)))
+            for it in T.unroll(p_iters):
+                u = tid + it * nthreads
+                key = blk * kb + u // 2
+                if u < p_units:
+                    T.ptx["cp.async.ca.shared.global"](Kps.ptr_to([blk % STAGES, (u // 2) // 2, 2 * (u % 2) + (u // 2) % 2]), Kp.ptr_to([0, 0, kv_row0 + T.min(key, Nk - 1)]), 4, T.Cast("uint32", T.if_then_else(key < Nk, 4, 0)))
+            if with_v:
+                for it in T.unroll(v_iters):
+                    u = tid + it * nthreads
+                    if u < v_units:
+                        T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([blk % STAGES, (u // 2) * V8_ROW_WORDS + (u % 2) * 4]), V8.ptr_to([0, 0, 0, (vrow0 + u // 2) * NKW + blk * (kb // 4) + (u % 2) * 4]), 16, 16)
+            T.ptx["cp.async.commit_group"]()
 
     @T.macro
     def block_scores(st, k0, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow,
@@ -198,11 +206,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                     n_blocks = T.ceildiv(kv_len, kb)
                     # pass 1: each row's sum of 2**x (no shift), or max and sum of 2**(x − max) (online)
                     for pre in T.serial(1 + n_blocks):
-                        if pre >= 1:
-                            T.ptx["cp.async.wait_group"](0)
-                        T.tvm_storage_sync("shared")
-                        if pre < n_blocks:
-                            copy_block(pre, pre % STAGES, False, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
+                        next_block(pre, n_blocks, False, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
                         if pre >= 1:
                             block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
                             if fixed != 0:  # no shift needed: 2**x stays well inside float32
@@ -235,11 +239,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                         m[r] = T.if_then_else(m[r] == neg_inf or fixed != 0, T.float32(0), m[r])
                     # pass 2: u8 = round(p·255), P·V8 on the 8-bit tensor cores (exact in int32)
                     for pre in T.serial(1 + n_blocks):
-                        if pre >= 1:
-                            T.ptx["cp.async.wait_group"](0)
-                        T.tvm_storage_sync("shared")
-                        if pre < n_blocks:
-                            copy_block(pre, pre % STAGES, True, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
+                        next_block(pre, n_blocks, True, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
                         if pre >= 1:
                             block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
                             for j in T.unroll(n_tiles):
