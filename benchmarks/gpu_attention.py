@@ -7,7 +7,9 @@ user pays) and of the fused kernel alone, SDPA with the cuDNN and the FLASH back
 effective TFLOP/s (4·B·H·N²·D / t), ratios vs cuDNN against the issue's targets, and a roofline
 line: the time the exponential unit (4.17 T exp/s), the 16-bit mma.sync PV and the 1-bit QKᵀ
 would need at their measured ceilings (lab/CEILINGS.md) and the share of it each kernel reaches.
-Prints the table, writes ``gpu_attention.json`` and ``gpu_attention.png`` into ``--out``.
+A second table times relative-position-biased calls (ViT-B, ViT-L/384, BEiT-L/512 grids): the
+bias table looked up inside the kernel vs the bias gathered by torch first, and SDPA with the
+gathered bias as its mask. Prints the tables, writes ``gpu_attention.json`` and ``gpu_attention.png`` into ``--out``.
 
 What it does not: check correctness (tests/test_gpu_kernels.py does) or tune.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from binattn.tvm_kernels.cuda_bench import measure
+from binattn.tvm_kernels.cuda_bench import measure, measure_relpos
 
 SHAPES = [  # (B, H, N, D), name, target speed-up over cuDNN
     ((64, 12, 197, 64), "ViT-B/16 224²", 1.5),
@@ -34,6 +36,13 @@ SHAPES = [  # (B, H, N, D), name, target speed-up over cuDNN
     ((32, 16, 257, 64), "ViT-L/14 224² (extra)", None),
     ((32, 12, 512, 64), "BERT-base 512 (extra)", None),
 ]
+RELPOS_SHAPES = [  # (B, H, N, D), token grid (+1 cls token), name
+    ((64, 12, 197, 64), (14, 14), "ViT-B/16 224² + relpos"),
+    ((16, 16, 577, 64), (24, 24), "ViT-L/16 384² + relpos"),
+    ((8, 16, 1025, 64), (32, 32), "BEiT-L/16 512² + relpos"),
+]
+
+
 def tflops(shape, ms):
     B, H, N, D = shape
     return None if ms is None else 4 * B * H * N * N * D / (ms * 1e-3) / 1e12
@@ -67,6 +76,25 @@ def report(rows, device: str) -> str:
               "", "pv_bits=8 µs = the same call with 8-bit P and V (u8 P × s8 V on the 8-bit tensor "
               "cores, two passes over the keys, after two launches that quantise V), path: "
               + rows[0]["pv8_path"]]
+    return "\n".join(lines)
+
+
+def relpos_report(rows) -> str:
+    lines = ["Relative-position bias (bf16, graphed, gather included): the table looked up in "
+             "the kernel vs the bias gathered by torch first, no bias, and SDPA with the "
+             "gathered bias as its float mask", "",
+             "| shape (B,H,N,D) | table rows | in-kernel table µs | gathered bias µs | no bias µs "
+             "| SDPA cuDNN + mask µs | SDPA efficient + mask µs | gathered / table | "
+             "× best SDPA |", "|" + "---|" * 9]
+    for r, (_, _, name) in zip(rows, RELPOS_SHAPES):
+        best = min((t for t in (r["cudnn_ms"], r["efficient_ms"]) if t), default=None)
+        kernel = "" if r["table_kernel"] else " (gathered: table too large)"
+        lines.append(
+            f"| {tuple(r['shape'])} {name} | {r['table_rows']}{kernel} | {r['table_ms']*1e3:.1f} | "
+            f"{r['gathered_ms']*1e3:.1f} | {r['no_bias_ms']*1e3:.1f} | "
+            f"{fmt(r['cudnn_ms'] and r['cudnn_ms']*1e3)} | "
+            f"{fmt(r['efficient_ms'] and r['efficient_ms']*1e3)} | "
+            f"{r['gathered_ms'] / r['table_ms']:.2f} | {fmt(best and best / r['table_ms'], '.2f')} |")
     return "\n".join(lines)
 
 
@@ -110,9 +138,12 @@ def main(argv=None) -> int:
         return 2
     device = f"{torch.cuda.get_device_name()} (torch {torch.__version__}, {platform.node()})"
     rows = [measure(shape) for shape, _, _ in (SHAPES[:2] if args.quick else SHAPES)]
-    table = report(rows, device)
+    relpos_rows = [measure_relpos(shape, grid)
+                   for shape, grid, _ in (RELPOS_SHAPES[:1] if args.quick else RELPOS_SHAPES)]
+    table = report(rows, device) + "\n\n" + relpos_report(relpos_rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_attention.json").write_text(json.dumps({"device": device, "rows": rows}, indent=1))
+    (args.out / "gpu_attention.json").write_text(json.dumps(
+        {"device": device, "rows": rows, "relpos_rows": relpos_rows}, indent=1))
     (args.out / "gpu_attention.md").write_text(table + "\n")
     plot(rows, args.out / "gpu_attention.png", device)
     print(table)

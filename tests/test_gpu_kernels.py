@@ -5,7 +5,8 @@ load (a load failure fails the tests, it does not skip them). Every test draws f
 (seed printed on failure, never zeros) and poisons outputs before each launch. Sign bits, row
 popcounts and integer scores must be bit-exact; attention output must match the reference within
 the rounding of P to the value dtype. Covers D ∈ {32, 64, 72, 80, 96, 128, 256}, odd N, bool and
-float masks, causal, GQA, dense / broadcast bias, the three scale modes and the fallback path,
+float masks, causal, GQA, dense / broadcast bias, bias tables looked up in-kernel, the three
+scale modes and the fallback path,
 each on both attention kernels: the short-sequence one (32-key blocks) and the regular one.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
 VARIANTS = ("short", "long")  # the two attention kernels of each (dtype, dv)
 OP_DEFAULTS = dict(bias=None, attn_mask=None, is_causal=False, scale=None, scale_mode="mean_abs",
                    q_scale=None, k_scale=None, top_n=None, pv_bits=None, binarizer="sign",
-                   temperature=1.0, ste_clip=1.0)
+                   temperature=1.0, ste_clip=1.0, bias_index=None)
 
 
 def run_variant(cuda_dispatch, q, k, v, kw, variant):
@@ -238,6 +239,79 @@ def test_relpos_bias_view_is_read_in_place(cuda_dispatch, gen):
         for variant in VARIANTS:
             _check(run_variant(cuda_dispatch, q, k, v, {"bias": bias}, variant), q, k, v,
                    {"bias": bias}, gen)
+
+
+def _relpos(gen, heads, grid, prefix=1):
+    from binattn.ops.bias import RelPosBias
+
+    torch.manual_seed(gen.initial_seed())
+    rel = RelPosBias(heads, grid, prefix).cuda()
+    with torch.no_grad():
+        rel.table.normal_(0, 0.5)  # big enough to move the output
+    return rel.table.detach(), rel.index
+
+
+TABLE_CASES = ("relpos", "shared_column", "transposed_table", "int64_index", "causal", "gqa",
+               "random_index", "wide_table")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("head_dim", (32, 64, 72, 128, 256))
+@pytest.mark.parametrize("case", TABLE_CASES)
+def test_bias_table_is_looked_up_in_kernel(cuda_dispatch, gen, case, head_dim, variant):
+    """bias=table [T, H] with bias_index [Nq, Nk] runs the table kernel (the table's column in
+    shared memory, one index load per score) and gives the reference's output — with the
+    no-shift softmax where the table's range allows it, the online one where not."""
+    dtype = torch.float16 if head_dim == 72 else torch.bfloat16
+    heads, hkv, grid = 4, 2 if case == "gqa" else 4, (7, 9)
+    n = 1 + grid[0] * grid[1]
+    table, index = _relpos(gen, heads, grid)
+    if case == "shared_column":
+        table = table[:, :1].contiguous()
+    if case == "transposed_table":  # a [H, T] parameter seen as [T, H]
+        table = table.t().contiguous().t()
+    if case == "wide_table":  # a range past the no-shift softmax's: the online one runs
+        table = table * 40
+    if case == "int64_index":
+        index = index.long()
+    if case == "random_index":  # any index, not only the relative-position layout
+        index = torch.randint(0, table.shape[0], (n, n), generator=gen, device="cuda",
+                              dtype=torch.int32)
+    q = randn(gen, 2, heads, n, head_dim, dtype=dtype)
+    k, v = (randn(gen, 2, hkv, n, head_dim, dtype=dtype) for _ in range(2))
+    kw = {"bias": table, "bias_index": index, "is_causal": case == "causal"}
+    assert cuda_dispatch.uses_table_kernel(q, v, table, None, None, index, variant)
+    _check(run_variant(cuda_dispatch, q, k, v, kw, variant), q, k, v, kw, gen)
+
+
+def test_bias_table_fallbacks_gather_on_the_host(cuda_dispatch, gen):
+    """A table past the kernel's shared memory, a mask to fold in, or 8-bit P·V: the table is
+    gathered on the host (dense-bias kernels) — still the kernel, still the reference's output."""
+    dev = torch.device("cuda")
+    capacity = cuda_dispatch.table_capacity(dev, torch.bfloat16, 64, 50)
+    assert capacity >= 2048
+    q, k, v = (randn(gen, 2, 4, 50, 64, dtype=torch.bfloat16) for _ in range(3))
+    big = randn(gen, capacity + 1, 4)
+    index = torch.randint(0, capacity + 1, (50, 50), generator=gen, device="cuda")
+    index[0, 0] = capacity  # the last row is used
+    table, rel_index = _relpos(gen, 4, (7, 7))
+    mask = torch.rand(50, 50, generator=gen, device="cuda") > 0.2
+    for kw in ({"bias": big, "bias_index": index},
+               {"bias": table, "bias_index": rel_index, "attn_mask": mask},
+               {"bias": table, "bias_index": rel_index, "pv_bits": 8}):
+        assert not cuda_dispatch.uses_table_kernel(q, v, kw["bias"], kw.get("attn_mask"),
+                                                   kw.get("pv_bits"), kw["bias_index"])
+        out = binattn.ops.binary_attention(q, k, v, **kw)
+        assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
+        _check(out, q, k, v, kw, gen)
+
+
+def test_bias_table_index_out_of_range_is_refused(cuda_dispatch, gen):
+    """An index past the table is a clear error before any kernel reads past it."""
+    q, k, v = (randn(gen, 1, 4, 50, 64, dtype=torch.bfloat16) for _ in range(3))
+    table, index = _relpos(gen, 4, (7, 7))
+    with pytest.raises(ValueError, match="outside the table"):
+        binattn.ops.binary_attention(q, k, v, bias=table, bias_index=index + table.shape[0])
 
 
 @pytest.mark.parametrize("case", ("plain", "causal", "gqa"))

@@ -3,8 +3,8 @@ reference op.
 
 Skips cleanly without a CUDA GPU. Covers ``torch.compile(model, backend="binattn")`` on a CUDA
 bf16 model (plain and 8-bit P/V), ``binattn.binarize`` with a learned relative-position bias
-(the kernel reads the gathered bias view in place), and a training step through the CUDA
-forward kernel and the STE backward.
+(the table and its index reach the kernel, which looks the table up itself), and a training step
+through the CUDA forward kernel and the STE backward.
 """
 from __future__ import annotations
 
@@ -60,6 +60,8 @@ def test_binarize_with_relpos_bias_and_a_training_step():
         for name, p in gm.named_parameters():
             if "table" in name:
                 p.normal_(0, 0.5)
+    sites = [n for n in gm.graph.nodes if n.op == "call_module" and "binattn_site" in n.target]
+    assert sites and all("bias_index" in n.kwargs for n in sites)
     with torch.no_grad():
         out = gm(xb)
         assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"

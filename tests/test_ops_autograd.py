@@ -92,6 +92,48 @@ def test_gqa_gradients_sum_over_the_group():
     torch.testing.assert_close(v.grad, v2.grad.view(1, 2, 2, 6, 8).sum(2))
 
 
+TABLE_CASES = [dict(), dict(heads=1), dict(gqa=True, is_causal=True), dict(mask=True),
+               dict(pv_bits=8), dict(reference=True)]
+
+
+@pytest.mark.parametrize("case", TABLE_CASES)
+def test_bias_table_equals_its_dense_gather(case):
+    """bias=table + bias_index is the dense bias table[index] (forward, and the gradients of q,
+    k, v), and the table's gradient is autograd's through the gather — on the CPU kernel and on
+    the reference path."""
+    from binattn.ops import RelPosBias, reference_only
+
+    case = dict(case)
+    hkv = 2 if case.pop("gqa", False) else 4
+    rel = RelPosBias(case.pop("heads", 4), (3, 3))
+    with torch.no_grad():
+        rel.table.normal_(0, 0.5)
+    q = rand(2, 4, 10, 16, seed=1, dtype=torch.float32).requires_grad_()
+    k = rand(2, hkv, 10, 16, seed=2, dtype=torch.float32).requires_grad_()
+    v = rand(2, hkv, 10, 16, seed=3, dtype=torch.float32).requires_grad_()
+    if case.pop("mask", False):
+        case["attn_mask"] = rand(10, 10, seed=5) > -0.5
+    forced = reference_only() if case.pop("reference", False) else torch.enable_grad()
+    with forced:
+        out = binary_attention(q, k, v, bias=rel.table, bias_index=rel.index, **case)
+        got = torch.autograd.grad(out.pow(2).sum(), (q, k, v, rel.table))
+        dense = binary_attention(q, k, v, bias=rel(), **case)
+        want = torch.autograd.grad(dense.pow(2).sum(), (q, k, v, rel.table))
+    torch.testing.assert_close(out, dense, atol=1e-6, rtol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert got[3].abs().sum() > 0
+
+
+def test_gradcheck_bias_table():
+    q, k = rand(1, 2, 5, 8, seed=1), rand(1, 2, 5, 8, seed=2)
+    v = rand(1, 2, 5, 8, seed=3).requires_grad_()
+    table = rand(7, 2, seed=4).requires_grad_()
+    index = torch.randint(0, 7, (5, 5), generator=torch.Generator().manual_seed(0))
+    assert gradcheck(lambda v_, t_: binary_attention(q, k, v_, bias=t_, bias_index=index),
+                     (v, table))
+
+
 OPTION_SETS = [
     dict(),
     dict(bias=True, is_causal=True),
@@ -117,6 +159,13 @@ def attention_args(bias=False, mask=False, static=False, is_causal=False, scale=
 @pytest.mark.parametrize("opts", OPTION_SETS)
 def test_opcheck_binary_attention(opts):
     opcheck(torch.ops.binattn.binary_attention.default, attention_args(**opts))
+
+
+def test_opcheck_binary_attention_with_a_bias_table():
+    args = list(attention_args(is_causal=True))
+    args[3] = rand(9, 4, seed=6, dtype=torch.float32).requires_grad_()
+    index = torch.randint(0, 9, (6, 6), generator=torch.Generator().manual_seed(1))
+    opcheck(torch.ops.binattn.binary_attention.default, tuple(args) + (index,))
 
 
 def test_opcheck_binary_attention_backward():

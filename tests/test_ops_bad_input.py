@@ -27,6 +27,24 @@ def qkv(shape=(1, 2, 4, 8)):
     (lambda q, k, v: binary_attention(q, k, v, pv_bits=4), "pv_bits"),
     (lambda q, k, v: binary_attention(q, k, v, binarizer="round"), "binarizer"),
     (lambda q, k, v: binary_attention(q, k, v, temperature=0.0), "temperature"),
+    (lambda q, k, v: binary_attention(q, k, v, bias_index=torch.zeros(4, 4, dtype=torch.int32)),
+     "bias_index needs bias"),
+    (lambda q, k, v: binary_attention(q, k, v, bias=torch.zeros(2, 4, 4),
+                                      bias_index=torch.zeros(4, 4, dtype=torch.int32)),
+     r"table \[T, H\]"),
+    (lambda q, k, v: binary_attention(q, k, v, bias=torch.zeros(5, 3),
+                                      bias_index=torch.zeros(4, 4, dtype=torch.int32)),
+     "H = 1 or 2"),
+    (lambda q, k, v: binary_attention(q, k, v, bias=torch.zeros(0, 2),
+                                      bias_index=torch.zeros(4, 4, dtype=torch.int32)),
+     "T >= 1"),
+    (lambda q, k, v: binary_attention(q, k, v, bias=torch.zeros(5, 2),
+                                      bias_index=torch.zeros(4, 5, dtype=torch.int32)),
+     r"shape \[Nq, Nk\]"),
+    (lambda q, k, v: binary_attention(q, k, v, bias=torch.zeros(5, 2),
+                                      bias_index=torch.full((4, 4), 5)), "outside the table"),
+    (lambda q, k, v: binary_attention(q, k, v, bias=torch.zeros(5, 2),
+                                      bias_index=torch.full((4, 4), -1)), "outside the table"),
 ])
 def test_value_errors(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -40,6 +58,11 @@ def test_value_errors(bad, match):
     (lambda q, k, v: binary_attention(q, k, v, attn_mask=torch.ones(4, 4, dtype=torch.int64)),
      "attn_mask must be bool"),
     (lambda q, k, v: sign_pack(torch.ones(3, 4, dtype=torch.int32)), "x must be float"),
+    (lambda q, k, v: binary_attention(q, k, v, bias=torch.zeros(5, 2),
+                                      bias_index=torch.zeros(4, 4)), "bias_index must be int32"),
+    (lambda q, k, v: binary_attention(q, k, v, bias=torch.zeros(5, 2, dtype=torch.int32),
+                                      bias_index=torch.zeros(4, 4, dtype=torch.int32)),
+     "bias must be float16"),
     (lambda q, k, v: popcount_scores(q, k, 8), "q_bits must be int32"),
 ])
 def test_type_errors(bad, match):

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import fx
 
+from ..ops.bias import RelPosBias
 from .bias_setup import make_bias
 from .config import BinarizeConfig
 from .glue import merge_masks
@@ -88,6 +89,17 @@ def site_name(module_path: str, index: int) -> str:
     return leaf
 
 
+def _bias_inputs(gm: fx.GraphModule, name: str, bias: torch.nn.Module) -> dict[str, fx.Node]:
+    """Add the bias module; the site's ``bias`` (and ``bias_index``) inputs read from it: a
+    ``RelPosBias`` hands over its table and index (looked up inside the op), any other bias
+    module its output."""
+    gm.add_submodule(name, bias.to(_device(gm)))
+    if isinstance(bias, RelPosBias):
+        return {"bias": gm.graph.get_attr(f"{name}.table"),
+                "bias_index": gm.graph.get_attr(f"{name}.index")}
+    return {"bias": gm.graph.call_module(name)}
+
+
 def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
                  config: BinarizeConfig, model: Any) -> None:
     """Rewrite one site in place; fills row.bias."""
@@ -117,10 +129,11 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
             kinds = tuple(kind for _, kind in m.mask_parts)
             kwargs["attn_mask"] = graph.call_function(merge_masks, masks, {"kinds": kinds})
         if bias is not None:
-            gm.add_submodule(f"binattn_bias_{index}", bias.to(_device(gm)))
-            kwargs["bias"] = graph.call_module(f"binattn_bias_{index}")
+            kwargs.update(_bias_inputs(gm, f"binattn_bias_{index}", bias))
         elif m.bias_node is not None:
             kwargs["bias"] = m.bias_node
+            if m.bias_index_node is not None:
+                kwargs["bias_index"] = m.bias_index_node
         out = graph.call_module(name, (m.q, k, m.v), kwargs)
         if m.probs_node is not None:
             site.returns_probs = True

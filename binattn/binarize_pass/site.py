@@ -9,7 +9,8 @@ attention on the same inputs (the teacher of self-distillation). With ``record_p
 the attention probabilities of the last forward in ``last_probs``.
 
 What it does not: find sites or own the learned bias (the bias module is a sibling submodule of
-the GraphModule named ``binattn_bias_<i>``; its output arrives as ``bias``).
+the GraphModule named ``binattn_bias_<i>``; its output arrives as ``bias``, or, for a
+``RelPosBias``, its table as ``bias`` and its index as ``bias_index``).
 """
 from __future__ import annotations
 
@@ -53,25 +54,26 @@ class BinaryAttentionSite(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 attn_mask: Optional[torch.Tensor] = None,
-                bias: Optional[torch.Tensor] = None):
+                bias: Optional[torch.Tensor] = None,
+                bias_index: Optional[torch.Tensor] = None):
         """The attention output; ``(output, probs)`` where ``returns_probs`` is set."""
         need_probs = self.record_probs or self.returns_probs
         if self.mode == "float":
             out, probs = self._float_attention(q, k, v, attn_mask, need_probs)
         elif need_probs:
-            out, probs = self._binary_with_probs(q, k, v, attn_mask, bias)
+            out, probs = self._binary_with_probs(q, k, v, attn_mask, bias, bias_index)
         else:
             out, probs = ops.binary_attention(
                 q, k, v, bias=bias, attn_mask=attn_mask, is_causal=self.is_causal,
                 scale=self.scale, scale_mode=self.scale_mode, q_scale=self.q_scale,
                 k_scale=self.k_scale, top_n=self.top_n, pv_bits=self.pv_bits,
                 binarizer=self.binarizer, temperature=self.temperature,
-                ste_clip=self.ste_clip), None
+                ste_clip=self.ste_clip, bias_index=bias_index), None
         if self.record_probs:
             self.last_probs = probs
         return (out, probs) if self.returns_probs else out
 
-    def _binary_with_probs(self, q, k, v, attn_mask, bias):
+    def _binary_with_probs(self, q, k, v, attn_mask, bias, bias_index):
         """The reference op with its probabilities (same math as the custom op, differentiable)."""
         squeeze = q.dim() == 3
         q4, k4, v4, m4, b4 = (x.unsqueeze(1) if squeeze and x is not None and x.dim() == 3 else x
@@ -79,7 +81,7 @@ class BinaryAttentionSite(nn.Module):
         out, probs = reference.binary_attention(
             q4, k4, v4, b4, m4, self.is_causal, self.scale, self.scale_mode, self.q_scale,
             self.k_scale, self.top_n, self.pv_bits, self.binarizer, self.temperature,
-            self.ste_clip, return_probs=True)
+            self.ste_clip, bias_index, return_probs=True)
         return (out.squeeze(1), probs.squeeze(1)) if squeeze else (out, probs)
 
     def _float_attention(self, q, k, v, attn_mask, need_probs: bool):

@@ -70,12 +70,15 @@ def binary_attention_bitops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             k_scale: Optional[torch.Tensor] = None,
                             top_n: Optional[int] = None, pv_bits: Optional[int] = None,
                             binarizer: str = "sign", temperature: float = 1.0,
-                            ste_clip: float = 1.0, *, portable: bool = False) -> torch.Tensor:
+                            ste_clip: float = 1.0, bias_index: Optional[torch.Tensor] = None,
+                            *, portable: bool = False) -> torch.Tensor:
     """Forward of the binary-attention op (same signature), QKᵀ through bit operations
-    (``portable``: the shift-free int32 form of :func:`bit_scores`)."""
+    (``portable``: the shift-free int32 form of :func:`bit_scores`); a bias table is gathered
+    by its index (an ordinary gather in the exported graph)."""
     if binarizer != "sign":
         raise UserError(f"export needs binarizer='sign' (the trained model), got {binarizer!r}: "
                         "soft HAD stages are float math, not bit operations")
+    bias = reference.dense_bias(bias, bias_index)
     dtype = reference.compute_dtype(q, k, v, bias)
     qf, kf = q.to(dtype), reference.expand_kv_heads(k.to(dtype), q.shape[-3])
     if k_scale is not None and k_scale.dim() >= 3:

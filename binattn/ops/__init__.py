@@ -56,6 +56,7 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                      k_scale: Optional[torch.Tensor] = None, top_n: Optional[int] = None,
                      pv_bits: Optional[int] = None, binarizer: str = "sign",
                      temperature: float = 1.0, ste_clip: float = 1.0,
+                     bias_index: Optional[torch.Tensor] = None,
                      check_finite: bool = True) -> torch.Tensor:
     """Attention with 1-bit queries and keys (BinaryAttention / HAD), a drop-in for SDPA.
 
@@ -65,7 +66,12 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 
     Args:
         bias: additive learned bias broadcastable to ``[B, Hq, Nq, Nk]`` (e.g. from
-            :class:`RelPosBias`); it receives a real gradient.
+            :class:`RelPosBias`); it receives a real gradient. With ``bias_index`` it is a
+            table ``[T, H]`` (H = 1 or Hq) instead, and the bias of (h, i, j) is
+            ``bias[bias_index[i, j], h]`` — the relative-position form, which the CUDA kernel
+            looks up in-kernel without an N×N tensor (its gradient goes to the table).
+        bias_index: int ``[Nq, Nk]`` rows of the table (see ``bias``); e.g.
+            ``RelPosBias.index``.
         attn_mask: bool (True = keep) or additive float mask, as in SDPA.
         is_causal: query i attends to keys j <= i.
         scale: softmax scale, default ``1/sqrt(D)``.
@@ -75,7 +81,8 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         pv_bits: 8 to fake-quantize P (u8) and V (symmetric s8 per channel).
         binarizer: ``"sign"`` (STE, clipped at ``ste_clip``), or HAD's soft stages
             ``"scaled_tanh"`` (T·tanh(x/T)) and ``"tanh"`` (tanh(x/T)) with T = ``temperature``.
-        check_finite: raise ValueError on NaN/Inf in q, k, v (eager only).
+        check_finite: raise ValueError on NaN/Inf in q, k, v, bias and on a ``bias_index``
+            outside the table (eager only; False skips these data checks).
 
     Rows whose keys are all masked give zeros. Output has v's dtype; math runs in float32
     (float64 for float64 inputs).
@@ -85,7 +92,10 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     attn_mask, bias = _as_4d(attn_mask, squeeze), _as_4d(bias, squeeze)
     validation.check_attention_inputs(q, k, v)
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    validation.check_broadcast("bias", bias, target)
+    if bias_index is None:
+        validation.check_broadcast("bias", bias, target)
+    else:
+        validation.check_bias_table(bias, bias_index, target, check_values=check_finite)
     validation.check_broadcast("attn_mask", attn_mask, target)
     validation.check_options(scale_mode=scale_mode, q_scale=q_scale, k_scale=k_scale,
                              top_n=top_n, pv_bits=pv_bits, binarizer=binarizer,
@@ -96,5 +106,5 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     out = torch.ops.binattn.binary_attention(
         q, k, v, bias, attn_mask, bool(is_causal), None if scale is None else float(scale),
         scale_mode, q_scale, k_scale, top_n, pv_bits, binarizer, float(temperature),
-        float(ste_clip))
+        float(ste_clip), bias_index)
     return out.squeeze(1) if squeeze else out

@@ -2,12 +2,15 @@
 
 What it does: builds the relative-position index for a Gh×Gw token grid with prefix (cls)
 tokens, and ``nn.Module``s whose forward returns an additive bias ``[H, Nq, Nk]`` for
-``binary_attention(bias=...)``. What it does not: decide where biases go (``binarize_pass``).
+``binary_attention(bias=...)``. ``RelPosBias`` also hands its table and index over as they are
+(``binary_attention(bias=table, bias_index=index)``: the lookup then happens inside the op). What it does not: decide where biases go (``binarize_pass``).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .reference import table_bias
 
 
 def relpos_table_size(grid: tuple[int, int]) -> int:
@@ -43,18 +46,22 @@ def relpos_index(grid: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Ten
 
 
 class RelPosBias(nn.Module):
-    """Relative-position bias table ``[(2Gh−1)(2Gw−1)+3, H]``, trunc-normal(0.02) init."""
+    """Relative-position bias table ``[(2Gh−1)(2Gw−1)+3, H]``, trunc-normal(0.02) init.
+
+    ``index`` (int32 ``[N, N]``, a non-persistent buffer) holds the table row of every
+    (query, key); ``forward()`` returns the gathered ``[H, N, N]`` bias.
+    """
 
     def __init__(self, num_heads: int, grid: tuple[int, int], num_prefix_tokens: int = 1):
         super().__init__()
         self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
         self.table = nn.Parameter(torch.empty(relpos_table_size(self.grid), num_heads))
         nn.init.trunc_normal_(self.table, std=0.02)
-        self.register_buffer("index", relpos_index(self.grid, num_prefix_tokens), persistent=False)
+        self.register_buffer("index", relpos_index(self.grid, num_prefix_tokens).to(torch.int32),
+                             persistent=False)
 
     def forward(self) -> torch.Tensor:
-        n = self.index.shape[0]
-        return self.table[self.index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
+        return table_bias(self.table, self.index)
 
 
 class DenseBias(nn.Module):

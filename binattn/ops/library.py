@@ -4,7 +4,8 @@ Ops (namespace ``binattn``):
   - ``sign_pack(Tensor x) -> (Tensor words, Tensor popcounts)``
   - ``popcount_scores(Tensor q_bits, Tensor k_bits, int D) -> Tensor``
   - ``binary_attention(q, k, v, bias?, attn_mask?, is_causal, scale?, scale_mode, q_scale?,
-    k_scale?, top_n?, pv_bits?, binarizer, temperature, ste_clip) -> Tensor``
+    k_scale?, top_n?, pv_bits?, binarizer, temperature, ste_clip, bias_index?=None) -> Tensor``
+    (with ``bias_index``, ``bias`` is a table ``[T, Ht]`` looked up per (query, key))
   - ``binary_attention_backward(grad, <same inputs>) -> (dq, dk, dv, dbias)`` (STE gradients)
 
 Each op's real implementation goes through ``dispatch.run`` (TVM kernel or reference). The
@@ -51,11 +52,11 @@ def _popcount_scores_fake(q_bits: Tensor, k_bits: Tensor, D: int) -> Tensor:
 
 
 def _attention_forward(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
-                       top_n, pv_bits, binarizer, temperature, ste_clip):
+                       top_n, pv_bits, binarizer, temperature, ste_clip, bias_index=None):
     with torch.no_grad():
         return reference.binary_attention(
             q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale, top_n,
-            pv_bits, binarizer, temperature, ste_clip)
+            pv_bits, binarizer, temperature, ste_clip, bias_index)
 
 
 @torch.library.custom_op(f"{LIB}::binary_attention", mutates_args=())
@@ -63,15 +64,17 @@ def binary_attention_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
                         attn_mask: Optional[Tensor], is_causal: bool, scale: Optional[float],
                         scale_mode: str, q_scale: Optional[Tensor], k_scale: Optional[Tensor],
                         top_n: Optional[int], pv_bits: Optional[int], binarizer: str,
-                        temperature: float, ste_clip: float) -> Tensor:
+                        temperature: float, ste_clip: float,
+                        bias_index: Optional[Tensor] = None) -> Tensor:
     return dispatch.run("binary_attention", q.device.type, _attention_forward, q, k, v, bias,
                         attn_mask, is_causal, scale, scale_mode, q_scale, k_scale, top_n,
-                        pv_bits, binarizer, temperature, ste_clip)
+                        pv_bits, binarizer, temperature, ste_clip, bias_index)
 
 
 @binary_attention_op.register_fake
 def _binary_attention_fake(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
-                           k_scale, top_n, pv_bits, binarizer, temperature, ste_clip):
+                           k_scale, top_n, pv_bits, binarizer, temperature, ste_clip,
+                           bias_index=None):
     return v.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
@@ -87,10 +90,11 @@ def binary_attention_backward_op(
         attn_mask: Optional[Tensor], is_causal: bool, scale: Optional[float], scale_mode: str,
         q_scale: Optional[Tensor], k_scale: Optional[Tensor], top_n: Optional[int],
         pv_bits: Optional[int], binarizer: str, temperature: float,
-        ste_clip: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        ste_clip: float, bias_index: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return dispatch.run("binary_attention_backward", q.device.type, _attention_backward, grad,
                         q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
-                        k_scale, top_n, pv_bits, binarizer, temperature, ste_clip)
+                        k_scale, top_n, pv_bits, binarizer, temperature, ste_clip, bias_index)
 
 
 @binary_attention_backward_op.register_fake
@@ -100,22 +104,21 @@ def _binary_attention_backward_fake(grad, q, k, v, bias, *rest):
 
 
 _OPTION_NAMES = ("attn_mask", "is_causal", "scale", "scale_mode", "q_scale", "k_scale", "top_n",
-                 "pv_bits", "binarizer", "temperature", "ste_clip")
+                 "pv_bits", "binarizer", "temperature", "ste_clip", "bias_index")
+_TENSOR_OPTIONS = ("attn_mask", "q_scale", "k_scale", "bias_index")
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, bias, *options = inputs
-    ctx.save_for_backward(q, k, v, bias, options[0], options[4], options[5])
     ctx.options = dict(zip(_OPTION_NAMES, options))
+    ctx.save_for_backward(q, k, v, bias, *(ctx.options.get(n) for n in _TENSOR_OPTIONS))
 
 
 def _backward(ctx, grad):
-    q, k, v, bias, attn_mask, q_scale, k_scale = ctx.saved_tensors
-    opts = dict(ctx.options, attn_mask=attn_mask, q_scale=q_scale, k_scale=k_scale)
+    q, k, v, bias, *tensors = ctx.saved_tensors
+    opts = dict(ctx.options, **dict(zip(_TENSOR_OPTIONS, tensors)))
     dq, dk, dv, dbias = binary_attention_backward_op(
-        grad, q, k, v, bias, opts["attn_mask"], opts["is_causal"], opts["scale"],
-        opts["scale_mode"], opts["q_scale"], opts["k_scale"], opts["top_n"], opts["pv_bits"],
-        opts["binarizer"], opts["temperature"], opts["ste_clip"])
+        grad, q, k, v, bias, *(opts.get(n) for n in _OPTION_NAMES))
     return (dq, dk, dv, dbias if bias is not None else None) + (None,) * len(_OPTION_NAMES)
 
 

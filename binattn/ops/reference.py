@@ -213,6 +213,27 @@ def binary_scores(q: torch.Tensor, k: torch.Tensor, *, scale: Optional[float] = 
     return (s_q * s_k * softmax_scale) * (b_q @ b_k.transpose(-1, -2))
 
 
+def table_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The dense bias ``[Ht, Nq, Nk]`` that a bias table ``[T, Ht]`` and an index ``[Nq, Nk]``
+    (ints in [0, T)) stand for: ``bias[h, i, j] = table[index[i, j], h]`` (Ht is 1 or Hq)."""
+    n_q, n_k = index.shape
+    return table[index.reshape(-1)].reshape(n_q, n_k, table.shape[-1]).permute(2, 0, 1)
+
+
+def dense_bias(bias: Optional[torch.Tensor],
+               bias_index: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``bias`` as the additive tensor it stands for: itself, or the table lookup with an index."""
+    return bias if bias is None or bias_index is None else table_bias(bias, bias_index)
+
+
+def table_grad(dense_grad: torch.Tensor, index: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Gradient of ``table`` from the gradient of :func:`table_bias`'s output (``[Ht, Nq, Nk]``):
+    every (i, j) adds its value onto the table row ``index[i, j]``."""
+    rows = dense_grad.permute(1, 2, 0).reshape(-1, table.shape[-1])
+    grad = torch.zeros(table.shape, dtype=rows.dtype, device=rows.device)
+    return grad.index_add_(0, index.reshape(-1), rows).to(table.dtype)
+
+
 def attention_probs(scores: torch.Tensor, bias: Optional[torch.Tensor],
                     attn_mask: Optional[torch.Tensor], is_causal: bool,
                     top_n: Optional[int]) -> torch.Tensor:
@@ -238,12 +259,14 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      k_scale: Optional[torch.Tensor] = None, top_n: Optional[int] = None,
                      pv_bits: Optional[int] = None, binarizer: str = "sign",
                      temperature: float = 1.0, ste_clip: float = 1.0,
-                     return_probs: bool = False):
+                     bias_index: Optional[torch.Tensor] = None, return_probs: bool = False):
     """Reference binary attention on validated 4-D inputs [B, H, N, D]; output in v's dtype.
 
-    Rows whose keys are all masked produce zeros (not NaN). With ``return_probs`` also returns
-    the attention probabilities (used by attention-map distillation).
+    Rows whose keys are all masked produce zeros (not NaN). With ``bias_index``, ``bias`` is a
+    table looked up by it (:func:`table_bias`). With ``return_probs`` also returns the attention
+    probabilities (used by attention-map distillation).
     """
+    bias = dense_bias(bias, bias_index)
     scores = binary_scores(q, k, scale=scale, scale_mode=scale_mode, q_scale=q_scale,
                            k_scale=k_scale, binarizer=binarizer, temperature=temperature,
                            ste_clip=ste_clip)
@@ -290,12 +313,13 @@ def _input_grad(x, s, b_in, d_hat, binarizer, temperature, ste_clip, scale_mode)
 def binary_attention_backward(grad_out, q, k, v, bias=None, attn_mask=None, is_causal=False,
                               scale=None, scale_mode="mean_abs", q_scale=None, k_scale=None,
                               top_n=None, pv_bits=None, binarizer="sign", temperature=1.0,
-                              ste_clip=1.0):
+                              ste_clip=1.0, bias_index=None):
     """Analytic VJP of :func:`binary_attention` (STE through sign): ``(dq, dk, dv, dbias)``.
 
     The same math a backward kernel implements; tested against autograd of the forward.
-    ``dbias`` is None when ``bias`` is None.
+    ``dbias`` is None when ``bias`` is None; with ``bias_index`` it is the table's gradient.
     """
+    table, bias = bias, dense_bias(bias, bias_index)
     dtype = compute_dtype(q, k, v, bias)
     hq, hkv = q.shape[-3], k.shape[-3]
     group = hq // hkv
@@ -324,6 +348,8 @@ def binary_attention_backward(grad_out, q, k, v, bias=None, attn_mask=None, is_c
     dp = g @ v_used.transpose(-1, -2)
     ds = probs * (dp - (dp * probs).sum(-1, keepdim=True))
     dbias = _sum_to_shape(ds, bias.shape).to(bias.dtype) if bias is not None else None
+    if dbias is not None and bias_index is not None:
+        dbias = table_grad(dbias, bias_index, table)
     dq_hat = softmax_scale * (ds @ k_hat)
     dk_hat = softmax_scale * (ds.transpose(-1, -2) @ q_hat)
     dq = _input_grad(qf, s_q, q_in, dq_hat, binarizer, temperature, ste_clip, scale_mode)

@@ -122,6 +122,36 @@ def check_broadcast(name: str, x: Optional[torch.Tensor], target: tuple[int, ...
                          f"[B, H, Nq, Nk] = {target}") from err
 
 
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def check_bias_table(table: Optional[torch.Tensor], index: torch.Tensor,
+                     target: tuple[int, ...], check_values: bool = True) -> None:
+    """``bias`` as a table ``[T, Ht]`` (Ht = 1 or Hq) and ``bias_index [Nq, Nk]`` of ints in
+    [0, T) (the range is checked in eager mode with ``check_values``)."""
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(f"bias_index must be a torch.Tensor, got {type(index).__name__}")
+    if table is None:
+        raise ValueError("bias_index needs bias: the table [T, H] it indexes")
+    check_float("bias", table)
+    _, heads, n_q, n_k = target
+    if table.dim() != 2 or table.shape[0] == 0 or table.shape[1] not in (1, heads):
+        raise ValueError(f"with bias_index, bias must be a table [T, H] with T >= 1 and H = 1 "
+                         f"or {heads} (the query heads), got shape {tuple(table.shape)}")
+    if index.dtype not in INDEX_DTYPES:
+        raise TypeError(f"bias_index must be int32 or int64, got {index.dtype}")
+    if tuple(index.shape) != (n_q, n_k):
+        raise ValueError(f"bias_index must have shape [Nq, Nk] = {(n_q, n_k)}, got "
+                         f"{tuple(index.shape)}")
+    if index.device != table.device:
+        raise ValueError(f"bias_index is on {index.device} but the table is on {table.device}")
+    if check_values and not is_tracing(index):
+        low, high = int(index.min()), int(index.max())
+        if low < 0 or high >= table.shape[0]:
+            raise ValueError(f"bias_index holds {low if low < 0 else high}, outside the table's "
+                             f"rows [0, {table.shape[0]})")
+
+
 def check_options(*, scale_mode: str, q_scale, k_scale, top_n, pv_bits, binarizer: str,
                   temperature: float, attn_mask, scale) -> None:
     """Options of binary_attention."""

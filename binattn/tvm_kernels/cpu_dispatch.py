@@ -186,9 +186,10 @@ def _coef(q, k, scale, s_q, s_k) -> torch.Tensor:
     return coef.reshape(b, hq).to(torch.float32).contiguous()
 
 
-def _add_shape(bias, attn_mask) -> Optional[tuple[int, ...]]:
-    """4-D broadcast shape of bias and mask (None when there is neither)."""
-    shapes = [t.shape for t in (bias, attn_mask) if t is not None]
+def _add_shape(bias_shape, attn_mask) -> Optional[tuple[int, ...]]:
+    """4-D broadcast shape of the (dense) bias and the mask (None when there is neither)."""
+    shapes = [s for s in (bias_shape, None if attn_mask is None else attn_mask.shape)
+              if s is not None]
     if not shapes:
         return None
     shape = torch.broadcast_shapes(*shapes)
@@ -209,8 +210,10 @@ def _workload(q, v, add_shape, is_causal, pv_bits) -> cpu_kernels.AttentionWorkl
 
 def binary_attention(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=None,
                      scale_mode="mean_abs", q_scale=None, k_scale=None, top_n=None, pv_bits=None,
-                     binarizer="sign", temperature=1.0, ste_clip=1.0):
-    """The fused TVM kernel with the reference's signature (see module docstring)."""
+                     binarizer="sign", temperature=1.0, ste_clip=1.0, bias_index=None):
+    """The fused TVM kernel with the reference's signature (see module docstring); a bias
+    table is gathered to its dense form first."""
+    bias = reference.dense_bias(bias, bias_index)
     B, hq, n_q, head_dim = q.shape
     hkv, n_k, dv_true = k.shape[1], k.shape[2], v.shape[-1]
     dv = value_bucket(dv_true)
@@ -248,7 +251,7 @@ def binary_attention(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=
 def binary_attention_supports(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=None,
                               scale_mode="mean_abs", q_scale=None, k_scale=None, top_n=None,
                               pv_bits=None, binarizer="sign", temperature=1.0,
-                              ste_clip=1.0) -> Optional[str]:
+                              ste_clip=1.0, bias_index=None) -> Optional[str]:
     reason = _dtype_reason(q, k, v)
     if reason:
         return reason
@@ -269,7 +272,9 @@ def binary_attention_supports(q, k, v, bias=None, attn_mask=None, is_causal=Fals
             _coef(q, k, scale, q_scale.float(), k_scale.float())
         except RuntimeError:
             return "static scales are not per (batch, head)"
-    wl = _workload(q, v, _add_shape(bias, attn_mask), is_causal, pv_bits)
+    bias_shape = None if bias is None else (
+        bias.shape if bias_index is None else (bias.shape[1], *bias_index.shape))
+    wl = _workload(q, v, _add_shape(bias_shape, attn_mask), is_causal, pv_bits)
     if pv_bits == 8:
         limit = cpu_kernels.LUT_MAX_CAUSAL_NQ
         if wl.causal and cpu_kernels.pv8_uses_lut(wl) and q.shape[-2] > limit:

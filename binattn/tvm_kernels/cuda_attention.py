@@ -28,6 +28,7 @@ Those run the reference through the dispatcher's fallback.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import tvm
 from tvm.script import tirx as T
@@ -42,10 +43,12 @@ CVT_PAIR = {"float16": "cvt.rn.f16x2.f32", "bfloat16": "cvt.rn.bf16x2.f32"}
 MMA_B1 = "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc"
 
 
-def attention_name(dtype: str, dv: int, has_bias: bool = False, short: bool = False) -> str:
-    """Exported symbol of the attention kernel for (dtype, padded value head size, bias or not,
-    the short-sequence schedule or the regular one)."""
-    return f"binattn_attention_{dtype}_dv{dv}{'_bias' if has_bias else ''}{'_short' if short else ''}"
+def attention_name(dtype: str, dv: int, has_bias: bool = False, short: bool = False,
+                   table: bool = False) -> str:
+    """Exported symbol of the attention kernel for (dtype, padded value head size, no bias /
+    dense bias / bias table, the short-sequence schedule or the regular one)."""
+    kind = "_table" if table else "_bias" if has_bias else ""
+    return f"binattn_attention_{dtype}_dv{dv}{kind}{'_short' if short else ''}"
 
 
 MAGIC = SCORE_MAGIC  # float bits of 1.5·2**23 (see binattn.schedules.cuda_attention)
@@ -56,6 +59,10 @@ EXP2_POLY = (0.9999280708313842, 0.6932609977919704, 0.24261117167503404, 0.0551
 """2**f on [−0.5, 0.5], degree 3 (relative error 7.5e-5: below bf16/fp16 rounding of P)."""
 SHARED_LIMIT = 48 * 1024  # static shared memory per CTA without opting in
 ETAB_SIZE = 2 * 256 + 2  # exp table: scores −D..D for D ≤ 256, and the masked-key 0
+#: bias-table rows a ``table`` kernel keeps in shared memory: at most TABLE_MAX_ROWS (a 31×31
+#: token grid's relative-position table has 3724), at least TABLE_MIN_ROWS (fewer stages else)
+TABLE_MAX_ROWS, TABLE_MIN_ROWS = 4096, 2048
+TABLE_RESERVE = 256  # bytes beside the table: the per-warp partials of its range, alignment
 #: largest exponent range (log2) a row may span for the softmax without a running max, per P
 #: dtype: scores lie in [−D, D], so p = 2**(s·coef) stays within 2**±(range/2) — bf16 keeps
 #: fp32's exponent range, fp16 P must stay inside [2**-14, 65504]
@@ -74,15 +81,34 @@ def v_stage_words(dv: int, schedule: CudaAttentionSchedule) -> int:
     return kb * (groups | 1) * 4
 
 
-def shared_bytes(dv: int, schedule: CudaAttentionSchedule) -> int:
+def shared_bytes(dv: int, schedule: CudaAttentionSchedule, bias_rows: int = 0) -> int:
     """Shared memory of one CTA: ``stages`` key blocks of K bits (32 B/key), key popcounts (twice:
-    8 B/key) and V (see :func:`v_stage_words`), plus the exp table with ``exp_table``."""
+    8 B/key) and V (see :func:`v_stage_words`), plus the exp table with ``exp_table`` and
+    ``bias_rows`` float32 rows of one head's bias-table column."""
     table = 4 * ETAB_SIZE if schedule.exp_table else 0
-    return schedule.stages * (schedule.key_block * 40 + 4 * v_stage_words(dv, schedule)) + table
+    bias_table = 4 * bias_rows + TABLE_RESERVE if bias_rows else 0
+    return (schedule.stages * (schedule.key_block * 40 + 4 * v_stage_words(dv, schedule)) + table
+            + bias_table)
+
+
+def table_rows(dv: int, schedule: CudaAttentionSchedule) -> int:
+    """Rows of a bias table the ``table`` kernel holds in shared memory (one head's column):
+    what is left of ``SHARED_LIMIT`` after the schedule's buffers, in whole 256s, at most
+    ``TABLE_MAX_ROWS``. Larger tables are gathered on the host and take the dense-bias kernel."""
+    free = (SHARED_LIMIT - shared_bytes(dv, schedule) - TABLE_RESERVE) // 4
+    return min(TABLE_MAX_ROWS, free // 256 * 256)
+
+
+def table_schedule(dv: int, schedule: CudaAttentionSchedule) -> CudaAttentionSchedule:
+    """The schedule of the ``table`` kernel: the given one, or — where it leaves fewer than
+    ``TABLE_MIN_ROWS`` rows of shared memory — the same with two pipeline stages."""
+    if table_rows(dv, schedule) >= TABLE_MIN_ROWS or schedule.stages <= 2:
+        return schedule
+    return replace(schedule, stages=2, wgmma_pv=0)
 
 
 def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
-                   has_bias: bool = False) -> tvm.tirx.PrimFunc:
+                   has_bias: bool = False, table: bool = False) -> tvm.tirx.PrimFunc:
     """The attention PrimFunc for ``dtype`` (float16|bfloat16) and padded value head size ``dv``.
 
     Arguments of the generated function (torch tensors through DLPack, all contiguous):
@@ -90,8 +116,19 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     ``v32 int32[B,Hkv,Nk,Dv/8,4]`` (v viewed as 16-bit pairs, 16-byte groups; Dv % 8 == 0),
     ``out32 int32[B,Hq,Nq,Dv/2]``, ``qscale f32[B*Hq]``, ``kscale f32[B*Hks]``,
     ``bias f32[nbias]`` (flat; indexed with the strides below; ignored without ``has_bias``),
-    then scalars ``causal, ks_group, bias_sb, bias_sh, bias_sq, bias_sk``, ``mult`` (the rest of
-    the score coefficient, times log2 e) and ``d_bits`` (the q/k head size D).
+    ``index int32[nindex]`` (flat; read by ``table`` kernels only), then scalars ``causal,
+    ks_group, bias_sb, bias_sh, bias_sq, bias_sk``, ``mult`` (the rest of the score
+    coefficient, times log2 e) and ``d_bits`` (the q/k head size D).
+
+    Bias: ``has_bias`` reads ``bias[b·sb + h·sh + i·sq + j·sk]`` per score (any broadcast or
+    view). ``table`` (a relative-position table, implies a bias) reads
+    ``tab[index[i·sq + j·sk]]``, where each CTA first copies its head's column of the table
+    (``bias[r·sb + h·sh]``, every row r whose element lies inside ``bias``; at most
+    :func:`table_rows` rows) into shared memory: one index load per score instead of a dense
+    [H, N, N] bias, and the lookups of one warp hit a few consecutive shared words. The copy is
+    stored in the log2 domain minus the midpoint of the column's range (a CTA-wide max/min
+    first), so when the scores' span ``2·D·coef`` plus the table's span fits
+    ``STATIC_RANGE`` the no-shift softmax runs as without a bias.
 
     Scores: the AND identity ``4·popc(a&c) − 2·popc(a) − 2·popc(c) + D`` minus its per-row
     constant ``D − 2·popc(a)`` (softmax is invariant to it) is ``2·s`` with
@@ -106,7 +143,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     Keys past the end or the causal diagonal get ``MASKED`` (a negative int).
 
     Softmax: when the row's whole exponent range ``2·D·coef`` fits ``STATIC_RANGE`` and there is
-    no bias, ``p = 2**(s·coef)`` needs no shift at all (no running max, no shuffles, no
+    no bias (or a bias table whose span fits with it), ``p = 2**(s·coef)`` needs no shift at all (no running max, no shuffles, no
     rescaling); otherwise the kernel runs the online softmax (integer running max without bias,
     float with it). The row sums come from the tensor cores: P times a tile of ones is one more
     PV mma, so they are the sums of the very P (16-bit) that multiplies V.
@@ -125,6 +162,11 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     softmax read ``2**(s·coef)`` from a shared table of the 2D+1 possible scores instead.
     """
     schedule.check()
+    has_bias = has_bias or table
+    trows = table_rows(dv, schedule) if table else 1
+    if table and trows < TABLE_MIN_ROWS:
+        raise ValueError(f"schedule {schedule} leaves room for {trows} bias table rows at dv={dv}"
+                         f", fewer than {TABLE_MIN_ROWS} (table_schedule picks one that fits)")
     if dtype not in MMA_PV or dv % 8 or not 8 <= dv <= 256:
         raise ValueError(f"no attention kernel for dtype={dtype!r}, dv={dv}")
     if schedule.wgmma_pv and dv + 8 > 256:
@@ -173,9 +215,11 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     @T.prim_func
     def attention(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v_h: T.handle,
                   out_h: T.handle, qscale_h: T.handle, kscale_h: T.handle, bias_h: T.handle,
-                  causal: T.int32, ks_group: T.int32, bias_sb: T.int32, bias_sh: T.int32,
-                  bias_sq: T.int32, bias_sk: T.int32, mult: T.float32, d_bits: T.int32):
-        T.func_attr({"global_symbol": attention_name(dtype, dv, has_bias), "tirx.noalias": True})
+                  index_h: T.handle, causal: T.int32, ks_group: T.int32, bias_sb: T.int32,
+                  bias_sh: T.int32, bias_sq: T.int32, bias_sk: T.int32, mult: T.float32,
+                  d_bits: T.int32):
+        T.func_attr({"global_symbol": attention_name(dtype, dv, has_bias, table=table),
+                     "tirx.noalias": True})
         B = T.int32()
         Hq = T.int32()
         Hkv = T.int32()
@@ -184,6 +228,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
         Nk = T.int32()
         Dw = T.int32()
         NB = T.int32()
+        NI = T.int32()
         Qb = T.match_buffer(qbits_h, (B, Hq, Nq, QBITS_WORDS), "int32")
         Kb = T.match_buffer(kbits_h, (B, Hkv, Nk, QBITS_WORDS), "int32")
         Kp = T.match_buffer(kpop_h, (B, Hkv, Nk), "int32")
@@ -193,6 +238,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
         Sq = T.match_buffer(qscale_h, (B * Hq,), "float32")
         Sk = T.match_buffer(kscale_h, (Hks,), "float32")
         Bias = T.match_buffer(bias_h, (NB,), "float32")
+        Idx = T.match_buffer(index_h, (NI,), "int32")
         for bx in T.thread_binding(T.ceildiv(Nq, rows_per_cta), thread="blockIdx.x"):
             for bh in T.thread_binding(B * Hq, thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
@@ -203,6 +249,12 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     Vs = T.alloc_buffer((stages, vwords), "int32", scope="shared")
                     # exp_table: 2**(s·coef) for every score s in [−D, D], then a 0 for masked keys
                     etab = T.alloc_buffer((ETAB_SIZE if etab_on else 1,), "float32", scope="shared")
+                    # table: this head's column of the bias table
+                    tab = T.alloc_buffer((trows,), "float32", scope="shared")
+                    tred = T.alloc_buffer((2 * warps if table else 1,), "float32", scope="shared")
+                    trange = T.alloc_buffer((2,), "float32", scope="local")  # its max, min
+                    trow = T.alloc_buffer((1,), "int32", scope="local")  # its rows
+                    tval = T.alloc_buffer((trows // nthreads if table else 1,), "float32", scope="local")
                     # per row (index 2·mt + r: row tile mt, row g or g + 8)
                     qa = T.alloc_buffer((4 * mt_n,), "uint32", scope="local")
                     row = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
@@ -220,6 +272,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     cst = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
                     tu = T.alloc_buffer((st_n * mt_n,), "uint32", scope="local")
                     s = T.alloc_buffer((st_n * mt_n,), "float32", scope="local")
+                    bv = T.alloc_buffer((st_n if has_bias else 1,), "float32", scope="local")  # biases (log2)
                     xr = T.alloc_buffer((2,), "float32", scope="local")
                     pa = T.alloc_buffer((sc_n * mt_n,), "uint32", scope="local")
                     o = T.alloc_buffer((ot * mt_n,), "float32", scope="local")
@@ -258,6 +311,36 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                             if tid + it * nthreads < 2 * d_bits + 2:
                                 T.ptx["ex2.approx.ftz.f32"](xr[0], T.Cast("float32", tid + it * nthreads - d_bits) * coef[0])
                                 etab[tid + it * nthreads] = T.if_then_else(tid + it * nthreads <= 2 * d_bits, xr[0], T.float32(0))
+                    if table:
+                        # this head's column of the table (rows = what the flat span holds),
+                        # every load issued before any use; its range, CTA-wide; then the column
+                        # into shared memory in the log2 domain minus the range's midpoint
+                        # (softmax is shift-invariant): when the scores' span plus the table's
+                        # fits, the no-shift softmax applies as without a bias (the main loop's
+                        # first barrier orders these stores before any lookup)
+                        trow[0] = T.min((NB - 1 - T.if_then_else(bias_sh != 0, (Hq - 1) * bias_sh, 0)) // T.max(bias_sb, 1) + 1, trows)
+                        trange[0] = neg_inf
+                        trange[1] = -neg_inf
+                        for it in T.unroll(trows // nthreads):
+                            tval[it] = T.if_then_else(tid + it * nthreads < trow[0], Bias[(tid + it * nthreads) * bias_sb + h * bias_sh], T.float32(0))
+                        for it in T.unroll(trows // nthreads):
+                            if tid + it * nthreads < trow[0]:
+                                trange[0] = T.max(trange[0], tval[it])
+                                trange[1] = T.min(trange[1], tval[it])
+                        for sh in T.unroll(5):
+                            trange[0] = T.max(trange[0], T.call_extern("float32", "__shfl_xor_sync", full, trange[0], 16 >> sh, 32))
+                            trange[1] = T.min(trange[1], T.call_extern("float32", "__shfl_xor_sync", full, trange[1], 16 >> sh, 32))
+                        if lane == 0:
+                            tred[tid // 32] = trange[0]
+                            tred[warps + tid // 32] = trange[1]
+                        T.tvm_storage_sync("shared")
+                        for w in T.unroll(warps):
+                            trange[0] = T.max(trange[0], tred[w])
+                            trange[1] = T.min(trange[1], tred[warps + w])
+                        for it in T.unroll(trows // nthreads):
+                            tab[tid + it * nthreads] = (tval[it] - (trange[0] + trange[1]) * T.float32(0.5)) * T.float32(LOG2E)
+                        if not etab_on:
+                            mode[0] = T.Cast("int32", coef[0] * T.Cast("float32", 2 * d_bits) + (trange[0] - trange[1]) * T.float32(LOG2E) <= static_range)
                     for rr in T.unroll(2 * mt_n):
                         row[rr] = q0 + 16 * (rr // 2) + g + 8 * (rr % 2)
                         lim[rr] = T.if_then_else(causal != 0, T.min(Nk, row[rr] + 1), Nk)
@@ -378,24 +461,34 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                             for mt in T.unroll(mt_n):
                                 if has_bias:
+                                    # every bias of the tile first (clamped indices, always in
+                                    # bounds): straight-line loads the compiler can overlap,
+                                    # instead of one load per masked-key branch
                                     for j in T.unroll(n_tiles):
                                         for e in T.unroll(4):
-                                            s[mt * st_n + j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1] + Bias[b * bias_sb + h * bias_sh + T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E))
-                                    for r in T.unroll(2):
-                                        red[mt * 2 + r] = neg_inf
+                                            if table:
+                                                bv[j * 4 + e] = tab[Idx[T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk]]
+                                            else:
+                                                bv[j * 4 + e] = Bias[b * bias_sb + h * bias_sh + T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E)
+                                    for j in T.unroll(n_tiles):
+                                        for e in T.unroll(4):
+                                            s[mt * st_n + j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1] + bv[j * 4 + e])
+                                    if mode[0] == 0:  # online softmax (a table may fit the fixed shift)
+                                        for r in T.unroll(2):
+                                            red[mt * 2 + r] = neg_inf
+                                            for j in T.unroll(n_tiles):
+                                                red[mt * 2 + r] = T.max(red[mt * 2 + r], T.max(s[mt * st_n + j * 4 + 2 * r], s[mt * st_n + j * 4 + 2 * r + 1]))
+                                            red[mt * 2 + r] = T.max(red[mt * 2 + r], T.call_extern("float32", "__shfl_xor_sync", full, red[mt * 2 + r], 1, 32))
+                                            red[mt * 2 + r] = T.max(red[mt * 2 + r], T.call_extern("float32", "__shfl_xor_sync", full, red[mt * 2 + r], 2, 32))
+                                            red[mt * 2 + r] = T.max(m_f[mt * 2 + r], red[mt * 2 + r])
+                                            T.ptx["ex2.approx.ftz.f32"](alpha[mt * 2 + r], T.if_then_else(red[mt * 2 + r] == neg_inf, T.float32(0), m_f[mt * 2 + r] - red[mt * 2 + r]))
+                                            m_f[mt * 2 + r] = red[mt * 2 + r]
+                                            red[mt * 2 + r] = T.if_then_else(red[mt * 2 + r] == neg_inf, T.float32(0), red[mt * 2 + r])
                                         for j in T.unroll(n_tiles):
-                                            red[mt * 2 + r] = T.max(red[mt * 2 + r], T.max(s[mt * st_n + j * 4 + 2 * r], s[mt * st_n + j * 4 + 2 * r + 1]))
-                                        red[mt * 2 + r] = T.max(red[mt * 2 + r], T.call_extern("float32", "__shfl_xor_sync", full, red[mt * 2 + r], 1, 32))
-                                        red[mt * 2 + r] = T.max(red[mt * 2 + r], T.call_extern("float32", "__shfl_xor_sync", full, red[mt * 2 + r], 2, 32))
-                                        red[mt * 2 + r] = T.max(m_f[mt * 2 + r], red[mt * 2 + r])
-                                        T.ptx["ex2.approx.ftz.f32"](alpha[mt * 2 + r], T.if_then_else(red[mt * 2 + r] == neg_inf, T.float32(0), m_f[mt * 2 + r] - red[mt * 2 + r]))
-                                        m_f[mt * 2 + r] = red[mt * 2 + r]
-                                        red[mt * 2 + r] = T.if_then_else(red[mt * 2 + r] == neg_inf, T.float32(0), red[mt * 2 + r])
-                                    for j in T.unroll(n_tiles):
-                                        for e in T.unroll(4):
-                                            s[mt * st_n + j * 4 + e] = s[mt * st_n + j * 4 + e] - red[mt * 2 + e // 2]
-                                    for i in T.unroll(ot):
-                                        o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
+                                            for e in T.unroll(4):
+                                                s[mt * st_n + j * 4 + e] = s[mt * st_n + j * 4 + e] - red[mt * 2 + e // 2]
+                                        for i in T.unroll(ot):
+                                            o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
                                 elif mode[0] != 0:
                                     # no shift: |s·coef| ≤ STATIC_RANGE / 2 is known to fit
                                     if etab_on:  # p straight from the table (masked keys: the 0)
@@ -477,7 +570,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                         # the row sum (the ones tile); rows with no visible key give 0
                         lsum[rr] = o[(rr // 2) * ot + so + 2 * (rr % 2)]
                         if has_bias:
-                            lsum[rr] = T.if_then_else(m_f[rr] > neg_inf and lsum[rr] > T.float32(0), T.float32(1) / lsum[rr], T.float32(0))
+                            lsum[rr] = T.if_then_else((mode[0] != 0 or m_f[rr] > neg_inf) and lsum[rr] > T.float32(0), T.float32(1) / lsum[rr], T.float32(0))
                         else:
                             lsum[rr] = T.if_then_else((mode[0] != 0 or m_i[rr] >= 0) and lsum[rr] > T.float32(0), T.float32(1) / lsum[rr], T.float32(0))
                     for mt in T.unroll(mt_n):

@@ -5,7 +5,8 @@ What it does: ``measure(shape)`` times, side by side in one process, one CUDA-gr
 the sign-pack of q and k, the same call with ``pv_bits=8``, and SDPA with the cuDNN and the
 FLASH backends (also graphed), and returns the times plus the ceiling times of CEILINGS.md (exp
 unit, 16-bit PV, 1-bit QKᵀ);
-``bench_row`` packs that into the ``BenchRow`` that ``binattn bench`` prints. Used by
+``bench_row`` packs that into the ``BenchRow`` that ``binattn bench`` prints;
+``measure_relpos`` times a relative-position-biased call (bias table in-kernel vs gathered). Used by
 ``benchmarks/gpu_attention.py`` (table + PNG over the issue's shapes) and ``binattn bench
 --device cuda``. What it does not: check correctness (tests/test_gpu_kernels.py) or plot.
 """
@@ -92,7 +93,7 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
     name = cd.attention_symbol(q.device, dtype, D, False, N)  # the kernel the dispatcher picks
     v32, o32 = v.view(torch.int32).view(B, H, N, D // 8, 4), out.view(torch.int32)
     fused = lambda: cd._call(q.device, name, qb, kb, kp, v32, o32, qa, ka, cd._dummy(q.device),  # noqa: E731
-                             0, 1, 0, 0, 0, 0, float(1.4426950408889634 / math.sqrt(D) / (N * D) ** 2), D)
+                             cd._dummy(q.device, torch.int32), 0, 1, 0, 0, 0, 0, float(1.4426950408889634 / math.sqrt(D) / (N * D) ** 2), D)
     row = {"shape": list(shape), "path": path,
            "eager_ms": bench_ms(call, reps), "binattn_ms": bench_ms(graphed(call), reps),
            "fused_ms": bench_ms(fused, reps),
@@ -102,6 +103,46 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
            "flash_ms": sdpa_ms(q, k, v, SDPBackend.FLASH_ATTENTION)}
     row["ceil_us"] = ceilings_us(B, H, N, D)
     del q, k, v, out
+    torch.cuda.empty_cache()
+    return row
+
+
+def measure_relpos(shape, grid, dtype=torch.bfloat16, reps: int = 50) -> dict:
+    """A relative-position-biased call, CUDA-graphed, side by side: binattn with the table
+    looked up in-kernel (``bias=table, bias_index=index``), binattn with the bias gathered by
+    torch first (``RelPosBias()``'s dense view, the path before the table kernel), binattn
+    without bias, and SDPA (cuDNN, then memory-efficient) with the gathered bias as its float
+    mask. Every timed call includes its gather (a relpos model does it every forward)."""
+    import binattn
+    from binattn.ops import RelPosBias
+    from binattn.tvm_kernels import cuda_dispatch as cd
+
+    B, H, N, D = shape
+    rel = RelPosBias(H, grid).cuda()
+    if rel.index.shape[0] != N:
+        raise ValueError(f"grid {grid} + 1 prefix token gives {rel.index.shape[0]} tokens, not {N}")
+    table, index = rel.table.detach(), rel.index
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
+    op = binattn.ops.binary_attention
+    calls = {"table_ms": lambda: op(q, k, v, bias=table, bias_index=index, check_finite=False),
+             "gathered_ms": lambda: op(q, k, v, bias=rel().detach(), check_finite=False),
+             "no_bias_ms": lambda: op(q, k, v, check_finite=False)}
+    row = {"shape": list(shape), "grid": list(grid), "table_rows": int(table.shape[0]),
+           "table_kernel": cd.uses_table_kernel(q, v, table, None, None, index)}
+    row.update({key: bench_ms(graphed(fn), reps) for key, fn in calls.items()})
+
+    def sdpa():
+        mask = rel().detach().to(dtype).contiguous().unsqueeze(0)  # SDPA wants stride 1
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    for key, backend in (("cudnn_ms", SDPBackend.CUDNN_ATTENTION),
+                         ("efficient_ms", SDPBackend.EFFICIENT_ATTENTION)):
+        try:
+            with sdpa_kernel([backend]):
+                row[key] = bench_ms(graphed(sdpa), reps)
+        except RuntimeError:
+            row[key] = None
+    del q, k, v
     torch.cuda.empty_cache()
     return row
 

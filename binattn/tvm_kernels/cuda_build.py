@@ -1,7 +1,7 @@
 """Build binattn's CUDA kernels with TVM + nvcc into small shared objects that need no TVM to run.
 
 What it does: for each requested arch (``sm_90a``, ``sm_80``, …) puts every attention kernel
-(one per dtype × value-head bucket × with/without additive bias, with the tuned schedule from ``binattn.schedules``) and every
+(one per dtype × value-head bucket × no bias / dense bias / bias table, with the tuned schedule from ``binattn.schedules``) and every
 sign-pack kernel and the popcount-scores kernel in one IRModule, compiles it with TVM for ``{"kind": "cuda", "arch": ...}`` and
 host ``cuda_host`` (TVM_NOTES §2 route 1), writes the generated CUDA C++ next to the library and
 compiles it with nvcc against the apache-tvm-ffi headers (static cudart; the sm_80 build also
@@ -28,7 +28,8 @@ from typing import Callable, Iterable, Optional, Sequence
 from ..schedules import cuda_attention as sched
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 2  # 2: the attention kernels take d_bits (older libraries are not loaded)
+MANIFEST_FORMAT = 3  # 3: the 16-bit attention kernels take a bias-table index (older libraries
+#                      are not loaded; 2: they take d_bits)
 SUPPORTED_ARCHS = ("sm_90a", "sm_90", "sm_80", "sm_86", "sm_89")
 
 
@@ -61,7 +62,7 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     """CUDA C++ (device kernels + tvm-ffi host wrappers) for one arch, and what it contains."""
     import tvm  # the TVM compiler is needed only here
 
-    from .cuda_attention import attention_func, attention_name
+    from .cuda_attention import attention_func, attention_name, table_rows, table_schedule
     from .cuda_attention_pv8 import attention_pv8_func, attention_pv8_name
     from .cuda_quantize_v import v8_amax_func, v8_amax_name, v8_pack_func, v8_pack_name
     from .cuda_popcount import popcount_scores_func, popcount_scores_name
@@ -72,20 +73,23 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
                            "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"],
                            "sign_pack_qk": [d for d in PACK_DTYPES if d != "float32"],
                            "attention_short": {}, "short_max_keys": sched.SHORT_MAX_KEYS,
-                           "attention_pv8": {}}
+                           "attention_pv8": {}, "table_rows": {}}
     for dtype in dtypes:
         for dv in dvs:
             schedule = sched.schedule_for(arch, dtype, dv)
             if schedule.wgmma_pv and arch != "sm_90a":  # warpgroup MMA exists on sm_90a only
                 schedule = replace(schedule, wgmma_pv=0)
             short = sched.schedule_for(arch, dtype, dv, short=True)
-            for has_bias in (False, True):
-                funcs[attention_name(dtype, dv, has_bias)] = attention_func(dtype, dv, schedule,
-                                                                            has_bias)
-                if short != schedule:  # a short-sequence kernel only where its schedule differs
-                    funcs[attention_name(dtype, dv, has_bias, short=True)] = attention_func(
-                        dtype, dv, short, has_bias).with_attr(
-                            "global_symbol", attention_name(dtype, dv, has_bias, short=True))
+            for has_bias, table in ((False, False), (True, False), (True, True)):
+                kernels = [(schedule, False)] + [(short, True)] * (short != schedule)
+                for kernel_schedule, is_short in kernels:  # short: only where it differs
+                    if table:
+                        kernel_schedule = table_schedule(dv, kernel_schedule)
+                        key = f"{dtype}/dv{dv}{'/short' if is_short else ''}"
+                        contents["table_rows"][key] = table_rows(dv, kernel_schedule)
+                    symbol = attention_name(dtype, dv, has_bias, is_short, table)
+                    funcs[symbol] = attention_func(dtype, dv, kernel_schedule, has_bias,
+                                                   table).with_attr("global_symbol", symbol)
             contents["attention"].setdefault(dtype, []).append(dv)
             for has_bias in (False, True):  # pv_bits=8: two passes, P and V on 8-bit tensor cores
                 funcs[attention_pv8_name(dtype, dv, has_bias)] = attention_pv8_func(dtype, dv,

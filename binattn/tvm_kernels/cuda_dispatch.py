@@ -287,7 +287,8 @@ def popcount_kernel(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int) -> torch
 # ---- binary_attention -----------------------------------------------------------------------
 
 def attention_supports(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
-                       top_n, pv_bits, binarizer, temperature, ste_clip) -> Optional[str]:
+                       top_n, pv_bits, binarizer, temperature, ste_clip,
+                       bias_index=None) -> Optional[str]:
     if q.device.type != "cuda":
         return "not a CUDA tensor"
     if v.dtype not in PV_DTYPES:
@@ -312,7 +313,7 @@ def attention_supports(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q
         return f"batch × heads = {q.shape[0] * q.shape[1]} > {MAX_GRID_YZ}"
     if scale_mode == "static" and (q_scale is None or k_scale is None):
         return "static scale_mode without q_scale/k_scale"
-    for name, t in (("bias", bias), ("attn_mask", attn_mask)):
+    for name, t in (("bias", bias), ("attn_mask", attn_mask), ("bias_index", bias_index)):
         if t is not None and t.device != q.device:
             return f"{name} on {t.device}"
     return library_reason(q.device)
@@ -404,26 +405,65 @@ def _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs):
 KERNEL_VARIANTS = ("auto", "short", "long")
 
 
-def attention_symbol(device: torch.device, v_dtype: torch.dtype, dv: int, has_bias: bool,
-                     n_keys: int, variant: str = "auto") -> str:
-    """Exported name of the attention kernel for this call: the short-sequence kernel (its own
-    schedule, 32-key blocks by default) up to the library's ``short_max_keys`` keys, the regular
-    one beyond (``variant`` "short"/"long" forces one). Where the short schedule equals the
-    regular one the library holds only the regular kernel (manifest ``attention_short`` lists
-    the value head sizes that have their own), and that is the short-sequence kernel."""
+def _use_short(entry: dict, dtype: str, bucket: int, n_keys: int, variant: str) -> bool:
+    """Whether the short-sequence kernel runs: up to the library's ``short_max_keys`` keys
+    (``variant`` "short"/"long" forces it), where the library has one of its own."""
     if variant not in KERNEL_VARIANTS:
         raise ValueError(f"variant must be one of {KERNEL_VARIANTS}, got {variant!r}")
+    has_short = bucket in entry.get("attention_short", {}).get(dtype, ())
+    return has_short and (variant == "short" or
+                          (variant == "auto" and n_keys <= entry.get("short_max_keys", 0)))
+
+
+def attention_symbol(device: torch.device, v_dtype: torch.dtype, dv: int, has_bias: bool,
+                     n_keys: int, variant: str = "auto", table: bool = False) -> str:
+    """Exported name of the attention kernel for this call (``table``: the bias-table kernel):
+    the short-sequence kernel (its own schedule, 32-key blocks by default) up to the library's
+    ``short_max_keys`` keys, the regular one beyond (``variant`` "short"/"long" forces one).
+    Where the short schedule equals the regular one the library holds only the regular kernel
+    (manifest ``attention_short`` lists the value head sizes that have their own), and that is
+    the short-sequence kernel."""
     _, entry = _library(device)
     dtype, bucket = PV_DTYPES[v_dtype], dv_bucket(dv)
-    has_short = bucket in entry.get("attention_short", {}).get(dtype, ())
-    short = has_short and (variant == "short" or
-                           (variant == "auto" and n_keys <= entry.get("short_max_keys", 0)))
-    return (f"binattn_attention_{dtype}_dv{bucket}{'_bias' if has_bias else ''}"
-            f"{'_short' if short else ''}")
+    short = _use_short(entry, dtype, bucket, n_keys, variant)
+    kind = "_table" if table else "_bias" if has_bias else ""
+    return f"binattn_attention_{dtype}_dv{bucket}{kind}{'_short' if short else ''}"
+
+
+def table_capacity(device: torch.device, v_dtype: torch.dtype, dv: int, n_keys: int,
+                   variant: str = "auto") -> int:
+    """Bias-table rows the table kernel of this call holds in shared memory (manifest
+    ``table_rows``); a larger table is gathered on the host for the dense-bias kernel."""
+    _, entry = _library(device)
+    dtype, bucket = PV_DTYPES[v_dtype], dv_bucket(dv)
+    short = _use_short(entry, dtype, bucket, n_keys, variant)
+    return entry.get("table_rows", {}).get(f"{dtype}/dv{bucket}{'/short' if short else ''}", 0)
+
+
+def _table_inputs(table: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                     list[int]]:
+    """(flat float32 table, flat int32 index, [sb, sh, sq, sk]) as the table kernel reads
+    them: row and head strides of the table (head stride 0 for one shared column), then the
+    index's strides."""
+    table = table.to(torch.float32)
+    index = index.to(torch.int32)
+    row_stride, head_stride = table.stride(0), table.stride(1) if table.shape[1] > 1 else 0
+    span = 1 + (table.shape[0] - 1) * row_stride + (table.shape[1] - 1) * head_stride
+    index_span = 1 + sum((size - 1) * stride for size, stride in zip(index.shape, index.stride()))
+    return (table.as_strided((span,), (1,)), index.as_strided((index_span,), (1,)),
+            [row_stride, head_stride, *index.stride()])
+
+
+def uses_table_kernel(q, v, bias, attn_mask, pv_bits, bias_index, variant: str = "auto") -> bool:
+    """Whether a call with a bias table runs the table kernel (no mask to fold in, 16-bit P·V,
+    the table fits the kernel's shared memory); otherwise the table is gathered on the host."""
+    return (bias_index is not None and attn_mask is None and pv_bits != 8 and
+            bias.shape[0] <= table_capacity(q.device, v.dtype, v.shape[-1], bias_index.shape[1],
+                                            variant))
 
 
 def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
-                     top_n, pv_bits, binarizer, temperature, ste_clip,
+                     top_n, pv_bits, binarizer, temperature, ste_clip, bias_index=None,
                      out: Optional[torch.Tensor] = None, variant: str = "auto") -> torch.Tensor:
     """The kernel behind ``binattn::binary_attention`` on CUDA (writes into ``out`` if given;
     ``variant`` as in :func:`attention_symbol`)."""
@@ -432,11 +472,17 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
     q_bits, k_bits, k_pop, q_abs, k_abs = pack_q_and_k(q, k)
     s_q, s_k, ks_group, extra = _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs)
     softmax_scale = 1.0 / math.sqrt(D) if scale is None else scale
-    add = _additive(bias, attn_mask, Nq, Nk, q.device)
-    if add is None:
-        flat, strides = _dummy(q.device), [0, 0, 0, 0]
+    table = uses_table_kernel(q, v, bias, attn_mask, pv_bits, bias_index, variant)
+    index = _dummy(q.device, torch.int32)
+    if table:
+        flat, index, strides = _table_inputs(bias, bias_index)
+        add = flat
     else:
-        flat, strides = _broadcast_strides(add)
+        add = _additive(reference.dense_bias(bias, bias_index), attn_mask, Nq, Nk, q.device)
+        if add is None:
+            flat, strides = _dummy(q.device), [0, 0, 0, 0]
+        else:
+            flat, strides = _broadcast_strides(add)
     if out is None:
         out = torch.empty((B, Hq, Nq, Dv), dtype=v.dtype, device=q.device)
     v = v.contiguous()
@@ -449,20 +495,21 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
         _call(q.device, name, q_bits, k_bits, k_pop, v8, v_scale, out.view(torch.int32), s_q,
               s_k, flat, int(bool(is_causal)), ks_group, *strides, mult, D)
         return out
-    name = attention_symbol(q.device, v.dtype, Dv, add is not None, Nk, variant)
+    name = attention_symbol(q.device, v.dtype, Dv, add is not None, Nk, variant, table)
     _call(q.device, name, q_bits, k_bits, k_pop, v.view(torch.int32).view(B, Hkv, Nk, Dv // 8, 4),
-          out.view(torch.int32), s_q, s_k, flat, int(bool(is_causal)), ks_group, *strides, mult, D)
+          out.view(torch.int32), s_q, s_k, flat, index, int(bool(is_causal)), ks_group, *strides,
+          mult, D)
     return out
 
 
 _dummies: dict = {}
 
 
-def _dummy(device: torch.device) -> torch.Tensor:
-    """A 1-element float32 tensor standing in for 'no bias' (allocated once per device)."""
-    if device not in _dummies:
-        _dummies[device] = torch.zeros(1, dtype=torch.float32, device=device)
-    return _dummies[device]
+def _dummy(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A 1-element tensor standing in for 'no bias' / 'no index' (allocated once per device)."""
+    if (device, dtype) not in _dummies:
+        _dummies[device, dtype] = torch.zeros(1, dtype=dtype, device=device)
+    return _dummies[device, dtype]
 
 
 dispatch.register_kernel("sign_pack", "cuda", dispatch.Kernel(

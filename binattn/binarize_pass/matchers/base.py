@@ -44,6 +44,7 @@ class Match:
     probs_node: Optional[fx.Node] = None  # probabilities also used off the attention chain
     shape: Optional[dict] = None          # shapes, where q/k/v do not tell them
     bias_node: Optional[fx.Node] = None   # an existing bias input (binarized graphs)
+    bias_index_node: Optional[fx.Node] = None   # its table index (a table bias)
     options: dict = field(default_factory=dict)        # site options found in the graph
     static_scales: dict = field(default_factory=dict)  # q_scale/k_scale found in the graph
 

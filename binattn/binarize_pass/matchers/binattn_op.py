@@ -15,7 +15,7 @@ from .base import Match
 
 NAME = "binattn-op"
 ARGS = ("q", "k", "v", "bias", "attn_mask", "is_causal", "scale", "scale_mode", "q_scale",
-        "k_scale", "top_n", "pv_bits", "binarizer", "temperature", "ste_clip")
+        "k_scale", "top_n", "pv_bits", "binarizer", "temperature", "ste_clip", "bias_index")
 OPTIONS = ("scale_mode", "top_n", "pv_bits", "binarizer", "temperature", "ste_clip")
 
 
@@ -39,6 +39,7 @@ def match(node: fx.Node, gm: Optional[fx.GraphModule]) -> Optional[Match]:
               is_causal=bool(args.get("is_causal", False)), scale=args.get("scale"),
               nodes=[node])
     m.bias_node = args.get("bias")
+    m.bias_index_node = args.get("bias_index")
     m.options = {k: args[k] for k in OPTIONS if k in args}
     m.static_scales = {}
     for name in ("q_scale", "k_scale"):
