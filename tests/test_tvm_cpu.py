@@ -144,7 +144,8 @@ HAS_LUT_CPU = cpu_kernels.LUT_FEATURES <= cpu_features()
 
 def pv8_tag(q, v, kwargs) -> str:
     """Workload tag the dispatcher builds for this 8-bit call ('…_pv8lut': the table kernel)."""
-    add = cpu_dispatch._add_shape(kwargs.get("bias"), kwargs.get("attn_mask"))
+    bias = kwargs.get("bias")
+    add = cpu_dispatch._add_shape(None if bias is None else bias.shape, kwargs.get("attn_mask"))
     return cpu_dispatch._workload(q, v, add, kwargs.get("is_causal", False), 8).tag()
 
 
