@@ -85,7 +85,7 @@ def relpos_report(rows) -> str:
              "gathered bias as its float mask", "",
              "| shape (B,H,N,D) | table rows | in-kernel table µs | gathered bias µs | no bias µs "
              "| SDPA cuDNN + mask µs | SDPA efficient + mask µs | gathered / table | "
-             "× best SDPA |", "|" + "---|" * 9]
+             "× best SDPA | pv_bits=8 µs |", "|" + "---|" * 10]
     for r, (_, _, name) in zip(rows, RELPOS_SHAPES):
         best = min((t for t in (r["cudnn_ms"], r["efficient_ms"]) if t), default=None)
         kernel = "" if r["table_kernel"] else " (gathered: table too large)"
@@ -94,7 +94,8 @@ def relpos_report(rows) -> str:
             f"{r['gathered_ms']*1e3:.1f} | {r['no_bias_ms']*1e3:.1f} | "
             f"{fmt(r['cudnn_ms'] and r['cudnn_ms']*1e3)} | "
             f"{fmt(r['efficient_ms'] and r['efficient_ms']*1e3)} | "
-            f"{r['gathered_ms'] / r['table_ms']:.2f} | {fmt(best and best / r['table_ms'], '.2f')} |")
+            f"{r['gathered_ms'] / r['table_ms']:.2f} | {fmt(best and best / r['table_ms'], '.2f')} | "
+            f"{r['pv8_table_ms']*1e3:.1f} |")
     return "\n".join(lines)
 
 

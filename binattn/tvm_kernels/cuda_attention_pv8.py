@@ -103,7 +103,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
             T.ptx["cp.async.commit_group"]()
 
     @T.macro
-    def block_scores(st, k0, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow,
+    def block_scores(st, k0, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, bv, row, lim, coef, narrow,
                      warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk):
         # x = s·coef (+ bias·log2 e) of the thread's 16 scores (rows g, g+8 × keys 8j+2t+e%2);
         # keys past Nk or the causal diagonal: −inf
@@ -120,10 +120,14 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
             for j in T.unroll(n_tiles):
                 for e in T.unroll(4):
                     tu[j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 >= lim[e // 2], masked_u, tu[j * 4 + e])
+        if has_bias:  # every bias of the block first: loads that overlap (not one per branch)
+            for j in T.unroll(n_tiles):
+                for e in T.unroll(4):
+                    bv[j * 4 + e] = Bias[b * bias_sb + h * bias_sh + T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E)
         for j in T.unroll(n_tiles):
             for e in T.unroll(4):
                 if has_bias:
-                    s[j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1] + Bias[b * bias_sb + h * bias_sh + T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E))
+                    s[j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1] + bv[j * 4 + e])
                 else:
                     s[j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1])
 
@@ -170,6 +174,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                     cst = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
                     tu = T.alloc_buffer((n_tiles * 4,), "uint32", scope="local")
                     s = T.alloc_buffer((n_tiles * 4,), "float32", scope="local")
+                    bv = T.alloc_buffer((n_tiles * 4 if has_bias else 1,), "float32", scope="local")
                     xr = T.alloc_buffer((1,), "float32", scope="local")
                     pa = T.alloc_buffer((4,), "uint32", scope="local")
                     o = T.alloc_buffer((o_tiles * 4,), "uint32", scope="local")  # int32 sums
@@ -208,7 +213,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                     for pre in T.serial(1 + n_blocks):
                         next_block(pre, n_blocks, False, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
                         if pre >= 1:
-                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
+                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, bv, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
                             if fixed != 0:  # no shift needed: 2**x stays well inside float32
                                 for r in T.unroll(2):
                                     for j in T.unroll(n_tiles):
@@ -241,7 +246,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                     for pre in T.serial(1 + n_blocks):
                         next_block(pre, n_blocks, True, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
                         if pre >= 1:
-                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
+                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, bv, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
                             for j in T.unroll(n_tiles):
                                 for e in T.unroll(4):
                                     T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], s[j * 4 + e] - m[e // 2])

@@ -112,7 +112,8 @@ def measure_relpos(shape, grid, dtype=torch.bfloat16, reps: int = 50) -> dict:
     looked up in-kernel (``bias=table, bias_index=index``), binattn with the bias gathered by
     torch first (``RelPosBias()``'s dense view, the path before the table kernel), binattn
     without bias, and SDPA (cuDNN, then memory-efficient) with the gathered bias as its float
-    mask. Every timed call includes its gather (a relpos model does it every forward)."""
+    mask; and ``pv_bits=8`` with the table (gathered on the host for the 8-bit kernel). Every
+    timed call includes its gather (a relpos model does it every forward)."""
     import binattn
     from binattn.ops import RelPosBias
     from binattn.tvm_kernels import cuda_dispatch as cd
@@ -127,7 +128,9 @@ def measure_relpos(shape, grid, dtype=torch.bfloat16, reps: int = 50) -> dict:
     op = binattn.ops.binary_attention
     calls = {"table_ms": lambda: op(q, k, v, bias=table, bias_index=index, check_finite=False),
              "gathered_ms": lambda: op(q, k, v, bias=rel().detach(), check_finite=False),
-             "no_bias_ms": lambda: op(q, k, v, check_finite=False)}
+             "no_bias_ms": lambda: op(q, k, v, check_finite=False),
+             "pv8_table_ms": lambda: op(q, k, v, bias=table, bias_index=index, pv_bits=8,
+                                        check_finite=False)}
     row = {"shape": list(shape), "grid": list(grid), "table_rows": int(table.shape[0]),
            "table_kernel": cd.uses_table_kernel(q, v, table, None, None, index)}
     row.update({key: bench_ms(graphed(fn), reps) for key, fn in calls.items()})
