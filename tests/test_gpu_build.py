@@ -375,3 +375,20 @@ def test_every_table_kernel_fits_a_large_relpos_table(arch):
     assert table_rows(96, crowded) < TABLE_MIN_ROWS and table_schedule(96, crowded).stages == 2
     with pytest.raises(ValueError, match="bias table"):
         attention_func("bfloat16", 96, crowded, table=True)
+
+
+def test_table_inputs_give_the_kernel_rows_it_can_count():
+    """The flat table, index and strides the table kernel reads (pure torch, no GPU): the
+    kernel counts rows as (span − 1 − (Hq − 1)·sh) // sb + 1, which must be T for every layout."""
+    table = torch.randn(9, 4)
+    index = torch.randint(0, 9, (5, 6))
+    layouts = {"contiguous": table, "transposed": table.t().contiguous().t(),
+               "one column": table[:, :1], "broadcast rows": table[:1].expand(9, 4)}
+    for name, t in layouts.items():
+        flat, idx, (sb, sh, sq, sk) = cuda_dispatch._table_inputs(t, index)
+        rows = (flat.numel() - 1 - ((4 - 1) * sh if sh else 0)) // max(sb, 1) + 1
+        assert rows == 9, name
+        got = torch.stack([flat[r * sb + h * sh] for r in range(9) for h in range(t.shape[1])])
+        torch.testing.assert_close(got.view(9, -1), t.float(), msg=name)
+        assert idx.dtype == torch.int32 and (sq, sk) == (6, 1)
+        assert torch.equal(idx.view(5, 6), index.int())

@@ -252,7 +252,7 @@ def _relpos(gen, heads, grid, prefix=1):
 
 
 TABLE_CASES = ("relpos", "shared_column", "transposed_table", "int64_index", "causal", "gqa",
-               "random_index", "wide_table")
+               "random_index", "wide_table", "expanded_rows")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -270,6 +270,8 @@ def test_bias_table_is_looked_up_in_kernel(cuda_dispatch, gen, case, head_dim, v
         table = table[:, :1].contiguous()
     if case == "transposed_table":  # a [H, T] parameter seen as [T, H]
         table = table.t().contiguous().t()
+    if case == "expanded_rows":  # every row the same view (row stride 0)
+        table = table[:1].expand_as(table)
     if case == "wide_table":  # a range past the no-shift softmax's: the online one runs
         table = table * 40
     if case == "int64_index":

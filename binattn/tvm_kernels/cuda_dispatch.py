@@ -444,8 +444,11 @@ def _table_inputs(table: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tenso
                                                                      list[int]]:
     """(flat float32 table, flat int32 index, [sb, sh, sq, sk]) as the table kernel reads
     them: row and head strides of the table (head stride 0 for one shared column), then the
-    index's strides."""
+    index's strides. The kernel counts the table's rows from the flat span, so a table whose
+    rows are broadcast (row stride 0) is made contiguous first."""
     table = table.to(torch.float32)
+    if table.stride(0) == 0 and table.shape[0] > 1:
+        table = table.contiguous()
     index = index.to(torch.int32)
     row_stride, head_stride = table.stride(0), table.stride(1) if table.shape[1] > 1 else 0
     span = 1 + (table.shape[0] - 1) * row_stride + (table.shape[1] - 1) * head_stride
