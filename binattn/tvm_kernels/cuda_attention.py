@@ -212,18 +212,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"
     ld_x2 = "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16"
 
-    @T.macro
-    def load_biases(bv, mt, k0, Bias, Idx, tab, row, b, h, t, Nq, Nk, bias_sb, bias_sh, bias_sq,
-                    bias_sk):
-        # the biases (log2 domain) of row tile mt's scores in the key block at k0; clamped
-        # indices, so every load is in bounds and none waits behind a masked-key branch
-        for j in T.unroll(n_tiles):
-            for e in T.unroll(4):
-                if table:
-                    bv[mt * st_n + j * 4 + e] = tab[Idx[T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk]]
-                else:
-                    bv[mt * st_n + j * 4 + e] = Bias[b * bias_sb + h * bias_sh + T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E)
-
     @T.prim_func
     def attention(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v_h: T.handle,
                   out_h: T.handle, qscale_h: T.handle, kscale_h: T.handle, bias_h: T.handle,
@@ -284,7 +272,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     cst = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
                     tu = T.alloc_buffer((st_n * mt_n,), "uint32", scope="local")
                     s = T.alloc_buffer((st_n * mt_n,), "float32", scope="local")
-                    bv = T.alloc_buffer((st_n * mt_n if has_bias else 1,), "float32", scope="local")  # biases (log2), a block ahead
+                    bv = T.alloc_buffer((st_n if has_bias else 1,), "float32", scope="local")  # biases (log2)
                     xr = T.alloc_buffer((2,), "float32", scope="local")
                     pa = T.alloc_buffer((sc_n * mt_n,), "uint32", scope="local")
                     o = T.alloc_buffer((ot * mt_n,), "float32", scope="local")
@@ -351,7 +339,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                             trange[1] = T.min(trange[1], tred[warps + w])
                         for it in T.unroll(trows // nthreads):
                             tab[tid + it * nthreads] = (tval[it] - (trange[0] + trange[1]) * T.float32(0.5)) * T.float32(LOG2E)
-                        T.tvm_storage_sync("shared")  # the first block's biases are read below
                         if not etab_on:
                             mode[0] = T.Cast("int32", coef[0] * T.Cast("float32", 2 * d_bits) + (trange[0] - trange[1]) * T.float32(LOG2E) <= static_range)
                     for rr in T.unroll(2 * mt_n):
@@ -397,9 +384,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
                     warp_lim = T.if_then_else(causal != 0, T.min(Nk, q0 + 1), Nk)
                     n_blocks = T.ceildiv(kv_len, kb)
-                    if has_bias:
-                        for mt in T.unroll(mt_n):
-                            load_biases(bv, mt, 0, Bias, Idx, tab, row, b, h, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
                     for pre in T.serial(ahead + n_blocks):
                         # stage the block `pre` (cp.async, zero-filled past Nk) ...
                         if pre >= ahead:
@@ -477,12 +461,18 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                             for mt in T.unroll(mt_n):
                                 if has_bias:
-                                    # the biases were loaded a block ahead (latency hidden
-                                    # under the previous block's exps and P·V)
+                                    # every bias of the tile first (clamped indices, always in
+                                    # bounds): straight-line loads the compiler can overlap,
+                                    # instead of one load per masked-key branch
                                     for j in T.unroll(n_tiles):
                                         for e in T.unroll(4):
-                                            s[mt * st_n + j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1] + bv[mt * st_n + j * 4 + e])
-                                    load_biases(bv, mt, k0 + kb, Bias, Idx, tab, row, b, h, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
+                                            if table:
+                                                bv[j * 4 + e] = tab[Idx[T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk]]
+                                            else:
+                                                bv[j * 4 + e] = Bias[b * bias_sb + h * bias_sh + T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E)
+                                    for j in T.unroll(n_tiles):
+                                        for e in T.unroll(4):
+                                            s[mt * st_n + j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1] + bv[j * 4 + e])
                                     if mode[0] == 0:  # online softmax (a table may fit the fixed shift)
                                         for r in T.unroll(2):
                                             red[mt * 2 + r] = neg_inf
