@@ -52,7 +52,7 @@ def test_build_writes_loadable_library_and_manifest(small_build):
     assert entry["attention_pv8"] == {"bfloat16": [64]}
     assert entry["schedules"]["bfloat16/dv64/short"]["key_block"] == 32
     # the bias-table kernels hold at least TABLE_MIN_ROWS rows of one head's column
-    assert set(entry["table_rows"]) == {"bfloat16/dv64", "bfloat16/dv64/short"}
+    assert set(entry["table_rows"]) == {"bfloat16/dv64", "bfloat16/dv64/short", "pv8/bfloat16/dv64"}
     assert all(rows >= 2048 for rows in entry["table_rows"].values())
     assert entry["sha256"] == hashlib.sha256(lib.read_bytes()).hexdigest()
     source = (small_build / "binattn_cuda_sm_90a.cu").read_text()
@@ -66,6 +66,7 @@ def test_build_writes_loadable_library_and_manifest(small_build):
                  "binattn_sign_pack_float16_v8_l2", "binattn_sign_pack_bfloat16_v8_l4",
                  "binattn_sign_pack_qk_bfloat16_l2", "binattn_sign_pack_qk_float16_l8",
                  "binattn_attention_pv8_bfloat16_dv64", "binattn_attention_pv8_bfloat16_dv64_bias",
+                 "binattn_attention_pv8_bfloat16_dv64_table",
                  "binattn_v8_amax_bfloat16", "binattn_v8_pack_bfloat16",
                  "binattn_popcount_scores"):
         assert module[name] is not None
@@ -162,9 +163,10 @@ def test_dispatch_names_the_built_8bit_kernels():
     from binattn.tvm_kernels.cuda_attention_pv8 import attention_pv8_name
     from binattn.tvm_kernels.cuda_quantize_v import v8_amax_name, v8_pack_name
 
-    for dtype, dv, has_bias in (("float16", 64, False), ("bfloat16", 256, True)):
-        assert cuda_dispatch.pv8_symbol(dtype, dv, has_bias) == attention_pv8_name(dtype, dv,
-                                                                                 has_bias)
+    for dtype, dv, has_bias, table in (("float16", 64, False, False), ("bfloat16", 256, True, False),
+                                       ("bfloat16", 64, True, True)):
+        assert (cuda_dispatch.pv8_symbol(dtype, dv, has_bias, table)
+                == attention_pv8_name(dtype, dv, has_bias, table))
     assert v8_amax_name("bfloat16") == "binattn_v8_amax_bfloat16"  # as quantize_v8 calls them
     assert v8_pack_name("float16") == "binattn_v8_pack_float16"
 

@@ -286,11 +286,33 @@ def test_bias_table_is_looked_up_in_kernel(cuda_dispatch, gen, case, head_dim, v
     _check(run_variant(cuda_dispatch, q, k, v, kw, variant), q, k, v, kw, gen)
 
 
+@pytest.mark.parametrize("head_dim", (64, 128, 256))
+@pytest.mark.parametrize("case", TABLE_CASES)
+def test_pv8_bias_table_is_looked_up_in_kernel(cuda_dispatch, gen, case, head_dim):
+    """The 8-bit kernel's table variant: the same table cases, pv_bits=8, against the
+    reference's 8-bit path (both first-pass modes: the wide table runs the online one)."""
+    heads, hkv, grid = 4, 2 if case == "gqa" else 4, (7, 9)
+    n = 1 + grid[0] * grid[1]
+    table, index = _relpos(gen, heads, grid)
+    table = {"shared_column": table[:, :1].contiguous(), "transposed_table": table.t().contiguous().t(),
+             "wide_table": table * 40, "expanded_rows": table[:1].expand_as(table)}.get(case, table)
+    if case == "int64_index":
+        index = index.long()
+    if case == "random_index":
+        index = torch.randint(0, table.shape[0], (n, n), generator=gen, device="cuda")
+    q = randn(gen, 2, heads, n, head_dim, dtype=torch.bfloat16)
+    k, v = (randn(gen, 2, hkv, n, head_dim, dtype=torch.bfloat16) for _ in range(2))
+    kw = {"bias": table, "bias_index": index, "is_causal": case == "causal", "pv_bits": 8}
+    assert cuda_dispatch.uses_table_kernel(q, v, table, None, 8, index)
+    _check(run_variant(cuda_dispatch, q, k, v, kw, "auto"), q, k, v, kw, gen)
+
+
 def test_bias_table_fallbacks_gather_on_the_host(cuda_dispatch, gen):
-    """A table past the kernel's shared memory, a mask to fold in, or 8-bit P·V: the table is
-    gathered on the host (dense-bias kernels) — still the kernel, still the reference's output."""
+    """A table past the kernel's shared memory or a mask to fold in: the table is gathered on
+    the host (dense-bias kernels) — still the kernel, still the reference's output."""
     dev = torch.device("cuda")
-    capacity = cuda_dispatch.table_capacity(dev, torch.bfloat16, 64, 50)
+    capacity = max(cuda_dispatch.table_capacity(dev, torch.bfloat16, 64, 50),
+                   cuda_dispatch.table_capacity(dev, torch.bfloat16, 64, 50, pv_bits=8))
     assert capacity >= 2048
     q, k, v = (randn(gen, 2, 4, 50, 64, dtype=torch.bfloat16) for _ in range(3))
     big = randn(gen, capacity + 1, 4)
@@ -299,8 +321,9 @@ def test_bias_table_fallbacks_gather_on_the_host(cuda_dispatch, gen):
     table, rel_index = _relpos(gen, 4, (7, 7))
     mask = torch.rand(50, 50, generator=gen, device="cuda") > 0.2
     for kw in ({"bias": big, "bias_index": index},
+               {"bias": big, "bias_index": index, "pv_bits": 8},
                {"bias": table, "bias_index": rel_index, "attn_mask": mask},
-               {"bias": table, "bias_index": rel_index, "pv_bits": 8}):
+               {"bias": table, "bias_index": rel_index, "attn_mask": mask, "pv_bits": 8}):
         assert not cuda_dispatch.uses_table_kernel(q, v, kw["bias"], kw.get("attn_mask"),
                                                    kw.get("pv_bits"), kw["bias_index"])
         out = binattn.ops.binary_attention(q, k, v, **kw)

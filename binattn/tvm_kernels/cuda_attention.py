@@ -107,6 +107,44 @@ def table_schedule(dv: int, schedule: CudaAttentionSchedule) -> CudaAttentionSch
     return replace(schedule, stages=2, wgmma_pv=0)
 
 
+def bias_table_prologue(rows: int, nthreads: int, warps: int):
+    """The T.macro that copies one head's column of a bias table into shared memory (the
+    ``table`` kernels of ``attention_func`` and ``attention_pv8_func``): rows = what the flat
+    span ``bias[NB]`` holds (at most ``rows``), every load issued before any use; the column's
+    max and min, CTA-wide, into ``trange``; then the column into ``tab`` in the log2 domain
+    minus the range's midpoint (softmax is shift-invariant), so that when the scores' span
+    plus ``trange[0] − trange[1]`` fits, the no-shift softmax applies as without a bias. The
+    caller's first main-loop barrier orders these stores before any lookup."""
+    neg_inf = T.float32(-math.inf)
+    full = T.uint32(0xFFFFFFFF)
+
+    @T.macro
+    def prologue(tab, tred, tval, trange, trow, Bias, NB, Hq, bias_sb, bias_sh, h, tid, lane):
+        trow[0] = T.min((NB - 1 - T.if_then_else(bias_sh != 0, (Hq - 1) * bias_sh, 0)) // T.max(bias_sb, 1) + 1, rows)
+        trange[0] = neg_inf
+        trange[1] = -neg_inf
+        for it in T.unroll(rows // nthreads):
+            tval[it] = T.if_then_else(tid + it * nthreads < trow[0], Bias[(tid + it * nthreads) * bias_sb + h * bias_sh], T.float32(0))
+        for it in T.unroll(rows // nthreads):
+            if tid + it * nthreads < trow[0]:
+                trange[0] = T.max(trange[0], tval[it])
+                trange[1] = T.min(trange[1], tval[it])
+        for sh in T.unroll(5):
+            trange[0] = T.max(trange[0], T.call_extern("float32", "__shfl_xor_sync", full, trange[0], 16 >> sh, 32))
+            trange[1] = T.min(trange[1], T.call_extern("float32", "__shfl_xor_sync", full, trange[1], 16 >> sh, 32))
+        if lane == 0:
+            tred[tid // 32] = trange[0]
+            tred[warps + tid // 32] = trange[1]
+        T.tvm_storage_sync("shared")
+        for w in T.unroll(warps):
+            trange[0] = T.max(trange[0], tred[w])
+            trange[1] = T.min(trange[1], tred[warps + w])
+        for it in T.unroll(rows // nthreads):
+            tab[tid + it * nthreads] = (tval[it] - (trange[0] + trange[1]) * T.float32(0.5)) * T.float32(LOG2E)
+
+    return prologue
+
+
 def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                    has_bias: bool = False, table: bool = False) -> tvm.tirx.PrimFunc:
     """The attention PrimFunc for ``dtype`` (float16|bfloat16) and padded value head size ``dv``.
@@ -199,6 +237,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     k_iters, v_iters, p_iters = (math.ceil(k_units / nthreads), math.ceil(v_units / nthreads),
                                  math.ceil(2 * kb / nthreads))
     mma_pv, cvt_pair = MMA_PV[dtype], CVT_PAIR[dtype]
+    table_prologue = bias_table_prologue(trows, nthreads, warps)
     static_range = T.float32(STATIC_RANGE[dtype])
     ones = T.uint32(ONES_PAIR[dtype])
     ot = o_tiles * 4 + 4  # accumulators of one row tile: the output tiles, then the row-sum tile
@@ -311,34 +350,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                             if tid + it * nthreads < 2 * d_bits + 2:
                                 T.ptx["ex2.approx.ftz.f32"](xr[0], T.Cast("float32", tid + it * nthreads - d_bits) * coef[0])
                                 etab[tid + it * nthreads] = T.if_then_else(tid + it * nthreads <= 2 * d_bits, xr[0], T.float32(0))
-                    if table:
-                        # this head's column of the table (rows = what the flat span holds),
-                        # every load issued before any use; its range, CTA-wide; then the column
-                        # into shared memory in the log2 domain minus the range's midpoint
-                        # (softmax is shift-invariant): when the scores' span plus the table's
-                        # fits, the no-shift softmax applies as without a bias (the main loop's
-                        # first barrier orders these stores before any lookup)
-                        trow[0] = T.min((NB - 1 - T.if_then_else(bias_sh != 0, (Hq - 1) * bias_sh, 0)) // T.max(bias_sb, 1) + 1, trows)
-                        trange[0] = neg_inf
-                        trange[1] = -neg_inf
-                        for it in T.unroll(trows // nthreads):
-                            tval[it] = T.if_then_else(tid + it * nthreads < trow[0], Bias[(tid + it * nthreads) * bias_sb + h * bias_sh], T.float32(0))
-                        for it in T.unroll(trows // nthreads):
-                            if tid + it * nthreads < trow[0]:
-                                trange[0] = T.max(trange[0], tval[it])
-                                trange[1] = T.min(trange[1], tval[it])
-                        for sh in T.unroll(5):
-                            trange[0] = T.max(trange[0], T.call_extern("float32", "__shfl_xor_sync", full, trange[0], 16 >> sh, 32))
-                            trange[1] = T.min(trange[1], T.call_extern("float32", "__shfl_xor_sync", full, trange[1], 16 >> sh, 32))
-                        if lane == 0:
-                            tred[tid // 32] = trange[0]
-                            tred[warps + tid // 32] = trange[1]
-                        T.tvm_storage_sync("shared")
-                        for w in T.unroll(warps):
-                            trange[0] = T.max(trange[0], tred[w])
-                            trange[1] = T.min(trange[1], tred[warps + w])
-                        for it in T.unroll(trows // nthreads):
-                            tab[tid + it * nthreads] = (tval[it] - (trange[0] + trange[1]) * T.float32(0.5)) * T.float32(LOG2E)
+                    if table:  # the head's column into shared memory, its range into trange
+                        table_prologue(tab, tred, tval, trange, trow, Bias, NB, Hq, bias_sb, bias_sh, h, tid, lane)
                         if not etab_on:
                             mode[0] = T.Cast("int32", coef[0] * T.Cast("float32", 2 * d_bits) + (trange[0] - trange[1]) * T.float32(LOG2E) <= static_range)
                     for rr in T.unroll(2 * mt_n):

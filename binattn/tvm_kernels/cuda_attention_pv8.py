@@ -28,7 +28,8 @@ import tvm
 from tvm.script import tirx as T
 
 from ..schedules.cuda_attention import PV8_KEY_BLOCK
-from .cuda_attention import CVT_PAIR, LOG2E, MASKED, MMA_B1, QBITS_WORDS
+from .cuda_attention import (CVT_PAIR, LOG2E, MASKED, MMA_B1, QBITS_WORDS, SHARED_LIMIT,
+                             TABLE_MAX_ROWS, TABLE_RESERVE, bias_table_prologue)
 
 MMA_PV8 = "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32"
 WARPS = 4
@@ -40,12 +41,21 @@ V8_ROW_WORDS = 12
 FIXED_RANGE = 100.0  # log2 span of 2**x the first pass sums unshifted (float32: far from over/underflow)
 
 
-def attention_pv8_name(dtype: str, dv: int, has_bias: bool = False) -> str:
-    """Exported symbol of the 8-bit-P·V attention kernel."""
-    return f"binattn_attention_pv8_{dtype}_dv{dv}{'_bias' if has_bias else ''}"
+def attention_pv8_name(dtype: str, dv: int, has_bias: bool = False, table: bool = False) -> str:
+    """Exported symbol of the 8-bit-P·V attention kernel (no bias / dense bias / bias table)."""
+    return f"binattn_attention_pv8_{dtype}_dv{dv}{'_table' if table else '_bias' if has_bias else ''}"
 
 
-def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.PrimFunc:
+def pv8_table_rows(dv: int) -> int:
+    """Bias-table rows the 8-bit ``table`` kernel keeps in shared memory (as
+    ``cuda_attention.table_rows``: what its K, popcount and V8 stages leave, at most
+    ``TABLE_MAX_ROWS``)."""
+    stages = STAGES * (KEY_BLOCK * QBITS_WORDS * 4 + KEY_BLOCK // 2 * 16 + dv * V8_ROW_WORDS * 4)
+    return min(TABLE_MAX_ROWS, (SHARED_LIMIT - stages - TABLE_RESERVE) // 4 // 256 * 256)
+
+
+def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
+                       table: bool = False) -> tvm.tirx.PrimFunc:
     """The PrimFunc for V dtype ``dtype`` (float16|bfloat16, the output's) and value head ``dv``.
 
     Arguments (torch tensors through DLPack, contiguous): ``qbits int32[B,Hq,Nq,8]``,
@@ -54,12 +64,16 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
     ``schedules.cuda_attention.pv8_key_permutation`` and zero-padded to whole blocks, 4 per
     word), ``vscale f32[B·Hkv·dv]``
     (1 / (255·(127/max|v| + 1e-6)) per column: the output's dequantisation), ``out32
-    int32[B,Hq,Nq,Dw]``, ``qscale``, ``kscale``, ``bias`` and the scalars as
-    ``cuda_attention.attention_func``.
+    int32[B,Hq,Nq,Dw]``, ``qscale``, ``kscale``, ``bias``, ``index`` and the scalars as
+    ``cuda_attention.attention_func`` (``table``: the bias table looked up in-kernel, its column
+    in shared memory, the first pass without a running max when the table's span allows).
     """
     if dtype not in CVT_PAIR or dv % 8 or not 8 <= dv <= 256:
         raise ValueError(f"no 8-bit P·V attention kernel for dtype={dtype!r}, dv={dv}")
     nthreads, kb = 32 * WARPS, KEY_BLOCK
+    has_bias = has_bias or table
+    trows = pv8_table_rows(dv) if table else 1
+    table_prologue = bias_table_prologue(trows, nthreads, WARPS)
     rows_per_cta = 16 * WARPS
     n_tiles, o_tiles = kb // 8, dv // 8
     k_units, p_units, v_units = kb * 2, kb * 2, dv * 2
@@ -103,8 +117,8 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
             T.ptx["cp.async.commit_group"]()
 
     @T.macro
-    def block_scores(st, k0, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, bv, row, lim, coef, narrow,
-                     warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk):
+    def block_scores(st, k0, Ks, Kps, Bias, Idx, tab, qa, kf, cst, acc, tu, s, bv, row, lim, coef,
+                     narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk):
         # x = s·coef (+ bias·log2 e) of the thread's 16 scores (rows g, g+8 × keys 8j+2t+e%2);
         # keys past Nk or the causal diagonal: −inf
         for j in T.unroll(n_tiles):
@@ -123,7 +137,10 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
         if has_bias:  # every bias of the block first: loads that overlap (not one per branch)
             for j in T.unroll(n_tiles):
                 for e in T.unroll(4):
-                    bv[j * 4 + e] = Bias[b * bias_sb + h * bias_sh + T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E)
+                    if table:
+                        bv[j * 4 + e] = tab[Idx[T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk]]
+                    else:
+                        bv[j * 4 + e] = Bias[b * bias_sb + h * bias_sh + T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E)
         for j in T.unroll(n_tiles):
             for e in T.unroll(4):
                 if has_bias:
@@ -134,10 +151,12 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
     @T.prim_func
     def attention_pv8(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v8_h: T.handle,
                       vscale_h: T.handle, out_h: T.handle, qscale_h: T.handle,
-                      kscale_h: T.handle, bias_h: T.handle, causal: T.int32, ks_group: T.int32,
+                      kscale_h: T.handle, bias_h: T.handle, index_h: T.handle,
+                      causal: T.int32, ks_group: T.int32,
                       bias_sb: T.int32, bias_sh: T.int32, bias_sq: T.int32, bias_sk: T.int32,
                       mult: T.float32, d_bits: T.int32):
-        T.func_attr({"global_symbol": attention_pv8_name(dtype, dv, has_bias), "tirx.noalias": True})
+        T.func_attr({"global_symbol": attention_pv8_name(dtype, dv, has_bias, table),
+                     "tirx.noalias": True})
         B = T.int32()
         Hq = T.int32()
         Hkv = T.int32()
@@ -147,6 +166,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
         NKW = T.int32()
         Dw = T.int32()
         NB = T.int32()
+        NI = T.int32()
         Qb = T.match_buffer(qbits_h, (B, Hq, Nq, QBITS_WORDS), "int32")
         Kb = T.match_buffer(kbits_h, (B, Hkv, Nk, QBITS_WORDS), "int32")
         Kp = T.match_buffer(kpop_h, (B, Hkv, Nk), "int32")
@@ -156,12 +176,19 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
         Sq = T.match_buffer(qscale_h, (B * Hq,), "float32")
         Sk = T.match_buffer(kscale_h, (Hks,), "float32")
         Bias = T.match_buffer(bias_h, (NB,), "float32")
+        Idx = T.match_buffer(index_h, (NI,), "int32")
         for bx in T.thread_binding(T.ceildiv(Nq, rows_per_cta), thread="blockIdx.x"):
             for bh in T.thread_binding(B * Hq, thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
                     Ks = T.alloc_buffer((STAGES, kb, QBITS_WORDS), "int32", scope="shared")
                     Kps = T.alloc_buffer((STAGES, kb // 2, 4), "int32", scope="shared")
                     Vs = T.alloc_buffer((STAGES, vwords), "int32", scope="shared")
+                    # table: this head's column of the bias table, its range
+                    tab = T.alloc_buffer((trows,), "float32", scope="shared")
+                    tred = T.alloc_buffer((2 * WARPS if table else 1,), "float32", scope="shared")
+                    tval = T.alloc_buffer((trows // nthreads if table else 1,), "float32", scope="local")
+                    trange = T.alloc_buffer((2,), "float32", scope="local")
+                    trow = T.alloc_buffer((1,), "int32", scope="local")
                     qa = T.alloc_buffer((4,), "uint32", scope="local")
                     row = T.alloc_buffer((2,), "int32", scope="local")
                     lim = T.alloc_buffer((2,), "int32", scope="local")
@@ -195,8 +222,13 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                     coef[1] = -magic_f * coef[0]
                     # without bias every x = s·coef lies in ±coef·D: when that spans at most
                     # FIXED_RANGE (log2), pass 1 sums 2**x with no running max (as the 16-bit
-                    # kernel's no-shift softmax); a bias can be anything, so it always shifts
-                    fixed = T.Cast("int32", (not has_bias) and coef[0] * T.Cast("float32", 2 * d_bits) <= T.float32(FIXED_RANGE))
+                    # kernel's no-shift softmax); so with a bias table whose (midpoint-shifted)
+                    # span fits beside it; a dense bias can be anything, so it always shifts
+                    trange[0] = T.float32(0)
+                    trange[1] = T.float32(0)
+                    if table:  # read after pass 1's first barrier
+                        table_prologue(tab, tred, tval, trange, trow, Bias, NB, Hq, bias_sb, bias_sh, h, tid, lane)
+                    fixed = T.Cast("int32", (table or not has_bias) and coef[0] * T.Cast("float32", 2 * d_bits) + (trange[0] - trange[1]) * T.float32(LOG2E) <= T.float32(FIXED_RANGE))
                     for r in T.unroll(2):
                         row[r] = q0 + g + 8 * r
                         lim[r] = T.if_then_else(causal != 0, T.min(Nk, row[r] + 1), Nk)
@@ -213,7 +245,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                     for pre in T.serial(1 + n_blocks):
                         next_block(pre, n_blocks, False, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
                         if pre >= 1:
-                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, bv, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
+                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, Idx, tab, qa, kf, cst, acc, tu, s, bv, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
                             if fixed != 0:  # no shift needed: 2**x stays well inside float32
                                 for r in T.unroll(2):
                                     for j in T.unroll(n_tiles):
@@ -246,7 +278,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False) -> tvm.tirx.
                     for pre in T.serial(1 + n_blocks):
                         next_block(pre, n_blocks, True, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
                         if pre >= 1:
-                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, qa, kf, cst, acc, tu, s, bv, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
+                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, Idx, tab, qa, kf, cst, acc, tu, s, bv, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
                             for j in T.unroll(n_tiles):
                                 for e in T.unroll(4):
                                     T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], s[j * 4 + e] - m[e // 2])

@@ -112,7 +112,7 @@ def measure_relpos(shape, grid, dtype=torch.bfloat16, reps: int = 50) -> dict:
     looked up in-kernel (``bias=table, bias_index=index``), binattn with the bias gathered by
     torch first (``RelPosBias()``'s dense view, the path before the table kernel), binattn
     without bias, and SDPA (cuDNN, then memory-efficient) with the gathered bias as its float
-    mask; and ``pv_bits=8`` with the table (gathered on the host for the 8-bit kernel). Every
+    mask; and ``pv_bits=8`` with the table (the 8-bit kernel's table variant). Every
     timed call includes its gather (a relpos model does it every forward)."""
     import binattn
     from binattn.ops import RelPosBias

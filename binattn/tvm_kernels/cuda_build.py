@@ -28,8 +28,8 @@ from typing import Callable, Iterable, Optional, Sequence
 from ..schedules import cuda_attention as sched
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 3  # 3: the 16-bit attention kernels take a bias-table index (older libraries
-#                      are not loaded; 2: they take d_bits)
+MANIFEST_FORMAT = 3  # 3: the attention kernels take a bias-table index (older libraries are
+#                      not loaded; 2: they take d_bits)
 SUPPORTED_ARCHS = ("sm_90a", "sm_90", "sm_80", "sm_86", "sm_89")
 
 
@@ -63,7 +63,7 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     import tvm  # the TVM compiler is needed only here
 
     from .cuda_attention import attention_func, attention_name, table_rows, table_schedule
-    from .cuda_attention_pv8 import attention_pv8_func, attention_pv8_name
+    from .cuda_attention_pv8 import attention_pv8_func, attention_pv8_name, pv8_table_rows
     from .cuda_quantize_v import v8_amax_func, v8_amax_name, v8_pack_func, v8_pack_name
     from .cuda_popcount import popcount_scores_func, popcount_scores_name
     from .cuda_sign_pack import (DTYPES as PACK_DTYPES, VEC_LANES, sign_pack_func, sign_pack_name,
@@ -91,9 +91,11 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
                     funcs[symbol] = attention_func(dtype, dv, kernel_schedule, has_bias,
                                                    table).with_attr("global_symbol", symbol)
             contents["attention"].setdefault(dtype, []).append(dv)
-            for has_bias in (False, True):  # pv_bits=8: two passes, P and V on 8-bit tensor cores
-                funcs[attention_pv8_name(dtype, dv, has_bias)] = attention_pv8_func(dtype, dv,
-                                                                                    has_bias)
+            # pv_bits=8: two passes, P and V on 8-bit tensor cores
+            for has_bias, table in ((False, False), (True, False), (True, True)):
+                funcs[attention_pv8_name(dtype, dv, has_bias, table)] = attention_pv8_func(
+                    dtype, dv, has_bias, table)
+            contents["table_rows"][f"pv8/{dtype}/dv{dv}"] = pv8_table_rows(dv)
             contents["attention_pv8"].setdefault(dtype, []).append(dv)
             if short != schedule:
                 contents["attention_short"].setdefault(dtype, []).append(dv)

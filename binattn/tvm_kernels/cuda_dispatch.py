@@ -333,10 +333,10 @@ def _pv8_reason(device: torch.device, v: torch.Tensor, n_keys: int) -> Optional[
     return None
 
 
-def pv8_symbol(dtype: str, dv: int, has_bias: bool) -> str:
+def pv8_symbol(dtype: str, dv: int, has_bias: bool, table: bool = False) -> str:
     """Exported name of the 8-bit-P·V attention kernel (as
     ``cuda_attention_pv8.attention_pv8_name`` names it; a test checks they agree)."""
-    return f"binattn_attention_pv8_{dtype}_dv{dv}{'_bias' if has_bias else ''}"
+    return f"binattn_attention_pv8_{dtype}_dv{dv}{'_table' if table else '_bias' if has_bias else ''}"
 
 
 def quantize_v8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -431,13 +431,16 @@ def attention_symbol(device: torch.device, v_dtype: torch.dtype, dv: int, has_bi
 
 
 def table_capacity(device: torch.device, v_dtype: torch.dtype, dv: int, n_keys: int,
-                   variant: str = "auto") -> int:
+                   variant: str = "auto", pv_bits: Optional[int] = None) -> int:
     """Bias-table rows the table kernel of this call holds in shared memory (manifest
     ``table_rows``); a larger table is gathered on the host for the dense-bias kernel."""
     _, entry = _library(device)
     dtype, bucket = PV_DTYPES[v_dtype], dv_bucket(dv)
-    short = _use_short(entry, dtype, bucket, n_keys, variant)
-    return entry.get("table_rows", {}).get(f"{dtype}/dv{bucket}{'/short' if short else ''}", 0)
+    if pv_bits == 8:
+        key = f"pv8/{dtype}/dv{bucket}"
+    else:
+        key = f"{dtype}/dv{bucket}{'/short' if _use_short(entry, dtype, bucket, n_keys, variant) else ''}"
+    return entry.get("table_rows", {}).get(key, 0)
 
 
 def _table_inputs(table: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
@@ -458,11 +461,11 @@ def _table_inputs(table: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tenso
 
 
 def uses_table_kernel(q, v, bias, attn_mask, pv_bits, bias_index, variant: str = "auto") -> bool:
-    """Whether a call with a bias table runs the table kernel (no mask to fold in, 16-bit P·V,
-    the table fits the kernel's shared memory); otherwise the table is gathered on the host."""
-    return (bias_index is not None and attn_mask is None and pv_bits != 8 and
+    """Whether a call with a bias table runs a table kernel (no mask to fold in, the table fits
+    the kernel's shared memory); otherwise the table is gathered on the host."""
+    return (bias_index is not None and attn_mask is None and
             bias.shape[0] <= table_capacity(q.device, v.dtype, v.shape[-1], bias_index.shape[1],
-                                            variant))
+                                            variant, pv_bits))
 
 
 def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
@@ -494,9 +497,9 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
     mult = float(softmax_scale * LOG2E * extra)
     if pv_bits == 8:  # the two-pass kernel with P and V on the 8-bit tensor cores
         v8, v_scale = quantize_v8(v)
-        name = pv8_symbol(PV_DTYPES[v.dtype], dv_bucket(Dv), add is not None)
+        name = pv8_symbol(PV_DTYPES[v.dtype], dv_bucket(Dv), add is not None, table)
         _call(q.device, name, q_bits, k_bits, k_pop, v8, v_scale, out.view(torch.int32), s_q,
-              s_k, flat, int(bool(is_causal)), ks_group, *strides, mult, D)
+              s_k, flat, index, int(bool(is_causal)), ks_group, *strides, mult, D)
         return out
     name = attention_symbol(q.device, v.dtype, Dv, add is not None, Nk, variant, table)
     _call(q.device, name, q_bits, k_bits, k_pop, v.view(torch.int32).view(B, Hkv, Nk, Dv // 8, 4),
