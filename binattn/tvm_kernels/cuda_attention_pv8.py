@@ -13,12 +13,13 @@ the per-(b, h, d) symmetric int8 V, with P·V on the 8-bit tensor cores
   fragment's byte order (k = 4t + i) is a permutation of the keys a thread holds (8a + 2t + b), so
   V8 arrives **key-permuted and transposed** (``[dv, keys]``, prepared by the dispatcher) and
   plain ``ldmatrix`` gives the B fragments in the same order — the sum over keys is unchanged;
-* bias (dense, any broadcast strides; masks folded in by the host), causal, GQA and the three
-  scale modes as the 16-bit kernel; rows with no visible key give 0.
+* bias (dense, any broadcast strides; masks folded in by the host) or a bias table looked up
+  in-kernel (the 16-bit kernel's shared-memory prologue), causal, GQA and the three scale
+  modes as the 16-bit kernel; rows with no visible key give 0.
 
 One CTA = 4 warps × 16 query rows, 32-key blocks, two cp.async stages. What it does not: the
-16-bit path and its tuning (``cuda_attention``), quantise V (the dispatcher does, in torch),
-top-N, soft binarizers, backward.
+16-bit path and its tuning (``cuda_attention``), quantise V (``cuda_quantize_v``), top-N, soft
+binarizers, backward.
 """
 from __future__ import annotations
 
