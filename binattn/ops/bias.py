@@ -3,7 +3,8 @@
 What it does: builds the relative-position index for a Gh×Gw token grid with prefix (cls)
 tokens, and ``nn.Module``s whose forward returns an additive bias ``[H, Nq, Nk]`` for
 ``binary_attention(bias=...)``. ``RelPosBias`` also hands its table and index over as they are
-(``binary_attention(bias=table, bias_index=index)``: the lookup then happens inside the op). What it does not: decide where biases go (``binarize_pass``).
+(``binary_attention(bias=table, bias_index=index)``: the lookup then happens inside the op).
+What it does not: decide where biases go (``binarize_pass``).
 """
 from __future__ import annotations
 

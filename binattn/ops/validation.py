@@ -146,7 +146,7 @@ def check_bias_table(table: Optional[torch.Tensor], index: torch.Tensor,
     if index.device != table.device:
         raise ValueError(f"bias_index is on {index.device} but the table is on {table.device}")
     if check_values and not is_tracing(index):
-        low, high = int(index.min()), int(index.max())
+        low, high = torch.stack(tuple(torch.aminmax(index))).tolist()  # one reduction, one sync
         if low < 0 or high >= table.shape[0]:
             raise ValueError(f"bias_index holds {low if low < 0 else high}, outside the table's "
                              f"rows [0, {table.shape[0]})")

@@ -336,7 +336,8 @@ def _pv8_reason(device: torch.device, v: torch.Tensor, n_keys: int) -> Optional[
 def pv8_symbol(dtype: str, dv: int, has_bias: bool, table: bool = False) -> str:
     """Exported name of the 8-bit-P·V attention kernel (as
     ``cuda_attention_pv8.attention_pv8_name`` names it; a test checks they agree)."""
-    return f"binattn_attention_pv8_{dtype}_dv{dv}{'_table' if table else '_bias' if has_bias else ''}"
+    kind = "_table" if table else "_bias" if has_bias else ""
+    return f"binattn_attention_pv8_{dtype}_dv{dv}{kind}"
 
 
 def quantize_v8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -439,7 +440,8 @@ def table_capacity(device: torch.device, v_dtype: torch.dtype, dv: int, n_keys: 
     if pv_bits == 8:
         key = f"pv8/{dtype}/dv{bucket}"
     else:
-        key = f"{dtype}/dv{bucket}{'/short' if _use_short(entry, dtype, bucket, n_keys, variant) else ''}"
+        short = _use_short(entry, dtype, bucket, n_keys, variant)
+        key = f"{dtype}/dv{bucket}{'/short' if short else ''}"
     return entry.get("table_rows", {}).get(key, 0)
 
 
