@@ -181,8 +181,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     Keys past the end or the causal diagonal get ``MASKED`` (a negative int).
 
     Softmax: when the row's whole exponent range ``2·D·coef`` fits ``STATIC_RANGE`` and there is
-    no bias (or a bias table whose span fits with it), ``p = 2**(s·coef)`` needs no shift at all (no running max, no shuffles, no
-    rescaling); otherwise the kernel runs the online softmax (integer running max without bias,
+    no bias (or a bias table whose span fits with it), ``p = 2**(s·coef)`` needs no shift at
+    all (no running max, no shuffles, no rescaling); otherwise the kernel runs the online softmax (integer running max without bias,
     float with it). The row sums come from the tensor cores: P times a tile of ones is one more
     PV mma, so they are the sums of the very P (16-bit) that multiplies V.
 
