@@ -7,11 +7,7 @@ set -u -o pipefail
 out=${1:?usage: gpu_check.sh OUT_DIR [CANDIDATE_DIR]}
 cands=${2:-}
 mkdir -p "$out"
-if ! python3 -c "import tvm_ffi" 2>/dev/null && ls .whl/apache_tvm_ffi-*cp312*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-    .whl/apache_tvm_ffi-*cp312*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi -L
 python3 -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_gpu_kernels.py tests/test_gpu_models.py 2>&1 | tail -40 | tee "$out/gpu_tests.log"
 # the sm_80 library (A100) through its PTX, JIT-compiled by the driver for this GPU: the same

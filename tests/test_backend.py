@@ -151,18 +151,41 @@ def test_binarized_model_is_only_lowered_and_trains():
     assert gm.binattn_bias_0.table.grad.abs().sum() > 0
 
 
-def test_training_graph_of_plain_model_is_left_float():
+def test_training_graph_of_plain_model_is_left_float_and_says_why():
+    backend._warned.clear()
     model = demo_vit(depth=1).eval()
     images = model.example_inputs()
-    out = torch.compile(model, backend="binattn", fullgraph=True)(*images)
+    with pytest.warns(UserWarning, match="needs a backward, so its attention stays float"):
+        out = torch.compile(model, backend="binattn", fullgraph=True)(*images)
     out.sum().backward()  # a backward graph exists: the forward must stay float
     torch.testing.assert_close(out, model(*images))
+
+
+def test_compile_mode_reaches_inductor_and_site_mode_is_renamed():
+    """torch.compile's mode is Inductor's (no clash with the sites' float/binary switch, which
+    is the option "attention"); a graph goes through Inductor (its generated code runs)."""
+    model = demo_vit(depth=1).eval()
+    images = model.example_inputs()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = torch.compile(model, backend="binattn", mode="max-autotune-no-cudagraphs")(*images)
+        want = binattn.binarize(model, images)(*images)
+    torch.testing.assert_close(got, want)
+    assert backend.last_reports[0].num_rewritten == 1
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="torch.compile's mode now"):
+        with torch.no_grad():
+            torch.compile(model, backend="binattn", options={"mode": "float"})(*images)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="unknown binattn backend option"):
+        with torch.no_grad():
+            torch.compile(model, backend="binattn", options={"scale_mod": "none"})(*images)
 
 
 def test_options_pass_through_and_bad_option():
     model = demo_vit(depth=1).eval()
     images = model.example_inputs()
-    compiled = torch.compile(model, backend="binattn", options={"mode": "float"})
+    compiled = torch.compile(model, backend="binattn", options={"attention": "float"})
     with torch.no_grad():
         torch.testing.assert_close(compiled(*images), model(*images))
     assert backend.last_reports[0].num_rewritten == 1
@@ -179,7 +202,7 @@ def test_options_pass_through_and_bad_option():
 
 
 def test_warns_once():
-    backend._warned = False
+    backend._warned.clear()
     model = demo_vit(depth=1).eval()
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -99,6 +99,33 @@ def test_packaged_libraries_match_manifest():
         assert sorted(entry["attention"]["bfloat16"]) == sorted(sched.DV_BUCKETS)
 
 
+def test_packaged_libraries_were_built_from_these_sources():
+    """Kernel code changed without a rebuild would ship libraries that do something else: the
+    manifest records the hash of the sources each library was generated from."""
+    manifest = json.loads((PACKAGED / "manifest.json").read_text())
+    now = cuda_build.kernel_sources_hash()
+    for arch, entry in manifest["libraries"].items():
+        assert entry.get("sources_sha256") == now, (
+            f"{arch}: the kernel sources changed since binattn/kernels was built; run "
+            f"`binattn build-kernels --arch sm_90a,sm_80 -o binattn/kernels --no-keep-source`")
+
+
+def test_sources_hash_ignores_docstrings_but_not_code(tmp_path, monkeypatch):
+    root = tmp_path / "binattn"
+    for rel in cuda_build.KERNEL_SOURCES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text((PACKAGED.parent / rel).read_text())
+    monkeypatch.setattr(cuda_build, "__file__", str(root / "tvm_kernels" / "cuda_build.py"))
+    base = cuda_build.kernel_sources_hash()
+    assert base == cuda_build.kernel_sources_hash()
+    kernel = root / "tvm_kernels" / "cuda_popcount.py"
+    text = kernel.read_text()
+    kernel.write_text(text.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n")
+    assert cuda_build.kernel_sources_hash() == base
+    kernel.write_text(text + "\nEXTRA = 1\n")
+    assert cuda_build.kernel_sources_hash() != base
+
+
 def test_packaged_library_loads_without_gpu():
     import tvm_ffi
 

@@ -79,9 +79,9 @@ def test_sign_pack_bit_exact(cuda_dispatch, gen, dtype, head_dim, vec):
         name = f"binattn_sign_pack_{cuda_dispatch.PACK_DTYPES[dtype]}"
         if vec:
             name = cuda_dispatch.vec_sign_pack_name(cuda_dispatch.PACK_DTYPES[dtype], head_dim)
-            x_in = x.view(torch.int32).view(3, 37, head_dim // 8, 4)
+            x_in = cuda_dispatch._quads(x.unsqueeze(0))  # [1, 3, 37, D/8, 4]
         else:
-            x_in = x
+            x_in = x.unsqueeze(0)
         cuda_dispatch._call(x.device, name, x_in, bits, pops, abs_sum, 0, 1)
         ref_bits, ref_pops = reference.sign_pack(x)
         w = ref_bits.shape[-1]
@@ -111,7 +111,7 @@ def test_sign_pack_q_and_k_in_one_launch(cuda_dispatch, gen, dtype, head_dim):
     abs_sum = torch.zeros(16, dtype=torch.float32, device="cuda")
     cuda_dispatch._call(q.device, cuda_dispatch.qk_sign_pack_name(cuda_dispatch.PACK_DTYPES[dtype],
                                                                   head_dim),
-                        cuda_dispatch._quads(q3), cuda_dispatch._quads(k3), q_bits, k_bits, k_pop,
+                        cuda_dispatch._quads(q), cuda_dispatch._quads(k), q_bits, k_bits, k_pop,
                         abs_sum, cuda_dispatch.SCORE_MAGIC, -1, 12)
     for bits, x in ((q_bits, q3), (k_bits, k3)):
         ref_bits, _ = reference.sign_pack(x)

@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+import binattn
+
 from binattn.ops import binary_attention, popcount_scores, sign_pack
 
 
@@ -86,9 +88,13 @@ def test_nan_inf_policy(name, value, word):
     tensors = dict(zip("qkv", qkv()))
     tensors[name][0, 0, 1, 2] = value
     with pytest.raises(ValueError, match=f"{name} contains {word}"):
+        binary_attention(tensors["q"], tensors["k"], tensors["v"], check_finite=True)
+    with binattn.ops.data_checks(), pytest.raises(ValueError, match=f"{name} contains {word}"):
         binary_attention(tensors["q"], tensors["k"], tensors["v"])
-    # opting out computes without the check (the output is then the user's responsibility)
-    binary_attention(tensors["q"], tensors["k"], tensors["v"], check_finite=False)
+    # unchecked (the default): nothing is read back, and the bad value shows as NaN in the
+    # output of its (b, h) as NaN (Inf in v: Inf), never as a finite value from sign(NaN)
+    out = binary_attention(tensors["q"], tensors["k"], tensors["v"])
+    assert not torch.isfinite(out[0, 0]).all() and torch.isfinite(out[1:]).all()
 
 
 def test_nan_check_is_skipped_while_exporting():

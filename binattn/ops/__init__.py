@@ -13,9 +13,11 @@ import torch
 from . import library, reference, validation
 from .bias import RelPosBias, relpos_index, relpos_table_size
 from .dispatch import kernel_report, reference_only, used_fallback
+from .validation import data_checks
 
 __all__ = ["sign_pack", "popcount_scores", "binary_attention", "RelPosBias", "relpos_index",
-           "relpos_table_size", "kernel_report", "reference_only", "used_fallback", "reference"]
+           "relpos_table_size", "kernel_report", "reference_only", "used_fallback", "reference",
+           "data_checks"]
 
 
 def sign_pack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +59,7 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                      pv_bits: Optional[int] = None, binarizer: str = "sign",
                      temperature: float = 1.0, ste_clip: float = 1.0,
                      bias_index: Optional[torch.Tensor] = None,
-                     check_finite: bool = True) -> torch.Tensor:
+                     check_finite: Optional[bool] = None) -> torch.Tensor:
     """Attention with 1-bit queries and keys (BinaryAttention / HAD), a drop-in for SDPA.
 
     ``q [B, Hq, Nq, D]``, ``k [B, Hkv, Nk, D]``, ``v [B, Hkv, Nk, Dv]`` (3-D ``[B, N, D]`` is
@@ -81,8 +83,11 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         pv_bits: 8 to fake-quantize P (u8) and V (symmetric s8 per channel).
         binarizer: ``"sign"`` (STE, clipped at ``ste_clip``), or HAD's soft stages
             ``"scaled_tanh"`` (T·tanh(x/T)) and ``"tanh"`` (tanh(x/T)) with T = ``temperature``.
-        check_finite: raise ValueError on NaN/Inf in q, k, v, bias and on a ``bias_index``
-            outside the table (eager only; False skips these data checks).
+        check_finite: True reads q, k, v, bias and a float mask back and raises ValueError
+            naming the first that holds NaN/Inf (eager only; one host sync each); None (the
+            default) does so only inside :func:`data_checks` or with ``BINATTN_DATA_CHECKS=1``.
+            Unchecked, a NaN/Inf input gives a NaN output (never a finite wrong one). A
+            ``bias_index`` is range-checked once per tensor version unless this is False.
 
     Rows whose keys are all masked give zeros. Output has v's dtype; math runs in float32
     (float64 for float64 inputs).
@@ -95,14 +100,17 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if bias_index is None:
         validation.check_broadcast("bias", bias, target)
     else:
-        validation.check_bias_table(bias, bias_index, target, check_values=check_finite)
+        validation.check_bias_table(bias, bias_index, target,
+                                    check_values=check_finite is not False)
     validation.check_broadcast("attn_mask", attn_mask, target)
     validation.check_options(scale_mode=scale_mode, q_scale=q_scale, k_scale=k_scale,
                              top_n=top_n, pv_bits=pv_bits, binarizer=binarizer,
                              temperature=temperature, attn_mask=attn_mask, scale=scale)
-    if check_finite:
+    if validation.resolve_check_finite(check_finite):
         for name, x in (("q", q), ("k", k), ("v", v), ("bias", bias)):
             validation.check_finite(name, x)
+        if attn_mask is not None and attn_mask.is_floating_point():
+            validation.check_finite("attn_mask", attn_mask, allow_inf=True)  # −inf masks
     out = torch.ops.binattn.binary_attention(
         q, k, v, bias, attn_mask, bool(is_causal), None if scale is None else float(scale),
         scale_mode, q_scale, k_scale, top_n, pv_bits, binarizer, float(temperature),

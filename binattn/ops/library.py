@@ -66,22 +66,24 @@ def binary_attention_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
                         top_n: Optional[int], pv_bits: Optional[int], binarizer: str,
                         temperature: float, ste_clip: float,
                         bias_index: Optional[Tensor] = None) -> Tensor:
-    return dispatch.run("binary_attention", q.device.type, _attention_forward, q, k, v, bias,
-                        attn_mask, is_causal, scale, scale_mode, q_scale, k_scale, top_n,
-                        pv_bits, binarizer, temperature, ste_clip, bias_index)
+    out = dispatch.run("binary_attention", q.device.type, _attention_forward, q, k, v, bias,
+                       attn_mask, is_causal, scale, scale_mode, q_scale, k_scale, top_n,
+                       pv_bits, binarizer, temperature, ste_clip, bias_index)
+    return reference.in_output_layout(out, q, v)
 
 
 @binary_attention_op.register_fake
 def _binary_attention_fake(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
                            k_scale, top_n, pv_bits, binarizer, temperature, ste_clip,
                            bias_index=None):
-    return v.new_empty((*q.shape[:-1], v.shape[-1]))
+    return reference.empty_output(q, v)
 
 
 def _attention_backward(grad, q, k, v, bias, *options):
     """Analytic STE backward of the reference; an empty dbias stands for "no bias"."""
     dq, dk, dv, dbias = reference.binary_attention_backward(grad, q, k, v, bias, *options)
-    return dq, dk, dv, dbias if dbias is not None else q.new_empty((0,))
+    dbias = dbias.contiguous() if dbias is not None else q.new_empty((0,))
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbias
 
 
 @torch.library.custom_op(f"{LIB}::binary_attention_backward", mutates_args=())
@@ -99,8 +101,11 @@ def binary_attention_backward_op(
 
 @binary_attention_backward_op.register_fake
 def _binary_attention_backward_fake(grad, q, k, v, bias, *rest):
-    dbias = torch.empty_like(bias) if bias is not None else q.new_empty((0,))
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dbias
+    def like(x):  # contiguous, as the real backward returns them, whatever x's strides
+        return x.new_empty(x.shape)
+
+    dbias = like(bias) if bias is not None else q.new_empty((0,))
+    return like(q), like(k), like(v), dbias
 
 
 _OPTION_NAMES = ("attn_mask", "is_causal", "scale", "scale_mode", "q_scale", "k_scale", "top_n",

@@ -130,9 +130,45 @@ def qk_scale(x: torch.Tensor, scale_mode: str, static: Optional[torch.Tensor]) -
     """Per-(b, h) magnitude multiplying sign(x): mean|x|, a calibrated static value, or 1."""
     if scale_mode == "mean_abs":
         return x.abs().mean(dim=(-2, -1), keepdim=True)
-    if scale_mode == "static":
-        return static.to(x.dtype)
-    return torch.ones((), dtype=x.dtype, device=x.device)
+    return magnitude_scale(x.abs().sum(dim=(-2, -1), keepdim=True), scale_mode, static)
+
+
+def magnitude_scale(abs_sum: torch.Tensor, scale_mode: str,
+                    static: Optional[torch.Tensor]) -> torch.Tensor:
+    """The static value (``"static"``) or 1 (``"none"``) per (b, h), poisoned by ``abs_sum``
+    (Σ|x| over the (b, h)'s elements): NaN where x holds a NaN or ±Inf, so the output of that
+    (b, h) is NaN in every scale mode (as ``mean_abs``'s own mean makes it) — never a finite
+    value computed from sign(NaN). The NaN policy with no host sync; every path uses this."""
+    guard = abs_sum * 0
+    return guard + (static.to(abs_sum.dtype) if scale_mode == "static" else 1.0)
+
+
+def nan_unless_finite(coef: torch.Tensor) -> torch.Tensor:
+    """``coef`` (the per-(b, h) score multiplier s_q·s_k·scale) with ±Inf turned into NaN, so
+    that every score of that (b, h) is NaN (an Inf would give ±Inf scores, and a row of −Inf
+    would pass for a fully masked row, i.e. zeros). Every kernel does the same."""
+    return coef + coef * 0
+
+
+def empty_output(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The custom op's output ``[B, Hq, Nq, Dv]`` in v's dtype, laid out in memory as
+    ``[B, Nq, Hq, Dv]`` (FlashAttention's layout, as SDPA's fused kernels return it): the
+    ``transpose(1, 2).reshape(B, N, H·Dv)`` that follows attention in a model is then a view."""
+    b, hq, n_q, _ = q.shape
+    return torch.empty((b, n_q, hq, v.shape[-1]), dtype=v.dtype,
+                       device=q.device).transpose(1, 2)
+
+
+def in_output_layout(out: torch.Tensor, q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``out`` itself where it already has :func:`empty_output`'s layout, else copied into it."""
+    if out.dtype == v.dtype and out.stride() == _output_strides(out.shape):
+        return out
+    return empty_output(q, v).copy_(out)
+
+
+def _output_strides(shape: torch.Size) -> tuple[int, ...]:
+    b, hq, n_q, dv = shape
+    return (n_q * hq * dv, dv, hq * dv, 1)
 
 
 def expand_kv_heads(x: torch.Tensor, q_heads: int) -> torch.Tensor:
@@ -210,7 +246,7 @@ def binary_scores(q: torch.Tensor, k: torch.Tensor, *, scale: Optional[float] = 
     k_in = k / s_k if scale_mode == "static" else k
     b_q = binarize(q_in, binarizer, temperature, ste_clip)
     b_k = binarize(k_in, binarizer, temperature, ste_clip)
-    return (s_q * s_k * softmax_scale) * (b_q @ b_k.transpose(-1, -2))
+    return nan_unless_finite(s_q * s_k * softmax_scale) * (b_q @ b_k.transpose(-1, -2))
 
 
 def table_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

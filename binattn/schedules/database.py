@@ -41,6 +41,13 @@ class TuningDatabase:
     def meta_schedule_dir(self, workload: str) -> Path:
         return self.root / "meta_schedule" / workload
 
+    def version(self) -> tuple[Path, Optional[int]]:
+        """Changes whenever the records may have: (directory, records file mtime or None)."""
+        try:
+            return self.root, self.records_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return self.root, None
+
     def records(self) -> dict:
         """All records; re-read only when the file changed (kernel calls look up every time)."""
         try:

@@ -171,9 +171,8 @@ def _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs) -> tuple[torch.Ten
         per = q.shape[-2] * q.shape[-1]
         return ((q_abs.sum(-1) / per)[..., None, None],
                 (k_abs.sum(-1) / (k.shape[-2] * k.shape[-1]))[..., None, None])
-    qf = q.new_zeros((), dtype=torch.float32)
-    return (reference.qk_scale(qf, scale_mode, q_scale).to(torch.float32),
-            reference.qk_scale(qf, scale_mode, k_scale).to(torch.float32))
+    return (reference.magnitude_scale(q_abs.sum(-1)[..., None, None], scale_mode, q_scale),
+            reference.magnitude_scale(k_abs.sum(-1)[..., None, None], scale_mode, k_scale))
 
 
 def _coef(q, k, scale, s_q, s_k) -> torch.Tensor:
@@ -183,7 +182,7 @@ def _coef(q, k, scale, s_q, s_k) -> torch.Tensor:
     if s_k.dim() >= 3 and s_k.shape[-3] == hkv and hkv != hq:
         s_k = reference.expand_kv_heads(s_k, hq)
     coef = torch.broadcast_to(s_q * s_k * softmax_scale, (b, hq, 1, 1))
-    return coef.reshape(b, hq).to(torch.float32).contiguous()
+    return reference.nan_unless_finite(coef.reshape(b, hq).to(torch.float32)).contiguous()
 
 
 def _add_shape(bias_shape, attn_mask) -> Optional[tuple[int, ...]]:
@@ -243,9 +242,7 @@ def binary_attention(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=
         args.append(_pad_dim(add, 3, nk_pad).contiguous())
     out = empty_output((B, hq, nq_pad, dv), torch.float32)
     fn(*args, out, n_k, head_dim)
-    if nq_pad != n_q or dv != dv_true:
-        out = out[:, :, :n_q, :dv_true].contiguous()
-    return out.to(v.dtype)
+    return reference.empty_output(q, v).copy_(out[:, :, :n_q, :dv_true])
 
 
 def binary_attention_supports(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=None,

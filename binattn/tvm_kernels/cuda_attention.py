@@ -230,6 +230,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     vwords = v_stage_words(dv, schedule)
     # the shared V offsets of a thread's copies differ by constants when groups divides nthreads
     v_dst_const = nthreads % groups == 0 and not wg
+    # ... and so do the global ones (a row stride apart), whatever V's row stride
+    v_src_const = nthreads % groups == 0
     ab = "bf16" if dtype == "bfloat16" else "f16"
     wgmma_pv = f"wgmma.mma_async.sync.aligned.m64n{dv + 8}k16.f32.{ab}.{ab}"
     ones_iters = math.ceil(stages * kb * 4 / nthreads)
@@ -272,8 +274,10 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
         Kb = T.match_buffer(kbits_h, (B, Hkv, Nk, QBITS_WORDS), "int32")
         Kp = T.match_buffer(kpop_h, (B, Hkv, Nk), "int32")
         Dq = T.int32()
-        V = T.match_buffer(v_h, (B, Hkv, Nk, Dq, 4), "int32")
-        O = T.match_buffer(out_h, (B, Hq, Nq, Dw), "int32")
+        vsb, vsh, vsn, osb, osh, osn = (T.int32(), T.int32(), T.int32(), T.int32(), T.int32(),
+                                        T.int32())
+        V = T.match_buffer(v_h, (B, Hkv, Nk, Dq, 4), "int32", strides=(vsb, vsh, vsn, 4, 1))
+        O = T.match_buffer(out_h, (B, Hq, Nq, Dw), "int32", strides=(osb, osh, osn, 1))
         Sq = T.match_buffer(qscale_h, (B * Hq,), "float32")
         Sk = T.match_buffer(kscale_h, (Hks,), "float32")
         Bias = T.match_buffer(bias_h, (NB,), "float32")
@@ -335,7 +339,11 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     q_first = bx * rows_per_cta
                     q0 = q_first + (tid // 32) * rows_per_warp
                     kv_row0 = (b * Hkv + hk) * Nk  # first key row of this (b, kv head)
-                    coef[0] = T.max(Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2), T.float32(1e-30))
+                    v_row0 = b * vsb + hk * vsh  # V's (b, kv head) offset: V is read through its strides
+                    coef[0] = Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2)
+                    # at least 1e-30; a NaN or Inf scale (a non-finite q or k) becomes NaN, so that
+                    # every score and the output of this (b, h) are NaN (reference.nan_unless_finite)
+                    coef[0] = T.if_then_else(coef[0] < T.float32(1e-30), T.float32(1e-30), T.if_then_else(coef[0] <= T.float32(3.0e38), coef[0], T.float32(math.nan)))
                     # keep 22 significant bits so that 1.5·2**23·coef is exact: then
                     # fma(as_float(MAGIC + i), coef, -1.5·2**23·coef) == i·coef rounded once
                     coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
@@ -373,7 +381,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                         p_dst[it] = ((u // 2) // 2) * 4 + 2 * (u % 2) + (u // 2) % 2
                     for it in T.unroll(v_iters):
                         u = tid + it * nthreads
-                        v_src[it] = (kv_row0 * Dq + T.min(u % groups, Dq - 1)) * 4
+                        v_src[it] = v_row0 + T.min(u % groups, Dq - 1) * 4
                         if wg:
                             v_dst[it] = ((u % groups) * (kb + 1) + u // groups) * 4
                         else:
@@ -388,7 +396,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     # full block of full-width V rows is contiguous: unit u is 16-byte group u)
                     fast_src[0] = k_src[0] + (tid // 2) * QBITS_WORDS
                     fast_src[1] = kv_row0 + tid // 2
-                    fast_src[2] = (kv_row0 * groups + tid) * 4
+                    fast_src[2] = v_row0 + (tid // groups) * vsn + (tid % groups) * 4
                     fast_dst[0] = k_dst[0]
                     fast_dst[1] = p_dst[0]
                     fast_dst[2] = v_dst[0]
@@ -415,7 +423,7 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                         T.ptx["cp.async.ca.shared.global"](Kps.ptr_to([0, 0, fast_dst[1] + it * nthreads]), Kp.ptr_to([0, 0, fast_src[1] + it * (nthreads // 2)]), 4, 4)
                                 for it in T.unroll(v_iters):
                                     if tid + it * nthreads < v_units:
-                                        T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([0, (fast_dst[2] + it * (nthreads // groups) * vstride * 4 if v_dst_const else v_dst[it] + (pre % stages) * vwords)]), V.ptr_to([0, 0, 0, 0, fast_src[2] + it * nthreads * 4]), 16, 16)
+                                        T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([0, (fast_dst[2] + it * (nthreads // groups) * vstride * 4 if v_dst_const else v_dst[it] + (pre % stages) * vwords)]), V.ptr_to([0, 0, 0, 0, (fast_src[2] + it * (nthreads // groups) * vsn if v_src_const else v_src[it] + (pre * kb + (tid + it * nthreads) // groups) * vsn)]), 16, 16)
                             else:  # the last block (past Nk: zero-filled) or V narrower than dv
                                 for it in T.unroll(k_iters):
                                     u = tid + it * nthreads
@@ -431,11 +439,11 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     u = tid + it * nthreads
                                     key = pre * kb + u // groups
                                     if u < v_units:
-                                        T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([0, v_dst[it] + (pre % stages) * vwords]), V.ptr_to([0, 0, 0, 0, v_src[it] + T.min(key, Nk - 1) * (Dq * 4)]), 16, T.Cast("uint32", T.if_then_else(key < Nk and u % groups < Dq, 16, 0)))
+                                        T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([0, v_dst[it] + (pre % stages) * vwords]), V.ptr_to([0, 0, 0, 0, v_src[it] + T.min(key, Nk - 1) * vsn]), 16, T.Cast("uint32", T.if_then_else(key < Nk and u % groups < Dq, 16, 0)))
                         T.ptx["cp.async.commit_group"]()
                         fast_src[0] = fast_src[0] + kb * QBITS_WORDS
                         fast_src[1] = fast_src[1] + kb
-                        fast_src[2] = fast_src[2] + kb * groups * 4
+                        fast_src[2] = fast_src[2] + kb * vsn
                         # the next stage, wrapping after the last one
                         fast_dst[0] = fast_dst[0] + T.if_then_else(pre % stages == stages - 1, (1 - stages) * (kb * QBITS_WORDS), kb * QBITS_WORDS)
                         fast_dst[1] = fast_dst[1] + T.if_then_else(pre % stages == stages - 1, (1 - stages) * (kb * 2), kb * 2)

@@ -173,7 +173,8 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
         Kp = T.match_buffer(kpop_h, (B, Hkv, Nk), "int32")
         V8 = T.match_buffer(v8_h, (B, Hkv, dv, NKW), "int32")
         Vsc = T.match_buffer(vscale_h, (B * Hkv * dv,), "float32")
-        O = T.match_buffer(out_h, (B, Hq, Nq, Dw), "int32")
+        osb, osh, osn = T.int32(), T.int32(), T.int32()
+        O = T.match_buffer(out_h, (B, Hq, Nq, Dw), "int32", strides=(osb, osh, osn, 1))
         Sq = T.match_buffer(qscale_h, (B * Hq,), "float32")
         Sk = T.match_buffer(kscale_h, (Hks,), "float32")
         Bias = T.match_buffer(bias_h, (NB,), "float32")
@@ -218,7 +219,10 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                     kv_row0 = (b * Hkv + hk) * Nk
                     vrow0 = (b * Hkv + hk) * dv
                     narrow = T.Cast("int32", d_bits <= 128)
-                    coef[0] = T.max(Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2), T.float32(1e-30))
+                    coef[0] = Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2)
+                    # at least 1e-30; a NaN or Inf scale (a non-finite q or k) becomes NaN, so that
+                    # every score and the output of this (b, h) are NaN (reference.nan_unless_finite)
+                    coef[0] = T.if_then_else(coef[0] < T.float32(1e-30), T.float32(1e-30), T.if_then_else(coef[0] <= T.float32(3.0e38), coef[0], T.float32(math.nan)))
                     coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
                     coef[1] = -magic_f * coef[0]
                     # without bias every x = s·coef lies in ±coef·D: when that spans at most

@@ -28,8 +28,13 @@ from typing import Callable, Iterable, Optional, Sequence
 from ..schedules import cuda_attention as sched
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 3  # 3: the attention kernels take a bias-table index (older libraries are
-#                      not loaded; 2: they take d_bits)
+MANIFEST_FORMAT = 4  # 4: q, k, v and the output are read/written through their strides (4-D
+#                      sign-pack inputs); 3: a bias-table index; 2: d_bits (older: not loaded)
+# the modules whose code the libraries are generated from (kernel_sources_hash)
+KERNEL_SOURCES = ("tvm_kernels/cuda_attention.py", "tvm_kernels/cuda_attention_pv8.py",
+                  "tvm_kernels/cuda_sign_pack.py", "tvm_kernels/cuda_quantize_v.py",
+                  "tvm_kernels/cuda_popcount.py", "tvm_kernels/cuda_build.py",
+                  "schedules/cuda_attention.py", "schedules/cuda_tuned.json")
 SUPPORTED_ARCHS = ("sm_90a", "sm_90", "sm_80", "sm_86", "sm_89")
 
 
@@ -131,6 +136,30 @@ def nvcc_command(arch: str, source: Path, output: Path) -> list[str]:
             "-o", str(output), str(source)]
 
 
+def kernel_sources_hash() -> str:
+    """sha256 of the code the CUDA libraries are generated from (:data:`KERNEL_SOURCES`): the
+    Python modules as their syntax trees without docstrings (so a reworded docstring or comment
+    needs no rebuild, any code change does), the tuning database as its text. The manifest
+    records it per library; a test fails when the sources moved on without a rebuild."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for rel in KERNEL_SOURCES:
+        text = (root / rel).read_text()
+        if rel.endswith(".py"):
+            tree = ast.parse(text)
+            for node in ast.walk(tree):
+                body = getattr(node, "body", None)
+                if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                        and isinstance(getattr(body[0], "value", None), ast.Constant)
+                        and isinstance(body[0].value.value, str)):
+                    node.body = body[1:] or [ast.Pass()]
+            text = ast.dump(tree)
+        digest.update(rel.encode() + b"\0" + text.encode() + b"\0")
+    return digest.hexdigest()
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -152,6 +181,7 @@ def build_arch(arch: str, out_dir: Path, dtypes: Sequence[str] = sched.DTYPES,
         if keep_source:
             os.replace(source, out_dir / source.name)
     return {"file": lib.name, "sha256": _sha256(lib), "bytes": lib.stat().st_size,
+            "sources_sha256": kernel_sources_hash(),
             "ptx": not arch.endswith("a"), "build_seconds": round(time.time() - started, 1),
             **contents}
 

@@ -184,57 +184,94 @@ def qk_sign_pack_name(dtype: str, head_dim: int) -> str:
     return f"binattn_sign_pack_qk_{dtype}_l{pack_lanes(head_dim)}"
 
 
+def as_bhnd(x: torch.Tensor) -> torch.Tensor:
+    """``x [..., N, D]`` as the 4-D ``[B, H, N, D]`` the sign-pack kernels index (a view: leading
+    dims of size 1 are added; more than two leading dims are flattened into B)."""
+    if x.dim() >= 5:
+        return x.reshape(-1, *x.shape[-3:])
+    while x.dim() < 4:
+        x = x.unsqueeze(0)
+    return x
+
+
+def _row_strided(x: torch.Tensor) -> torch.Tensor:
+    """x itself when its last dim is unit-stride (every kernel reads any B, H, N strides), else
+    a contiguous copy."""
+    return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
+
+
 def _quads(x: torch.Tensor) -> Optional[torch.Tensor]:
-    """x (contiguous, 16-bit, [BH, N, D]) viewed as int32 quads [BH, N, D/8, 4] for the
-    16-byte-load kernels, or None where it cannot be (D % 8, alignment)."""
-    if x.shape[-1] % 8 or x.data_ptr() % 16:
+    """x (16-bit, ``[B, H, N, D]``, any strides on B, H, N) viewed in place as int32 quads
+    ``[B, H, N, D/8, 4]`` for the 16-byte-load kernels, or None where it cannot be (D % 8, a
+    row start off a 16-byte boundary, D not unit-stride)."""
+    if x.shape[-1] % 8 or x.data_ptr() % 16 or x.stride(-1) != 1:
         return None
-    return x.view(torch.int32).view(*x.shape[:2], x.shape[-1] // 8, 4)
+    if any(stride % 8 for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size > 1):
+        return None
+    if any(size == 1 and stride % 8 for size, stride in zip(x.shape[:-1], x.stride()[:-1])):
+        x = x.as_strided(x.shape, [st if size > 1 else 8 for size, st in
+                                   zip(x.shape[:-1], x.stride()[:-1])] + [1])
+    return x.view(torch.int32).unflatten(-1, (x.shape[-1] // 8, 4))
+
+
+def _aligned_quads(x: torch.Tensor) -> torch.Tensor:
+    """:func:`_quads` of x, or of an aligned contiguous copy where x's own layout cannot be read
+    with 16-byte loads (the one case that copies)."""
+    quads = _quads(x)
+    if quads is None:
+        x = x.contiguous()
+        quads = _quads(x if x.data_ptr() % 16 == 0 else x.clone())
+    if quads is None:
+        raise ValueError(f"16-byte loads need a last dim that is a multiple of 8, got "
+                         f"{x.shape[-1]}")
+    return quads
 
 
 def pack_q_and_k(q: torch.Tensor, k: torch.Tensor):
     """The attention kernel's operands: (q bits, k bits, k popcounts in the kernel's
     ``SCORE_MAGIC − popc`` form, Σ|q| per (b, h), Σ|k| per (b, h)) — in one launch of the
-    q-and-k sign-pack where the library has it (16-bit q and k of one dtype, D % 8 == 0),
-    else one launch each."""
+    q-and-k sign-pack where the library has it (16-bit q and k of one dtype, D % 8 == 0, rows
+    16-byte aligned), else one launch each. q and k are read through their strides (the views
+    of a fused QKV projection, a ``transpose(1, 2)``, a GQA ``expand``): no copy."""
     _, entry = _library(q.device)
     dtype = PACK_DTYPES[q.dtype]
-    q3 = q.contiguous().reshape(-1, q.shape[-2], q.shape[-1])
-    k3 = k.contiguous().reshape(-1, k.shape[-2], k.shape[-1])
     one_launch = k.dtype == q.dtype and dtype in entry.get("sign_pack_qk", ())
-    xq, xk = (_quads(q3), _quads(k3)) if one_launch else (None, None)
+    xq, xk = (_quads(q), _quads(k)) if one_launch else (None, None)
     if xq is None or xk is None:
         q_bits, _, q_abs = pack_signs(q, QBITS_WORDS)
         k_bits, k_pop, k_abs = pack_signs(k, QBITS_WORDS, SCORE_MAGIC, -1)
         return q_bits, k_bits, k_pop, q_abs, k_abs
-    q_bits = torch.empty((*q3.shape[:2], QBITS_WORDS), dtype=torch.int32, device=q.device)
-    k_bits = torch.empty((*k3.shape[:2], QBITS_WORDS), dtype=torch.int32, device=q.device)
-    k_pop = torch.empty(k3.shape[:2], dtype=torch.int32, device=q.device)
-    abs_sum = torch.zeros(q3.shape[0] + k3.shape[0], dtype=torch.float32, device=q.device)
+    B, Hq, Nq, _ = q.shape
+    Hk, Nk = k.shape[1], k.shape[2]
+    q_bits = torch.empty((B * Hq, Nq, QBITS_WORDS), dtype=torch.int32, device=q.device)
+    k_bits = torch.empty((B * Hk, Nk, QBITS_WORDS), dtype=torch.int32, device=q.device)
+    k_pop = torch.empty((B * Hk, Nk), dtype=torch.int32, device=q.device)
+    abs_sum = torch.zeros(B * (Hq + Hk), dtype=torch.float32, device=q.device)
     _call(q.device, qk_sign_pack_name(dtype, q.shape[-1]), xq, xk, q_bits,
-          k_bits, k_pop, abs_sum, SCORE_MAGIC, -1, q3.shape[0])
+          k_bits, k_pop, abs_sum, SCORE_MAGIC, -1, B * Hq)
     return (q_bits.view(*q.shape[:-1], QBITS_WORDS), k_bits.view(*k.shape[:-1], QBITS_WORDS),
-            k_pop.view(k.shape[:-1]), abs_sum[:q3.shape[0]], abs_sum[q3.shape[0]:])
+            k_pop.view(k.shape[:-1]), abs_sum[:B * Hq], abs_sum[B * Hq:])
 
 
 def pack_signs(x: torch.Tensor, words: int, pop_offset: int = 0,
                pop_scale: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(bits int32 [..., words], ``pop_offset + pop_scale·popcount`` int32 [...], sum|x| per
-    leading-2-dims float32)."""
-    x = x.contiguous()
+    leading-2-dims float32); x is read through its strides (a copy only where D is not
+    unit-stride)."""
     lead = x.shape[:-1]
-    rows = x.reshape(-1, x.shape[-2] if x.dim() >= 2 else 1, x.shape[-1])
-    bits = torch.empty((*rows.shape[:2], words), dtype=torch.int32, device=x.device)
-    pops = torch.empty(rows.shape[:2], dtype=torch.int32, device=x.device)
-    abs_sum = torch.zeros(rows.shape[0], dtype=torch.float32, device=x.device)
-    if rows.numel():
+    x4 = _row_strided(as_bhnd(x))
+    B, H, N, _ = x4.shape
+    bits = torch.empty((B * H, N, words), dtype=torch.int32, device=x.device)
+    pops = torch.empty((B * H, N), dtype=torch.int32, device=x.device)
+    abs_sum = torch.zeros(B * H, dtype=torch.float32, device=x.device)
+    if x4.numel():
         name = f"binattn_sign_pack_{PACK_DTYPES[x.dtype]}"
         _, entry = _library(x.device)
-        quads = _quads(rows) if PACK_DTYPES[x.dtype] in entry.get("sign_pack_vec", ()) else None
+        quads = _quads(x4) if PACK_DTYPES[x.dtype] in entry.get("sign_pack_vec", ()) else None
         if quads is not None:
-            rows = quads
+            x4 = quads
             name = vec_sign_pack_name(PACK_DTYPES[x.dtype], x.shape[-1])  # 16-byte loads
-        _call(x.device, name, rows, bits, pops, abs_sum, pop_offset, pop_scale)
+        _call(x.device, name, x4, bits, pops, abs_sum, pop_offset, pop_scale)
     return bits.reshape(*lead, words), pops.reshape(lead), abs_sum
 
 
@@ -348,9 +385,7 @@ def quantize_v8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     are the reference's (``reference.quantize_v_s8``: the same float32 products, rounded alike)."""
     B, H, N, Dv = v.shape
     dv, dtype = dv_bucket(Dv), PV_DTYPES[v.dtype]
-    quads = _quads(v.contiguous().reshape(B * H, N, Dv))
-    if quads is None:  # attention_kernel hands over aligned V with Dv % 8 == 0
-        raise ValueError(f"quantize_v8 needs a 16-byte-aligned V with Dv % 8 == 0, got Dv={Dv}")
+    quads = _aligned_quads(v)  # read through V's strides where its rows are 16-byte aligned
     amax = torch.zeros((B * H, Dv), dtype=torch.int32, device=v.device)
     _call(v.device, f"binattn_v8_amax_{dtype}", quads, amax)
     inv_step = torch.zeros((B * H, dv), dtype=torch.float32, device=v.device)
@@ -388,19 +423,22 @@ def _broadcast_strides(add: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
 
 
 def _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs):
-    """(s_q per (b, hq), s_k table, ks_group, extra multiplier) as the kernel reads them."""
+    """(s_q per (b, hq), s_k table, ks_group, extra multiplier) as the kernel reads them. The
+    static and unit scales carry Σ|q|·0 and Σ|k|·0 (``reference.magnitude_scale``): NaN where
+    q or k of the (b, h) holds a NaN or Inf, which the kernel turns into a NaN output."""
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     if scale_mode == "mean_abs":
         return q_abs, k_abs, Hq // Hkv, 1.0 / (Nq * D * Nk * D)
+    abs_sum = (q_abs.view(B, Hkv, Hq // Hkv) + k_abs.view(B, Hkv, 1)).view(B, Hq, 1, 1)
+    s_q = reference.magnitude_scale(abs_sum, scale_mode, q_scale)
     if scale_mode == "static":
         if k_scale.dim() >= 3:
             k_scale = reference.expand_kv_heads(k_scale, Hq)
-        s_q = torch.broadcast_to(q_scale.float(), (B, Hq, 1, 1)).reshape(-1).contiguous()
         s_k = torch.broadcast_to(k_scale.float(), (B, Hq, 1, 1)).reshape(-1).contiguous()
-        return s_q, s_k, 1, 1.0
-    ones = torch.ones(B * Hq, dtype=torch.float32, device=q.device)
-    return ones, ones, 1, 1.0
+    else:
+        s_k = _ones(q.device, B * Hq)
+    return torch.broadcast_to(s_q, (B, Hq, 1, 1)).reshape(-1).contiguous(), s_k, 1, 1.0
 
 
 KERNEL_VARIANTS = ("auto", "short", "long")
@@ -492,10 +530,7 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
         else:
             flat, strides = _broadcast_strides(add)
     if out is None:
-        out = torch.empty((B, Hq, Nq, Dv), dtype=v.dtype, device=q.device)
-    v = v.contiguous()
-    if v.data_ptr() % 16:
-        v = v.clone()
+        out = reference.empty_output(q, v)
     mult = float(softmax_scale * LOG2E * extra)
     if pv_bits == 8:  # the two-pass kernel with P and V on the 8-bit tensor cores
         v8, v_scale = quantize_v8(v)
@@ -504,13 +539,21 @@ def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_s
               s_k, flat, index, int(bool(is_causal)), ks_group, *strides, mult, D)
         return out
     name = attention_symbol(q.device, v.dtype, Dv, add is not None, Nk, variant, table)
-    _call(q.device, name, q_bits, k_bits, k_pop, v.view(torch.int32).view(B, Hkv, Nk, Dv // 8, 4),
-          out.view(torch.int32), s_q, s_k, flat, index, int(bool(is_causal)), ks_group, *strides,
+    _call(q.device, name, q_bits, k_bits, k_pop, _aligned_quads(v), out.view(torch.int32), s_q,
+          s_k, flat, index, int(bool(is_causal)), ks_group, *strides,
           mult, D)
     return out
 
 
 _dummies: dict = {}
+
+
+def _ones(device: torch.device, n: int) -> torch.Tensor:
+    """n float32 ones (a slice of one buffer per device, grown as needed)."""
+    ones = _dummies.get((device, "ones"))
+    if ones is None or ones.numel() < n:
+        ones = _dummies[device, "ones"] = torch.ones(max(n, 1024), device=device)
+    return ones[:n]
 
 
 def _dummy(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -46,19 +46,19 @@ def _check(dtype: str) -> None:
 
 
 def v8_amax_func(dtype: str) -> tvm.tirx.PrimFunc:
-    """``amax_bits int32[BH, DQ·8] = max(amax_bits, bits(max |v|))`` for ``v32 int32[BH, N, DQ, 4]``."""
+    """``amax_bits int32[B·H, DQ·8] = max(amax_bits, bits(max |v|))`` for ``v32 int32[B, H, N,
+    DQ, 4]`` (read through its strides: any on B, H, N)."""
     _check(dtype)
 
     @T.prim_func
     def v8_amax(v_h: T.handle, amax_h: T.handle):
         T.func_attr({"global_symbol": v8_amax_name(dtype), "tirx.noalias": True})
-        BH = T.int32()
-        N = T.int32()
-        DQ = T.int32()
-        V = T.match_buffer(v_h, (BH, N, DQ, 4), "int32")
-        Amax = T.match_buffer(amax_h, (BH, DQ * 8), "int32")
+        B, H, N, DQ = T.int32(), T.int32(), T.int32(), T.int32()
+        sb, sh, sn = T.int32(), T.int32(), T.int32()
+        V = T.match_buffer(v_h, (B, H, N, DQ, 4), "int32", strides=(sb, sh, sn, 4, 1))
+        Amax = T.match_buffer(amax_h, (B * H, DQ * 8), "int32")
         for bx in T.thread_binding(T.ceildiv(N, AMAX_ROWS), thread="blockIdx.x"):
-            for bh in T.thread_binding(BH, thread="blockIdx.y"):
+            for bh in T.thread_binding(B * H, thread="blockIdx.y"):
                 for tid in T.thread_binding(THREADS, thread="threadIdx.x"):
                     smax = T.alloc_buffer((MAX_DV,), "int32", scope="shared")
                     raw = T.alloc_buffer((4,), "int32", scope="local")
@@ -70,7 +70,7 @@ def v8_amax_func(dtype: str) -> tvm.tirx.PrimFunc:
                         u = tid + it * THREADS
                         n = bx * AMAX_ROWS + u // DQ
                         if u < AMAX_ROWS * DQ and n < N:
-                            raw[T.ramp(0, 1, 4)] = V[bh, n, u % DQ, T.ramp(0, 1, 4)]
+                            raw[T.ramp(0, 1, 4)] = V[bh // H, bh % H, n, u % DQ, T.ramp(0, 1, 4)]
                             for e in T.unroll(8):
                                 # |v| as float bits: the 16-bit pattern without its sign
                                 T.evaluate(T.call_extern("int32", "atomicMax", T.address_of(smax[(u % DQ) * 8 + e]), T.reinterpret("int32", _as_float(dtype, (T.reinterpret("uint32", raw[e // 2]) >> T.uint32(16 * (e % 2))) & T.uint32(0x7FFF)))))
@@ -84,23 +84,20 @@ def v8_amax_func(dtype: str) -> tvm.tirx.PrimFunc:
 
 def v8_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
     """``v8 int32[BH, DV, NKW]`` (int8 × 4, transposed, keys permuted per 32-key block) from
-    ``v32 int32[BH, N, DQ, 4]`` and ``inv_step f32[BH, DV]`` (0 past the true dv: zero rows)."""
+    ``v32 int32[B, H, N, DQ, 4]`` (any strides on B, H, N) and ``inv_step f32[B·H, DV]`` (0 past the true dv: zero rows)."""
     _check(dtype)
     kb = PV8_KEY_BLOCK
 
     @T.prim_func
     def v8_pack(v_h: T.handle, inv_h: T.handle, out_h: T.handle):
         T.func_attr({"global_symbol": v8_pack_name(dtype), "tirx.noalias": True})
-        BH = T.int32()
-        N = T.int32()
-        DQ = T.int32()
-        DV = T.int32()
-        NKW = T.int32()
-        V = T.match_buffer(v_h, (BH, N, DQ, 4), "int32")
-        Inv = T.match_buffer(inv_h, (BH, DV), "float32")
-        Out = T.match_buffer(out_h, (BH, DV, NKW), "int32")
+        B, H, N, DQ, DV, NKW = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        sb, sh, sn = T.int32(), T.int32(), T.int32()
+        V = T.match_buffer(v_h, (B, H, N, DQ, 4), "int32", strides=(sb, sh, sn, 4, 1))
+        Inv = T.match_buffer(inv_h, (B * H, DV), "float32")
+        Out = T.match_buffer(out_h, (B * H, DV, NKW), "int32")
         for blk in T.thread_binding(NKW // (kb // 4), thread="blockIdx.x"):
-            for bh in T.thread_binding(BH, thread="blockIdx.y"):
+            for bh in T.thread_binding(B * H, thread="blockIdx.y"):
                 for tid in T.thread_binding(THREADS, thread="threadIdx.x"):
                     # the block's keys × V row (16-bit pairs), one padding word per key row
                     tile = T.alloc_buffer((kb, MAX_DV // 2 + 1), "int32", scope="shared")
@@ -110,7 +107,7 @@ def v8_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
                         key = blk * kb + u // DQ
                         if u < kb * DQ:
                             for i in T.unroll(4):
-                                tile[u // DQ, (u % DQ) * 4 + i] = T.if_then_else(key < N, V[bh, T.min(key, N - 1), u % DQ, i], 0)
+                                tile[u // DQ, (u % DQ) * 4 + i] = T.if_then_else(key < N, V[bh // H, bh % H, T.min(key, N - 1), u % DQ, i], 0)
                     T.tvm_storage_sync("shared")
                     for it in T.serial(T.ceildiv(DV * (kb // 4), THREADS)):
                         u = tid + it * THREADS

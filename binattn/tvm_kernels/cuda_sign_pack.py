@@ -65,13 +65,13 @@ def _vec_pack_macro(dtype: str, lanes: int):
         return T.Cast("float32", T.reinterpret("float16", T.Cast("uint16", h & T.uint32(0x7FFF))))
 
     @T.macro
-    def pack_rows(X, Bits, Pops, write_pops, AbsSum, abs_slot, bh, bx, n_rows, DQ, WS, tid,
-                  pop_offset, pop_scale, warp_sums, raw, acc, pop, word):
+    def pack_rows(X, Bits, Pops, write_pops, AbsSum, abs_slot, bh, heads, bx, n_rows, DQ, WS,
+                  tid, pop_offset, pop_scale, warp_sums, raw, acc, pop, word):
         w = tid % lanes
         n = bx * rows_per_cta + tid // lanes
         for i in T.unroll(4):
             if n < n_rows and 4 * w + i < DQ:
-                raw[T.ramp(4 * i, 1, 4)] = X[bh, n, 4 * w + i, T.ramp(0, 1, 4)]
+                raw[T.ramp(4 * i, 1, 4)] = X[bh // heads, bh % heads, n, 4 * w + i, T.ramp(0, 1, 4)]
             else:
                 raw[T.ramp(4 * i, 1, 4)] = T.Broadcast(T.int32(0), 4)
         word[0] = T.uint32(0)
@@ -119,24 +119,22 @@ def sign_pack_vec_func(dtype: str, lanes: int = MAX_WORDS) -> tvm.tirx.PrimFunc:
     def sign_pack_vec(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle,
                       pop_offset: T.int32, pop_scale: T.int32):
         T.func_attr({"global_symbol": sign_pack_name(dtype, True, lanes), "tirx.noalias": True})
-        BH = T.int32()
-        N = T.int32()
-        DQ = T.int32()
-        WS = T.int32()
-        X = T.match_buffer(x_h, (BH, N, DQ, 4), "int32")
-        Bits = T.match_buffer(bits_h, (BH, N, WS), "int32")
-        Pops = T.match_buffer(pops_h, (BH, N), "int32")
-        AbsSum = T.match_buffer(abs_h, (BH,), "float32")
+        B, H, N, DQ, WS = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        sb, sh, sn = T.int32(), T.int32(), T.int32()
+        X = T.match_buffer(x_h, (B, H, N, DQ, 4), "int32", strides=(sb, sh, sn, 4, 1))
+        Bits = T.match_buffer(bits_h, (B * H, N, WS), "int32")
+        Pops = T.match_buffer(pops_h, (B * H, N), "int32")
+        AbsSum = T.match_buffer(abs_h, (B * H,), "float32")
         for bx in T.thread_binding(T.ceildiv(N, rows_per_cta), thread="blockIdx.x"):
-            for bh in T.thread_binding(BH, thread="blockIdx.y"):
+            for bh in T.thread_binding(B * H, thread="blockIdx.y"):
                 for tid in T.thread_binding(32 * WARPS, thread="threadIdx.x"):
                     warp_sums = T.alloc_buffer((WARPS,), "float32", scope="shared")
                     raw = T.alloc_buffer((16,), "int32", scope="local")
                     acc = T.alloc_buffer((1,), "float32", scope="local")
                     pop = T.alloc_buffer((1,), "int32", scope="local")
                     word = T.alloc_buffer((1,), "uint32", scope="local")
-                    pack_rows(X, Bits, Pops, True, AbsSum, bh, bh, bx, N, DQ, WS, tid, pop_offset, pop_scale,
-                              warp_sums, raw, acc, pop, word)
+                    pack_rows(X, Bits, Pops, True, AbsSum, bh, bh, H, bx, N, DQ, WS, tid,
+                              pop_offset, pop_scale, warp_sums, raw, acc, pop, word)
 
     return sign_pack_vec
 
@@ -166,30 +164,36 @@ def sign_pack_qk_func(dtype: str, lanes: int) -> tvm.tirx.PrimFunc:
                      kpops_h: T.handle, abs_h: T.handle, pop_offset: T.int32,
                      pop_scale: T.int32, k_slot0: T.int32):
         T.func_attr({"global_symbol": sign_pack_qk_name(dtype, lanes), "tirx.noalias": True})
-        BHq = T.int32()
-        BHk = T.int32()
-        Nq = T.int32()
-        Nk = T.int32()
-        DQ = T.int32()
-        WS = T.int32()
-        NA = T.int32()
-        Xq = T.match_buffer(xq_h, (BHq, Nq, DQ, 4), "int32")
-        Xk = T.match_buffer(xk_h, (BHk, Nk, DQ, 4), "int32")
-        Qbits = T.match_buffer(qbits_h, (BHq, Nq, WS), "int32")
-        Kbits = T.match_buffer(kbits_h, (BHk, Nk, WS), "int32")
-        Kpops = T.match_buffer(kpops_h, (BHk, Nk), "int32")
+        B, Hq, Hk, Nq, Nk = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        DQ, WS, NA = T.int32(), T.int32(), T.int32()
+        qsb, qsh, qsn, ksb, ksh, ksn = (T.int32(), T.int32(), T.int32(), T.int32(), T.int32(),
+                                        T.int32())
+        Xq = T.match_buffer(xq_h, (B, Hq, Nq, DQ, 4), "int32", strides=(qsb, qsh, qsn, 4, 1))
+        Xk = T.match_buffer(xk_h, (B, Hk, Nk, DQ, 4), "int32", strides=(ksb, ksh, ksn, 4, 1))
+        Qbits = T.match_buffer(qbits_h, (B * Hq, Nq, WS), "int32")
+        Kbits = T.match_buffer(kbits_h, (B * Hk, Nk, WS), "int32")
+        Kpops = T.match_buffer(kpops_h, (B * Hk, Nk), "int32")
         AbsSum = T.match_buffer(abs_h, (NA,), "float32")
-        for blk in T.thread_binding(T.ceildiv(Nq, rows_per_cta) * BHq + T.ceildiv(Nk, rows_per_cta) * BHk, thread="blockIdx.x"):
+        for blk in T.thread_binding(T.ceildiv(Nq, rows_per_cta) * B * Hq
+                                    + T.ceildiv(Nk, rows_per_cta) * B * Hk,
+                                    thread="blockIdx.x"):
             for tid in T.thread_binding(32 * WARPS, thread="threadIdx.x"):
                 warp_sums = T.alloc_buffer((WARPS,), "float32", scope="shared")
                 raw = T.alloc_buffer((16,), "int32", scope="local")
                 acc = T.alloc_buffer((1,), "float32", scope="local")
                 pop = T.alloc_buffer((1,), "int32", scope="local")
                 word = T.alloc_buffer((1,), "uint32", scope="local")
-                if blk < T.ceildiv(Nq, rows_per_cta) * BHq:
-                    pack_rows(Xq, Qbits, Kpops, False, AbsSum, blk // T.ceildiv(Nq, rows_per_cta), blk // T.ceildiv(Nq, rows_per_cta), blk % T.ceildiv(Nq, rows_per_cta), Nq, DQ, WS, tid, pop_offset, pop_scale, warp_sums, raw, acc, pop, word)
+                q_ctas = T.ceildiv(Nq, rows_per_cta)
+                k_ctas = T.ceildiv(Nk, rows_per_cta)
+                if blk < q_ctas * B * Hq:
+                    pack_rows(Xq, Qbits, Kpops, False, AbsSum, blk // q_ctas, blk // q_ctas, Hq,
+                              blk % q_ctas, Nq, DQ, WS, tid, pop_offset, pop_scale, warp_sums,
+                              raw, acc, pop, word)
                 else:
-                    pack_rows(Xk, Kbits, Kpops, True, AbsSum, k_slot0 + (blk - T.ceildiv(Nq, rows_per_cta) * BHq) // T.ceildiv(Nk, rows_per_cta), (blk - T.ceildiv(Nq, rows_per_cta) * BHq) // T.ceildiv(Nk, rows_per_cta), (blk - T.ceildiv(Nq, rows_per_cta) * BHq) % T.ceildiv(Nk, rows_per_cta), Nk, DQ, WS, tid, pop_offset, pop_scale, warp_sums, raw, acc, pop, word)
+                    kblk = blk - q_ctas * B * Hq
+                    pack_rows(Xk, Kbits, Kpops, True, AbsSum, k_slot0 + kblk // k_ctas,
+                              kblk // k_ctas, Hk, kblk % k_ctas, Nk, DQ, WS, tid, pop_offset,
+                              pop_scale, warp_sums, raw, acc, pop, word)
 
     return sign_pack_qk
 
@@ -205,16 +209,14 @@ def sign_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
     def sign_pack(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle,
                   pop_offset: T.int32, pop_scale: T.int32):
         T.func_attr({"global_symbol": sign_pack_name(dtype), "tirx.noalias": True})
-        BH = T.int32()
-        N = T.int32()
-        D = T.int32()
-        WS = T.int32()
-        X = T.match_buffer(x_h, (BH, N, D), dtype)
-        Bits = T.match_buffer(bits_h, (BH, N, WS), "int32")
-        Pops = T.match_buffer(pops_h, (BH, N), "int32")
-        AbsSum = T.match_buffer(abs_h, (BH,), "float32")
+        B, H, N, D, WS = T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        sb, sh, sn = T.int32(), T.int32(), T.int32()
+        X = T.match_buffer(x_h, (B, H, N, D), dtype, strides=(sb, sh, sn, 1))
+        Bits = T.match_buffer(bits_h, (B * H, N, WS), "int32")
+        Pops = T.match_buffer(pops_h, (B * H, N), "int32")
+        AbsSum = T.match_buffer(abs_h, (B * H,), "float32")
         for bx in T.thread_binding(T.ceildiv(N, rows_per_cta), thread="blockIdx.x"):
-            for bh in T.thread_binding(BH, thread="blockIdx.y"):
+            for bh in T.thread_binding(B * H, thread="blockIdx.y"):
                 for tid in T.thread_binding(32 * WARPS, thread="threadIdx.x"):
                     warp_sums = T.alloc_buffer((WARPS,), "float32", scope="shared")
                     val = T.alloc_buffer((32,), "float32", scope="local")
@@ -225,7 +227,7 @@ def sign_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
                     n = bx * rows_per_cta + tid // MAX_WORDS
                     # one thread per (row, word): 32 independent loads in flight
                     for e in T.unroll(32):
-                        val[e] = T.if_then_else(n < N and 32 * w + e < D, T.Cast("float32", X[bh, T.min(n, N - 1), T.min(32 * w + e, D - 1)]), T.float32(0))
+                        val[e] = T.if_then_else(n < N and 32 * w + e < D, T.Cast("float32", X[bh // H, bh % H, T.min(n, N - 1), T.min(32 * w + e, D - 1)]), T.float32(0))
                     word[0] = T.uint32(0)
                     acc[0] = T.float32(0)
                     for e in T.unroll(32):

@@ -1,0 +1,147 @@
+"""The path around the kernel that every user takes: no host reads, no copies of q/k/v, the
+output layout, and the NaN policy that makes both possible.
+
+On the CPU (always) and on a CUDA GPU (where torch sees one; skipped otherwise): a forward and a
+training step of a binarized ViT read nothing back to the host (the profiler counts
+``aten::_local_scalar_dense``, on the GPU ``torch.cuda.set_sync_debug_mode("error")`` raises on
+any sync); a NaN or Inf input gives NaN outputs for its (b, h) in every scale mode instead of a
+finite wrong value, and ``check_finite``/``data_checks`` turn it into a ValueError naming the
+argument; the op's output is laid out as ``[B, N, H, D]`` so ``transpose(1, 2).reshape`` after it
+is a view; the bias-table index is range-checked once per tensor version.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import binattn
+from binattn.models import demo_vit
+from binattn.ops import validation
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
+
+
+def _host_reads(fn) -> int:
+    """How many times ``fn`` read a tensor value back to the host (``.item()``, ``bool(t)``,
+    ``.tolist()``: all go through ``aten::_local_scalar_dense``)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
+
+
+def _binarized_vit(device: str, bias: str | None = "relpos"):
+    torch.manual_seed(0)
+    model = demo_vit(depth=2).to(device, DTYPE[device])
+    x = torch.randn(4, 3, 32, 32, device=device, dtype=DTYPE[device])
+    gm = binattn.binarize(model, (x,), binattn.BinarizeConfig(bias=bias))
+    assert gm.meta["binattn_report"].num_rewritten == 2
+    return gm, x
+
+
+def _train_step(gm, x, optimizer):
+    loss = gm(x).float().square().mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("bias", ("relpos", None))
+def test_forward_and_training_step_read_nothing_back(device, bias):
+    gm, x = _binarized_vit(device, bias)
+    optimizer = torch.optim.SGD(gm.parameters(), lr=1e-3, momentum=0.9)
+    _train_step(gm, x, optimizer)  # warm-up: kernels load, the relpos index is checked once
+    with torch.no_grad():
+        assert _host_reads(lambda: gm(x)) == 0
+    assert _host_reads(lambda: _train_step(gm, x, optimizer)) == 0
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.no_grad():
+                gm(x)
+            _train_step(gm, x, optimizer)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_data_checks_name_the_bad_tensor_in_a_model(device):
+    gm, x = _binarized_vit(device)
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        out = gm(x)  # unchecked: the NaN reaches the output, nothing is read back
+        assert torch.isnan(out[0]).any()
+        with binattn.ops.data_checks(), pytest.raises(ValueError, match="contains NaN"):
+            gm(x)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale_mode", ("mean_abs", "static", "none"))
+@pytest.mark.parametrize("where", ("q_nan", "k_inf", "v_nan"))
+def test_non_finite_input_gives_nan_for_its_head_only(device, scale_mode, where):
+    torch.manual_seed(1)
+    dtype = DTYPE[device]
+    q, k, v = (torch.randn(2, 3, 40, 64, device=device, dtype=dtype) for _ in range(3))
+    bad = {"q_nan": (q, float("nan")), "k_inf": (k, float("inf")), "v_nan": (v, float("nan"))}
+    tensor, value = bad[where]
+    tensor[1, 2, 5, 7] = value
+    kw = {"scale_mode": scale_mode}
+    if scale_mode == "static":
+        kw.update(q_scale=torch.tensor(0.8, device=device), k_scale=torch.tensor(0.9, device=device))
+    out = binattn.ops.binary_attention(q, k, v, **kw)
+    assert torch.isnan(out[1, 2]).any(), "a non-finite input must not give a finite output"
+    if where != "v_nan":  # q and k poison the whole (b, h); v only the rows that read it
+        assert torch.isnan(out[1, 2]).all()
+    others = torch.ones(2, 3, dtype=torch.bool)
+    others[1, 2] = False
+    assert torch.isfinite(out[others]).all()
+    with pytest.raises(ValueError, match=f"{where[0]} contains"):
+        binattn.ops.binary_attention(q, k, v, check_finite=True, **kw)
+
+
+def test_float_mask_minus_inf_passes_the_data_check():
+    q, k, v = torch.randn(3, 1, 2, 8, 32).unbind(0)
+    mask = torch.zeros(8, 8).masked_fill(torch.ones(8, 8, dtype=torch.bool).triu(1), float("-inf"))
+    binattn.ops.binary_attention(q, k, v, attn_mask=mask, check_finite=True)
+    mask[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="attn_mask contains NaN"):
+        binattn.ops.binary_attention(q, k, v, attn_mask=mask, check_finite=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_output_is_laid_out_for_the_following_reshape(device):
+    q, k, v = torch.randn(3, 2, 4, 33, 32, device=device, dtype=DTYPE[device]).unbind(0)
+    out = binattn.ops.binary_attention(q, k, v)
+    assert out.shape == (2, 4, 33, 32)
+    assert out.transpose(1, 2).is_contiguous()  # [B, N, H, D] in memory
+    merged = out.transpose(1, 2).reshape(2, 33, 128)
+    assert merged.data_ptr() == out.data_ptr()  # a view, not a copy
+
+
+def test_bias_index_is_checked_once_per_version():
+    table = torch.randn(10, 2)
+    index = torch.randint(0, 10, (6, 6))
+    q, k, v = torch.randn(3, 1, 2, 6, 32).unbind(0)
+    binattn.ops.binary_attention(q, k, v, bias=table, bias_index=index)
+    assert _host_reads(lambda: binattn.ops.binary_attention(q, k, v, bias=table,
+                                                            bias_index=index)) == 0
+    index[0, 0] = 10  # in place: a new version, checked again
+    with pytest.raises(ValueError, match="outside the table's rows"):
+        binattn.ops.binary_attention(q, k, v, bias=table, bias_index=index)
+    small = torch.randn(5, 2)  # the old check does not cover a smaller table
+    index[0, 0] = 7
+    binattn.ops.binary_attention(q, k, v, bias=table, bias_index=index)
+    with pytest.raises(ValueError, match="outside the table's rows"):
+        binattn.ops.binary_attention(q, k, v, bias=small, bias_index=index)
+
+
+def test_check_finite_must_be_a_bool_or_none():
+    q, k, v = torch.randn(3, 1, 1, 4, 8).unbind(0)
+    with pytest.raises(TypeError, match="check_finite"):
+        binattn.ops.binary_attention(q, k, v, check_finite="yes")
+    assert validation.resolve_check_finite(None) is validation.data_checks_enabled()
