@@ -79,9 +79,10 @@ def _inductor_patches(mode: Optional[str], ours: dict[str, Any]) -> dict[str, An
 
 def has_binattn_ops(gm: fx.GraphModule) -> bool:
     """Whether a graph already calls binattn's custom ops (a binarized model)."""
-    def is_ours(target) -> bool:
-        return (isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket))
-                and getattr(target, "namespace", None) == NAME)
+    def is_ours(target) -> bool:  # Dynamo graphs hold packets, aot graphs overloads
+        if isinstance(target, torch._ops.OpOverloadPacket):
+            return target._qualified_op_name.split("::")[0] == NAME
+        return isinstance(target, torch._ops.OpOverload) and target.namespace == NAME
     return any(n.op == "call_function" and is_ours(n.target) for n in gm.graph.nodes)
 
 

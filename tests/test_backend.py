@@ -144,7 +144,10 @@ def test_binarized_model_is_only_lowered_and_trains():
     gm = binattn.binarize(model, images, binattn.BinarizeConfig(bias="relpos"))
     compiled = torch.compile(gm, backend="binattn", fullgraph=True)
     gm.train()
-    out = compiled(*images)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = compiled(*images)
+    assert not [w for w in caught if "needs a backward" in str(w.message)]  # seen as binarized
     out.sum().backward()
     assert backend.last_reports == []  # nothing left to rewrite
     torch.testing.assert_close(out, gm(*images))

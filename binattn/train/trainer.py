@@ -229,8 +229,10 @@ class Trainer:
             out_s = main_output(self.ddp(*inputs)).float()
             loss, parts = self.recipe.loss(out_s, out_t, labels, self.task, plan, rec_s, rec_t)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {float(loss)} at step {step} ({plan.stage}); "
-                                     f"lower the learning rate")
+            raise FloatingPointError(
+                f"loss is {float(loss)} at step {step} ({plan.stage}): lower the learning rate, "
+                f"or check the data (BINATTN_DATA_CHECKS=1 names the first attention input "
+                f"holding NaN/Inf)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
