@@ -243,13 +243,14 @@ def _named_forward(names: Sequence[str], extra: dict[str, Any]):
 def use_named_inputs(model: nn.Module, names: Sequence[str]) -> nn.Module:
     """Give ``model`` (in place) a forward taking exactly ``names`` (positional or by name) that
     calls its class's forward with them, ``use_cache=False`` and ``return_dict=True`` where that
-    forward has them, and returns :func:`plain_outputs`. Module paths and parameter names stay
+    forward has them, and returns :func:`plain_outputs`. A name that is none of the forward's
+    parameters, or a parameter without default left out, is a ``UserError`` naming it. Module paths and parameter names stay
     as they are (no wrapper module); a deep copy keeps the forward, bound to the copy."""
     params = forward_parameters(model)
     takes_kwargs = any(p.kind == pyinspect.Parameter.VAR_KEYWORD for p in
                        pyinspect.signature(type(model).forward).parameters.values())
     unknown = [n for n in names if n not in params]
-    if unknown and not takes_kwargs:
+    if unknown and (params or not takes_kwargs):  # **kwargs alone: any name may be an input
         raise UserError(f"--input {unknown[0]}: {type(model).__name__}.forward has no input "
                         f"{unknown[0]!r} (its inputs: {', '.join(params)})")
     required = [p.name for p in pyinspect.signature(type(model).forward).parameters.values()

@@ -290,6 +290,8 @@ def _module_inputs(model: nn.Module, p: Path, input_shape, specs) -> LoadedModel
         for spec in specs:
             spec.vocab = spec.vocab or vocab
         use_named_inputs(model, [s.name for s in specs])
+        if is_hf:
+            _check_hf_inputs(model, [s.name for s in specs])
         inputs = tuple(s.make() for s in specs)
         return LoadedModel(model, inputs, tuple(s.name for s in specs), dynamic_shapes(inputs))
     if input_shape is not None:
@@ -317,6 +319,20 @@ def _module_inputs(model: nn.Module, p: Path, input_shape, specs) -> LoadedModel
         return LoadedModel(model, inputs, tuple(s.name for s in specs), dynamic_shapes(inputs))
     raise UserError(f"{p}: cannot tell what input the model takes; pass --input "
                     "NAME=SHAPE:DTYPE (or --input-shape)")
+
+
+def _check_hf_inputs(model: nn.Module, names: list[str]) -> None:
+    """Named inputs of a Hugging Face model must include those its config says it needs (the
+    decoder ids of an encoder-decoder, the pixels of CLIP, ...; a mask is optional)."""
+    try:
+        needed = [s.name for s in hf_input_specs(model) if s.name != "attention_mask"]
+    except UserError:
+        return  # binattn cannot tell: the user's inputs are all there is to go by
+    missing = [n for n in needed if n not in names]
+    if missing:
+        raise UserError(f"{type(model).__name__} also needs the input {missing[0]!r}; give it "
+                        f"with --input {missing[0]}=SHAPE:DTYPE (inputs it takes: "
+                        f"{', '.join(needed)})")
 
 
 def _diffusers_inputs(config: Any) -> tuple:
