@@ -107,7 +107,7 @@ def dynamic_dims(x: torch.Tensor) -> dict[int, Any]:
 
 
 def dynamic_shapes(inputs: Sequence[torch.Tensor]) -> tuple:
-    """``torch.export``'s ``dynamic_shapes`` for positional ``inputs`` (see :func:`dynamic_dims`)."""
+    """``torch.export``'s ``dynamic_shapes`` for positional ``inputs`` (:func:`dynamic_dims`)."""
     return tuple(dynamic_dims(x) or None for x in inputs)
 
 
@@ -244,8 +244,9 @@ def use_named_inputs(model: nn.Module, names: Sequence[str]) -> nn.Module:
     """Give ``model`` (in place) a forward taking exactly ``names`` (positional or by name) that
     calls its class's forward with them, ``use_cache=False`` and ``return_dict=True`` where that
     forward has them, and returns :func:`plain_outputs`. A name that is none of the forward's
-    parameters, or a parameter without default left out, is a ``UserError`` naming it. Module paths and parameter names stay
-    as they are (no wrapper module); a deep copy keeps the forward, bound to the copy."""
+    parameters, or a parameter without default left out, is a ``UserError`` naming it. Module
+    paths and parameter names stay as they are (no wrapper module); a deep copy keeps the
+    forward, bound to the copy."""
     params = forward_parameters(model)
     takes_kwargs = any(p.kind == pyinspect.Parameter.VAR_KEYWORD for p in
                        pyinspect.signature(type(model).forward).parameters.values())
