@@ -53,13 +53,15 @@ class InputSpec:
     dims: dict[int, str] = field(default_factory=dict)  # dynamic dim → its name, for messages
 
     def make(self) -> torch.Tensor:
-        """A random tensor of this spec (masks are all ones, token ids below ``vocab``)."""
+        """A random tensor of this spec: floats normal, masks all ones, token ids below
+        ``vocab`` (zeros where the vocabulary is unknown: index 0 is valid in any table)."""
         if self.dtype.is_floating_point:
             return torch.randn(self.shape, dtype=self.dtype)
         if self.dtype == torch.bool or "mask" in self.name:
             return torch.ones(self.shape, dtype=self.dtype)
-        high = min(self.vocab, 100) if self.vocab else 100
-        return torch.randint(0, high, self.shape, dtype=self.dtype)
+        if not self.vocab:
+            return torch.zeros(self.shape, dtype=self.dtype)
+        return torch.randint(0, min(self.vocab, 100), self.shape, dtype=self.dtype)
 
     def describe(self) -> str:
         dtype = str(self.dtype).replace("torch.", "")

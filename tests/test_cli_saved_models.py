@@ -280,3 +280,18 @@ def test_pt2_saved_with_model_output_classes_loads(hf, tmp_path):
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["num_rewritten"] == 1
+
+
+def test_named_forward_survives_deepcopy_and_refuses_a_cache_output(hf):
+    import copy
+
+    from transformers import DynamicCache
+
+    from binattn.model_inputs import plain_outputs
+
+    loaded = load(hf / "gpt2")
+    clone = copy.deepcopy(loaded.model)
+    assert clone.forward.__self__ is clone
+    assert sorted(clone(*loaded.inputs)) == ["last_hidden_state"]   # a dict, no cache
+    with pytest.raises(binattn.errors.UserError, match=r"past_key_values.*use_cache=False"):
+        plain_outputs({"last_hidden_state": torch.ones(1), "past_key_values": DynamicCache()})
