@@ -34,7 +34,6 @@ from .errors import UserError
 from .model_inputs import (InputSpec, dynamic_shapes, forward_parameters, hf_input_specs,
                            use_named_inputs)
 
-DEFAULT_TOKENS = 16
 _UNREGISTERED = re.compile(r"Deserializing ([A-Za-z_][\w.]*)\.(\w+) in pytree is not registered")
 # modules binattn may import to register a .pt2's output classes (saved before outputs were
 # plain dicts): libraries that register their ModelOutput classes as pytree nodes on import
