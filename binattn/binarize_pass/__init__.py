@@ -49,7 +49,8 @@ def analyze(gm: fx.GraphModule, name: str, model: Any = None) -> tuple[list[Matc
 
 def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tuple,
              config: Optional[BinarizeConfig] = None, filter_fn: Optional[FilterFn] = None, *,
-             example_kwargs: Optional[dict] = None, copy: bool = True) -> fx.GraphModule:
+             example_kwargs: Optional[dict] = None, copy: bool = True,
+             dynamic_shapes: Any = None) -> fx.GraphModule:
     """Rewrite every attention site of ``model`` to 1-bit query/key attention.
 
     Args:
@@ -58,6 +59,9 @@ def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tu
             the model allows it).
         config: :class:`BinarizeConfig` (bias, scale mode, binarizer, ...); default: no bias.
         filter_fn: ``filter_fn(row) -> bool`` on each site's :class:`SiteRow`; False skips it.
+        dynamic_shapes: ``torch.export``'s ``dynamic_shapes`` for the capture (e.g. the batch
+            and sequence dims of a Hugging Face model, ``binattn.model_io.load``); default:
+            the batch dim of every input, where the model allows it.
         copy: deep-copy an ``nn.Module`` first (default), so training the result leaves
             ``model`` — the full-precision teacher — untouched. ``copy=False`` shares the
             parameters (as ``torch.export`` does) and saves the memory of a second copy.
@@ -72,7 +76,7 @@ def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tu
     if copy and isinstance(model, nn.Module):
         model = copy_module.deepcopy(model)
     gm = capture(model, example_inputs, example_kwargs=example_kwargs,
-                 dynamic_batch=config.dynamic_batch)
+                 dynamic_batch=config.dynamic_batch, dynamic_shapes=dynamic_shapes)
     matches, report = analyze(gm, _model_name(model), model)
     rewrite(gm, matches, report.rows, config, model=model, filter_fn=filter_fn)
     gm.meta[REPORT_KEY] = report
@@ -81,11 +85,11 @@ def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tu
 
 def inspect(model: nn.Module | torch.export.ExportedProgram, example_inputs: tuple, *,
             config: Optional[BinarizeConfig] = None,
-            example_kwargs: Optional[dict] = None) -> Report:
+            example_kwargs: Optional[dict] = None, dynamic_shapes: Any = None) -> Report:
     """The attention sites of ``model`` and what :func:`binarize` would do with each."""
     config = config or BinarizeConfig()
     gm = capture(model, example_inputs, example_kwargs=example_kwargs,
-                 dynamic_batch=config.dynamic_batch)
+                 dynamic_batch=config.dynamic_batch, dynamic_shapes=dynamic_shapes)
     return analyze(gm, _model_name(model), model)[1]
 
 

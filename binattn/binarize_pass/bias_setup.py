@@ -4,8 +4,10 @@ configured fallback (the report says which, and why).
 What it does: infers (Gh, Gw) and the number of prefix tokens from ``BinarizeConfig`` or from
 what the model makes clear (binattn's TinyViT ``cfg.grid``, timm's ``patch_embed.grid_size`` /
 ``num_prefix_tokens``, Hugging Face ViT ``config.image_size``/``patch_size``, diffusers
-``sample_size``/``patch_size``), checked against the site's N = prefix + Gh·Gw; builds the bias
-module. What it does not: guess a grid from N alone (a text model with N = 1 + 3² is no image).
+``sample_size``/``patch_size``), checked against the site's N = prefix + Gh·Gw (with a grid
+from the config, the prefix is the config's, else the model's, else N − Gh·Gw when that is 0 or
+1); builds the bias module. What it does not: guess a grid from N alone (a text model with
+N = 1 + 3² is no image), or take most of a sequence as "prefix tokens".
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ from ..ops.bias import DenseBias, HeadBias, RelPosBias
 from .config import BinarizeConfig
 
 Grid = tuple[tuple[int, int], int]
+# prefix tokens inferred as N − Gh·Gw for a given grid when neither the config nor the model
+# says: none, or one cls token; any other count needs num_prefix_tokens
+IMPLICIT_PREFIX = (0, 1)
 
 
 def _pair(x: Any) -> tuple[int, int]:
@@ -49,13 +54,19 @@ def relpos_grid(config: BinarizeConfig, model: Any, n_q: int,
     """The grid for a site, or None with the reason it could not be inferred."""
     if n_q != n_k:
         return None, f"cross-attention (Nq={n_q} ≠ Nk={n_k})"
+    declared = model_grid(model)
     if config.grid is not None:
         gh, gw = config.grid
-        prefix = n_q - gh * gw if config.num_prefix_tokens is None else config.num_prefix_tokens
-        if prefix < 0 or prefix + gh * gw != n_q:
+        prefix = config.num_prefix_tokens
+        if prefix is None and declared is not None:
+            prefix = declared[1]
+        if prefix is None and n_q - gh * gw not in IMPLICIT_PREFIX:
+            return None, (f"config grid {gh}×{gw} leaves {n_q - gh * gw} of N={n_q} tokens "
+                          "outside the grid; set num_prefix_tokens")
+        prefix = n_q - gh * gw if prefix is None else prefix
+        if prefix + gh * gw != n_q:
             return None, f"config grid {gh}×{gw} + {prefix} prefix ≠ N={n_q}"
         return ((gh, gw), prefix), ""
-    declared = model_grid(model)
     if declared is None:
         return None, "no token grid known (set BinarizeConfig.grid)"
     (gh, gw), prefix = declared

@@ -1,13 +1,17 @@
 """Capture: a model (nn.Module, ExportedProgram or GraphModule) → a trainable ATen GraphModule.
 
-What it does: ``torch.export`` (non-strict; batch dim dynamic where the model allows it), then
+What it does: ``torch.export`` (non-strict; batch dim dynamic where the model allows it, or the
+caller's ``dynamic_shapes``), then
 unlifts to a plain ``torch.fx.GraphModule`` whose parameters and buffers are the model's own
 (``named_parameters()`` as before, ``.train()``/``.eval()`` work). Export failures become a
-one-line ``UserError``. What it does not: look for attention (``matchers``).
+one-line ``UserError``. A model whose config asks for a KV cache (Hugging Face decoders:
+``config.use_cache``) is captured with ``use_cache=False`` (restored afterwards): a cache object
+is no tensor output. What it does not: look for attention (``matchers``).
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch import fx, nn
@@ -15,7 +19,7 @@ from torch import fx, nn
 from ..errors import UserError
 
 
-def _dynamic_batch(example_inputs: tuple) -> tuple:
+def default_dynamic_shapes(example_inputs: tuple) -> tuple:
     """Dim.AUTO on dim 0 of every tensor input with a batch of 2 or more (export keeps it
     static where it must; a batch of 1 would be specialized anyway)."""
     def spec(x: Any):
@@ -26,24 +30,54 @@ def _dynamic_batch(example_inputs: tuple) -> tuple:
                  else spec(x) for x in example_inputs)
 
 
-def export_program(model: nn.Module, example_inputs: tuple, *,
-                   example_kwargs: dict | None = None,
-                   dynamic_batch: bool = True) -> torch.export.ExportedProgram:
-    """``torch.export.export(strict=False)`` with a clear UserError when the model won't export."""
-    kwargs = dict(example_kwargs or {})
-    dynamic = _dynamic_batch(example_inputs) if dynamic_batch and not kwargs else None
+@contextlib.contextmanager
+def without_kv_cache(model: Any) -> Iterator[None]:
+    """``model.config.use_cache = False`` within the block (Hugging Face decoders)."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "use_cache", False):
+        yield
+        return
+    config.use_cache = False
     try:
-        return torch.export.export(model, tuple(example_inputs), kwargs, strict=False,
-                                   dynamic_shapes=dynamic)
+        yield
+    finally:
+        config.use_cache = True
+
+
+def _hint(err: BaseException) -> str:
+    text = str(err)
+    if "Cache" in text and ("not a known type" in text or "pytree" in text):
+        return (" (the output holds a key/value cache: call the model with use_cache=False, "
+                "e.g. model.config.use_cache = False)")
+    return ""
+
+
+def export_program(model: nn.Module, example_inputs: tuple, *,
+                   example_kwargs: dict | None = None, dynamic_batch: bool = True,
+                   dynamic_shapes: Any = None) -> torch.export.ExportedProgram:
+    """``torch.export.export(strict=False)`` with a clear UserError when the model won't export.
+
+    ``dynamic_shapes`` (torch.export's argument) replaces the dynamic-batch default; when the
+    model does not export with it, it is exported with static shapes."""
+    kwargs = dict(example_kwargs or {})
+    dynamic = dynamic_shapes
+    if dynamic is None and dynamic_batch and not kwargs:
+        dynamic = default_dynamic_shapes(example_inputs)
+    try:
+        with without_kv_cache(model):
+            return torch.export.export(model, tuple(example_inputs), kwargs, strict=False,
+                                       dynamic_shapes=dynamic)
     except Exception as err:  # noqa: BLE001 (any export failure is reported the same way)
         if dynamic is not None:
             try:
-                return torch.export.export(model, tuple(example_inputs), kwargs, strict=False)
+                with without_kv_cache(model):
+                    return torch.export.export(model, tuple(example_inputs), kwargs,
+                                               strict=False)
             except Exception as err2:  # noqa: BLE001
                 err = err2
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"the model failed to export with torch.export: "
-                        f"{type(err).__name__}: {first}") from err
+                        f"{type(err).__name__}: {first}{_hint(err)}") from err
 
 
 def to_graph_module(program: torch.export.ExportedProgram) -> fx.GraphModule:
@@ -55,7 +89,8 @@ def to_graph_module(program: torch.export.ExportedProgram) -> fx.GraphModule:
 
 
 def capture(model: nn.Module | torch.export.ExportedProgram, example_inputs: tuple, *,
-            example_kwargs: dict | None = None, dynamic_batch: bool = True) -> fx.GraphModule:
+            example_kwargs: dict | None = None, dynamic_batch: bool = True,
+            dynamic_shapes: Any = None) -> fx.GraphModule:
     """The model's ATen graph as a trainable GraphModule (see module docstring)."""
     if isinstance(model, torch.export.ExportedProgram):
         return to_graph_module(model)
@@ -65,5 +100,5 @@ def capture(model: nn.Module | torch.export.ExportedProgram, example_inputs: tup
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     program = export_program(model, tuple(example_inputs), example_kwargs=example_kwargs,
-                             dynamic_batch=dynamic_batch)
+                             dynamic_batch=dynamic_batch, dynamic_shapes=dynamic_shapes)
     return to_graph_module(program)

@@ -9,6 +9,7 @@ from typing import Optional
 import click
 
 from ..errors import UserError
+from ._model_args import force_option, model_input_options
 
 
 def _list_targets() -> None:
@@ -39,19 +40,19 @@ def _list_targets() -> None:
               help="Hardware JSON (a descriptor's 'hardware' block, edited) instead of --target.")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Write the target descriptor (JSON, schema-validated) here.")
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print the descriptor JSON on stdout.")
 @click.option("--report", is_flag=True,
               help="Print the per-site table and write a PNG energy/area breakdown.")
 @click.option("--png", type=click.Path(path_type=Path),
               help="PNG path for --report (default: next to -o, else ./asic_report.png).")
 @click.option("--top-k", type=int, help="Cost every site with this top-N (HAD) instead of its own.")
-@click.option("--input-shape", help="Example input shape for MODEL, e.g. 1,3,224,224.")
-@click.option("--trust-pickle", is_flag=True, help="Allow MODEL pickles that hold code.")
+@model_input_options
 @click.option("--list-targets", is_flag=True, help="List the hardware presets and exit.")
 def command(model: Optional[Path], attention: Optional[str], target: str,
-            hardware_file: Optional[Path], output: Optional[Path], as_json: bool, report: bool,
-            png: Optional[Path], top_k: Optional[int], input_shape: Optional[str],
-            trust_pickle: bool, list_targets: bool) -> None:
+            hardware_file: Optional[Path], output: Optional[Path], force: bool, as_json: bool,
+            report: bool, png: Optional[Path], top_k: Optional[int], inputs: tuple[str, ...],
+            input_shape: Optional[str], trust_pickle: bool, list_targets: bool) -> None:
     """Cost MODEL's binary attention on a simulated CAM accelerator.
 
     Binarizes MODEL (a .pt2, a torch.save'd module or a Hugging Face directory), maps every
@@ -59,6 +60,7 @@ def command(model: Optional[Path], attention: Optional[str], target: str,
     a standard bf16 attention accelerator with the same SRAM and DRAM, and writes the target
     descriptor: hardware, per-site mapping (shapes, tiles, cycles, energy), totals, baseline,
     area and power reductions. `--attention 1024,64,16,32` checks the CAMformer calibration.
+    An existing -o file needs --force.
 
     \b
     Examples:
@@ -74,8 +76,11 @@ def command(model: Optional[Path], attention: Optional[str], target: str,
                               site_specs, write_descriptor)
     from ..hw_targets.report import comparison_table, sites_table, write_png
 
+    from ._model_args import refuse_existing
+
     if (model is None) == (attention is None):
         raise UserError("give either MODEL or --attention SEQ,D,HEADS[,TOPK] (exactly one)")
+    refuse_existing(output, force)
     hw = resolve_target(target, hardware_file)
     if top_k is not None and top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
@@ -83,11 +88,13 @@ def command(model: Optional[Path], attention: Optional[str], target: str,
         sites, name = [attention_site(parse_attention(attention))], f"attention {attention}"
     else:
         from ..export.loading import load_binarized
+        from ..model_inputs import parse_input_specs
         from ..model_io import parse_input_shapes
 
         with Console(stderr=True).status(f"loading and binarizing {model}"):
             gm, _ = load_binarized(model, trust_pickle=trust_pickle,
-                                   input_shape=parse_input_shapes(input_shape))
+                                   input_shape=parse_input_shapes(input_shape),
+                                   inputs=parse_input_specs(inputs))
         sites, name = site_specs(gm, top_k=top_k), str(model)
     doc = build_descriptor(hw, sites, model=name)
     if output is not None:

@@ -7,6 +7,7 @@ from typing import Optional
 import click
 
 from ..errors import UserError
+from ._model_args import force_option, model_input_options
 
 TOLERANCE = 1e-4
 # with 8-bit P, round(P·255) can land on the other side of .5 in onnxruntime's float math:
@@ -35,21 +36,22 @@ def _run_mlir(console, text: str, dialect: str, gm, inputs: tuple, output: Path)
               help="mlir: torch-mlir text; onnx: standard-op ONNX checked in onnxruntime.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Output file (.mlir / .onnx).")
+@force_option
 @click.option("--dialect", default="linalg-on-tensors", show_default=True,
               type=click.Choice(["linalg-on-tensors", "torch", "tosa", "stablehlo"]),
               help="MLIR dialect (tosa/stablehlo get a shift-free int32 popcount).")
 @click.option("--top-n", type=int, help="Binarize with HAD's top-N per query row.")
 @click.option("--pv-bits", type=click.Choice(["8"]), help="8-bit P and V.")
-@click.option("--input-shape", help="Example input shape for MODEL, e.g. 1,3,224,224.")
-@click.option("--trust-pickle", is_flag=True, help="Allow MODEL pickles that hold code.")
+@model_input_options
 @click.option("--run", "run_mlir", is_flag=True,
               help="MLIR (linalg): also lower it to LLVM with torch-mlir's RefBackend passes, "
                    "run it on the example inputs and compare with PyTorch.")
 @click.option("--no-check", is_flag=True,
               help="Skip the check (MLIR re-parse / onnxruntime vs PyTorch comparison).")
-def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[int],
-            pv_bits: Optional[str], input_shape: Optional[str], trust_pickle: bool,
-            run_mlir: bool, no_check: bool) -> None:
+def command(model: Path, fmt: str, output: Path, force: bool, dialect: str,
+            top_n: Optional[int], pv_bits: Optional[str], inputs: tuple[str, ...],
+            input_shape: Optional[str], trust_pickle: bool, run_mlir: bool,
+            no_check: bool) -> None:
     """Export MODEL's binarized graph to MLIR or ONNX.
 
     MODEL (a .pt2, a torch.save'd module or a Hugging Face directory) is binarized, exported
@@ -57,7 +59,8 @@ def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[i
     sign packing, XOR and a SWAR popcount (exact ±1 dot products) — so no float matmul is left
     for QKᵀ. MLIR is parsed again with torch-mlir's bindings; ONNX is run in onnxruntime and
     compared with the PyTorch binarized model (fails above 1e-4; 1e-2 with 8-bit P, where
-    one u8 rounding may differ).
+    one u8 rounding may differ). The export is static (the example inputs' shapes: --input
+    NAME=SHAPE[:DTYPE] sets them). An existing OUTPUT needs --force.
 
     \b
     Examples:
@@ -68,14 +71,18 @@ def command(model: Path, fmt: str, output: Path, dialect: str, top_n: Optional[i
 
     from ..export.files import write_text
     from ..export.loading import load_binarized
+    from ..model_inputs import parse_input_specs
     from ..model_io import parse_input_shapes
+    from ._model_args import refuse_existing
 
     console = Console()
+    refuse_existing(output, force)
     if top_n is not None and top_n < 1:
         raise UserError(f"--top-n must be >= 1, got {top_n}")
     gm, inputs = load_binarized(model, trust_pickle=trust_pickle,
                                 input_shape=parse_input_shapes(input_shape), top_n=top_n,
-                                pv_bits=int(pv_bits) if pv_bits else None, dynamic_batch=False)
+                                pv_bits=int(pv_bits) if pv_bits else None, dynamic_batch=False,
+                                inputs=parse_input_specs(inputs))
     if run_mlir and (fmt != "mlir" or dialect != "linalg-on-tensors"):
         raise UserError("--run needs --format mlir --dialect linalg-on-tensors")
     if fmt == "mlir":
