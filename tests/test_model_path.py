@@ -145,3 +145,36 @@ def test_check_finite_must_be_a_bool_or_none():
     with pytest.raises(TypeError, match="check_finite"):
         binattn.ops.binary_attention(q, k, v, check_finite="yes")
     assert validation.resolve_check_finite(None) is validation.data_checks_enabled()
+
+
+def test_eager_call_skips_the_dispatcher_only_where_nothing_is_lost():
+    """No-grad eager calls run the op's implementation directly (host cost); a dispatch mode,
+    a gradient to record or a compile goes through ``torch.ops.binattn.binary_attention``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from binattn.ops import library
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = torch.randn(3, 2, 2, 9, 32).unbind(0)
+    assert library.direct_call_ok(q, k, v, None)
+    direct = binattn.ops.binary_attention(q, k, v)
+    via_op = torch.ops.binattn.binary_attention(q, k, v, None, None, False, None, "mean_abs",
+                                                None, None, None, None, "sign", 1.0, 1.0, None)
+    assert torch.equal(direct, via_op) and direct.stride() == via_op.stride()
+    with Seen() as mode:
+        binattn.ops.binary_attention(q, k, v)
+    assert any("binattn.binary_attention" in op for op in mode.ops)
+    assert not library.direct_call_ok(q.requires_grad_(), k, v)
+    with torch.no_grad():
+        assert library.direct_call_ok(q, k, v)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        binattn.ops.binary_attention(q.detach(), k, v)
+    assert any(e.key == "binattn::binary_attention" for e in prof.key_averages())

@@ -111,8 +111,15 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             validation.check_finite(name, x)
         if attn_mask is not None and attn_mask.is_floating_point():
             validation.check_finite("attn_mask", attn_mask, allow_inf=True)  # −inf masks
-    out = torch.ops.binattn.binary_attention(
-        q, k, v, bias, attn_mask, bool(is_causal), None if scale is None else float(scale),
-        scale_mode, q_scale, k_scale, top_n, pv_bits, binarizer, float(temperature),
-        float(ste_clip), bias_index)
+    args = (q, k, v, bias, attn_mask, bool(is_causal), None if scale is None else float(scale),
+            scale_mode, q_scale, k_scale, top_n, pv_bits, binarizer, float(temperature),
+            float(ste_clip), bias_index)
+    if library.direct_call_ok(q, k, v, bias, attn_mask, q_scale, k_scale, bias_index):
+        if torch.autograd.profiler._is_profiler_enabled:
+            with torch.profiler.record_function("binattn::binary_attention"):
+                out = library.binary_attention_impl(*args)
+        else:
+            out = library.binary_attention_impl(*args)
+    else:
+        out = torch.ops.binattn.binary_attention(*args)
     return out.squeeze(1) if squeeze else out

@@ -21,9 +21,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
 from . import dispatch, reference
 
 LIB = "binattn"
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
 @torch.library.custom_op(f"{LIB}::sign_pack", mutates_args=())
@@ -66,10 +69,40 @@ def binary_attention_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
                         top_n: Optional[int], pv_bits: Optional[int], binarizer: str,
                         temperature: float, ste_clip: float,
                         bias_index: Optional[Tensor] = None) -> Tensor:
+    return binary_attention_impl(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
+                                 k_scale, top_n, pv_bits, binarizer, temperature, ste_clip,
+                                 bias_index)
+
+
+def binary_attention_impl(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
+                          k_scale, top_n, pv_bits, binarizer, temperature, ste_clip,
+                          bias_index=None) -> Tensor:
+    """What ``binattn::binary_attention`` computes (its registered kernel, on every device): the
+    dispatcher's kernel or the reference, in the op's output layout. ``binattn.ops`` calls it
+    directly where the dispatcher has nothing to do (:func:`direct_call_ok`)."""
     out = dispatch.run("binary_attention", q.device.type, _attention_forward, q, k, v, bias,
                        attn_mask, is_causal, scale, scale_mode, q_scale, k_scale, top_n,
                        pv_bits, binarizer, temperature, ste_clip, bias_index)
     return reference.in_output_layout(out, q, v)
+
+
+def direct_call_ok(*tensors: Optional[Tensor]) -> bool:
+    """Whether an eager call may skip torch's dispatcher and run :func:`binary_attention_impl`
+    itself (saves the custom op's Python autograd and kernel wrappers, ~20-30 µs a call): no
+    gradient to record, not tracing or compiling, no torch function or dispatch mode (profilers
+    of ops, FlopCounterMode, fake tensors), no tensor subclass or functorch wrapper. Anything
+    else goes through ``torch.ops.binattn.binary_attention`` as always."""
+    if torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
+        return False
+    if _get_current_dispatch_mode() is not None:
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) is not Tensor or (grad and t.requires_grad) or _is_wrapped(t):
+            return False
+    return True
 
 
 @binary_attention_op.register_fake
