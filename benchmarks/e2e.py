@@ -6,7 +6,7 @@ Side by side in one run, per model and path (bf16, inference, random weights):
 - paths: the original model eager (cuDNN/flash SDPA inside), ``torch.compile(model)``,
   ``gm = binattn.binarize(model, (x,))`` eager, ``torch.compile(gm)`` (default Inductor, binattn's
   ops as extern kernels), and ``torch.compile(model, backend="binattn")``;
-- columns: ms per forward (CUDA events, median of ``--reps``), host syncs per forward (profiler:
+- columns: ms per forward (median, ``cuda_bench.bench_ms``), host syncs per forward (profiler:
   ``aten::_local_scalar_dense`` reads and ``cudaStreamSynchronize``/``cudaDeviceSynchronize``
   calls), copies per forward (``aten::clone/copy_/contiguous/_to_copy`` of a tensor at least as
   large as one layer's q), attention kernel ms (GPU time of kernels whose name says attention:
@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from binattn.tvm_kernels.cuda_bench import bench_ms
 
 ATTENTION_KERNEL = re.compile(r"binattn|sdpa|fmha|flash|attention|attn", re.IGNORECASE)
 COPY_OPS = ("aten::clone", "aten::copy_", "aten::contiguous", "aten::_to_copy")
@@ -39,22 +40,6 @@ MODELS = {  # name: (timm kwargs, batch)
     "vit_b": ({"model_name": "vit_base_patch16_224"}, 64),
     "vit_b_1024": ({"model_name": "vit_base_patch16_224", "img_size": 1024}, 4),
 }
-
-
-def time_ms(fn: Callable, reps: int) -> float:
-    """Median ms of ``fn`` (CUDA events, after three warm-up calls)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def profile_counts(fn: Callable, big: int) -> dict:
@@ -107,7 +92,7 @@ def run_model(name: str, reps: int, quick: bool) -> list[dict]:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             call = lambda fn=fn: fn(x)  # noqa: E731
-            ms = time_ms(call, reps)
+            ms = bench_ms(call, reps)
             counts = profile_counts(call, big)
         row = {"model": name, "batch": x.shape[0], "image": x.shape[-1], "path": path, "ms": ms,
                **counts, "outside_ms": ms - counts["attention_ms"]}
@@ -136,10 +121,8 @@ def op_call_cost(reps: int) -> dict:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         call()
-    eager = time_ms(call, reps) * 1e3
-    graphed = time_ms(graph.replay, reps) * 1e3
-    # host time alone: many calls queued back to back, divided (the GPU is not the bound when
-    # the host is slower than the kernel)
+    eager = bench_ms(call, reps) * 1e3
+    graphed = bench_ms(graph.replay, reps) * 1e3
     return {"shape": [64, 12, 197, 64], "eager_us": eager, "graphed_us": graphed,
             "host_cost_us": eager - graphed}
 
@@ -163,14 +146,15 @@ def table(rows: list[dict], op: dict, device: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("out"))
-    parser.add_argument("--quick", action="store_true", help="1/8 of the batch, 5 reps")
+    parser.add_argument("--quick", action="store_true", help="1/8 of the batch, fewer reps")
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"comma-separated, from {', '.join(MODELS)}")
-    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--reps", type=int, default=300,
+                        help="bench_ms's budget (ms of repetitions with triton)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/e2e.py needs a CUDA GPU")
-    reps = 5 if args.quick else args.reps
+    reps = 50 if args.quick else args.reps
     device = torch.cuda.get_device_name()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(MODELS))

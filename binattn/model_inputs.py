@@ -68,6 +68,17 @@ class InputSpec:
         return f"{self.name} {'×'.join(map(str, self.shape))} {dtype}"
 
 
+def parse_shape(text: str, what: str) -> tuple[int, ...]:
+    """``"2,16"`` (or ``"2x16"``) → (2, 16); UserError starting with ``what`` otherwise."""
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UserError(f"{what} wants comma-separated ints, got {text!r}") from None
+    if not shape or min(shape) < 1:
+        raise UserError(f"{what} wants positive ints, got {text!r}")
+    return shape
+
+
 def parse_input_specs(texts: Iterable[str]) -> Optional[list[InputSpec]]:
     """``["input_ids=2,16:int64", "pixel_values=2,3,32,32"]`` → specs (dtype default float32);
     None for no ``--input``. Errors name ``--input`` and the bad text."""
@@ -81,13 +92,7 @@ def parse_input_specs(texts: Iterable[str]) -> Optional[list[InputSpec]]:
             raise UserError(f"--input wants NAME=SHAPE[:DTYPE], e.g. input_ids=2,16:int64, "
                             f"got {text!r}")
         name, shape_text, dtype_text = m.groups()
-        try:
-            shape = tuple(int(s) for s in shape_text.replace("x", ",").split(","))
-        except ValueError:
-            raise UserError(f"--input {name}: the shape wants comma-separated ints, "
-                            f"got {shape_text!r}") from None
-        if not shape or min(shape) < 1:
-            raise UserError(f"--input {name}: the shape wants positive ints, got {shape_text!r}")
+        shape = parse_shape(shape_text, f"--input {name}: the shape")
         if dtype_text is not None and dtype_text not in DTYPES:
             raise UserError(f"--input {name}: unknown dtype {dtype_text!r} (one of "
                             f"{', '.join(DTYPES)})")

@@ -32,7 +32,7 @@ from torch import nn
 
 from .errors import UserError
 from .model_inputs import (InputSpec, dynamic_shapes, forward_parameters, hf_input_specs,
-                           use_named_inputs)
+                           parse_shape, use_named_inputs)
 
 _UNREGISTERED = re.compile(r"Deserializing ([A-Za-z_][\w.]*)\.(\w+) in pytree is not registered")
 # modules binattn may import to register a .pt2's output classes (saved before outputs were
@@ -107,17 +107,7 @@ def parse_input_shapes(text: Optional[str]) -> Optional[list[tuple[int, ...]]]:
     """``"1,3,224,224"`` → [(1, 3, 224, 224)]; several inputs: ``"2,7,32;2,7,32"``."""
     if text is None:
         return None
-    shapes = []
-    for part in text.split(";"):
-        try:
-            shape = tuple(int(p) for p in part.replace("x", ",").split(","))
-        except ValueError:
-            raise UserError(f"--input-shape wants comma-separated ints (';' between inputs), "
-                            f"got {text!r}") from None
-        if not shape or min(shape) < 1:
-            raise UserError(f"--input-shape wants positive ints, got {text!r}")
-        shapes.append(shape)
-    return shapes
+    return [parse_shape(part, "--input-shape (';' between inputs)") for part in text.split(";")]
 
 
 def _shape_inputs(input_shape: Sequence, dtype: torch.dtype = torch.float32) -> tuple:
