@@ -68,7 +68,8 @@ class FormMatch:
     nodes: list[fx.Node]
 
 
-def _example(name: str, rank: int) -> torch.Tensor:
+def example_input(name: str, rank: int) -> torch.Tensor:
+    """The tensor a form's argument is traced with (bool for `BOOL_ARGS` names)."""
     shape = _RANK_SHAPES[rank]
     if name in BOOL_ARGS:
         return torch.zeros(shape, dtype=torch.bool)
@@ -91,7 +92,7 @@ def _widen(pattern: Any) -> Any:
 def patterns_of(form: Form) -> pm.PatternExpr:
     """The Inductor pattern of a form (traced once)."""
     fn = functools.partial(form.search, **form.scalars)
-    args = [_example(name, form.rank) for name in form.tensors]
+    args = [example_input(name, form.rank) for name in form.tensors]
     gm = make_fx(fn, pre_dispatch=True)(*args)
     gm.graph.eliminate_dead_code()
     pattern = pm.fx_to_pattern(gm, ignore_types=(int, bool, list, torch.dtype),
