@@ -122,13 +122,20 @@ def over_constant(x, c):
     return x / c
 
 
+def _factor(site: Site, fm: FormMatch, is_mul: bool) -> tuple[Optional[float], Any]:
+    """(c, x) of ``x * c``, ``c * x`` or ``x / c``; c None where neither side is constant."""
+    a, b = fm.node.args[0], fm.node.args[1]
+    c, x = const_value(b, site.gm), a
+    if c is None and is_mul:
+        c, x = const_value(a, site.gm), b
+    return c, x
+
+
 def _scale(site: Site, fm: FormMatch, is_mul: bool) -> Optional[fx.Node]:
     """→ scale *= c (or /= c); a tensor c or c == 0 is a skip."""
-    a, b = fm.node.args[0], fm.node.args[1]
-    c, scores = const_value(b, site.gm), a
-    if c is None and is_mul:
-        c, scores = const_value(a, site.gm), b
+    c, scores = _factor(site, fm, is_mul)
     if c is None:
+        a, b = fm.node.args[0], fm.node.args[1]
         tensor_scores = a if leads_to_scores(a) else b
         site.set_skip("the scores are scaled by a tensor that is not a constant")
         return tensor_scores if isinstance(tensor_scores, fx.Node) else None
@@ -280,10 +287,7 @@ OUTPUTS = [Form("probs-v", probs_times_v, probs_times_v_effect, ("probs", "v"))]
 
 def _peel(site: Site, fm: FormMatch, is_mul: bool) -> Optional[fx.Node]:
     """(x * c) or (x / c) with a positive constant c, used once → x, scale *= c (or /= c)."""
-    a, b = fm.node.args[0], fm.node.args[1]
-    c, x = const_value(b, site.gm), a
-    if c is None and is_mul:
-        c, x = const_value(a, site.gm), b
+    c, x = _factor(site, fm, is_mul)
     if c is None or c <= 0 or len(fm.node.users) != 1:
         return None
     site.scale *= c if is_mul else 1.0 / c
