@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 from torch import fx
-from torch._inductor import pattern_matcher as pm
-from torch.fx.experimental.proxy_tensor import make_fx
+
+if TYPE_CHECKING:   # imported when first used: torch._inductor costs seconds at import
+    from torch._inductor.pattern_matcher import PatternExpr
 
 aten = torch.ops.aten
 
@@ -78,6 +79,8 @@ def example_input(name: str, rank: int) -> torch.Tensor:
 
 def _widen(pattern: Any) -> Any:
     """The same pattern with every op replaced by its group of same-argument overloads."""
+    from torch._inductor import pattern_matcher as pm
+
     if isinstance(pattern, (list, tuple)):
         return type(pattern)(_widen(p) for p in pattern)
     if not isinstance(pattern, pm.CallFunction):
@@ -89,8 +92,11 @@ def _widen(pattern: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def patterns_of(form: Form) -> pm.PatternExpr:
+def patterns_of(form: Form) -> PatternExpr:
     """The Inductor pattern of a form (traced once)."""
+    from torch._inductor import pattern_matcher as pm
+    from torch.fx.experimental.proxy_tensor import make_fx
+
     fn = functools.partial(form.search, **form.scalars)
     args = [example_input(name, form.rank) for name in form.tensors]
     gm = make_fx(fn, pre_dispatch=True)(*args)
@@ -102,10 +108,12 @@ def patterns_of(form: Form) -> pm.PatternExpr:
 
 def match_at(forms: Sequence[Form], node: Any) -> Optional[FormMatch]:
     """The first form whose pattern matches with ``node`` as its output, or None."""
+    from torch._inductor.pattern_matcher import is_match
+
     if not isinstance(node, fx.Node) or node.op != "call_function":
         return None
     for form in forms:
         m = patterns_of(form).match(node)
-        if pm.is_match(m):
+        if is_match(m):
             return FormMatch(form, node, dict(m.kwargs), list(m.nodes))
     return None
