@@ -371,3 +371,30 @@ def test_integer_additive_mask_is_skipped_not_broken():
     assert row.status == "skipped: unsupported mask dtype torch.int64 (bool or float only)"
     with torch.no_grad():
         torch.testing.assert_close(gm(q, k, v, m), fn(q, k, v, m))  # left float, still right
+
+
+# --- the forms themselves ---------------------------------------------------------------
+
+def test_every_form_matches_the_pytorch_it_is_written_as():
+    """Each form's pattern, traced from its PyTorch function, matches that function's graph
+    (as torch.export writes it), with every tensor argument bound to its placeholder."""
+    import functools
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from binattn.binarize_pass.matchers import forms
+    from binattn.binarize_pass.matchers.patterns import example_input, match_at
+
+    groups = [forms.PRODUCTS, forms.SCORE_FORMS, forms.SOFTMAXES, forms.DROPOUTS,
+              forms.OUTPUTS, forms.SCALED_OPERAND, forms.KEY_TRANSPOSES]
+    for group in groups:
+        for form in group:
+            args = [example_input(name, form.rank) for name in form.tensors]
+            gm = make_fx(functools.partial(form.search, **form.scalars), pre_dispatch=True)(*args)
+            gm.graph.eliminate_dead_code()
+            out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+            fm = match_at([form], out)
+            assert fm is not None, form.name
+            placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+            assert [fm.kw[name] for name in form.tensors] == placeholders, form.name
+            assert {fm.kw[name] for name in form.scalars} == set(form.scalars.values())

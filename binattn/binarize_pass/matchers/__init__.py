@@ -1,9 +1,11 @@
-"""The attention matchers, one per attention shape, tried on every node in graph order.
+"""The matchers, one per attention shape, tried on every node in graph order.
 
 - ``sdpa``: ``scaled_dot_product_attention`` and its backend variants (also what
   ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` become with ``need_weights=False``);
 - ``decomposed``: hand-written ``softmax(q·kᵀ·scale + mask)·v`` in matmul/bmm/baddbmm form
-  (timm/HF eager paths, GPT-2, ``nn.MultiheadAttention`` with weights);
+  (timm/HF eager paths, GPT-2, ``nn.MultiheadAttention`` with weights), assembled from the
+  forms of ``forms`` — each piece written as the PyTorch it matches, traced into an Inductor
+  pattern by ``patterns``, with casts and views looked through by ``normalize``;
 - ``fastpath``: torch's fused inference ops that hide an attention (always reported skipped);
 - ``binattn_op``: ``torch.ops.binattn.binary_attention`` of an already binarized graph (a
   converted .pt2), turned back into a site with the same options.
