@@ -10,16 +10,16 @@ mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi -L
 if [[ $what != bench ]]; then
-  timeout 300 python3 -m pytest -q -p no:cacheprovider --maxfail=20 -x tests/test_gpu_layouts.py \
+  timeout 200 python3 -m pytest -q -p no:cacheprovider --maxfail=20 -x tests/test_gpu_layouts.py \
     tests/test_model_path.py tests/test_gpu_models.py tests/test_gpu_kernels.py 2>&1 \
     | tail -30 > "$out/gpu_tests.log"
   tail -12 "$out/gpu_tests.log"
 fi
 if [[ $what != tests ]]; then
-  timeout 60 python3 benchmarks/op_host_profile.py --calls 300 2>&1 | tail -40 > "$out/host_profile.log"
+  timeout 40 python3 benchmarks/op_host_profile.py --calls 300 2>&1 | tail -40 > "$out/host_profile.log"
   tail -3 "$out/host_profile.log"
   for model in vit_b vit_b_1024; do
-    timeout 240 python3 benchmarks/e2e.py --out "$out/$model" --models "$model" 2>&1 \
+    timeout 175 python3 benchmarks/e2e.py --out "$out/$model" --models "$model" 2>&1 \
       | tail -20 > "$out/e2e_$model.log"
     cat "$out/e2e_$model.log"
   done
