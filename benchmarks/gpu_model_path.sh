@@ -10,7 +10,7 @@ mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"
 nvidia-smi -L
 if [[ $what != bench ]]; then
-  timeout 200 python3 -m pytest -q -p no:cacheprovider --maxfail=20 -x tests/test_gpu_layouts.py \
+  timeout 200 python3 -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_gpu_layouts.py \
     tests/test_model_path.py tests/test_gpu_models.py tests/test_gpu_kernels.py 2>&1 \
     | tail -30 > "$out/gpu_tests.log"
   tail -12 "$out/gpu_tests.log"
