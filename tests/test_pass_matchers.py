@@ -172,13 +172,19 @@ def test_masked_fill_with_small_value_is_skipped():
     assert "masked_fill with value -5.0" in report.rows[0].status
 
 
-def test_tensor_scale_is_skipped():
+def test_per_head_tensor_scale_is_folded_into_q_other_tensor_scales_are_skipped():
+    """``s · t`` with t one value per head (SwinV2's logit scale) is ``(q · t) · kᵀ``: binary
+    attention of q · t (sign(q) with q's magnitude scale times t); a t over keys is a skip."""
     q, k, v = qkv()
-    t = torch.rand(1, H, 1, 1)
-    report = inspect(Fn(lambda q, k, v, t: torch.softmax(q @ k.transpose(-2, -1) * t, -1) @ v),
-                     (q, k, v, t))
-    assert report.rows[0].status == \
-        "skipped: the scores are scaled by a tensor that is not a constant"
+    t = torch.rand(1, H, 1, 1) + 0.5
+    fn = lambda q, k, v, t: torch.softmax(q @ k.transpose(-2, -1) * t, -1) @ v  # noqa: E731
+    gm = check(fn, (q, k, v, t), bin_attn(q * t, k, v, scale=1.0))
+    assert "folded into q" in gm.meta["binattn_report"].rows[0].notes[0]
+    t_keys = torch.rand(1, H, 1, N)
+    report = inspect(Fn(fn), (q, k, v, t_keys))
+    assert report.rows[0].status == (
+        "skipped: the scores are scaled by a tensor that is not a constant and varies over "
+        f"queries or keys ([1x{H}x1x{N}]; one per head is supported)")
 
 
 def test_softmax_that_is_not_attention_is_ignored():
