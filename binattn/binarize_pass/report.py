@@ -3,7 +3,8 @@
 What it does: describes each site (module path, matcher, shapes B/Hq/Hkv/Nq/Nk/D/Dv, mask,
 causal, scale, learned bias) and its status, "rewritten" or "skipped: <reason>", and says so
 when a model has no attention at all; every softmax not taken for attention is listed with why
-(``Miss``), and a site's notes (e.g. a soft-cap kept in float mode only) are printed with it. What it does not: decide anything (``rewrite`` does).
+(``Miss``), and a site's notes (e.g. a soft-cap kept in float mode only) are printed with it.
+What it does not: decide anything (``rewrite`` does).
 """
 from __future__ import annotations
 
