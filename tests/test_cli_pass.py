@@ -34,6 +34,7 @@ def files(tmp_path_factory):
     torch.export.save(program, d / "vit.pt2")
     torch.save(torch.nn.Sequential(torch.nn.Linear(4, 4)), d / "linear.pt")
     torch.save(DataDependent(), d / "branchy.pt")
+    torch.save(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Softmax(-1)), d / "router.pt")
     torch.save(vit.state_dict(), d / "state.pt")
     (d / "corrupt.pt2").write_bytes(b"not a zip archive")
     (d / "corrupt.pt").write_bytes(b"\x80\x04garbage")
@@ -83,6 +84,18 @@ def test_inspect_model_without_attention_is_not_an_error(files):
     result = run("inspect", files / "linear.pt", "--trust-pickle", "--input-shape", "2,4")
     assert result.exit_code == 0, result.output
     assert "no attention found" in result.stdout
+
+
+def test_inspect_says_why_each_softmax_is_not_attention(files):
+    args = ("inspect", files / "router.pt", "--trust-pickle", "--input-shape", "2,3,4")
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "1 softmax(es) not matched as attention" in text
+    assert "softmax `softmax` in 1 not rewritten: walking up from the softmax: `linear` " \
+           "(aten.linear.default) is not a product q·kᵀ" in text
+    misses = json.loads(run(*args, "--json").stdout)["misses"]
+    assert [m["module_path"] for m in misses] == ["1"] and "score form" in misses[0]["reason"]
 
 
 @pytest.mark.parametrize("name, extra, needle", [

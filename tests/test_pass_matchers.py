@@ -172,13 +172,19 @@ def test_masked_fill_with_small_value_is_skipped():
     assert "masked_fill with value -5.0" in report.rows[0].status
 
 
-def test_tensor_scale_is_skipped():
+def test_per_head_tensor_scale_is_folded_into_q_other_tensor_scales_are_skipped():
+    """``s · t`` with t one value per head (SwinV2's logit scale) is ``(q · t) · kᵀ``: binary
+    attention of q · t (sign(q) with q's magnitude scale times t); a t over keys is a skip."""
     q, k, v = qkv()
-    t = torch.rand(1, H, 1, 1)
-    report = inspect(Fn(lambda q, k, v, t: torch.softmax(q @ k.transpose(-2, -1) * t, -1) @ v),
-                     (q, k, v, t))
-    assert report.rows[0].status == \
-        "skipped: the scores are scaled by a tensor that is not a constant"
+    t = torch.rand(1, H, 1, 1) + 0.5
+    fn = lambda q, k, v, t: torch.softmax(q @ k.transpose(-2, -1) * t, -1) @ v  # noqa: E731
+    gm = check(fn, (q, k, v, t), bin_attn(q * t, k, v, scale=1.0))
+    assert "folded into q" in gm.meta["binattn_report"].rows[0].notes[0]
+    t_keys = torch.rand(1, H, 1, N)
+    report = inspect(Fn(fn), (q, k, v, t_keys))
+    assert report.rows[0].status == (
+        "skipped: the scores are scaled by a tensor that is not a constant and varies over "
+        f"queries or keys ([1x{H}x1x{N}]; one per head is supported)")
 
 
 def test_softmax_that_is_not_attention_is_ignored():
@@ -398,3 +404,71 @@ def test_every_form_matches_the_pytorch_it_is_written_as():
             placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
             assert [fm.kw[name] for name in form.tensors] == placeholders, form.name
             assert {fm.kw[name] for name in form.scalars} == set(form.scalars.values())
+
+
+# --- issue 18 forms: ALiBi baddbmm, soft-capping, terms from other products ----------------
+
+def test_alibi_baddbmm_on_3d_views_with_beta_is_a_bias():
+    """Bloom's form: baddbmm(alibi, q, kᵀ, beta, alpha) on [B·H, N, D] views, viewed back to
+    [B, H, N, N] before the mask: alpha is the scale, beta · alibi an additive bias."""
+    q, k, v = qkv()
+    alibi = torch.randn(B * H, 1, N)
+    mask = torch.zeros(B, 1, N, N).masked_fill(torch.rand(B, 1, N, N) > 0.7, -1e9)
+
+    def fn(q, k, v, alibi, mask):
+        s = alibi.baddbmm(q.reshape(B * H, N, D), k.reshape(B * H, N, D).transpose(-1, -2),
+                          beta=0.5, alpha=0.3)
+        return torch.softmax(s.view(B, H, N, -1) + mask, -1) @ v
+
+    expected = bin_attn(q, k, v, scale=0.3, attn_mask=0.5 * alibi.view(B, H, 1, N) + mask)
+    check(fn, (q, k, v, alibi, mask), expected)
+
+
+def test_terms_from_other_products_are_a_bias_not_the_scores():
+    """DeBERTa's form: q·kᵀ plus terms gathered from other products (q·posᵀ), on 3-D views:
+    the gathered terms are an additive bias whichever side of ``+`` they are on."""
+    q, k, v = qkv()
+    pos = torch.randn(B * H, 2 * N, D)
+    idx = torch.randint(0, 2 * N, (B * H, N, N))
+
+    def fn(q, k, v, pos, idx):
+        q3, k3 = q.reshape(B * H, N, D), k.reshape(B * H, N, D)
+        c2p = torch.gather(torch.bmm(q3, pos.transpose(-1, -2)), -1, idx)
+        s = c2p / 4.0 + torch.bmm(q3, k3.transpose(-1, -2) / 4.0)
+        return torch.softmax(s.view(B, H, N, N), -1) @ v
+
+    c2p = torch.gather(torch.bmm(q.reshape(B * H, N, D), pos.transpose(-1, -2)), -1, idx)
+    expected = bin_attn(q, k, v, scale=0.25, attn_mask=(c2p / 4.0).view(B, H, N, N))
+    check(fn, (q, k, v, pos, idx), expected)
+
+
+def _capped(q, k, v, mask, cap=0.8):
+    s = torch.tanh((q @ k.transpose(-2, -1)) * 0.5 / cap) * cap
+    return torch.softmax(s + mask, -1) @ v
+
+
+def test_soft_cap_exact_in_float_mode_dropped_in_binary_mode():
+    q, k, v = qkv()
+    mask = torch.zeros(1, 1, N, N).masked_fill(torch.ones(N, N).triu(1).bool(), float("-inf"))
+    gm = check(_capped, (q, k, v, mask), bin_attn(q, k, v, scale=0.5, attn_mask=mask))
+    row = gm.meta["binattn_report"].rows[0]
+    assert row.notes[0].startswith("logit soft-cap 0.8: applied exactly in float mode; "
+                                   "dropped in binary mode")
+    for site in find_sites(gm):
+        site.mode = "float"
+    with torch.no_grad():
+        torch.testing.assert_close(gm(q, k, v, mask), _capped(q, k, v, mask))
+        assert not torch.allclose(gm(q, k, v, mask), _capped(q, k, v, mask, cap=1e9))
+
+
+def test_soft_cap_in_the_wrong_place_is_skipped():
+    q, k, v = qkv()
+    mask = torch.zeros(1, 1, N, N)
+    after_mask = lambda q, k, v, m: torch.softmax(  # noqa: E731
+        torch.tanh((q @ k.transpose(-2, -1) + m) / 0.8) * 0.8, -1) @ v
+    scaled_after = lambda q, k, v, m: torch.softmax(  # noqa: E731
+        torch.tanh((q @ k.transpose(-2, -1)) / 0.8) * 0.8 * 0.5 + m, -1) @ v
+    for fn, reason in ((after_mask, "the scores are soft-capped after a mask is added"),
+                       (scaled_after, "the scores are scaled after soft-capping")):
+        report = inspect(Fn(fn), (q, k, v, mask))
+        assert report.rows[0].status == f"skipped: {reason}"

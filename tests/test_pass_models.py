@@ -210,3 +210,156 @@ def test_minilm_output_attentions_are_the_binary_probabilities():
         gm(ids, output_attentions=True)
     torch.testing.assert_close(out.attentions[0], sites[0].last_probs)
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(1, 12, 7))
+
+
+# --- issue 18: attention forms beyond q·kᵀ·c + mask, on the real classes ---------------------
+
+def _float_exact(model, inputs, expected_sites, other_inputs=(), valid_only=False):
+    """binarize(mode="float") rewrites ``expected_sites`` sites and equals the model (also at
+    the other inputs: another batch size through the dynamic batch dim); returns the graph.
+    Inputs are ``(args, kwargs)``; ``valid_only``: compare unpadded tokens only (a query row
+    whose keys are all masked gives zeros in binattn, a uniform average in the model)."""
+    from tests.test_pass_helpers import output_tensor
+
+    dynamic = ({name: {0: torch.export.Dim.AUTO} for name in inputs[1]} if inputs[1] else None)
+    gm = binattn.binarize(model, inputs[0], binattn.BinarizeConfig(mode="float"),
+                          example_kwargs=inputs[1], dynamic_shapes=dynamic)
+    report = gm.meta["binattn_report"]
+    assert report.num_rewritten == expected_sites and report.num_skipped == 0, str(report)
+    assert len(find_sites(gm)) == expected_sites and not report.misses, str(report)
+    with torch.no_grad():
+        for args, kwargs in (inputs, *other_inputs):
+            got, want = (output_tensor(f(*args, **kwargs)) for f in (gm, model))
+            if valid_only:
+                keep = kwargs["attention_mask"].bool()
+                got, want = got[keep], want[keep]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    return gm
+
+
+def _ids(batch: int, n: int = 8) -> tuple[tuple, dict]:
+    """Token ids and a padding mask (the last sequence padded), as (args, kwargs)."""
+    ids = torch.randint(0, 100, (batch, n), generator=torch.Generator().manual_seed(batch))
+    mask = torch.ones(batch, n, dtype=torch.long)
+    mask[-1, n - 3:] = 0
+    return (), {"input_ids": ids, "attention_mask": mask}
+
+
+def test_bloom_alibi_baddbmm_is_rewritten_with_the_alibi_bias():
+    """Bloom: baddbmm(alibi, q, kᵀ, beta, alpha) on 3-D views reshaped to 4-D: alpha is the
+    scale, beta · alibi (viewed [B, H, 1, Nk]) an additive bias beside the padding mask."""
+    from transformers import BloomConfig, BloomModel
+
+    torch.manual_seed(0)
+    model = BloomModel(BloomConfig(hidden_size=32, n_head=4, n_layer=2, vocab_size=100)).eval()
+    gm = _float_exact(model, _ids(2), 2, other_inputs=(_ids(3),))
+    row = gm.meta["binattn_report"].rows[0]
+    assert row.scale == pytest.approx(8 ** -0.5)
+    assert row.mask.count("additive") == 2   # padding mask + ALiBi
+    for site in find_sites(gm):
+        site.mode = "binary"
+    args, kwargs = _ids(2)
+    with torch.no_grad():
+        assert torch.isfinite(gm(*args, **kwargs).last_hidden_state).all()
+
+
+def test_gemma2_soft_cap_is_kept_in_float_mode_and_reported_for_binary_mode():
+    from transformers import Gemma2Config, Gemma2Model
+
+    from binattn.binarize_pass.capped_site import SoftCappedSite
+
+    config = Gemma2Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                          head_dim=8, num_hidden_layers=2, intermediate_size=64,
+                          vocab_size=100, attn_logit_softcapping=2.0, sliding_window=4,
+                          use_cache=False)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = Gemma2Model(config).eval()
+    with torch.no_grad():   # scores well past the cap, so that the cap matters
+        for layer in model.layers:
+            layer.self_attn.q_proj.weight.mul_(40.0)
+    gm = _float_exact(model, _ids(2), 2, other_inputs=(_ids(3),))
+    sites = find_sites(gm)
+    assert all(isinstance(s, SoftCappedSite) and s.soft_cap == 2.0 for s in sites)
+    report = gm.meta["binattn_report"]
+    assert all("soft-cap 2: applied exactly in float mode; dropped in binary mode" in r.notes[0]
+               for r in report.rows)
+    assert "dropped in binary mode" in str(report)
+    for site in sites:   # without the cap in float mode the model differs: the cap is used
+        site.soft_cap = 1e9
+    args, kwargs = _ids(2)
+    with torch.no_grad():
+        assert not torch.allclose(gm(*args, **kwargs).last_hidden_state,
+                                  model(*args, **kwargs).last_hidden_state, atol=1e-3)
+
+
+def test_deberta_v2_position_terms_are_kept_as_an_additive_bias():
+    """DeBERTa-v2: the content→position and position→content terms (gathered from their own
+    products) are an additive bias of the site; q·kᵀ / sqrt(3D) is the binary part."""
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    torch.manual_seed(0)
+    model = DebertaV2Model(DebertaV2Config(
+        hidden_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=64,
+        vocab_size=100, relative_attention=True, pos_att_type=["p2c", "c2p"],
+        max_position_embeddings=64, position_buckets=4)).eval()
+    gm = _float_exact(model, _ids(2), 2, other_inputs=(_ids(3),), valid_only=True)
+    row = gm.meta["binattn_report"].rows[0]
+    assert row.scale == pytest.approx((3 * 8) ** -0.5)
+    assert "drop:bool" in row.mask and "additive:float" in row.mask
+
+
+def _swin(v2: bool, fused: bool = False):
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
+
+    torch.manual_seed(0)
+    cls = SwinTransformerV2 if v2 else SwinTransformer
+    model = cls(img_size=32, patch_size=2, window_size=4, embed_dim=16, depths=(2, 2),
+                num_heads=(2, 4), num_classes=0).eval()
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = fused
+    return model
+
+
+def test_swin_shifted_window_rank5_masks_all_sites():
+    """timm Swin: the shifted blocks add the window mask [1, nW, 1, N, N] to the scores
+    viewed [B/nW, nW, H, N, N]: 4 of 4 sites, float mode exact, binary mode equal to the
+    fused (SDPA) path run as binary attention by hand."""
+    x = torch.randn(2, 3, 32, 32)
+    gm = _float_exact(_swin(False), ((x,), {}), 4,
+                      other_inputs=(((torch.randn(3, 3, 32, 32),), {}),))
+    for site in find_sites(gm):
+        site.mode = "binary"
+    with sdpa_as_binary_attention() as calls, torch.no_grad():
+        expected = _swin(False, fused=True)(x)
+    assert len(calls) == 4
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_swinv2_cosine_attention_with_logit_scale():
+    """SwinV2: normalize(q)·normalize(k)ᵀ · logit_scale (one per head): q̂ · logit_scale is
+    the site's q, so float mode is exact and binary mode keeps sign(q̂) with the scale."""
+    x = torch.randn(2, 3, 32, 32)
+    gm = _float_exact(_swin(True), ((x,), {}), 4)
+    rows = gm.meta["binattn_report"].rows
+    assert all(r.scale == 1.0 and "folded into q" in r.notes[0] for r in rows)
+
+
+def test_every_softmax_not_rewritten_says_why():
+    """A softmax that is not attention (an MoE-style router) is listed with the node that broke
+    the match and what was expected, in inspect's report, its JSON and str()."""
+    class Router(torch.nn.Module):
+        def forward(self, x):
+            return torch.softmax(torch.tanh(x) * 3.0, -1) @ torch.ones(7, 3)
+
+    report = binattn.inspect(Router().eval(), (torch.randn(2, 5, 7),))
+    assert report.rows == [] and len(report.misses) == 1
+    reason = report.misses[0].reason
+    assert "`tanh` (aten.tanh.default) is not a product q·kᵀ" in reason
+    assert "soft-cap" in reason and "mask-add" in reason   # what was expected
+    assert "1 softmax(es) not matched as attention" in report.summary
+    assert reason in " ".join(str(report).split())
+    assert report.to_dict()["misses"][0]["reason"] == reason

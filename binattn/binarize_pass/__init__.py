@@ -18,8 +18,8 @@ from torch import fx, nn
 
 from .capture import capture
 from .config import BinarizeConfig
-from .matchers import Match, find_matches
-from .report import Report, SiteRow
+from .matchers import Match, find_matches, find_misses, module_path
+from .report import Miss, Report, SiteRow
 from .rewrite import FilterFn, rewrite
 from .site import BinaryAttentionSite
 
@@ -37,6 +37,11 @@ def analyze(gm: fx.GraphModule, name: str, model: Any = None) -> tuple[list[Matc
     """Matches and report rows for a captured graph (no change to it)."""
     matches = find_matches(gm)
     report = Report(model=name, rows=[SiteRow.from_match(i, m) for i, m in enumerate(matches)])
+    report.misses = [Miss(module_path(node), node.name, why)
+                     for node, why in find_misses(gm, matches)]
+    report.notes.extend(f"site {r.index} ({r.module_path}): {note}"
+                        for r in report.rows for note in r.notes)
+    report.notes.extend(str(miss) for miss in report.misses)
     already = sum(m.matcher == "binattn-op" for m in matches)
     if already:
         report.notes.append(f"{already} site(s) were already binary (binattn ops in the graph): "

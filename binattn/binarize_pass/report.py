@@ -2,7 +2,9 @@
 
 What it does: describes each site (module path, matcher, shapes B/Hq/Hkv/Nq/Nk/D/Dv, mask,
 causal, scale, learned bias) and its status, "rewritten" or "skipped: <reason>", and says so
-when a model has no attention at all. What it does not: decide anything (``rewrite`` does).
+when a model has no attention at all; every softmax not taken for attention is listed with why
+(``Miss``), and a site's notes (e.g. a soft-cap kept in float mode only) are printed with it.
+What it does not: decide anything (``rewrite`` does).
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ class SiteRow:
     scale: Optional[float]
     status: str
     bias: str = "-"
+    notes: list[str] = field(default_factory=list)
 
     @property
     def rewritten(self) -> bool:
@@ -60,7 +63,20 @@ class SiteRow:
         return cls(index=index, module_path=module_path(m.anchor), matcher=m.matcher,
                    shape=site_shape(m), mask=m.mask_desc, causal=m.is_causal, scale=m.scale,
                    status=f"skipped: {m.skip}" if m.skip else REWRITTEN,
-                   bias="from graph" if m.bias_node is not None else "-")
+                   bias="from graph" if m.bias_node is not None else "-", notes=list(m.notes))
+
+
+@dataclass
+class Miss:
+    """A softmax the pass did not take for attention, and why (the node that broke the match
+    and what was expected there)."""
+
+    module_path: str
+    node: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"softmax `{self.node}` in {self.module_path} not rewritten: {self.reason}"
 
 
 @dataclass
@@ -70,6 +86,7 @@ class Report:
     model: str
     rows: list[SiteRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    misses: list[Miss] = field(default_factory=list)
 
     @property
     def num_rewritten(self) -> int:
@@ -81,15 +98,18 @@ class Report:
 
     @property
     def summary(self) -> str:
+        missed = (f"; {len(self.misses)} softmax(es) not matched as attention (why below)"
+                  if self.misses else "")
         if not self.rows:
-            return f"{self.model}: no attention found (nothing to rewrite)"
+            return f"{self.model}: no attention found{missed or ' (nothing to rewrite)'}"
         return (f"{self.model}: {len(self.rows)} attention site(s), {self.num_rewritten} "
-                f"rewritten, {self.num_skipped} skipped")
+                f"rewritten, {self.num_skipped} skipped{missed}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "summary": self.summary,
                 "num_sites": len(self.rows), "num_rewritten": self.num_rewritten,
                 "num_skipped": self.num_skipped, "notes": list(self.notes),
+                "misses": [asdict(m) for m in self.misses],
                 "sites": [asdict(r) for r in self.rows]}
 
     def to_json(self, indent: int = 2) -> str:

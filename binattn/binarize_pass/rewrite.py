@@ -17,8 +17,9 @@ from torch import fx
 
 from ..ops.bias import RelPosBias
 from .bias_setup import make_bias
+from .capped_site import SoftCappedSite
 from .config import BinarizeConfig
-from .glue import merge_masks
+from .glue import merge_masks, scores_shaped
 from .matchers import Match, hint
 from .report import SiteRow
 from .site import BinaryAttentionSite
@@ -100,14 +101,25 @@ def _bias_inputs(gm: fx.GraphModule, name: str, bias: torch.nn.Module) -> dict[s
     return {"bias": gm.graph.call_module(name)}
 
 
+def _mask_input(graph: fx.Graph, m: Match, i: int) -> fx.Node:
+    """Mask part i, brought to the site's scores where it was found at another view of them."""
+    node, prep = m.mask_parts[i][0], m.mask_preps.get(i)
+    if prep is None:
+        return node
+    return graph.call_function(scores_shaped, (node, prep.a, prep.b),
+                               {"before": prep.before, "after": prep.after,
+                                "factor": prep.factor})
+
+
 def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
                  config: BinarizeConfig, model: Any) -> None:
     """Rewrite one site in place; fills row.bias."""
     shape = row.shape
     options = dict(config.site_options(), **m.options)
-    site = BinaryAttentionSite(index=index, module_path=row.module_path, matcher=m.matcher,
-                               shape=shape, scale=m.scale, is_causal=m.is_causal,
-                               **options).to(_device(gm))
+    kwargs = dict(index=index, module_path=row.module_path, matcher=m.matcher, shape=shape,
+                  scale=m.scale, is_causal=m.is_causal, **options)
+    site = (BinaryAttentionSite(**kwargs) if m.soft_cap is None else
+            SoftCappedSite(soft_cap=m.soft_cap, **kwargs)).to(_device(gm))
     for name, value in m.static_scales.items():
         setattr(site, name, value.detach().clone())
     if m.matcher == "binattn-op":   # already binary: keep the graph's own bias input
@@ -125,7 +137,7 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
             k = graph.call_function(aten.transpose.int, (m.k, -2, -1))
         kwargs: dict[str, Optional[fx.Node]] = {}
         if m.mask_parts:
-            masks = tuple(node for node, _ in m.mask_parts)
+            masks = tuple(_mask_input(graph, m, i) for i in range(len(m.mask_parts)))
             kinds = tuple(kind for _, kind in m.mask_parts)
             kwargs["attn_mask"] = graph.call_function(merge_masks, masks, {"kinds": kinds})
         if bias is not None:
@@ -134,7 +146,11 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
             kwargs["bias"] = m.bias_node
             if m.bias_index_node is not None:
                 kwargs["bias_index"] = m.bias_index_node
-        out = graph.call_module(name, (m.q, k, m.v), kwargs)
+        q = m.q
+        for factor, op in m.q_factors:   # per-(b, h) tensor scales of the scores
+            q = graph.call_function(aten.mul.Tensor if op == "mul" else aten.div.Tensor,
+                                    (q, factor))
+        out = graph.call_module(name, (q, k, m.v), kwargs)
         if m.probs_node is not None:
             site.returns_probs = True
             both, out = out, graph.call_function(operator.getitem, (out, 0))

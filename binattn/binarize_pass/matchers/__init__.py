@@ -23,8 +23,8 @@ from .base import Match, hint, meta_val, module_path
 MatcherFn = Callable[[fx.Node, Optional[fx.GraphModule]], Optional[Match]]
 MATCHERS: list[MatcherFn] = [sdpa.match, decomposed.match, fastpath.match, binattn_op.match]
 
-__all__ = ["Match", "MATCHERS", "find_matches", "mask_problem", "hint", "meta_val",
-           "module_path"]
+__all__ = ["Match", "MATCHERS", "find_matches", "find_misses", "mask_problem", "hint",
+           "meta_val", "module_path"]
 
 
 def mask_problem(m: Match) -> Optional[str]:
@@ -34,12 +34,14 @@ def mask_problem(m: Match) -> Optional[str]:
         return None
     n_k = k.shape[-1] if m.k_transposed else k.shape[-2]
     target = (*q.shape[:-1], n_k)
-    for node, _kind in m.mask_parts:
+    for i, (node, _kind) in enumerate(m.mask_parts):
         val = meta_val(node)
         if val is None:
             return "mask of unknown shape"
         if not (val.dtype == torch.bool or val.is_floating_point()):
             return f"unsupported mask dtype {val.dtype} (bool or float only)"
+        if i in m.mask_preps:   # brought to the scores' shape by the rewrite
+            continue
         shape = "x".join(str(hint(s)) for s in val.shape)
         if val.dim() > len(target):
             return f"unsupported mask shape [{shape}] (rank above the scores')"
@@ -63,3 +65,17 @@ def find_matches(gm: fx.GraphModule) -> list[Match]:
                 found.append(m)
                 break
     return found
+
+
+def find_misses(gm: fx.GraphModule, matches: list[Match]) -> list[tuple[fx.Node, str]]:
+    """Every softmax that no match claims, with why it is not attention (the node that broke
+    the match and what was expected there), in graph order."""
+    claimed = {node for m in matches for node in (m.anchor, *m.nodes)}
+    misses = []
+    for node in gm.graph.nodes:
+        if node in claimed:
+            continue
+        reason = decomposed.miss_reason(node, gm)
+        if reason is not None:
+            misses.append((node, reason))
+    return misses

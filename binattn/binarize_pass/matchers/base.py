@@ -25,6 +25,21 @@ MASK_KINDS = ("mask", "additive", "drop", "keep")
 NEG_INF_THRESHOLD = -1.0e4
 
 
+@dataclass(frozen=True)
+class MaskPrep:
+    """How a mask part found at an intermediate view of the scores reaches the site's scores
+    ([B, H, Nq, Nk]): broadcast to the scores where it was added (the shape of the product
+    ``a @ b`` after the ``before`` views), viewed as they were viewed after that (``after``),
+    times ``factor`` (``baddbmm``'s ``beta``). Views are ``(op, shape)`` with op ``"reshape"``
+    or ``"expand"``; ``glue.scores_shaped`` applies it."""
+
+    a: fx.Node
+    b: fx.Node
+    before: tuple = ()
+    after: tuple = ()
+    factor: float = 1.0
+
+
 @dataclass
 class Match:
     """One attention site found in an ATen graph."""
@@ -47,6 +62,10 @@ class Match:
     bias_index_node: Optional[fx.Node] = None   # its table index (a table bias)
     options: dict = field(default_factory=dict)        # site options found in the graph
     static_scales: dict = field(default_factory=dict)  # q_scale/k_scale found in the graph
+    mask_preps: dict[int, MaskPrep] = field(default_factory=dict)  # mask_parts index → prep
+    q_factors: list[fx.Node] = field(default_factory=list)  # per-(b, h) tensor scales → q · t
+    soft_cap: Optional[float] = None    # tanh(s / c) · c before the masks (float mode only)
+    notes: list[str] = field(default_factory=list)      # what the report says beside the row
 
     @property
     def mask_desc(self) -> str:
@@ -81,6 +100,11 @@ def rank(node: Any) -> int:
     return -1 if val is None else val.dim()
 
 
+_DIVS = (aten.div.Tensor, aten.div.Scalar)
+_ARITH = {aten.mul.Tensor: operator.mul, aten.mul.Scalar: operator.mul,
+          aten.div.Tensor: operator.truediv, aten.div.Scalar: operator.truediv}
+
+
 def const_value(arg: Any, gm: Optional[fx.GraphModule]) -> Optional[float]:
     """The constant number an argument holds (python scalar, full([]), 0-d constant), else None."""
     if isinstance(arg, bool):
@@ -96,11 +120,16 @@ def const_value(arg: Any, gm: Optional[fx.GraphModule]) -> Optional[float]:
                                gm)
         if arg.target in (aten.lift_fresh_copy.default, aten.clone.default,
                           aten._to_copy.default, aten.to.dtype, aten.to.dtype_layout,
-                          aten.detach.default):
+                          aten.detach.default, aten.detach_.default):
             return const_value(arg.args[0], gm)
         if arg.target is aten.sqrt.default:
             inner = const_value(arg.args[0], gm)
             return None if inner is None or inner < 0 else math.sqrt(inner)
+        if arg.target in _ARITH and len(arg.args) == 2 and not arg.kwargs:
+            x, y = (const_value(a, gm) for a in arg.args)
+            if x is None or y is None or (y == 0 and arg.target in _DIVS):
+                return None
+            return _ARITH[arg.target](x, y)   # e.g. DeBERTa's sqrt(tensor(D) * factor)
         return None
     if arg.op == "get_attr" and gm is not None:
         obj = gm

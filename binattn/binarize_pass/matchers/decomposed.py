@@ -17,6 +17,8 @@ and k; casts and views in between are looked through (``normalize``). What real 
 −1e4 count as −inf (rows with every key masked then give zeros, not a uniform average).
 Probabilities also used off the chain (returned attention weights) are allowed at one node of
 the scores' rank: the site then returns its own probabilities for them (``Match.probs_node``).
+Where a softmax is not attention after all, :func:`miss_reason` says which node broke the match
+and what was expected there (the report lists every such softmax).
 What it does not: SDPA calls (``sdpa``); define the forms (``forms``).
 """
 from __future__ import annotations
@@ -27,10 +29,14 @@ from torch import fx
 
 from . import forms
 from .base import Match, rank
-from .normalize import ASSERTS, NoMatch, is_plumbing, lift, lift_output
+from .normalize import ASSERTS, VIEWS, NoMatch, describe, is_plumbing, lift, lift_output
 from .patterns import match_at
 
 NAME = "matmul-softmax"
+
+
+EXPECTED_UP = ("a product q·kᵀ (" + ", ".join(f.name for f in forms.PRODUCTS) + ") or a score "
+               "form (" + ", ".join(f.name for f in forms.SCORE_FORMS) + ")")
 
 
 def _walk_up(softmax_in: Any, site: forms.Site) -> tuple[Any, Any]:
@@ -38,19 +44,25 @@ def _walk_up(softmax_in: Any, site: forms.Site) -> tuple[Any, Any]:
     cur = softmax_in
     for _ in range(64):
         if not isinstance(cur, fx.Node) or cur.op != "call_function":
-            raise NoMatch
+            raise NoMatch(f"walking up from the softmax: {describe(cur)} is not an op "
+                          f"(expected {EXPECTED_UP})")
         site.nodes.append(cur)
         product = match_at(forms.PRODUCTS, cur)
         if product is not None:
             return product.form.effect(site, product)
         if is_plumbing(cur):
+            if cur.target in VIEWS:
+                site.views.append(cur)
             cur = cur.args[0]
             continue
         fm = match_at(forms.SCORE_FORMS, cur)
-        cur = fm.form.effect(site, fm) if fm is not None else None
-        if cur is None:
-            raise NoMatch
-    raise NoMatch
+        nxt = fm.form.effect(site, fm) if fm is not None else None
+        if nxt is None:
+            raise NoMatch(f"walking up from the softmax: {describe(cur)} is not "
+                          f"{EXPECTED_UP}" + ("" if fm is None else f" ({fm.form.name} "
+                                                                   "with other arguments)"))
+        cur = nxt
+    raise NoMatch("walking up from the softmax: no product q·kᵀ within 64 ops")
 
 
 def _step_down(cur: fx.Node, user: fx.Node, site: Optional[forms.Site]) -> Optional[tuple]:
@@ -95,7 +107,8 @@ def _walk_down(softmax: fx.Node, site: forms.Site) -> tuple[Any, fx.Node]:
         chain = [(u, st) for u, st in steps if st is not None and
                  (st[0] == "done" or _continues(st[1]))]
         if not chain:
-            raise NoMatch
+            raise NoMatch(f"walking down from the softmax: no user of {describe(cur)} leads "
+                          "to a product with v (expected dropout, cast/view, probs @ v)")
         user, step = chain[0]
         if len(users) > 1:
             if site.probs_node is not None or rank(cur) != site.rank:
@@ -108,7 +121,7 @@ def _walk_down(softmax: fx.Node, site: forms.Site) -> tuple[Any, fx.Node]:
         if user is not step[1]:
             site.nodes.append(user)
         cur = step[1]
-    raise NoMatch
+    raise NoMatch("walking down from the softmax: no product with v within 32 ops")
 
 
 def _peel(cur: Any, site: forms.Site) -> Any:
@@ -128,32 +141,39 @@ def _lifted(node: Any, site: forms.Site) -> Any:
     return cur
 
 
-def _key(kt: Any, site: forms.Site) -> tuple[Any, bool]:
-    """From the kᵀ operand to k ([..., Nk, D]); (node, still_transposed)."""
+def _untranspose(kt: Any, site: forms.Site) -> Any:
     fm = match_at(forms.KEY_TRANSPOSES, kt)
-    k = fm.form.effect(site, fm) if fm is not None else None
+    return fm.form.effect(site, fm) if fm is not None else None
+
+
+def _key(kt: Any, site: forms.Site) -> tuple[Any, bool]:
+    """From the kᵀ operand to k ([..., Nk, D]); (node, still_transposed). The transpose may be
+    written at the product's rank (Bloom: of a 3-D view) or at the scores' (aot's chains);
+    constant factors on either side of it join the scale."""
+    kt = _peel(kt, site)
+    k = _untranspose(kt, site)
+    if k is None:
+        kt = _peel(_lifted(kt, site), site)
+        k = _untranspose(kt, site)
     if k is None:
         return kt, True
-    return _peel(k, site), False
+    return _peel(_lifted(k, site), site), False
 
 
-def match(node: fx.Node, gm: Optional[fx.GraphModule]) -> Optional[Match]:
-    """The hand-written attention anchored on this softmax node, or None."""
-    if node.op != "call_function" or node.target not in forms.SOFTMAX_TARGETS:
-        return None
+def _match(node: fx.Node, gm: Optional[fx.GraphModule]) -> Match:
+    """The hand-written attention anchored on this softmax node; NoMatch says why not."""
     site = forms.Site(gm, rank(node))
     fm = match_at(forms.SOFTMAXES, node)
-    try:
-        if fm is None or fm.form.effect(site, fm) is None:
-            return None
-        a, b = _walk_up(fm.kw["scores"], site)
-        v_operand, pv = _walk_down(node, site)
-        q = _peel(_lifted(a, site), site)
-        k, transposed = _key(_lifted(b, site), site)
-        v = _lifted(v_operand, site)
-        outputs = lift_output(pv, site.rank)
-    except NoMatch:
-        return None
+    if fm is None or fm.form.effect(site, fm) is None:
+        raise NoMatch(f"{describe(node)} is not a softmax over the last dim of 3-D or "
+                      "higher scores")
+    site.final = fm.kw["scores"]
+    a, b = _walk_up(fm.kw["scores"], site)
+    v_operand, pv = _walk_down(node, site)
+    q = _peel(_lifted(a, site), site)
+    k, transposed = _key(b, site)
+    v = _lifted(v_operand, site)
+    outputs = lift_output(pv, site.rank)
     site.nodes.extend(outputs[1:])
     if site.rank not in (3, 4):
         site.set_skip(f"rank-{site.rank} attention (only 3-D and 4-D are supported)")
@@ -161,4 +181,27 @@ def match(node: fx.Node, gm: Optional[fx.GraphModule]) -> Optional[Match]:
     return Match(NAME, anchor=node, output=outputs[-1], q=q, k=k, v=v,
                  k_transposed=transposed, mask_parts=site.masks, is_causal=False,
                  scale=site.scale, nodes=site.nodes, skip=site.skip,
-                 probs_node=site.probs_node)
+                 probs_node=site.probs_node, mask_preps=site.preps(a, b, site.final),
+                 q_factors=site.q_factors, soft_cap=site.soft_cap, notes=site.notes)
+
+
+def match(node: fx.Node, gm: Optional[fx.GraphModule]) -> Optional[Match]:
+    """The hand-written attention anchored on this softmax node, or None."""
+    if node.op != "call_function" or node.target not in forms.SOFTMAX_TARGETS:
+        return None
+    try:
+        return _match(node, gm)
+    except NoMatch:
+        return None
+
+
+def miss_reason(node: fx.Node, gm: Optional[fx.GraphModule]) -> Optional[str]:
+    """Why this softmax is not (rewritable) attention: the node that broke the match and what
+    was expected there; None for a node that is no softmax or that matches."""
+    if node.op != "call_function" or node.target not in forms.SOFTMAX_TARGETS:
+        return None
+    try:
+        _match(node, gm)
+    except NoMatch as e:
+        return str(e)
+    return None

@@ -35,13 +35,13 @@ import torch
 from torch import fx
 
 from ... import ops
-from .base import NEG_INF_THRESHOLD, const_value, norm_dim
-from .normalize import NoMatch
+from .base import NEG_INF_THRESHOLD, MaskPrep, const_value, meta_val, norm_dim, rank
+from .normalize import CASTS, VIEWS, NoMatch, describe
 from .patterns import Form, FormMatch
 
 aten = torch.ops.aten
 # magic values standing for scalar arguments while tracing (as in fuse_attention.py)
-C, FILL, P = 0.4713, -1234.5, 0.1133
+C, FILL, P, R = 0.4713, -1234.5, 0.1133, 0.2917
 
 
 def replacement(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -61,14 +61,48 @@ class Site:
         self.skip: Optional[str] = None
         self.scaled_after = False   # walking up: a scale op seen before any mask op
         self.probs_node: Optional[fx.Node] = None
+        self.final: Any = None           # the softmax input: the site's scores
+        self.views: list[fx.Node] = []   # views of the scores passed walking up
+        self.mask_at: list[tuple[int, Any, float]] = []   # per mask: len(views), point, factor
+        self.q_factors: list[tuple[fx.Node, str]] = []    # per-(b, h) tensor scales: q * t, q / t
+        self.soft_cap: Optional[float] = None
+        self.notes: list[str] = []
 
     def set_skip(self, reason: Optional[str]) -> None:
         self.skip = self.skip or reason
 
+    def add_mask(self, mask: fx.Node, kind: str, point: fx.Node, factor: float = 1.0) -> None:
+        """A mask part added to the scores at ``point`` (the node holding the sum)."""
+        self.masks.append((mask, kind))
+        self.mask_at.append((len(self.views), point, factor))
+
+    def preps(self, a: fx.Node, b: fx.Node, final: Any) -> dict[int, MaskPrep]:
+        """How each mask part found away from the site's scores shape (or times a factor)
+        reaches it; ``a @ b`` is the product, ``final`` the softmax input."""
+        out = {}
+        for i, (n_views, point, factor) in enumerate(self.mask_at):
+            if factor == 1.0 and _shape(point) == _shape(final):
+                continue
+            after = tuple(_view_spec(v) for v in reversed(self.views[:n_views]))
+            before = tuple(_view_spec(v) for v in reversed(self.views[n_views:]))
+            out[i] = MaskPrep(a, b, before, after, factor)
+        return out
+
+
+def _shape(node: Any) -> Optional[tuple[str, ...]]:
+    val = meta_val(node)
+    return None if val is None else tuple(str(s) for s in val.shape)
+
+
+def _view_spec(node: fx.Node) -> tuple[str, Any]:
+    return ("expand" if node.target is aten.expand.default else "reshape", node.args[1])
+
 
 def leads_to_scores(node: Any, max_depth: int = 12) -> bool:
     """Whether node is (a cheap chain away from) the q·kᵀ product (breadth-first, bounded):
-    which operand of ``a + b`` or ``where(c, a, b)`` the scores are, the other is the mask."""
+    which operand of ``a + b`` or ``where(c, a, b)`` the scores are, the other is the mask.
+    The chain passes only ops the score forms are made of (``SCORE_OPS``): a term computed
+    from another product through e.g. ``gather`` (DeBERTa's position terms) is a bias."""
     frontier, seen = [node], set()
     for _ in range(max_depth + 1):
         nxt = []
@@ -76,9 +110,9 @@ def leads_to_scores(node: Any, max_depth: int = 12) -> bool:
             if not isinstance(cur, fx.Node) or cur.op != "call_function" or cur in seen:
                 continue
             seen.add(cur)
-            if cur.target in (aten.matmul.default, aten.bmm.default, aten.baddbmm.default):
+            if cur.target in PRODUCT_TARGETS:
                 return True
-            if cur.target not in SOFTMAX_TARGETS:
+            if cur.target in SCORE_OPS:
                 nxt.extend(a for a in cur.args if isinstance(a, fx.Node))
         frontier = nxt
     return False
@@ -100,11 +134,15 @@ def baddbmm(mask, a, b):
 
 
 def baddbmm_effect(site: Site, fm: FormMatch) -> tuple[Any, Any]:
-    """→ scale *= alpha, attn_mask += mask (beta must be 1)."""
-    if fm.node.kwargs.get("beta", 1) != 1:
-        raise NoMatch
-    site.scale *= float(fm.node.kwargs.get("alpha", 1))
-    site.masks.append((fm.kw["mask"], "additive"))
+    """→ scale *= alpha, attn_mask += beta · mask (ALiBi: a per-head linear bias)."""
+    beta = const_value(fm.node.kwargs.get("beta", 1), site.gm)
+    alpha = const_value(fm.node.kwargs.get("alpha", 1), site.gm)
+    if beta is None or alpha is None:
+        raise NoMatch(f"{describe(fm.node)} has a tensor beta/alpha (expected numbers)")
+    site.scale *= alpha
+    if beta != 0:
+        site.add_mask(fm.kw["mask"], "additive", fm.node, beta)
+        _masked(site, None)
     return fm.kw["a"], fm.kw["b"]
 
 
@@ -132,15 +170,16 @@ def _factor(site: Site, fm: FormMatch, is_mul: bool) -> tuple[Optional[float], A
 
 
 def _scale(site: Site, fm: FormMatch, is_mul: bool) -> Optional[fx.Node]:
-    """→ scale *= c (or /= c); a tensor c or c == 0 is a skip."""
+    """→ scale *= c (or /= c); a per-(b, h) tensor c → q * c (or q / c); any other tensor c
+    or c == 0 is a skip."""
     c, scores = _factor(site, fm, is_mul)
-    if c is None:
-        a, b = fm.node.args[0], fm.node.args[1]
-        tensor_scores = a if leads_to_scores(a) else b
-        site.set_skip("the scores are scaled by a tensor that is not a constant")
-        return tensor_scores if isinstance(tensor_scores, fx.Node) else None
     if not site.masks:
         site.scaled_after = True
+    if c is None:
+        a, b = fm.node.args[0], fm.node.args[1]
+        scores, t = (a, b) if leads_to_scores(a) or not is_mul else (b, a)
+        site.set_skip(_tensor_factor(site, t, scores, "mul" if is_mul else "div"))
+        return scores if isinstance(scores, fx.Node) else None
     if c == 0:
         site.set_skip("the scores are multiplied by 0")
         return scores
@@ -148,9 +187,35 @@ def _scale(site: Site, fm: FormMatch, is_mul: bool) -> Optional[fx.Node]:
     return scores
 
 
+def _tensor_factor(site: Site, t: Any, scores: Any, op: str) -> Optional[str]:
+    """Record a tensor factor of the scores as a factor of q (None), or say why it cannot be:
+    ``s · t`` with t one value per (batch, head) is ``(q · t) · kᵀ``, and in binary attention
+    ``sign(q·t) · mean|q·t| = t · sign(q) · mean|q|``, so the binary scores scale by t too."""
+    why = "the scores are scaled by a tensor that is not a constant"
+    t_val, s_val = meta_val(t), meta_val(scores)
+    if t_val is None or s_val is None or not t_val.is_floating_point():
+        return why
+    shape = "x".join(str(d) for d in t_val.shape)
+    if _shape(scores) != _shape(site.final):
+        return f"{why} (scaled before a view of the scores)"
+    try:
+        fits = tuple(torch.broadcast_shapes(t_val.shape, s_val.shape)) == tuple(s_val.shape)
+    except RuntimeError:
+        fits = False
+    if not fits or t_val.dim() > site.rank or any(
+            str(d) != "1" for d in t_val.shape[-2:]):
+        return f"{why} and varies over queries or keys ([{shape}]; one per head is supported)"
+    site.q_factors.append((t, op))
+    site.notes.append(f"scores {'times' if op == 'mul' else 'over'} the tensor {describe(t)} "
+                      f"[{shape}]: folded into q (binary: through q's magnitude scale)")
+    return None
+
+
 def _masked(site: Site, scores: Any) -> Any:
     if site.scaled_after:
         site.set_skip("the scores are scaled after a mask is added")
+    if site.soft_cap is not None:
+        site.set_skip("the scores are soft-capped after a mask is added")
     return scores
 
 
@@ -166,8 +231,14 @@ def plus_mask_effect(site: Site, fm: FormMatch) -> Optional[fx.Node]:
     scores, mask = (a, b) if leads_to_scores(a) else (b, a)
     if not isinstance(mask, fx.Node):
         return None
-    site.masks.append((mask, "additive"))
+    site.add_mask(mask, "additive", fm.node)
+    _broadcast_skip(site, fm.node, scores)
     return _masked(site, scores)
+
+
+def _broadcast_skip(site: Site, point: fx.Node, scores: Any) -> None:
+    if _shape(point) != _shape(scores):
+        site.set_skip(f"the mask at {describe(point)} broadcasts the scores to a larger shape")
 
 
 def _fill_skip(site: Site, fill: Any, what: str) -> None:
@@ -183,7 +254,8 @@ def masked_fill(scores, drop, fill):
 def masked_fill_effect(site: Site, fm: FormMatch) -> Optional[fx.Node]:
     """→ attn_mask drops where ``drop`` (the fill must be ≤ −1e4: −inf for softmax)."""
     _fill_skip(site, fm.kw["fill"], "masked_fill with value {} (not a large negative number)")
-    site.masks.append((fm.kw["drop"], "drop"))
+    site.add_mask(fm.kw["drop"], "drop", fm.node)
+    _broadcast_skip(site, fm.node, fm.kw["scores"])
     return _masked(site, fm.kw["scores"])
 
 
@@ -197,11 +269,40 @@ def where_effect(site: Site, fm: FormMatch) -> Optional[fx.Node]:
     scores_first = leads_to_scores(a)
     scores, other = (a, b) if scores_first else (b, a)
     _fill_skip(site, other, "where() fills with {} (not a large negative number)")
-    site.masks.append((cond, "keep" if scores_first else "drop"))
+    site.add_mask(cond, "keep" if scores_first else "drop", fm.node)
+    _broadcast_skip(site, fm.node, scores)
     return _masked(site, scores)
 
 
+def soft_cap(scores, c):
+    return torch.tanh(scores / c) * c   # Gemma-2's logit soft-capping
+
+
+def soft_cap_mul(scores, r, c):
+    return torch.tanh(scores * r) * c   # the same with r = 1 / c
+
+
+def soft_cap_effect(site: Site, fm: FormMatch) -> Optional[fx.Node]:
+    """→ the site's soft cap c (exact in float mode; binary mode: dropped, see docs/pass.md),
+    when the cap comes after the scale and before the masks, once."""
+    c = fm.kw["c"]
+    r = fm.kw.get("r", 1.0 / c if c else None)
+    if not c or c <= 0 or r is None or abs(r * c - 1.0) > 1e-6:
+        return None
+    if site.soft_cap is not None:
+        site.set_skip("the scores are soft-capped twice")
+    if site.scale != 1.0 or site.q_factors:
+        site.set_skip("the scores are scaled after soft-capping")
+    site.soft_cap = float(c)
+    site.notes.append(f"logit soft-cap {c:g}: applied exactly in float mode; dropped in binary "
+                      "mode (the op has no cap; binary scores are bounded by "
+                      "|s_q·s_k·scale·D| already, see docs/pass.md)")
+    return fm.kw["scores"]
+
+
 SCORE_FORMS = [
+    Form("soft-cap", soft_cap, soft_cap_effect, ("scores",), {"c": C}),
+    Form("soft-cap-mul", soft_cap_mul, soft_cap_effect, ("scores",), {"r": R, "c": C}),
     Form("scale-mul", times_constant, lambda s, fm: _scale(s, fm, True), ("x",), {"c": C}),
     Form("scale-div", over_constant, lambda s, fm: _scale(s, fm, False), ("x",), {"c": C}),
     Form("mask-add", plus_mask, plus_mask_effect, ("scores", "mask")),
@@ -243,6 +344,12 @@ def softmax_effect(site: Site, fm: FormMatch) -> Optional[fx.Node]:
 SOFTMAXES = [Form(fn.__name__, fn, softmax_effect, ("scores",))
              for fn in (softmax, softmax_dtype, softmax_aten, safe_softmax, safe_softmax_dtype)]
 SOFTMAX_TARGETS = {aten.softmax.int, aten._softmax.default, aten._safe_softmax.default}
+PRODUCT_TARGETS = {aten.matmul.default, aten.bmm.default, aten.baddbmm.default}
+# the ops score forms are made of: what leads_to_scores walks through
+SCORE_OPS = VIEWS | CASTS | {
+    aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.add.Tensor,
+    aten.sub.Tensor, aten.neg.default, aten.tanh.default, aten.masked_fill.Scalar,
+    aten.masked_fill.Tensor, aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf}
 
 
 # --- dropout of the probabilities, and the product with v -------------------------------
@@ -307,7 +414,7 @@ def transpose(k):
 
 def transpose_effect(site: Site, fm: FormMatch) -> Optional[fx.Node]:
     """→ k, when the last two dims are swapped."""
-    r = site.rank
+    r = rank(fm.node)
     dims = {norm_dim(fm.node.args[1], r), norm_dim(fm.node.args[2], r)}
     return fm.kw["k"] if dims == {r - 2, r - 1} else None
 
@@ -318,7 +425,7 @@ def permute(k):
 
 def permute_effect(site: Site, fm: FormMatch) -> Optional[fx.Node]:
     """→ k, when the permutation swaps the last two dims only."""
-    r = site.rank
+    r = rank(fm.node)
     perm = [norm_dim(p, r) for p in fm.node.args[1]]
     return fm.kw["k"] if perm == list(range(r - 2)) + [r - 1, r - 2] else None
 

@@ -41,7 +41,19 @@ BROADCAST = "k/v are broadcast by expand (repeated heads)"
 
 
 class NoMatch(Exception):
-    """Not attention after all."""
+    """Not attention after all; ``str()`` says which node broke the match and what was
+    expected there (``decomposed.miss_reason`` reports it)."""
+
+    def __init__(self, reason: str = "not attention"):
+        super().__init__(reason)
+
+
+def describe(node: object) -> str:
+    """``name (aten.op.overload)`` of a graph node, for the reasons of a miss."""
+    if not isinstance(node, fx.Node):
+        return repr(node)
+    what = str(node.target) if node.op == "call_function" else node.op
+    return f"`{node.name}` ({what})"
 
 
 def is_plumbing(node: fx.Node) -> bool:
@@ -69,7 +81,8 @@ def lift(node: fx.Node, target_rank: int) -> tuple[fx.Node, Optional[str]]:
             skip = skip or BROADCAST
         cur = cur.args[0]
     if rank(cur) != target_rank:
-        raise NoMatch
+        raise NoMatch(f"operand {describe(node)} does not come from a rank-{target_rank} "
+                      f"q/k/v (stopped at {describe(cur)}, rank {rank(cur)})")
     return cur, skip
 
 
@@ -89,6 +102,7 @@ def lift_output(node: fx.Node, target_rank: int) -> list[fx.Node]:
     while rank(chain[-1]) != target_rank:
         user = _single_view_user(chain[-1])
         if user is None:
-            raise NoMatch
+            raise NoMatch(f"the product with v {describe(node)} is not viewed back to "
+                          f"rank {target_rank} (expected one view/reshape user)")
         chain.append(user)
     return chain
