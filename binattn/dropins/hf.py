@@ -18,8 +18,10 @@ each attention module, so it trains with the model and is saved in its state_dic
 ``attach(model, checkpoint=path)`` loads it back after ``from_pretrained``.
 
 What it does not: softcapping, attention sinks (``s_aux``), returning attention weights (None,
-as SDPA), or incremental decoding equal to a full forward with ``scale_mode="mean_abs"`` (see the
-op's causal note; use "static" or "none" for decoders). Errors name the unsupported argument.
+as SDPA). With ``scale_mode="mean_abs"`` the op's per-(b, h) scale averages |q| and |k| over every
+token, padded and future ones included (as ``binattn.binarize()`` does), so padding and later
+tokens shift the softmax temperature of real rows; use "static" or "none" where they must change
+nothing (decoders, padded batches). Errors name the unsupported argument.
 """
 from __future__ import annotations
 
@@ -203,7 +205,8 @@ def _read_state_dict(checkpoint: Union[str, os.PathLike, Mapping[str, torch.Tens
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index) as f:
-            files = [os.path.join(path, s) for s in sorted(set(json.load(f)["weight_map"].values()))]
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        files = [os.path.join(path, s) for s in shards]
     if not all(os.path.isfile(f) for f in files):
         bin_file = os.path.join(path, "pytorch_model.bin")
         if os.path.isfile(bin_file):
