@@ -1,0 +1,187 @@
+"""What the drop-ins share: the options of a drop-in attention layer, the per-layer learned state
+(static q/k scales, a learned bias) and the call of :func:`binattn.ops.binary_attention`.
+
+What it does: validates options (errors name the option), holds one attention layer's state as
+an ``nn.Module`` (so it trains, moves with ``.to()`` and is saved in the model's state_dict), and
+describes that state as a plain dict (a *spec*) so a model config can rebuild it before its
+tensors load. Attention dropout runs on the reference op's probabilities (the fused op has no
+dropout). What it does not: import transformers or diffusers, find layers or masks
+(``hf.py``, ``diffusers.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..ops import reference, validation
+from ..ops.bias import DenseBias, HeadBias, RelPosBias
+
+DROPOUT_MODES = ("apply", "ignore")
+ATTACH_BIASES = ("head", None)
+
+
+@dataclass
+class BinattnAttentionConfig:
+    """Options of a binattn drop-in attention layer (see :func:`binattn.ops.binary_attention`).
+
+    Attributes:
+        scale_mode: ``"mean_abs"`` (default), ``"static"`` (needs each layer's calibrated
+            ``q_scale``/``k_scale``, e.g. from :func:`binattn.hf.load_binarized`) or ``"none"``.
+        top_n, pv_bits, binarizer, temperature, ste_clip: the op's options, as in
+            :class:`binattn.BinarizeConfig`.
+        dropout: ``"apply"`` runs attention dropout in training (on the reference op's
+            probabilities: an N×N tensor, slower), ``"ignore"`` keeps the fused op and drops none.
+        bias: ``"head"`` gives every layer a learned per-head bias (zero init) when attached;
+            relative-position and dense biases come from a binarized model
+            (:func:`binattn.hf.load_binarized`), as their shape depends on the token grid.
+    """
+
+    scale_mode: str = "mean_abs"
+    top_n: Optional[int] = None
+    pv_bits: Optional[int] = None
+    binarizer: str = "sign"
+    temperature: float = 1.0
+    ste_clip: float = 1.0
+    dropout: str = "apply"
+    bias: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        # static scales are per layer (state, not options): check the rest as the op does
+        mode = "none" if self.scale_mode == "static" else self.scale_mode
+        validation.check_options(scale_mode=mode, q_scale=None, k_scale=None, top_n=self.top_n,
+                                 pv_bits=self.pv_bits, binarizer=self.binarizer,
+                                 temperature=self.temperature, attn_mask=None, scale=None)
+        if not isinstance(self.ste_clip, (int, float)) or not self.ste_clip > 0:
+            raise ValueError(f"ste_clip must be a positive number, got {self.ste_clip!r}")
+        if self.dropout not in DROPOUT_MODES:
+            raise ValueError(f"dropout must be one of {DROPOUT_MODES}, got {self.dropout!r}")
+        if self.bias not in ATTACH_BIASES:
+            raise ValueError(f"bias must be 'head' or None, got {self.bias!r}: relative-position "
+                             "and dense biases need the token grid, so they come from a "
+                             "binarized model (binattn.hf.load_binarized)")
+
+    @classmethod
+    def coerce(cls, options: Any) -> "BinattnAttentionConfig":
+        """``options`` as a config: None (defaults), a config, or a dict of its fields (an
+        unknown key raises ValueError naming it)."""
+        if options is None:
+            return cls()
+        if isinstance(options, cls):
+            return options
+        if isinstance(options, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(options) - known)
+            if unknown:
+                raise ValueError(f"unsupported binattn option(s) {unknown}; supported: "
+                                 f"{sorted(known)}")
+            return cls(**dict(options))
+        raise TypeError(f"options must be a BinattnAttentionConfig, a dict or None, got "
+                        f"{type(options).__name__}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def bias_spec(bias: Optional[nn.Module]) -> Optional[dict]:
+    """A plain description of a learned bias module, enough to rebuild it empty."""
+    if bias is None:
+        return None
+    if isinstance(bias, RelPosBias):
+        return {"kind": "relpos", "heads": int(bias.table.shape[1]), "grid": list(bias.grid),
+                "num_prefix_tokens": int(bias.num_prefix_tokens)}
+    if isinstance(bias, DenseBias):
+        return {"kind": "dense", "shape": list(bias.table.shape)}
+    if isinstance(bias, HeadBias):
+        return {"kind": "head", "heads": int(bias.table.shape[0])}
+    raise TypeError(f"bias module {type(bias).__name__} is not one binattn can describe "
+                    "(RelPosBias, DenseBias, HeadBias)")
+
+
+def bias_from_spec(spec: Optional[Mapping]) -> Optional[nn.Module]:
+    if spec is None:
+        return None
+    kind = spec.get("kind")
+    if kind == "relpos":
+        return RelPosBias(int(spec["heads"]), tuple(spec["grid"]), int(spec["num_prefix_tokens"]))
+    if kind == "dense":
+        return DenseBias(*(int(s) for s in spec["shape"]))
+    if kind == "head":
+        return HeadBias(int(spec["heads"]))
+    raise ValueError(f"unknown bias kind {kind!r} in a binattn layer spec")
+
+
+class BinattnLayerState(nn.Module):
+    """One attention layer's binattn state: options, static scales, learned bias.
+
+    Attached as the submodule ``binattn`` of the layer's attention module, so its tensors are in
+    the model's state_dict (``<attention path>.binattn.q_scale``, ``...binattn.bias.table``).
+    """
+
+    def __init__(self, options: Optional[BinattnAttentionConfig] = None, *,
+                 bias: Optional[nn.Module] = None, q_scale: Optional[torch.Tensor] = None,
+                 k_scale: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.options = BinattnAttentionConfig.coerce(options)
+        self.register_buffer("q_scale", q_scale)
+        self.register_buffer("k_scale", k_scale)
+        self.bias = bias
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.to_dict().items())
+
+    def spec(self) -> dict:
+        """Options, bias and static-scale shapes as JSON-able data (for a model config)."""
+        return {"options": self.options.to_dict(), "bias": bias_spec(self.bias),
+                "q_scale": None if self.q_scale is None else list(self.q_scale.shape),
+                "k_scale": None if self.k_scale is None else list(self.k_scale.shape)}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping) -> "BinattnLayerState":
+        """An empty state of the described shapes (its tensors then load from a state_dict)."""
+        scales = {name: None if spec.get(name) is None else torch.ones(spec[name])
+                  for name in ("q_scale", "k_scale")}
+        return cls(spec.get("options"), bias=bias_from_spec(spec.get("bias")), **scales)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              options: BinattnAttentionConfig, state: Optional[BinattnLayerState] = None, *,
+              attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+              scale: Optional[float] = None, extra_bias: Optional[torch.Tensor] = None,
+              dropout_p: float = 0.0) -> torch.Tensor:
+    """Binary attention of ``q [B, Hq, Nq, D]``, ``k``/``v [B, Hkv, Nk, D]`` with a layer's
+    options and state; ``[B, Hq, Nq, Dv]`` (laid out as ``[B, Nq, Hq, Dv]`` by the fused op).
+    ``extra_bias`` (e.g. T5's position bias) adds to the layer's learned bias."""
+    q_scale = k_scale = bias = bias_index = None
+    if state is not None:
+        q_scale, k_scale = state.q_scale, state.k_scale
+        if isinstance(state.bias, RelPosBias) and extra_bias is None:
+            bias, bias_index = state.bias.table, state.bias.index
+        elif state.bias is not None:
+            bias = state.bias()
+    if extra_bias is not None:
+        bias = extra_bias if bias is None else bias + extra_bias
+    if options.scale_mode == "static" and (q_scale is None or k_scale is None):
+        raise ValueError("scale_mode='static' needs this layer's calibrated q_scale and k_scale; "
+                         "load them from a binarized model (binattn.hf.load_binarized) or use "
+                         "scale_mode='mean_abs' or 'none'")
+    kwargs = dict(scale=scale, scale_mode=options.scale_mode, q_scale=q_scale, k_scale=k_scale,
+                  top_n=options.top_n, binarizer=options.binarizer,
+                  temperature=options.temperature, ste_clip=options.ste_clip)
+    if dropout_p > 0.0 and options.dropout == "apply":
+        if options.pv_bits is not None:
+            raise ValueError(f"attention dropout ({dropout_p}) with pv_bits={options.pv_bits} is "
+                             "not supported: set the option dropout='ignore', or the model's "
+                             "attention dropout to 0")
+        validation.check_attention_inputs(q, k, v)
+        _, probs = reference.binary_attention(q, k, v, bias, attn_mask, bool(is_causal),
+                                              bias_index=bias_index, return_probs=True,
+                                              **kwargs)
+        values = reference.expand_kv_heads(v.to(probs.dtype), q.shape[1])
+        return (F.dropout(probs, dropout_p, training=True) @ values).to(v.dtype)
+    return ops.binary_attention(q, k, v, bias=bias, bias_index=bias_index, attn_mask=attn_mask,
+                                is_causal=bool(is_causal), pv_bits=options.pv_bits, **kwargs)
