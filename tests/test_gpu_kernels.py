@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import binattn
-from binattn.ops import dispatch, reference
+from binattn.ops import AttentionOptions, AttentionTensors, dispatch, reference, split_keywords
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -26,16 +26,13 @@ HEAD_DIMS = (32, 64, 72, 80, 96, 128, 256)
 DTYPES = (torch.float16, torch.bfloat16)
 TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
 VARIANTS = ("short", "long")  # the two attention kernels of each (dtype, dv)
-OP_DEFAULTS = dict(bias=None, attn_mask=None, is_causal=False, scale=None, scale_mode="mean_abs",
-                   q_scale=None, k_scale=None, top_n=None, pv_bits=None, binarizer="sign",
-                   temperature=1.0, ste_clip=1.0, bias_index=None)
 
 
 def run_variant(cuda_dispatch, q, k, v, kw, variant):
     """The CUDA attention kernel ``variant`` (keyword arguments as binattn.ops.binary_attention),
     into a NaN-poisoned output."""
     out = torch.full((*q.shape[:-1], v.shape[-1]), float("nan"), dtype=v.dtype, device="cuda")
-    return cuda_dispatch.attention_kernel(q, k, v, **dict(OP_DEFAULTS, **kw), out=out,
+    return cuda_dispatch.attention_kernel(q, k, v, *split_keywords(**kw), out=out,
                                           variant=variant)
 
 
@@ -455,8 +452,8 @@ def test_pv8_past_exact_int32_sums_falls_back(cuda_dispatch, gen):
 
     q = randn(gen, 1, 1, 4, 32, dtype=torch.bfloat16)
     k, v = (randn(gen, 1, 1, MAX_KEYS + 1, 32, dtype=torch.bfloat16) for _ in range(2))
-    reason = cuda_dispatch.attention_supports(q, k, v, None, None, False, None, "mean_abs", None,
-                                              None, None, 8, "sign", 1.0, 1.0)
+    reason = cuda_dispatch.attention_supports(q, k, v, AttentionTensors(),
+                                              AttentionOptions(pv_bits=8))
     assert reason and "keys" in reason
 
 

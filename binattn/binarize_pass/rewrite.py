@@ -104,10 +104,9 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
                  config: BinarizeConfig, model: Any) -> None:
     """Rewrite one site in place; fills row.bias."""
     shape = row.shape
-    options = dict(config.site_options(), **m.options)
+    options = config.site_options(m.is_causal, m.scale, **m.options)
     site = BinaryAttentionSite(index=index, module_path=row.module_path, matcher=m.matcher,
-                               shape=shape, scale=m.scale, is_causal=m.is_causal,
-                               **options).to(_device(gm))
+                               shape=shape, options=options, mode=config.mode).to(_device(gm))
     for name, value in m.static_scales.items():
         setattr(site, name, value.detach().clone())
     if m.matcher == "binattn-op":   # already binary: keep the graph's own bias input
