@@ -133,28 +133,42 @@ def op_args(tensors: AttentionTensors, options: AttentionOptions) -> tuple:
                  for name in OP_ARG_NAMES)
 
 
+_TENSOR_AT = tuple(OP_ARG_NAMES.index(name) for name in TENSOR_NAMES)
+_OPTION_AT = tuple(OP_ARG_NAMES.index(name) for name in OPTION_NAMES)
+
+
 @functools.lru_cache(maxsize=256)
 def _options_of(values: tuple) -> AttentionOptions:
-    return AttentionOptions(**dict(zip(OPTION_NAMES, values)))
+    return AttentionOptions(*values)
 
 
 def from_op_args(args: tuple, kwargs: Optional[dict] = None) -> tuple[AttentionTensors,
                                                                       AttentionOptions]:
     """``(tensors, options)`` from the op's arguments after q, k, v (positional, then by name;
     ``bias_index`` may be left out, as programs saved before it do). Options are checked once
-    per distinct set of values (cached)."""
+    per distinct set of values (cached), so the op's own calls pay a tuple lookup."""
+    if kwargs or len(args) != len(OP_ARG_NAMES):
+        args = _all_args(args, kwargs or {})
+    values = tuple([args[i] for i in _OPTION_AT])
+    try:
+        options = _options_of(values)
+    except TypeError:   # an unhashable value: checked without the cache
+        options = AttentionOptions(*values)
+    return AttentionTensors._make([args[i] for i in _TENSOR_AT]), options
+
+
+def _all_args(args: tuple, kwargs: dict) -> tuple:
+    """Every argument after q, k, v in schema order, defaults where left out."""
     if len(args) > len(OP_ARG_NAMES):
         raise TypeError(f"binary_attention takes {len(OP_ARG_NAMES)} arguments after q, k, v, "
                         f"got {len(args)}")
     named = dict(zip(OP_ARG_NAMES, args))
-    for name, value in (kwargs or {}).items():
+    for name, value in kwargs.items():
         if name not in OP_ARG_NAMES or name in named:
             raise TypeError(f"binary_attention: unexpected or repeated argument {name!r}")
         named[name] = value
-    default = AttentionOptions()
-    tensors = AttentionTensors(*(named.get(name) for name in TENSOR_NAMES))
-    values = tuple(named.get(name, getattr(default, name)) for name in OPTION_NAMES)
-    return tensors, _options_of(values)
+    defaults = dict(zip(OPTION_NAMES, dataclasses.astuple(AttentionOptions())))
+    return tuple(named.get(name, defaults.get(name)) for name in OP_ARG_NAMES)
 
 
 def op_grads(**grads: Optional[torch.Tensor]) -> tuple:
