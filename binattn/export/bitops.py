@@ -15,7 +15,6 @@ trained ``sign`` model) or the backward.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Optional
 
 import torch

@@ -13,11 +13,10 @@ Each op's real implementation goes through ``dispatch.run`` (TVM kernel or refer
 backward is its own op so that torch.compile /
 aot_autograd see an opaque node; it is the analytic VJP in ``reference.binary_attention_backward``.
 
-What it does not: validate arguments (the wrappers in ``binattn.ops`` do that) or hold math.
+What it does not: validate tensors (the wrappers in ``binattn.ops`` do that; options are checked
+by ``AttentionOptions`` as they are read, once per distinct set) or hold math.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from torch import Tensor

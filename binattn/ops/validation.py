@@ -1,8 +1,9 @@
 """Argument checks for binattn's public ops: clear ValueError/TypeError naming the argument.
 
-What it does: rank, dtype, shape, GQA and option checks, run once in the Python wrappers before
-a custom op is called — from shapes, dtypes and devices alone, so they never read the device —
-plus the opt-in data checks. What it does not: any math (``reference``) or dispatch.
+What it does: rank, dtype, shape and GQA checks of the tensors, run once in the Python wrappers
+before a custom op is called — from shapes, dtypes and devices alone, so they never read the
+device — plus the opt-in data checks. What it does not: check options (``options``: the one
+place they are checked), any math (``reference``) or dispatch.
 
 NaN policy (README): a data check needs the values, and reading them back is a host sync that
 drains the launch queue (three per layer cost a binarized ViT-B 2.5 ms on the H100). So by

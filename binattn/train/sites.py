@@ -2,9 +2,10 @@
 
 What it does: lists the ``BinaryAttentionSite`` modules of a model (graph order), sets options
 on all of them at once (op options by replacing each site's ``AttentionOptions``), records
-their attention probabilities / outputs during one forward (``Recorder``), and builds the self-distillation teacher — a frozen copy of the same GraphModule
-with every site in ``mode="float"`` (exact full-precision attention, no learned bias), i.e. the
-model before binarization.
+their attention probabilities / outputs during one forward (``Recorder``), and builds the
+self-distillation teacher — a frozen copy of the same GraphModule with every site in
+``mode="float"`` (exact full-precision attention, no learned bias), i.e. the model before
+binarization.
 
 What it does not: rewrite models (``binattn.binarize``) or compute losses (``losses``).
 """
