@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import ops
 from ..ops import reference
-from ..ops.options import AttentionOptions, AttentionTensors, option_properties
+from ..ops.options import OPTION_NAMES, AttentionOptions, AttentionTensors, option_properties
 
 
 class BinaryAttentionSite(nn.Module):
@@ -47,6 +47,13 @@ class BinaryAttentionSite(nn.Module):
         self.last_probs: Optional[torch.Tensor] = None
         self.register_buffer("q_scale", None)
         self.register_buffer("k_scale", None)
+
+    def __setstate__(self, state: dict) -> None:
+        """Sites pickled before ``options`` kept each option as an attribute: gather them."""
+        if "options" not in state:
+            old = {name: state.pop(name) for name in OPTION_NAMES if name in state}
+            state["options"] = AttentionOptions(**old)
+        super().__setstate__(state)
 
     def set_options(self, **changes: Any) -> None:
         """Replace ``options`` by a checked copy with ``changes`` (option names only): the way
