@@ -83,7 +83,7 @@ class BinaryAttentionSite(nn.Module):
             out, probs = self._binary_with_probs(q, k, v, attn_mask, bias, bias_index)
         else:
             out, probs = ops.binary_attention_with(
-                q, k, v, self.options, self._tensors(attn_mask, bias, bias_index)), None
+                q, k, v, self._tensors(attn_mask, bias, bias_index), self.options), None
         if self.record_probs:
             self.last_probs = probs
         return (out, probs) if self.returns_probs else out

@@ -96,19 +96,20 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     (float64 for float64 inputs).
     """
     return binary_attention_with(
-        q, k, v, AttentionOptions(is_causal=is_causal, scale=scale, scale_mode=scale_mode,
-                                  top_n=top_n, pv_bits=pv_bits, binarizer=binarizer,
-                                  temperature=temperature, ste_clip=ste_clip),
-        AttentionTensors(bias=bias, attn_mask=attn_mask, q_scale=q_scale, k_scale=k_scale,
-                         bias_index=bias_index), check_finite=check_finite)
+        q, k, v, AttentionTensors(bias=bias, attn_mask=attn_mask, q_scale=q_scale,
+                                  k_scale=k_scale, bias_index=bias_index),
+        AttentionOptions(is_causal=is_causal, scale=scale, scale_mode=scale_mode, top_n=top_n,
+                         pv_bits=pv_bits, binarizer=binarizer, temperature=temperature,
+                         ste_clip=ste_clip), check_finite=check_finite)
 
 
 def binary_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          options: AttentionOptions,
-                          tensors: AttentionTensors = AttentionTensors(), *,
+                          tensors: AttentionTensors = AttentionTensors(),
+                          options: AttentionOptions = AttentionOptions(), *,
                           check_finite: Optional[bool] = None) -> torch.Tensor:
-    """:func:`binary_attention` with its options as one :class:`AttentionOptions` and its
-    optional tensors as one :class:`AttentionTensors` (what a site or a trainer holds)."""
+    """:func:`binary_attention` with its optional tensors as one :class:`AttentionTensors` and
+    its options as one :class:`AttentionOptions` (what a site holds), in the order the
+    reference and the kernels take them."""
     squeeze = q.dim() == 3 if isinstance(q, torch.Tensor) else False
     q, k, v = _as_4d(q, squeeze), _as_4d(k, squeeze), _as_4d(v, squeeze)
     tensors = tensors._replace(attn_mask=_as_4d(tensors.attn_mask, squeeze),
