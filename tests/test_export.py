@@ -11,7 +11,7 @@ import binattn
 from binattn.errors import UserError
 from binattn.export import bitops, mlir, mlir_run
 from binattn.export import onnx as onnx_export
-from binattn.ops import reference
+from binattn.ops import reference, split_keywords
 
 
 class OneSite(torch.nn.Module):
@@ -46,7 +46,7 @@ def test_decomposition_equals_reference(n, d, group, top_n, causal, pv_bits, por
     gen = torch.Generator().manual_seed(seed + 1)
     bias = 0.1 * torch.randn(1, q.shape[1], n, n, generator=gen)
     options = dict(bias=bias, is_causal=causal, top_n=top_n, pv_bits=pv_bits)
-    want = reference.binary_attention(q, k, v, **options)
+    want = reference.binary_attention(q, k, v, *split_keywords(**options))
     got = bitops.binary_attention_bitops(q, k, v, **options, portable=portable)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 

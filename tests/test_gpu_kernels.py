@@ -7,7 +7,8 @@ popcounts and integer scores must be bit-exact; attention output must match the 
 the rounding of P to the value dtype. Covers D ∈ {32, 64, 72, 80, 96, 128, 256}, odd N, bool and
 float masks, causal, GQA, dense / broadcast bias, bias tables looked up in-kernel, the three
 scale modes and the fallback path,
-each on both attention kernels: the short-sequence one (32-key blocks) and the regular one.
+each on both attention kernels: the short-sequence one (32-key blocks) and the regular one. The
+option cases come from the shared catalogue (``op_cases``: the ones marked for ``cuda``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import pytest
 import torch
 
 import binattn
-from binattn.ops import dispatch, reference
+from binattn.ops import AttentionOptions, AttentionTensors, dispatch, reference, split_keywords
+
+from .op_cases import CASES, Shape, randn, relpos_bias
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -26,16 +29,13 @@ HEAD_DIMS = (32, 64, 72, 80, 96, 128, 256)
 DTYPES = (torch.float16, torch.bfloat16)
 TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
 VARIANTS = ("short", "long")  # the two attention kernels of each (dtype, dv)
-OP_DEFAULTS = dict(bias=None, attn_mask=None, is_causal=False, scale=None, scale_mode="mean_abs",
-                   q_scale=None, k_scale=None, top_n=None, pv_bits=None, binarizer="sign",
-                   temperature=1.0, ste_clip=1.0, bias_index=None)
 
 
 def run_variant(cuda_dispatch, q, k, v, kw, variant):
     """The CUDA attention kernel ``variant`` (keyword arguments as binattn.ops.binary_attention),
     into a NaN-poisoned output."""
     out = torch.full((*q.shape[:-1], v.shape[-1]), float("nan"), dtype=v.dtype, device="cuda")
-    return cuda_dispatch.attention_kernel(q, k, v, **dict(OP_DEFAULTS, **kw), out=out,
+    return cuda_dispatch.attention_kernel(q, k, v, *split_keywords(**kw), out=out,
                                           variant=variant)
 
 
@@ -52,12 +52,6 @@ def cuda_dispatch():
 def gen():
     seed = int.from_bytes(os.urandom(4), "little")
     return torch.Generator(device="cuda").manual_seed(seed)
-
-
-def randn(gen, *shape, dtype=torch.float32):
-    x = torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32)
-    x = x + 0.01 * torch.sign(x)  # no exact zeros: sign(0) is covered by its own test
-    return x.to(dtype)
 
 
 PACK_CASES = [(dtype, d, vec) for dtype in (torch.float16, torch.bfloat16, torch.float32)
@@ -157,40 +151,12 @@ def test_popcount_scores_bit_exact(cuda_dispatch, gen, head_dim):
     assert int(scores.abs().max()) <= head_dim
 
 
+GPU_SHAPE = Shape(batch=2, heads=4, kv_heads=4, n_q=77, n_k=133)
+
+
 def _case_inputs(gen, case, dtype, head_dim):
-    B, Hq, Hkv, Nq, Nk = 2, 4, 4, 77, 133
-    kw = {}
-    if case == "gqa":
-        Hkv = 2
-    if case == "mqa_causal":
-        Hkv, Nq, Nk = 1, 133, 133
-        kw["is_causal"] = True
-    if case == "causal":
-        Nq = Nk = 129
-        kw["is_causal"] = True
-    dv = 2 * head_dim if case == "wide_v" else head_dim
-    q = randn(gen, B, Hq, Nq, head_dim, dtype=dtype)
-    k = randn(gen, B, Hkv, Nk, head_dim, dtype=dtype)
-    v = randn(gen, B, Hkv, Nk, dv, dtype=dtype)
-    if case == "bool_mask":
-        mask = torch.rand(B, 1, Nq, Nk, generator=gen, device="cuda") > 0.3
-        mask[0, 0, 3] = False  # a row with no visible key gives 0
-        kw["attn_mask"] = mask
-    if case == "float_mask_bias":
-        kw["attn_mask"] = randn(gen, Nq, Nk)
-        kw["bias"] = randn(gen, Hq, Nq, Nk) * 0.5
-    if case == "head_bias":
-        kw["bias"] = randn(gen, 1, Hq, 1, 1)
-    if case == "static":
-        kw.update(scale_mode="static", q_scale=torch.tensor(0.7, device="cuda"),
-                  k_scale=torch.rand(1, Hkv, 1, 1, generator=gen, device="cuda") + 0.5)
-    if case == "none_scale":
-        kw.update(scale_mode="none", scale=0.05)
-    return q, k, v, kw
-
-
-CASES = ("plain", "wide_v", "gqa", "causal", "mqa_causal", "bool_mask", "float_mask_bias", "head_bias",
-         "static", "none_scale")
+    """Catalogue case ``case`` (``op_cases``) over the GPU base shape, on the GPU."""
+    return CASES[case].inputs(gen, GPU_SHAPE, dtype=dtype, head_dim=head_dim)
 
 
 def _check(out, q, k, v, kw, gen):
@@ -214,10 +180,10 @@ def test_attention_matches_reference(cuda_dispatch, gen, dtype, head_dim, varian
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("head_dim", (64, 72, 128))
-@pytest.mark.parametrize("case", CASES[1:])
-def test_attention_cases_match_reference(cuda_dispatch, gen, case, head_dim, variant):
+@pytest.mark.op_cases(kernel="cuda", exclude=("plain",))
+def test_attention_cases_match_reference(cuda_dispatch, gen, op_case, head_dim, variant):
     dtype = torch.bfloat16 if head_dim != 72 else torch.float16
-    q, k, v, kw = _case_inputs(gen, case, dtype, head_dim)
+    q, k, v, kw = _case_inputs(gen, op_case, dtype, head_dim)
     _check(run_variant(cuda_dispatch, q, k, v, kw, variant), q, k, v, kw, gen)
 
 
@@ -241,14 +207,8 @@ def test_relpos_bias_view_is_read_in_place(cuda_dispatch, gen):
                    {"bias": bias}, gen)
 
 
-def _relpos(gen, heads, grid, prefix=1):
-    from binattn.ops.bias import RelPosBias
-
-    torch.manual_seed(gen.initial_seed())
-    rel = RelPosBias(heads, grid, prefix).cuda()
-    with torch.no_grad():
-        rel.table.normal_(0, 0.5)  # big enough to move the output
-    return rel.table.detach(), rel.index
+def _relpos(gen, heads, grid):
+    return relpos_bias(heads, grid, gen.initial_seed(), "cuda")
 
 
 TABLE_CASES = ("relpos", "shared_column", "transposed_table", "int64_index", "causal", "gqa",
@@ -393,10 +353,10 @@ def test_pv8_matches_reference(cuda_dispatch, gen, dtype, head_dim):
 
 
 @pytest.mark.parametrize("head_dim", (64, 72, 128))
-@pytest.mark.parametrize("case", CASES[1:])
-def test_pv8_cases_match_reference(cuda_dispatch, gen, case, head_dim):
+@pytest.mark.op_cases(kernel="cuda", exclude=("plain",))
+def test_pv8_cases_match_reference(cuda_dispatch, gen, op_case, head_dim):
     dtype = torch.bfloat16 if head_dim != 72 else torch.float16
-    q, k, v, kw = _case_inputs(gen, case, dtype, head_dim)
+    q, k, v, kw = _case_inputs(gen, op_case, dtype, head_dim)
     kw["pv_bits"] = 8
     _check(run_variant(cuda_dispatch, q, k, v, kw, "auto"), q, k, v, kw, gen)
 
@@ -455,19 +415,21 @@ def test_pv8_past_exact_int32_sums_falls_back(cuda_dispatch, gen):
 
     q = randn(gen, 1, 1, 4, 32, dtype=torch.bfloat16)
     k, v = (randn(gen, 1, 1, MAX_KEYS + 1, 32, dtype=torch.bfloat16) for _ in range(2))
-    reason = cuda_dispatch.attention_supports(q, k, v, None, None, False, None, "mean_abs", None,
-                                              None, None, 8, "sign", 1.0, 1.0)
+    reason = cuda_dispatch.attention_supports(q, k, v, AttentionTensors(),
+                                              AttentionOptions(pv_bits=8))
     assert reason and "keys" in reason
 
 
-def test_unsupported_option_falls_back_with_reason(cuda_dispatch, gen):
-    q, k, v, _ = _case_inputs(gen, "plain", torch.bfloat16, 64)
+@pytest.mark.op_cases(kernel="none")
+def test_unsupported_option_falls_back_with_reason(cuda_dispatch, gen, op_case):
+    q, k, v, kw = _case_inputs(gen, op_case, torch.bfloat16, 64)
+    option = "top_n" if kw.get("binarizer", "sign") == "sign" else "binarizer"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dispatch._warned.clear()
-        out = binattn.ops.binary_attention(q, k, v, top_n=5)
-    assert any("top_n" in str(w.message) for w in caught)
+        out = binattn.ops.binary_attention(q, k, v, **kw)
+    assert any(option in str(w.message) for w in caught)
     assert dispatch.kernel_report()["binary_attention/cuda"].startswith("reference (")
     with dispatch.reference_only():
-        ref = binattn.ops.binary_attention(q, k, v, top_n=5)
+        ref = binattn.ops.binary_attention(q, k, v, **kw)
     assert torch.equal(out, ref)

@@ -4,7 +4,7 @@ import torch
 from torch.autograd import gradcheck
 from torch.library import opcheck
 
-from binattn.ops import binary_attention, reference, sign_pack
+from binattn.ops import binary_attention, reference, sign_pack, split_keywords
 
 
 def rand(*shape, seed=0, dtype=torch.float64):
@@ -51,7 +51,8 @@ def test_analytic_backward_equals_autograd_of_the_reference(case):
     grads = torch.autograd.grad(binary_attention(q, k, v, bias=bias, **case).float().pow(2).sum(),
                                 leaves)
     copies = [t.detach().clone().requires_grad_() for t in leaves]
-    ref = reference.binary_attention(*copies[:3], copies[3] if bias is not None else None, **case)
+    ref = reference.binary_attention(*copies[:3], *split_keywords(
+        bias=copies[3] if bias is not None else None, **case))
     ref_grads = torch.autograd.grad(ref.float().pow(2).sum(), copies)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     for got, want in zip(grads, ref_grads):

@@ -164,13 +164,14 @@ class BareMHA(torch.nn.Module):
 
 def _mha_by_hand(mha: torch.nn.MultiheadAttention, x, mask):
     """nn.MultiheadAttention written out with binattn.ops.binary_attention (and its probs)."""
-    from binattn.ops import reference
+    from binattn.ops import AttentionTensors, reference
 
     b, n, e = x.shape
     h = mha.num_heads
     q, k, v = torch.nn.functional.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, -1)
     q, k, v = (t.reshape(b, n, h, e // h).transpose(1, 2) for t in (q, k, v))
-    out, probs = reference.binary_attention(q, k, v, attn_mask=mask, return_probs=True)
+    out, probs = reference.binary_attention(q, k, v, AttentionTensors(attn_mask=mask),
+                                             return_probs=True)
     out = mha.out_proj(out.transpose(1, 2).reshape(b, n, e))
     return out, probs.mean(1)
 

@@ -9,7 +9,7 @@ import torch
 import binattn
 from binattn.binarize_pass import BinaryAttentionSite, find_sites
 from binattn.models import demo_vit
-from binattn.ops import reference
+from binattn.ops import AttentionTensors, reference
 
 warnings.filterwarnings("ignore", message=".*reference path.*")
 
@@ -22,7 +22,7 @@ def _reference_vit(model, images, biases=None):
         q, k, v = qkv.unbind(0)
         bias = None if biases is None else biases[_i[0]]
         _i[0] += 1
-        out = reference.binary_attention(q, k, v, bias=bias)
+        out = reference.binary_attention(q, k, v, AttentionTensors(bias=bias))
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
     from binattn.models import tiny_vit
     original = tiny_vit.Attention.forward

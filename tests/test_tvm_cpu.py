@@ -3,6 +3,7 @@
 Every kernel output is poisoned (NaN / sentinel) before the call so unwritten elements fail, and
 inputs are fresh random tensors. Builds go to a per-session cache directory.
 """
+import dataclasses
 import math
 import warnings
 
@@ -18,6 +19,8 @@ from binattn.ops import dispatch, reference  # noqa: E402
 from binattn.tvm_kernels import cpu_build, cpu_dispatch, cpu_kernels  # noqa: E402
 from binattn.tvm_kernels.cache import KernelCache  # noqa: E402
 from binattn.tvm_kernels.cpu_target import cpu_features  # noqa: E402
+
+from .op_cases import CASES, Shape, dead_rows  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,49 +76,21 @@ def test_popcount_scores_broadcast_batch_and_large_exact_kernel():
     assert torch.equal(scores, reference.popcount_scores(q_bits, k_bits, 64))
 
 
-ATTENTION_CASES = {
-    "plain": dict(),
-    "odd-dims": dict(n_q=37, n_k=53, head_dim=33, value_dim=17),
-    "gqa-causal": dict(heads=4, kv_heads=2, is_causal=True, n_q=70, n_k=90),
-    "bool-mask-bias": dict(mask="bool", bias=True),
-    "float-key-padding-mask": dict(mask="key_padding"),
-    "fully-masked-row": dict(mask="dead_row"),
-    "static-scales": dict(scale_mode="static"),
-    "no-scale-custom-softmax-scale": dict(scale_mode="none", scale=0.3),
-    "pv8": dict(pv_bits=8, n_k=130),
-    "pv8-causal-gqa-bias": dict(pv_bits=8, heads=4, kv_heads=1, is_causal=True, bias=True),
-    "float16": dict(dtype=torch.float16),
-}
+CPU_SHAPE = Shape(batch=2, heads=2, kv_heads=2, n_q=45, n_k=61, head_dim=64)
+SIZES = {f.name for f in dataclasses.fields(Shape)}
 
 
-def make_inputs(seed, batch=2, heads=2, kv_heads=2, n_q=45, n_k=61, head_dim=64, value_dim=64,
-                dtype=torch.float32, mask=None, bias=False, scale_mode="mean_abs", **options):
-    gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, heads, n_q, head_dim, generator=gen).to(dtype)
-    k = torch.randn(batch, kv_heads, n_k, head_dim, generator=gen).to(dtype)
-    v = torch.randn(batch, kv_heads, n_k, value_dim, generator=gen).to(dtype)
-    kwargs = dict(options, scale_mode=scale_mode)
-    if mask == "bool":
-        kwargs["attn_mask"] = torch.rand(n_q, n_k, generator=gen) > 0.3
-    elif mask == "key_padding":
-        keep = torch.ones(batch, 1, 1, n_k)
-        keep[0, ..., n_k // 2:] = 0
-        kwargs["attn_mask"] = (1 - keep) * torch.finfo(torch.float32).min
-    elif mask == "dead_row":
-        m = torch.rand(n_q, n_k, generator=gen) > 0.5
-        m[3] = False
-        kwargs["attn_mask"] = m
-    if bias:
-        kwargs["bias"] = 0.2 * torch.randn(heads, n_q, n_k, generator=gen)
-    if scale_mode == "static":
-        kwargs["q_scale"] = torch.tensor(0.8)
-        kwargs["k_scale"] = torch.rand(1, kv_heads, 1, 1, generator=gen) + 0.5
-    return q, k, v, kwargs
+def make_inputs(seed, case="plain", dtype=torch.float32, **sizes_and_options):
+    """Catalogue case ``case`` over the CPU base shape, with sizes and options changed."""
+    sizes = {k: v for k, v in sizes_and_options.items() if k in SIZES}
+    options = {k: v for k, v in sizes_and_options.items() if k not in SIZES}
+    return CASES[case].with_options(**options).inputs(torch.Generator().manual_seed(seed),
+                                                      CPU_SHAPE, dtype=dtype, **sizes)
 
 
-@pytest.mark.parametrize("case", list(ATTENTION_CASES))
-def test_fused_attention_matches_reference(case):
-    q, k, v, kwargs = make_inputs(seed=len(case), **ATTENTION_CASES[case])
+@pytest.mark.op_cases(kernel="cpu")
+def test_fused_attention_matches_reference(op_case, case_gen):
+    q, k, v, kwargs = CASES[op_case].inputs(case_gen, CPU_SHAPE)
     out = ops.binary_attention(q, k, v, **kwargs)
     assert_kernel_ran("binary_attention")
     ref = reference_attention(q, k, v, **kwargs)
@@ -124,8 +99,9 @@ def test_fused_attention_matches_reference(case):
     # 8-bit P: a probability on a rounding boundary may land one u8 level off
     atol = 3 * v.abs().max().item() / 255 if kwargs.get("pv_bits") == 8 else tol
     torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=atol)
-    if case == "fully-masked-row":
-        assert torch.equal(out[:, :, 3], torch.zeros_like(out[:, :, 3]))
+    dead = dead_rows(kwargs, out.shape)
+    if dead is not None:
+        assert not out[dead].any()
 
 
 @settings(max_examples=12, deadline=None)
@@ -186,18 +162,17 @@ def test_pv8_table_kernel_head_dim_limit(head_dim, table):
     """D ≤ 224 (7 words: a key's value fits a byte) runs the table kernel, wider D the
     two-pass kernel; both match the reference."""
     q, k, v, kwargs = make_inputs(seed=12, batch=1, heads=2, n_q=40, n_k=150, head_dim=head_dim,
-                                  pv_bits=8)
+                                  value_dim=64, pv_bits=8)
     assert pv8_tag(q, v, kwargs).endswith("_pv8lut") == (table and HAS_LUT_CPU)
     out = ops.binary_attention(q, k, v, **kwargs)
     assert_kernel_ran("binary_attention")
     assert_pv8_close(out, reference_attention(q, k, v, **kwargs), v)
 
 
-@pytest.mark.parametrize("case", ["bool-mask", "bias"])
+@pytest.mark.parametrize("case", ["bool_mask", "dense_bias"])
 def test_pv8_with_bias_or_mask_runs_the_two_pass_kernel(case):
     """Bias/mask values are not integers: the dispatcher keeps the two-pass kernel for them."""
-    options = dict(mask="bool") if case == "bool-mask" else dict(bias=True)
-    q, k, v, kwargs = make_inputs(seed=13, n_q=50, n_k=140, pv_bits=8, **options)
+    q, k, v, kwargs = make_inputs(13, case, n_q=50, n_k=140, pv_bits=8)
     assert pv8_tag(q, v, kwargs).endswith("_pv8")
     out = ops.binary_attention(q, k, v, **kwargs)
     assert_kernel_ran("binary_attention")
@@ -242,17 +217,16 @@ def test_attention_in_output_is_written_everywhere():
     torch.testing.assert_close(out, reference_attention(q, k, v), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("options,reason", [
-    (dict(top_n=3), "top_n is not built"),
-    (dict(binarizer="tanh", temperature=0.5), "soft, training-only"),
-])
-def test_unsupported_options_fall_back_with_reason(options, reason):
-    q, k, v, _ = make_inputs(seed=3, n_q=8, n_k=8)
+@pytest.mark.op_cases(kernel="none")
+def test_unsupported_options_fall_back_with_reason(op_case, case_gen):
+    q, k, v, kwargs = CASES[op_case].inputs(case_gen, CPU_SHAPE, n_q=8, n_k=8)
+    reason = ("soft, training-only" if kwargs.get("binarizer", "sign") != "sign"
+              else "top_n is not built")
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        out = ops.binary_attention(q, k, v, **options)
+        out = ops.binary_attention(q, k, v, **kwargs)
     assert reason in dispatch.kernel_report()["binary_attention/cpu"]
-    torch.testing.assert_close(out, reference_attention(q, k, v, **options))
+    torch.testing.assert_close(out, reference_attention(q, k, v, **kwargs))
 
 
 def test_float64_runs_reference():

@@ -1,21 +1,24 @@
 """``BinarizeConfig``: every option of the binarize pass, with checks that name the bad option.
 
-What it does: holds the op options each rewritten site starts with (scale mode, binarizer,
-top-N, 8-bit P/V) and the learned-bias choice (kind, token grid, prefix tokens, fallback).
-What it does not: find or rewrite anything (``matchers``, ``rewrite``).
+What it does: holds the op options each rewritten site starts with as one ``AttentionOptions``
+(scale mode, binarizer, top-N, 8-bit P/V, ...; checked there) and the learned-bias choice (kind,
+token grid, prefix tokens, fallback). What it does not: find or rewrite anything (``matchers``,
+``rewrite``) or decide a site's causality and softmax scale (its graph does).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Any, Optional
 
-from ..ops.reference import BINARIZERS, SCALE_MODES
+from ..ops.options import OPTION_NAMES, AttentionOptions, option_properties
 
 BIAS_KINDS = ("relpos", "dense", "head", None)
 SITE_MODES = ("binary", "float")
+SITE_ONLY = ("is_causal", "scale")   # options each site takes from its own graph
+CONFIG_OPTIONS = tuple(name for name in OPTION_NAMES if name not in SITE_ONLY)
 
 
-@dataclass
+@dataclass(init=False)
 class BinarizeConfig:
     """Options of :func:`binattn.binarize`.
 
@@ -27,29 +30,41 @@ class BinarizeConfig:
         num_prefix_tokens: cls/register tokens before the grid; inferred with the grid.
         bias_fallback: what a site gets when ``"relpos"`` cannot be inferred for it
             (``"dense"``, ``"head"`` or None); the report says so.
-        scale_mode, q_scale/k_scale (static mode), top_n, pv_bits, binarizer, temperature,
-        ste_clip: the options of :func:`binattn.ops.binary_attention` every site starts with.
         mode: ``"binary"`` or ``"float"`` (exact full-precision attention at each site).
         dynamic_batch: export with a symbolic batch dim where the model allows it.
         seed: seeds the relpos tables' trunc-normal init (per site), so binarizing the same
             model twice gives the same parameters.
+        options: the :class:`AttentionOptions` every site starts with (its ``is_causal`` and
+            ``scale`` come from the site's graph). The constructor also takes them one by one
+            (``scale_mode``, ``top_n``, ``pv_bits``, ``binarizer``, ``temperature``,
+            ``ste_clip``: applied on top of ``options``), and each is readable and settable as
+            an attribute of the config.
     """
 
-    bias: Optional[str] = None
-    grid: Optional[tuple[int, int]] = None
-    num_prefix_tokens: Optional[int] = None
-    bias_fallback: Optional[str] = "head"
-    scale_mode: str = "mean_abs"
-    top_n: Optional[int] = None
-    pv_bits: Optional[int] = None
-    binarizer: str = "sign"
-    temperature: float = 1.0
-    ste_clip: float = 1.0
-    mode: str = "binary"
-    dynamic_batch: bool = True
-    seed: int = 0
+    bias: Optional[str]
+    grid: Optional[tuple[int, int]]
+    num_prefix_tokens: Optional[int]
+    bias_fallback: Optional[str]
+    mode: str
+    dynamic_batch: bool
+    seed: int
+    options: AttentionOptions
 
-    def __post_init__(self) -> None:
+    def __init__(self, bias: Optional[str] = None, grid: Optional[tuple[int, int]] = None,
+                 num_prefix_tokens: Optional[int] = None, bias_fallback: Optional[str] = "head",
+                 *, mode: str = "binary", dynamic_batch: bool = True, seed: int = 0,
+                 options: Optional[AttentionOptions] = None, **option_values: Any) -> None:
+        site_only = sorted(set(SITE_ONLY) & set(option_values))
+        if site_only:
+            raise TypeError(f"BinarizeConfig does not take {site_only}: each site's causality "
+                            "and softmax scale come from its graph")
+        self.bias, self.grid, self.num_prefix_tokens = bias, grid, num_prefix_tokens
+        self.bias_fallback, self.mode = bias_fallback, mode
+        self.dynamic_batch, self.seed = dynamic_batch, seed
+        self.options = (options or AttentionOptions()).replace(**option_values)
+        self._check()
+
+    def _check(self) -> None:
         if self.bias not in BIAS_KINDS:
             raise ValueError(f"bias must be one of {BIAS_KINDS}, got {self.bias!r}")
         if self.bias_fallback not in ("dense", "head", None):
@@ -61,23 +76,21 @@ class BinarizeConfig:
             self.grid = (int(self.grid[0]), int(self.grid[1]))
         if self.num_prefix_tokens is not None and self.num_prefix_tokens < 0:
             raise ValueError(f"num_prefix_tokens must be >= 0, got {self.num_prefix_tokens}")
-        if self.scale_mode not in SCALE_MODES:
-            raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
-        if self.binarizer not in BINARIZERS:
-            raise ValueError(f"binarizer must be one of {BINARIZERS}, got {self.binarizer!r}")
-        if self.top_n is not None and (not isinstance(self.top_n, int) or self.top_n < 1):
-            raise ValueError(f"top_n must be a positive int or None, got {self.top_n!r}")
-        if self.pv_bits not in (None, 8):
-            raise ValueError(f"pv_bits must be None or 8, got {self.pv_bits!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if self.mode not in SITE_MODES:
             raise ValueError(f"mode must be one of {SITE_MODES}, got {self.mode!r}")
 
-    def site_options(self) -> dict:
-        """The per-site op options (plain attributes of every BinaryAttentionSite)."""
-        keys = ("scale_mode", "top_n", "pv_bits", "binarizer", "temperature", "ste_clip", "mode")
-        return {k: getattr(self, k) for k in keys}
+    def site_options(self, is_causal: bool, scale: Optional[float],
+                     **found: Any) -> AttentionOptions:
+        """The options of a site with this causality and softmax scale (from its graph) and
+        ``found`` (options the graph itself sets, e.g. a binarized program's) over the
+        config's."""
+        return self.options.replace(is_causal=is_causal, scale=scale, **found)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as one flat dict (the options' fields beside the pass's own)."""
+        flat = {k: v for k, v in asdict(self).items() if k != "options"}
+        flat.update({name: getattr(self.options, name) for name in CONFIG_OPTIONS})
+        return flat
+
+
+option_properties(BinarizeConfig, CONFIG_OPTIONS)

@@ -115,9 +115,9 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
                  config: BinarizeConfig, model: Any) -> None:
     """Rewrite one site in place; fills row.bias."""
     shape = row.shape
-    options = dict(config.site_options(), **m.options)
+    options = config.site_options(m.is_causal, m.scale, **m.options)
     kwargs = dict(index=index, module_path=row.module_path, matcher=m.matcher, shape=shape,
-                  scale=m.scale, is_causal=m.is_causal, **options)
+                  options=options, mode=config.mode)
     site = (BinaryAttentionSite(**kwargs) if m.soft_cap is None else
             SoftCappedSite(soft_cap=m.soft_cap, **kwargs)).to(_device(gm))
     for name, value in m.static_scales.items():

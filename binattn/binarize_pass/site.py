@@ -1,9 +1,10 @@
 """``BinaryAttentionSite``: the module every rewritten attention site calls.
 
 What it does: holds one site's description (where it came from, which matcher fired, its
-shapes, scale, causality) and its options as plain attributes that training may change between
-steps (binarizer, temperature, ste_clip, top_n, static q/k scales, mode). ``forward(q, k, v,
-attn_mask, bias)`` runs :func:`binattn.ops.binary_attention` — which exports as
+shapes) and its op options as one ``AttentionOptions`` (causality, scale, binarizer,
+temperature, ste_clip, top_n, ...) that training replaces between steps (``set_options``), the
+static q/k scales as buffers, and its mode. ``forward(q, k, v, attn_mask, bias)`` runs
+:func:`binattn.ops.binary_attention_with` — which exports as
 ``torch.ops.binattn.binary_attention`` — or, with ``mode = "float"``, exact full-precision softmax
 attention on the same inputs (the teacher of self-distillation). With ``record_probs`` it keeps
 the attention probabilities of the last forward in ``last_probs``.
@@ -14,7 +15,7 @@ the GraphModule named ``binattn_bias_<i>``; its output arrives as ``bias``, or, 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,22 +23,24 @@ from torch import nn
 
 from .. import ops
 from ..ops import reference
+from ..ops.options import OPTION_NAMES, AttentionOptions, AttentionTensors, option_properties
 
 
 class BinaryAttentionSite(nn.Module):
-    """One attention site rewritten to 1-bit query/key attention."""
+    """One attention site rewritten to 1-bit query/key attention.
+
+    ``options`` (an :class:`AttentionOptions`) holds every op option of the site; training
+    changes them between steps with :meth:`set_options` (or by assigning ``site.top_n = 5`` and
+    the like: each option name is a property that replaces ``options``). ``q_scale``/``k_scale``
+    are buffers (HAD's calibrated static scales).
+    """
 
     def __init__(self, *, index: int, module_path: str, matcher: str, shape: dict,
-                 scale: Optional[float], is_causal: bool, scale_mode: str = "mean_abs",
-                 top_n: Optional[int] = None, pv_bits: Optional[int] = None,
-                 binarizer: str = "sign", temperature: float = 1.0, ste_clip: float = 1.0,
-                 mode: str = "binary"):
+                 options: AttentionOptions = AttentionOptions(), mode: str = "binary"):
         super().__init__()
         self.index, self.module_path, self.matcher = index, module_path, matcher
         self.shape = dict(shape)
-        self.scale, self.is_causal = scale, bool(is_causal)
-        self.scale_mode, self.top_n, self.pv_bits = scale_mode, top_n, pv_bits
-        self.binarizer, self.temperature, self.ste_clip = binarizer, temperature, ste_clip
+        self.options = options
         self.mode = mode
         self.record_probs = False
         self.returns_probs = False   # set by the pass where the graph also uses the weights
@@ -45,12 +48,28 @@ class BinaryAttentionSite(nn.Module):
         self.register_buffer("q_scale", None)
         self.register_buffer("k_scale", None)
 
+    def __setstate__(self, state: dict) -> None:
+        """Sites pickled before ``options`` kept each option as an attribute: gather them."""
+        if "options" not in state:
+            old = {name: state.pop(name) for name in OPTION_NAMES if name in state}
+            state["options"] = AttentionOptions(**old)
+        super().__setstate__(state)
+
+    def set_options(self, **changes: Any) -> None:
+        """Replace ``options`` by a checked copy with ``changes`` (option names only): the way
+        to change a site's options between training steps."""
+        self.options = self.options.replace(**changes)
+
     def extra_repr(self) -> str:
         s = self.shape
         return (f"index={self.index}, path={self.module_path!r}, matcher={self.matcher!r}, "
                 f"B={s.get('B')}, Hq={s.get('Hq')}, Hkv={s.get('Hkv')}, Nq={s.get('Nq')}, "
-                f"Nk={s.get('Nk')}, D={s.get('D')}, scale={self.scale}, "
-                f"causal={self.is_causal}, mode={self.mode!r}")
+                f"Nk={s.get('Nk')}, D={s.get('D')}, scale={self.options.scale}, "
+                f"causal={self.options.is_causal}, mode={self.mode!r}")
+
+    def _tensors(self, attn_mask, bias, bias_index) -> AttentionTensors:
+        return AttentionTensors(bias=bias, attn_mask=attn_mask, q_scale=self.q_scale,
+                                k_scale=self.k_scale, bias_index=bias_index)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 attn_mask: Optional[torch.Tensor] = None,
@@ -63,12 +82,8 @@ class BinaryAttentionSite(nn.Module):
         elif need_probs:
             out, probs = self._binary_with_probs(q, k, v, attn_mask, bias, bias_index)
         else:
-            out, probs = ops.binary_attention(
-                q, k, v, bias=bias, attn_mask=attn_mask, is_causal=self.is_causal,
-                scale=self.scale, scale_mode=self.scale_mode, q_scale=self.q_scale,
-                k_scale=self.k_scale, top_n=self.top_n, pv_bits=self.pv_bits,
-                binarizer=self.binarizer, temperature=self.temperature,
-                ste_clip=self.ste_clip, bias_index=bias_index), None
+            out, probs = ops.binary_attention_with(
+                q, k, v, self._tensors(attn_mask, bias, bias_index), self.options), None
         if self.record_probs:
             self.last_probs = probs
         return (out, probs) if self.returns_probs else out
@@ -79,23 +94,25 @@ class BinaryAttentionSite(nn.Module):
         q4, k4, v4, m4, b4 = (x.unsqueeze(1) if squeeze and x is not None and x.dim() == 3 else x
                               for x in (q, k, v, attn_mask, bias))
         out, probs = reference.binary_attention(
-            q4, k4, v4, b4, m4, self.is_causal, self.scale, self.scale_mode, self.q_scale,
-            self.k_scale, self.top_n, self.pv_bits, self.binarizer, self.temperature,
-            self.ste_clip, bias_index, return_probs=True)
+            q4, k4, v4, self._tensors(m4, b4, bias_index), self.options, return_probs=True)
         return (out.squeeze(1), probs.squeeze(1)) if squeeze else (out, probs)
 
     def _float_attention(self, q, k, v, attn_mask, need_probs: bool):
         """Exact full-precision softmax attention on the same q, k, v, mask and scale."""
+        is_causal, scale = self.options.is_causal, self.options.scale
         gqa = q.dim() == 4 and q.shape[1] != k.shape[1]
         if not need_probs:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                                  is_causal=self.is_causal, scale=self.scale,
+                                                  is_causal=is_causal, scale=scale,
                                                   enable_gqa=gqa), None
-        scale = q.shape[-1] ** -0.5 if self.scale is None else self.scale
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
         if gqa:
             k, v = (reference.expand_kv_heads(x, q.shape[1]) for x in (k, v))
         scores = (q @ k.transpose(-2, -1)) * scale
-        mask = reference.additive_mask(attn_mask, self.is_causal, q.shape[-2], k.shape[-2],
+        mask = reference.additive_mask(attn_mask, is_causal, q.shape[-2], k.shape[-2],
                                        scores.dtype, q.device)
         probs = torch.softmax(scores if mask is None else scores + mask, dim=-1)
         return probs @ v, probs
+
+
+option_properties(BinaryAttentionSite)

@@ -15,13 +15,13 @@ trained ``sign`` model) or the backward.
 from __future__ import annotations
 
 import functools
-import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from ..errors import UserError
 from ..ops import reference
+from ..ops.options import from_op_args
 
 
 # int32 value of bit j (bit 31 is the sign bit); Python ints, so the graph holds scalars only
@@ -62,36 +62,32 @@ def bit_scores(q: torch.Tensor, k: torch.Tensor, head_dim: int,
     return head_dim - 2 * popcount_bittest(xor).sum(-1, dtype=torch.int32)
 
 
-def binary_attention_bitops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                            bias: Optional[torch.Tensor] = None,
-                            attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
-                            scale: Optional[float] = None, scale_mode: str = "mean_abs",
-                            q_scale: Optional[torch.Tensor] = None,
-                            k_scale: Optional[torch.Tensor] = None,
-                            top_n: Optional[int] = None, pv_bits: Optional[int] = None,
-                            binarizer: str = "sign", temperature: float = 1.0,
-                            ste_clip: float = 1.0, bias_index: Optional[torch.Tensor] = None,
-                            *, portable: bool = False) -> torch.Tensor:
-    """Forward of the binary-attention op (same signature), QKᵀ through bit operations
-    (``portable``: the shift-free int32 form of :func:`bit_scores`); a bias table is gathered
-    by its index (an ordinary gather in the exported graph)."""
-    if binarizer != "sign":
-        raise UserError(f"export needs binarizer='sign' (the trained model), got {binarizer!r}: "
-                        "soft HAD stages are float math, not bit operations")
-    bias = reference.dense_bias(bias, bias_index)
+def binary_attention_bitops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any,
+                            portable: bool = False, **kwargs: Any) -> torch.Tensor:
+    """Forward of the binary-attention op (the op's arguments, positional and/or by name), QKᵀ
+    through bit operations (``portable``: the shift-free int32 form of :func:`bit_scores`); a
+    bias table is gathered by its index (an ordinary gather in the exported graph)."""
+    tensors, options = from_op_args(args, kwargs)
+    if options.binarizer != "sign":
+        raise UserError(f"export needs binarizer='sign' (the trained model), got "
+                        f"{options.binarizer!r}: soft HAD stages are float math, not bit "
+                        "operations")
+    bias = reference.dense_bias(tensors.bias, tensors.bias_index)
+    k_scale = tensors.k_scale
     dtype = reference.compute_dtype(q, k, v, bias)
     qf, kf = q.to(dtype), reference.expand_kv_heads(k.to(dtype), q.shape[-3])
     if k_scale is not None and k_scale.dim() >= 3:
         k_scale = reference.expand_kv_heads(k_scale, q.shape[-3])
-    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s_q = reference.qk_scale(qf, scale_mode, q_scale)
-    s_k = reference.qk_scale(kf, scale_mode, k_scale)
+    softmax_scale = reference.softmax_scale_of(q, options)
+    s_q = reference.qk_scale(qf, options.scale_mode, tensors.q_scale)
+    s_k = reference.qk_scale(kf, options.scale_mode, k_scale)
     # sign(x/σ) = sign(x) for σ > 0, so static scales only multiply the integer scores
     dots = bit_scores(qf, kf, q.shape[-1], portable).to(dtype)
     scores = (s_q * s_k * softmax_scale) * dots
-    probs = reference.attention_probs(scores, bias, attn_mask, is_causal, top_n)
+    probs = reference.attention_probs(scores, bias, tensors.attn_mask, options.is_causal,
+                                      options.top_n)
     values = reference.expand_kv_heads(v.to(dtype), q.shape[-3])
-    if pv_bits == 8:
+    if options.pv_bits == 8:
         probs, values = reference.quantize_probs_u8(probs), reference.quantize_v_s8(values)
     return (probs @ values).to(v.dtype)
 

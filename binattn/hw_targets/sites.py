@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..ops.options import from_op_args
 from .cost_model import AttentionShape
 from .hardware import HardwareConfigError
 
@@ -56,17 +57,14 @@ def sites_from_graph(gm, top_k: Optional[int] = None) -> list[SiteSpec]:
     for site in find_sites(gm):
         s = site.shape
         n_keys = int(s["Nk"])
-        k = _override_top_k(top_k, site.top_n, n_keys)
+        options = site.options
+        k = _override_top_k(top_k, options.top_n, n_keys)
         shape = AttentionShape(int(s["B"]), int(s["Hq"]), int(s["Hkv"]), int(s["Nq"]), n_keys,
                                int(s["D"]), int(s.get("Dv", s["D"])), k,
-                               site.pv_bits).validate()
+                               options.pv_bits).validate()
         specs.append(SiteSpec(int(site.index), str(site.module_path), str(site.matcher), shape,
-                              str(site.binarizer)))
+                              options.binarizer))
     return specs
-
-
-# positions of the options in torch.ops.binattn.binary_attention's schema
-_ARG_TOP_N, _ARG_PV_BITS, _ARG_BINARIZER = 10, 11, 12
 
 
 def binattn_attention_nodes(graph_owner: Any) -> list:
@@ -98,14 +96,12 @@ def sites_from_program(program: Any, top_k: Optional[int] = None) -> list[SiteSp
             q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
         b, hq, nq, d = (hint(x) for x in q.shape)
         hkv, nk, dv = hint(k.shape[1]), hint(k.shape[2]), hint(v.shape[-1])
-        args = list(node.args) + [None] * (16 - len(node.args))
-        top_n = node.kwargs.get("top_n", args[_ARG_TOP_N])
-        pv_bits = node.kwargs.get("pv_bits", args[_ARG_PV_BITS])
-        binarizer = node.kwargs.get("binarizer", args[_ARG_BINARIZER]) or "sign"
+        _, options = from_op_args(tuple(node.args[3:]), dict(node.kwargs))
         shape = AttentionShape(max(b, 1), hq, hkv, nq, nk, d, dv,
-                               _override_top_k(top_k, top_n, nk), pv_bits).validate()
+                               _override_top_k(top_k, options.top_n, nk),
+                               options.pv_bits).validate()
         specs.append(SiteSpec(index, _layer_name(node), "binattn.binary_attention", shape,
-                              str(binarizer)))
+                              options.binarizer))
     return specs
 
 

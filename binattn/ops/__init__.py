@@ -1,7 +1,8 @@
 """binattn's public ops: validated Python wrappers over the ``torch.ops.binattn`` custom ops.
 
-``sign_pack``, ``popcount_scores`` and ``binary_attention`` check their arguments (clear
-ValueError/TypeError naming the argument), then call the registered custom op, which runs a TVM
+``sign_pack``, ``popcount_scores`` and ``binary_attention`` (``binary_attention_with``: its
+options as one ``AttentionOptions``) check their arguments (clear ValueError/TypeError naming
+the argument), then call the registered custom op, which runs a TVM
 kernel where one is built for the device and the reference otherwise. Semantics: DESIGN.md.
 """
 from __future__ import annotations
@@ -13,9 +14,11 @@ import torch
 from . import library, reference, validation
 from .bias import RelPosBias, relpos_index, relpos_table_size
 from .dispatch import kernel_report, reference_only, used_fallback
+from .options import AttentionOptions, AttentionTensors, op_args, split_keywords
 from .validation import data_checks
 
-__all__ = ["sign_pack", "popcount_scores", "binary_attention", "RelPosBias", "relpos_index",
+__all__ = ["sign_pack", "popcount_scores", "binary_attention", "binary_attention_with",
+           "AttentionOptions", "AttentionTensors", "split_keywords", "RelPosBias", "relpos_index",
            "relpos_table_size", "kernel_report", "reference_only", "used_fallback", "reference",
            "data_checks"]
 
@@ -92,34 +95,46 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     Rows whose keys are all masked give zeros. Output has v's dtype; math runs in float32
     (float64 for float64 inputs).
     """
+    return binary_attention_with(
+        q, k, v, AttentionTensors(bias=bias, attn_mask=attn_mask, q_scale=q_scale,
+                                  k_scale=k_scale, bias_index=bias_index),
+        AttentionOptions(is_causal=is_causal, scale=scale, scale_mode=scale_mode, top_n=top_n,
+                         pv_bits=pv_bits, binarizer=binarizer, temperature=temperature,
+                         ste_clip=ste_clip), check_finite=check_finite)
+
+
+def binary_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          tensors: AttentionTensors = AttentionTensors(),
+                          options: AttentionOptions = AttentionOptions(), *,
+                          check_finite: Optional[bool] = None) -> torch.Tensor:
+    """:func:`binary_attention` with its optional tensors as one :class:`AttentionTensors` and
+    its options as one :class:`AttentionOptions` (what a site holds), in the order the
+    reference and the kernels take them."""
     squeeze = q.dim() == 3 if isinstance(q, torch.Tensor) else False
     q, k, v = _as_4d(q, squeeze), _as_4d(k, squeeze), _as_4d(v, squeeze)
-    attn_mask, bias = _as_4d(attn_mask, squeeze), _as_4d(bias, squeeze)
+    tensors = tensors._replace(attn_mask=_as_4d(tensors.attn_mask, squeeze),
+                               bias=_as_4d(tensors.bias, squeeze))
+    bias, attn_mask = tensors.bias, tensors.attn_mask
     validation.check_attention_inputs(q, k, v)
     target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    if bias_index is None:
+    if tensors.bias_index is None:
         validation.check_broadcast("bias", bias, target)
     else:
-        validation.check_bias_table(bias, bias_index, target,
+        validation.check_bias_table(bias, tensors.bias_index, target,
                                     check_values=check_finite is not False)
     validation.check_broadcast("attn_mask", attn_mask, target)
-    validation.check_options(scale_mode=scale_mode, q_scale=q_scale, k_scale=k_scale,
-                             top_n=top_n, pv_bits=pv_bits, binarizer=binarizer,
-                             temperature=temperature, attn_mask=attn_mask, scale=scale)
+    options.check_tensors(tensors)
     if validation.resolve_check_finite(check_finite):
         for name, x in (("q", q), ("k", k), ("v", v), ("bias", bias)):
             validation.check_finite(name, x)
         if attn_mask is not None and attn_mask.is_floating_point():
             validation.check_finite("attn_mask", attn_mask, allow_inf=True)  # −inf masks
-    args = (q, k, v, bias, attn_mask, bool(is_causal), None if scale is None else float(scale),
-            scale_mode, q_scale, k_scale, top_n, pv_bits, binarizer, float(temperature),
-            float(ste_clip), bias_index)
-    if library.direct_call_ok(q, k, v, bias, attn_mask, q_scale, k_scale, bias_index):
+    if library.direct_call_ok(q, k, v, *tensors):
         if torch.autograd.profiler._is_profiler_enabled:
             with torch.profiler.record_function("binattn::binary_attention"):
-                out = library.binary_attention_impl(*args)
+                out = library.binary_attention_impl(q, k, v, tensors, options)
         else:
-            out = library.binary_attention_impl(*args)
+            out = library.binary_attention_impl(q, k, v, tensors, options)
     else:
-        out = torch.ops.binattn.binary_attention(*args)
+        out = torch.ops.binattn.binary_attention(q, k, v, *op_args(tensors, options))
     return out.squeeze(1) if squeeze else out

@@ -3,27 +3,28 @@
 Ops (namespace ``binattn``):
   - ``sign_pack(Tensor x) -> (Tensor words, Tensor popcounts)``
   - ``popcount_scores(Tensor q_bits, Tensor k_bits, int D) -> Tensor``
-  - ``binary_attention(q, k, v, bias?, attn_mask?, is_causal, scale?, scale_mode, q_scale?,
-    k_scale?, top_n?, pv_bits?, binarizer, temperature, ste_clip, bias_index?=None) -> Tensor``
-    (with ``bias_index``, ``bias`` is a table ``[T, Ht]`` looked up per (query, key))
+  - ``binary_attention(q, k, v, <options.OP_ARGS>) -> Tensor``: the schema text is
+    ``options.op_schema`` (bias?, attn_mask?, is_causal, scale?, scale_mode, q_scale?, k_scale?,
+    top_n?, pv_bits?, binarizer, temperature, ste_clip, bias_index?=None — fixed by saved
+    programs); the kernels get ``(q, k, v, AttentionTensors, AttentionOptions)``
   - ``binary_attention_backward(grad, <same inputs>) -> (dq, dk, dv, dbias)`` (STE gradients)
 
 Each op's real implementation goes through ``dispatch.run`` (TVM kernel or reference). The
 backward is its own op so that torch.compile /
 aot_autograd see an opaque node; it is the analytic VJP in ``reference.binary_attention_backward``.
 
-What it does not: validate arguments (the wrappers in ``binattn.ops`` do that) or hold math.
+What it does not: validate tensors (the wrappers in ``binattn.ops`` do that; options are checked
+by ``AttentionOptions`` as they are read, once per distinct set) or hold math.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from . import dispatch, reference
+from . import dispatch, options, reference
+from .options import AttentionOptions, AttentionTensors
 
 LIB = "binattn"
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
@@ -54,35 +55,30 @@ def _popcount_scores_fake(q_bits: Tensor, k_bits: Tensor, D: int) -> Tensor:
     return q_bits.new_empty((*batch, q_bits.shape[-2], k_bits.shape[-2]), dtype=torch.int32)
 
 
-def _attention_forward(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
-                       top_n, pv_bits, binarizer, temperature, ste_clip, bias_index=None):
+def _attention_forward(q: Tensor, k: Tensor, v: Tensor, tensors: AttentionTensors,
+                       options: AttentionOptions) -> Tensor:
     with torch.no_grad():
-        return reference.binary_attention(
-            q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale, top_n,
-            pv_bits, binarizer, temperature, ste_clip, bias_index)
+        return reference.binary_attention(q, k, v, tensors, options)
 
 
-@torch.library.custom_op(f"{LIB}::binary_attention", mutates_args=())
-def binary_attention_op(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
-                        attn_mask: Optional[Tensor], is_causal: bool, scale: Optional[float],
-                        scale_mode: str, q_scale: Optional[Tensor], k_scale: Optional[Tensor],
-                        top_n: Optional[int], pv_bits: Optional[int], binarizer: str,
-                        temperature: float, ste_clip: float,
-                        bias_index: Optional[Tensor] = None) -> Tensor:
-    return binary_attention_impl(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
-                                 k_scale, top_n, pv_bits, binarizer, temperature, ste_clip,
-                                 bias_index)
+def binary_attention_op(q: Tensor, k: Tensor, v: Tensor, *args) -> Tensor:
+    """``binattn::binary_attention``: the options after q, k, v in ``options.OP_ARGS`` order."""
+    tensors, opts = options.from_op_args(args)
+    return binary_attention_impl(q, k, v, tensors, opts)
 
 
-def binary_attention_impl(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
-                          k_scale, top_n, pv_bits, binarizer, temperature, ste_clip,
-                          bias_index=None) -> Tensor:
+binary_attention_op = torch.library.custom_op(
+    f"{LIB}::binary_attention", binary_attention_op, mutates_args=(),
+    schema=options.op_schema("Tensor q, Tensor k, Tensor v", "Tensor"))
+
+
+def binary_attention_impl(q: Tensor, k: Tensor, v: Tensor, tensors: AttentionTensors,
+                          opts: AttentionOptions) -> Tensor:
     """What ``binattn::binary_attention`` computes (its registered kernel, on every device): the
     dispatcher's kernel or the reference, in the op's output layout. ``binattn.ops`` calls it
     directly where the dispatcher has nothing to do (:func:`direct_call_ok`)."""
-    out = dispatch.run("binary_attention", q.device.type, _attention_forward, q, k, v, bias,
-                       attn_mask, is_causal, scale, scale_mode, q_scale, k_scale, top_n,
-                       pv_bits, binarizer, temperature, ste_clip, bias_index)
+    out = dispatch.run("binary_attention", q.device.type, _attention_forward, q, k, v, tensors,
+                       opts)
     return reference.in_output_layout(out, q, v)
 
 
@@ -106,30 +102,30 @@ def direct_call_ok(*tensors: Optional[Tensor]) -> bool:
 
 
 @binary_attention_op.register_fake
-def _binary_attention_fake(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
-                           k_scale, top_n, pv_bits, binarizer, temperature, ste_clip,
-                           bias_index=None):
+def _binary_attention_fake(q: Tensor, k: Tensor, v: Tensor, *args) -> Tensor:
     return reference.empty_output(q, v)
 
 
-def _attention_backward(grad, q, k, v, bias, *options):
+def _attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
+                        tensors: AttentionTensors, options: AttentionOptions):
     """Analytic STE backward of the reference; an empty dbias stands for "no bias"."""
-    dq, dk, dv, dbias = reference.binary_attention_backward(grad, q, k, v, bias, *options)
+    dq, dk, dv, dbias = reference.binary_attention_backward(grad, q, k, v, tensors, options)
     dbias = dbias.contiguous() if dbias is not None else q.new_empty((0,))
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbias
 
 
-@torch.library.custom_op(f"{LIB}::binary_attention_backward", mutates_args=())
-def binary_attention_backward_op(
-        grad: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
-        attn_mask: Optional[Tensor], is_causal: bool, scale: Optional[float], scale_mode: str,
-        q_scale: Optional[Tensor], k_scale: Optional[Tensor], top_n: Optional[int],
-        pv_bits: Optional[int], binarizer: str, temperature: float,
-        ste_clip: float, bias_index: Optional[Tensor] = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def binary_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
+                                 *args) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``binattn::binary_attention_backward``: ``grad`` then the forward's arguments."""
+    tensors, opts = options.from_op_args(args)
     return dispatch.run("binary_attention_backward", q.device.type, _attention_backward, grad,
-                        q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale,
-                        k_scale, top_n, pv_bits, binarizer, temperature, ste_clip, bias_index)
+                        q, k, v, tensors, opts)
+
+
+binary_attention_backward_op = torch.library.custom_op(
+    f"{LIB}::binary_attention_backward", binary_attention_backward_op, mutates_args=(),
+    schema=options.op_schema("Tensor grad, Tensor q, Tensor k, Tensor v",
+                             "(Tensor, Tensor, Tensor, Tensor)"))
 
 
 @binary_attention_backward_op.register_fake
@@ -141,23 +137,19 @@ def _binary_attention_backward_fake(grad, q, k, v, bias, *rest):
     return like(q), like(k), like(v), dbias
 
 
-_OPTION_NAMES = ("attn_mask", "is_causal", "scale", "scale_mode", "q_scale", "k_scale", "top_n",
-                 "pv_bits", "binarizer", "temperature", "ste_clip", "bias_index")
-_TENSOR_OPTIONS = ("attn_mask", "q_scale", "k_scale", "bias_index")
-
-
 def _setup_context(ctx, inputs, output):
-    q, k, v, bias, *options = inputs
-    ctx.options = dict(zip(_OPTION_NAMES, options))
-    ctx.save_for_backward(q, k, v, bias, *(ctx.options.get(n) for n in _TENSOR_OPTIONS))
+    q, k, v, *args = inputs
+    tensors, ctx.options = options.from_op_args(tuple(args))
+    ctx.save_for_backward(q, k, v, *tensors)
 
 
 def _backward(ctx, grad):
-    q, k, v, bias, *tensors = ctx.saved_tensors
-    opts = dict(ctx.options, **dict(zip(_TENSOR_OPTIONS, tensors)))
+    q, k, v, *tensors = ctx.saved_tensors
+    tensors = AttentionTensors(*tensors)
     dq, dk, dv, dbias = binary_attention_backward_op(
-        grad, q, k, v, bias, *(opts.get(n) for n in _OPTION_NAMES))
-    return (dq, dk, dv, dbias if bias is not None else None) + (None,) * len(_OPTION_NAMES)
+        grad, q, k, v, *options.op_args(tensors, ctx.options))
+    dbias = dbias if tensors.bias is not None else None
+    return (dq, dk, dv) + options.op_grads(bias=dbias)
 
 
 binary_attention_op.register_autograd(_backward, setup_context=_setup_context)

@@ -16,9 +16,12 @@ from typing import Optional
 
 import torch
 
+from .options import SCALE_MODES  # noqa: F401 - re-exported
+from .options import BINARIZERS, NO_TENSORS, AttentionOptions, AttentionTensors
+
+DEFAULTS = AttentionOptions()
+
 WORD_BITS = 32
-SCALE_MODES = ("mean_abs", "static", "none")
-BINARIZERS = ("sign", "tanh", "scaled_tanh")
 
 
 def num_words(head_dim: int) -> int:
@@ -229,24 +232,32 @@ def quantize_v_s8(v: torch.Tensor) -> torch.Tensor:
     return round_ste(v * inv_step) / (inv_step + 1e-6)
 
 
-def binary_scores(q: torch.Tensor, k: torch.Tensor, *, scale: Optional[float] = None,
-                  scale_mode: str = "mean_abs", q_scale: Optional[torch.Tensor] = None,
-                  k_scale: Optional[torch.Tensor] = None, binarizer: str = "sign",
-                  temperature: float = 1.0, ste_clip: float = 1.0) -> torch.Tensor:
+def binary_scores(q: torch.Tensor, k: torch.Tensor, options: AttentionOptions = DEFAULTS,
+                  q_scale: Optional[torch.Tensor] = None,
+                  k_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """s_q·s_k·softmax_scale·(b_q·b_kᵀ) in the compute dtype, [B, Hq, Nq, Nk] (no bias/mask)."""
     dtype = compute_dtype(q, k)
     q, k = q.to(dtype), expand_kv_heads(k.to(dtype), q.shape[-3])
     if k_scale is not None and k_scale.dim() >= 3:
         k_scale = expand_kv_heads(k_scale, q.shape[-3])
-    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s_q = qk_scale(q, scale_mode, q_scale)
-    s_k = qk_scale(k, scale_mode, k_scale)
+    softmax_scale = softmax_scale_of(q, options)
+    s_q = qk_scale(q, options.scale_mode, q_scale)
+    s_k = qk_scale(k, options.scale_mode, k_scale)
     # static scales follow HAD: Q_b = σ·sign(Q/σ); sign is scale-free so only the soft forms see σ
-    q_in = q / s_q if scale_mode == "static" else q
-    k_in = k / s_k if scale_mode == "static" else k
-    b_q = binarize(q_in, binarizer, temperature, ste_clip)
-    b_k = binarize(k_in, binarizer, temperature, ste_clip)
+    q_in = q / s_q if options.scale_mode == "static" else q
+    k_in = k / s_k if options.scale_mode == "static" else k
+    b_q, b_k = binarize_as(q_in, options), binarize_as(k_in, options)
     return nan_unless_finite(s_q * s_k * softmax_scale) * (b_q @ b_k.transpose(-1, -2))
+
+
+def softmax_scale_of(q: torch.Tensor, options: AttentionOptions) -> float:
+    """The softmax scale: ``options.scale``, default ``1/sqrt(D)``."""
+    return 1.0 / math.sqrt(q.shape[-1]) if options.scale is None else options.scale
+
+
+def binarize_as(x: torch.Tensor, options: AttentionOptions) -> torch.Tensor:
+    """:func:`binarize` with the binarizer, temperature and STE clip of ``options``."""
+    return binarize(x, options.binarizer, options.temperature, options.ste_clip)
 
 
 def table_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -288,28 +299,21 @@ def attention_probs(scores: torch.Tensor, bias: Optional[torch.Tensor],
 
 
 def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     bias: Optional[torch.Tensor] = None,
-                     attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
-                     scale: Optional[float] = None, scale_mode: str = "mean_abs",
-                     q_scale: Optional[torch.Tensor] = None,
-                     k_scale: Optional[torch.Tensor] = None, top_n: Optional[int] = None,
-                     pv_bits: Optional[int] = None, binarizer: str = "sign",
-                     temperature: float = 1.0, ste_clip: float = 1.0,
-                     bias_index: Optional[torch.Tensor] = None, return_probs: bool = False):
+                     tensors: AttentionTensors = NO_TENSORS,
+                     options: AttentionOptions = DEFAULTS, return_probs: bool = False):
     """Reference binary attention on validated 4-D inputs [B, H, N, D]; output in v's dtype.
 
-    Rows whose keys are all masked produce zeros (not NaN). With ``bias_index``, ``bias`` is a
-    table looked up by it (:func:`table_bias`). With ``return_probs`` also returns the attention
-    probabilities (used by attention-map distillation).
+    Rows whose keys are all masked produce zeros (not NaN). With ``tensors.bias_index``,
+    ``tensors.bias`` is a table looked up by it (:func:`table_bias`). With ``return_probs``
+    also returns the attention probabilities (used by attention-map distillation). Keyword
+    arguments as ``binattn.ops.binary_attention`` takes them: ``*options.split_keywords(...)``.
     """
-    bias = dense_bias(bias, bias_index)
-    scores = binary_scores(q, k, scale=scale, scale_mode=scale_mode, q_scale=q_scale,
-                           k_scale=k_scale, binarizer=binarizer, temperature=temperature,
-                           ste_clip=ste_clip)
-    probs = attention_probs(scores, bias, attn_mask, is_causal, top_n)
+    bias = dense_bias(tensors.bias, tensors.bias_index)
+    scores = binary_scores(q, k, options, tensors.q_scale, tensors.k_scale)
+    probs = attention_probs(scores, bias, tensors.attn_mask, options.is_causal, options.top_n)
     dtype = probs.dtype
     values = expand_kv_heads(v.to(dtype), q.shape[-3])
-    if pv_bits == 8:
+    if options.pv_bits == 8:
         probs_used, values = quantize_probs_u8(probs), quantize_v_s8(values)
     else:
         probs_used = probs
@@ -334,47 +338,46 @@ def _sum_to_shape(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return x.sum(dims, keepdim=True) if dims else x
 
 
-def _input_grad(x, s, b_in, d_hat, binarizer, temperature, ste_clip, scale_mode):
+def _input_grad(x, s, b_in, d_hat, options: AttentionOptions):
     """Gradient to q (or k) from d(x̂) where x̂ = s·binarize(x_in)."""
-    grad = d_hat * binarize_derivative(b_in, binarizer, temperature, ste_clip)
-    if scale_mode != "static":
+    grad = d_hat * binarize_derivative(b_in, options.binarizer, options.temperature,
+                                       options.ste_clip)
+    if options.scale_mode != "static":
         grad = grad * s
-    if scale_mode == "mean_abs":
-        b_val = binarize(b_in, binarizer, temperature, ste_clip).detach()
+    if options.scale_mode == "mean_abs":
+        b_val = binarize_as(b_in, options).detach()
         ds = (d_hat * b_val).sum(dim=(-2, -1), keepdim=True)
         grad = grad + ds * torch.sign(x) / (x.shape[-2] * x.shape[-1])
     return grad
 
 
-def binary_attention_backward(grad_out, q, k, v, bias=None, attn_mask=None, is_causal=False,
-                              scale=None, scale_mode="mean_abs", q_scale=None, k_scale=None,
-                              top_n=None, pv_bits=None, binarizer="sign", temperature=1.0,
-                              ste_clip=1.0, bias_index=None):
+def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                              v: torch.Tensor, tensors: AttentionTensors = NO_TENSORS,
+                              options: AttentionOptions = DEFAULTS) -> tuple:
     """Analytic VJP of :func:`binary_attention` (STE through sign): ``(dq, dk, dv, dbias)``.
 
     The same math a backward kernel implements; tested against autograd of the forward.
-    ``dbias`` is None when ``bias`` is None; with ``bias_index`` it is the table's gradient.
+    ``dbias`` is None when there is no bias; with ``bias_index`` it is the table's gradient.
     """
-    table, bias = bias, dense_bias(bias, bias_index)
+    o, bias_index, k_scale = options, tensors.bias_index, tensors.k_scale
+    table, bias = tensors.bias, dense_bias(tensors.bias, bias_index)
     dtype = compute_dtype(q, k, v, bias)
     hq, hkv = q.shape[-3], k.shape[-3]
     group = hq // hkv
     qf, kf, vf = q.to(dtype), expand_kv_heads(k.to(dtype), hq), expand_kv_heads(v.to(dtype), hq)
     if k_scale is not None and k_scale.dim() >= 3:
         k_scale = expand_kv_heads(k_scale, hq)
-    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s_q, s_k = qk_scale(qf, scale_mode, q_scale), qk_scale(kf, scale_mode, k_scale)
-    q_in = qf / s_q if scale_mode == "static" else qf
-    k_in = kf / s_k if scale_mode == "static" else kf
-    q_hat = s_q * binarize(q_in, binarizer, temperature, ste_clip).detach()
-    k_hat = s_k * binarize(k_in, binarizer, temperature, ste_clip).detach()
+    softmax_scale = softmax_scale_of(q, o)
+    s_q, s_k = qk_scale(qf, o.scale_mode, tensors.q_scale), qk_scale(kf, o.scale_mode, k_scale)
+    q_in = qf / s_q if o.scale_mode == "static" else qf
+    k_in = kf / s_k if o.scale_mode == "static" else kf
+    q_hat = s_q * binarize_as(q_in, o).detach()
+    k_hat = s_k * binarize_as(k_in, o).detach()
     with torch.no_grad():
-        scores = binary_scores(q, k, scale=scale, scale_mode=scale_mode, q_scale=q_scale,
-                               k_scale=k_scale, binarizer=binarizer, temperature=temperature,
-                               ste_clip=ste_clip)
-    probs = attention_probs(scores, bias, attn_mask, is_causal, top_n)
+        scores = binary_scores(q, k, o, tensors.q_scale, k_scale)
+    probs = attention_probs(scores, bias, tensors.attn_mask, o.is_causal, o.top_n)
     g = grad_out.to(dtype)
-    if pv_bits == 8:
+    if o.pv_bits == 8:
         inv_step = v_inverse_step(vf)
         v_used, p_used = quantize_v_s8(vf), quantize_probs_u8(probs)
         dv = (p_used.transpose(-1, -2) @ g) * (inv_step / (inv_step + 1e-6))
@@ -388,8 +391,8 @@ def binary_attention_backward(grad_out, q, k, v, bias=None, attn_mask=None, is_c
         dbias = table_grad(dbias, bias_index, table)
     dq_hat = softmax_scale * (ds @ k_hat)
     dk_hat = softmax_scale * (ds.transpose(-1, -2) @ q_hat)
-    dq = _input_grad(qf, s_q, q_in, dq_hat, binarizer, temperature, ste_clip, scale_mode)
-    dk = _input_grad(kf, s_k, k_in, dk_hat, binarizer, temperature, ste_clip, scale_mode)
+    dq = _input_grad(qf, s_q, q_in, dq_hat, o)
+    dk = _input_grad(kf, s_k, k_in, dk_hat, o)
     if group > 1:
         dk = dk.unflatten(-3, (hkv, group)).sum(-3)
         dv = dv.unflatten(-3, (hkv, group)).sum(-3)

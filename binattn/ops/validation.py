@@ -1,8 +1,9 @@
 """Argument checks for binattn's public ops: clear ValueError/TypeError naming the argument.
 
-What it does: rank, dtype, shape, GQA and option checks, run once in the Python wrappers before
-a custom op is called — from shapes, dtypes and devices alone, so they never read the device —
-plus the opt-in data checks. What it does not: any math (``reference``) or dispatch.
+What it does: rank, dtype, shape and GQA checks of the tensors, run once in the Python wrappers
+before a custom op is called — from shapes, dtypes and devices alone, so they never read the
+device — plus the opt-in data checks. What it does not: check options (``options``: the one
+place they are checked), any math (``reference``) or dispatch.
 
 NaN policy (README): a data check needs the values, and reading them back is a host sync that
 drains the launch queue (three per layer cost a binarized ViT-B 2.5 ms on the H100). So by
@@ -25,7 +26,6 @@ from typing import Iterator, Optional
 
 import torch
 
-from .reference import BINARIZERS, SCALE_MODES
 
 _local = threading.local()
 
@@ -214,28 +214,3 @@ def _index_known_good(index: torch.Tensor, rows: int) -> bool:
         del _checked_indices[id(index)]
         return False
     return index._version == version and rows >= checked_rows
-
-
-def check_options(*, scale_mode: str, q_scale, k_scale, top_n, pv_bits, binarizer: str,
-                  temperature: float, attn_mask, scale) -> None:
-    """Options of binary_attention."""
-    if scale_mode not in SCALE_MODES:
-        raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
-    if scale_mode == "static" and (q_scale is None or k_scale is None):
-        raise ValueError("scale_mode='static' needs q_scale and k_scale (calibrated per layer)")
-    for name, s in (("q_scale", q_scale), ("k_scale", k_scale)):
-        if s is not None and not isinstance(s, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor (0-d or broadcastable per head)")
-    if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
-        raise ValueError(f"top_n must be a positive int or None, got {top_n!r}")
-    if pv_bits not in (None, 8):
-        raise ValueError(f"pv_bits must be None or 8, got {pv_bits!r}")
-    if binarizer not in BINARIZERS:
-        raise ValueError(f"binarizer must be one of {BINARIZERS}, got {binarizer!r}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    if attn_mask is not None and not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
-        raise TypeError(f"attn_mask must be bool (True = keep) or float (additive), got "
-                        f"{attn_mask.dtype}")

@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
 from ..errors import UserError
+from ..ops.options import AttentionOptions
 from .schedules import HAD_FRACTIONS
 
 RECIPE_NAMES = ("binaryattention", "had", "fp")
 DISTILL_KINDS = ("hard", "soft", "none")
 TASKS = ("auto", "classification", "embedding")
+SITE_OPTIONS = ("scale_mode", "top_n", "pv_bits", "ste_clip")  # None: the recipe's default
 
 
 @dataclass
@@ -39,7 +41,8 @@ class TrainConfig:
         hidden_weight: MSE between student and teacher per-site attention outputs (default 0).
         output_weight: weight of the output term (KL for logits, 1−cos+MSE for embeddings).
         scale_mode: override the recipe's scale mode (``"none"`` gives the sign-only ablation).
-        top_n, pv_bits, ste_clip: site options (``None`` = recipe default; ``top_n=0`` = off).
+        top_n, pv_bits, ste_clip: site options (``None`` = recipe default; ``top_n=0`` = off);
+            :meth:`site_options` derives the sites' ``AttentionOptions`` changes from them.
         calib_batches: HAD's calibration batches for the static scales (std of q and k).
         had_fractions: lengths of HAD's four stages as fractions of the run.
         task: ``"classification"`` (labels + logits), ``"embedding"`` (pure distillation on
@@ -96,16 +99,31 @@ class TrainConfig:
             (self.lr > 0, "lr must be > 0"),
             (0 <= self.warmup < 1, "warmup is a fraction of the steps, in [0, 1)"),
             (0 <= self.label_weight <= 1, "label_weight must be in [0, 1]"),
-            (self.top_n is None or self.top_n >= 0, "top_n must be >= 0 (0 = off)"),
-            (self.pv_bits in (None, 8), "pv_bits must be None or 8"),
-            (self.scale_mode in (None, "mean_abs", "static", "none"),
-             "scale_mode must be mean_abs, static or none"),
             (self.calib_batches >= 1, "calib_batches must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(f"TrainConfig: {message} (got {self._field_of(message)!r})")
+        try:
+            self.site_options({})   # the op options are checked where they are defined
+        except (TypeError, ValueError) as err:
+            raise UserError(f"TrainConfig: {err} (top_n=0 turns top-N off)" if
+                            str(err).startswith("top_n") else f"TrainConfig: {err}") from err
         self.had_fractions = tuple(float(f) for f in self.had_fractions)
+
+    def site_options(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """The op options training sets on every site (``set_options``): each of
+        :data:`SITE_OPTIONS` this config sets, else the recipe's ``defaults`` (``top_n`` 0 is
+        off), with the ``sign`` binarizer at temperature 1 — checked as ``AttentionOptions``."""
+        values: dict[str, Any] = dict(binarizer="sign", temperature=1.0)
+        for name in SITE_OPTIONS:
+            own = getattr(self, name)
+            values[name] = defaults.get(name) if own is None else own
+        values["top_n"] = values["top_n"] or None
+        base = AttentionOptions()   # an option left unset where None is no value (fp recipe)
+        values = {k: v for k, v in values.items() if v is not None or getattr(base, k) is None}
+        base.replace(**values)
+        return values
 
     def _field_of(self, message: str) -> Any:
         name = message.split()[0]

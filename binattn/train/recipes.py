@@ -54,10 +54,7 @@ class Recipe:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         defaults = RECIPE_DEFAULTS[cfg.recipe]
-        self.scale_mode = cfg.scale_mode or defaults["scale_mode"]
-        top_n = defaults["top_n"] if cfg.top_n is None else cfg.top_n
-        self.top_n: Optional[int] = top_n or None
-        self.ste_clip = defaults["ste_clip"] if cfg.ste_clip is None else cfg.ste_clip
+        self.site_options = cfg.site_options(defaults)   # the op options the sites train with
         self.attn_weight = defaults["attn_weight"] if cfg.attn_weight is None else cfg.attn_weight
 
     def needs_teacher(self, task: str) -> bool:
@@ -66,9 +63,7 @@ class Recipe:
 
     def prepare(self, sites: list) -> None:
         """Set the site options this recipe trains with (before calibration / resume)."""
-        set_options(sites, mode="binary", scale_mode=self.scale_mode, top_n=self.top_n,
-                    pv_bits=self.cfg.pv_bits, binarizer="sign", temperature=1.0,
-                    ste_clip=self.ste_clip)
+        set_options(sites, mode="binary", **self.site_options)
 
     def calibrate(self, model: nn.Module, sites: list, batches) -> None:
         """Fit data-dependent site state (HAD's static scales); nothing by default."""
@@ -147,7 +142,8 @@ class HADRecipe(Recipe):
             site.k_scale = torch.tensor(max(sk, 1e-6), device=device)
 
     def plan(self, sites: list, step: int, total: int) -> StepPlan:
-        stage = had_stage(step, total, self.cfg.had_fractions, ste_clip=self.ste_clip)
+        stage = had_stage(step, total, self.cfg.had_fractions,
+                          ste_clip=self.site_options["ste_clip"])
         set_options(sites, binarizer=stage.binarizer, temperature=stage.temperature,
                     ste_clip=stage.ste_clip)
         return StepPlan(stage.attention_loss and self.attn_weight > 0 and bool(sites),

@@ -1,10 +1,11 @@
 """The attention sites of a binarized model, seen from training: find, record, make the teacher.
 
 What it does: lists the ``BinaryAttentionSite`` modules of a model (graph order), sets options
-on all of them at once, records their attention probabilities / outputs during one forward
-(``Recorder``), and builds the self-distillation teacher — a frozen copy of the same GraphModule
-with every site in ``mode="float"`` (exact full-precision attention, no learned bias), i.e. the
-model before binarization.
+on all of them at once (op options by replacing each site's ``AttentionOptions``), records
+their attention probabilities / outputs during one forward (``Recorder``), and builds the
+self-distillation teacher — a frozen copy of the same GraphModule with every site in
+``mode="float"`` (exact full-precision attention, no learned bias), i.e. the model before
+binarization.
 
 What it does not: rewrite models (``binattn.binarize``) or compute losses (``losses``).
 """
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..binarize_pass.site import BinaryAttentionSite
+from ..ops.options import OPTION_NAMES
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -30,12 +32,18 @@ def find_sites(model: nn.Module) -> list[BinaryAttentionSite]:
     return sorted(sites, key=lambda s: s.index)
 
 
-def set_options(sites: list[BinaryAttentionSite], **options: Any) -> None:
-    """Set plain attributes (binarizer, temperature, ste_clip, top_n, ...) on every site."""
+def set_options(sites: list[BinaryAttentionSite], **changes: Any) -> None:
+    """Change every site: op options (binarizer, temperature, ste_clip, top_n, ...) replace
+    each site's ``AttentionOptions`` by a checked copy (its causality and scale kept); other
+    names (``mode``, ``record_probs``) set the attribute."""
+    options = {name: value for name, value in changes.items() if name in OPTION_NAMES}
+    attributes = {name: value for name, value in changes.items() if name not in options}
     for site in sites:
-        for name, value in options.items():
+        for name in attributes:
             if not hasattr(site, name):
                 raise AttributeError(f"BinaryAttentionSite has no option {name!r}")
+        site.set_options(**options)
+        for name, value in attributes.items():
             setattr(site, name, value)
 
 
@@ -138,7 +146,6 @@ def site_summary(sites: list[BinaryAttentionSite]) -> Optional[dict]:
     """The options the sites share now (for logs), or None without sites."""
     if not sites:
         return None
-    s = sites[0]
-    return {"sites": len(sites), "scale_mode": s.scale_mode, "binarizer": s.binarizer,
-            "temperature": s.temperature, "ste_clip": s.ste_clip, "top_n": s.top_n,
-            "pv_bits": s.pv_bits}
+    options = sites[0].options
+    names = ("scale_mode", "binarizer", "temperature", "ste_clip", "top_n", "pv_bits")
+    return {"sites": len(sites), **{name: getattr(options, name) for name in names}}

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..ops import dispatch, reference
+from ..ops.options import AttentionOptions
 
 
 @dataclass
@@ -95,7 +96,8 @@ def bench_attention(batch: int, heads: int, n: int, head_dim: int, repeat: int =
             out = fns[name]()
             row.path[name] = dispatch.kernel_report().get("binary_attention/cpu", "?")
             if n <= REFERENCE_MAX_N:
-                ref = reference.binary_attention(q, k, v, pv_bits=pv_bits)
+                ref = reference.binary_attention(q, k, v, options=AttentionOptions(
+                    pv_bits=pv_bits))
                 row.max_abs_err[name] = (out - ref).abs().max().item()
         row.path["binattn"] = row.path["binattn fp32-PV"]
         row.timings = side_by_side(fns, repeat)

@@ -2,9 +2,10 @@
 
 Imported lazily by ``binattn.ops.dispatch`` on the first CPU call. Registers one kernel per op
 (``sign_pack``, ``popcount_scores``, ``binary_attention``) whose ``fn`` takes exactly the
-reference's arguments and whose ``supports`` returns None or a short reason. A TVM build
-failure is a reason too ("build failed: …"), so the op falls back to the reference with the
-dispatcher's one-time warning instead of raising. Tensors reach TVM zero-copy through DLPack.
+reference's arguments (for attention: q, k, v, ``AttentionTensors``, ``AttentionOptions``) and
+whose ``supports`` returns None or a short reason. A TVM build failure is a reason too ("build
+failed: …"), so the op falls back to the reference with the dispatcher's one-time warning
+instead of raising. Tensors reach TVM zero-copy through DLPack.
 
 What the kernels cover: float32/float16/bfloat16 inputs, any D and Dv, odd N, GQA, bool or
 float masks, causal, learned bias, the three scale modes, ``pv_bits`` None or 8. What they do
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import dispatch, reference
+from ..ops.options import AttentionOptions, AttentionTensors
 from . import cpu_build, cpu_kernels
 from .cpu_target import use_all_cores
 
@@ -207,21 +209,21 @@ def _workload(q, v, add_shape, is_causal, pv_bits) -> cpu_kernels.AttentionWorkl
                                          pv_bits == 8)
 
 
-def binary_attention(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=None,
-                     scale_mode="mean_abs", q_scale=None, k_scale=None, top_n=None, pv_bits=None,
-                     binarizer="sign", temperature=1.0, ste_clip=1.0, bias_index=None):
+def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     tensors: AttentionTensors, options: AttentionOptions) -> torch.Tensor:
     """The fused TVM kernel with the reference's signature (see module docstring); a bias
     table is gathered to its dense form first."""
-    bias = reference.dense_bias(bias, bias_index)
+    bias = reference.dense_bias(tensors.bias, tensors.bias_index)
     B, hq, n_q, head_dim = q.shape
     hkv, n_k, dv_true = k.shape[1], k.shape[2], v.shape[-1]
     dv = value_bucket(dv_true)
+    pv_bits = options.pv_bits
     q_bits, _, q_abs = pack_rows(q)
     k_bits, _, k_abs = pack_rows(k)
-    s_q, s_k = _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs)
-    coef = _coef(q, k, scale, s_q, s_k)
-    add = _additive(bias, attn_mask, n_q, n_k)
-    wl = _workload(q, v, None if add is None else add.shape, is_causal, pv_bits)
+    s_q, s_k = _scales(q, k, options.scale_mode, tensors.q_scale, tensors.k_scale, q_abs, k_abs)
+    coef = _coef(q, k, options.scale, s_q, s_k)
+    add = _additive(bias, tensors.attn_mask, n_q, n_k)
+    wl = _workload(q, v, None if add is None else add.shape, options.is_causal, pv_bits)
     fn, knobs = cpu_build.attention_kernel(wl)
     nq_pad, nk_pad = _round_up(n_q, knobs.block_q), _round_up(n_k, knobs.block_k)
     q_bits = _pad_dim(q_bits, 2, nq_pad)
@@ -245,33 +247,35 @@ def binary_attention(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=
     return reference.empty_output(q, v).copy_(out[:, :, :n_q, :dv_true])
 
 
-def binary_attention_supports(q, k, v, bias=None, attn_mask=None, is_causal=False, scale=None,
-                              scale_mode="mean_abs", q_scale=None, k_scale=None, top_n=None,
-                              pv_bits=None, binarizer="sign", temperature=1.0,
-                              ste_clip=1.0, bias_index=None) -> Optional[str]:
+def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              tensors: AttentionTensors,
+                              options: AttentionOptions) -> Optional[str]:
     reason = _dtype_reason(q, k, v)
     if reason:
         return reason
+    bias, attn_mask, bias_index = tensors.bias, tensors.attn_mask, tensors.bias_index
     for name, t in (("bias", bias), ("attn_mask", attn_mask)):
         if t is not None and (t.device.type != "cpu" or t.dtype == torch.float64):
             return f"{name} on {t.device.type} / {t.dtype}"
-    if binarizer != "sign":
-        return f"binarizer={binarizer!r} (soft, training-only) runs the reference"
-    if top_n is not None and top_n < k.shape[-2]:
+    if options.binarizer != "sign":
+        return f"binarizer={options.binarizer!r} (soft, training-only) runs the reference"
+    if options.top_n is not None and options.top_n < k.shape[-2]:
         return "top_n is not built"
     if q.dim() != 4:
         return f"{q.dim()}-D inputs"
-    if scale_mode == "static":
+    if options.scale_mode == "static":
+        q_scale, k_scale = tensors.q_scale, tensors.k_scale
         for name, s in (("q_scale", q_scale), ("k_scale", k_scale)):
             if s is None or s.dtype == torch.float64 or bool((s <= 0).any()):
                 return f"{name} must be positive float32 for the kernel"
         try:
-            _coef(q, k, scale, q_scale.float(), k_scale.float())
+            _coef(q, k, options.scale, q_scale.float(), k_scale.float())
         except RuntimeError:
             return "static scales are not per (batch, head)"
     bias_shape = None if bias is None else (
         bias.shape if bias_index is None else (bias.shape[1], *bias_index.shape))
-    wl = _workload(q, v, _add_shape(bias_shape, attn_mask), is_causal, pv_bits)
+    pv_bits = options.pv_bits
+    wl = _workload(q, v, _add_shape(bias_shape, attn_mask), options.is_causal, pv_bits)
     if pv_bits == 8:
         limit = cpu_kernels.LUT_MAX_CAUSAL_NQ
         if wl.causal and cpu_kernels.pv8_uses_lut(wl) and q.shape[-2] > limit:

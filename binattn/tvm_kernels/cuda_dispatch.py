@@ -23,6 +23,7 @@ from typing import Any, Optional
 import torch
 
 from ..ops import dispatch, reference
+from ..ops.options import AttentionOptions, AttentionTensors
 from ..schedules.cuda_attention import PV8_KEY_BLOCK, PV8_MAX_KEYS, SCORE_MAGIC, dv_bucket
 from .cuda_build import read_manifest
 
@@ -323,20 +324,19 @@ def popcount_kernel(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int) -> torch
 
 # ---- binary_attention -----------------------------------------------------------------------
 
-def attention_supports(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
-                       top_n, pv_bits, binarizer, temperature, ste_clip,
-                       bias_index=None) -> Optional[str]:
+def attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       tensors: AttentionTensors, options: AttentionOptions) -> Optional[str]:
     if q.device.type != "cuda":
         return "not a CUDA tensor"
     if v.dtype not in PV_DTYPES:
         return f"v dtype {v.dtype} (kernel takes float16/bfloat16 V)"
     if q.dtype not in PACK_DTYPES or k.dtype not in PACK_DTYPES:
         return f"q/k dtype {q.dtype}/{k.dtype}"
-    if binarizer != "sign":
-        return f"binarizer={binarizer!r} (kernel implements 'sign')"
-    if top_n is not None and top_n < k.shape[-2]:
+    if options.binarizer != "sign":
+        return f"binarizer={options.binarizer!r} (kernel implements 'sign')"
+    if options.top_n is not None and options.top_n < k.shape[-2]:
         return "top_n not implemented in the CUDA kernel"
-    if pv_bits == 8:
+    if options.pv_bits == 8:
         reason = _pv8_reason(q.device, v, k.shape[-2])
         if reason:
             return reason
@@ -348,9 +348,10 @@ def attention_supports(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q
         return "empty input"
     if q.shape[0] * max(q.shape[1], 1) > MAX_GRID_YZ:
         return f"batch × heads = {q.shape[0] * q.shape[1]} > {MAX_GRID_YZ}"
-    if scale_mode == "static" and (q_scale is None or k_scale is None):
+    if options.scale_mode == "static" and (tensors.q_scale is None or tensors.k_scale is None):
         return "static scale_mode without q_scale/k_scale"
-    for name, t in (("bias", bias), ("attn_mask", attn_mask), ("bias_index", bias_index)):
+    for name in ("bias", "attn_mask", "bias_index"):
+        t = getattr(tensors, name)
         if t is not None and t.device != q.device:
             return f"{name} on {t.device}"
     return library_reason(q.device)
@@ -508,15 +509,18 @@ def uses_table_kernel(q, v, bias, attn_mask, pv_bits, bias_index, variant: str =
                                             variant, pv_bits))
 
 
-def attention_kernel(q, k, v, bias, attn_mask, is_causal, scale, scale_mode, q_scale, k_scale,
-                     top_n, pv_bits, binarizer, temperature, ste_clip, bias_index=None,
+def attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     tensors: AttentionTensors, options: AttentionOptions,
                      out: Optional[torch.Tensor] = None, variant: str = "auto") -> torch.Tensor:
     """The kernel behind ``binattn::binary_attention`` on CUDA (writes into ``out`` if given;
     ``variant`` as in :func:`attention_symbol`)."""
+    bias, attn_mask, bias_index = tensors.bias, tensors.attn_mask, tensors.bias_index
+    scale, pv_bits, is_causal = options.scale, options.pv_bits, options.is_causal
     B, Hq, Nq, D = q.shape
     Hkv, Nk, Dv = k.shape[1], k.shape[2], v.shape[-1]
     q_bits, k_bits, k_pop, q_abs, k_abs = pack_q_and_k(q, k)
-    s_q, s_k, ks_group, extra = _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs)
+    s_q, s_k, ks_group, extra = _scales(q, k, options.scale_mode, tensors.q_scale,
+                                        tensors.k_scale, q_abs, k_abs)
     softmax_scale = 1.0 / math.sqrt(D) if scale is None else scale
     table = uses_table_kernel(q, v, bias, attn_mask, pv_bits, bias_index, variant)
     index = _dummy(q.device, torch.int32)
