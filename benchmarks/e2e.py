@@ -55,9 +55,9 @@ def profile_counts(fn: Callable, big: int) -> dict:
     syncs += sum(1 for e in events if e.name in SYNC_CALLS) - 1  # less the one of the profile
     copies = sum(1 for e in events if e.name in COPY_OPS and any(
         s and torch.Size(s).numel() >= big for s in e.input_shapes))
-    attention_us = sum(e.device_time for e in events
+    attention_us = sum(e.device_time for e in events  # kernels, not annotations ("a::b")
                        if e.device_type == torch.autograd.DeviceType.CUDA
-                       and ATTENTION_KERNEL.search(e.name))
+                       and "::" not in e.name and ATTENTION_KERNEL.search(e.name))
     return {"host_syncs": max(syncs, 0), "copies": copies, "attention_ms": attention_us / 1e3}
 
 
@@ -65,7 +65,9 @@ def model_paths(name: str, quick: bool) -> tuple[dict[str, Callable], torch.Tens
     import timm
 
     import binattn
+    from binattn import backend
 
+    backend.register()  # where binattn is on PYTHONPATH, not installed (no entry point)
     kwargs, batch = MODELS[name]
     if quick:
         batch = max(1, batch // 8)

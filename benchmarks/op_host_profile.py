@@ -47,6 +47,7 @@ def main() -> None:
         torch.ops.binattn.binary_attention(*op_args)
     via_op = (time.perf_counter() - start) / args.calls * 1e6
     torch.cuda.synchronize()
+    print("kernel paths:", binattn.ops.kernel_report())
     with cProfile.Profile() as prof:
         for _ in range(args.calls):
             call()

@@ -36,9 +36,7 @@ class SoftCappedSite(BinaryAttentionSite):
             return super().forward(q, k, v, attn_mask, bias, bias_index)
         out, probs = capped_attention(q, k, v, attn_mask, self.is_causal, self.scale,
                                       self.soft_cap)
-        if self.record_probs:
-            self.last_probs = probs
-        return (out, probs) if self.returns_probs else out
+        return self._finish(out, probs, q, v)
 
 
 def capped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

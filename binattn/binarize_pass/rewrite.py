@@ -54,17 +54,22 @@ def _dim_order(val: torch.Tensor) -> list[int]:
     return sorted(range(val.dim()), key=lambda d: -strides[d])
 
 
+SITE_ORDER = [0, 2, 1, 3]  # a site's 4-D output is [B, H, N, D] laid out as [B, N, H, D]
+
+
 def _match_layout(graph: fx.Graph, out: fx.Node, original: fx.Node) -> fx.Node:
-    """Give the site's (contiguous) output the memory layout of the value it replaces.
+    """Give the site's output (4-D: laid out as [B, N, H, D], ``BinaryAttentionSite._finish``;
+    else contiguous) the memory layout of the value it replaces.
 
     aot_autograd graphs rely on it: e.g. the CPU flash-attention op returns [B, H, N, D] laid
-    out as [B, N, H, D], and the graph then *views* it as [B, N, H·D].
+    out as [B, N, H, D], and the graph then *views* it as [B, N, H·D]. Where the layouts agree
+    (SDPA's fused kernels, FlashAttention's) nothing is inserted: no copy.
     """
     val = original.meta.get("val")
     if not isinstance(val, torch.Tensor) or val.dim() < 2:
         return out
     order = _dim_order(val)
-    if order == list(range(val.dim())):
+    if order == (SITE_ORDER if val.dim() == 4 else list(range(val.dim()))):
         return out
     inverse = [order.index(d) for d in range(val.dim())]
     permuted = graph.call_function(aten.permute.default, (out, order))

@@ -84,6 +84,14 @@ class BinaryAttentionSite(nn.Module):
         else:
             out, probs = ops.binary_attention_with(
                 q, k, v, self._tensors(attn_mask, bias, bias_index), self.options), None
+        return self._finish(out, probs, q, v)
+
+    def _finish(self, out: torch.Tensor, probs: Optional[torch.Tensor], q: torch.Tensor,
+                v: torch.Tensor):
+        """The site's result: the output in the op's memory layout ([B, N, H, D] for 4-D, what
+        the pass's graph glue relies on, whichever path computed it), probs where asked."""
+        if out.dim() == 4:
+            out = reference.in_output_layout(out, q, v)
         if self.record_probs:
             self.last_probs = probs
         return (out, probs) if self.returns_probs else out

@@ -20,6 +20,7 @@ from torch import nn
 from .. import ops
 from ..ops import reference, validation
 from ..ops.bias import DenseBias, HeadBias, RelPosBias
+from ..ops.options import AttentionOptions, AttentionTensors
 
 DROPOUT_MODES = ("apply", "ignore")
 ATTACH_BIASES = ("head", None)
@@ -51,19 +52,21 @@ class BinattnAttentionConfig:
     bias: Optional[str] = None
 
     def __post_init__(self) -> None:
-        # static scales are per layer (state, not options): check the rest as the op does
-        mode = "none" if self.scale_mode == "static" else self.scale_mode
-        validation.check_options(scale_mode=mode, q_scale=None, k_scale=None, top_n=self.top_n,
-                                 pv_bits=self.pv_bits, binarizer=self.binarizer,
-                                 temperature=self.temperature, attn_mask=None, scale=None)
-        if not isinstance(self.ste_clip, (int, float)) or not self.ste_clip > 0:
-            raise ValueError(f"ste_clip must be a positive number, got {self.ste_clip!r}")
+        self.options()  # checked where every op option is (AttentionOptions)
         if self.dropout not in DROPOUT_MODES:
             raise ValueError(f"dropout must be one of {DROPOUT_MODES}, got {self.dropout!r}")
         if self.bias not in ATTACH_BIASES:
             raise ValueError(f"bias must be 'head' or None, got {self.bias!r}: relative-position "
                              "and dense biases need the token grid, so they come from a "
                              "binarized model (binattn.hf.load_binarized)")
+
+    def options(self, is_causal: bool = False,
+                scale: Optional[float] = None) -> AttentionOptions:
+        """The op options of a layer with this config (static scales are the layer's state)."""
+        return AttentionOptions(is_causal=is_causal, scale=scale, scale_mode=self.scale_mode,
+                                top_n=self.top_n, pv_bits=self.pv_bits,
+                                binarizer=self.binarizer, temperature=self.temperature,
+                                ste_clip=self.ste_clip)
 
     @classmethod
     def coerce(cls, options: Any) -> "BinattnAttentionConfig":
@@ -169,19 +172,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         raise ValueError("scale_mode='static' needs this layer's calibrated q_scale and k_scale; "
                          "load them from a binarized model (binattn.hf.load_binarized) or use "
                          "scale_mode='mean_abs' or 'none'")
-    kwargs = dict(scale=scale, scale_mode=options.scale_mode, q_scale=q_scale, k_scale=k_scale,
-                  top_n=options.top_n, binarizer=options.binarizer,
-                  temperature=options.temperature, ste_clip=options.ste_clip)
+    tensors = AttentionTensors(bias=bias, attn_mask=attn_mask, q_scale=q_scale,
+                               k_scale=k_scale, bias_index=bias_index)
+    op_options = options.options(bool(is_causal), scale)
     if dropout_p > 0.0 and options.dropout == "apply":
         if options.pv_bits is not None:
             raise ValueError(f"attention dropout ({dropout_p}) with pv_bits={options.pv_bits} is "
                              "not supported: set the option dropout='ignore', or the model's "
                              "attention dropout to 0")
         validation.check_attention_inputs(q, k, v)
-        _, probs = reference.binary_attention(q, k, v, bias, attn_mask, bool(is_causal),
-                                              bias_index=bias_index, return_probs=True,
-                                              **kwargs)
+        _, probs = reference.binary_attention(q, k, v, tensors, op_options, return_probs=True)
         values = reference.expand_kv_heads(v.to(probs.dtype), q.shape[1])
         return (F.dropout(probs, dropout_p, training=True) @ values).to(v.dtype)
-    return ops.binary_attention(q, k, v, bias=bias, bias_index=bias_index, attn_mask=attn_mask,
-                                is_causal=bool(is_causal), pv_bits=options.pv_bits, **kwargs)
+    return ops.binary_attention_with(q, k, v, tensors, op_options)

@@ -541,12 +541,23 @@ def attention_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         name = pv8_symbol(PV_DTYPES[v.dtype], dv_bucket(Dv), add is not None, table)
         _call(q.device, name, q_bits, k_bits, k_pop, v8, v_scale, out.view(torch.int32), s_q,
               s_k, flat, index, int(bool(is_causal)), ks_group, *strides, mult, D)
-        return out
+        return _poison_non_finite_heads(out, s_q, s_k, ks_group)
     name = attention_symbol(q.device, v.dtype, Dv, add is not None, Nk, variant, table)
     _call(q.device, name, q_bits, k_bits, k_pop, _aligned_quads(v), out.view(torch.int32), s_q,
           s_k, flat, index, int(bool(is_causal)), ks_group, *strides,
           mult, D)
     return out
+
+
+def _poison_non_finite_heads(out: torch.Tensor, s_q: torch.Tensor, s_k: torch.Tensor,
+                             ks_group: int) -> torch.Tensor:
+    """NaN over the (b, h) whose score multiplier is not finite (a NaN/Inf in its q or k): the
+    8-bit kernel's u8 probabilities would turn a NaN score into a finite P, so the NaN policy
+    (``reference.nan_unless_finite``) is applied to its output on the device (no host read;
+    one pass over the output, pv_bits=8 only). The 16-bit kernels do it in their prologue."""
+    B, Hq = out.shape[:2]
+    coef = s_q.view(B, Hq) * s_k.view(B, -1).repeat_interleave(ks_group, dim=1)
+    return out.masked_fill_(~torch.isfinite(coef)[:, :, None, None], float("nan"))
 
 
 _dummies: dict = {}
