@@ -107,6 +107,18 @@ def table_schedule(dv: int, schedule: CudaAttentionSchedule) -> CudaAttentionSch
     return replace(schedule, stages=2, wgmma_pv=0)
 
 
+def regs(buf, base, n: int = 4) -> list:
+    """``[buf[base], buf[base + 1], …]``: the ``n`` registers of one mma fragment, for a kernel's
+    ``T.ptx[...](*regs(...), ...)`` (evaluated in Python while the TVMScript is parsed: the same
+    buffer loads as when written out one by one)."""
+    return [buf[base]] + [buf[base + i] for i in range(1, n)]
+
+
+def regs_u32(buf, base, n: int = 4) -> list:
+    """:func:`regs` reinterpreted as uint32 (the operand type of the b1 mma)."""
+    return [T.reinterpret("uint32", x) for x in regs(buf, base, n)]
+
+
 def bias_table_prologue(rows: int, nthreads: int, warps: int):
     """The T.macro that copies one head's column of a bias table into shared memory (the
     ``table`` kernels of ``attention_func`` and ``attention_pv8_func``): rows = what the flat
@@ -267,15 +279,6 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     c0, c1, c2, c3 = (T.float32(c) for c in EXP2_POLY)
     ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"
     ld_x2 = "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16"
-
-    def regs(buf, base, n=4):
-        """``[buf[base], buf[base + 1], …]``: the ``n`` registers of one mma fragment (evaluated
-        in Python while the TVMScript is parsed; the loads are the ones written out by hand)."""
-        return [buf[base]] + [buf[base + i] for i in range(1, n)]
-
-    def regs_u32(buf, base, n=4):
-        """:func:`regs` reinterpreted as uint32 (the operand type of the b1 mma)."""
-        return [T.reinterpret("uint32", x) for x in regs(buf, base, n)]
 
     @T.macro
     def score_coefficient(coef, mode, etab, xr, Sq, Sk, B, Hks, bh, b, h, ks_group, mult, d_bits,
