@@ -55,11 +55,12 @@ def pv8_key_permutation(n_keys: int, device=None):
 @dataclass(frozen=True)
 class CudaAttentionSchedule:
     """Knobs of one attention kernel: ``warps`` × 16 × ``row_tiles`` query rows per CTA,
-    ``key_block`` keys per step, ``poly_quarters`` quarters of each step's exponentials on the FMA pipe (the rest on the
-    MUFU ``ex2`` unit), ``stages`` key blocks in flight in shared memory (cp.async pipeline),
-    ``row_tiles`` 16-row tiles per warp, ``wgmma_pv`` P·V on Hopper's warpgroup MMA, ``min_blocks``
-    CTAs per SM promised in ``__launch_bounds__`` (ptxas then caps the registers to fit them),
-    ``exp_table`` the no-shift softmax's exps read from a table of the 2D+1 possible scores."""
+    ``key_block`` keys per step, ``poly_quarters`` quarters of each step's exponentials on the
+    FMA pipe (the rest on the MUFU ``ex2`` unit), ``stages`` key blocks in flight in shared
+    memory (cp.async pipeline), ``row_tiles`` 16-row tiles per warp, ``wgmma_pv`` P·V on Hopper's
+    warpgroup MMA, ``min_blocks`` CTAs per SM promised in ``__launch_bounds__`` (ptxas then caps
+    the registers to fit them), ``exp_table`` the no-shift softmax's exps read from a table of
+    the 2D+1 possible scores."""
 
     warps: int = 4
     key_block: int = 64
