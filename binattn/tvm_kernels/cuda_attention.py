@@ -53,6 +53,7 @@ def attention_name(dtype: str, dv: int, has_bias: bool = False, short: bool = Fa
 
 MAGIC = SCORE_MAGIC  # float bits of 1.5·2**23 (see binattn.schedules.cuda_attention)
 MASKED = -16777216  # 0xFF000000: negative as int32, about -1.7e38 as float32
+MAGIC_FLOAT = 1.5 * 2.0 ** 23  # as_float(SCORE_MAGIC): the score bits' offset, as a float
 
 
 EXP2_POLY = (0.9999280708313842, 0.6932609977919704, 0.24261117167503404, 0.05517162704802993)
@@ -117,6 +118,22 @@ def regs(buf, base, n: int = 4) -> list:
 def regs_u32(buf, base, n: int = 4) -> list:
     """:func:`regs` reinterpreted as uint32 (the operand type of the b1 mma)."""
     return [T.reinterpret("uint32", x) for x in regs(buf, base, n)]
+
+
+@T.macro
+def score_coefficient(coef, Sq, Sk, B, Hks, bh, b, h, ks_group, mult):
+    """Prologue of both attention kernels: the score coefficient ``coef[0]`` (scales × ``mult``
+    × 2) of this (b, h) and ``coef[1]``, its magic-number offset."""
+    coef[0] = Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2)
+    # at least 1e-30; a NaN or Inf scale (a non-finite q or k) becomes NaN, so that
+    # every score and the output of this (b, h) are NaN (reference.nan_unless_finite)
+    coef[0] = T.if_then_else(coef[0] < T.float32(1e-30), T.float32(1e-30),
+                             T.if_then_else(coef[0] <= T.float32(3.0e38), coef[0],
+                                            T.float32(math.nan)))
+    # keep 22 significant bits so that 1.5·2**23·coef is exact: then
+    # fma(as_float(MAGIC + i), coef, -1.5·2**23·coef) == i·coef rounded once
+    coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
+    coef[1] = -T.float32(MAGIC_FLOAT) * coef[0]
 
 
 def bias_table_prologue(rows: int, nthreads: int, warps: int):
@@ -274,28 +291,16 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     st_n, sc_n = n_tiles * 4, n_chunks * 4  # scores / P fragments of one row tile
     neg_inf = T.float32(-math.inf)
     full = T.uint32(0xFFFFFFFF)
-    magic_f = T.float32(1.5 * 2.0 ** 23)
+    magic_f = T.float32(MAGIC_FLOAT)
     masked_u = T.uint32(MASKED & 0xFFFFFFFF)
     c0, c1, c2, c3 = (T.float32(c) for c in EXP2_POLY)
     ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"
     ld_x2 = "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16"
 
     @T.macro
-    def score_coefficient(coef, mode, etab, xr, Sq, Sk, B, Hks, bh, b, h, ks_group, mult, d_bits,
-                          tid):
-        """Prologue: the score coefficient ``coef[0]`` (and ``coef[1]``, its magic-number
-        offset), the softmax mode (``mode[0]``: no shift needed; ``mode[1]``: narrow heads,
+    def softmax_mode(coef, mode, etab, xr, d_bits, tid):
+        """Prologue: the softmax mode (``mode[0]``: no shift needed; ``mode[1]``: narrow heads,
         D ≤ 128) and, with ``exp_table``, the shared table of ``2**(s·coef)``."""
-        coef[0] = Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2)
-        # at least 1e-30; a NaN or Inf scale (a non-finite q or k) becomes NaN, so that
-        # every score and the output of this (b, h) are NaN (reference.nan_unless_finite)
-        coef[0] = T.if_then_else(coef[0] < T.float32(1e-30), T.float32(1e-30),
-                                 T.if_then_else(coef[0] <= T.float32(3.0e38), coef[0],
-                                                T.float32(math.nan)))
-        # keep 22 significant bits so that 1.5·2**23·coef is exact: then
-        # fma(as_float(MAGIC + i), coef, -1.5·2**23·coef) == i·coef rounded once
-        coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
-        coef[1] = -magic_f * coef[0]
         mode[1] = T.Cast("int32", d_bits <= 128)
         if has_bias:
             mode[0] = 0
@@ -765,8 +770,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     kv_row0 = (b * Hkv + hk) * Nk  # first key row of this (b, kv head)
                     # V's (b, kv head) offset: V is read through its strides
                     v_row0 = b * vsb + hk * vsh
-                    score_coefficient(coef, mode, etab, xr, Sq, Sk, B, Hks, bh, b, h, ks_group,
-                                      mult, d_bits, tid)
+                    score_coefficient(coef, Sq, Sk, B, Hks, bh, b, h, ks_group, mult)
+                    softmax_mode(coef, mode, etab, xr, d_bits, tid)
                     if table:  # the head's column into shared memory, its range into trange
                         table_prologue(tab, tred, tval, trange, trow, Bias, NB, Hq, bias_sb,
                                        bias_sh, h, tid, lane)

@@ -31,7 +31,7 @@ from tvm.script import tirx as T
 from ..schedules.cuda_attention import PV8_KEY_BLOCK
 from .cuda_attention import (CVT_PAIR, LOG2E, MASKED, MMA_B1, QBITS_WORDS, SHARED_LIMIT,
                              TABLE_MAX_ROWS, TABLE_RESERVE, bias_table_prologue, regs,
-                             regs_u32)
+                             regs_u32, score_coefficient)
 
 MMA_PV8 = "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32"
 WARPS = 4
@@ -85,7 +85,6 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
     vwords = dv * V8_ROW_WORDS
     neg_inf = T.float32(-math.inf)
     full = T.uint32(0xFFFFFFFF)
-    magic_f = T.float32(1.5 * 2.0 ** 23)
     masked_u = T.uint32(MASKED & 0xFFFFFFFF)
     cvt_pair = CVT_PAIR[dtype]
     ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.shared.b16"
@@ -177,19 +176,6 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                     s[j * 4 + e] = T.if_then_else(
                         T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf,
                         T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1])
-
-    @T.macro
-    def score_coefficient(coef, Sq, Sk, B, Hks, bh, b, h, ks_group, mult):
-        """Prologue: the score coefficient ``coef[0]`` and its magic-number offset ``coef[1]``
-        (as ``cuda_attention``'s)."""
-        coef[0] = Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2)
-        # at least 1e-30; a NaN or Inf scale (a non-finite q or k) becomes NaN, so that
-        # every score and the output of this (b, h) are NaN (reference.nan_unless_finite)
-        coef[0] = T.if_then_else(coef[0] < T.float32(1e-30), T.float32(1e-30),
-                                 T.if_then_else(coef[0] <= T.float32(3.0e38), coef[0],
-                                                T.float32(math.nan)))
-        coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
-        coef[1] = -magic_f * coef[0]
 
     @T.macro
     def query_rows(row, lim, m, lsum, qa, o, Qb, b, h, q0, g, t, narrow, causal, Nq, Nk):
