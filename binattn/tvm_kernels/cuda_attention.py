@@ -222,12 +222,12 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     tensor cores: P times a tile of ones is one more PV mma, so they are the sums of the very P
     (16-bit) that multiplies V.
 
-    Stages (``T.macro``, expanded in place): prologue (:func:`score_coefficient`, the bias
-    table's ``table_prologue``, :func:`query_rows`, :func:`copy_offsets`); per key block the load
-    stage (:func:`copy_full_block` / :func:`copy_last_block`, :func:`advance_copy_bases`), QKᵀ
-    (:func:`qk_scores`), softmax per row tile (:func:`bias_scores`, :func:`float_running_max`,
-    :func:`unshifted_scores` or :func:`int_running_max`, then :func:`exp2_scores`,
-    :func:`pack_p`), P·V (:func:`pv_wgmma` / :func:`pv_mma`); then :func:`epilogue`.
+    Stages (``T.macro``, expanded in place): prologue (:func:`score_coefficient`, ``softmax_mode``,
+    the bias table's ``table_prologue``, ``query_rows``, ``copy_offsets``); per key block the load
+    stage (``copy_full_block`` / ``copy_last_block``, ``advance_copy_bases``), QKᵀ (``qk_scores``),
+    softmax per row tile (``bias_scores``, ``float_running_max``, ``unshifted_scores`` or
+    ``int_running_max``, then ``exp2_scores``, ``pack_p``), P·V (``pv_wgmma`` / ``pv_mma``); then
+    ``epilogue``.
 
     Data movement (FlashAttention-2 structure): K bits, key popcounts and V rows of the key
     block ``stages − 1`` ahead are copied global → shared with ``cp.async`` while the current
