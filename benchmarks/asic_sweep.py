@@ -28,9 +28,10 @@ def sweep(node: int) -> dict[str, list[tuple[float, float]]]:
     base = baseline_for(cam)
     rows: dict[str, list[tuple[float, float]]] = {"cam top-32": [], "cam dense": [], "baseline": []}
     for n in SEQS:
-        for name, cost in (("cam top-32", cam_query_cost(cam, AttentionShape.square(n, 64, 1, TOP_K))),
-                           ("cam dense", cam_query_cost(cam, AttentionShape.square(n, 64, 1))),
-                           ("baseline", baseline_query_cost(base, AttentionShape.square(n, 64, 1)))):
+        for name, cost in (
+                ("cam top-32", cam_query_cost(cam, AttentionShape.square(n, 64, 1, TOP_K))),
+                ("cam dense", cam_query_cost(cam, AttentionShape.square(n, 64, 1))),
+                ("baseline", baseline_query_cost(base, AttentionShape.square(n, 64, 1)))):
             rows[name].append((cost.cycles, cost.energy_nj))
     return rows
 

@@ -1,8 +1,9 @@
 """CPU benchmark: binattn's TVM kernels vs SDPA fp32, the reference op, a float ±1 matmul, numpy.
 
 Side by side in one run (round-robin timing, see ``binattn.tvm_kernels.cpu_bench``):
-  * attention: fused binary attention (fp32 P·V and 8-bit P·V) vs ``F.scaled_dot_product_attention``
-    fp32 vs the reference op (N ≤ 2048: it materialises N² scores), B=1, H=8;
+  * attention: fused binary attention (fp32 P·V and 8-bit P·V) vs
+    ``F.scaled_dot_product_attention`` fp32 vs the reference op (N ≤ 2048: it materialises N²
+    scores), B=1, H=8;
   * scores: packed popcount kernel vs float32 ±1 matmul vs ``numpy.bitwise_count`` (one head);
 for N in 256…8192 and D in {64, 128}. Prints ratio tables, the targets at (1, 8, 4096, 64), the
 machine load seen, and writes a log-log PNG of time vs N (``--out``, default
@@ -91,7 +92,8 @@ def plot(rows: list[cpu_bench.BenchRow], path: Path) -> None:
             subset = [r for r in rows if r.kind == kind and r.shape[-1] == d]
             names = list(dict.fromkeys(n for r in subset for n in r.timings))
             for name in names:
-                pts = [(r.shape[-2], r.timings[name].median_ms) for r in subset if name in r.timings]
+                pts = [(r.shape[-2], r.timings[name].median_ms) for r in subset
+                       if name in r.timings]
                 ax.loglog(*zip(*pts), marker="o", label=name)
             ax.set_title(f"{kind}, D={d}" + (" (B=1, H=8)" if kind == "attention" else " (1 head)"))
             ax.set_xlabel("N")

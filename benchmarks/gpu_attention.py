@@ -9,7 +9,8 @@ line: the time the exponential unit (4.17 T exp/s), the 16-bit mma.sync PV and t
 would need at their measured ceilings (lab/CEILINGS.md) and the share of it each kernel reaches.
 A second table times relative-position-biased calls (ViT-B, ViT-L/384, BEiT-L/512 grids): the
 bias table looked up inside the kernel vs the bias gathered by torch first, and SDPA with the
-gathered bias as its mask. Prints the tables, writes ``gpu_attention.json`` and ``gpu_attention.png`` into ``--out``.
+gathered bias as its mask. Prints the tables, writes ``gpu_attention.json`` and
+``gpu_attention.png`` into ``--out``.
 
 What it does not: check correctness (tests/test_gpu_kernels.py does) or tune.
 """
@@ -54,27 +55,30 @@ def fmt(x, spec=".1f"):
 
 def report(rows, device: str) -> str:
     lines = [f"device: {device}", "",
-             "| shape (B,H,N,D) | binattn µs | fused kernel µs | sign-pack µs | cuDNN µs | FLASH µs "
-             "| binattn TFLOP/s | cuDNN TFLOP/s | × cuDNN | × FLASH | target | exp-bound µs | "
+             "| shape (B,H,N,D) | binattn µs | fused kernel µs | sign-pack µs | cuDNN µs "
+             "| FLASH µs | binattn TFLOP/s | cuDNN TFLOP/s | × cuDNN | × FLASH | target "
+             "| exp-bound µs | "
              "share of bound | pv_bits=8 µs |", "|" + "---|" * 14]
     for r, (_, name, target) in zip(rows, SHAPES):
         s = tuple(r["shape"])
         ratio = r["cudnn_ms"] / r["binattn_ms"] if r["cudnn_ms"] else None
         ratio_fa = r["flash_ms"] / r["binattn_ms"] if r["flash_ms"] else None
         bound = max(r["ceil_us"].values())
-        tgt = "–" if target is None else f"≥{target}× {'met' if ratio and ratio >= target else 'missed'}"
+        tgt = ("–" if target is None
+               else f"≥{target}× {'met' if ratio and ratio >= target else 'missed'}")
         lines.append(
             f"| {s} {name} | {r['binattn_ms']*1e3:.1f} | {r['fused_ms']*1e3:.1f} | "
             f"{r['sign_pack_ms']*1e3:.1f} | {fmt(r['cudnn_ms'] and r['cudnn_ms']*1e3)} | "
             f"{fmt(r['flash_ms'] and r['flash_ms']*1e3)} | {tflops(s, r['binattn_ms']):.0f} | "
-            f"{fmt(tflops(s, r['cudnn_ms']), '.0f')} | {fmt(ratio, '.2f')} | {fmt(ratio_fa, '.2f')} | "
+            f"{fmt(tflops(s, r['cudnn_ms']), '.0f')} | {fmt(ratio, '.2f')} | "
+            f"{fmt(ratio_fa, '.2f')} | "
             f"{tgt} | {bound:.1f} | {bound / (r['binattn_ms']*1e3):.0%} | "
             f"{r['pv8_ms']*1e3:.1f} |")
-    lines += ["", "binattn µs = one binattn.ops.binary_attention call (sign-pack of q and k, scales, "
-              "fused kernel) and SDPA µs, all CUDA-graphed; eager (Python dispatch) µs: "
+    lines += ["", "binattn µs = one binattn.ops.binary_attention call (sign-pack of q and k, "
+              "scales, fused kernel) and SDPA µs, all CUDA-graphed; eager (Python dispatch) µs: "
               + ", ".join(f"{r['eager_ms']*1e3:.0f}" for r in rows) + f"; path: {rows[0]['path']}",
-              "", "pv_bits=8 µs = the same call with 8-bit P and V (u8 P × s8 V on the 8-bit tensor "
-              "cores, two passes over the keys, after two launches that quantise V), path: "
+              "", "pv_bits=8 µs = the same call with 8-bit P and V (u8 P × s8 V on the 8-bit "
+              "tensor cores, two passes over the keys, after two launches that quantise V), path: "
               + rows[0]["pv8_path"]]
     return "\n".join(lines)
 
@@ -83,8 +87,9 @@ def relpos_report(rows) -> str:
     lines = ["Relative-position bias (bf16, graphed, gather included): the table looked up in "
              "the kernel vs the bias gathered by torch first, no bias, and SDPA with the "
              "gathered bias as its float mask", "",
-             "| shape (B,H,N,D) | table rows | in-kernel table µs | gathered bias µs | no bias µs "
-             "| SDPA cuDNN + mask µs | SDPA efficient + mask µs | gathered / table | "
+             "| shape (B,H,N,D) | table rows | in-kernel table µs | gathered bias µs "
+             "| no bias µs | SDPA cuDNN + mask µs | SDPA efficient + mask µs "
+             "| gathered / table | "
              "× best SDPA | pv_bits=8 µs |", "|" + "---|" * 10]
     for r, (_, _, name) in zip(rows, RELPOS_SHAPES):
         best = min((t for t in (r["cudnn_ms"], r["efficient_ms"]) if t), default=None)
@@ -94,7 +99,8 @@ def relpos_report(rows) -> str:
             f"{r['gathered_ms']*1e3:.1f} | {r['no_bias_ms']*1e3:.1f} | "
             f"{fmt(r['cudnn_ms'] and r['cudnn_ms']*1e3)} | "
             f"{fmt(r['efficient_ms'] and r['efficient_ms']*1e3)} | "
-            f"{r['gathered_ms'] / r['table_ms']:.2f} | {fmt(best and best / r['table_ms'], '.2f')} | "
+            f"{r['gathered_ms'] / r['table_ms']:.2f} | "
+            f"{fmt(best and best / r['table_ms'], '.2f')} | "
             f"{r['pv8_table_ms']*1e3:.1f} |")
     return "\n".join(lines)
 
@@ -107,8 +113,8 @@ def plot(rows, path: Path, device: str) -> None:
     names = [f"{n}\n{tuple(r['shape'])}" for r, (_, n, _) in zip(rows, SHAPES)]
     x = range(len(rows))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5))
-    for off, key, label in ((-0.25, "binattn_ms", "binattn (1-bit QK)"), (0, "cudnn_ms", "SDPA cuDNN"),
-                            (0.25, "flash_ms", "SDPA FLASH")):
+    for off, key, label in ((-0.25, "binattn_ms", "binattn (1-bit QK)"),
+                            (0, "cudnn_ms", "SDPA cuDNN"), (0.25, "flash_ms", "SDPA FLASH")):
         ax1.bar([i + off for i in x], [tflops(tuple(r["shape"]), r[key]) or 0 for r in rows],
                 width=0.25, label=label)
     ax1.set_xticks(list(x), names, fontsize=7)

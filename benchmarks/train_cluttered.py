@@ -3,9 +3,10 @@
 Each of the 1797 real digits sits at a random position of a 24×24 canvas over fragments of other
 digits (``binattn.train.data.cluttered_digits``); per fold the training digits are rendered 32
 times (fresh positions and clutter), the test digits once. The ViT has a small conv stem (two 3×3
-convs) before its patch-2 embedding → a 12×12 token grid + cls (N = 145). Same protocol, variants,
-table and plots as ``train_digits.py`` (whose options it takes; setup ``CLUTTERED`` there); top-N
-is HAD's default 30 here. Sized for a GPU: batch 256, FP 5 epochs of the renderings, fine-tunes 1.
+convs) before its patch-2 embedding → a 12×12 token grid + cls (N = 145). Same protocol,
+variants, table and plots as ``train_digits.py`` (whose options it takes; setup ``CLUTTERED``
+there); top-N is HAD's default 30 here. Sized for a GPU: batch 256, FP 5 epochs of the
+renderings, fine-tunes 1.
 
     python benchmarks/train_cluttered.py --quick --device cuda
     python benchmarks/train_cluttered.py --workers 12 --device cuda \

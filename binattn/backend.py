@@ -1,4 +1,5 @@
-"""The ``torch.compile`` backend ``"binattn"``: the binarize pass inside torch.compile, then Inductor.
+"""The ``torch.compile`` backend ``"binattn"``: the binarize pass inside torch.compile, then
+Inductor.
 
 ``torch.compile(model, backend="binattn", mode=..., options={...})``:
 

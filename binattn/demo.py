@@ -50,7 +50,8 @@ def step_check_ops(state: DemoState) -> None:
     table = Table(title=f"binattn ops on the demo shapes (B=2, H={cfg.heads}, N={n}, D={d})")
     table.add_column("check")
     table.add_column("result")
-    table.add_row("popcount_scores == sign(q)·sign(k)ᵀ", "[green]exact[/]" if exact else "[red]MISMATCH[/]")
+    table.add_row("popcount_scores == sign(q)·sign(k)ᵀ",
+                  "[green]exact[/]" if exact else "[red]MISMATCH[/]")
     table.add_row("binary_attention vs float math, max |err|", f"{err:.2e}")
     console.print(table)
     if not exact or err > 1e-5:
@@ -59,7 +60,8 @@ def step_check_ops(state: DemoState) -> None:
 
 
 def step_cuda_kernels(state: DemoState) -> None:
-    """CUDA kernels: the packaged TVM-built libraries load with apache-tvm-ffi (run on a GPU if any)."""
+    """CUDA kernels: the packaged TVM-built libraries load with apache-tvm-ffi (run on a GPU if
+    any)."""
     from .tvm_kernels import cuda_build, cuda_dispatch
 
     kernel_dir = cuda_dispatch.package_kernel_dir()
@@ -79,20 +81,24 @@ def step_cuda_kernels(state: DemoState) -> None:
         table.add_row(arch, entry["file"], f"{entry['bytes'] / 1e6:.1f}", str(n), loads)
     console.print(table)
     if torch.cuda.is_available():
-        q, k, v = (torch.randn(2, 4, 197, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        q, k, v = (torch.randn(2, 4, 197, 64, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(3))
         out = ops.binary_attention(q, k, v)
         with ops.reference_only():
             ref = ops.binary_attention(q, k, v)
         err = (out.float() - ref.float()).abs().max().item()
-        console.print(f"GPU {torch.cuda.get_device_name()}: {ops.kernel_report()} max |err| {err:.2e}")
+        console.print(f"GPU {torch.cuda.get_device_name()}: {ops.kernel_report()} "
+                      f"max |err| {err:.2e}")
         state.results["cuda_err"] = err
     else:
-        console.print("no GPU here: the kernels run on H100/H200 (docs/gpu.md has the measured table)")
+        console.print("no GPU here: the kernels run on H100/H200 (docs/gpu.md has the measured "
+                      "table)")
     state.results["cuda_archs"] = sorted(manifest.get("libraries", {}))
 
 
 def step_asic(state: DemoState) -> None:
-    """ASIC: the binarized ViT on the simulated HAD-style CAM accelerator (descriptor + comparison)."""
+    """ASIC: the binarized ViT on the simulated HAD-style CAM accelerator (descriptor +
+    comparison)."""
     from .hw_targets.demo import run as cost_on_cam
 
     state.results["asic"] = cost_on_cam(state.model, state.out_dir, console)
@@ -129,7 +135,8 @@ def step_binarize(state: DemoState) -> None:
 
 
 def step_cpu_kernels(state: DemoState) -> None:
-    """CPU kernels: TVM builds the fused binary-attention kernels; speed vs SDPA and the reference."""
+    """CPU kernels: TVM builds the fused binary-attention kernels; speed vs SDPA and the
+    reference."""
     from .tvm_kernels import cpu_bench
 
     cfg = state.model.cfg
@@ -197,7 +204,8 @@ def run_demo(out_dir: Path, quick: bool = False) -> DemoState:
     out_dir.mkdir(parents=True, exist_ok=True)
     state = DemoState(out_dir=out_dir, quick=quick)
     for step in STEPS:
-        console.rule(f"[bold]{step.__doc__.splitlines()[0]}")
+        title = " ".join(step.__doc__.split("\n\n")[0].split())  # the first paragraph
+        console.rule(f"[bold]{title}")
         start = time.perf_counter()
         step(state)
         console.print(f"[dim]{step.__name__}: {time.perf_counter() - start:.1f} s[/]")

@@ -1,4 +1,5 @@
-"""Kernel dispatch (kernel chosen, fallback reason, one-time warning, forced reference) and CLI skeleton."""
+"""Kernel dispatch (kernel chosen, fallback reason, one-time warning, forced reference) and CLI
+skeleton."""
 import subprocess
 import sys
 import warnings

@@ -60,8 +60,10 @@ def test_build_writes_loadable_library_and_manifest(small_build):
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in source
     module = tvm_ffi.load_module(str(lib))
     for name in ("binattn_attention_bfloat16_dv64", "binattn_attention_bfloat16_dv64_bias",
-                 "binattn_attention_bfloat16_dv64_short", "binattn_attention_bfloat16_dv64_bias_short",
-                 "binattn_attention_bfloat16_dv64_table", "binattn_attention_bfloat16_dv64_table_short",
+                 "binattn_attention_bfloat16_dv64_short",
+                 "binattn_attention_bfloat16_dv64_bias_short",
+                 "binattn_attention_bfloat16_dv64_table",
+                 "binattn_attention_bfloat16_dv64_table_short",
                  "binattn_sign_pack_float32", "binattn_sign_pack_bfloat16_v8",
                  "binattn_sign_pack_float16_v8_l2", "binattn_sign_pack_bfloat16_v8_l4",
                  "binattn_sign_pack_qk_bfloat16_l2", "binattn_sign_pack_qk_float16_l8",
@@ -190,7 +192,8 @@ def test_dispatch_names_the_built_8bit_kernels():
     from binattn.tvm_kernels.cuda_attention_pv8 import attention_pv8_name
     from binattn.tvm_kernels.cuda_quantize_v import v8_amax_name, v8_pack_name
 
-    for dtype, dv, has_bias, table in (("float16", 64, False, False), ("bfloat16", 256, True, False),
+    for dtype, dv, has_bias, table in (("float16", 64, False, False),
+                                       ("bfloat16", 256, True, False),
                                        ("bfloat16", 64, True, True)):
         assert (cuda_dispatch.pv8_symbol(dtype, dv, has_bias, table)
                 == attention_pv8_name(dtype, dv, has_bias, table))
@@ -201,15 +204,18 @@ def test_dispatch_names_the_built_8bit_kernels():
 @pytest.mark.parametrize("knobs, present, absent", [
     ({"wgmma_pv": 1, "stages": 3}, ("wgmma.mma_async.sync.aligned.m64n72k16.f32.bf16.bf16",
                        "wgmma.wait_group.sync.aligned", "encode_matrix_descriptor"), ("ldmatrix",)),
-    ({"row_tiles": 2, "stages": 3}, ("ldmatrix.sync.aligned.m8n8.x4.trans", "cp.async.wait_group 1"),
+    ({"row_tiles": 2, "stages": 3},
+     ("ldmatrix.sync.aligned.m8n8.x4.trans", "cp.async.wait_group 1"),
      ("wgmma.mma_async", "<< 23")),
     # the FMA-polynomial exp2 builds 2**n by adding n << 23 to the float bits
-    ({"poly_quarters": 2}, ("ex2.approx.ftz.f32", "<< 23"), ("wgmma.mma_async", "__launch_bounds__(128, ")),
+    ({"poly_quarters": 2}, ("ex2.approx.ftz.f32", "<< 23"),
+     ("wgmma.mma_async", "__launch_bounds__(128, ")),
     # exp_table: the no-shift softmax reads its exps from a shared table of the 2D+1 scores
     ({"row_tiles": 2, "exp_table": 1}, ("__shared__ alignas(64) float etab_ptr[514]",), ("<< 23",)),
     ({"row_tiles": 2}, ("ex2.approx.ftz.f32",), ("etab_ptr",)),
     # min_blocks promises ptxas that many CTAs per SM (it caps the registers)
-    ({"row_tiles": 2, "min_blocks": 3}, ("__launch_bounds__(128, 3)",), ("__launch_bounds__(128)",)),
+    ({"row_tiles": 2, "min_blocks": 3}, ("__launch_bounds__(128, 3)",),
+     ("__launch_bounds__(128)",)),
 ])
 def test_schedule_knobs_shape_the_generated_cuda(knobs, present, absent):
     # TVM code generation only (no nvcc): each knob leaves its mark in the CUDA source
@@ -266,7 +272,8 @@ def test_tune_grid_and_record_best(tmp_path):
     assert not any(c.min_blocks for c in cuda_tune.candidates(128))
     assert {c.stages for c in grid} == {2, 3, 4} and {c.row_tiles for c in grid} == {1, 2}
     assert all(c.stages >= 3 for c in grid if c.wgmma_pv)
-    assert any(c.wgmma_pv for c in grid) and not any(c.wgmma_pv for c in cuda_tune.candidates(64, "sm_80"))
+    assert any(c.wgmma_pv for c in grid)
+    assert not any(c.wgmma_pv for c in cuda_tune.candidates(64, "sm_80"))
     assert all(shared_bytes(64, c) <= SHARED_LIMIT for c in grid)
     big = cuda_tune.candidates(256)
     assert big and all(c.key_block == 32 and shared_bytes(256, c) <= SHARED_LIMIT for c in big)
@@ -297,7 +304,8 @@ def test_tune_grid_and_record_best(tmp_path):
     db = tmp_path / "db.json"
     best = cuda_tune.record_best(timings, db=db)
     assert best["sm_90a/bfloat16/dv64"]["ms"] == 0.7  # the faster wrong one is not taken
-    assert sched.schedule_for("sm_90a", "bfloat16", 64, db=db) == sched.CudaAttentionSchedule(4, 128)
+    assert (sched.schedule_for("sm_90a", "bfloat16", 64, db=db)
+            == sched.CudaAttentionSchedule(4, 128))
 
 
 @needs_nvcc
@@ -326,7 +334,8 @@ def test_tune_cuda_cli_builds_candidates_and_says_how_to_time_them(tmp_path, mon
     assert {tuple(e["shape"]) for e in entries if e.get("short")} == {cuda_tune.SHORT_TUNE_SHAPE}
     for entry in entries:
         module = tvm_ffi.load_module(str(out / entry["file"]))
-        assert module[entry["symbol"]] is not None and module["binattn_sign_pack_bfloat16"] is not None
+        assert module[entry["symbol"]] is not None
+        assert module["binattn_sign_pack_bfloat16"] is not None
     bad = CliRunner().invoke(main, ["tune", "--target", "cuda", "--shape", "2,4,64,300",
                                     "--db", str(tmp_path)])
     assert bad.exit_code != 0 and "256" in bad.output
@@ -408,7 +417,8 @@ def test_every_table_kernel_fits_a_large_relpos_table(arch):
 
 def test_table_inputs_give_the_kernel_rows_it_can_count():
     """The flat table, index and strides the table kernel reads (pure torch, no GPU): the
-    kernel counts rows as (span − 1 − (Hq − 1)·sh) // sb + 1, which must be T for every layout."""
+    kernel counts rows as (span − 1 − (Hq − 1)·sh) // sb + 1, which must be T for every
+    layout."""
     table = torch.randn(9, 4)
     index = torch.randint(0, 9, (5, 6))
     layouts = {"contiguous": table, "transposed": table.t().contiguous().t(),

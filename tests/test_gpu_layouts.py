@@ -51,7 +51,8 @@ OPTIONS = {"plain": {}, "pv8": {"pv_bits": 8}, "causal": {"is_causal": True},
 def test_strided_inputs_give_the_contiguous_output(layout, options, N):
     kw = dict(OPTIONS[options])
     if kw.get("scale_mode") == "static":
-        kw.update(q_scale=torch.tensor(0.7, device="cuda"), k_scale=torch.tensor(1.3, device="cuda"))
+        kw.update(q_scale=torch.tensor(0.7, device="cuda"),
+                  k_scale=torch.tensor(1.3, device="cuda"))
     (q, k, v), (qc, kc, vc) = _layouts(layout, 2, 4, N, 64)
     got = binattn.ops.binary_attention(q, k, v, **kw)
     assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
@@ -109,7 +110,8 @@ def test_non_finite_q_or_k_gives_nan_in_the_kernel(scale_mode, where, value, pv_
     (q if where == "q" else k)[1, 2, 5, 7] = value
     kw = {"scale_mode": scale_mode, "pv_bits": pv_bits}
     if scale_mode == "static":
-        kw.update(q_scale=torch.tensor(0.7, device="cuda"), k_scale=torch.tensor(1.3, device="cuda"))
+        kw.update(q_scale=torch.tensor(0.7, device="cuda"),
+                  k_scale=torch.tensor(1.3, device="cuda"))
     out = binattn.ops.binary_attention(q, k, v, **kw)
     assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
     assert torch.isnan(out[1, 2]).all()

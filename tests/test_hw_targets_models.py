@@ -82,6 +82,7 @@ def test_saved_binarized_program_keeps_its_sites(tmp_path):
     doc = read_descriptor(out)
     assert [s["top_n"] for s in doc["sites"]] == [8] * 4
     onnx_out = tmp_path / "b.onnx"
-    result = CliRunner().invoke(main, ["export", str(path), "--format", "onnx", "-o", str(onnx_out)])
+    result = CliRunner().invoke(main, ["export", str(path), "--format", "onnx", "-o",
+                                       str(onnx_out)])
     assert result.exit_code == 0, result.output
     assert float(result.output.split("max |err| =")[1].split()[0]) <= 1e-4

@@ -92,7 +92,8 @@ def test_non_finite_input_gives_nan_for_its_head_only(device, scale_mode, where)
     tensor[1, 2, 5, 7] = value
     kw = {"scale_mode": scale_mode}
     if scale_mode == "static":
-        kw.update(q_scale=torch.tensor(0.8, device=device), k_scale=torch.tensor(0.9, device=device))
+        kw.update(q_scale=torch.tensor(0.8, device=device),
+                  k_scale=torch.tensor(0.9, device=device))
     out = binattn.ops.binary_attention(q, k, v, **kw)
     assert torch.isnan(out[1, 2]).any(), "a non-finite input must not give a finite output"
     if where != "v_nan":  # q and k poison the whole (b, h); v only the rows that read it

@@ -47,7 +47,8 @@ def test_analytic_backward_equals_autograd_of_the_reference(case):
         case["attn_mask"] = rand(2, 1, 7, 9, seed=5) > -0.3
     if case.pop("static", False):
         case.update(scale_mode="static", q_scale=torch.tensor(0.9), k_scale=torch.tensor(1.2))
-    leaves = [t.requires_grad_() for t in (q, k, v)] + ([bias.requires_grad_()] if bias is not None else [])
+    leaves = ([t.requires_grad_() for t in (q, k, v)]
+              + ([bias.requires_grad_()] if bias is not None else []))
     grads = torch.autograd.grad(binary_attention(q, k, v, bias=bias, **case).float().pow(2).sum(),
                                 leaves)
     copies = [t.detach().clone().requires_grad_() for t in leaves]

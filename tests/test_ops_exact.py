@@ -1,4 +1,5 @@
-"""Exactness of sign_pack and popcount_scores: bit layout, XOR and AND identities, every D 1..256."""
+"""Exactness of sign_pack and popcount_scores: bit layout, XOR and AND identities, every D
+1..256."""
 import numpy as np
 import pytest
 import torch

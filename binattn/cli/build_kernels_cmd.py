@@ -23,14 +23,16 @@ from ..errors import UserError
               help="Comma-separated CUDA archs (sm_90a = H100/H200 with wgmma/setmaxnreg, "
                    "sm_80 = A100 and, through PTX, newer GPUs).")
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output directory (default: ~/.cache/binattn/cuda_kernels, searched at run time).")
+              help="Output directory (default: ~/.cache/binattn/cuda_kernels, searched at run "
+                   "time).")
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["float16", "bfloat16"]),
               help="Value dtypes to build attention kernels for (default: both).")
 @click.option("--dv", "dvs", multiple=True, type=int,
               help="Value head sizes to build (default: 32 64 72 80 96 128 256).")
 @click.option("--keep-source/--no-keep-source", default=True, show_default=True,
               help="Also write the generated CUDA C++ next to each library.")
-def command(arch: str, output: Optional[Path], dtypes: tuple, dvs: tuple, keep_source: bool) -> None:
+def command(arch: str, output: Optional[Path], dtypes: tuple, dvs: tuple,
+            keep_source: bool) -> None:
     """Build binattn's CUDA kernels (1-bit tensor-core attention, sign-pack, popcount scores).
 
     The libraries need only torch and apache-tvm-ffi to run: copy DIR to the GPU machine and

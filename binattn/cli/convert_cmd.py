@@ -94,10 +94,10 @@ def command(model: Path, output: Path, force: bool, bias: str, grid: Optional[st
     torch.export.load after `import binattn`. Its outputs are plain dicts/tuples of tensors
     (a Hugging Face model's ModelOutput becomes a dict), it takes the model's named inputs
     in the order printed at the end (attention_mask included for text models) and its batch
-    and sequence dims are dynamic unless --static. Sites that cannot be rewritten exactly stay float and are listed with the
-    reason. A model without attention is an error; nothing is written at OUTPUT unless the
-    conversion succeeded, and an existing OUTPUT needs --force. Learned biases start untrained
-    (train with `binattn train`).
+    and sequence dims are dynamic unless --static. Sites that cannot be rewritten exactly stay
+    float and are listed with the reason. A model without attention is an error; nothing is
+    written at OUTPUT unless the conversion succeeded, and an existing OUTPUT needs --force.
+    Learned biases start untrained (train with `binattn train`).
 
     \b
     Examples:

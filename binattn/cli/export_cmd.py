@@ -1,4 +1,5 @@
-"""``binattn export``: a model's binarized graph as MLIR (torch-mlir) or ONNX (onnxruntime-checked)."""
+"""``binattn export``: a model's binarized graph as MLIR (torch-mlir) or ONNX
+(onnxruntime-checked)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -94,8 +95,9 @@ def command(model: Path, fmt: str, output: Path, force: bool, dialect: str,
                 reparse(text)
         write_text(output, text)
         ops = bit_op_summary(text)
-        console.print(f"wrote {output} ({len(text) / 1e6:.1f} MB, {dialect}); attention as bit ops: "
-                      f"{ops['xor'] or ops['torch_xor']} xor, {ops['and']} and, {ops['shift']} shifts"
+        console.print(f"wrote {output} ({len(text) / 1e6:.1f} MB, {dialect}); attention as bit "
+                      f"ops: {ops['xor'] or ops['torch_xor']} xor, {ops['and']} and, "
+                      f"{ops['shift']} shifts"
                       + ("" if no_check else "; re-parsed with torch-mlir: OK"))
         if run_mlir:
             _run_mlir(console, text, dialect, gm, inputs, output)

@@ -3,14 +3,16 @@
 ``to_mlir(module, example_inputs, dialect)``: ``torch.export`` → our ops decomposed into sign
 packing + XOR + SWAR popcount (``bitops``) → ``torch_mlir.fx.export_and_import`` with torch-mlir's
 own decompositions → text, then parsed back with torch-mlir's MLIR bindings (``reparse``).
-``bit_op_summary`` counts what the QKᵀ became (``arith.xori``, shifts, and the matmuls left: P·V).
+``bit_op_summary`` counts what the QKᵀ became (``arith.xori``, shifts, and the matmuls left:
+P·V).
 
 Dialects: ``linalg-on-tensors`` (default; top-N's topk lowers to torch-mlir's ``tm_tensor.sort``,
 written in MLIR's generic op form because the Python bindings do not register tm_tensor),
 ``torch`` (torch dialect, backend-neutral), ``tosa`` and ``stablehlo`` (generic form). tosa and
 stablehlo reject the int64 shifts of the SWAR popcount (``aten.__rshift__.Scalar``, int64
 ``sub.Scalar``; TVM_NOTES §5), so for them the op is decomposed in its ``portable`` form: int32
-packing and a bit-test popcount (AND with each 2^j, compare, sum). What it does not: compile or run the MLIR.
+packing and a bit-test popcount (AND with each 2^j, compare, sum). What it does not: compile or
+run the MLIR.
 """
 from __future__ import annotations
 
@@ -87,7 +89,8 @@ def reparse(text: str) -> str:
         try:
             module = ir.Module.parse(text)
         except Exception as err:  # noqa: BLE001
-            raise UserError(f"the emitted MLIR does not parse: {str(err).splitlines()[0]}") from None
+            raise UserError(
+                f"the emitted MLIR does not parse: {str(err).splitlines()[0]}") from None
         return module.operation.name
 
 
@@ -97,6 +100,7 @@ def bit_op_summary(text: str) -> dict[str, int]:
              "and": r"arith\.andi|tosa\.bitwise_and|stablehlo\.and",
              "shift": r"arith\.shr[su]i", "ctpop": r"math\.ctpop",
              "matmul": r"linalg\.(?:batch_)?matmul|tosa\.matmul|stablehlo\.dot_general",
-             "torch_xor": r"torch\.aten\.bitwise_xor", "torch_matmul": r"torch\.aten\.(?:bmm|matmul)",
+             "torch_xor": r"torch\.aten\.bitwise_xor",
+             "torch_matmul": r"torch\.aten\.(?:bmm|matmul)",
              "topk": r"tm_tensor\.(?:topk|sort)|torch\.aten\.(?:topk|sort)\b"}
     return {k: len(re.findall(p, text)) for k, p in names.items()}

@@ -70,7 +70,8 @@ class AttentionShape:
         for name in ("batch", "q_heads", "kv_heads", "q_len", "k_len", "head_dim", "v_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise HardwareConfigError(f"attention {name} must be a positive integer, got {value!r}")
+                raise HardwareConfigError(
+                    f"attention {name} must be a positive integer, got {value!r}")
         if self.q_heads % self.kv_heads:
             raise HardwareConfigError(
                 f"q_heads={self.q_heads} is not a multiple of kv_heads={self.kv_heads}")

@@ -130,7 +130,8 @@ class CamAccelerator:
                 f"tile_keep={self.tile_keep} exceeds the free candidate slots "
                 f"({self.topk_inputs} - {self.topk_outputs})")
         if self.mac_precision != "bf16":
-            raise HardwareConfigError(f"mac_precision {self.mac_precision!r}: only 'bf16' is modelled")
+            raise HardwareConfigError(
+                f"mac_precision {self.mac_precision!r}: only 'bf16' is modelled")
         self.memory.validate()
         _check_blocks(self.name, self.blocks, CAM_BLOCKS)
         return self

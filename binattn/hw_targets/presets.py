@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from .hardware import Accelerator, BaselineAccelerator, Block, CamAccelerator, HardwareConfigError, Memory
+from .hardware import (Accelerator, BaselineAccelerator, Block, CamAccelerator,
+                       HardwareConfigError, Memory)
 from .scaling import scale_to_node
 
 _CAMFORMER = "CAMformer module table (arXiv 2511.19740), 45 nm-normalised"

@@ -19,7 +19,8 @@ def comparison_table(doc: dict) -> Table:
     had = doc.get("reference", {}).get("had", {})
     table = Table(title=f"{doc['target']} vs {doc['baseline_hardware']['name']}"
                         + (f" — {doc['model']}" if doc.get("model") else ""))
-    for col in ("metric", doc["target"], doc["baseline_hardware"]["name"], "reduction", "HAD paper"):
+    for col in ("metric", doc["target"], doc["baseline_hardware"]["name"], "reduction",
+                "HAD paper"):
         table.add_column(col, justify="right" if col != "metric" else "left")
     table.add_row("cycles", f"{ours['cycles']:,.0f}", f"{base['cycles']:,.0f}",
                   f"speed-up {doc.get('speedup', 0):.2f}×", "–")
@@ -37,8 +38,8 @@ def comparison_table(doc: dict) -> Table:
                       f"CAMformer {ref['cycles']}")
         table.add_row("calib. energy / query (nJ)", f"{mine['energy_nj']:.2f}", "",
                       f"{err['energy_nj']:+.1%}", f"CAMformer {ref['energy_nj']}")
-        table.add_row("calib. area (mm²)", f"{mine['area_mm2']:.4f}", "", f"{err['area_mm2']:+.1%}",
-                      f"CAMformer {ref['area_mm2']}")
+        table.add_row("calib. area (mm²)", f"{mine['area_mm2']:.4f}", "",
+                      f"{err['area_mm2']:+.1%}", f"CAMformer {ref['area_mm2']}")
     return table
 
 
@@ -95,7 +96,8 @@ def write_png(doc: dict, path: Path) -> Path:
         doc["totals"]["energy_breakdown_nj"], doc["baseline"]["energy_breakdown_nj"]))
     area = (_area_breakdown(doc["hardware"]), _area_breakdown(doc["baseline_hardware"]))
     modules = sorted({m for d in energy + area for m in d},
-                     key=lambda m: -max(d.get(m, 0.0) / (sum(d.values()) or 1) for d in energy + area))
+                     key=lambda m: -max(d.get(m, 0.0) / (sum(d.values()) or 1)
+                                        for d in energy + area))
     cmap = plt.get_cmap("tab20")
     colors = {m: cmap(i % 20) for i, m in enumerate(modules)}
     fig, axes = plt.subplots(1, 2, figsize=(13, 6))
@@ -105,7 +107,8 @@ def write_png(doc: dict, path: Path) -> Path:
     fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.suptitle(f"{doc.get('model') or 'attention'} on {doc['target']}: "
                  f"area −{doc['area_reduction']:.0%}, power −{doc['power_reduction']:.0%}, "
-                 f"energy −{doc.get('energy_reduction', 0):.0%} (HAD: area −79 %, power −87 %)")
+                 f"energy −{doc.get('energy_reduction', 0):.0%} "
+                 "(HAD: area −79 %, power −87 %)")
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -11,7 +11,8 @@ The rule (first order, written down so it can be argued with):
   capacitance with the linear dimension (√ of the area factor) and V with the nominal supply:
   45 nm 1.0 V (PTM 45 nm HP), 28 nm 0.9 V, 7 nm 0.7 V (ASAP7 PDK nominal, Clark et al.,
   Microelectronics J. 2016).  At the same clock, power scales by the same factor.
-* The **clock stays at 1 GHz** (CAMformer's) — faster nodes could clock higher; we do not claim it.
+* The **clock stays at 1 GHz** (CAMformer's) — faster nodes could clock higher; we do not claim
+  it.
 * **DRAM** energy per byte and bandwidth are off-chip and do **not** scale.
 
 Cross-check: Stillmaker & Baas, "Scaling equations for the accurate prediction of CMOS device

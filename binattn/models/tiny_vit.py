@@ -1,10 +1,10 @@
 """A small, plain Vision Transformer (cls token + patch grid) built from standard PyTorch.
 
 Its attention is ``F.scaled_dot_product_attention`` (as in timm/HF), or the hand-written
-``softmax(q·kᵀ·scale)·v`` with ``fused_attn=False``, so the binarize pass meets the same shapes it
-meets in third-party models. Token layout: N = 1 + Gh·Gw. Optionally a small 3×3-conv stem before
-the patch embedding (``stem_channels``), for small-data tasks where bare 2×2 patches carry too
-little. What it is not: a pretrained model.
+``softmax(q·kᵀ·scale)·v`` with ``fused_attn=False``, so the binarize pass meets the same shapes
+it meets in third-party models. Token layout: N = 1 + Gh·Gw. Optionally a small 3×3-conv stem
+before the patch embedding (``stem_channels``), for small-data tasks where bare 2×2 patches
+carry too little. What it is not: a pretrained model.
 """
 from __future__ import annotations
 

@@ -68,7 +68,8 @@ DEFAULT_SCORE = ScoreKnobs()
 DEFAULT_ATTENTION = AttentionKnobs()
 
 
-def attention_knobs_for(value_dim: int, knobs: AttentionKnobs = DEFAULT_ATTENTION) -> AttentionKnobs:
+def attention_knobs_for(value_dim: int,
+                        knobs: AttentionKnobs = DEFAULT_ATTENTION) -> AttentionKnobs:
     """The given knobs adapted to a value dim they cannot tile (odd Dv: narrower columns)."""
     cols = knobs.acc_cols
     while value_dim % cols:

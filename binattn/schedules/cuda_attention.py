@@ -54,12 +54,13 @@ def pv8_key_permutation(n_keys: int, device=None):
 
 @dataclass(frozen=True)
 class CudaAttentionSchedule:
-    """Knobs of one attention kernel: ``warps`` × 16 × ``row_tiles`` query rows per CTA, ``key_block`` keys per
-    step, ``poly_quarters`` quarters of each step's exponentials on the FMA pipe (the rest on the
-    MUFU ``ex2`` unit), ``stages`` key blocks in flight in shared memory (cp.async pipeline),
-    ``row_tiles`` 16-row tiles per warp, ``wgmma_pv`` P·V on Hopper's warpgroup MMA, ``min_blocks``
-    CTAs per SM promised in ``__launch_bounds__`` (ptxas then caps the registers to fit them),
-    ``exp_table`` the no-shift softmax's exps read from a table of the 2D+1 possible scores."""
+    """Knobs of one attention kernel: ``warps`` × 16 × ``row_tiles`` query rows per CTA,
+    ``key_block`` keys per step, ``poly_quarters`` quarters of each step's exponentials on the
+    FMA pipe (the rest on the MUFU ``ex2`` unit), ``stages`` key blocks in flight in shared
+    memory (cp.async pipeline), ``row_tiles`` 16-row tiles per warp, ``wgmma_pv`` P·V on Hopper's
+    warpgroup MMA, ``min_blocks`` CTAs per SM promised in ``__launch_bounds__`` (ptxas then caps
+    the registers to fit them), ``exp_table`` the no-shift softmax's exps read from a table of
+    the 2D+1 possible scores."""
 
     warps: int = 4
     key_block: int = 64
@@ -67,7 +68,8 @@ class CudaAttentionSchedule:
     stages: int = 2
     row_tiles: int = 1  # 16-row tiles per warp (2: each V fragment feeds twice the mmas)
     wgmma_pv: int = 0  # 1: P·V as one warpgroup wgmma per 16 keys (sm_90a; 4·k warps, 1 row tile)
-    min_blocks: int = 0  # CTAs per SM promised to ptxas (__launch_bounds__): caps registers; 0: none
+    # CTAs per SM promised to ptxas (__launch_bounds__): caps registers; 0: none
+    min_blocks: int = 0
     exp_table: int = 0  # 1: no-shift softmax reads 2**(s·coef) from a (2D+2)-entry shared table
 
     def check(self) -> None:
@@ -93,7 +95,8 @@ class CudaAttentionSchedule:
         if self.key_block not in (32, 64, 128):
             raise ValueError(f"key_block must be 32, 64 or 128, got {self.key_block}")
         if self.key_block > 32 * self.warps:
-            raise ValueError(f"key_block {self.key_block} needs at least {self.key_block // 32} warps")
+            raise ValueError(
+                f"key_block {self.key_block} needs at least {self.key_block // 32} warps")
 
 
 def default_schedule(dv: int) -> CudaAttentionSchedule:

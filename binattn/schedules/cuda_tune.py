@@ -165,7 +165,8 @@ def time_candidates(directory: Path, reps: int = 20) -> Path:
                                                           abs_sum, *pop_form)
             packed.append((bits.view(B, H, N, 8), pops.view(B, H, N), abs_sum))
         out = torch.full((B, H, N, dv), float("nan"), dtype=dtype, device="cuda")
-        args = (packed[0][0], packed[1][0], packed[1][1], v.view(torch.int32).view(B, H, N, dv // 8, 4),
+        args = (packed[0][0], packed[1][0], packed[1][1],
+                v.view(torch.int32).view(B, H, N, dv // 8, 4),
                 out.view(torch.int32), packed[0][2], packed[1][2],
                 torch.zeros(1, device="cuda"), torch.zeros(1, dtype=torch.int32, device="cuda"),
                 0, 1, 0, 0, 0, 0,

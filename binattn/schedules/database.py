@@ -59,7 +59,8 @@ class TuningDatabase:
         try:
             records = json.loads(self.records_path.read_text())
         except ValueError as err:
-            raise ValueError(f"tuning database {self.records_path} is not valid JSON: {err}") from err
+            raise ValueError(
+                f"tuning database {self.records_path} is not valid JSON: {err}") from err
         self._cached = (stamp, records)
         return records
 

@@ -113,7 +113,8 @@ def attention_args(shape: AttentionShape, wl: cpu_kernels.AttentionWorkload,
     b, h, w, dv = shape.batch, shape.heads, wl.words, wl.value_dim
 
     def make(dev):
-        words = lambda *s: rng.integers(-2**31, 2**31 - 1, size=s, dtype=np.int64).astype(np.int32)  # noqa: E731
+        words = lambda *s: rng.integers(  # noqa: E731
+            -2**31, 2**31 - 1, size=s, dtype=np.int64).astype(np.int32)
         args = [words(b, h, nq, w), words(b, h, w, nk)]
         if wl.pv8:
             args += [rng.integers(-127, 128, size=(b, h, nk // 4, dv, 4)).astype(np.int8),
@@ -166,7 +167,8 @@ def search_knobs(candidates: Iterable, build: Callable, make_args: Callable,
             seconds = measurer.seconds(build(knobs), make_args(knobs))
             result = TrialResult(knobs.to_dict(), seconds * 1e3)
         except Exception as err:  # noqa: BLE001 - a bad candidate must not stop the search
-            result = TrialResult(knobs.to_dict(), float("inf"), f"{type(err).__name__}: {err}"[:200])
+            result = TrialResult(knobs.to_dict(), float("inf"),
+                                 f"{type(err).__name__}: {err}"[:200])
         results.append(result)
         if progress:
             progress(result)

@@ -18,6 +18,13 @@ What it does: turns a workload (shapes, flags) plus schedule knobs
   ``vpdpbusd`` where the target has it, plain integer loops elsewhere).
 * ``quantize_v_module``: V → s8 per (b, h, channel) in the ``vpdpbusd`` layout, with scales.
 
+Style: ``sign_pack_module`` and ``quantize_v_module`` are ``@T.prim_func`` kernels, as the CUDA
+ones. The three attention kernels are still TVMScript text built with f-strings: their P·V
+register tile is a workload-dependent number of separate small buffers (``r0`` … ``rK``: one
+per ``acc_cols`` value columns or 16 VNNI lanes, each under TVM's 1 KiB stack-allocation limit
+so that LLVM keeps it in registers) and their signature gains an argument when there is an
+additive tensor; TVMScript has no parse-time loop to emit a varying number of allocations.
+
 The attention kernels take padded inputs: Nq a multiple of ``block_q``, Nk of ``block_k``, with
 the true key count ``nk`` as a scalar (keys past it are masked). ``cpu_dispatch`` does the
 padding, layout changes and scales. What it does not: build, cache or call kernels
@@ -25,7 +32,9 @@ padding, layout changes and scales. What it does not: build, cache or call kerne
 """
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -54,7 +63,8 @@ class AttentionWorkload:
     pv8: bool = False
 
     def tag(self) -> str:
-        add = "none" if self.add_bcast is None else "".join("1" if b else "n" for b in self.add_bcast)
+        add = ("none" if self.add_bcast is None
+               else "".join("1" if b else "n" for b in self.add_bcast))
         pv = "32" if not self.pv8 else "8lut" if pv8_uses_lut(self) else "8"
         return f"attn_w{self.words}_dv{self.value_dim}_c{int(self.causal)}_add{add}_pv{pv}"
 
@@ -65,34 +75,35 @@ def sign_pack_module(words: int) -> tvm.IRModule:
 
     D is read from the input's shape at run time; one kernel serves every D with W words.
     """
-    source = f'''
-@T.prim_func
-def main(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
-    T.func_attr({{"tir.noalias": True}})
-    R = T.int32()
-    D = T.int32()
-    x = T.match_buffer(x_h, (R, D), "float32")
-    bits = T.match_buffer(bits_h, (R, {words}), "int32")
-    pops = T.match_buffer(pops_h, (R,), "int32")
-    absx = T.match_buffer(abs_h, (R,), "float32")
-    for ro in T.parallel((R + 63) // 64):
-        acc = T.alloc_buffer((16,), "float32")
-        for ri in range(64):
-            r = T.Bind(ro * 64 + ri)
-            if r < R:
-                for w in range({words}):
-                    bits[r, w] = 0
-                    for j in range(32):
-                        if w * 32 + j < D:
-                            bits[r, w] = bits[r, w] | T.shift_left(T.Cast("int32", x[r, w * 32 + j] >= T.float32(0)), j)
-                pops[r] = {" + ".join(f"T.popcount(bits[r, {w}])" for w in range(words))}
-                for l in T.vectorized(16):
-                    acc[l] = T.float32(0)
-                for d in range(D):
-                    acc[d % 16] = acc[d % 16] + T.fabs(x[r, d])
-                absx[r] = {_tree("T.Add", [f"acc[{i}]" for i in range(16)])}
-'''
-    return _parse(source)
+
+    @T.prim_func
+    def main(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
+        T.func_attr({"tir.noalias": True})
+        R = T.int32()
+        D = T.int32()
+        x = T.match_buffer(x_h, (R, D), "float32")
+        bits = T.match_buffer(bits_h, (R, words), "int32")
+        pops = T.match_buffer(pops_h, (R,), "int32")
+        absx = T.match_buffer(abs_h, (R,), "float32")
+        for ro in T.parallel((R + 63) // 64):
+            acc = T.alloc_buffer((16,), "float32")
+            for ri in range(64):
+                r = T.Bind(ro * 64 + ri)
+                if r < R:
+                    for w in range(words):
+                        bits[r, w] = 0
+                        for j in range(32):
+                            if w * 32 + j < D:
+                                bits[r, w] = bits[r, w] | T.shift_left(
+                                    T.Cast("int32", x[r, w * 32 + j] >= T.float32(0)), j)
+                    pops[r] = _chain(operator.add, [T.popcount(bits[r, w]) for w in range(words)])
+                    for l in T.vectorized(16):
+                        acc[l] = T.float32(0)
+                    for d in range(D):
+                        acc[d % 16] = acc[d % 16] + T.fabs(x[r, d])
+                    absx[r] = _tree(T.Add, [acc[i] for i in range(16)])
+
+    return _module(main)
 
 
 # --------------------------------------------------------------------------- popcount scores
@@ -101,8 +112,8 @@ def scores_te(words: int, n_q: Optional[int] = None, n_k: Optional[int] = None,
     """TE definition: S[b, m, n] = D − 2·Σ_w popc(Q[b, m, w] XOR K[b, n, w]) (int32).
 
     Batch, Nq and Nk are symbolic when None. ``head_dim=None`` makes D a runtime argument;
-    meta_schedule needs it (and the batch) constant: it accepts only buffer arguments. D is a runtime int32 argument (``hd``, last),
-    so one kernel serves every D with this many words.
+    meta_schedule needs it (and the batch) constant: it accepts only buffer arguments. D is a
+    runtime int32 argument (``hd``, last), so one kernel serves every D with this many words.
     """
     batch = te.var("batch", "int32") if batch is None else batch
     n_q = te.var("n_q", "int32") if n_q is None else n_q
@@ -226,12 +237,19 @@ for i in range({knobs.block_q}):
     return _indent(lines, indent)
 
 
-def _tree(op: str, items: list[str]) -> str:
-    """Balanced reduction text: op(op(a, b), op(c, d)) …"""
+def _tree(op, items: list):
+    """Balanced reduction op(op(a, b), op(c, d)) …: TVMScript text when ``op`` is its name
+    (``"T.Add"``), else the expression, ``op`` called on the items (``T.Add``)."""
+    pair = (lambda a, b: f"{op}({a}, {b})") if isinstance(op, str) else op
     while len(items) > 1:
-        items = [f"{op}({items[i]}, {items[i + 1]})" if i + 1 < len(items) else items[i]
+        items = [pair(items[i], items[i + 1]) if i + 1 < len(items) else items[i]
                  for i in range(0, len(items), 2)]
     return items[0]
+
+
+def _chain(op, items: list):
+    """Left-to-right reduction op(op(a, b), c) … (as ``a + b + c`` written out)."""
+    return functools.reduce(op, items)
 
 
 def _indent(text: str, indent: str) -> str:
@@ -332,11 +350,14 @@ def attention_pv8_module(wl: AttentionWorkload, knobs: AttentionKnobs,
         regs = "\n".join(f"r{x} = T.alloc_buffer(({ri}, 16), \"int32\")" for x in lanes)
         zero = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized(16):\n"
                          f"        r{x}[ii, d] = 0" for x in lanes)
-        dot = (f"for ii in T.unroll({ri}):\n    pw = T.Bind(T.reinterpret(\"int8x64\", T.broadcast(T.reinterpret(\"int32\", "
+        dot = (f"for ii in T.unroll({ri}):\n"
+               f"    pw = T.Bind(T.reinterpret(\"int8x64\", T.broadcast(T.reinterpret(\"int32\", "
                f"P8.vload([io * {ri} + ii, j4 * 4], \"uint8x4\")), 16)))\n" + "\n".join(
-                   f"    r{x}[ii, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("
-                   f"\"llvm.x86.avx512.vpdpbusd.512\"), r{x}.vload([ii, 0], \"int32x16\"), pw, "
-                   f"v8.vload([b, hk, k0 // 4 + j4, {x * 16}, 0], \"int8x64\"), dtype=\"int32x16\")" for x in lanes))
+                   f"    r{x}[ii, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("
+                   f"T.llvm_lookup_intrinsic_id(\"llvm.x86.avx512.vpdpbusd.512\"), "
+                   f"r{x}.vload([ii, 0], \"int32x16\"), pw, "
+                   f"v8.vload([b, hk, k0 // 4 + j4, {x * 16}, 0], \"int8x64\"), "
+                   f"dtype=\"int32x16\")" for x in lanes))
         add_back = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized(16):\n"
                              f"        acc[io * {ri} + ii, {x * 16} + d] = "
                              f"acc[io * {ri} + ii, {x * 16} + d] + r{x}[ii, d]" for x in lanes)
@@ -349,10 +370,13 @@ def attention_pv8_module(wl: AttentionWorkload, knobs: AttentionKnobs,
               f"            acc[i, d] = acc[i, d] + T.Cast(\"int32\", P8[i, j]) * "
               f"T.Cast(\"int32\", v8[b, hk, (k0 + j) // 4, d, (k0 + j) % 4])")
     pv_block = _indent(pv, "            ")
+    vl, vl_steps = knobs.vector, bk // knobs.vector
+    score = _score_expr(wl, "row", f"k0 + jo * {vl} + jj")
+    level = _u8_level(f"fexp(S[i, jo * {vl} + jj] - muse) * pscale")
     source = f'''
 @T.prim_func
-def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle, coef_h: T.handle{add_param},
-         out_h: T.handle, nk: T.int32, hd: T.int32):{decl}
+def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle,
+         coef_h: T.handle{add_param}, out_h: T.handle, nk: T.int32, hd: T.int32):{decl}
     v8 = T.match_buffer(v_h, (B, HK, NK // 4, {dv}, 4), "int8")
     vscale = T.match_buffer(vscale_h, (B, HK, {dv}), "float32")
     for task in T.parallel(B * H * (NQ // {bq})):{_task_prologue(knobs)}
@@ -369,12 +393,13 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle, coef
             for i in range({bq}):
                 row = T.Bind(q0 + i)
                 muse = T.Bind(T.Select(m[i] == NEG_INF, T.float32(0), m[i]))
-                pscale = T.Bind(T.Select(l[i] > T.float32(0), T.float32(255) / l[i], T.float32(0)))
-                for jo in range({bk // knobs.vector}):
-                    for jj in T.vectorized({knobs.vector}):
-                        S[i, jo * {knobs.vector} + jj] = {_score_expr(wl, "row", f"k0 + jo * {knobs.vector} + jj")}
-                    for jj in T.vectorized({knobs.vector}):
-                        P8[i, jo * {knobs.vector} + jj] = {_u8_level(f"fexp(S[i, jo * {knobs.vector} + jj] - muse) * pscale")}
+                pscale = T.Bind(T.Select(l[i] > T.float32(0), T.float32(255) / l[i],
+                                         T.float32(0)))
+                for jo in range({vl_steps}):
+                    for jj in T.vectorized({vl}):
+                        S[i, jo * {vl} + jj] = {score}
+                    for jj in T.vectorized({vl}):
+                        P8[i, jo * {vl} + jj] = {level}
 {pv_block}
         for i in range({bq}):
             for d in T.vectorized({dv}):
@@ -440,7 +465,8 @@ for i in range({knobs.block_q}):
         qw[w] = T.Select(flip, T.bitwise_not(qb[b, h, row, w]), qb[b, h, row, w])
     for jj in T.vectorized({vl}):
         vmin[jj] = 255
-    nfull = T.Bind({_lut_full_tiles(knobs, wl)})''' + tiles(False, "nfull") + tiles(True, "nfull, ntiles") + f'''
+    nfull = T.Bind({_lut_full_tiles(knobs, wl)})''' + tiles(False, "nfull") + tiles(
+        True, "nfull, ntiles") + f'''
     lo[i] = {_tree("T.min", [f"vmin[{x}]" for x in range(vl)])}'''
 
 
@@ -465,10 +491,12 @@ def _lut_pass_b(knobs: AttentionKnobs, wl: AttentionWorkload, tables: int) -> st
     sums = "".join(f'''
     for kt in range({bounds}):
         for jo in range({knobs.block_k // 16}):
-            pv = T.Bind(T.Cast("int32x16", P.vload([i, kt * {knobs.block_k} + jo * 16], "uint8x16")))
+            pv = T.Bind(T.Cast("int32x16",
+                               P.vload([i, kt * {knobs.block_k} + jo * 16], "uint8x16")))
             kk = T.Bind(pv - T.broadcast(low, 16))
             red[T.ramp(0, 1, 16)] = red.vload([0], "float32x16") + {term[masked]}'''
                    for masked, bounds in ((False, "nfull"), (True, "nfull, ntiles")))
+    level = _u8_level('fexp(T.float32(-2) * ac * T.Cast("float32", t)) * pscale')
     return f'''
 for i in range({knobs.block_q}):
     low = T.Bind(lo[i])
@@ -484,11 +512,13 @@ for i in range({knobs.block_q}):
     pscale = T.Bind(T.Select(total > T.float32(0), T.float32(255) / total, T.float32(0)))
     span = T.Bind({WORD_BITS * wl.words} - low)
     for t in T.vectorized({128 * tables}):
-        lut[t] = T.Select(t <= span, {_u8_level('fexp(T.float32(-2) * ac * T.Cast("float32", t)) * pscale')}, T.uint8(0))
+        lut[t] = T.Select(t <= span, {level}, T.uint8(0))
 {loads}
     for kt, jo in T.grid(ntiles, {knobs.block_k // 64}):
-        idx = T.Bind(P.vload([i, kt * {knobs.block_k} + jo * 64], "uint8x64") - T.broadcast(T.Cast("uint8", low), 64))
-        P[i, T.ramp(kt * {knobs.block_k} + jo * 64, 1, 64)] = T.Select(idx < T.broadcast(T.uint8(128), 64), {lookups[0]}, {other})'''
+        idx = T.Bind(P.vload([i, kt * {knobs.block_k} + jo * 64], "uint8x64")
+                     - T.broadcast(T.Cast("uint8", low), 64))
+        P[i, T.ramp(kt * {knobs.block_k} + jo * 64, 1, 64)] = T.Select(
+            idx < T.broadcast(T.uint8(128), 64), {lookups[0]}, {other})'''
 
 
 def _vnni_pv(knobs: AttentionKnobs, dv: int, p_buf: str, p_col: str) -> str:
@@ -579,41 +609,50 @@ def quantize_v_module(value_dim: int) -> tvm.IRModule:
     ``torch.round``; TVM's ``nearbyint`` rounds them away from zero) in two passes over V.
     """
     dv = value_dim
-    rounded = _intrin("llvm.roundeven", "float32", "v[b, hk, n4 * 4 + r, d] * inv[d]")
-    store = f"for d in T.vectorized({dv}):\n    v8[b, hk, n4, d, r] = T.Cast(\"int8\", {rounded})"
-    source = f'''
-@T.prim_func
-def main(v_h: T.handle, v8_h: T.handle, vscale_h: T.handle):
-    T.func_attr({{"tir.noalias": True}})
-    B = T.int32(); HK = T.int32(); N = T.int32(); N4 = T.int32()
-    v = T.match_buffer(v_h, (B, HK, N, {dv}), "float32")
-    v8 = T.match_buffer(v8_h, (B, HK, N4, {dv}, 4), "int8")
-    vscale = T.match_buffer(vscale_h, (B, HK, {dv}), "float32")
-    for task in T.parallel(B * HK):
-        b = T.Bind(task // HK)
-        hk = T.Bind(task % HK)
-        inv = T.alloc_buffer(({dv},), "float32")
-        for d in T.vectorized({dv}):
-            inv[d] = T.float32(0)
-        for n in range(N):
-            for d in T.vectorized({dv}):
-                inv[d] = T.max(inv[d], T.fabs(v[b, hk, n, d]))
-        for d in T.vectorized({dv}):
-            # as torch evaluates ``127.0 / amax``: reciprocal, then the product
-            inv[d] = T.float32(1) / T.max(inv[d], T.float32(1e-12)) * T.float32(127)
-            vscale[b, hk, d] = T.float32(1) / (T.float32(255) * (inv[d] + T.float32(1e-6)))
-        for n4 in range(N // 4):
-            for r in T.unroll(4):
-{_indent(store, " " * 16)}
-        for n4 in range(N // 4, N4):
-            for r in T.unroll(4):
-                if n4 * 4 + r < N:
-{_indent(store, " " * 20)}
-                else:
-                    for d in T.vectorized({dv}):
-                        v8[b, hk, n4, d, r] = T.int8(0)
-'''
-    return _parse(source)
+
+    @T.macro
+    def store_key(v, v8, inv, b, hk, n4, r):
+        """Key ``4·n4 + r`` of V as s8: ``roundeven(v · inv)`` per channel."""
+        for d in T.vectorized(dv):
+            v8[b, hk, n4, d, r] = T.Cast("int8", T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.roundeven"), v[b, hk, n4 * 4 + r, d] * inv[d],
+                dtype="float32"))
+
+    @T.prim_func
+    def main(v_h: T.handle, v8_h: T.handle, vscale_h: T.handle):
+        T.func_attr({"tir.noalias": True})
+        B = T.int32()
+        HK = T.int32()
+        N = T.int32()
+        N4 = T.int32()
+        v = T.match_buffer(v_h, (B, HK, N, dv), "float32")
+        v8 = T.match_buffer(v8_h, (B, HK, N4, dv, 4), "int8")
+        vscale = T.match_buffer(vscale_h, (B, HK, dv), "float32")
+        for task in T.parallel(B * HK):
+            b = T.Bind(task // HK)
+            hk = T.Bind(task % HK)
+            inv = T.alloc_buffer((dv,), "float32")
+            for d in T.vectorized(dv):
+                inv[d] = T.float32(0)
+            for n in range(N):
+                for d in T.vectorized(dv):
+                    inv[d] = T.max(inv[d], T.fabs(v[b, hk, n, d]))
+            for d in T.vectorized(dv):
+                # as torch evaluates ``127.0 / amax``: reciprocal, then the product
+                inv[d] = T.float32(1) / T.max(inv[d], T.float32(1e-12)) * T.float32(127)
+                vscale[b, hk, d] = T.float32(1) / (T.float32(255) * (inv[d] + T.float32(1e-6)))
+            for n4 in range(N // 4):
+                for r in T.unroll(4):
+                    store_key(v, v8, inv, b, hk, n4, r)
+            for n4 in range(N // 4, N4):
+                for r in T.unroll(4):
+                    if n4 * 4 + r < N:
+                        store_key(v, v8, inv, b, hk, n4, r)
+                    else:
+                        for d in T.vectorized(dv):
+                            v8[b, hk, n4, d, r] = T.int8(0)
+
+    return _module(main)
 
 
 NEG_INF = tirx.const(-math.inf, "float32")
@@ -621,5 +660,10 @@ NEG_INF = tirx.const(-math.inf, "float32")
 
 def _parse(source: str) -> tvm.IRModule:
     """Parse generated TVMScript; kernels may use ``fexp`` and ``NEG_INF``."""
-    func = tvm.script.from_source(source, extra_vars={"T": T, "fexp": fexp, "NEG_INF": NEG_INF})
+    return _module(tvm.script.from_source(source, extra_vars={"T": T, "fexp": fexp,
+                                                              "NEG_INF": NEG_INF}))
+
+
+def _module(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
+    """The one-kernel IRModule ``tvm.compile`` gets (symbol ``main``)."""
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})

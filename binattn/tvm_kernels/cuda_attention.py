@@ -1,8 +1,8 @@
 """TVMScript (TIRx) source of binattn's fused binary flash-attention forward for CUDA.
 
 What it does: ``attention_func(dtype, dv, schedule)`` returns a PrimFunc that computes, for every
-(b, h) and query row, ``softmax(s_q·s_k·scale·(b_q·b_kᵀ) + bias) · V`` in one pass over the keys
-(FlashAttention-2 style, no N×N tensor):
+(b, h) and query row, ``softmax(s_q·s_k·scale·(b_q·b_kᵀ) + bias) · V`` in one pass over the
+keys (FlashAttention-2 style, no N×N tensor):
 
 * K bits, key popcounts and V of the key block ``stages − 1`` ahead are copied to shared memory
   with ``cp.async`` while the current block computes;
@@ -53,6 +53,7 @@ def attention_name(dtype: str, dv: int, has_bias: bool = False, short: bool = Fa
 
 MAGIC = SCORE_MAGIC  # float bits of 1.5·2**23 (see binattn.schedules.cuda_attention)
 MASKED = -16777216  # 0xFF000000: negative as int32, about -1.7e38 as float32
+MAGIC_FLOAT = 1.5 * 2.0 ** 23  # as_float(SCORE_MAGIC): the score bits' offset, as a float
 
 
 EXP2_POLY = (0.9999280708313842, 0.6932609977919704, 0.24261117167503404, 0.05517162704802993)
@@ -107,6 +108,34 @@ def table_schedule(dv: int, schedule: CudaAttentionSchedule) -> CudaAttentionSch
     return replace(schedule, stages=2, wgmma_pv=0)
 
 
+def regs(buf, base, n: int = 4) -> list:
+    """``[buf[base], buf[base + 1], …]``: the ``n`` registers of one mma fragment, for a kernel's
+    ``T.ptx[...](*regs(...), ...)`` (evaluated in Python while the TVMScript is parsed: the same
+    buffer loads as when written out one by one)."""
+    return [buf[base]] + [buf[base + i] for i in range(1, n)]
+
+
+def regs_u32(buf, base, n: int = 4) -> list:
+    """:func:`regs` reinterpreted as uint32 (the operand type of the b1 mma)."""
+    return [T.reinterpret("uint32", x) for x in regs(buf, base, n)]
+
+
+@T.macro
+def score_coefficient(coef, Sq, Sk, B, Hks, bh, b, h, ks_group, mult):
+    """Prologue of both attention kernels: the score coefficient ``coef[0]`` (scales × ``mult``
+    × 2) of this (b, h) and ``coef[1]``, its magic-number offset."""
+    coef[0] = Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2)
+    # at least 1e-30; a NaN or Inf scale (a non-finite q or k) becomes NaN, so that
+    # every score and the output of this (b, h) are NaN (reference.nan_unless_finite)
+    coef[0] = T.if_then_else(coef[0] < T.float32(1e-30), T.float32(1e-30),
+                             T.if_then_else(coef[0] <= T.float32(3.0e38), coef[0],
+                                            T.float32(math.nan)))
+    # keep 22 significant bits so that 1.5·2**23·coef is exact: then
+    # fma(as_float(MAGIC + i), coef, -1.5·2**23·coef) == i·coef rounded once
+    coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
+    coef[1] = -T.float32(MAGIC_FLOAT) * coef[0]
+
+
 def bias_table_prologue(rows: int, nthreads: int, warps: int):
     """The T.macro that copies one head's column of a bias table into shared memory (the
     ``table`` kernels of ``attention_func`` and ``attention_pv8_func``): rows = what the flat
@@ -120,18 +149,23 @@ def bias_table_prologue(rows: int, nthreads: int, warps: int):
 
     @T.macro
     def prologue(tab, tred, tval, trange, trow, Bias, NB, Hq, bias_sb, bias_sh, h, tid, lane):
-        trow[0] = T.min((NB - 1 - T.if_then_else(bias_sh != 0, (Hq - 1) * bias_sh, 0)) // T.max(bias_sb, 1) + 1, rows)
+        trow[0] = T.min((NB - 1 - T.if_then_else(bias_sh != 0, (Hq - 1) * bias_sh, 0))
+                        // T.max(bias_sb, 1) + 1, rows)
         trange[0] = neg_inf
         trange[1] = -neg_inf
         for it in T.unroll(rows // nthreads):
-            tval[it] = T.if_then_else(tid + it * nthreads < trow[0], Bias[(tid + it * nthreads) * bias_sb + h * bias_sh], T.float32(0))
+            tval[it] = T.if_then_else(tid + it * nthreads < trow[0],
+                                      Bias[(tid + it * nthreads) * bias_sb + h * bias_sh],
+                                      T.float32(0))
         for it in T.unroll(rows // nthreads):
             if tid + it * nthreads < trow[0]:
                 trange[0] = T.max(trange[0], tval[it])
                 trange[1] = T.min(trange[1], tval[it])
         for sh in T.unroll(5):
-            trange[0] = T.max(trange[0], T.call_extern("float32", "__shfl_xor_sync", full, trange[0], 16 >> sh, 32))
-            trange[1] = T.min(trange[1], T.call_extern("float32", "__shfl_xor_sync", full, trange[1], 16 >> sh, 32))
+            trange[0] = T.max(trange[0], T.call_extern("float32", "__shfl_xor_sync", full,
+                                                       trange[0], 16 >> sh, 32))
+            trange[1] = T.min(trange[1], T.call_extern("float32", "__shfl_xor_sync", full,
+                                                       trange[1], 16 >> sh, 32))
         if lane == 0:
             tred[tid // 32] = trange[0]
             tred[warps + tid // 32] = trange[1]
@@ -140,7 +174,8 @@ def bias_table_prologue(rows: int, nthreads: int, warps: int):
             trange[0] = T.max(trange[0], tred[w])
             trange[1] = T.min(trange[1], tred[warps + w])
         for it in T.unroll(rows // nthreads):
-            tab[tid + it * nthreads] = (tval[it] - (trange[0] + trange[1]) * T.float32(0.5)) * T.float32(LOG2E)
+            tab[tid + it * nthreads] = ((tval[it] - (trange[0] + trange[1]) * T.float32(0.5))
+                                        * T.float32(LOG2E))
 
     return prologue
 
@@ -182,9 +217,17 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
 
     Softmax: when the row's whole exponent range ``2·D·coef`` fits ``STATIC_RANGE`` and there is
     no bias (or a bias table whose span fits with it), ``p = 2**(s·coef)`` needs no shift at
-    all (no running max, no shuffles, no rescaling); otherwise the kernel runs the online softmax (integer running max without bias,
-    float with it). The row sums come from the tensor cores: P times a tile of ones is one more
-    PV mma, so they are the sums of the very P (16-bit) that multiplies V.
+    all (no running max, no shuffles, no rescaling); otherwise the kernel runs the online
+    softmax (integer running max without bias, float with it). The row sums come from the
+    tensor cores: P times a tile of ones is one more PV mma, so they are the sums of the very P
+    (16-bit) that multiplies V.
+
+    Stages (``T.macro``, expanded in place): prologue (:func:`score_coefficient`, ``softmax_mode``,
+    the bias table's ``table_prologue``, ``query_rows``, ``copy_offsets``); per key block the load
+    stage (``copy_full_block`` / ``copy_last_block``, ``advance_copy_bases``), QKᵀ (``qk_scores``),
+    softmax per row tile (``bias_scores``, ``float_running_max``, ``unshifted_scores`` or
+    ``int_running_max``, then ``exp2_scores``, ``pack_p``), P·V (``pv_wgmma`` / ``pv_mma``); then
+    ``epilogue``.
 
     Data movement (FlashAttention-2 structure): K bits, key popcounts and V rows of the key
     block ``stages − 1`` ahead are copied global → shared with ``cp.async`` while the current
@@ -219,7 +262,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     n_tiles, n_chunks, o_tiles = kb // 8, kb // 16, dv // 8
     n_poly = n_tiles * schedule.poly_quarters // 4
     groups = dv // 8
-    vstride = groups | 1  # 16-byte groups per shared V row: odd → ldmatrix rows hit distinct banks
+    # 16-byte groups per shared V row: odd → ldmatrix rows hit distinct banks
+    vstride = groups | 1
     wg = bool(schedule.wgmma_pv)
     etab_on = bool(schedule.exp_table)
     # blocks copied ahead of the one computing; with wgmma one stage more is kept back, as the
@@ -247,11 +291,392 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
     st_n, sc_n = n_tiles * 4, n_chunks * 4  # scores / P fragments of one row tile
     neg_inf = T.float32(-math.inf)
     full = T.uint32(0xFFFFFFFF)
-    magic_f = T.float32(1.5 * 2.0 ** 23)
+    magic_f = T.float32(MAGIC_FLOAT)
     masked_u = T.uint32(MASKED & 0xFFFFFFFF)
     c0, c1, c2, c3 = (T.float32(c) for c in EXP2_POLY)
     ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16"
     ld_x2 = "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16"
+
+    @T.macro
+    def softmax_mode(coef, mode, etab, xr, d_bits, tid):
+        """Prologue: the softmax mode (``mode[0]``: no shift needed; ``mode[1]``: narrow heads,
+        D ≤ 128) and, with ``exp_table``, the shared table of ``2**(s·coef)``."""
+        mode[1] = T.Cast("int32", d_bits <= 128)
+        if has_bias:
+            mode[0] = 0
+        else:
+            mode[0] = T.Cast("int32",
+                             coef[0] * T.Cast("float32", 2 * d_bits) <= static_range)
+        if etab_on:  # read after the main loop's first barrier
+            for it in T.serial(T.ceildiv(2 * d_bits + 2, nthreads)):
+                if tid + it * nthreads < 2 * d_bits + 2:
+                    T.ptx["ex2.approx.ftz.f32"](
+                        xr[0], T.Cast("float32", tid + it * nthreads - d_bits) * coef[0])
+                    etab[tid + it * nthreads] = T.if_then_else(
+                        tid + it * nthreads <= 2 * d_bits, xr[0], T.float32(0))
+
+    @T.macro
+    def query_rows(row, lim, m_i, m_f, moff, qa, Qb, mode, b, h, q0, g, t, causal, Nq, Nk):
+        """Prologue: this thread's query rows, their key limits (causal), the running maxima
+        reset, and the rows' q bits as A fragments of the b1 mma (zeros past Nq)."""
+        for rr in T.unroll(2 * mt_n):
+            row[rr] = q0 + 16 * (rr // 2) + g + 8 * (rr % 2)
+            lim[rr] = T.if_then_else(causal != 0, T.min(Nk, row[rr] + 1), Nk)
+            m_i[rr] = MASKED
+            m_f[rr] = neg_inf
+            moff[rr] = 0
+        for mt in T.unroll(mt_n):
+            for i in T.unroll(4):
+                # logical word t / t+4 = physical 2t / 2t+1 (narrow: the low half twice)
+                qa[mt * 4 + i] = T.if_then_else(
+                    row[mt * 2 + i % 2] < Nq,
+                    T.reinterpret("uint32", Qb[b, h, T.min(row[mt * 2 + i % 2], Nq - 1),
+                                               (2 * t + i // 2) % (8 - 4 * mode[1])]),
+                    T.uint32(0))
+
+    @T.macro
+    def copy_offsets(k_src, k_dst, p_dst, v_src, v_dst, fast_src, fast_dst, Vs, tid, kv_row0,
+                     v_row0, vsn, Dq, mode):
+        """Prologue of the load stage: each thread's global/shared offsets of its K, key
+        popcount and V copies, the bases of the full-block copies and (``wgmma_pv``) the
+        ones group of every V stage."""
+        for it in T.unroll(k_iters):
+            u = tid + it * nthreads
+            k_src[it] = kv_row0 * QBITS_WORDS + (u % 2) * 4 * (1 - mode[1])
+            k_dst[it] = u * 4
+        for it in T.unroll(p_iters):
+            u = tid + it * nthreads
+            p_dst[it] = ((u // 2) // 2) * 4 + 2 * (u % 2) + (u // 2) % 2
+        for it in T.unroll(v_iters):
+            u = tid + it * nthreads
+            v_src[it] = v_row0 + T.min(u % groups, Dq - 1) * 4
+            if wg:
+                v_dst[it] = ((u % groups) * (kb + 1) + u // groups) * 4
+            else:
+                v_dst[it] = ((u // groups) * vstride + u % groups) * 4
+        if wg:
+            # the ones group (row sums through the same wgmma), every stage
+            for it in T.unroll(ones_iters):
+                u = tid + it * nthreads
+                if u < stages * kb * 4:
+                    Vs[u // (kb * 4),
+                       (groups * (kb + 1) + (u % (kb * 4)) // 4) * 4 + u % 4] = T.reinterpret(
+                           "int32", ones)
+        # bases of the full-block copies: K (16-byte halves), key popcounts, V (a
+        # full block of full-width V rows is contiguous: unit u is 16-byte group u)
+        fast_src[0] = k_src[0] + (tid // 2) * QBITS_WORDS
+        fast_src[1] = kv_row0 + tid // 2
+        fast_src[2] = v_row0 + (tid // groups) * vsn + (tid % groups) * 4
+        fast_dst[0] = k_dst[0]
+        fast_dst[1] = p_dst[0]
+        fast_dst[2] = v_dst[0]
+
+    @T.macro
+    def copy_full_block(pre, Ks, Kps, Vs, Kb, Kp, V, fast_src, fast_dst, v_src, v_dst, tid,
+                        vsn):
+        """Load stage, a full block of full-width V rows: no clamping, no zero-fill (one base
+        per tensor, advanced by a block each step, so that it stays in a register; the
+        unrolled copies differ by constants)."""
+        for it in T.unroll(k_iters):
+            if tid + it * nthreads < k_units:
+                T.ptx["cp.async.cg.shared.global"](
+                    Ks.ptr_to([0, 0, fast_dst[0] + it * nthreads * 4]),
+                    Kb.ptr_to([0, 0, 0, fast_src[0] + it * (nthreads // 2) * QBITS_WORDS]),
+                    16, 16)
+        for it in T.unroll(p_iters):
+            if tid + it * nthreads < 2 * kb:
+                T.ptx["cp.async.ca.shared.global"](
+                    Kps.ptr_to([0, 0, fast_dst[1] + it * nthreads]),
+                    Kp.ptr_to([0, 0, fast_src[1] + it * (nthreads // 2)]), 4, 4)
+        for it in T.unroll(v_iters):
+            if tid + it * nthreads < v_units:
+                T.ptx["cp.async.cg.shared.global"](
+                    Vs.ptr_to([0, (fast_dst[2] + it * (nthreads // groups) * vstride * 4
+                                   if v_dst_const else v_dst[it] + (pre % stages) * vwords)]),
+                    V.ptr_to([0, 0, 0, 0, (fast_src[2] + it * (nthreads // groups) * vsn
+                                           if v_src_const else
+                                           v_src[it] + (pre * kb + (tid + it * nthreads)
+                                                        // groups) * vsn)]),
+                    16, 16)
+
+    @T.macro
+    def copy_last_block(pre, Ks, Kps, Vs, Kb, Kp, V, k_src, k_dst, p_dst, v_src, v_dst, tid,
+                        kv_row0, Nk, Dq, vsn):
+        """Load stage, the last block (keys past Nk zero-filled) or V narrower than dv: every
+        copy clamps its key and zero-fills what lies outside."""
+        for it in T.unroll(k_iters):
+            u = tid + it * nthreads
+            key = pre * kb + u // 2
+            if u < k_units:
+                T.ptx["cp.async.cg.shared.global"](
+                    Ks.ptr_to([0, 0, k_dst[it] + (pre % stages) * (kb * QBITS_WORDS)]),
+                    Kb.ptr_to([0, 0, 0, k_src[it] + T.min(key, Nk - 1) * QBITS_WORDS]),
+                    16, T.Cast("uint32", T.if_then_else(key < Nk, 16, 0)))
+        for it in T.unroll(p_iters):
+            u = tid + it * nthreads
+            key = pre * kb + u // 2
+            if u < 2 * kb:
+                T.ptx["cp.async.ca.shared.global"](
+                    Kps.ptr_to([0, 0, p_dst[it] + (pre % stages) * (kb * 2)]),
+                    Kp.ptr_to([0, 0, kv_row0 + T.min(key, Nk - 1)]),
+                    4, T.Cast("uint32", T.if_then_else(key < Nk, 4, 0)))
+        for it in T.unroll(v_iters):
+            u = tid + it * nthreads
+            key = pre * kb + u // groups
+            if u < v_units:
+                T.ptx["cp.async.cg.shared.global"](
+                    Vs.ptr_to([0, v_dst[it] + (pre % stages) * vwords]),
+                    V.ptr_to([0, 0, 0, 0, v_src[it] + T.min(key, Nk - 1) * vsn]),
+                    16, T.Cast("uint32", T.if_then_else(key < Nk and u % groups < Dq, 16, 0)))
+
+    @T.macro
+    def advance_copy_bases(pre, fast_src, fast_dst, vsn):
+        """Load stage: move the full-block bases on by one block (global) and to the next
+        stage, wrapping after the last one (shared)."""
+        fast_src[0] = fast_src[0] + kb * QBITS_WORDS
+        fast_src[1] = fast_src[1] + kb
+        fast_src[2] = fast_src[2] + kb * vsn
+        # the next stage, wrapping after the last one
+        fast_dst[0] = fast_dst[0] + T.if_then_else(pre % stages == stages - 1,
+                                                   (1 - stages) * (kb * QBITS_WORDS),
+                                                   kb * QBITS_WORDS)
+        fast_dst[1] = fast_dst[1] + T.if_then_else(pre % stages == stages - 1,
+                                                   (1 - stages) * (kb * 2), kb * 2)
+        fast_dst[2] = fast_dst[2] + T.if_then_else(pre % stages == stages - 1,
+                                                   (1 - stages) * vwords, vwords)
+
+    @T.macro
+    def qk_scores(st, k0, tu, cst, kf, acc, qa, Ks, Kps, lim, mode, g, t, warp_lim):
+        """QKᵀ: the scores of the block in shared stage ``st`` (first key ``k0``) on the 1-bit
+        tensor cores, as float bits ``MAGIC + s`` in ``tu``; keys past Nk or the causal
+        diagonal get ``MASKED``."""
+        # C fragments: (SCORE_MAGIC − popc) of keys 8j+2t, 8j+2t+1, twice
+        for j in T.unroll(n_tiles):
+            cst[T.ramp(j * 4, 1, 4)] = Kps[st, 4 * j + t, T.ramp(0, 1, 4)]
+        # t = 2·popc(q&k) + MAGIC − popc(k) on the 1-bit tensor cores
+        if mode[1] != 0:
+            for j in T.unroll(n_tiles):
+                kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
+                for mt in T.unroll(mt_n):
+                    T.ptx[MMA_B1](*regs(tu, mt * st_n + j * 4), *regs(qa, mt * 4),
+                                  *regs_u32(kf, 0, 2), *regs_u32(cst, j * 4))
+        else:  # D > 128: two mmas, the first one's result is the second one's C
+            for j in T.unroll(n_tiles):
+                kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
+                for mt in T.unroll(mt_n):
+                    T.ptx[MMA_B1](*regs(acc, 0), *regs(qa, mt * 4), *regs_u32(kf, 0, 2),
+                                  *regs_u32(cst, j * 4))
+                    T.ptx[MMA_B1](*regs(tu, mt * st_n + j * 4), *regs(qa, mt * 4),
+                                  *regs_u32(kf, 0, 2), *regs(acc, 0))
+        if k0 + kb > warp_lim:  # blocks that cross Nk or the causal diagonal
+            for mt in T.unroll(mt_n):
+                for j in T.unroll(n_tiles):
+                    for e in T.unroll(4):
+                        tu[mt * st_n + j * 4 + e] = T.if_then_else(
+                            k0 + 8 * j + 2 * t + e % 2 >= lim[mt * 2 + e // 2], masked_u,
+                            tu[mt * st_n + j * 4 + e])
+
+    @T.macro
+    def bias_scores(mt, s, bv, tu, tab, Idx, Bias, row, coef, b, h, k0, t, bias_sb, bias_sh,
+                    bias_sq, bias_sk, Nq, Nk):
+        """Softmax with a bias, row tile ``mt``: every bias of the tile first (clamped
+        indices, always in bounds: straight-line loads the compiler can overlap, instead of
+        one load per masked-key branch), then the scores in the log2 domain plus the bias
+        (masked keys: −inf)."""
+        for j in T.unroll(n_tiles):
+            for e in T.unroll(4):
+                if table:
+                    bv[j * 4 + e] = tab[Idx[T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq
+                                            + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1)
+                                            * bias_sk]]
+                else:
+                    bv[j * 4 + e] = Bias[b * bias_sb + h * bias_sh
+                                         + T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq
+                                         + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1)
+                                         * bias_sk] * T.float32(LOG2E)
+        for j in T.unroll(n_tiles):
+            for e in T.unroll(4):
+                s[mt * st_n + j * 4 + e] = T.if_then_else(
+                    T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) < 0, neg_inf,
+                    T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1]
+                    + bv[j * 4 + e])
+
+    @T.macro
+    def float_running_max(mt, s, red, alpha, m_f, o):
+        """Online softmax on float scores (with a bias), row tile ``mt``: the new running
+        max per row (warp shuffles across the 4 threads of a row), the scores shifted by it,
+        and the accumulators rescaled by ``2**(old max − new max)``."""
+        for r in T.unroll(2):
+            red[mt * 2 + r] = neg_inf
+            for j in T.unroll(n_tiles):
+                red[mt * 2 + r] = T.max(red[mt * 2 + r], T.max(s[mt * st_n + j * 4 + 2 * r],
+                                                               s[mt * st_n + j * 4 + 2 * r + 1]))
+            red[mt * 2 + r] = T.max(red[mt * 2 + r], T.call_extern(
+                "float32", "__shfl_xor_sync", full, red[mt * 2 + r], 1, 32))
+            red[mt * 2 + r] = T.max(red[mt * 2 + r], T.call_extern(
+                "float32", "__shfl_xor_sync", full, red[mt * 2 + r], 2, 32))
+            red[mt * 2 + r] = T.max(m_f[mt * 2 + r], red[mt * 2 + r])
+            T.ptx["ex2.approx.ftz.f32"](alpha[mt * 2 + r], T.if_then_else(
+                red[mt * 2 + r] == neg_inf, T.float32(0), m_f[mt * 2 + r] - red[mt * 2 + r]))
+            m_f[mt * 2 + r] = red[mt * 2 + r]
+            red[mt * 2 + r] = T.if_then_else(red[mt * 2 + r] == neg_inf, T.float32(0),
+                                             red[mt * 2 + r])
+        for j in T.unroll(n_tiles):
+            for e in T.unroll(4):
+                s[mt * st_n + j * 4 + e] = s[mt * st_n + j * 4 + e] - red[mt * 2 + e // 2]
+        for i in T.unroll(ot):
+            o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
+
+    @T.macro
+    def unshifted_scores(mt, s, tu, etab, coef, d_bits):
+        """Softmax without a shift, row tile ``mt`` (|s·coef| ≤ STATIC_RANGE / 2 is known to
+        fit): with ``exp_table`` p straight from the table (masked keys: its 0), else the
+        exponent ``s·coef``."""
+        if etab_on:
+            for j in T.unroll(n_tiles):
+                for e in T.unroll(4):
+                    s[mt * st_n + j * 4 + e] = etab[T.Cast("int32", T.min(
+                        tu[mt * st_n + j * 4 + e] - T.Cast("uint32", MAGIC - d_bits),
+                        T.Cast("uint32", 2 * d_bits + 1)))]
+        else:
+            for j in T.unroll(n_tiles):
+                for e in T.unroll(4):
+                    s[mt * st_n + j * 4 + e] = (T.reinterpret("float32", tu[mt * st_n + j * 4 + e])
+                                                * coef[0] + coef[1])
+
+    @T.macro
+    def int_running_max(mt, s, tu, red, red_i, alpha, m_f, m_i, moff, o, coef):
+        """Online softmax on the integer score bits (no bias), row tile ``mt``: the running
+        max per row as an int (masked keys are negative), the exponents shifted by it, and the
+        accumulators rescaled."""
+        for r in T.unroll(2):
+            red_i[mt * 2 + r] = m_i[mt * 2 + r]
+            for j in T.unroll(n_tiles):
+                red_i[mt * 2 + r] = T.max(red_i[mt * 2 + r], T.max(
+                    T.reinterpret("int32", tu[mt * st_n + j * 4 + 2 * r]),
+                    T.reinterpret("int32", tu[mt * st_n + j * 4 + 2 * r + 1])))
+            red_i[mt * 2 + r] = T.max(red_i[mt * 2 + r], T.call_extern(
+                "int32", "__shfl_xor_sync", full, red_i[mt * 2 + r], 1, 32))
+            red_i[mt * 2 + r] = T.max(red_i[mt * 2 + r], T.call_extern(
+                "int32", "__shfl_xor_sync", full, red_i[mt * 2 + r], 2, 32))
+            red[mt * 2 + r] = T.if_then_else(
+                red_i[mt * 2 + r] >= 0,
+                (T.reinterpret("float32", red_i[mt * 2 + r]) - magic_f) * coef[0], neg_inf)
+            T.ptx["ex2.approx.ftz.f32"](alpha[mt * 2 + r], T.if_then_else(
+                red_i[mt * 2 + r] >= 0, m_f[mt * 2 + r] - red[mt * 2 + r], T.float32(0)))
+            m_f[mt * 2 + r] = red[mt * 2 + r]
+            m_i[mt * 2 + r] = red_i[mt * 2 + r]
+            moff[mt * 2 + r] = T.if_then_else(red_i[mt * 2 + r] >= 0,
+                                              MAGIC - red_i[mt * 2 + r], 0)
+        for j in T.unroll(n_tiles):
+            for e in T.unroll(4):
+                # masked keys: a huge negative argument (exp → 0)
+                s[mt * st_n + j * 4 + e] = T.reinterpret(
+                    "float32", T.reinterpret("int32", tu[mt * st_n + j * 4 + e])
+                    + moff[mt * 2 + e // 2]) * coef[0] + coef[1]
+        for i in T.unroll(ot):
+            o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
+
+    @T.macro
+    def exp2_scores(mt, s, xr, mode):
+        """Softmax, row tile ``mt``: p = 2**s (arguments ≤ 0, or within ±range/2 unshifted) on
+        the MUFU ``ex2`` unit, the first ``n_poly`` tiles as a polynomial on the FMA pipe;
+        nothing left to do where the exp table gave p already."""
+        if etab_on:
+            if mode[0] == 0:  # the table covered the no-shift mode
+                for j in T.unroll(n_tiles - n_poly):
+                    for e in T.unroll(4):
+                        T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e],
+                                                    s[mt * st_n + (n_poly + j) * 4 + e])
+        else:
+            for j in T.unroll(n_tiles - n_poly):
+                for e in T.unroll(4):
+                    T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e],
+                                                s[mt * st_n + (n_poly + j) * 4 + e])
+        for j in T.unroll(n_poly):
+            for e in T.unroll(4):
+                # 2**x = 2**n · 2**f, n = round(x), f in [-0.5, 0.5]; 0 below 2**-125
+                xr[1] = T.max(s[mt * st_n + j * 4 + e], T.float32(-125))
+                xr[0] = xr[1] + magic_f
+                xr[1] = xr[1] - (xr[0] - magic_f)
+                s[mt * st_n + j * 4 + e] = T.if_then_else(
+                    s[mt * st_n + j * 4 + e] < T.float32(-125), T.float32(0),
+                    T.reinterpret("float32", T.reinterpret(
+                        "int32", ((c3 * xr[1] + c2) * xr[1] + c1) * xr[1] + c0)
+                        + (T.reinterpret("int32", xr[0]) << 23)))
+
+    @T.macro
+    def pack_p(mt, pa, s):
+        """Softmax → P·V, row tile ``mt``: P rounded to 16 bits in pairs, laid out as the A
+        fragments of the PV mma."""
+        for c in T.unroll(n_chunks):
+            for i in T.unroll(4):
+                T.ptx[cvt_pair](pa[mt * sc_n + c * 4 + i],
+                                s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2) + 1],
+                                s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2)])
+
+    @T.macro
+    def pv_wgmma(st, o, pa, desc, Vs):
+        """P·V on the warpgroup MMA (sm_90a): P (registers) @ [V | 1] (shared, group-major),
+        one m64n(dv+8)k16 per 16 keys; descriptor: 128 B between the two 8-key halves (K),
+        (kb + 1)·16 B between 8-column groups (N). Left running: the next block waits."""
+        T.ptx["wgmma.fence.sync.aligned"]()
+        for c in T.unroll(n_chunks):
+            T.evaluate(T.cuda.wgmma.encode_matrix_descriptor(
+                T.address_of(desc[0]), Vs.ptr_to([st, 16 * c * 4]), 8, kb + 1, 0))
+            T.ptx[wgmma_pv](*[o[i] for i in range(ot)], pa[c * 4], pa[c * 4 + 1], pa[c * 4 + 2],
+                            pa[c * 4 + 3], desc[0], T.bool(True), 1, 1, 1)
+        T.ptx["wgmma.commit_group.sync.aligned"]()  # waited for by the next block
+
+    @T.macro
+    def pv_mma(st, o, pa, vf, Vs, lane):
+        """P·V on the 16-bit tensor cores: P (registers) @ [V | 1] (shared, [key, dv], V
+        fragments through ``ldmatrix.trans``); each V fragment serves every row tile."""
+        for c in T.unroll(n_chunks):
+            for mt in T.unroll(mt_n):  # the row sums: P times a tile of ones
+                T.ptx[mma_pv](*regs(o, mt * ot + so), *regs(pa, mt * sc_n + c * 4), ones, ones,
+                              *regs(o, mt * ot + so))
+            for n2 in T.unroll(o_tiles // 2):
+                # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
+                T.ptx[ld_x4](*regs(vf, 0), Vs.ptr_to(
+                    [st, ((16 * c + lane % 16) * vstride + 2 * n2 + lane // 16) * 4]))
+                for mt in T.unroll(mt_n):
+                    for i in T.unroll(2):
+                        T.ptx[mma_pv](*regs(o, mt * ot + (2 * n2 + i) * 4),
+                                      *regs(pa, mt * sc_n + c * 4), vf[2 * i], vf[2 * i + 1],
+                                      *regs(o, mt * ot + (2 * n2 + i) * 4))
+            for n1 in T.unroll(o_tiles % 2):
+                T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to(
+                    [st, ((16 * c + lane % 16) * vstride + o_tiles - 1 + n1) * 4]))
+                for mt in T.unroll(mt_n):
+                    T.ptx[mma_pv](*regs(o, mt * ot + (o_tiles - 1) * 4),
+                                  *regs(pa, mt * sc_n + c * 4), vf[0], vf[1],
+                                  *regs(o, mt * ot + (o_tiles - 1) * 4))
+
+    @T.macro
+    def epilogue(o, lsum, acc, row, m_f, m_i, mode, O, b, h, t, Nq, Dw):
+        """Epilogue: divide by the row sums (the ones tile; rows with no visible key give 0),
+        round to 16-bit pairs and store the rows inside Nq."""
+        if wg:
+            T.ptx["wgmma.wait_group.sync.aligned"](0)
+        for rr in T.unroll(2 * mt_n):
+            # the row sum (the ones tile); rows with no visible key give 0
+            lsum[rr] = o[(rr // 2) * ot + so + 2 * (rr % 2)]
+            if has_bias:
+                lsum[rr] = T.if_then_else((mode[0] != 0 or m_f[rr] > neg_inf)
+                                          and lsum[rr] > T.float32(0),
+                                          T.float32(1) / lsum[rr], T.float32(0))
+            else:
+                lsum[rr] = T.if_then_else((mode[0] != 0 or m_i[rr] >= 0)
+                                          and lsum[rr] > T.float32(0),
+                                          T.float32(1) / lsum[rr], T.float32(0))
+        for mt in T.unroll(mt_n):
+            for n in T.unroll(o_tiles):
+                for r in T.unroll(2):
+                    if row[mt * 2 + r] < Nq and 4 * n + t < Dw:
+                        T.ptx[cvt_pair](acc[0], o[mt * ot + n * 4 + 2 * r + 1] * lsum[mt * 2 + r],
+                                        o[mt * ot + n * 4 + 2 * r] * lsum[mt * 2 + r])
+                        O[b, h, row[mt * 2 + r], 4 * n + t] = T.reinterpret("int32", acc[0])
 
     @T.prim_func
     def attention(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v_h: T.handle,
@@ -285,19 +710,22 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
         for bx in T.thread_binding(T.ceildiv(Nq, rows_per_cta), thread="blockIdx.x"):
             for bh in T.thread_binding(B * Hq, thread="blockIdx.y"):
                 for tid in T.thread_binding(nthreads, thread="threadIdx.x"):
-                    if schedule.min_blocks > 0:  # __launch_bounds__(nthreads, min_blocks): caps registers
+                    if schedule.min_blocks > 0:  # __launch_bounds__(nthreads, min_blocks)
                         T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", schedule.min_blocks)
                     Ks = T.alloc_buffer((stages, kb, QBITS_WORDS), "int32", scope="shared")
                     Kps = T.alloc_buffer((stages, kb // 2, 4), "int32", scope="shared")
                     Vs = T.alloc_buffer((stages, vwords), "int32", scope="shared")
-                    # exp_table: 2**(s·coef) for every score s in [−D, D], then a 0 for masked keys
-                    etab = T.alloc_buffer((ETAB_SIZE if etab_on else 1,), "float32", scope="shared")
+                    # exp_table: 2**(s·coef) for every score s in [−D, D], then a 0 for masked
+                    # keys
+                    etab = T.alloc_buffer((ETAB_SIZE if etab_on else 1,), "float32",
+                                          scope="shared")
                     # table: this head's column of the bias table
                     tab = T.alloc_buffer((trows,), "float32", scope="shared")
                     tred = T.alloc_buffer((2 * warps if table else 1,), "float32", scope="shared")
                     trange = T.alloc_buffer((2,), "float32", scope="local")  # its max, min
                     trow = T.alloc_buffer((1,), "int32", scope="local")  # its rows
-                    tval = T.alloc_buffer((trows // nthreads if table else 1,), "float32", scope="local")
+                    tval = T.alloc_buffer((trows // nthreads if table else 1,), "float32",
+                                          scope="local")
                     # per row (index 2·mt + r: row tile mt, row g or g + 8)
                     qa = T.alloc_buffer((4 * mt_n,), "uint32", scope="local")
                     row = T.alloc_buffer((2 * mt_n,), "int32", scope="local")
@@ -315,7 +743,8 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     cst = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
                     tu = T.alloc_buffer((st_n * mt_n,), "uint32", scope="local")
                     s = T.alloc_buffer((st_n * mt_n,), "float32", scope="local")
-                    bv = T.alloc_buffer((st_n if has_bias else 1,), "float32", scope="local")  # biases (log2)
+                    bv = T.alloc_buffer((st_n if has_bias else 1,), "float32",
+                                        scope="local")  # biases (log2)
                     xr = T.alloc_buffer((2,), "float32", scope="local")
                     pa = T.alloc_buffer((sc_n * mt_n,), "uint32", scope="local")
                     o = T.alloc_buffer((ot * mt_n,), "float32", scope="local")
@@ -339,67 +768,21 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                     q_first = bx * rows_per_cta
                     q0 = q_first + (tid // 32) * rows_per_warp
                     kv_row0 = (b * Hkv + hk) * Nk  # first key row of this (b, kv head)
-                    v_row0 = b * vsb + hk * vsh  # V's (b, kv head) offset: V is read through its strides
-                    coef[0] = Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2)
-                    # at least 1e-30; a NaN or Inf scale (a non-finite q or k) becomes NaN, so that
-                    # every score and the output of this (b, h) are NaN (reference.nan_unless_finite)
-                    coef[0] = T.if_then_else(coef[0] < T.float32(1e-30), T.float32(1e-30), T.if_then_else(coef[0] <= T.float32(3.0e38), coef[0], T.float32(math.nan)))
-                    # keep 22 significant bits so that 1.5·2**23·coef is exact: then
-                    # fma(as_float(MAGIC + i), coef, -1.5·2**23·coef) == i·coef rounded once
-                    coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
-                    coef[1] = -magic_f * coef[0]
-                    mode[1] = T.Cast("int32", d_bits <= 128)
-                    if has_bias:
-                        mode[0] = 0
-                    else:
-                        mode[0] = T.Cast("int32", coef[0] * T.Cast("float32", 2 * d_bits) <= static_range)
-                    if etab_on:  # read after the main loop's first barrier
-                        for it in T.serial(T.ceildiv(2 * d_bits + 2, nthreads)):
-                            if tid + it * nthreads < 2 * d_bits + 2:
-                                T.ptx["ex2.approx.ftz.f32"](xr[0], T.Cast("float32", tid + it * nthreads - d_bits) * coef[0])
-                                etab[tid + it * nthreads] = T.if_then_else(tid + it * nthreads <= 2 * d_bits, xr[0], T.float32(0))
+                    # V's (b, kv head) offset: V is read through its strides
+                    v_row0 = b * vsb + hk * vsh
+                    score_coefficient(coef, Sq, Sk, B, Hks, bh, b, h, ks_group, mult)
+                    softmax_mode(coef, mode, etab, xr, d_bits, tid)
                     if table:  # the head's column into shared memory, its range into trange
-                        table_prologue(tab, tred, tval, trange, trow, Bias, NB, Hq, bias_sb, bias_sh, h, tid, lane)
+                        table_prologue(tab, tred, tval, trange, trow, Bias, NB, Hq, bias_sb,
+                                       bias_sh, h, tid, lane)
                         if not etab_on:
-                            mode[0] = T.Cast("int32", coef[0] * T.Cast("float32", 2 * d_bits) + (trange[0] - trange[1]) * T.float32(LOG2E) <= static_range)
-                    for rr in T.unroll(2 * mt_n):
-                        row[rr] = q0 + 16 * (rr // 2) + g + 8 * (rr % 2)
-                        lim[rr] = T.if_then_else(causal != 0, T.min(Nk, row[rr] + 1), Nk)
-                        m_i[rr] = MASKED
-                        m_f[rr] = neg_inf
-                        moff[rr] = 0
-                    for mt in T.unroll(mt_n):
-                        for i in T.unroll(4):
-                            # logical word t / t+4 = physical 2t / 2t+1 (narrow: the low half twice)
-                            qa[mt * 4 + i] = T.if_then_else(row[mt * 2 + i % 2] < Nq, T.reinterpret("uint32", Qb[b, h, T.min(row[mt * 2 + i % 2], Nq - 1), (2 * t + i // 2) % (8 - 4 * mode[1])]), T.uint32(0))
-                    for it in T.unroll(k_iters):
-                        u = tid + it * nthreads
-                        k_src[it] = kv_row0 * QBITS_WORDS + (u % 2) * 4 * (1 - mode[1])
-                        k_dst[it] = u * 4
-                    for it in T.unroll(p_iters):
-                        u = tid + it * nthreads
-                        p_dst[it] = ((u // 2) // 2) * 4 + 2 * (u % 2) + (u // 2) % 2
-                    for it in T.unroll(v_iters):
-                        u = tid + it * nthreads
-                        v_src[it] = v_row0 + T.min(u % groups, Dq - 1) * 4
-                        if wg:
-                            v_dst[it] = ((u % groups) * (kb + 1) + u // groups) * 4
-                        else:
-                            v_dst[it] = ((u // groups) * vstride + u % groups) * 4
-                    if wg:
-                        # the ones group (row sums through the same wgmma), every stage
-                        for it in T.unroll(ones_iters):
-                            u = tid + it * nthreads
-                            if u < stages * kb * 4:
-                                Vs[u // (kb * 4), (groups * (kb + 1) + (u % (kb * 4)) // 4) * 4 + u % 4] = T.reinterpret("int32", ones)
-                    # bases of the full-block copies: K (16-byte halves), key popcounts, V (a
-                    # full block of full-width V rows is contiguous: unit u is 16-byte group u)
-                    fast_src[0] = k_src[0] + (tid // 2) * QBITS_WORDS
-                    fast_src[1] = kv_row0 + tid // 2
-                    fast_src[2] = v_row0 + (tid // groups) * vsn + (tid % groups) * 4
-                    fast_dst[0] = k_dst[0]
-                    fast_dst[1] = p_dst[0]
-                    fast_dst[2] = v_dst[0]
+                            mode[0] = T.Cast("int32", coef[0] * T.Cast("float32", 2 * d_bits)
+                                             + (trange[0] - trange[1]) * T.float32(LOG2E)
+                                             <= static_range)
+                    query_rows(row, lim, m_i, m_f, moff, qa, Qb, mode, b, h, q0, g, t, causal,
+                               Nq, Nk)
+                    copy_offsets(k_src, k_dst, p_dst, v_src, v_dst, fast_src, fast_dst, Vs, tid,
+                                 kv_row0, v_row0, vsn, Dq, mode)
                     for i in T.unroll(ot * mt_n):
                         o[i] = T.float32(0)
                     kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
@@ -412,67 +795,20 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                         T.tvm_storage_sync("shared")
                         if pre < n_blocks:
                             if (pre + 1) * kb <= Nk and Dq == groups:
-                                # a full block of full-width V rows: no clamping, no zero-fill
-                                # (one base per tensor, advanced by a block each step, so that it
-                                # stays in a register; the unrolled copies differ by constants)
-                                for it in T.unroll(k_iters):
-                                    if tid + it * nthreads < k_units:
-                                        T.ptx["cp.async.cg.shared.global"](Ks.ptr_to([0, 0, fast_dst[0] + it * nthreads * 4]), Kb.ptr_to([0, 0, 0, fast_src[0] + it * (nthreads // 2) * QBITS_WORDS]), 16, 16)
-                                for it in T.unroll(p_iters):
-                                    if tid + it * nthreads < 2 * kb:
-                                        T.ptx["cp.async.ca.shared.global"](Kps.ptr_to([0, 0, fast_dst[1] + it * nthreads]), Kp.ptr_to([0, 0, fast_src[1] + it * (nthreads // 2)]), 4, 4)
-                                for it in T.unroll(v_iters):
-                                    if tid + it * nthreads < v_units:
-                                        T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([0, (fast_dst[2] + it * (nthreads // groups) * vstride * 4 if v_dst_const else v_dst[it] + (pre % stages) * vwords)]), V.ptr_to([0, 0, 0, 0, (fast_src[2] + it * (nthreads // groups) * vsn if v_src_const else v_src[it] + (pre * kb + (tid + it * nthreads) // groups) * vsn)]), 16, 16)
-                            else:  # the last block (past Nk: zero-filled) or V narrower than dv
-                                for it in T.unroll(k_iters):
-                                    u = tid + it * nthreads
-                                    key = pre * kb + u // 2
-                                    if u < k_units:
-                                        T.ptx["cp.async.cg.shared.global"](Ks.ptr_to([0, 0, k_dst[it] + (pre % stages) * (kb * QBITS_WORDS)]), Kb.ptr_to([0, 0, 0, k_src[it] + T.min(key, Nk - 1) * QBITS_WORDS]), 16, T.Cast("uint32", T.if_then_else(key < Nk, 16, 0)))
-                                for it in T.unroll(p_iters):
-                                    u = tid + it * nthreads
-                                    key = pre * kb + u // 2
-                                    if u < 2 * kb:
-                                        T.ptx["cp.async.ca.shared.global"](Kps.ptr_to([0, 0, p_dst[it] + (pre % stages) * (kb * 2)]), Kp.ptr_to([0, 0, kv_row0 + T.min(key, Nk - 1)]), 4, T.Cast("uint32", T.if_then_else(key < Nk, 4, 0)))
-                                for it in T.unroll(v_iters):
-                                    u = tid + it * nthreads
-                                    key = pre * kb + u // groups
-                                    if u < v_units:
-                                        T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([0, v_dst[it] + (pre % stages) * vwords]), V.ptr_to([0, 0, 0, 0, v_src[it] + T.min(key, Nk - 1) * vsn]), 16, T.Cast("uint32", T.if_then_else(key < Nk and u % groups < Dq, 16, 0)))
+                                copy_full_block(pre, Ks, Kps, Vs, Kb, Kp, V, fast_src, fast_dst,
+                                                v_src, v_dst, tid, vsn)
+                            else:
+                                copy_last_block(pre, Ks, Kps, Vs, Kb, Kp, V, k_src, k_dst, p_dst,
+                                                v_src, v_dst, tid, kv_row0, Nk, Dq, vsn)
                         T.ptx["cp.async.commit_group"]()
-                        fast_src[0] = fast_src[0] + kb * QBITS_WORDS
-                        fast_src[1] = fast_src[1] + kb
-                        fast_src[2] = fast_src[2] + kb * vsn
-                        # the next stage, wrapping after the last one
-                        fast_dst[0] = fast_dst[0] + T.if_then_else(pre % stages == stages - 1, (1 - stages) * (kb * QBITS_WORDS), kb * QBITS_WORDS)
-                        fast_dst[1] = fast_dst[1] + T.if_then_else(pre % stages == stages - 1, (1 - stages) * (kb * 2), kb * 2)
-                        fast_dst[2] = fast_dst[2] + T.if_then_else(pre % stages == stages - 1, (1 - stages) * vwords, vwords)
+                        advance_copy_bases(pre, fast_src, fast_dst, vsn)
                         # ... while the block `ahead` behind it computes
                         if pre >= ahead:
                             kblk = pre - ahead
                             st = kblk % stages
                             k0 = kblk * kb
-                            # C fragments: (SCORE_MAGIC − popc) of keys 8j+2t, 8j+2t+1, twice
-                            for j in T.unroll(n_tiles):
-                                cst[T.ramp(j * 4, 1, 4)] = Kps[st, 4 * j + t, T.ramp(0, 1, 4)]
-                            # t = 2·popc(q&k) + MAGIC − popc(k) on the 1-bit tensor cores
-                            if mode[1] != 0:
-                                for j in T.unroll(n_tiles):
-                                    kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
-                                    for mt in T.unroll(mt_n):
-                                        T.ptx[MMA_B1](tu[mt * st_n + j * 4], tu[mt * st_n + j * 4 + 1], tu[mt * st_n + j * 4 + 2], tu[mt * st_n + j * 4 + 3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
-                            else:
-                                for j in T.unroll(n_tiles):
-                                    kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
-                                    for mt in T.unroll(mt_n):
-                                        T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
-                                        T.ptx[MMA_B1](tu[mt * st_n + j * 4], tu[mt * st_n + j * 4 + 1], tu[mt * st_n + j * 4 + 2], tu[mt * st_n + j * 4 + 3], qa[mt * 4], qa[mt * 4 + 1], qa[mt * 4 + 2], qa[mt * 4 + 3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), acc[0], acc[1], acc[2], acc[3])
-                            if k0 + kb > warp_lim:  # blocks that cross Nk or the causal diagonal
-                                for mt in T.unroll(mt_n):
-                                    for j in T.unroll(n_tiles):
-                                        for e in T.unroll(4):
-                                            tu[mt * st_n + j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 >= lim[mt * 2 + e // 2], masked_u, tu[mt * st_n + j * 4 + e])
+                            qk_scores(st, k0, tu, cst, kf, acc, qa, Ks, Kps, lim, mode, g, t,
+                                      warp_lim)
                             if wg:
                                 # the previous block's wgmma still accumulates into o: the online
                                 # softmax rescales o, so it waits here (the fixed shift never does)
@@ -482,123 +818,23 @@ def attention_func(dtype: str, dv: int, schedule: CudaAttentionSchedule,
                                     T.ptx["wgmma.wait_group.sync.aligned"](0)
                             for mt in T.unroll(mt_n):
                                 if has_bias:
-                                    # every bias of the tile first (clamped indices, always in
-                                    # bounds): straight-line loads the compiler can overlap,
-                                    # instead of one load per masked-key branch
-                                    for j in T.unroll(n_tiles):
-                                        for e in T.unroll(4):
-                                            if table:
-                                                bv[j * 4 + e] = tab[Idx[T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk]]
-                                            else:
-                                                bv[j * 4 + e] = Bias[b * bias_sb + h * bias_sh + T.min(row[mt * 2 + e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E)
-                                    for j in T.unroll(n_tiles):
-                                        for e in T.unroll(4):
-                                            s[mt * st_n + j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1] + bv[j * 4 + e])
-                                    if mode[0] == 0:  # online softmax (a table may fit the fixed shift)
-                                        for r in T.unroll(2):
-                                            red[mt * 2 + r] = neg_inf
-                                            for j in T.unroll(n_tiles):
-                                                red[mt * 2 + r] = T.max(red[mt * 2 + r], T.max(s[mt * st_n + j * 4 + 2 * r], s[mt * st_n + j * 4 + 2 * r + 1]))
-                                            red[mt * 2 + r] = T.max(red[mt * 2 + r], T.call_extern("float32", "__shfl_xor_sync", full, red[mt * 2 + r], 1, 32))
-                                            red[mt * 2 + r] = T.max(red[mt * 2 + r], T.call_extern("float32", "__shfl_xor_sync", full, red[mt * 2 + r], 2, 32))
-                                            red[mt * 2 + r] = T.max(m_f[mt * 2 + r], red[mt * 2 + r])
-                                            T.ptx["ex2.approx.ftz.f32"](alpha[mt * 2 + r], T.if_then_else(red[mt * 2 + r] == neg_inf, T.float32(0), m_f[mt * 2 + r] - red[mt * 2 + r]))
-                                            m_f[mt * 2 + r] = red[mt * 2 + r]
-                                            red[mt * 2 + r] = T.if_then_else(red[mt * 2 + r] == neg_inf, T.float32(0), red[mt * 2 + r])
-                                        for j in T.unroll(n_tiles):
-                                            for e in T.unroll(4):
-                                                s[mt * st_n + j * 4 + e] = s[mt * st_n + j * 4 + e] - red[mt * 2 + e // 2]
-                                        for i in T.unroll(ot):
-                                            o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
+                                    bias_scores(mt, s, bv, tu, tab, Idx, Bias, row, coef, b, h,
+                                                k0, t, bias_sb, bias_sh, bias_sq, bias_sk, Nq, Nk)
+                                    if mode[0] == 0:  # online (a table may fit the fixed shift)
+                                        float_running_max(mt, s, red, alpha, m_f, o)
                                 elif mode[0] != 0:
-                                    # no shift: |s·coef| ≤ STATIC_RANGE / 2 is known to fit
-                                    if etab_on:  # p straight from the table (masked keys: the 0)
-                                        for j in T.unroll(n_tiles):
-                                            for e in T.unroll(4):
-                                                s[mt * st_n + j * 4 + e] = etab[T.Cast("int32", T.min(tu[mt * st_n + j * 4 + e] - T.Cast("uint32", MAGIC - d_bits), T.Cast("uint32", 2 * d_bits + 1)))]
-                                    else:
-                                        for j in T.unroll(n_tiles):
-                                            for e in T.unroll(4):
-                                                s[mt * st_n + j * 4 + e] = T.reinterpret("float32", tu[mt * st_n + j * 4 + e]) * coef[0] + coef[1]
+                                    unshifted_scores(mt, s, tu, etab, coef, d_bits)
                                 else:
-                                    for r in T.unroll(2):
-                                        red_i[mt * 2 + r] = m_i[mt * 2 + r]
-                                        for j in T.unroll(n_tiles):
-                                            red_i[mt * 2 + r] = T.max(red_i[mt * 2 + r], T.max(T.reinterpret("int32", tu[mt * st_n + j * 4 + 2 * r]), T.reinterpret("int32", tu[mt * st_n + j * 4 + 2 * r + 1])))
-                                        red_i[mt * 2 + r] = T.max(red_i[mt * 2 + r], T.call_extern("int32", "__shfl_xor_sync", full, red_i[mt * 2 + r], 1, 32))
-                                        red_i[mt * 2 + r] = T.max(red_i[mt * 2 + r], T.call_extern("int32", "__shfl_xor_sync", full, red_i[mt * 2 + r], 2, 32))
-                                        red[mt * 2 + r] = T.if_then_else(red_i[mt * 2 + r] >= 0, (T.reinterpret("float32", red_i[mt * 2 + r]) - magic_f) * coef[0], neg_inf)
-                                        T.ptx["ex2.approx.ftz.f32"](alpha[mt * 2 + r], T.if_then_else(red_i[mt * 2 + r] >= 0, m_f[mt * 2 + r] - red[mt * 2 + r], T.float32(0)))
-                                        m_f[mt * 2 + r] = red[mt * 2 + r]
-                                        m_i[mt * 2 + r] = red_i[mt * 2 + r]
-                                        moff[mt * 2 + r] = T.if_then_else(red_i[mt * 2 + r] >= 0, MAGIC - red_i[mt * 2 + r], 0)
-                                    for j in T.unroll(n_tiles):
-                                        for e in T.unroll(4):
-                                            # masked keys: a huge negative argument (exp → 0)
-                                            s[mt * st_n + j * 4 + e] = T.reinterpret("float32", T.reinterpret("int32", tu[mt * st_n + j * 4 + e]) + moff[mt * 2 + e // 2]) * coef[0] + coef[1]
-                                    for i in T.unroll(ot):
-                                        o[mt * ot + i] = o[mt * ot + i] * alpha[mt * 2 + (i % 4) // 2]
-                                # exp2 (arguments ≤ 0, or within ±range/2 unshifted): MUFU, FMA polynomial for n_poly tiles
-                                if etab_on:
-                                    if mode[0] == 0:  # the table covered the no-shift mode
-                                        for j in T.unroll(n_tiles - n_poly):
-                                            for e in T.unroll(4):
-                                                T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e], s[mt * st_n + (n_poly + j) * 4 + e])
-                                else:
-                                    for j in T.unroll(n_tiles - n_poly):
-                                        for e in T.unroll(4):
-                                            T.ptx["ex2.approx.ftz.f32"](s[mt * st_n + (n_poly + j) * 4 + e], s[mt * st_n + (n_poly + j) * 4 + e])
-                                for j in T.unroll(n_poly):
-                                    for e in T.unroll(4):
-                                        # 2**x = 2**n · 2**f, n = round(x), f in [-0.5, 0.5]; 0 below 2**-125
-                                        xr[1] = T.max(s[mt * st_n + j * 4 + e], T.float32(-125))
-                                        xr[0] = xr[1] + magic_f
-                                        xr[1] = xr[1] - (xr[0] - magic_f)
-                                        s[mt * st_n + j * 4 + e] = T.if_then_else(s[mt * st_n + j * 4 + e] < T.float32(-125), T.float32(0), T.reinterpret("float32", T.reinterpret("int32", ((c3 * xr[1] + c2) * xr[1] + c1) * xr[1] + c0) + (T.reinterpret("int32", xr[0]) << 23)))
+                                    int_running_max(mt, s, tu, red, red_i, alpha, m_f, m_i, moff,
+                                                    o, coef)
+                                exp2_scores(mt, s, xr, mode)
                                 if wg:  # P registers are read by the previous block's wgmma
                                     T.ptx["wgmma.wait_group.sync.aligned"](0)
-                                for c in T.unroll(n_chunks):
-                                    for i in T.unroll(4):
-                                        T.ptx[cvt_pair](pa[mt * sc_n + c * 4 + i], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2) + 1], s[mt * st_n + (2 * c + i // 2) * 4 + 2 * (i % 2)])
+                                pack_p(mt, pa, s)
                             if wg:
-                                # P (registers) @ [V | 1] (shared, group-major) on the warpgroup MMA:
-                                # one m64n(dv+8)k16 per 16 keys; descriptor: 128 B between the two
-                                # 8-key halves (K), (kb + 1)·16 B between 8-column groups (N)
-                                T.ptx["wgmma.fence.sync.aligned"]()
-                                for c in T.unroll(n_chunks):
-                                    T.evaluate(T.cuda.wgmma.encode_matrix_descriptor(T.address_of(desc[0]), Vs.ptr_to([st, 16 * c * 4]), 8, kb + 1, 0))
-                                    T.ptx[wgmma_pv](*[o[i] for i in range(ot)], pa[c * 4], pa[c * 4 + 1], pa[c * 4 + 2], pa[c * 4 + 3], desc[0], T.bool(True), 1, 1, 1)
-                                T.ptx["wgmma.commit_group.sync.aligned"]()  # waited for by the next block
+                                pv_wgmma(st, o, pa, desc, Vs)
                             else:
-                                # P (registers, 16-bit) @ [V | 1] (shared, [key, dv]) on the 16-bit
-                                # tensor cores; each V fragment serves every row tile
-                                for c in T.unroll(n_chunks):
-                                    for mt in T.unroll(mt_n):
-                                        T.ptx[mma_pv](o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], ones, ones, o[mt * ot + so], o[mt * ot + so + 1], o[mt * ot + so + 2], o[mt * ot + so + 3])
-                                    for n2 in T.unroll(o_tiles // 2):
-                                        # matrices: keys 16c+0..7 / 8..15 × dv groups 2·n2, 2·n2+1
-                                        T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + 2 * n2 + lane // 16) * 4]))
-                                        for mt in T.unroll(mt_n):
-                                            for i in T.unroll(2):
-                                                T.ptx[mma_pv](o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[2 * i], vf[2 * i + 1], o[mt * ot + (2 * n2 + i) * 4], o[mt * ot + (2 * n2 + i) * 4 + 1], o[mt * ot + (2 * n2 + i) * 4 + 2], o[mt * ot + (2 * n2 + i) * 4 + 3])
-                                    for n1 in T.unroll(o_tiles % 2):
-                                        T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([st, ((16 * c + lane % 16) * vstride + o_tiles - 1 + n1) * 4]))
-                                        for mt in T.unroll(mt_n):
-                                            T.ptx[mma_pv](o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3], pa[mt * sc_n + c * 4], pa[mt * sc_n + c * 4 + 1], pa[mt * sc_n + c * 4 + 2], pa[mt * sc_n + c * 4 + 3], vf[0], vf[1], o[mt * ot + (o_tiles - 1) * 4], o[mt * ot + (o_tiles - 1) * 4 + 1], o[mt * ot + (o_tiles - 1) * 4 + 2], o[mt * ot + (o_tiles - 1) * 4 + 3])
-                    if wg:
-                        T.ptx["wgmma.wait_group.sync.aligned"](0)
-                    for rr in T.unroll(2 * mt_n):
-                        # the row sum (the ones tile); rows with no visible key give 0
-                        lsum[rr] = o[(rr // 2) * ot + so + 2 * (rr % 2)]
-                        if has_bias:
-                            lsum[rr] = T.if_then_else((mode[0] != 0 or m_f[rr] > neg_inf) and lsum[rr] > T.float32(0), T.float32(1) / lsum[rr], T.float32(0))
-                        else:
-                            lsum[rr] = T.if_then_else((mode[0] != 0 or m_i[rr] >= 0) and lsum[rr] > T.float32(0), T.float32(1) / lsum[rr], T.float32(0))
-                    for mt in T.unroll(mt_n):
-                        for n in T.unroll(o_tiles):
-                            for r in T.unroll(2):
-                                if row[mt * 2 + r] < Nq and 4 * n + t < Dw:
-                                    T.ptx[cvt_pair](acc[0], o[mt * ot + n * 4 + 2 * r + 1] * lsum[mt * 2 + r], o[mt * ot + n * 4 + 2 * r] * lsum[mt * 2 + r])
-                                    O[b, h, row[mt * 2 + r], 4 * n + t] = T.reinterpret("int32", acc[0])
+                                pv_mma(st, o, pa, vf, Vs, lane)
+                    epilogue(o, lsum, acc, row, m_f, m_i, mode, O, b, h, t, Nq, Dw)
 
     return attention

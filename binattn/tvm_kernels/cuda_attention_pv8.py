@@ -30,7 +30,8 @@ from tvm.script import tirx as T
 
 from ..schedules.cuda_attention import PV8_KEY_BLOCK
 from .cuda_attention import (CVT_PAIR, LOG2E, MASKED, MMA_B1, QBITS_WORDS, SHARED_LIMIT,
-                             TABLE_MAX_ROWS, TABLE_RESERVE, bias_table_prologue)
+                             TABLE_MAX_ROWS, TABLE_RESERVE, bias_table_prologue, regs,
+                             regs_u32, score_coefficient)
 
 MMA_PV8 = "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32"
 WARPS = 4
@@ -39,12 +40,14 @@ STAGES = 2
 #: 32-bit words per shared V8 row (one value column, 32 keys = 8 words, padded so that the 8
 #: rows one ldmatrix phase reads start in distinct 16-byte bank groups)
 V8_ROW_WORDS = 12
-FIXED_RANGE = 100.0  # log2 span of 2**x the first pass sums unshifted (float32: far from over/underflow)
+#: log2 span of 2**x the first pass sums unshifted (float32: far from over/underflow)
+FIXED_RANGE = 100.0
 
 
 def attention_pv8_name(dtype: str, dv: int, has_bias: bool = False, table: bool = False) -> str:
     """Exported symbol of the 8-bit-P·V attention kernel (no bias / dense bias / bias table)."""
-    return f"binattn_attention_pv8_{dtype}_dv{dv}{'_table' if table else '_bias' if has_bias else ''}"
+    kind = "_table" if table else "_bias" if has_bias else ""
+    return f"binattn_attention_pv8_{dtype}_dv{dv}{kind}"
 
 
 def pv8_table_rows(dv: int) -> int:
@@ -82,7 +85,6 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
     vwords = dv * V8_ROW_WORDS
     neg_inf = T.float32(-math.inf)
     full = T.uint32(0xFFFFFFFF)
-    magic_f = T.float32(1.5 * 2.0 ** 23)
     masked_u = T.uint32(MASKED & 0xFFFFFFFF)
     cvt_pair = CVT_PAIR[dtype]
     ld_x4 = "ldmatrix.sync.aligned.m8n8.x4.shared.b16"
@@ -91,11 +93,11 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
     @T.macro
     def next_block(blk, n_blocks, with_v, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow,
                    Nk, NKW):
-        # one pipeline step of either pass: the block before ``blk`` has landed (waited for, then
-        # a barrier: every warp is also done with the stage about to be overwritten), and the
-        # copies of block ``blk`` start: K bits (16-byte halves; D ≤ 128: the low half twice),
-        # key popcounts (twice per key pair), with_v: V8 rows; past Nk zero-filled (V8 is
-        # padded with zeros already)
+        """Load stage, one pipeline step of either pass: the block before ``blk`` has landed
+        (waited for, then a barrier: every warp is also done with the stage about to be
+        overwritten), and the copies of block ``blk`` start: K bits (16-byte halves; D ≤ 128:
+        the low half twice), key popcounts (twice per key pair), with_v: V8 rows; past Nk
+        zero-filled (V8 is padded with zeros already)."""
         if blk >= 1:
             T.ptx["cp.async.wait_group"](0)
         T.tvm_storage_sync("shared")
@@ -104,50 +106,188 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                 u = tid + it * nthreads
                 key = blk * kb + u // 2
                 if u < k_units:
-                    T.ptx["cp.async.cg.shared.global"](Ks.ptr_to([blk % STAGES, u // 2, (u % 2) * 4]), Kb.ptr_to([0, 0, 0, (kv_row0 + T.min(key, Nk - 1)) * QBITS_WORDS + (u % 2) * 4 * (1 - narrow)]), 16, T.Cast("uint32", T.if_then_else(key < Nk, 16, 0)))
+                    T.ptx["cp.async.cg.shared.global"](
+                        Ks.ptr_to([blk % STAGES, u // 2, (u % 2) * 4]),
+                        Kb.ptr_to([0, 0, 0, (kv_row0 + T.min(key, Nk - 1)) * QBITS_WORDS
+                                   + (u % 2) * 4 * (1 - narrow)]),
+                        16, T.Cast("uint32", T.if_then_else(key < Nk, 16, 0)))
             for it in T.unroll(p_iters):
                 u = tid + it * nthreads
                 key = blk * kb + u // 2
                 if u < p_units:
-                    T.ptx["cp.async.ca.shared.global"](Kps.ptr_to([blk % STAGES, (u // 2) // 2, 2 * (u % 2) + (u // 2) % 2]), Kp.ptr_to([0, 0, kv_row0 + T.min(key, Nk - 1)]), 4, T.Cast("uint32", T.if_then_else(key < Nk, 4, 0)))
+                    T.ptx["cp.async.ca.shared.global"](
+                        Kps.ptr_to([blk % STAGES, (u // 2) // 2, 2 * (u % 2) + (u // 2) % 2]),
+                        Kp.ptr_to([0, 0, kv_row0 + T.min(key, Nk - 1)]),
+                        4, T.Cast("uint32", T.if_then_else(key < Nk, 4, 0)))
             if with_v:
                 for it in T.unroll(v_iters):
                     u = tid + it * nthreads
                     if u < v_units:
-                        T.ptx["cp.async.cg.shared.global"](Vs.ptr_to([blk % STAGES, (u // 2) * V8_ROW_WORDS + (u % 2) * 4]), V8.ptr_to([0, 0, 0, (vrow0 + u // 2) * NKW + blk * (kb // 4) + (u % 2) * 4]), 16, 16)
+                        T.ptx["cp.async.cg.shared.global"](
+                            Vs.ptr_to([blk % STAGES, (u // 2) * V8_ROW_WORDS + (u % 2) * 4]),
+                            V8.ptr_to([0, 0, 0, (vrow0 + u // 2) * NKW + blk * (kb // 4)
+                                       + (u % 2) * 4]),
+                            16, 16)
             T.ptx["cp.async.commit_group"]()
 
     @T.macro
     def block_scores(st, k0, Ks, Kps, Bias, Idx, tab, qa, kf, cst, acc, tu, s, bv, row, lim, coef,
                      narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk):
-        # x = s·coef (+ bias·log2 e) of the thread's 16 scores (rows g, g+8 × keys 8j+2t+e%2);
-        # keys past Nk or the causal diagonal: −inf
+        """QKᵀ (either pass): x = s·coef (+ bias·log2 e) of the thread's 16 scores (rows g, g+8
+        × keys 8j+2t+e%2) of the block in stage ``st``; keys past Nk or the causal diagonal:
+        −inf."""
         for j in T.unroll(n_tiles):
             cst[T.ramp(j * 4, 1, 4)] = Kps[st, 4 * j + t, T.ramp(0, 1, 4)]
         for j in T.unroll(n_tiles):
             kf[T.ramp(0, 1, 2)] = Ks[st, 8 * j + g, T.ramp(2 * t, 1, 2)]
             if narrow != 0:
-                T.ptx[MMA_B1](tu[j * 4], tu[j * 4 + 1], tu[j * 4 + 2], tu[j * 4 + 3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
-            else:
-                T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), T.reinterpret("uint32", cst[j * 4]), T.reinterpret("uint32", cst[j * 4 + 1]), T.reinterpret("uint32", cst[j * 4 + 2]), T.reinterpret("uint32", cst[j * 4 + 3]))
-                T.ptx[MMA_B1](tu[j * 4], tu[j * 4 + 1], tu[j * 4 + 2], tu[j * 4 + 3], qa[0], qa[1], qa[2], qa[3], T.reinterpret("uint32", kf[0]), T.reinterpret("uint32", kf[1]), acc[0], acc[1], acc[2], acc[3])
+                T.ptx[MMA_B1](*regs(tu, j * 4), *regs(qa, 0), *regs_u32(kf, 0, 2),
+                              *regs_u32(cst, j * 4))
+            else:  # D > 128: two mmas, the first one's result is the second one's C
+                T.ptx[MMA_B1](*regs(acc, 0), *regs(qa, 0), *regs_u32(kf, 0, 2),
+                              *regs_u32(cst, j * 4))
+                T.ptx[MMA_B1](*regs(tu, j * 4), *regs(qa, 0), *regs_u32(kf, 0, 2),
+                              *regs(acc, 0))
         if k0 + kb > warp_lim:
             for j in T.unroll(n_tiles):
                 for e in T.unroll(4):
-                    tu[j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 >= lim[e // 2], masked_u, tu[j * 4 + e])
+                    tu[j * 4 + e] = T.if_then_else(k0 + 8 * j + 2 * t + e % 2 >= lim[e // 2],
+                                                   masked_u, tu[j * 4 + e])
         if has_bias:  # every bias of the block first: loads that overlap (not one per branch)
             for j in T.unroll(n_tiles):
                 for e in T.unroll(4):
                     if table:
-                        bv[j * 4 + e] = tab[Idx[T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk]]
+                        bv[j * 4 + e] = tab[Idx[T.min(row[e // 2], Nq - 1) * bias_sq
+                                                + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1)
+                                                * bias_sk]]
                     else:
-                        bv[j * 4 + e] = Bias[b * bias_sb + h * bias_sh + T.min(row[e // 2], Nq - 1) * bias_sq + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1) * bias_sk] * T.float32(LOG2E)
+                        bv[j * 4 + e] = Bias[b * bias_sb + h * bias_sh
+                                             + T.min(row[e // 2], Nq - 1) * bias_sq
+                                             + T.min(k0 + 8 * j + 2 * t + e % 2, Nk - 1)
+                                             * bias_sk] * T.float32(LOG2E)
         for j in T.unroll(n_tiles):
             for e in T.unroll(4):
                 if has_bias:
-                    s[j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1] + bv[j * 4 + e])
+                    s[j * 4 + e] = T.if_then_else(
+                        T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf,
+                        T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1]
+                        + bv[j * 4 + e])
                 else:
-                    s[j * 4 + e] = T.if_then_else(T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf, T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1])
+                    s[j * 4 + e] = T.if_then_else(
+                        T.reinterpret("int32", tu[j * 4 + e]) < 0, neg_inf,
+                        T.reinterpret("float32", tu[j * 4 + e]) * coef[0] + coef[1])
+
+    @T.macro
+    def query_rows(row, lim, m, lsum, qa, o, Qb, b, h, q0, g, t, narrow, causal, Nq, Nk):
+        """Prologue: the thread's two query rows, their key limits (causal), max and sum reset,
+        the rows' q bits as A fragments of the b1 mma (zeros past Nq), the accumulators
+        zeroed."""
+        for r in T.unroll(2):
+            row[r] = q0 + g + 8 * r
+            lim[r] = T.if_then_else(causal != 0, T.min(Nk, row[r] + 1), Nk)
+            m[r] = neg_inf
+            lsum[r] = T.float32(0)
+        for i in T.unroll(4):
+            qa[i] = T.if_then_else(
+                row[i % 2] < Nq,
+                T.reinterpret("uint32", Qb[b, h, T.min(row[i % 2], Nq - 1),
+                                           (2 * t + i // 2) % (8 - 4 * narrow)]),
+                T.uint32(0))
+        for i in T.unroll(o_tiles * 4):
+            o[i] = T.uint32(0)
+
+    @T.macro
+    def sum_exp2(s, m, lsum, red, xr, fixed):
+        """Softmax, pass 1, one block: add the block's 2**x to each row's (thread-partial)
+        sum; without ``fixed``, online: the new running max, the old sum rescaled, 2**(x −
+        max)."""
+        if fixed != 0:  # no shift needed: 2**x stays well inside float32
+            for r in T.unroll(2):
+                for j in T.unroll(n_tiles):
+                    for e in T.unroll(2):
+                        T.ptx["ex2.approx.ftz.f32"](s[j * 4 + 2 * r + e], s[j * 4 + 2 * r + e])
+                        lsum[r] = lsum[r] + s[j * 4 + 2 * r + e]
+        else:
+            for r in T.unroll(2):
+                red[r] = m[r]
+                for j in T.unroll(n_tiles):
+                    red[r] = T.max(red[r], T.max(s[j * 4 + 2 * r], s[j * 4 + 2 * r + 1]))
+                red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r],
+                                                     1, 32))
+                red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r],
+                                                     2, 32))
+                # the new max as the shift (0 while the row has seen no key)
+                xr[0] = T.if_then_else(red[r] == neg_inf, T.float32(0), red[r])
+                # the rescale of the old sum
+                T.ptx["ex2.approx.ftz.f32"](m[r], m[r] - xr[0])
+                lsum[r] = lsum[r] * m[r]
+                for j in T.unroll(n_tiles):
+                    for e in T.unroll(2):
+                        T.ptx["ex2.approx.ftz.f32"](s[j * 4 + 2 * r + e],
+                                                    s[j * 4 + 2 * r + e] - xr[0])
+                        lsum[r] = lsum[r] + s[j * 4 + 2 * r + e]
+                m[r] = red[r]
+
+    @T.macro
+    def finish_row_sums(lsum, m, fixed):
+        """Softmax, between the passes: each row's sum across its 4 threads, turned into the
+        factor ``255 / sum`` (rows with no visible key: 0), and the shift of pass 2."""
+        for r in T.unroll(2):
+            lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 1, 32)
+            lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 2, 32)
+            # p·255 = 2**(x − max) · (255 / sum); rows with no visible key: 0
+            lsum[r] = T.if_then_else(lsum[r] > T.float32(0), T.float32(255) / lsum[r],
+                                     T.float32(0))
+            m[r] = T.if_then_else(m[r] == neg_inf or fixed != 0, T.float32(0), m[r])
+
+    @T.macro
+    def quantize_p(s, tu, pa, m, lsum):
+        """Softmax, pass 2: u8 = round(p·255) of the block's scores, packed into the A
+        fragments of the 8-bit PV mma."""
+        for j in T.unroll(n_tiles):
+            for e in T.unroll(4):
+                T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], s[j * 4 + e] - m[e // 2])
+                tu[j * 4 + e] = T.min(T.call_extern("uint32", "__float2uint_rn",
+                                                    s[j * 4 + e] * lsum[e // 2]), T.uint32(255))
+        # A fragment bytes k = 4t + 2a + b: row g / g+8 (i % 2), keys 16·(i // 2) + 8a + 2t + b
+        for i in T.unroll(4):
+            pa[i] = (tu[(2 * (i // 2)) * 4 + 2 * (i % 2)]
+                     | (tu[(2 * (i // 2)) * 4 + 2 * (i % 2) + 1] << T.uint32(8))
+                     | (tu[(2 * (i // 2) + 1) * 4 + 2 * (i % 2)] << T.uint32(16))
+                     | (tu[(2 * (i // 2) + 1) * 4 + 2 * (i % 2) + 1] << T.uint32(24)))
+
+    @T.macro
+    def pv8_mma(st, o, pa, vf, Vs, lane):
+        """P·V, pass 2: P (u8, registers) @ V8 (s8, shared stage ``st``, [dv, keys]) on the
+        8-bit tensor cores, exact int32 sums."""
+        for n2 in T.unroll(o_tiles // 2):
+            # matrices: value columns 16·n2 + 8·(q // 2) + row, keys 16·(q % 2) + 0..15
+            T.ptx[ld_x4](*regs(vf, 0), Vs.ptr_to(
+                [st, (16 * n2 + 8 * (lane // 16) + lane % 8) * V8_ROW_WORDS
+                 + 4 * ((lane // 8) % 2)]))
+            for i in T.unroll(2):
+                T.ptx[MMA_PV8](*regs(o, (2 * n2 + i) * 4), *regs(pa, 0), vf[2 * i],
+                               vf[2 * i + 1], *regs(o, (2 * n2 + i) * 4))
+        for n1 in T.unroll(o_tiles % 2):
+            T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to(
+                [st, (8 * (o_tiles - 1 + n1) + lane % 8) * V8_ROW_WORDS + 4 * ((lane // 8) % 2)]))
+            T.ptx[MMA_PV8](*regs(o, (o_tiles - 1) * 4), *regs(pa, 0), vf[0], vf[1],
+                           *regs(o, (o_tiles - 1) * 4))
+
+    @T.macro
+    def epilogue(o, acc, row, O, Vsc, vrow0, b, h, t, Nq, Dw):
+        """Epilogue: the int32 sums times V's per-column dequantisation, rounded to 16-bit
+        pairs, stored for the rows inside Nq."""
+        for n in T.unroll(o_tiles):
+            for r in T.unroll(2):
+                if row[r] < Nq and 4 * n + t < Dw:
+                    T.ptx[cvt_pair](
+                        acc[0],
+                        T.Cast("float32", T.reinterpret("int32", o[n * 4 + 2 * r + 1]))
+                        * Vsc[vrow0 + 8 * n + 2 * t + 1],
+                        T.Cast("float32", T.reinterpret("int32", o[n * 4 + 2 * r]))
+                        * Vsc[vrow0 + 8 * n + 2 * t])
+                    O[b, h, row[r], 4 * n + t] = T.reinterpret("int32", acc[0])
 
     @T.prim_func
     def attention_pv8(qbits_h: T.handle, kbits_h: T.handle, kpop_h: T.handle, v8_h: T.handle,
@@ -188,7 +328,8 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                     # table: this head's column of the bias table, its range
                     tab = T.alloc_buffer((trows,), "float32", scope="shared")
                     tred = T.alloc_buffer((2 * WARPS if table else 1,), "float32", scope="shared")
-                    tval = T.alloc_buffer((trows // nthreads if table else 1,), "float32", scope="local")
+                    tval = T.alloc_buffer((trows // nthreads if table else 1,), "float32",
+                                          scope="local")
                     trange = T.alloc_buffer((2,), "float32", scope="local")
                     trow = T.alloc_buffer((1,), "int32", scope="local")
                     qa = T.alloc_buffer((4,), "uint32", scope="local")
@@ -203,7 +344,8 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                     cst = T.alloc_buffer((n_tiles * 4,), "int32", scope="local")
                     tu = T.alloc_buffer((n_tiles * 4,), "uint32", scope="local")
                     s = T.alloc_buffer((n_tiles * 4,), "float32", scope="local")
-                    bv = T.alloc_buffer((n_tiles * 4 if has_bias else 1,), "float32", scope="local")
+                    bv = T.alloc_buffer((n_tiles * 4 if has_bias else 1,), "float32",
+                                        scope="local")
                     xr = T.alloc_buffer((1,), "float32", scope="local")
                     pa = T.alloc_buffer((4,), "uint32", scope="local")
                     o = T.alloc_buffer((o_tiles * 4,), "uint32", scope="local")  # int32 sums
@@ -219,12 +361,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                     kv_row0 = (b * Hkv + hk) * Nk
                     vrow0 = (b * Hkv + hk) * dv
                     narrow = T.Cast("int32", d_bits <= 128)
-                    coef[0] = Sq[bh] * Sk[b * (Hks // B) + h // ks_group] * mult * T.float32(2)
-                    # at least 1e-30; a NaN or Inf scale (a non-finite q or k) becomes NaN, so that
-                    # every score and the output of this (b, h) are NaN (reference.nan_unless_finite)
-                    coef[0] = T.if_then_else(coef[0] < T.float32(1e-30), T.float32(1e-30), T.if_then_else(coef[0] <= T.float32(3.0e38), coef[0], T.float32(math.nan)))
-                    coef[0] = T.reinterpret("float32", T.reinterpret("int32", coef[0]) & T.int32(-4))
-                    coef[1] = -magic_f * coef[0]
+                    score_coefficient(coef, Sq, Sk, B, Hks, bh, b, h, ks_group, mult)
                     # without bias every x = s·coef lies in ±coef·D: when that spans at most
                     # FIXED_RANGE (log2), pass 1 sums 2**x with no running max (as the 16-bit
                     # kernel's no-shift softmax); so with a bias table whose (midpoint-shifted)
@@ -232,77 +369,40 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
                     trange[0] = T.float32(0)
                     trange[1] = T.float32(0)
                     if table:  # read after pass 1's first barrier
-                        table_prologue(tab, tred, tval, trange, trow, Bias, NB, Hq, bias_sb, bias_sh, h, tid, lane)
-                    fixed = T.Cast("int32", (table or not has_bias) and coef[0] * T.Cast("float32", 2 * d_bits) + (trange[0] - trange[1]) * T.float32(LOG2E) <= T.float32(FIXED_RANGE))
-                    for r in T.unroll(2):
-                        row[r] = q0 + g + 8 * r
-                        lim[r] = T.if_then_else(causal != 0, T.min(Nk, row[r] + 1), Nk)
-                        m[r] = neg_inf
-                        lsum[r] = T.float32(0)
-                    for i in T.unroll(4):
-                        qa[i] = T.if_then_else(row[i % 2] < Nq, T.reinterpret("uint32", Qb[b, h, T.min(row[i % 2], Nq - 1), (2 * t + i // 2) % (8 - 4 * narrow)]), T.uint32(0))
-                    for i in T.unroll(o_tiles * 4):
-                        o[i] = T.uint32(0)
+                        table_prologue(tab, tred, tval, trange, trow, Bias, NB, Hq, bias_sb,
+                                       bias_sh, h, tid, lane)
+                    fixed = T.Cast("int32", (table or not has_bias)
+                                   and coef[0] * T.Cast("float32", 2 * d_bits)
+                                   + (trange[0] - trange[1]) * T.float32(LOG2E)
+                                   <= T.float32(FIXED_RANGE))
+                    query_rows(row, lim, m, lsum, qa, o, Qb, b, h, q0, g, t, narrow, causal, Nq,
+                               Nk)
                     kv_len = T.if_then_else(causal != 0, T.min(Nk, q_first + rows_per_cta), Nk)
                     warp_lim = T.if_then_else(causal != 0, T.min(Nk, q0 + 1), Nk)
                     n_blocks = T.ceildiv(kv_len, kb)
-                    # pass 1: each row's sum of 2**x (no shift), or max and sum of 2**(x − max) (online)
+                    # pass 1: each row's sum of 2**x (no shift), or max and sum of 2**(x − max)
+                    # (online)
                     for pre in T.serial(1 + n_blocks):
-                        next_block(pre, n_blocks, False, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
+                        next_block(pre, n_blocks, False, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0,
+                                   vrow0, narrow, Nk, NKW)
                         if pre >= 1:
-                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, Idx, tab, qa, kf, cst, acc, tu, s, bv, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
-                            if fixed != 0:  # no shift needed: 2**x stays well inside float32
-                                for r in T.unroll(2):
-                                    for j in T.unroll(n_tiles):
-                                        for e in T.unroll(2):
-                                            T.ptx["ex2.approx.ftz.f32"](s[j * 4 + 2 * r + e], s[j * 4 + 2 * r + e])
-                                            lsum[r] = lsum[r] + s[j * 4 + 2 * r + e]
-                            else:
-                                for r in T.unroll(2):
-                                    red[r] = m[r]
-                                    for j in T.unroll(n_tiles):
-                                        red[r] = T.max(red[r], T.max(s[j * 4 + 2 * r], s[j * 4 + 2 * r + 1]))
-                                    red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 1, 32))
-                                    red[r] = T.max(red[r], T.call_extern("float32", "__shfl_xor_sync", full, red[r], 2, 32))
-                                    # the new max as the shift (0 while the row has seen no key)
-                                    xr[0] = T.if_then_else(red[r] == neg_inf, T.float32(0), red[r])
-                                    T.ptx["ex2.approx.ftz.f32"](m[r], m[r] - xr[0])  # the rescale of the old sum
-                                    lsum[r] = lsum[r] * m[r]
-                                    for j in T.unroll(n_tiles):
-                                        for e in T.unroll(2):
-                                            T.ptx["ex2.approx.ftz.f32"](s[j * 4 + 2 * r + e], s[j * 4 + 2 * r + e] - xr[0])
-                                            lsum[r] = lsum[r] + s[j * 4 + 2 * r + e]
-                                    m[r] = red[r]
-                    for r in T.unroll(2):
-                        lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 1, 32)
-                        lsum[r] = lsum[r] + T.call_extern("float32", "__shfl_xor_sync", full, lsum[r], 2, 32)
-                        # p·255 = 2**(x − max) · (255 / sum); rows with no visible key: 0
-                        lsum[r] = T.if_then_else(lsum[r] > T.float32(0), T.float32(255) / lsum[r], T.float32(0))
-                        m[r] = T.if_then_else(m[r] == neg_inf or fixed != 0, T.float32(0), m[r])
+                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, Idx,
+                                         tab, qa, kf, cst, acc, tu, s, bv, row, lim, coef,
+                                         narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh,
+                                         bias_sq, bias_sk)
+                            sum_exp2(s, m, lsum, red, xr, fixed)
+                    finish_row_sums(lsum, m, fixed)
                     # pass 2: u8 = round(p·255), P·V8 on the 8-bit tensor cores (exact in int32)
                     for pre in T.serial(1 + n_blocks):
-                        next_block(pre, n_blocks, True, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0, vrow0, narrow, Nk, NKW)
+                        next_block(pre, n_blocks, True, Kb, Kp, V8, Ks, Kps, Vs, tid, kv_row0,
+                                   vrow0, narrow, Nk, NKW)
                         if pre >= 1:
-                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, Idx, tab, qa, kf, cst, acc, tu, s, bv, row, lim, coef, narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh, bias_sq, bias_sk)
-                            for j in T.unroll(n_tiles):
-                                for e in T.unroll(4):
-                                    T.ptx["ex2.approx.ftz.f32"](s[j * 4 + e], s[j * 4 + e] - m[e // 2])
-                                    tu[j * 4 + e] = T.min(T.call_extern("uint32", "__float2uint_rn", s[j * 4 + e] * lsum[e // 2]), T.uint32(255))
-                            # A fragment bytes k = 4t + 2a + b: row g / g+8 (i % 2), keys 16·(i // 2) + 8a + 2t + b
-                            for i in T.unroll(4):
-                                pa[i] = (tu[(2 * (i // 2)) * 4 + 2 * (i % 2)] | (tu[(2 * (i // 2)) * 4 + 2 * (i % 2) + 1] << T.uint32(8)) | (tu[(2 * (i // 2) + 1) * 4 + 2 * (i % 2)] << T.uint32(16)) | (tu[(2 * (i // 2) + 1) * 4 + 2 * (i % 2) + 1] << T.uint32(24)))
-                            for n2 in T.unroll(o_tiles // 2):
-                                # matrices: value columns 16·n2 + 8·(q // 2) + row, keys 16·(q % 2) + 0..15
-                                T.ptx[ld_x4](vf[0], vf[1], vf[2], vf[3], Vs.ptr_to([(pre - 1) % STAGES, (16 * n2 + 8 * (lane // 16) + lane % 8) * V8_ROW_WORDS + 4 * ((lane // 8) % 2)]))
-                                for i in T.unroll(2):
-                                    T.ptx[MMA_PV8](o[(2 * n2 + i) * 4], o[(2 * n2 + i) * 4 + 1], o[(2 * n2 + i) * 4 + 2], o[(2 * n2 + i) * 4 + 3], pa[0], pa[1], pa[2], pa[3], vf[2 * i], vf[2 * i + 1], o[(2 * n2 + i) * 4], o[(2 * n2 + i) * 4 + 1], o[(2 * n2 + i) * 4 + 2], o[(2 * n2 + i) * 4 + 3])
-                            for n1 in T.unroll(o_tiles % 2):
-                                T.ptx[ld_x2](vf[0], vf[1], Vs.ptr_to([(pre - 1) % STAGES, (8 * (o_tiles - 1 + n1) + lane % 8) * V8_ROW_WORDS + 4 * ((lane // 8) % 2)]))
-                                T.ptx[MMA_PV8](o[(o_tiles - 1) * 4], o[(o_tiles - 1) * 4 + 1], o[(o_tiles - 1) * 4 + 2], o[(o_tiles - 1) * 4 + 3], pa[0], pa[1], pa[2], pa[3], vf[0], vf[1], o[(o_tiles - 1) * 4], o[(o_tiles - 1) * 4 + 1], o[(o_tiles - 1) * 4 + 2], o[(o_tiles - 1) * 4 + 3])
-                    for n in T.unroll(o_tiles):
-                        for r in T.unroll(2):
-                            if row[r] < Nq and 4 * n + t < Dw:
-                                T.ptx[cvt_pair](acc[0], T.Cast("float32", T.reinterpret("int32", o[n * 4 + 2 * r + 1])) * Vsc[vrow0 + 8 * n + 2 * t + 1], T.Cast("float32", T.reinterpret("int32", o[n * 4 + 2 * r])) * Vsc[vrow0 + 8 * n + 2 * t])
-                                O[b, h, row[r], 4 * n + t] = T.reinterpret("int32", acc[0])
+                            block_scores((pre - 1) % STAGES, (pre - 1) * kb, Ks, Kps, Bias, Idx,
+                                         tab, qa, kf, cst, acc, tu, s, bv, row, lim, coef,
+                                         narrow, warp_lim, b, h, g, t, Nq, Nk, bias_sb, bias_sh,
+                                         bias_sq, bias_sk)
+                            quantize_p(s, tu, pa, m, lsum)
+                            pv8_mma((pre - 1) % STAGES, o, pa, vf, Vs, lane)
+                    epilogue(o, acc, row, O, Vsc, vrow0, b, h, t, Nq, Dw)
 
     return attention_pv8

@@ -84,7 +84,8 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
     out = torch.empty_like(q)
     args = (None, None, False, None, "mean_abs", None, None, None, None, "sign", 1.0, 1.0)
     call = lambda: binattn.ops.binary_attention(q, k, v, check_finite=False)  # noqa: E731
-    call8 = lambda: binattn.ops.binary_attention(q, k, v, pv_bits=8, check_finite=False)  # noqa: E731
+    call8 = lambda: binattn.ops.binary_attention(  # noqa: E731
+        q, k, v, pv_bits=8, check_finite=False)
     call8()
     path8 = binattn.ops.kernel_report().get("binary_attention/cuda", "?")
     call()
@@ -92,8 +93,10 @@ def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
     qb, kb, kp, qa, ka = cd.pack_q_and_k(q, k)
     name = cd.attention_symbol(q.device, dtype, D, False, N)  # the kernel the dispatcher picks
     v32, o32 = v.view(torch.int32).view(B, H, N, D // 8, 4), out.view(torch.int32)
-    fused = lambda: cd._call(q.device, name, qb, kb, kp, v32, o32, qa, ka, cd._dummy(q.device),  # noqa: E731
-                             cd._dummy(q.device, torch.int32), 0, 1, 0, 0, 0, 0, float(1.4426950408889634 / math.sqrt(D) / (N * D) ** 2), D)
+    mult = float(1.4426950408889634 / math.sqrt(D) / (N * D) ** 2)
+    fused = lambda: cd._call(q.device, name, qb, kb, kp, v32, o32, qa, ka,  # noqa: E731
+                             cd._dummy(q.device), cd._dummy(q.device, torch.int32), 0, 1, 0, 0,
+                             0, 0, mult, D)
     row = {"shape": list(shape), "path": path,
            "eager_ms": bench_ms(call, reps), "binattn_ms": bench_ms(graphed(call), reps),
            "fused_ms": bench_ms(fused, reps),

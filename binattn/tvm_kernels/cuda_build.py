@@ -1,8 +1,9 @@
 """Build binattn's CUDA kernels with TVM + nvcc into small shared objects that need no TVM to run.
 
 What it does: for each requested arch (``sm_90a``, ``sm_80``, …) puts every attention kernel
-(one per dtype × value-head bucket × no bias / dense bias / bias table, with the tuned schedule from ``binattn.schedules``) and every
-sign-pack kernel and the popcount-scores kernel in one IRModule, compiles it with TVM for ``{"kind": "cuda", "arch": ...}`` and
+(one per dtype × value-head bucket × no bias / dense bias / bias table, with the tuned schedule
+from ``binattn.schedules``) and every sign-pack kernel and the popcount-scores kernel in one
+IRModule, compiles it with TVM for ``{"kind": "cuda", "arch": ...}`` and
 host ``cuda_host`` (TVM_NOTES §2 route 1), writes the generated CUDA C++ next to the library and
 compiles it with nvcc against the apache-tvm-ffi headers (static cudart; the sm_80 build also
 carries PTX so newer GPUs can JIT it). ``manifest.json`` lists what each library holds; the
@@ -56,7 +57,8 @@ def parse_archs(text: str) -> list[str]:
 
 def find_nvcc() -> str:
     """Path of nvcc (``$CUDA_HOME/bin``, then PATH); RuntimeError when there is none."""
-    for cand in (os.path.join(os.environ.get("CUDA_HOME", ""), "bin", "nvcc"), shutil.which("nvcc")):
+    for cand in (os.path.join(os.environ.get("CUDA_HOME", ""), "bin", "nvcc"),
+                 shutil.which("nvcc")):
         if cand and os.path.isfile(cand):
             return cand
     raise RuntimeError("nvcc not found: install the CUDA toolkit or set CUDA_HOME")
@@ -198,7 +200,8 @@ def build(archs: Iterable[str], out_dir: Path, dtypes: Sequence[str] = sched.DTY
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path = out_dir / MANIFEST
     manifest = read_manifest(out_dir) or {}
-    libs = {a: e for a, e in manifest.get("libraries", {}).items() if (out_dir / e["file"]).exists()}
+    libs = {a: e for a, e in manifest.get("libraries", {}).items()
+            if (out_dir / e["file"]).exists()}
     archs = list(archs)
 
     def one(arch: str) -> dict:

@@ -26,7 +26,8 @@ def popcount_scores_name() -> str:
 
 
 def popcount_scores_func() -> tvm.tirx.PrimFunc:
-    """The PrimFunc ``(q_bits int32[BH,Nq,W], k_bits int32[BH,Nk,W], scores int32[BH,Nq,Nk], D)``."""
+    """The PrimFunc ``(q_bits int32[BH,Nq,W], k_bits int32[BH,Nk,W], scores int32[BH,Nq,Nk],
+    D)``."""
     n_tiles = KEYS_PER_WARP // 8
 
     @T.prim_func
@@ -56,22 +57,35 @@ def popcount_scores_func() -> tvm.tirx.PrimFunc:
                             qp[r] = 0
                             if q0 + g + 8 * r < Nq:
                                 for w in T.serial(W):
-                                    qp[r] = qp[r] + T.popcount(T.reinterpret("uint32", Q[bh, q0 + g + 8 * r, w]))
+                                    qp[r] = qp[r] + T.popcount(
+                                        T.reinterpret("uint32", Q[bh, q0 + g + 8 * r, w]))
                         for i in T.unroll(4):
-                            qa[i] = T.if_then_else(q0 + g + 8 * (i % 2) < Nq and t + 4 * (i // 2) < W, T.reinterpret("uint32", Q[bh, T.min(q0 + g + 8 * (i % 2), Nq - 1), T.min(t + 4 * (i // 2), W - 1)]), T.uint32(0))
+                            qa[i] = T.if_then_else(
+                                q0 + g + 8 * (i % 2) < Nq and t + 4 * (i // 2) < W,
+                                T.reinterpret("uint32", Q[bh, T.min(q0 + g + 8 * (i % 2), Nq - 1),
+                                                          T.min(t + 4 * (i // 2), W - 1)]),
+                                T.uint32(0))
                         for j in T.unroll(n_tiles):
                             n0 = by * KEYS_PER_WARP + 8 * j
                             for i in T.unroll(2):
-                                kb[i] = T.if_then_else(n0 + g < Nk and t + 4 * i < W, T.reinterpret("uint32", K[bh, T.min(n0 + g, Nk - 1), T.min(t + 4 * i, W - 1)]), T.uint32(0))
+                                kb[i] = T.if_then_else(
+                                    n0 + g < Nk and t + 4 * i < W,
+                                    T.reinterpret("uint32", K[bh, T.min(n0 + g, Nk - 1),
+                                                              T.min(t + 4 * i, W - 1)]),
+                                    T.uint32(0))
                                 kp[i] = 0
                                 if n0 + 2 * t + i < Nk:
                                     for w in T.serial(W):
-                                        kp[i] = kp[i] + T.popcount(T.reinterpret("uint32", K[bh, n0 + 2 * t + i, w]))
+                                        kp[i] = kp[i] + T.popcount(
+                                            T.reinterpret("uint32", K[bh, n0 + 2 * t + i, w]))
                             for e in T.unroll(4):
                                 acc[e] = T.uint32(0)
-                            T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[0], qa[1], qa[2], qa[3], kb[0], kb[1], acc[0], acc[1], acc[2], acc[3])
+                            T.ptx[MMA_B1](acc[0], acc[1], acc[2], acc[3], qa[0], qa[1], qa[2],
+                                          qa[3], kb[0], kb[1], acc[0], acc[1], acc[2], acc[3])
                             for e in T.unroll(4):
                                 if q0 + g + 8 * (e // 2) < Nq and n0 + 2 * t + e % 2 < Nk:
-                                    S[bh, q0 + g + 8 * (e // 2), n0 + 2 * t + e % 2] = 4 * T.reinterpret("int32", acc[e]) - 2 * qp[e // 2] - 2 * kp[e % 2] + head_dim
+                                    S[bh, q0 + g + 8 * (e // 2), n0 + 2 * t + e % 2] = (
+                                        4 * T.reinterpret("int32", acc[e]) - 2 * qp[e // 2]
+                                        - 2 * kp[e % 2] + head_dim)
 
     return popcount_scores

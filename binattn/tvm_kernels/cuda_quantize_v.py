@@ -73,18 +73,26 @@ def v8_amax_func(dtype: str) -> tvm.tirx.PrimFunc:
                             raw[T.ramp(0, 1, 4)] = V[bh // H, bh % H, n, u % DQ, T.ramp(0, 1, 4)]
                             for e in T.unroll(8):
                                 # |v| as float bits: the 16-bit pattern without its sign
-                                T.evaluate(T.call_extern("int32", "atomicMax", T.address_of(smax[(u % DQ) * 8 + e]), T.reinterpret("int32", _as_float(dtype, (T.reinterpret("uint32", raw[e // 2]) >> T.uint32(16 * (e % 2))) & T.uint32(0x7FFF)))))
+                                T.evaluate(T.call_extern(
+                                    "int32", "atomicMax", T.address_of(smax[(u % DQ) * 8 + e]),
+                                    T.reinterpret("int32", _as_float(
+                                        dtype, (T.reinterpret("uint32", raw[e // 2])
+                                                >> T.uint32(16 * (e % 2)))
+                                        & T.uint32(0x7FFF)))))
                     T.tvm_storage_sync("shared")
                     for it in T.serial(T.ceildiv(MAX_DV, THREADS)):
                         if tid + it * THREADS < DQ * 8:
-                            T.evaluate(T.call_extern("int32", "atomicMax", T.address_of(Amax[bh, tid + it * THREADS]), smax[tid + it * THREADS]))
+                            T.evaluate(T.call_extern("int32", "atomicMax",
+                                                     T.address_of(Amax[bh, tid + it * THREADS]),
+                                                     smax[tid + it * THREADS]))
 
     return v8_amax
 
 
 def v8_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
     """``v8 int32[BH, DV, NKW]`` (int8 × 4, transposed, keys permuted per 32-key block) from
-    ``v32 int32[B, H, N, DQ, 4]`` (any strides on B, H, N) and ``inv_step f32[B·H, DV]`` (0 past the true dv: zero rows)."""
+    ``v32 int32[B, H, N, DQ, 4]`` (any strides on B, H, N) and ``inv_step f32[B·H, DV]`` (0 past
+    the true dv: zero rows)."""
     _check(dtype)
     kb = PV8_KEY_BLOCK
 
@@ -107,7 +115,8 @@ def v8_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
                         key = blk * kb + u // DQ
                         if u < kb * DQ:
                             for i in T.unroll(4):
-                                tile[u // DQ, (u % DQ) * 4 + i] = T.if_then_else(key < N, V[bh // H, bh % H, T.min(key, N - 1), u % DQ, i], 0)
+                                tile[u // DQ, (u % DQ) * 4 + i] = T.if_then_else(
+                                    key < N, V[bh // H, bh % H, T.min(key, N - 1), u % DQ, i], 0)
                     T.tvm_storage_sync("shared")
                     for it in T.serial(T.ceildiv(DV * (kb // 4), THREADS)):
                         u = tid + it * THREADS
@@ -117,8 +126,16 @@ def v8_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
                             word[0] = T.uint32(0)
                             if d < DQ * 8:
                                 for i in T.unroll(4):
-                                    # position 4w + i holds key 16c + 8a + 2t + b (pos = 16c + 4t + 2a + b)
-                                    word[0] = word[0] | ((T.reinterpret("uint32", T.call_extern("int32", "__float2int_rn", _as_float(dtype, (T.reinterpret("uint32", tile[16 * ((4 * w + i) // 16) + 8 * (i // 2) + 2 * (w % 4) + i % 2, d // 2]) >> T.uint32(16 * (d % 2))) & T.uint32(0xFFFF)) * Inv[bh, d])) & T.uint32(0xFF)) << T.uint32(8 * i))
+                                    # position 4w + i holds key 16c + 8a + 2t + b
+                                    # (pos = 16c + 4t + 2a + b)
+                                    word[0] = word[0] | ((T.reinterpret("uint32", T.call_extern(
+                                        "int32", "__float2int_rn",
+                                        _as_float(dtype, (T.reinterpret("uint32", tile[
+                                            16 * ((4 * w + i) // 16) + 8 * (i // 2)
+                                            + 2 * (w % 4) + i % 2,
+                                            d // 2]) >> T.uint32(16 * (d % 2))) & T.uint32(0xFFFF))
+                                            * Inv[bh, d]))
+                                        & T.uint32(0xFF)) << T.uint32(8 * i))
                             Out[bh, d, blk * (kb // 4) + w] = T.reinterpret("int32", word[0])
 
     return v8_pack

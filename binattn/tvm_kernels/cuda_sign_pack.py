@@ -33,7 +33,8 @@ def add_abs_sum(AbsSum, slot, tid, acc, warp_sums):
     """``AbsSum[slot] += Σ acc`` over the CTA: warp shuffles, then the warps' sums in shared
     memory, then one ``atomicAdd`` per CTA."""
     for sh in T.unroll(5):
-        acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", T.uint32(0xFFFFFFFF), acc[0], 16 >> sh, 32)
+        acc[0] = acc[0] + T.call_extern("float32", "__shfl_xor_sync", T.uint32(0xFFFFFFFF),
+                                        acc[0], 16 >> sh, 32)
     if tid % 32 == 0:
         warp_sums[tid // 32] = acc[0]
     T.tvm_storage_sync("shared")
@@ -78,7 +79,8 @@ def _vec_pack_macro(dtype: str, lanes: int):
         acc[0] = T.float32(0)
         for e in T.unroll(32):
             h = (T.reinterpret("uint32", raw[e // 2]) >> T.uint32(16 * (e % 2))) & T.uint32(0xFFFF)
-            word[0] = word[0] | T.Cast("uint32", (n < n_rows and 4 * w + e // 8 < DQ) and (h < T.uint32(0x8000) or h == T.uint32(0x8000))) << T.uint32(e)
+            word[0] = word[0] | T.Cast("uint32", (n < n_rows and 4 * w + e // 8 < DQ) and (
+                h < T.uint32(0x8000) or h == T.uint32(0x8000))) << T.uint32(e)
             acc[0] = acc[0] + magnitude(h)
         if n < n_rows and w < WS:
             Bits[bh, n, w] = T.reinterpret("int32", word[0])
@@ -88,7 +90,8 @@ def _vec_pack_macro(dtype: str, lanes: int):
         if write_pops:
             pop[0] = T.popcount(word[0])
             for sh in T.unroll(lanes.bit_length() - 1):
-                pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full, pop[0], 1 << sh, 32)
+                pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full, pop[0],
+                                                1 << sh, 32)
             if n < n_rows and w == 0:
                 Pops[bh, n] = pop_offset + pop_scale * pop[0]
         add_abs_sum(AbsSum, abs_slot, tid, acc, warp_sums)
@@ -227,15 +230,22 @@ def sign_pack_func(dtype: str) -> tvm.tirx.PrimFunc:
                     n = bx * rows_per_cta + tid // MAX_WORDS
                     # one thread per (row, word): 32 independent loads in flight
                     for e in T.unroll(32):
-                        val[e] = T.if_then_else(n < N and 32 * w + e < D, T.Cast("float32", X[bh // H, bh % H, T.min(n, N - 1), T.min(32 * w + e, D - 1)]), T.float32(0))
+                        val[e] = T.if_then_else(
+                            n < N and 32 * w + e < D,
+                            T.Cast("float32", X[bh // H, bh % H, T.min(n, N - 1),
+                                                T.min(32 * w + e, D - 1)]),
+                            T.float32(0))
                     word[0] = T.uint32(0)
                     acc[0] = T.float32(0)
                     for e in T.unroll(32):
-                        word[0] = word[0] | T.Cast("uint32", n < N and 32 * w + e < D and val[e] >= T.float32(0)) << T.uint32(e)
+                        word[0] = word[0] | T.Cast(
+                            "uint32", n < N and 32 * w + e < D and val[e] >= T.float32(0)
+                        ) << T.uint32(e)
                         acc[0] = acc[0] + T.fabs(val[e])
                     pop[0] = T.popcount(word[0])
                     for sh in T.unroll(3):
-                        pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full, pop[0], 1 << sh, 32)
+                        pop[0] = pop[0] + T.call_extern("int32", "__shfl_xor_sync", full,
+                                                        pop[0], 1 << sh, 32)
                     if n < N and w < WS:
                         Bits[bh, n, w] = T.reinterpret("int32", word[0])
                     if n < N and w == 0:
