@@ -128,8 +128,9 @@ def test_pack_q_and_k_paths_agree(cuda_dispatch, gen, head_dim, k_dtype):
     assert torch.equal(q_bits[..., :w], reference.sign_pack(q)[0])
     assert torch.equal(k_bits[..., :w], reference.sign_pack(k)[0])
     assert torch.equal(k_pop, cuda_dispatch.SCORE_MAGIC - reference.sign_pack(k)[1])
-    torch.testing.assert_close(q_abs, q.float().abs().sum((-2, -1)).reshape(-1), rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(k_abs, k.float().abs().sum((-2, -1)).reshape(-1), rtol=1e-5, atol=1e-3)
+    for got, x in ((q_abs, q), (k_abs, k)):
+        torch.testing.assert_close(got, x.float().abs().sum((-2, -1)).reshape(-1), rtol=1e-5,
+                                   atol=1e-3)
 
 
 def test_sign_pack_op_uses_kernel(cuda_dispatch, gen):
@@ -254,7 +255,8 @@ def test_pv8_bias_table_is_looked_up_in_kernel(cuda_dispatch, gen, case, head_di
     heads, hkv, grid = 4, 2 if case == "gqa" else 4, (7, 9)
     n = 1 + grid[0] * grid[1]
     table, index = _relpos(gen, heads, grid)
-    table = {"shared_column": table[:, :1].contiguous(), "transposed_table": table.t().contiguous().t(),
+    table = {"shared_column": table[:, :1].contiguous(),
+             "transposed_table": table.t().contiguous().t(),
              "wide_table": table * 40, "expanded_rows": table[:1].expand_as(table)}.get(case, table)
     if case == "int64_index":
         index = index.long()
@@ -314,8 +316,9 @@ def test_kernel_variant_choice(cuda_dispatch):
     dev = torch.device("cuda")
     limit = cuda_dispatch._library(dev)[1]["short_max_keys"]
     assert cuda_dispatch.attention_symbol(dev, torch.bfloat16, 64, False, limit).endswith("_short")
-    assert not cuda_dispatch.attention_symbol(dev, torch.bfloat16, 64, True, limit + 1).endswith("_short")
-    assert cuda_dispatch.attention_symbol(dev, torch.float16, 72, True, 7, "long").endswith("dv72_bias")
+    symbol = cuda_dispatch.attention_symbol
+    assert not symbol(dev, torch.bfloat16, 64, True, limit + 1).endswith("_short")
+    assert symbol(dev, torch.float16, 72, True, 7, "long").endswith("dv72_bias")
     # where a library has no short kernel of its own (its short schedule is the regular one:
     # dv 72 in the sm_90a library) the regular kernel serves both
     own_short = 72 in cuda_dispatch._library(dev)[1]["attention_short"].get("float16", ())

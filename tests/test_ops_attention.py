@@ -139,7 +139,8 @@ def test_three_d_inputs_are_one_head():
 @pytest.mark.parametrize("opts", [dict(), dict(is_causal=True), dict(mask=True), dict(gqa=True),
                                   dict(scale=0.3)])
 def test_equals_sdpa_on_plus_minus_one_inputs(opts):
-    """On ±1 q, k with scale_mode='none', binary attention IS softmax attention: SDPA is an oracle."""
+    """On ±1 q, k with scale_mode='none', binary attention IS softmax attention: SDPA is an
+    oracle."""
     gen = torch.Generator().manual_seed(7)
     hkv = 2 if opts.get("gqa") else 4
     q = torch.randint(0, 2, (2, 4, 9, 32), generator=gen).float() * 2 - 1
