@@ -2,9 +2,9 @@
 
 What it does: imported lazily by ``binattn.ops.dispatch`` on the first CUDA call. Registers
 ``sign_pack``, ``popcount_scores`` and ``binary_attention`` kernels whose ``supports`` names the
-reason when a call cannot run on them (no library for this GPU's arch, apache-tvm-ffi missing, an option the
-kernel does not implement, …) so the dispatcher falls back to the reference with a one-time
-warning naming it. Kernel libraries are looked up in ``$BINATTN_CUDA_KERNELS``, then the
+reason when a call cannot run on them (no library for this GPU's arch, apache-tvm-ffi missing,
+an option the kernel does not implement, …) so the dispatcher falls back to the reference with
+a one-time warning naming it. Kernel libraries are looked up in ``$BINATTN_CUDA_KERNELS``, then the
 package data (``binattn/kernels``), then the user cache (``~/.cache/binattn/cuda_kernels``,
 where ``binattn build-kernels`` writes by default). torch CUDA tensors go straight through
 DLPack on torch's current stream.
