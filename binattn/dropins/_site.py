@@ -10,7 +10,6 @@ dropout). What it does not: import transformers or diffusers, find layers or mas
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional
 
 import torch
@@ -20,21 +19,24 @@ from torch import nn
 from .. import ops
 from ..ops import reference, validation
 from ..ops.bias import DenseBias, HeadBias, RelPosBias
-from ..ops.options import AttentionOptions, AttentionTensors
+from ..ops.options import AttentionOptions, AttentionTensors, option_properties
 
 DROPOUT_MODES = ("apply", "ignore")
 ATTACH_BIASES = ("head", None)
 
 
-@dataclass
+LAYER_OPTIONS = ("scale_mode", "top_n", "pv_bits", "binarizer", "temperature", "ste_clip")
+
+
 class BinattnAttentionConfig:
     """Options of a binattn drop-in attention layer (see :func:`binattn.ops.binary_attention`).
 
-    Attributes:
+    Keywords:
         scale_mode: ``"mean_abs"`` (default), ``"static"`` (needs each layer's calibrated
             ``q_scale``/``k_scale``, e.g. from :func:`binattn.hf.load_binarized`) or ``"none"``.
-        top_n, pv_bits, binarizer, temperature, ste_clip: the op's options, as in
-            :class:`binattn.BinarizeConfig`.
+        top_n, pv_bits, binarizer, temperature, ste_clip: the op's options, held (and checked)
+            as one :class:`~binattn.ops.options.AttentionOptions` in ``attention``; each is also
+            an attribute. Causality and the scale come from the layer at each call.
         dropout: ``"apply"`` runs attention dropout in training (on the reference op's
             probabilities: an N×N tensor, slower), ``"ignore"`` keeps the fused op and drops none.
         bias: ``"head"`` gives every layer a learned per-head bias (zero init) when attached;
@@ -42,52 +44,53 @@ class BinattnAttentionConfig:
             (:func:`binattn.hf.load_binarized`), as their shape depends on the token grid.
     """
 
-    scale_mode: str = "mean_abs"
-    top_n: Optional[int] = None
-    pv_bits: Optional[int] = None
-    binarizer: str = "sign"
-    temperature: float = 1.0
-    ste_clip: float = 1.0
-    dropout: str = "apply"
-    bias: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        self.options()  # checked where every op option is (AttentionOptions)
-        if self.dropout not in DROPOUT_MODES:
-            raise ValueError(f"dropout must be one of {DROPOUT_MODES}, got {self.dropout!r}")
-        if self.bias not in ATTACH_BIASES:
-            raise ValueError(f"bias must be 'head' or None, got {self.bias!r}: relative-position "
+    def __init__(self, *, dropout: str = "apply", bias: Optional[str] = None,
+                 **options: Any) -> None:
+        unknown = sorted(set(options) - set(LAYER_OPTIONS))
+        if unknown:
+            raise ValueError(f"unsupported binattn option(s) {unknown}; supported: "
+                             f"{sorted(LAYER_OPTIONS + ('dropout', 'bias'))}")
+        self.attention = AttentionOptions(**options)
+        if dropout not in DROPOUT_MODES:
+            raise ValueError(f"dropout must be one of {DROPOUT_MODES}, got {dropout!r}")
+        if bias not in ATTACH_BIASES:
+            raise ValueError(f"bias must be 'head' or None, got {bias!r}: relative-position "
                              "and dense biases need the token grid, so they come from a "
                              "binarized model (binattn.hf.load_binarized)")
+        self.dropout, self.bias = dropout, bias
 
     def options(self, is_causal: bool = False,
                 scale: Optional[float] = None) -> AttentionOptions:
         """The op options of a layer with this config (static scales are the layer's state)."""
-        return AttentionOptions(is_causal=is_causal, scale=scale, scale_mode=self.scale_mode,
-                                top_n=self.top_n, pv_bits=self.pv_bits,
-                                binarizer=self.binarizer, temperature=self.temperature,
-                                ste_clip=self.ste_clip)
+        return self.attention.replace(is_causal=is_causal, scale=scale)
 
     @classmethod
     def coerce(cls, options: Any) -> "BinattnAttentionConfig":
-        """``options`` as a config: None (defaults), a config, or a dict of its fields (an
+        """``options`` as a config: None (defaults), a config, or a dict of its keywords (an
         unknown key raises ValueError naming it)."""
         if options is None:
             return cls()
         if isinstance(options, cls):
             return options
         if isinstance(options, Mapping):
-            known = {f.name for f in fields(cls)}
-            unknown = sorted(set(options) - known)
-            if unknown:
-                raise ValueError(f"unsupported binattn option(s) {unknown}; supported: "
-                                 f"{sorted(known)}")
             return cls(**dict(options))
         raise TypeError(f"options must be a BinattnAttentionConfig, a dict or None, got "
                         f"{type(options).__name__}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The keywords that rebuild this config (what a model's config.json stores)."""
+        return {**{n: getattr(self.attention, n) for n in LAYER_OPTIONS},
+                "dropout": self.dropout, "bias": self.bias}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BinattnAttentionConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"BinattnAttentionConfig({args})"
+
+
+option_properties(BinattnAttentionConfig, LAYER_OPTIONS, attribute="attention")
 
 
 def bias_spec(bias: Optional[nn.Module]) -> Optional[dict]:

@@ -268,9 +268,8 @@ def load_binarized(model: nn.Module, binarized: nn.Module, *, strict: bool = Tru
         if isinstance(scaling, float) and abs(scaling - scale) > 1e-6 * max(1.0, abs(scale)):
             raise ValueError(f"site {site.index} ({path}) has scale {scale} but the module's "
                              f"scaling is {scaling}: not the same model")
-        opts = BinattnAttentionConfig(
-            scale_mode=site.scale_mode, top_n=site.top_n, pv_bits=site.pv_bits,
-            binarizer=site.binarizer, temperature=site.temperature, ste_clip=site.ste_clip)
+        opts = BinattnAttentionConfig()
+        opts.attention = site.options.replace(is_causal=False, scale=None)
         bias = getattr(binarized, f"binattn_bias_{site.index}", None)
         states[path] = BinattnLayerState(
             opts, bias=None if bias is None else _copy_module(bias),
