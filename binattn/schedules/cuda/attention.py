@@ -1,13 +1,13 @@
 """Schedule knobs of binattn's CUDA attention kernel and the tuned-config database they come from.
 
-What it does: names the knobs the TVMScript kernel in ``binattn.tvm_kernels.cuda_attention`` is
+What it does: names the knobs the TVMScript kernel in ``binattn.tvm_kernels.cuda.attention`` is
 generated with (warps per CTA = 16 query rows each, keys per inner block, share of the
 exponentials computed by a polynomial on the FMA pipe, pipeline stages), gives a default per
 value head size, and reads/writes the tuning database (JSON: ``{arch: {"<dtype>/dv<N>":
 {"warps": .., "key_block": ..}}}``) that ``binattn build-kernels`` consults and
 ``binattn tune --target cuda`` fills.
 
-What it does not: build or time kernels (``binattn.tvm_kernels.cuda_build`` and
+What it does not: build or time kernels (``binattn.tvm_kernels.cuda.build`` and
 ``benchmarks/gpu_attention.py`` do).
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def pv8_key_permutation(n_keys: int, device=None):
     of the permuted key axis (padded to whole blocks), the key it holds — position
     16c + 4t + 2a + b ↔ key 16c + 8a + 2t + b, the order in which a thread's scores (keys
     8a + 2t + b of its two 8-key score tiles) fill bytes k = 4t + 2a + b of the u8 A fragment
-    of ``mma.m16n8k32``. ``tvm_kernels.cuda_quantize_v`` writes V in this order (the formula is
+    of ``mma.m16n8k32``. ``tvm_kernels.cuda.quantize_v`` writes V in this order (the formula is
     inlined there); this is its specification, which the tests hold the kernel to."""
     import torch
 
