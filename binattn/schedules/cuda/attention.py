@@ -29,7 +29,7 @@ SCORE_MAGIC = 0x4B400000
 #: H100, dv 64: 17 % faster at 197 keys, 16 % at 257, 8 % at 577, 2 % at 1024, 3.5 % slower at
 #: 4096 than the 64-key-block kernel; dv 128: 8 % / 2 % faster at 257 / 577, slower from 768;
 #: dv 72 and 96 no faster at any length, so their short entries in the packaged database are
-#: the regular schedule (docs/results/gpu_short_keyblock_*_h100.json)
+#: the regular schedule (benchmarks/results/gpu_short_keyblock_*_h100.json)
 SHORT_MAX_KEYS = 640
 #: the 8-bit-P·V kernel (``pv_bits=8``) streams keys in blocks of this many; its int32 sums of
 #: u8·s8 products (≤ 255·127 per key) are exact up to PV8_MAX_KEYS keys
