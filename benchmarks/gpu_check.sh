@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session (H100/H200, no TVM there): GPU correctness tests, then optionally the timing of
-# tuning candidates built here (`binattn tune --target cuda` / cuda_tune.build_candidates), then
+# tuning candidates built here (`binattn tune --target cuda` /
+# tvm_kernels.cuda.tune.build_candidates), then
 # the benchmark table. Usage: benchmarks/gpu_check.sh OUT_DIR [CANDIDATE_DIR]
 # Needs torch + apache-tvm-ffi (the cp312 wheel in .whl/ is installed when present).
 set -u -o pipefail

@@ -1,1 +1,1 @@
-"""schedules for CPU."""
+"""Knobs of the CPU kernels (``knobs``)."""

@@ -1,1 +1,2 @@
-"""schedules for CUDA."""
+"""Knobs of the CUDA attention kernels and their packaged tuning database (``attention``,
+``cuda_tuned.json``)."""

@@ -1,1 +1,2 @@
-"""tvm_kernels for CPU."""
+"""CPU (LLVM) kernels: ``kernels`` (TensorIR), ``target``, ``build``, ``dispatch`` (the provider),
+``tune``, ``bench``. Knobs: ``binattn.schedules.cpu``."""
