@@ -1,6 +1,6 @@
 """CPU benchmark: binattn's TVM kernels vs SDPA fp32, the reference op, a float ±1 matmul, numpy.
 
-Side by side in one run (round-robin timing, see ``binattn.tvm_kernels.cpu_bench``):
+Side by side in one run (round-robin timing, see ``binattn.tvm_kernels.cpu.bench``):
   * attention: fused binary attention (fp32 P·V and 8-bit P·V) vs
     ``F.scaled_dot_product_attention`` fp32 vs the reference op (N ≤ 2048: it materialises N²
     scores), B=1, H=8;
@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from binattn.tvm_kernels import cpu_bench  # noqa: E402
+from binattn.tvm_kernels.cpu import bench as cpu_bench  # noqa: E402
 
 console = Console()
 TARGETS = {("attention", "binattn fp32-PV"): 1.5, ("attention", "binattn 8-bit-PV"): 3.0,

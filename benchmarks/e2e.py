@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from binattn.tvm_kernels.cuda_bench import bench_ms
+from binattn.tvm_kernels.cuda.bench import bench_ms
 
 ATTENTION_KERNEL = re.compile(r"binattn|sdpa|fmha|flash|attention|attn", re.IGNORECASE)
 COPY_OPS = ("aten::clone", "aten::copy_", "aten::contiguous", "aten::_to_copy")

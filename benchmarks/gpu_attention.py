@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from binattn.tvm_kernels.cuda_bench import measure, measure_relpos
+from binattn.tvm_kernels.cuda.bench import measure, measure_relpos
 
 SHAPES = [  # (B, H, N, D), name, target speed-up over cuDNN
     ((64, 12, 197, 64), "ViT-B/16 224²", 1.5),

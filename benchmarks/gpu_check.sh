@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session (H100/H200, no TVM there): GPU correctness tests, then optionally the timing of
-# tuning candidates built here (`binattn tune --target cuda` / cuda_tune.build_candidates), then
+# tuning candidates built here (`binattn tune --target cuda` /
+# tvm_kernels.cuda.tune.build_candidates), then
 # the benchmark table. Usage: benchmarks/gpu_check.sh OUT_DIR [CANDIDATE_DIR]
 # Needs torch + apache-tvm-ffi (the cp312 wheel in .whl/ is installed when present).
 set -u -o pipefail
@@ -24,10 +25,10 @@ entry = manifest["libraries"]["sm_80"]
 manifest["libraries"] = {"sm_80": entry}
 (dst / "manifest.json").write_text(json.dumps(manifest))
 PY
-BINATTN_CUDA_KERNELS=$sm80 python3 -c "import torch; from binattn.tvm_kernels import cuda_dispatch as cd; print('library used:', cd.find_library(torch.cuda.get_device_capability())[2])" | tee "$out/gpu_tests_sm80.log"
+BINATTN_CUDA_KERNELS=$sm80 python3 -c "import torch; from binattn.tvm_kernels.cuda import dispatch as cd; print('library used:', cd.find_library(torch.cuda.get_device_capability())[2])" | tee "$out/gpu_tests_sm80.log"
 BINATTN_CUDA_KERNELS=$sm80 python3 -m pytest -q -p no:cacheprovider --maxfail=20 tests/test_gpu_kernels.py tests/test_gpu_models.py 2>&1 | tail -40 | tee -a "$out/gpu_tests_sm80.log"
 if [[ -n "$cands" ]]; then
-  python3 -m binattn.schedules.cuda_tune time "$cands" 2>&1 | tee "$out/tune.log"
+  python3 -m binattn.tvm_kernels.cuda.tune time "$cands" 2>&1 | tee "$out/tune.log"
   cp "$cands/timings.json" "$out/tune_timings.json"
 fi
 python3 benchmarks/gpu_attention.py --out "$out" 2>&1 | tee "$out/bench.log"

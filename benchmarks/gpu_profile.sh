@@ -12,7 +12,7 @@ if ! python3 -c "import tvm_ffi" 2>/dev/null && ls .whl/apache_tvm_ffi-*cp312*.w
     .whl/apache_tvm_ffi-*cp312*.whl && export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
-dv=$(python3 -c "from binattn.schedules.cuda_attention import dv_bucket; print(dv_bucket(int('$shape'.split(',')[3])))")
+dv=$(python3 -c "from binattn.schedules.cuda.attention import dv_bucket; print(dv_bucket(int('$shape'.split(',')[3])))")
 kernel="binattn_attention_bfloat16_dv${dv}_kernel"
 cuobjdump -sass -fun "$kernel" binattn/kernels/binattn_cuda_sm_90a.so > "$out/sass.txt" 2>&1
 echo "SASS instruction mix of $kernel:"

@@ -8,7 +8,7 @@ Importing binattn registers the ``torch.ops.binattn`` ops; it never imports the 
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from . import ops  # noqa: E402  (registers torch.ops.binattn.*)
 from .binarize_pass import BinarizeConfig, binarize, inspect  # noqa: E402

@@ -62,7 +62,7 @@ def step_check_ops(state: DemoState) -> None:
 def step_cuda_kernels(state: DemoState) -> None:
     """CUDA kernels: the packaged TVM-built libraries load with apache-tvm-ffi (run on a GPU if
     any)."""
-    from .tvm_kernels import cuda_build, cuda_dispatch
+    from .tvm_kernels.cuda import build as cuda_build, dispatch as cuda_dispatch
 
     kernel_dir = cuda_dispatch.package_kernel_dir()
     manifest = cuda_build.read_manifest(kernel_dir) or {}
@@ -137,7 +137,7 @@ def step_binarize(state: DemoState) -> None:
 def step_cpu_kernels(state: DemoState) -> None:
     """CPU kernels: TVM builds the fused binary-attention kernels; speed vs SDPA and the
     reference."""
-    from .tvm_kernels import cpu_bench
+    from .tvm_kernels.cpu import bench as cpu_bench
 
     cfg = state.model.cfg
     n, d = 1 + cfg.grid[0] * cfg.grid[1], cfg.dim // cfg.heads

@@ -18,11 +18,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from binattn.schedules import cuda_attention as sched
-from binattn.tvm_kernels import cuda_build, cuda_dispatch
+from binattn.schedules.cuda import attention as sched
+from binattn.tvm_kernels.cuda import build as cuda_build, dispatch as cuda_dispatch
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-PACKAGED = Path(cuda_dispatch.__file__).resolve().parent.parent / "kernels"
+PACKAGED = Path(cuda_dispatch.__file__).resolve().parents[2] / "kernels"
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +117,10 @@ def test_sources_hash_ignores_docstrings_but_not_code(tmp_path, monkeypatch):
     for rel in cuda_build.KERNEL_SOURCES:
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text((PACKAGED.parent / rel).read_text())
-    monkeypatch.setattr(cuda_build, "__file__", str(root / "tvm_kernels" / "cuda_build.py"))
+    monkeypatch.setattr(cuda_build, "__file__", str(root / "tvm_kernels" / "cuda" / "build.py"))
     base = cuda_build.kernel_sources_hash()
     assert base == cuda_build.kernel_sources_hash()
-    kernel = root / "tvm_kernels" / "cuda_popcount.py"
+    kernel = root / "tvm_kernels" / "cuda" / "popcount.py"
     text = kernel.read_text()
     kernel.write_text(text.replace('"""', '"""Reworded. ', 1) + "\n# a comment\n")
     assert cuda_build.kernel_sources_hash() == base
@@ -167,7 +167,7 @@ def test_library_of_an_older_format_is_not_loaded(tmp_path, monkeypatch):
 def test_pv8_key_permutation():
     """The key order of the 8-bit kernel's V operand is a permutation of whole blocks that
     matches the u8 fragment's byte order."""
-    from binattn.schedules.cuda_attention import PV8_KEY_BLOCK, pv8_key_permutation
+    from binattn.schedules.cuda.attention import PV8_KEY_BLOCK, pv8_key_permutation
 
     for n in (1, 31, 32, 77):
         perm = pv8_key_permutation(n).tolist()
@@ -178,7 +178,7 @@ def test_pv8_key_permutation():
 
 
 def test_dispatch_names_the_built_sign_pack_kernels():
-    from binattn.tvm_kernels.cuda_sign_pack import VEC_LANES, sign_pack_name, sign_pack_qk_name
+    from binattn.tvm_kernels.cuda.sign_pack import VEC_LANES, sign_pack_name, sign_pack_qk_name
 
     for head_dim, lanes in ((8, 2), (64, 2), (72, 4), (128, 4), (136, 8), (256, 8)):
         assert lanes in VEC_LANES
@@ -189,8 +189,8 @@ def test_dispatch_names_the_built_sign_pack_kernels():
 
 
 def test_dispatch_names_the_built_8bit_kernels():
-    from binattn.tvm_kernels.cuda_attention_pv8 import attention_pv8_name
-    from binattn.tvm_kernels.cuda_quantize_v import v8_amax_name, v8_pack_name
+    from binattn.tvm_kernels.cuda.attention_pv8 import attention_pv8_name
+    from binattn.tvm_kernels.cuda.quantize_v import v8_amax_name, v8_pack_name
 
     for dtype, dv, has_bias, table in (("float16", 64, False, False),
                                        ("bfloat16", 256, True, False),
@@ -221,7 +221,7 @@ def test_schedule_knobs_shape_the_generated_cuda(knobs, present, absent):
     # TVM code generation only (no nvcc): each knob leaves its mark in the CUDA source
     import tvm
 
-    from binattn.tvm_kernels.cuda_attention import attention_func
+    from binattn.tvm_kernels.cuda.attention import attention_func
 
     func = attention_func("bfloat16", 64, sched.CudaAttentionSchedule(**{"warps": 4, **knobs}))
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host={"kind": "cuda_host"})
@@ -261,9 +261,9 @@ def test_tuning_db_roundtrip(tmp_path):
 
 
 def test_tune_grid_and_record_best(tmp_path):
-    from binattn.schedules import cuda_tune
+    from binattn.tvm_kernels.cuda import tune as cuda_tune
 
-    from binattn.tvm_kernels.cuda_attention import SHARED_LIMIT, attention_func, shared_bytes
+    from binattn.tvm_kernels.cuda.attention import SHARED_LIMIT, attention_func, shared_bytes
 
     grid = cuda_tune.candidates(64)
     assert sched.CudaAttentionSchedule(4, 64) in grid and len(grid) == 18
@@ -316,7 +316,7 @@ def test_tune_cuda_cli_builds_candidates_and_says_how_to_time_them(tmp_path, mon
     import tvm_ffi
 
     from binattn.cli import main
-    from binattn.schedules import cuda_tune
+    from binattn.tvm_kernels.cuda import tune as cuda_tune
 
     if torch.cuda.is_available():
         pytest.skip("with a GPU the command times the candidates itself")
@@ -326,7 +326,7 @@ def test_tune_cuda_cli_builds_candidates_and_says_how_to_time_them(tmp_path, mon
     result = CliRunner().invoke(main, ["tune", "--target", "cuda", "--shape", "2,4,64,60",
                                        "--db", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "cuda_tune time cuda_candidates" in result.output and "record" in result.output
+    assert "cuda.tune time cuda_candidates" in result.output and "record" in result.output
     out = tmp_path / "cuda_candidates"
     entries = json.loads((out / "candidates.json").read_text())
     assert len(entries) == 4 and {e["dv"] for e in entries} == {64}  # D=60 runs the dv 64 kernel
@@ -342,7 +342,7 @@ def test_tune_cuda_cli_builds_candidates_and_says_how_to_time_them(tmp_path, mon
 
 
 def test_short_kernel_tuning_records_under_its_own_key(tmp_path):
-    from binattn.schedules import cuda_tune
+    from binattn.tvm_kernels.cuda import tune as cuda_tune
 
     grid = cuda_tune.candidates(64, short=True)
     assert {c.key_block for c in grid} == {32, 64} and not any(c.wgmma_pv for c in grid)
@@ -378,7 +378,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("TVM compiler blocked for this test")
 sys.meta_path.insert(0, Block())
 import binattn, torch
-from binattn.tvm_kernels import cuda_dispatch
+from binattn.tvm_kernels.cuda import dispatch as cuda_dispatch
 from binattn.ops import dispatch
 assert ("binary_attention", "cuda") in dispatch._registry
 assert "tvm" not in sys.modules
@@ -397,7 +397,7 @@ def test_every_table_kernel_fits_a_large_relpos_table(arch):
     """The bias-table kernel of every shipped (dtype, dv, regular/short) schedule keeps at least
     TABLE_MIN_ROWS table rows in shared memory (fewer pipeline stages where needed) and stays
     within the static shared-memory limit; a schedule with no room left is refused by name."""
-    from binattn.tvm_kernels.cuda_attention import (SHARED_LIMIT, TABLE_MIN_ROWS, attention_func,
+    from binattn.tvm_kernels.cuda.attention import (SHARED_LIMIT, TABLE_MIN_ROWS, attention_func,
                                                     shared_bytes, table_rows, table_schedule)
 
     for dtype in sched.DTYPES:

@@ -41,7 +41,7 @@ def run_variant(cuda_dispatch, q, k, v, kw, variant):
 
 @pytest.fixture(scope="module")
 def cuda_dispatch():
-    from binattn.tvm_kernels import cuda_dispatch as cd
+    from binattn.tvm_kernels.cuda import dispatch as cd
 
     reason = cd.library_reason(torch.device("cuda"))
     assert reason is None, f"CUDA kernel library did not load: {reason}"
@@ -398,7 +398,7 @@ def test_attention_long_sequence(cuda_dispatch, gen):
 def test_v8_quantization_is_the_reference(cuda_dispatch, gen, dtype, n, dv):
     """The V operand of the 8-bit kernel, un-permuted, un-transposed and scaled back, is the
     reference's int8 fake-quant of V exactly; padding keys and columns are 0."""
-    from binattn.schedules.cuda_attention import dv_bucket, pv8_key_permutation
+    from binattn.schedules.cuda.attention import dv_bucket, pv8_key_permutation
 
     v = randn(gen, 2, 3, n, dv, dtype=dtype)
     v[1, 2, :, 5] = 0  # an all-zero column (max 0: the reference's clamp)
@@ -414,7 +414,7 @@ def test_v8_quantization_is_the_reference(cuda_dispatch, gen, dtype, n, dv):
 
 
 def test_pv8_past_exact_int32_sums_falls_back(cuda_dispatch, gen):
-    from binattn.schedules.cuda_attention import PV8_MAX_KEYS as MAX_KEYS
+    from binattn.schedules.cuda.attention import PV8_MAX_KEYS as MAX_KEYS
 
     q = randn(gen, 1, 1, 4, 32, dtype=torch.bfloat16)
     k, v = (randn(gen, 1, 1, MAX_KEYS + 1, 32, dtype=torch.bfloat16) for _ in range(2))

@@ -12,11 +12,12 @@ import tvm  # the TVM compiler is a test dependency: a missing install must fail
 
 from binattn import ops  # noqa: E402
 from binattn.ops import dispatch  # noqa: E402
-from binattn.schedules import cpu_knobs, tune  # noqa: E402
+from binattn.schedules.cpu import knobs as cpu_knobs  # noqa: E402
+from binattn.tvm_kernels.cpu import tune  # noqa: E402
 from binattn.schedules.database import TuningDatabase, use_db  # noqa: E402
-from binattn.tvm_kernels import cpu_build, cpu_kernels  # noqa: E402
+from binattn.tvm_kernels.cpu import build as cpu_build, kernels as cpu_kernels  # noqa: E402
 from binattn.tvm_kernels.cache import KernelCache  # noqa: E402
-from binattn.tvm_kernels.cpu_target import target_key  # noqa: E402
+from binattn.tvm_kernels.cpu.target import target_key  # noqa: E402
 
 SHAPE = tune.AttentionShape(batch=1, heads=2, n=128, head_dim=32)
 

@@ -16,9 +16,10 @@ import tvm  # the TVM compiler is a test dependency: a missing install must fail
 
 from binattn import ops  # noqa: E402
 from binattn.ops import dispatch, reference  # noqa: E402
-from binattn.tvm_kernels import cpu_build, cpu_dispatch, cpu_kernels  # noqa: E402
+from binattn.tvm_kernels.cpu import (build as cpu_build, dispatch as cpu_dispatch,
+                                     kernels as cpu_kernels)  # noqa: E402
 from binattn.tvm_kernels.cache import KernelCache  # noqa: E402
-from binattn.tvm_kernels.cpu_target import cpu_features  # noqa: E402
+from binattn.tvm_kernels.cpu.target import cpu_features  # noqa: E402
 
 from .op_cases import CASES, Shape, dead_rows  # noqa: E402
 

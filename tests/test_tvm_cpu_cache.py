@@ -7,7 +7,7 @@ import torch
 
 import tvm  # noqa: F401  (a test dependency: a missing install must fail, not skip)
 
-from binattn.tvm_kernels import cpu_build, cpu_kernels  # noqa: E402
+from binattn.tvm_kernels.cpu import build as cpu_build, kernels as cpu_kernels  # noqa: E402
 from binattn.tvm_kernels.cache import CacheKey, KernelCache  # noqa: E402
 
 KEY = CacheKey("sign_pack", "llvm-test", "w2", "float32", "rows64")

@@ -3,7 +3,7 @@
 
 What it does: declares the click options once and turns them into a
 ``binattn.model_io.LoadedModel``; refuses an existing output file unless ``--force``.
-What it does not: load files itself (``binattn.model_io``) or write outputs (``export.files``).
+What it does not: load files itself (``binattn.model_io``) or write outputs (``binattn._files``).
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ console = Console()
 
 
 def _bench_cpu(shape: tuple[int, int, int, int], repeat: int, reference: bool) -> list:
-    from ..tvm_kernels import cpu_bench
+    from ..tvm_kernels.cpu import bench as cpu_bench
 
     b, h, n, d = shape
     console.print(f"[dim]{cpu_bench.machine_load()}; first runs build kernels (cached after)[/]")
@@ -38,7 +38,7 @@ def _bench_cuda(shape: tuple[int, int, int, int], repeat: int, reference: bool) 
 
     if not torch.cuda.is_available():
         raise UserError("--device cuda: torch sees no CUDA GPU on this machine")
-    from ..tvm_kernels import cuda_bench
+    from ..tvm_kernels.cuda import bench as cuda_bench
 
     with console.status("timing binattn vs SDPA cuDNN / FLASH (CUDA graphs)…"):
         return [(cuda_bench.bench_row(shape, repeat=max(repeat, 10)), "SDPA cuDNN")]

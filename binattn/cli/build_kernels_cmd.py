@@ -1,7 +1,7 @@
 """``binattn build-kernels``: build the CUDA kernels with TVM + nvcc into loadable shared objects.
 
 What it does: parses ``--arch`` (``sm_90a,sm_80``), builds one library per arch with
-``binattn.tvm_kernels.cuda_build`` (the tuned schedules of ``binattn tune --target cuda`` are
+``binattn.tvm_kernels.cuda.build`` (the tuned schedules of ``binattn tune --target cuda`` are
 used when present), writes them plus ``manifest.json`` into ``-o DIR`` (default: the user
 kernel cache that ``binattn`` searches after its package data), with a progress bar. Needs the
 TVM compiler and nvcc, but no GPU. Bad arguments → one-line error, exit 2, nothing written.
@@ -38,8 +38,8 @@ def command(arch: str, output: Optional[Path], dtypes: tuple, dvs: tuple,
     The libraries need only torch and apache-tvm-ffi to run: copy DIR to the GPU machine and
     point BINATTN_CUDA_KERNELS at it, or build into the default cache there.
     """
-    from ..schedules import cuda_attention as sched
-    from ..tvm_kernels import cuda_build, cuda_dispatch
+    from ..schedules.cuda import attention as sched
+    from ..tvm_kernels.cuda import build as cuda_build, dispatch as cuda_dispatch
 
     try:
         archs = cuda_build.parse_archs(arch)

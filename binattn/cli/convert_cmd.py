@@ -109,7 +109,7 @@ def command(model: Path, output: Path, force: bool, bias: str, grid: Optional[st
     import torch
 
     from ..binarize_pass import BinarizeConfig, binarize
-    from ..export.files import atomic_output
+    from .._files import atomic_output
     from ._console import quiet_torch_logs, report_console
     from ._model_args import load_from_options, refuse_existing
 

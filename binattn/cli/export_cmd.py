@@ -70,7 +70,7 @@ def command(model: Path, fmt: str, output: Path, force: bool, dialect: str,
     """
     from rich.console import Console
 
-    from ..export.files import write_text
+    from .._files import write_text
     from ..export.loading import load_binarized
     from ..model_inputs import parse_input_specs
     from ..model_io import parse_input_shapes

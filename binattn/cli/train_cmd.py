@@ -137,9 +137,9 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
 
     Example: binattn train vit.pt --recipe binaryattention --data digits --epochs 60 -o vit_b.pt2
     """
-    import binattn
     from rich.console import Console
 
+    from ..binarize_pass import BinarizeConfig, binarize
     from ..model_io import load_model
     from ..train import TrainConfig, find_sites, train
 
@@ -155,7 +155,7 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
     example = tuple(t[:batch_size] for t in train_set.inputs)
     if isinstance(net, torch.nn.Module):
         net.eval()
-    gm = binattn.binarize(net, example, binattn.BinarizeConfig(bias=bias_kind))
+    gm = binarize(net, example, BinarizeConfig(bias=bias_kind))
     sites = find_sites(gm)
     console = Console(stderr=True)
     if not sites:

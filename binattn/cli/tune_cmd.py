@@ -52,7 +52,7 @@ def _progress() -> Progress:
 def _tune_llvm(opts: TuneOptions) -> list[tuple[str, str, Optional[float], int]]:
     """Tune the LLVM kernels; rows of (workload, method, best ms, trials)."""
     try:
-        from ..schedules import tune
+        from ..tvm_kernels.cpu import tune
         from ..schedules.database import TuningDatabase
     except ImportError as err:
         raise UserError(f"tuning needs the TVM compiler (pip install binattn[tvm]): {err}")
@@ -101,7 +101,8 @@ def _tune_llvm(opts: TuneOptions) -> list[tuple[str, str, Optional[float], int]]
 def _tune_cuda(opts: TuneOptions) -> list[tuple[str, str, Optional[float], int]]:
     """Build CUDA schedule candidates here; time them now if a GPU is here, else say how."""
     try:
-        from ..schedules import cuda_attention, cuda_tune
+        from ..schedules.cuda import attention as cuda_attention
+        from ..tvm_kernels.cuda import tune as cuda_tune
     except ImportError as err:
         raise UserError(f"tuning needs the TVM compiler (pip install binattn[tvm]): {err}")
     import torch
@@ -116,9 +117,9 @@ def _tune_cuda(opts: TuneOptions) -> list[tuple[str, str, Optional[float], int]]
         cuda_tune.build_candidates(out, dvs=(dv,), short_dvs=(dv,))
     if not torch.cuda.is_available():
         console.print(f"no GPU here: copy {out} to the GPU machine, run\n"
-                      f"  python -m binattn.schedules.cuda_tune time {out.name}\n"
+                      f"  python -m binattn.tvm_kernels.cuda.tune time {out.name}\n"
                       f"and record the result here with\n"
-                      f"  python -m binattn.schedules.cuda_tune record {out.name}/timings.json")
+                      f"  python -m binattn.tvm_kernels.cuda.tune record {out.name}/timings.json")
         return []
     best = cuda_tune.record_best(cuda_tune.time_candidates(out))
     return [(key, f"grid w{r['schedule']['warps']} k{r['schedule']['key_block']}", r["ms"],

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .files import atomic_output
+from .._files import atomic_output
 from .mlir import export_program
 
 OPSET = 20

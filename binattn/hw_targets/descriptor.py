@@ -16,8 +16,8 @@ from typing import Any, Optional
 
 import jsonschema
 
-from .. import __version__
-from ..export.files import write_text
+from .._version import __version__
+from .._files import write_text
 from ..errors import UserError
 from . import scaling
 from .cost_model import (AttentionShape, Cost, baseline_layer_cost, cam_layer_cost, cam_mapping)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..export.files import atomic_output
+from .._files import atomic_output
 from .hardware import from_dict
 
 def comparison_table(doc: dict) -> Table:

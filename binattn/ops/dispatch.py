@@ -1,7 +1,7 @@
 """Kernel dispatch for binattn's custom ops: pick a built kernel or fall back to the reference.
 
 What it does: keeps a registry of kernels per (op, device type), filled by kernel providers
-(``binattn.tvm_kernels.cpu_dispatch`` for LLVM, ``binattn.tvm_kernels.cuda_dispatch`` for CUDA),
+(``binattn.tvm_kernels.cpu.dispatch`` for LLVM, ``binattn.tvm_kernels.cuda.dispatch`` for CUDA),
 which are imported lazily on the first call so ``import binattn`` stays light and works without
 the TVM compiler. For each call it runs the first kernel whose ``supports`` accepts the
 arguments; otherwise it runs the reference, warns once per reason, and records the reason so
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
 PROVIDERS = {
-    "cpu": "binattn.tvm_kernels.cpu_dispatch",
-    "cuda": "binattn.tvm_kernels.cuda_dispatch",
+    "cpu": "binattn.tvm_kernels.cpu.dispatch",
+    "cuda": "binattn.tvm_kernels.cuda.dispatch",
 }
 
 

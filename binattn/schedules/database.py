@@ -10,7 +10,7 @@ Layout of ``<db>/``:
 template's defaults (``cpu_knobs``). Writes are atomic (temp file + rename).
 Default location: ``$BINATTN_TUNE_DB`` or ``<user cache dir>/tuning``.
 
-What it does not: tune (``binattn.schedules.tune``) or build kernels.
+What it does not: tune (``binattn.tvm_kernels.cpu.tune``) or build kernels.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from ..tvm_kernels.cache import user_cache_dir
+from .._files import user_cache_dir
 
 
 def default_db_dir() -> Path:

@@ -34,7 +34,7 @@ def digits_quickstart(fp_steps: int = 300, qat_steps: int = 60, seed: int = 0,
     """FP train → binarize → QAT on the digits; accuracies on a held-out 20 %."""
     import time
 
-    import binattn
+    from ..binarize_pass import BinarizeConfig, binarize
 
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -45,8 +45,7 @@ def digits_quickstart(fp_steps: int = 300, qat_steps: int = 60, seed: int = 0,
     train(fp, train_set, recipe="fp", steps=fp_steps, lr=3e-3, batch_size=64, progress=progress)
     fp.eval()
     fp_acc = evaluate(fp, test_set, 128, "classification")["accuracy"]
-    gm = binattn.binarize(copy.deepcopy(fp), fp.example_inputs(64),
-                          binattn.BinarizeConfig(bias="relpos"))
+    gm = binarize(copy.deepcopy(fp), fp.example_inputs(64), BinarizeConfig(bias="relpos"))
     swap_acc = evaluate(gm, test_set, 128, "classification")["accuracy"]
     result = train(gm, train_set, recipe="binaryattention", steps=qat_steps, lr=1e-3,
                    batch_size=64, warmup=0.1, progress=progress)

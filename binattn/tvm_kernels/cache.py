@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .._files import user_cache_dir
+
 CACHE_VERSION = 1
 _KERNEL_SOURCES = ("tvm_kernels", "schedules")  # packages whose code decides what a build holds
 _fingerprint: Optional[str] = None
@@ -52,14 +54,6 @@ def source_fingerprint() -> str:
             h.update(b"no-tvm")
         _fingerprint = h.hexdigest()[:16]
     return _fingerprint
-
-
-def user_cache_dir() -> Path:
-    """binattn's cache root: ``$BINATTN_CACHE_DIR`` or ``$XDG_CACHE_HOME/binattn``."""
-    if os.environ.get("BINATTN_CACHE_DIR"):
-        return Path(os.environ["BINATTN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "binattn"
 
 
 @dataclass(frozen=True)

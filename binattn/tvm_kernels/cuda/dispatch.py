@@ -22,10 +22,10 @@ from typing import Any, Optional
 
 import torch
 
-from ..ops import dispatch, reference
-from ..ops.options import AttentionOptions, AttentionTensors
-from ..schedules.cuda_attention import PV8_KEY_BLOCK, PV8_MAX_KEYS, SCORE_MAGIC, dv_bucket
-from .cuda_build import read_manifest
+from ...ops import dispatch, reference
+from ...ops.options import AttentionOptions, AttentionTensors
+from ...schedules.cuda.attention import PV8_KEY_BLOCK, PV8_MAX_KEYS, SCORE_MAGIC, dv_bucket
+from .build import read_manifest
 
 LOG2E = 1.4426950408889634
 QBITS_WORDS = 8
@@ -51,7 +51,7 @@ def kernel_dirs() -> list[Path]:
 
 def package_kernel_dir() -> Path:
     """The prebuilt libraries shipped as package data (``binattn/kernels``)."""
-    return Path(__file__).resolve().parent.parent / "kernels"
+    return Path(__file__).resolve().parents[2] / "kernels"
 
 
 def user_kernel_dir() -> Path:

@@ -1,7 +1,7 @@
 """TensorIR definitions of binattn's CPU kernels (TVMScript / TE, target LLVM).
 
 What it does: turns a workload (shapes, flags) plus schedule knobs
-(``binattn.schedules.cpu_knobs``) into a ``tvm.IRModule`` ready for ``tvm.compile``:
+(``binattn.schedules.cpu.knobs``) into a ``tvm.IRModule`` ready for ``tvm.compile``:
 
 * ``sign_pack_module``: float32 rows ``[R, D]`` → packed words ``[R, W]``, row popcounts ``[R]``
   and row sums of ``|x|`` ``[R]`` (so the per-(b, h) mean|x| scale comes from the same pass).
@@ -42,7 +42,7 @@ import tvm
 from tvm import te, tirx
 from tvm.script import tirx as T
 
-from ..schedules.cpu_knobs import AttentionKnobs, ScoreKnobs
+from ...schedules.cpu.knobs import AttentionKnobs, ScoreKnobs
 
 WORD_BITS = 32
 
@@ -339,7 +339,7 @@ def attention_pv8_module(wl: AttentionWorkload, knobs: AttentionKnobs,
     VNNI operand layout) with ``vscale [B, HK, DV]`` = 1 / (255 · (127/max|v| + 1e-6)).
     """
     knobs.check(wl.value_dim)
-    from .cpu_target import has_vnni
+    from .target import has_vnni
 
     vnni = has_vnni() if vnni is None else vnni
     bq, bk, ri = knobs.block_q, knobs.block_k, knobs.rows
@@ -423,7 +423,7 @@ def pv8_uses_lut(wl: AttentionWorkload, features: Optional[frozenset] = None) ->
     Needs: no additive tensor (bias/mask values are not integers, so the exponentials no longer
     take D+1 values), D ≤ 224 (the per-key value must fit a byte), AVX-512 VBMI + VNNI.
     """
-    from .cpu_target import cpu_features
+    from .target import cpu_features
 
     features = cpu_features() if features is None else features
     return (wl.pv8 and wl.add_bcast is None and wl.words <= LUT_MAX_WORDS

@@ -26,16 +26,16 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
-from ..schedules import cuda_attention as sched
+from ...schedules.cuda import attention as sched
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 4  # 4: q, k, v and the output are read/written through their strides (4-D
 #                      sign-pack inputs); 3: a bias-table index; 2: d_bits (older: not loaded)
 # the modules whose code the libraries are generated from (kernel_sources_hash)
-KERNEL_SOURCES = ("tvm_kernels/cuda_attention.py", "tvm_kernels/cuda_attention_pv8.py",
-                  "tvm_kernels/cuda_sign_pack.py", "tvm_kernels/cuda_quantize_v.py",
-                  "tvm_kernels/cuda_popcount.py", "tvm_kernels/cuda_build.py",
-                  "schedules/cuda_attention.py", "schedules/cuda_tuned.json")
+KERNEL_SOURCES = ("tvm_kernels/cuda/attention.py", "tvm_kernels/cuda/attention_pv8.py",
+                  "tvm_kernels/cuda/sign_pack.py", "tvm_kernels/cuda/quantize_v.py",
+                  "tvm_kernels/cuda/popcount.py", "tvm_kernels/cuda/build.py",
+                  "schedules/cuda/attention.py", "schedules/cuda/cuda_tuned.json")
 SUPPORTED_ARCHS = ("sm_90a", "sm_90", "sm_80", "sm_86", "sm_89")
 
 
@@ -69,12 +69,12 @@ def generate_source(arch: str, dtypes: Sequence[str] = sched.DTYPES,
     """CUDA C++ (device kernels + tvm-ffi host wrappers) for one arch, and what it contains."""
     import tvm  # the TVM compiler is needed only here
 
-    from .cuda_attention import attention_func, attention_name, table_rows, table_schedule
-    from .cuda_attention_pv8 import attention_pv8_func, attention_pv8_name, pv8_table_rows
-    from .cuda_quantize_v import v8_amax_func, v8_amax_name, v8_pack_func, v8_pack_name
-    from .cuda_popcount import popcount_scores_func, popcount_scores_name
-    from .cuda_sign_pack import (DTYPES as PACK_DTYPES, VEC_LANES, sign_pack_func, sign_pack_name,
-                                 sign_pack_qk_func, sign_pack_qk_name, sign_pack_vec_func)
+    from .attention import attention_func, attention_name, table_rows, table_schedule
+    from .attention_pv8 import attention_pv8_func, attention_pv8_name, pv8_table_rows
+    from .quantize_v import v8_amax_func, v8_amax_name, v8_pack_func, v8_pack_name
+    from .popcount import popcount_scores_func, popcount_scores_name
+    from .sign_pack import (DTYPES as PACK_DTYPES, VEC_LANES, sign_pack_func, sign_pack_name,
+                            sign_pack_qk_func, sign_pack_qk_name, sign_pack_vec_func)
 
     funcs, contents = {}, {"attention": {}, "sign_pack": list(PACK_DTYPES), "schedules": {},
                            "sign_pack_vec": [d for d in PACK_DTYPES if d != "float32"],
@@ -145,7 +145,7 @@ def kernel_sources_hash() -> str:
     records it per library; a test fails when the sources moved on without a rebuild."""
     import ast
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     digest = hashlib.sha256()
     for rel in KERNEL_SOURCES:
         text = (root / rel).read_text()

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import ops
-from ..ops import dispatch, reference
-from ..ops.options import AttentionOptions
+from ... import ops
+from ...ops import dispatch, reference
+from ...ops.options import AttentionOptions
 
 
 @dataclass

@@ -5,8 +5,8 @@ kernel, ``AttentionKnobs`` for the fused attention kernels), a default tuned for
 x86-64 (AVX2 or AVX-512, 2+ cores), the candidate grid that ``binattn tune`` searches, and a
 stable text form (``key()``) used in cache keys and the tuning database.
 
-What it does not: build kernels (``binattn.tvm_kernels.cpu_kernels``) or time them
-(``binattn.schedules.tune``).
+What it does not: build kernels (``binattn.tvm_kernels.cpu.kernels``) or time them
+(``binattn.tvm_kernels.cpu.tune``).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from .cuda_attention import MMA_B1
+from .attention import MMA_B1
 
 WARPS = 4
 KEYS_PER_WARP = 64

@@ -9,7 +9,7 @@ Two methods:
   meta_schedule's ``RPCRunner`` through the tracker.
 
 Results are stored with ``TuningDatabase.store`` (kept only if faster than the stored record);
-later kernel builds (``binattn.tvm_kernels.cpu_build``) read them. What it does not: parse the
+later kernel builds (``binattn.tvm_kernels.cpu.build``) read them. What it does not: parse the
 command line (``binattn.cli.tune_cmd``) or run kernels for users.
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from ..tvm_kernels import cpu_kernels
-from ..tvm_kernels.cpu_build import EXACT_SCORES_MIN_OUTPUT, scores_tag
-from ..tvm_kernels.cpu_target import host_target, target_key
-from . import cpu_knobs
-from .database import TuningDatabase
+from . import kernels as cpu_kernels
+from .build import EXACT_SCORES_MIN_OUTPUT, scores_tag
+from .target import host_target, target_key
+from ...schedules.cpu import knobs as cpu_knobs
+from ...schedules.database import TuningDatabase
 
 
 @dataclass

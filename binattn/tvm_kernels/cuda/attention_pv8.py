@@ -28,10 +28,9 @@ import math
 import tvm
 from tvm.script import tirx as T
 
-from ..schedules.cuda_attention import PV8_KEY_BLOCK
-from .cuda_attention import (CVT_PAIR, LOG2E, MASKED, MMA_B1, QBITS_WORDS, SHARED_LIMIT,
-                             TABLE_MAX_ROWS, TABLE_RESERVE, bias_table_prologue, regs,
-                             regs_u32, score_coefficient)
+from ...schedules.cuda.attention import PV8_KEY_BLOCK
+from .attention import (CVT_PAIR, LOG2E, MASKED, MMA_B1, QBITS_WORDS, SHARED_LIMIT, TABLE_MAX_ROWS,
+                        TABLE_RESERVE, bias_table_prologue, regs, regs_u32, score_coefficient)
 
 MMA_PV8 = "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32"
 WARPS = 4
@@ -65,7 +64,7 @@ def attention_pv8_func(dtype: str, dv: int, has_bias: bool = False,
     Arguments (torch tensors through DLPack, contiguous): ``qbits int32[B,Hq,Nq,8]``,
     ``kbits int32[B,Hkv,Nk,8]``, ``kpop int32[B,Hkv,Nk]`` (the sign-pack's ``SCORE_MAGIC −
     popc`` form), ``v8 int32[B,Hkv,dv,NKW]`` (int8 V, transposed, keys permuted by
-    ``schedules.cuda_attention.pv8_key_permutation`` and zero-padded to whole blocks, 4 per
+    ``schedules.cuda.attention.pv8_key_permutation`` and zero-padded to whole blocks, 4 per
     word), ``vscale f32[B·Hkv·dv]``
     (1 / (255·(127/max|v| + 1e-6)) per column: the output's dequantisation), ``out32
     int32[B,Hq,Nq,Dw]``, ``qscale``, ``kscale``, ``bias``, ``index`` and the scalars as

@@ -19,7 +19,7 @@ keys (FlashAttention-2 style, no N×N tensor):
 
 Each CTA holds ``schedule.warps`` warps × 16 × ``row_tiles`` query rows of one (b, h); each step
 stages ``schedule.key_block`` keys in shared memory. The knobs are in
-``binattn.schedules.cuda_attention``.
+``binattn.schedules.cuda.attention``.
 
 What it does not: pack signs or compute the scales (``cuda_sign_pack``), build or load the
 module (``cuda_build`` / ``cuda_dispatch``), 8-bit P/V, top-N, soft binarizers, backward.
@@ -33,7 +33,7 @@ from dataclasses import replace
 import tvm
 from tvm.script import tirx as T
 
-from ..schedules.cuda_attention import SCORE_MAGIC, CudaAttentionSchedule
+from ...schedules.cuda.attention import SCORE_MAGIC, CudaAttentionSchedule
 
 LOG2E = 1.4426950408889634
 QBITS_WORDS = 8  # tensor-core layout: every row padded to one 256-bit K chunk
@@ -51,7 +51,7 @@ def attention_name(dtype: str, dv: int, has_bias: bool = False, short: bool = Fa
     return f"binattn_attention_{dtype}_dv{dv}{kind}{'_short' if short else ''}"
 
 
-MAGIC = SCORE_MAGIC  # float bits of 1.5·2**23 (see binattn.schedules.cuda_attention)
+MAGIC = SCORE_MAGIC  # float bits of 1.5·2**23 (see binattn.schedules.cuda.attention)
 MASKED = -16777216  # 0xFF000000: negative as int32, about -1.7e38 as float32
 MAGIC_FLOAT = 1.5 * 2.0 ** 23  # as_float(SCORE_MAGIC): the score bits' offset, as a float
 

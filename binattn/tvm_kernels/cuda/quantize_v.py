@@ -8,7 +8,7 @@ What it does, in two launches over ``v`` (16-bit, ``[BH, N, dv]`` read as 16-byt
 * ``v8_pack_func(dtype)``: ``round(v · inv_step)`` as int8 (round to nearest even, the same
   float32 product as ``reference.quantize_v_s8``; ``inv_step = 127 / max|v|`` comes from the
   caller), written transposed — ``[BH, dv_bucket, keys]``, 4 keys per int32 — with the keys of
-  each 32-key block in ``schedules.cuda_attention.pv8_key_permutation`` order, zero past N
+  each 32-key block in ``schedules.cuda.attention.pv8_key_permutation`` order, zero past N
   and past dv.
 
 What it does not: decide when it runs or compute the scales from the maxima (``cuda_dispatch``).
@@ -18,7 +18,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
-from ..schedules.cuda_attention import PV8_KEY_BLOCK
+from ...schedules.cuda.attention import PV8_KEY_BLOCK
 
 THREADS = 128
 AMAX_ROWS = 64  # rows of V per CTA of the max kernel

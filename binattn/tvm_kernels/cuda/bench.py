@@ -1,7 +1,7 @@
 """Timing of binattn's CUDA attention against torch SDPA (cuDNN, FLASH) on the current GPU.
 
 What it does: ``measure(shape)`` times, side by side in one process, one CUDA-graphed
-``binattn.ops.binary_attention`` call (sign-pack + scales + fused kernel), the fused kernel alone,
+``ops.binary_attention`` call (sign-pack + scales + fused kernel), the fused kernel alone,
 the sign-pack of q and k, the same call with ``pv_bits=8``, and SDPA with the cuDNN and the
 FLASH backends (also graphed), and returns the times plus the ceiling times of CEILINGS.md (exp
 unit, 16-bit PV, 1-bit QKᵀ);
@@ -75,21 +75,21 @@ def sdpa_ms(q, k, v, backend) -> float | None:
 
 
 def measure(shape, dtype=torch.bfloat16, reps: int = 50) -> dict:
-    import binattn
-    from binattn.tvm_kernels import cuda_dispatch as cd
+    from ... import ops
+    from binattn.tvm_kernels.cuda import dispatch as cd
 
     B, H, N, D = shape
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=dtype, generator=g) for _ in range(3))
     out = torch.empty_like(q)
     args = (None, None, False, None, "mean_abs", None, None, None, None, "sign", 1.0, 1.0)
-    call = lambda: binattn.ops.binary_attention(q, k, v, check_finite=False)  # noqa: E731
-    call8 = lambda: binattn.ops.binary_attention(  # noqa: E731
+    call = lambda: ops.binary_attention(q, k, v, check_finite=False)  # noqa: E731
+    call8 = lambda: ops.binary_attention(  # noqa: E731
         q, k, v, pv_bits=8, check_finite=False)
     call8()
-    path8 = binattn.ops.kernel_report().get("binary_attention/cuda", "?")
+    path8 = ops.kernel_report().get("binary_attention/cuda", "?")
     call()
-    path = binattn.ops.kernel_report().get("binary_attention/cuda", "?")
+    path = ops.kernel_report().get("binary_attention/cuda", "?")
     qb, kb, kp, qa, ka = cd.pack_q_and_k(q, k)
     name = cd.attention_symbol(q.device, dtype, D, False, N)  # the kernel the dispatcher picks
     v32, o32 = v.view(torch.int32).view(B, H, N, D // 8, 4), out.view(torch.int32)
@@ -117,9 +117,9 @@ def measure_relpos(shape, grid, dtype=torch.bfloat16, reps: int = 50) -> dict:
     without bias, and SDPA (cuDNN, then memory-efficient) with the gathered bias as its float
     mask; and ``pv_bits=8`` with the table (the 8-bit kernel's table variant). Every
     timed call includes its gather (a relpos model does it every forward)."""
-    import binattn
+    from ... import ops
     from binattn.ops import RelPosBias
-    from binattn.tvm_kernels import cuda_dispatch as cd
+    from binattn.tvm_kernels.cuda import dispatch as cd
 
     B, H, N, D = shape
     rel = RelPosBias(H, grid).cuda()
@@ -128,7 +128,7 @@ def measure_relpos(shape, grid, dtype=torch.bfloat16, reps: int = 50) -> dict:
     table, index = rel.table.detach(), rel.index
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
-    op = binattn.ops.binary_attention
+    op = ops.binary_attention
     calls = {"table_ms": lambda: op(q, k, v, bias=table, bias_index=index, check_finite=False),
              "gathered_ms": lambda: op(q, k, v, bias=rel().detach(), check_finite=False),
              "no_bias_ms": lambda: op(q, k, v, check_finite=False),
@@ -155,7 +155,7 @@ def measure_relpos(shape, grid, dtype=torch.bfloat16, reps: int = 50) -> dict:
 
 def bench_row(shape, repeat: int = 50):
     """``measure`` as a ``cpu_bench.BenchRow`` (median times; ratios vs SDPA cuDNN)."""
-    from .cpu_bench import BenchRow, Timing
+    from ..cpu.bench import BenchRow, Timing
 
     r = measure(tuple(shape), reps=repeat)
     row = BenchRow(kind="attention", shape=tuple(shape), path={"binattn": r["path"]})

@@ -1,13 +1,13 @@
 """Schedule knobs of binattn's CUDA attention kernel and the tuned-config database they come from.
 
-What it does: names the knobs the TVMScript kernel in ``binattn.tvm_kernels.cuda_attention`` is
+What it does: names the knobs the TVMScript kernel in ``binattn.tvm_kernels.cuda.attention`` is
 generated with (warps per CTA = 16 query rows each, keys per inner block, share of the
 exponentials computed by a polynomial on the FMA pipe, pipeline stages), gives a default per
 value head size, and reads/writes the tuning database (JSON: ``{arch: {"<dtype>/dv<N>":
 {"warps": .., "key_block": ..}}}``) that ``binattn build-kernels`` consults and
 ``binattn tune --target cuda`` fills.
 
-What it does not: build or time kernels (``binattn.tvm_kernels.cuda_build`` and
+What it does not: build or time kernels (``binattn.tvm_kernels.cuda.build`` and
 ``benchmarks/gpu_attention.py`` do).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ SCORE_MAGIC = 0x4B400000
 #: H100, dv 64: 17 % faster at 197 keys, 16 % at 257, 8 % at 577, 2 % at 1024, 3.5 % slower at
 #: 4096 than the 64-key-block kernel; dv 128: 8 % / 2 % faster at 257 / 577, slower from 768;
 #: dv 72 and 96 no faster at any length, so their short entries in the packaged database are
-#: the regular schedule (docs/results/gpu_short_keyblock_*_h100.json)
+#: the regular schedule (benchmarks/results/gpu_short_keyblock_*_h100.json)
 SHORT_MAX_KEYS = 640
 #: the 8-bit-P·V kernel (``pv_bits=8``) streams keys in blocks of this many; its int32 sums of
 #: u8·s8 products (≤ 255·127 per key) are exact up to PV8_MAX_KEYS keys
@@ -42,7 +42,7 @@ def pv8_key_permutation(n_keys: int, device=None):
     of the permuted key axis (padded to whole blocks), the key it holds — position
     16c + 4t + 2a + b ↔ key 16c + 8a + 2t + b, the order in which a thread's scores (keys
     8a + 2t + b of its two 8-key score tiles) fill bytes k = 4t + 2a + b of the u8 A fragment
-    of ``mma.m16n8k32``. ``tvm_kernels.cuda_quantize_v`` writes V in this order (the formula is
+    of ``mma.m16n8k32``. ``tvm_kernels.cuda.quantize_v`` writes V in this order (the formula is
     inlined there); this is its specification, which the tests hold the kernel to."""
     import torch
 

@@ -6,11 +6,11 @@ What it does, in three steps that can run on two machines (TVM + nvcc here, a GP
    every candidate schedule (warps × key_block × stages × row tiles / wgmma, plus min_blocks and
    exp_table variants) under its own symbol, with TVM + nvcc (no GPU needed), plus
    ``candidates.json`` describing them (``shape=`` times them at another shape: a study);
-2. ``python -m binattn.schedules.cuda_tune time DIR`` (on the GPU machine; needs torch and
+2. ``python -m binattn.tvm_kernels.cuda.tune time DIR`` (on the GPU machine; needs torch and
    apache-tvm-ffi only) times every candidate with CUDA events at a long-sequence shape, checks
    its output against the default schedule, and writes ``DIR/timings.json``;
 3. ``record_best(DIR)`` stores the fastest correct candidate per (arch, dtype, dv) in the tuning
-   database (``binattn.schedules.cuda_attention``) that ``binattn build-kernels`` reads.
+   database (``binattn.schedules.cuda.attention``) that ``binattn build-kernels`` reads.
 
 ``binattn tune --target cuda`` drives steps 1 and 3 and prints the command for step 2.
 What it does not: search beyond the grid below (the kernel template fixes everything else).
@@ -25,7 +25,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cuda_attention import SCORE_MAGIC, CudaAttentionSchedule, record_schedule
+from ...schedules.cuda.attention import SCORE_MAGIC, CudaAttentionSchedule, record_schedule
 
 GRID_WARPS = (4, 8)
 GRID_KEY_BLOCK = (32, 64, 128)
@@ -46,7 +46,7 @@ def candidates(dv: int, arch: str = "sm_90a", short: bool = False) -> list[CudaA
     row tiles only with blocks of up to 64 keys (registers), wgmma only on sm_90a and with 3 or 4
     stages (one stays with the running wgmma). ``short``: the short-sequence kernel's grid,
     warps × 32- or 64-key blocks × 2–3 stages × 1–2 row tiles, mma.sync only."""
-    from ..tvm_kernels.cuda_attention import SHARED_LIMIT, shared_bytes
+    from .attention import SHARED_LIMIT, shared_bytes
 
     if short:
         grid = itertools.product(GRID_WARPS, (32, 64), (2, 3), (1, 2))
@@ -85,7 +85,7 @@ def _build_library(out_dir: Path, arch: str, name: str, funcs: dict) -> None:
 
     import tvm
 
-    from ..tvm_kernels import cuda_build
+    from . import build as cuda_build
 
     target = tvm.target.Target({"kind": "cuda", "arch": arch}, host={"kind": "cuda_host"})
     source = tvm.backend.cuda.export_cuda_host(tvm.compile(tvm.IRModule(funcs), target).mod)
@@ -107,8 +107,8 @@ def build_candidates(out_dir: Path, arch: str = "sm_90a", dvs: Sequence[int] = T
     candidates for these value head sizes, timed at ``SHORT_TUNE_SHAPE``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..tvm_kernels.cuda_attention import attention_func
-    from ..tvm_kernels.cuda_sign_pack import sign_pack_func, sign_pack_name
+    from .attention import attention_func
+    from .sign_pack import sign_pack_func, sign_pack_name
 
     out_dir.mkdir(parents=True, exist_ok=True)
     entries, jobs = [], []
@@ -218,7 +218,7 @@ def record_best(timings: Path, db: Optional[Path] = None) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] not in ("time", "record"):
-        sys.exit("usage: python -m binattn.schedules.cuda_tune time DIR | record TIMINGS.json")
+        sys.exit("usage: python -m binattn.tvm_kernels.cuda.tune time DIR | record TIMINGS.json")
     if sys.argv[1] == "time":
         print(time_candidates(Path(sys.argv[2])))
     else:

@@ -26,10 +26,10 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..ops import dispatch, reference
-from ..ops.options import AttentionOptions, AttentionTensors
-from . import cpu_build, cpu_kernels
-from .cpu_target import use_all_cores
+from ...ops import dispatch, reference
+from ...ops.options import AttentionOptions, AttentionTensors
+from . import build as cpu_build, kernels as cpu_kernels
+from .target import use_all_cores
 
 use_all_cores()
 

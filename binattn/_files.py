@@ -1,7 +1,9 @@
-"""Atomic output files: write to a temporary file beside the target, then rename.
+"""File helpers shared by the layers (imports nothing from binattn, so any layer may use it).
 
-Used by every writer of the ``export`` and ``hw_targets`` packages so that an error never leaves
-a half-written file at the user's output path. What it does not: locking.
+Atomic output files: write to a temporary file beside the target, then rename; used by every
+writer of the ``export`` and ``hw_targets`` packages so that an error never leaves a
+half-written file at the user's output path. What it does not: locking. And
+:func:`user_cache_dir`, the cache root of the kernel cache and the tuning database.
 """
 from __future__ import annotations
 
@@ -38,3 +40,11 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def user_cache_dir() -> Path:
+    """binattn's cache root: ``$BINATTN_CACHE_DIR`` or ``$XDG_CACHE_HOME/binattn``."""
+    if os.environ.get("BINATTN_CACHE_DIR"):
+        return Path(os.environ["BINATTN_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "binattn"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional
 
-from ..schedules import cpu_knobs
-from ..schedules.database import active_db
-from . import cpu_kernels
-from .cache import CacheKey, KernelCache, default_cache
-from .cpu_target import host_target, target_key
+from ...schedules.cpu import knobs as cpu_knobs
+from ...schedules.database import active_db
+from . import kernels as cpu_kernels
+from ..cache import CacheKey, KernelCache, default_cache
+from .target import host_target, target_key
 
 
 class KernelBuildError(RuntimeError):
@@ -144,7 +144,7 @@ def scores_kernel(n_q: int, n_k: int, words: int, batch: Optional[int] = None,
 def _meta_schedule_module(record: dict, words: int, n_q: int, n_k: int, batch: int,
                           head_dim: int):
     """Apply the meta_schedule database's best trace to the score workload."""
-    from ..schedules.tune import meta_schedule_best_module
+    from .tune import meta_schedule_best_module
 
     return meta_schedule_best_module(active_db().root / record["ms_workdir"],
                                      cpu_kernels.scores_te(words, n_q, n_k, batch, head_dim))

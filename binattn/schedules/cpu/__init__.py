@@ -1,0 +1,1 @@
+"""Knobs of the CPU kernels (``knobs``)."""

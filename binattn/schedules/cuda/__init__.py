@@ -1,0 +1,2 @@
+"""Knobs of the CUDA attention kernels and their packaged tuning database (``attention``,
+``cuda_tuned.json``)."""
