@@ -6,8 +6,8 @@ temperature, ste_clip, top_n, ...) that training replaces between steps (``set_o
 static q/k scales as buffers, and its mode. ``forward(q, k, v, attn_mask, bias, sinks)`` runs
 :func:`binattn.ops.binary_attention_with` — which exports as
 ``torch.ops.binattn.binary_attention`` — or, with ``mode = "float"``, exact full-precision softmax
-attention on the same inputs, soft cap and sinks (the teacher of self-distillation). With ``record_probs`` it keeps
-the attention probabilities of the last forward in ``last_probs``.
+attention on the same inputs, soft cap and sinks (the teacher of self-distillation). With
+``record_probs`` it keeps the attention probabilities of the last forward in ``last_probs``.
 
 What it does not: find sites or own the learned bias (the bias module is a sibling submodule of
 the GraphModule named ``binattn_bias_<i>``; its output arrives as ``bias``, or, for a

@@ -6,8 +6,9 @@ sign bits packed into 32-bit words (``reference.sign_pack``), XOR, a SWAR popcou
 (``reference.popcount32``: shifts, ands, adds, one multiply — ONNX has no popcount op and
 torch-mlir has no ATen popcount), ``D − 2·popc(a XOR c)`` as the exact ±1 dot product, then the
 scales, soft-cap, bias, mask, top-N, sinks and softmax of ``reference.attention_probs`` and the
-float P·V. The QKᵀ product is therefore **no float matmul**: only P·V is. The ``portable`` variant (int32 packing
-and a bit-test popcount, no shifts, no int64) is for tosa/stablehlo, which reject those.
+float P·V. The QKᵀ product is therefore **no float matmul**: only P·V is. The ``portable``
+variant (int32 packing and a bit-test popcount, no shifts, no int64) is for tosa/stablehlo,
+which reject those.
 
 What it does not: soft binarizers (HAD's tanh stages are float math, not bits — export the
 trained ``sign`` model) or the backward.

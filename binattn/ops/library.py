@@ -6,7 +6,8 @@ Ops (namespace ``binattn``):
   - ``binary_attention(q, k, v, <options.OP_ARGS>) -> Tensor``: the schema text is
     ``options.op_schema`` (bias?, attn_mask?, is_causal, scale?, scale_mode, q_scale?, k_scale?,
     top_n?, pv_bits?, binarizer, temperature, ste_clip, bias_index?=None, sinks?=None,
-    soft_cap?=None — fixed by saved programs); the kernels get ``(q, k, v, AttentionTensors, AttentionOptions)``
+    soft_cap?=None — fixed by saved programs); the kernels get
+    ``(q, k, v, AttentionTensors, AttentionOptions)``
   - ``binary_attention_backward(grad, <same inputs>) -> (dq, dk, dv, dbias, dsinks)`` (STE
     gradients)
 
