@@ -72,6 +72,7 @@ class OpCase:
             (a relative-position table and ``bias_index``; the shape is its grid's).
         static: static scales (``scale_mode="static"``, a 0-d ``q_scale``, a per-head
             ``k_scale``).
+        sinks: attention sinks, one normal logit per query head (``sinks [Hq]``).
         dtype: the dtype of q, k, v where the case is about it (else the suite's).
         kernels: the kernel suites that take this case (the others test it on the reference,
             or as a fallback where no kernel implements it).
@@ -83,6 +84,7 @@ class OpCase:
     mask: Optional[str] = None
     bias: Optional[str] = None
     static: bool = False
+    sinks: bool = False
     dtype: Optional[torch.dtype] = None
     kernels: tuple[str, ...] = KERNELS
     naive: bool = True
@@ -133,6 +135,8 @@ class OpCase:
             kwargs.update(scale_mode="static", q_scale=torch.tensor(0.7, device=device),
                           k_scale=torch.rand(1, s.kv_heads, 1, 1, generator=gen,
                                              device=device) + 0.5)
+        if self.sinks:
+            kwargs["sinks"] = randn(gen, s.heads)
         return q, k, v, kwargs
 
 
@@ -171,6 +175,13 @@ CASES: dict[str, OpCase] = {
     "top_n_causal": OpCase(dict(top_n=3, is_causal=True), kernels=NO_KERNEL),
     "top_1": OpCase(dict(top_n=1), kernels=NO_KERNEL),
     "top_n_every_key": OpCase(dict(top_n=200), kernels=CPU_ONLY),  # N >= Nk: no top-N at all
+    "sinks": OpCase(mask="bool", sinks=True, kernels=NO_KERNEL),
+    "sinks_gqa_causal_pv8": OpCase(dict(is_causal=True, pv_bits=8), sinks=True,
+                                   shape=dict(heads=4, kv_heads=2, n_q=40, n_k=40),
+                                   kernels=NO_KERNEL),
+    "soft_cap": OpCase(dict(soft_cap=0.3), mask="float", bias="dense", kernels=NO_KERNEL),
+    "soft_cap_sinks_causal": OpCase(dict(soft_cap=1.5, is_causal=True), sinks=True,
+                                    shape=dict(n_q=40, n_k=40), kernels=NO_KERNEL),
     "tanh": OpCase(dict(binarizer="tanh", temperature=0.5), kernels=NO_KERNEL, naive=False),
     "scaled_tanh": OpCase(dict(binarizer="scaled_tanh", temperature=3.0, ste_clip=2.0),
                           kernels=NO_KERNEL, naive=False),

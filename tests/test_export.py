@@ -40,12 +40,15 @@ def qkv(b=1, h=2, n=16, d=64, hkv=None, seed=0):
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(1, 24), d=st.integers(1, 80), group=st.sampled_from([1, 2]),
        top_n=st.one_of(st.none(), st.integers(1, 24)), causal=st.booleans(),
-       pv_bits=st.sampled_from([None, 8]), portable=st.booleans(), seed=st.integers(0, 1000))
-def test_decomposition_equals_reference(n, d, group, top_n, causal, pv_bits, portable, seed):
+       pv_bits=st.sampled_from([None, 8]), portable=st.booleans(), seed=st.integers(0, 1000),
+       sinks=st.booleans(), soft_cap=st.sampled_from([None, 0.3]))
+def test_decomposition_equals_reference(n, d, group, top_n, causal, pv_bits, portable, seed,
+                                        sinks, soft_cap):
     q, k, v = qkv(n=n, d=d, h=2 * group, hkv=2, seed=seed)        # group > 1: GQA
     gen = torch.Generator().manual_seed(seed + 1)
     bias = 0.1 * torch.randn(1, q.shape[1], n, n, generator=gen)
-    options = dict(bias=bias, is_causal=causal, top_n=top_n, pv_bits=pv_bits)
+    options = dict(bias=bias, is_causal=causal, top_n=top_n, pv_bits=pv_bits, soft_cap=soft_cap,
+                   sinks=torch.randn(q.shape[1], generator=gen) if sinks else None)
     want = reference.binary_attention(q, k, v, *split_keywords(**options))
     got = bitops.binary_attention_bitops(q, k, v, **options, portable=portable)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)

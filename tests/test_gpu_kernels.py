@@ -426,7 +426,8 @@ def test_pv8_past_exact_int32_sums_falls_back(cuda_dispatch, gen):
 @pytest.mark.op_cases(kernel="none")
 def test_unsupported_option_falls_back_with_reason(cuda_dispatch, gen, op_case):
     q, k, v, kw = _case_inputs(gen, op_case, torch.bfloat16, 64)
-    option = "top_n" if kw.get("binarizer", "sign") == "sign" else "binarizer"
+    option = ("binarizer" if kw.get("binarizer", "sign") != "sign"
+              else "soft_cap" if "sinks" in kw or "soft_cap" in kw else "top_n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dispatch._warned.clear()

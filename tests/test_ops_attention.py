@@ -20,7 +20,7 @@ TOL = {torch.float32: 2e-5, torch.float64: 1e-10, torch.float16: 2e-3, torch.bfl
 
 def naive_attention(q, k, v, *, bias=None, attn_mask=None, is_causal=False, scale=None,
                     scale_mode="mean_abs", q_scale=None, k_scale=None, top_n=None, pv_bits=None,
-                    bias_index=None):
+                    bias_index=None, sinks=None, soft_cap=None):
     """Loop over (b, h) and rows in float64: the math of DESIGN.md written out plainly."""
     q, k, v = q.double(), k.double(), v.double()
     if bias_index is not None:
@@ -40,6 +40,8 @@ def naive_attention(q, k, v, *, bias=None, attn_mask=None, is_causal=False, scal
         else:
             sq = sk = 1.0
         s = sq * sk * scale * (sign(q[b, h]) @ sign(k[b, kh]).T)
+        if soft_cap is not None:
+            s = soft_cap * torch.tanh(s / soft_cap)
         if bias is not None:
             s = s + bias.double().expand(b_, hq, nq, nk)[b, h]
         if attn_mask is not None:
@@ -53,7 +55,11 @@ def naive_attention(q, k, v, *, bias=None, attn_mask=None, is_causal=False, scal
                 s[i, order[top_n:]] = -math.inf
         p = torch.zeros_like(s)
         alive = ~torch.isneginf(s).all(-1)
-        p[alive] = torch.softmax(s[alive], -1)
+        if sinks is None:
+            p[alive] = torch.softmax(s[alive], -1)
+        else:   # one more logit in each row's denominator, no value
+            sink = sinks.double()[h].expand(int(alive.sum()), 1)
+            p[alive] = torch.softmax(torch.cat([s[alive], sink], -1), -1)[:, :-1]
         vv = v[b, kh]
         if pv_bits == 8:
             p = torch.round(p * 255).clamp(0, 255) / 255
@@ -91,7 +97,7 @@ def test_plain(dtype, scale_mode):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_case_matches_naive(op_case, case_gen, dtype):
     """Every catalogue case the float64 loop implements (masks, causal, GQA, biases, a bias
-    table, scale modes, top-N, 8-bit P/V), in float32 and bfloat16."""
+    table, scale modes, top-N, 8-bit P/V, sinks, soft-cap), in float32 and bfloat16."""
     q, k, v, kwargs = CASES[op_case].inputs(case_gen, dtype=dtype)
     got = binary_attention(q, k, v, **kwargs)
     check(got, q, k, v, **kwargs)
@@ -155,3 +161,22 @@ def test_equals_sdpa_on_plus_minus_one_inputs(opts):
                                             is_causal=opts.get("is_causal", False),
                                             scale=opts.get("scale"), enable_gqa=hkv != 4)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_sinks_take_weight_and_soft_cap_bounds_the_scores():
+    """A sink only lowers every weight of its head (rows sum to < 1; a very negative sink is
+    no sink); a soft cap c keeps every score in (−c, c)."""
+    from binattn.ops import reference
+    from binattn.ops.options import AttentionOptions, AttentionTensors
+
+    q, k, v = inputs((2, 3, 6, 16), (2, 3, 7, 16))
+    sinks = torch.tensor([0.0, 2.0, -1e4])
+    _, probs = reference.binary_attention(q, k, v, AttentionTensors(sinks=sinks),
+                                          return_probs=True)
+    rows = probs.sum(-1)
+    assert bool((rows[:, :2] < 1).all()) and torch.allclose(rows[:, 2], torch.ones(2, 6))
+    torch.testing.assert_close(binary_attention(q[:, 2:], k[:, 2:], v[:, 2:], sinks=sinks[2:]),
+                               binary_attention(q[:, 2:], k[:, 2:], v[:, 2:]))
+    scores = reference.binary_scores(q, k, AttentionOptions(scale_mode="none", scale=1.0))
+    capped = reference.soft_capped(scores, 3.0)
+    assert scores.abs().max() > 3.0 and capped.abs().max() < 3.0

@@ -31,6 +31,9 @@ GRAD_CASES = [
     dict(pv_bits=8), dict(static=True), dict(static=True, binarizer="tanh", temperature=0.5),
     dict(binarizer="scaled_tanh", temperature=3.0), dict(scale_mode="none", ste_clip=2.0),
     dict(gqa=True, bias=True), dict(dtype=torch.bfloat16, bias=True),
+    dict(sinks=True), dict(sinks=True, mask=True, gqa=True, bias=True),
+    dict(sinks=True, pv_bits=8, is_causal=True), dict(soft_cap=0.4, bias=True),
+    dict(soft_cap=2.0, sinks=True, top_n=3),
 ]
 
 
@@ -43,17 +46,18 @@ def test_analytic_backward_equals_autograd_of_the_reference(case):
     q = rand(2, 4, 7, 16, seed=1, dtype=dtype)
     k, v = rand(2, hkv, 9, 16, seed=2, dtype=dtype), rand(2, hkv, 9, 16, seed=3, dtype=dtype)
     bias = rand(4, 7, 9, seed=4, dtype=dtype) if case.pop("bias", False) else None
+    sinks = rand(4, seed=6, dtype=dtype) if case.pop("sinks", False) else None
     if case.pop("mask", False):
         case["attn_mask"] = rand(2, 1, 7, 9, seed=5) > -0.3
     if case.pop("static", False):
         case.update(scale_mode="static", q_scale=torch.tensor(0.9), k_scale=torch.tensor(1.2))
-    leaves = ([t.requires_grad_() for t in (q, k, v)]
-              + ([bias.requires_grad_()] if bias is not None else []))
-    grads = torch.autograd.grad(binary_attention(q, k, v, bias=bias, **case).float().pow(2).sum(),
-                                leaves)
+    extra = {name: t for name, t in (("bias", bias), ("sinks", sinks)) if t is not None}
+    leaves = [t.requires_grad_() for t in (q, k, v, *extra.values())]
+    out = binary_attention(q, k, v, **extra, **case)
+    grads = torch.autograd.grad(out.float().pow(2).sum(), leaves)
     copies = [t.detach().clone().requires_grad_() for t in leaves]
     ref = reference.binary_attention(*copies[:3], *split_keywords(
-        bias=copies[3] if bias is not None else None, **case))
+        **dict(zip(extra, copies[3:])), **case))
     ref_grads = torch.autograd.grad(ref.float().pow(2).sum(), copies)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     for got, want in zip(grads, ref_grads):
@@ -66,6 +70,24 @@ def test_gradcheck_v_and_bias(opts):
     v = rand(1, 2, 6, 8, seed=3).requires_grad_()
     bias = rand(2, 6, 6, seed=4).requires_grad_()
     assert gradcheck(lambda v_, b_: binary_attention(q, k, v_, bias=b_, **opts), (v, bias))
+
+
+@pytest.mark.parametrize("opts", [dict(), dict(is_causal=True, soft_cap=0.5),
+                                  dict(attn_mask=True, top_n=3)])
+def test_gradcheck_sinks_v_and_bias(opts):
+    """Attention sinks get a real gradient: gradcheck (float64) of sinks, v and bias; with a
+    fully masked row (all its weight on the sink) where a mask is given."""
+    opts = dict(opts)
+    q, k = rand(1, 2, 6, 8, seed=1), rand(1, 2, 6, 8, seed=2)
+    v = rand(1, 2, 6, 8, seed=3).requires_grad_()
+    bias = rand(2, 6, 6, seed=4).requires_grad_()
+    sinks = rand(2, seed=5).requires_grad_()
+    if opts.pop("attn_mask", False):
+        keep = rand(1, 1, 6, 6, seed=7) > -0.5
+        keep[..., 2, :] = False
+        opts["attn_mask"] = keep
+    assert gradcheck(lambda v_, b_, s_: binary_attention(q, k, v_, bias=b_, sinks=s_, **opts),
+                     (v, bias, sinks))
 
 
 @pytest.mark.parametrize("binarizer", ["tanh", "scaled_tanh"])
@@ -142,11 +164,13 @@ OPTION_SETS = [
     dict(mask=True, top_n=3),
     dict(pv_bits=8, scale=0.2),
     dict(static=True, binarizer="tanh", temperature=0.5),
+    dict(sinks=True, soft_cap=0.7, bias=True),
 ]
 
 
 def attention_args(bias=False, mask=False, static=False, is_causal=False, scale=None,
-                   top_n=None, pv_bits=None, binarizer="sign", temperature=1.0, ste_clip=1.0):
+                   top_n=None, pv_bits=None, binarizer="sign", temperature=1.0, ste_clip=1.0,
+                   sinks=False, soft_cap=None):
     q = rand(2, 4, 6, 16, seed=1, dtype=torch.float32).requires_grad_()
     k = rand(2, 2, 6, 16, seed=2, dtype=torch.float32).requires_grad_()
     v = rand(2, 2, 6, 16, seed=3, dtype=torch.float32).requires_grad_()
@@ -154,8 +178,12 @@ def attention_args(bias=False, mask=False, static=False, is_causal=False, scale=
     m = (rand(2, 1, 6, 6, seed=5) > -0.5) if mask else None
     qs, ks = (torch.tensor(0.8), torch.tensor(1.1)) if static else (None, None)
     mode = "static" if static else "mean_abs"
-    return (q, k, v, b, m, is_causal, scale, mode, qs, ks, top_n, pv_bits, binarizer,
+    args = (q, k, v, b, m, is_causal, scale, mode, qs, ks, top_n, pv_bits, binarizer,
             temperature, ste_clip)
+    if sinks or soft_cap is not None:   # trailing arguments (bias_index, sinks, soft_cap)
+        s = rand(4, seed=6, dtype=torch.float32).requires_grad_() if sinks else None
+        args += (None, s, soft_cap)
+    return args
 
 
 @pytest.mark.parametrize("opts", OPTION_SETS)
@@ -170,8 +198,9 @@ def test_opcheck_binary_attention_with_a_bias_table():
     opcheck(torch.ops.binattn.binary_attention.default, tuple(args) + (index,))
 
 
-def test_opcheck_binary_attention_backward():
-    args = attention_args(bias=True)
+@pytest.mark.parametrize("opts", [dict(bias=True), dict(bias=True, sinks=True, soft_cap=0.7)])
+def test_opcheck_binary_attention_backward(opts):
+    args = attention_args(**opts)
     grad = rand(2, 4, 6, 16, seed=8, dtype=torch.float32)
     detached = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     opcheck(torch.ops.binattn.binary_attention_backward.default, (grad,) + detached)

@@ -447,18 +447,52 @@ def _capped(q, k, v, mask, cap=0.8):
     return torch.softmax(s + mask, -1) @ v
 
 
-def test_soft_cap_exact_in_float_mode_dropped_in_binary_mode():
+def test_soft_cap_is_the_ops_soft_cap_in_float_and_binary_mode():
     q, k, v = qkv()
     mask = torch.zeros(1, 1, N, N).masked_fill(torch.ones(N, N).triu(1).bool(), float("-inf"))
-    gm = check(_capped, (q, k, v, mask), bin_attn(q, k, v, scale=0.5, attn_mask=mask))
+    gm = check(_capped, (q, k, v, mask),
+               bin_attn(q, k, v, scale=0.5, attn_mask=mask, soft_cap=0.8))
     row = gm.meta["binattn_report"].rows[0]
-    assert row.notes[0].startswith("logit soft-cap 0.8: applied exactly in float mode; "
-                                   "dropped in binary mode")
+    assert row.notes[0] == "logit soft-cap 0.8: kept (the op's soft_cap, float and binary mode)"
     for site in find_sites(gm):
         site.mode = "float"
     with torch.no_grad():
         torch.testing.assert_close(gm(q, k, v, mask), _capped(q, k, v, mask))
         assert not torch.allclose(gm(q, k, v, mask), _capped(q, k, v, mask, cap=1e9))
+
+
+def _with_sinks(q, k, v, mask, sinks, shift=True):
+    """GPT-OSS's eager attention: a per-head sink logit as one more column, dropped after the
+    softmax (``shift``: less the row maximum, as GPT-OSS writes it)."""
+    s = q @ k.transpose(-2, -1) * 0.5 + mask
+    column = sinks.reshape(1, -1, 1, 1).expand(q.shape[0], -1, q.shape[-2], -1)
+    logits = torch.cat([s, column], dim=-1)
+    if shift:
+        logits = logits - logits.max(dim=-1, keepdim=True).values
+    return torch.softmax(logits, -1)[..., :-1] @ v
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_attention_sinks_are_passed_to_the_op(shift):
+    q, k, v = qkv()
+    mask = torch.zeros(1, 1, N, N).masked_fill(torch.ones(N, N).triu(1).bool(), float("-inf"))
+    sinks = torch.linspace(-1.0, 2.0, H)
+    fn = lambda q, k, v, m: _with_sinks(q, k, v, m, sinks, shift)  # noqa: E731
+    gm = check(fn, (q, k, v, mask), bin_attn(q, k, v, scale=0.5, attn_mask=mask, sinks=sinks))
+    assert "attention sinks" in gm.meta["binattn_report"].rows[0].notes[0]
+    for site in find_sites(gm):
+        site.mode = "float"
+    with torch.no_grad():
+        torch.testing.assert_close(gm(q, k, v, mask), fn(q, k, v, mask))
+
+
+def test_a_column_that_is_no_per_head_sink_is_skipped():
+    q, k, v = qkv()
+    mask = torch.zeros(1, 1, N, N)
+    per_query = lambda q, k, v, m: torch.softmax(torch.cat(  # noqa: E731
+        [q @ k.transpose(-2, -1) + m, q[..., :1]], -1), -1)[..., :-1] @ v
+    report = inspect(Fn(per_query), (q, k, v, mask))
+    assert report.rows[0].status.startswith("skipped: the softmax's extra column")
 
 
 def test_soft_cap_in_the_wrong_place_is_skipped():

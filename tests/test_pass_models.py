@@ -264,10 +264,8 @@ def test_bloom_alibi_baddbmm_is_rewritten_with_the_alibi_bias():
         assert torch.isfinite(gm(*args, **kwargs).last_hidden_state).all()
 
 
-def test_gemma2_soft_cap_is_kept_in_float_mode_and_reported_for_binary_mode():
+def test_gemma2_soft_cap_is_kept_in_float_and_binary_mode():
     from transformers import Gemma2Config, Gemma2Model
-
-    from binattn.binarize_pass.capped_site import SoftCappedSite
 
     config = Gemma2Config(hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
                           head_dim=8, num_hidden_layers=2, intermediate_size=64,
@@ -281,17 +279,23 @@ def test_gemma2_soft_cap_is_kept_in_float_mode_and_reported_for_binary_mode():
             layer.self_attn.q_proj.weight.mul_(40.0)
     gm = _float_exact(model, _ids(2), 2, other_inputs=(_ids(3),))
     sites = find_sites(gm)
-    assert all(isinstance(s, SoftCappedSite) and s.soft_cap == 2.0 for s in sites)
+    assert all(s.options.soft_cap == 2.0 for s in sites)
     report = gm.meta["binattn_report"]
-    assert all("soft-cap 2: applied exactly in float mode; dropped in binary mode" in r.notes[0]
+    assert all("soft-cap 2: kept (the op's soft_cap, float and binary mode)" in r.notes[0]
                for r in report.rows)
-    assert "dropped in binary mode" in str(report)
-    for site in sites:   # without the cap in float mode the model differs: the cap is used
-        site.soft_cap = 1e9
+    assert "dropped" not in str(report)
     args, kwargs = _ids(2)
     with torch.no_grad():
-        assert not torch.allclose(gm(*args, **kwargs).last_hidden_state,
-                                  model(*args, **kwargs).last_hidden_state, atol=1e-3)
+        outputs = {}
+        # binary scores are small here (|s| < 0.3): a cap of 0.05 shows the op applies it
+        for mode, cap in (("float", 1e9), ("binary", 0.05), ("binary", 1e9)):
+            for site in sites:   # without the cap the model differs: the cap is used
+                site.mode, site.soft_cap = mode, cap
+            outputs[mode, cap] = gm(*args, **kwargs).last_hidden_state
+        assert not torch.allclose(outputs["float", 1e9], model(*args, **kwargs).last_hidden_state,
+                                  atol=1e-3)
+        assert torch.isfinite(outputs["binary", 0.05]).all()
+        assert not torch.allclose(outputs["binary", 0.05], outputs["binary", 1e9], atol=1e-3)
 
 
 def test_deberta_v2_position_terms_are_kept_as_an_additive_bias():
@@ -364,3 +368,49 @@ def test_every_softmax_not_rewritten_says_why():
     assert "1 softmax(es) not matched as attention" in report.summary
     assert reason in " ".join(str(report).split())
     assert report.to_dict()["misses"][0]["reason"] == reason
+
+
+def _gpt_oss():
+    from transformers import GptOssConfig, GptOssModel
+
+    config = GptOssConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                          head_dim=8, num_hidden_layers=2, intermediate_size=32,
+                          num_local_experts=4, num_experts_per_tok=2, vocab_size=100,
+                          sliding_window=4, use_cache=False)
+    config._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = GptOssModel(config).eval()
+    with torch.no_grad():   # sinks large enough to take a visible share of each row
+        for layer in model.layers:
+            layer.self_attn.sinks.copy_(torch.tensor([-1.0, 0.5, 2.0, 3.0]))
+    return model
+
+
+def test_gpt_oss_attention_sinks_are_passed_to_the_op():
+    """GPT-OSS: softmax(cat([scores + mask, sinks.expand]) − max)[..., :-1] is a site whose
+    sinks go to the op: float mode equals the model; binary mode runs with the sinks."""
+    from tests.test_pass_helpers import output_tensor
+
+    model = _gpt_oss()
+    args, kwargs = _ids(2)
+    dynamic = {name: {0: torch.export.Dim.AUTO} for name in kwargs}
+    gm = binattn.binarize(model, args, binattn.BinarizeConfig(mode="float"),
+                          example_kwargs=kwargs, dynamic_shapes=dynamic)
+    report = gm.meta["binattn_report"]
+    assert report.num_rewritten == 2 and report.num_skipped == 0, str(report)
+    assert all("attention sinks" in " ".join(r.notes) for r in report.rows), str(report)
+    # the MoE router's softmax (over the top-k experts) is the only miss, with its reason
+    assert all("mlp" in m.module_path for m in report.misses), str(report)
+    with torch.no_grad():
+        for a, kw in ((args, kwargs), _ids(3)):
+            got, want = output_tensor(gm(*a, **kw)), output_tensor(model(*a, **kw))
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        for site in find_sites(gm):
+            site.mode = "binary"
+        out = output_tensor(gm(*args, **kwargs))
+        assert torch.isfinite(out).all()
+        for layer in model.layers:   # the sinks are read: other sinks, other output
+            layer.self_attn.sinks.add_(5.0)
+        gm2 = binattn.binarize(model, args, binattn.BinarizeConfig(mode="binary"),
+                               example_kwargs=kwargs, dynamic_shapes=dynamic)
+        assert not torch.allclose(output_tensor(gm2(*args, **kwargs)), out, atol=1e-4)

@@ -222,6 +222,7 @@ def test_attention_in_output_is_written_everywhere():
 def test_unsupported_options_fall_back_with_reason(op_case, case_gen):
     q, k, v, kwargs = CASES[op_case].inputs(case_gen, CPU_SHAPE, n_q=8, n_k=8)
     reason = ("soft, training-only" if kwargs.get("binarizer", "sign") != "sign"
+              else "attention sinks / soft_cap" if "sinks" in kwargs or "soft_cap" in kwargs
               else "top_n is not built")
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")

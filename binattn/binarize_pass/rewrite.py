@@ -17,7 +17,6 @@ from torch import fx
 
 from ..ops.bias import RelPosBias
 from .bias_setup import make_bias
-from .capped_site import SoftCappedSite
 from .config import BinarizeConfig
 from .glue import merge_masks, scores_shaped
 from .matchers import Match, hint
@@ -120,11 +119,11 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
                  config: BinarizeConfig, model: Any) -> None:
     """Rewrite one site in place; fills row.bias."""
     shape = row.shape
-    options = config.site_options(m.is_causal, m.scale, **m.options)
+    found = dict(m.options, **({} if m.soft_cap is None else {"soft_cap": m.soft_cap}))
+    options = config.site_options(m.is_causal, m.scale, **found)
     kwargs = dict(index=index, module_path=row.module_path, matcher=m.matcher, shape=shape,
                   options=options, mode=config.mode)
-    site = (BinaryAttentionSite(**kwargs) if m.soft_cap is None else
-            SoftCappedSite(soft_cap=m.soft_cap, **kwargs)).to(_device(gm))
+    site = BinaryAttentionSite(**kwargs).to(_device(gm))
     for name, value in m.static_scales.items():
         setattr(site, name, value.detach().clone())
     if m.matcher == "binattn-op":   # already binary: keep the graph's own bias input
@@ -151,6 +150,8 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
             kwargs["bias"] = m.bias_node
             if m.bias_index_node is not None:
                 kwargs["bias_index"] = m.bias_index_node
+        if m.sinks_node is not None:   # the model's sink logits, one per query head
+            kwargs["sinks"] = graph.call_function(aten.reshape.default, (m.sinks_node, [-1]))
         q = m.q
         for factor, op in m.q_factors:   # per-(b, h) tensor scales of the scores
             q = graph.call_function(aten.mul.Tensor if op == "mul" else aten.div.Tensor,

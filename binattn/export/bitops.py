@@ -5,9 +5,10 @@ has no function for it), so before export the op is decomposed into standard ATe
 sign bits packed into 32-bit words (``reference.sign_pack``), XOR, a SWAR popcount
 (``reference.popcount32``: shifts, ands, adds, one multiply — ONNX has no popcount op and
 torch-mlir has no ATen popcount), ``D − 2·popc(a XOR c)`` as the exact ±1 dot product, then the
-scales, bias, mask, top-N and softmax of ``reference.attention_probs`` and the float P·V. The QKᵀ
-product is therefore **no float matmul**: only P·V is. The ``portable`` variant (int32 packing
-and a bit-test popcount, no shifts, no int64) is for tosa/stablehlo, which reject those.
+scales, soft-cap, bias, mask, top-N, sinks and softmax of ``reference.attention_probs`` and the
+float P·V. The QKᵀ product is therefore **no float matmul**: only P·V is. The ``portable``
+variant (int32 packing and a bit-test popcount, no shifts, no int64) is for tosa/stablehlo,
+which reject those.
 
 What it does not: soft binarizers (HAD's tanh stages are float math, not bits — export the
 trained ``sign`` model) or the backward.
@@ -85,7 +86,7 @@ def binary_attention_bitops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     dots = bit_scores(qf, kf, q.shape[-1], portable).to(dtype)
     scores = (s_q * s_k * softmax_scale) * dots
     probs = reference.attention_probs(scores, bias, tensors.attn_mask, options.is_causal,
-                                      options.top_n)
+                                      options.top_n, options.soft_cap, tensors.sinks)
     values = reference.expand_kv_heads(v.to(dtype), q.shape[-3])
     if options.pv_bits == 8:
         probs, values = reference.quantize_probs_u8(probs), reference.quantize_v_s8(values)

@@ -62,12 +62,13 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                      pv_bits: Optional[int] = None, binarizer: str = "sign",
                      temperature: float = 1.0, ste_clip: float = 1.0,
                      bias_index: Optional[torch.Tensor] = None,
+                     sinks: Optional[torch.Tensor] = None, soft_cap: Optional[float] = None,
                      check_finite: Optional[bool] = None) -> torch.Tensor:
     """Attention with 1-bit queries and keys (BinaryAttention / HAD), a drop-in for SDPA.
 
     ``q [B, Hq, Nq, D]``, ``k [B, Hkv, Nk, D]``, ``v [B, Hkv, Nk, Dv]`` (3-D ``[B, N, D]`` is
-    taken as one head); ``Hq`` a multiple of ``Hkv`` (GQA). Scores are
-    ``s_q·s_k·scale·(sign(q)·sign(k)ᵀ) + bias + mask``, then softmax and ``@ v``.
+    taken as one head); ``Hq`` a multiple of ``Hkv`` (GQA); q, k, v of one dtype. Scores are
+    ``cap(s_q·s_k·scale·(sign(q)·sign(k)ᵀ)) + bias + mask``, then softmax and ``@ v``.
 
     Args:
         bias: additive learned bias broadcastable to ``[B, Hq, Nq, Nk]`` (e.g. from
@@ -79,13 +80,19 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             ``RelPosBias.index``.
         attn_mask: bool (True = keep) or additive float mask, as in SDPA.
         is_causal: query i attends to keys j <= i.
-        scale: softmax scale, default ``1/sqrt(D)``.
+        scale: softmax scale (a finite float > 0), default ``1/sqrt(D)``.
         scale_mode: ``"mean_abs"`` (per-(b, h) mean|x|, BinaryAttention), ``"static"`` (use
             ``q_scale``/``k_scale``, HAD), or ``"none"``.
         top_n: keep the N largest scores per query row (HAD), ties to the lower key index.
         pv_bits: 8 to fake-quantize P (u8) and V (symmetric s8 per channel).
         binarizer: ``"sign"`` (STE, clipped at ``ste_clip``), or HAD's soft stages
             ``"scaled_tanh"`` (T·tanh(x/T)) and ``"tanh"`` (tanh(x/T)) with T = ``temperature``.
+        sinks: float ``[Hq]``, one learned logit per query head (GPT-OSS's attention sinks):
+            an extra softmax column with no value, so ``p_ij = exp(s_ij) / (Σ_j exp(s_ij) +
+            exp(sinks[h]))`` and a row's weights sum to less than 1; masks do not reach it. It
+            receives a real gradient.
+        soft_cap: logit soft-cap c > 0 (Gemma-2): the scores become ``c·tanh(s / c)`` before
+            bias and mask.
         check_finite: True reads q, k, v, bias and a float mask back and raises ValueError
             naming the first that holds NaN/Inf (eager only; one host sync each); None (the
             default) does so only inside :func:`data_checks` or with ``BINATTN_DATA_CHECKS=1``.
@@ -97,10 +104,10 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     """
     return binary_attention_with(
         q, k, v, AttentionTensors(bias=bias, attn_mask=attn_mask, q_scale=q_scale,
-                                  k_scale=k_scale, bias_index=bias_index),
+                                  k_scale=k_scale, bias_index=bias_index, sinks=sinks),
         AttentionOptions(is_causal=is_causal, scale=scale, scale_mode=scale_mode, top_n=top_n,
                          pv_bits=pv_bits, binarizer=binarizer, temperature=temperature,
-                         ste_clip=ste_clip), check_finite=check_finite)
+                         ste_clip=ste_clip, soft_cap=soft_cap), check_finite=check_finite)
 
 
 def binary_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -124,8 +131,9 @@ def binary_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                     check_values=check_finite is not False)
     validation.check_broadcast("attn_mask", attn_mask, target)
     options.check_tensors(tensors)
+    validation.check_sinks(tensors.sinks, q)
     if validation.resolve_check_finite(check_finite):
-        for name, x in (("q", q), ("k", k), ("v", v), ("bias", bias)):
+        for name, x in (("q", q), ("k", k), ("v", v), ("bias", bias), ("sinks", tensors.sinks)):
             validation.check_finite(name, x)
         if attn_mask is not None and attn_mask.is_floating_point():
             validation.check_finite("attn_mask", attn_mask, allow_inf=True)  # −inf masks

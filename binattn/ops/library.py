@@ -5,9 +5,11 @@ Ops (namespace ``binattn``):
   - ``popcount_scores(Tensor q_bits, Tensor k_bits, int D) -> Tensor``
   - ``binary_attention(q, k, v, <options.OP_ARGS>) -> Tensor``: the schema text is
     ``options.op_schema`` (bias?, attn_mask?, is_causal, scale?, scale_mode, q_scale?, k_scale?,
-    top_n?, pv_bits?, binarizer, temperature, ste_clip, bias_index?=None — fixed by saved
-    programs); the kernels get ``(q, k, v, AttentionTensors, AttentionOptions)``
-  - ``binary_attention_backward(grad, <same inputs>) -> (dq, dk, dv, dbias)`` (STE gradients)
+    top_n?, pv_bits?, binarizer, temperature, ste_clip, bias_index?=None, sinks?=None,
+    soft_cap?=None — fixed by saved programs); the kernels get
+    ``(q, k, v, AttentionTensors, AttentionOptions)``
+  - ``binary_attention_backward(grad, <same inputs>) -> (dq, dk, dv, dbias, dsinks)`` (STE
+    gradients)
 
 Each op's real implementation goes through ``dispatch.run`` (TVM kernel or reference). The
 backward is its own op so that torch.compile /
@@ -108,14 +110,17 @@ def _binary_attention_fake(q: Tensor, k: Tensor, v: Tensor, *args) -> Tensor:
 
 def _attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
                         tensors: AttentionTensors, options: AttentionOptions):
-    """Analytic STE backward of the reference; an empty dbias stands for "no bias"."""
-    dq, dk, dv, dbias = reference.binary_attention_backward(grad, q, k, v, tensors, options)
+    """Analytic STE backward of the reference; an empty dbias (dsinks) stands for "no bias"
+    ("no sinks")."""
+    dq, dk, dv, dbias, dsinks = reference.binary_attention_backward(grad, q, k, v, tensors,
+                                                                    options)
     dbias = dbias.contiguous() if dbias is not None else q.new_empty((0,))
-    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbias
+    dsinks = dsinks.contiguous() if dsinks is not None else q.new_empty((0,))
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), dbias, dsinks
 
 
 def binary_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
-                                 *args) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                                 *args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``binattn::binary_attention_backward``: ``grad`` then the forward's arguments."""
     tensors, opts = options.from_op_args(args)
     return dispatch.run("binary_attention_backward", q.device.type, _attention_backward, grad,
@@ -125,16 +130,16 @@ def binary_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
 binary_attention_backward_op = torch.library.custom_op(
     f"{LIB}::binary_attention_backward", binary_attention_backward_op, mutates_args=(),
     schema=options.op_schema("Tensor grad, Tensor q, Tensor k, Tensor v",
-                             "(Tensor, Tensor, Tensor, Tensor)"))
+                             "(Tensor, Tensor, Tensor, Tensor, Tensor)"))
 
 
 @binary_attention_backward_op.register_fake
-def _binary_attention_backward_fake(grad, q, k, v, bias, *rest):
+def _binary_attention_backward_fake(grad, q, k, v, *args):
     def like(x):  # contiguous, as the real backward returns them, whatever x's strides
-        return x.new_empty(x.shape)
+        return x.new_empty(x.shape) if x is not None else q.new_empty((0,))
 
-    dbias = like(bias) if bias is not None else q.new_empty((0,))
-    return like(q), like(k), like(v), dbias
+    tensors, _ = options.from_op_args(args)
+    return like(q), like(k), like(v), like(tensors.bias), like(tensors.sinks)
 
 
 def _setup_context(ctx, inputs, output):
@@ -146,10 +151,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     q, k, v, *tensors = ctx.saved_tensors
     tensors = AttentionTensors(*tensors)
-    dq, dk, dv, dbias = binary_attention_backward_op(
+    dq, dk, dv, dbias, dsinks = binary_attention_backward_op(
         grad, q, k, v, *options.op_args(tensors, ctx.options))
     dbias = dbias if tensors.bias is not None else None
-    return (dq, dk, dv) + options.op_grads(bias=dbias)
+    dsinks = dsinks if tensors.sinks is not None else None
+    return (dq, dk, dv) + options.op_grads(bias=dbias, sinks=dsinks)
 
 
 binary_attention_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,11 +1,11 @@
 """``AttentionOptions``: every non-tensor option of ``binary_attention`` in one frozen object.
 
 What it does: holds the options (causal, softmax scale, scale mode, top-N, P/V bits, binarizer,
-temperature, STE clip) as one frozen, hashable dataclass that checks them on construction — the
-one place they are validated (ValueError/TypeError naming the option); the optional tensors
-beside them (bias, mask, static scales, bias-table index) as the ``AttentionTensors`` tuple;
-and the argument order of the ``binattn::binary_attention`` custom op: its schema text
-(:func:`op_schema`), ``(tensors, options)`` → the op's positional arguments
+temperature, STE clip, logit soft-cap) as one frozen, hashable dataclass that checks them on
+construction — the one place they are validated (ValueError/TypeError naming the option); the
+optional tensors beside them (bias, mask, static scales, bias-table index, sinks) as the
+``AttentionTensors`` tuple; and the argument order of the ``binattn::binary_attention`` custom
+op: its schema text (:func:`op_schema`), ``(tensors, options)`` → the op's positional arguments
 (:func:`op_args`) and back (:func:`from_op_args`). Every caller of the op (wrapper, reference,
 kernels, export, the pass, hw_targets, training) reads options by name from these objects.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional
 
@@ -34,6 +35,7 @@ class AttentionTensors(NamedTuple):
     q_scale: Optional[torch.Tensor] = None
     k_scale: Optional[torch.Tensor] = None
     bias_index: Optional[torch.Tensor] = None
+    sinks: Optional[torch.Tensor] = None
 
 
 NO_TENSORS = AttentionTensors()
@@ -43,6 +45,16 @@ def _number(name: str, value: Any, none: str = "") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float{none}, got {type(value).__name__}")
     return float(value)
+
+
+def _positive(name: str, value: Any) -> Optional[float]:
+    """None, or a finite float > 0 (ValueError naming the option for NaN, ±Inf and <= 0)."""
+    if value is None:
+        return None
+    number = _number(name, value, " or None")
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,7 @@ class AttentionOptions:
     binarizer: str = "sign"
     temperature: float = 1.0
     ste_clip: float = 1.0
+    soft_cap: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.scale_mode not in SCALE_MODES:
@@ -78,7 +91,8 @@ class AttentionOptions:
         set_field = functools.partial(object.__setattr__, self)
         set_field("temperature", temperature)
         set_field("ste_clip", _number("ste_clip", self.ste_clip))
-        set_field("scale", None if self.scale is None else _number("scale", self.scale, " or None"))
+        set_field("scale", _positive("scale", self.scale))
+        set_field("soft_cap", _positive("soft_cap", self.soft_cap))
         set_field("is_causal", bool(self.is_causal))
 
     def replace(self, **changes: Any) -> "AttentionOptions":
@@ -91,7 +105,7 @@ class AttentionOptions:
 
     def check_tensors(self, tensors: AttentionTensors) -> None:
         """The checks between options and tensors: static scales present (and tensors), a
-        bool or float mask."""
+        bool or float mask, float sinks."""
         if self.scale_mode == "static" and (tensors.q_scale is None or
                                             tensors.k_scale is None):
             raise ValueError("scale_mode='static' needs q_scale and k_scale (calibrated per "
@@ -100,6 +114,12 @@ class AttentionOptions:
             value = getattr(tensors, name)
             if value is not None and not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name} must be a tensor (0-d or broadcastable per head)")
+        sinks = tensors.sinks
+        if sinks is not None and not (isinstance(sinks, torch.Tensor) and
+                                      sinks.is_floating_point()):
+            got = sinks.dtype if isinstance(sinks, torch.Tensor) else type(sinks).__name__
+            raise TypeError(f"sinks must be a float tensor [Hq] (one logit per query head), "
+                            f"got {got}")
         mask = tensors.attn_mask
         if mask is not None and not (mask.dtype == torch.bool or mask.is_floating_point()):
             raise TypeError(f"attn_mask must be bool (True = keep) or float (additive), got "
@@ -115,7 +135,8 @@ OP_ARGS = (("bias", "Tensor?"), ("attn_mask", "Tensor?"), ("is_causal", "bool"),
            ("scale", "float?"), ("scale_mode", "str"), ("q_scale", "Tensor?"),
            ("k_scale", "Tensor?"), ("top_n", "SymInt?"), ("pv_bits", "SymInt?"),
            ("binarizer", "str"), ("temperature", "float"), ("ste_clip", "float"),
-           ("bias_index", "Tensor? bias_index=None"))
+           ("bias_index", "Tensor? bias_index=None"), ("sinks", "Tensor? sinks=None"),
+           ("soft_cap", "float? soft_cap=None"))
 OP_ARG_NAMES = tuple(name for name, _ in OP_ARGS)
 assert set(OP_ARG_NAMES) == set(OPTION_NAMES) | set(TENSOR_NAMES)
 

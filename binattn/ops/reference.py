@@ -281,11 +281,28 @@ def table_grad(dense_grad: torch.Tensor, index: torch.Tensor, table: torch.Tenso
     return grad.index_add_(0, index.reshape(-1), rows).to(table.dtype)
 
 
+def soft_capped(scores: torch.Tensor, soft_cap: Optional[float]) -> torch.Tensor:
+    """``cap·tanh(scores / cap)`` (Gemma-2's logit soft-cap), or ``scores`` without a cap."""
+    return scores if soft_cap is None else soft_cap * torch.tanh(scores / soft_cap)
+
+
+def sink_column(sinks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The sink logits ``[Hq]`` as one more score column ``[..., Hq, Nq, 1]`` of ``scores``."""
+    return sinks.to(scores.dtype).reshape(-1, 1, 1).expand(*scores.shape[:-1], 1)
+
+
 def attention_probs(scores: torch.Tensor, bias: Optional[torch.Tensor],
                     attn_mask: Optional[torch.Tensor], is_causal: bool,
-                    top_n: Optional[int]) -> torch.Tensor:
-    """softmax(scores + bias + mask) with top-N; rows with every key masked become zeros."""
+                    top_n: Optional[int], soft_cap: Optional[float] = None,
+                    sinks: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """softmax(cap(scores) + bias + mask) with top-N; rows with every key masked become zeros.
+
+    ``soft_cap``: ``cap·tanh(s / cap)`` on the scores before bias and mask. ``sinks`` (one logit
+    per query head, GPT-OSS): an extra column in the softmax's denominator with no value, i.e.
+    ``p_ij = exp(s_ij) / (Σ_j' exp(s_ij') + exp(sink_h))``; the mask does not reach it.
+    """
     dtype = scores.dtype
+    scores = soft_capped(scores, soft_cap)
     if bias is not None:
         scores = scores + bias.to(dtype)
     mask = additive_mask(attn_mask, is_causal, scores.shape[-2], scores.shape[-1], dtype,
@@ -295,13 +312,22 @@ def attention_probs(scores: torch.Tensor, bias: Optional[torch.Tensor],
     if top_n is not None and top_n < scores.shape[-1]:
         scores = scores.masked_fill(~top_n_mask(scores, top_n), float("-inf"))
     dead_rows = torch.isneginf(scores).all(-1, keepdim=True)
-    return torch.softmax(scores.masked_fill(dead_rows, 0.0), dim=-1).masked_fill(dead_rows, 0.0)
+    scores = scores.masked_fill(dead_rows, 0.0)
+    if sinks is None:
+        probs = torch.softmax(scores, dim=-1)
+    else:
+        with_sink = torch.cat([scores, sink_column(sinks, scores)], dim=-1)
+        probs = torch.softmax(with_sink, dim=-1)[..., :-1]
+    return probs.masked_fill(dead_rows, 0.0)
 
 
 def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      tensors: AttentionTensors = NO_TENSORS,
                      options: AttentionOptions = DEFAULTS, return_probs: bool = False):
     """Reference binary attention on validated 4-D inputs [B, H, N, D]; output in v's dtype.
+
+    Scores are soft-capped (``options.soft_cap``) before bias and mask; ``tensors.sinks`` adds
+    one value-less logit per query head to each softmax (:func:`attention_probs`).
 
     Rows whose keys are all masked produce zeros (not NaN). With ``tensors.bias_index``,
     ``tensors.bias`` is a table looked up by it (:func:`table_bias`). With ``return_probs``
@@ -310,7 +336,8 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     bias = dense_bias(tensors.bias, tensors.bias_index)
     scores = binary_scores(q, k, options, tensors.q_scale, tensors.k_scale)
-    probs = attention_probs(scores, bias, tensors.attn_mask, options.is_causal, options.top_n)
+    probs = attention_probs(scores, bias, tensors.attn_mask, options.is_causal, options.top_n,
+                            options.soft_cap, tensors.sinks)
     dtype = probs.dtype
     values = expand_kv_heads(v.to(dtype), q.shape[-3])
     if options.pv_bits == 8:
@@ -354,10 +381,15 @@ def _input_grad(x, s, b_in, d_hat, options: AttentionOptions):
 def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                               v: torch.Tensor, tensors: AttentionTensors = NO_TENSORS,
                               options: AttentionOptions = DEFAULTS) -> tuple:
-    """Analytic VJP of :func:`binary_attention` (STE through sign): ``(dq, dk, dv, dbias)``.
+    """Analytic VJP of :func:`binary_attention` (STE through sign):
+    ``(dq, dk, dv, dbias, dsinks)``.
 
     The same math a backward kernel implements; tested against autograd of the forward.
     ``dbias`` is None when there is no bias; with ``bias_index`` it is the table's gradient.
+    ``dsinks`` (None without sinks): the sink is a softmax column whose value is 0, so its
+    logit's gradient is ``p_sink·(0 − Σ_j p_j·dp_j)`` summed over batch and rows, with
+    ``p_sink = 1 − Σ_j p_j`` (1 in a fully masked row, where Σ_j p_j·dp_j is 0). A soft cap
+    multiplies the scores' gradient by its derivative ``1 − tanh²(s / cap)``.
     """
     o, bias_index, k_scale = options, tensors.bias_index, tensors.k_scale
     table, bias = tensors.bias, dense_bias(tensors.bias, bias_index)
@@ -375,7 +407,9 @@ def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
     k_hat = s_k * binarize_as(k_in, o).detach()
     with torch.no_grad():
         scores = binary_scores(q, k, o, tensors.q_scale, k_scale)
-    probs = attention_probs(scores, bias, tensors.attn_mask, o.is_causal, o.top_n)
+    sinks = tensors.sinks
+    probs = attention_probs(scores, bias, tensors.attn_mask, o.is_causal, o.top_n, o.soft_cap,
+                            sinks)
     g = grad_out.to(dtype)
     if o.pv_bits == 8:
         inv_step = v_inverse_step(vf)
@@ -385,10 +419,17 @@ def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
         v_used, p_used = vf, probs
         dv = probs.transpose(-1, -2) @ g
     dp = g @ v_used.transpose(-1, -2)
-    ds = probs * (dp - (dp * probs).sum(-1, keepdim=True))
+    row_dot = (dp * probs).sum(-1, keepdim=True)
+    ds = probs * (dp - row_dot)
+    dsinks = None
+    if sinks is not None:
+        p_sink = 1 - probs.sum(-1, keepdim=True)
+        dsinks = (-(p_sink * row_dot)).sum((0, 2)).reshape(sinks.shape).to(sinks.dtype)
     dbias = _sum_to_shape(ds, bias.shape).to(bias.dtype) if bias is not None else None
     if dbias is not None and bias_index is not None:
         dbias = table_grad(dbias, bias_index, table)
+    if o.soft_cap is not None:
+        ds = ds * (1 - torch.tanh(scores / o.soft_cap) ** 2)
     dq_hat = softmax_scale * (ds @ k_hat)
     dk_hat = softmax_scale * (ds.transpose(-1, -2) @ q_hat)
     dq = _input_grad(qf, s_q, q_in, dq_hat, o)
@@ -396,4 +437,4 @@ def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
     if group > 1:
         dk = dk.unflatten(-3, (hkv, group)).sum(-3)
         dv = dv.unflatten(-3, (hkv, group)).sum(-3)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, dsinks

@@ -128,7 +128,8 @@ def check_popcount_inputs(q_bits: torch.Tensor, k_bits: torch.Tensor, head_dim: 
 
 
 def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """q, k, v: float, 4-D [B, H, N, D], same B, matching D, GQA-compatible heads, N > 0."""
+    """q, k, v: float of one dtype, 4-D [B, H, N, D], same B, matching D, GQA-compatible
+    heads, N > 0."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         check_float(name, x)
         if x.dim() != 4:
@@ -138,6 +139,9 @@ def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
             raise ValueError(f"{name} has an empty sequence dimension N")
         if x.shape[-1] == 0:
             raise ValueError(f"{name} has an empty head dimension D")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k and v must have one dtype, got q {q.dtype}, k {k.dtype}, "
+                        f"v {v.dtype} (cast them to one)")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"D mismatch: q has D={q.shape[-1]} but k has D={k.shape[-1]}")
     if k.shape[-2] != v.shape[-2]:
@@ -149,6 +153,18 @@ def check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"GQA: q heads ({q.shape[1]}) must be a multiple of k/v heads "
                          f"({k.shape[1]})")
+
+
+def check_sinks(sinks: Optional[torch.Tensor], q: torch.Tensor) -> None:
+    """Attention sinks: a float tensor ``[Hq]`` (one logit per query head) on q's device (its
+    dtype is checked with the options, ``AttentionOptions.check_tensors``)."""
+    if sinks is None:
+        return
+    if tuple(sinks.shape) != (q.shape[1],):
+        raise ValueError(f"sinks must have shape [Hq] = [{q.shape[1]}] (one logit per query "
+                         f"head), got {tuple(sinks.shape)}")
+    if sinks.device != q.device:
+        raise ValueError(f"sinks is on {sinks.device} but q is on {q.device}")
 
 
 def check_broadcast(name: str, x: Optional[torch.Tensor], target: tuple[int, ...]) -> None:

@@ -64,7 +64,8 @@ class Match:
     static_scales: dict = field(default_factory=dict)  # q_scale/k_scale found in the graph
     mask_preps: dict[int, MaskPrep] = field(default_factory=dict)  # mask_parts index → prep
     q_factors: list[fx.Node] = field(default_factory=list)  # per-(b, h) tensor scales → q · t
-    soft_cap: Optional[float] = None    # tanh(s / c) · c before the masks (float mode only)
+    soft_cap: Optional[float] = None    # tanh(s / c) · c before the masks: the op's soft_cap
+    sinks_node: Optional[fx.Node] = None  # per-head sink logits (numel Hq): the op's sinks
     notes: list[str] = field(default_factory=list)      # what the report says beside the row
 
     @property

@@ -15,8 +15,10 @@ from .base import Match
 
 NAME = "binattn-op"
 ARGS = ("q", "k", "v", "bias", "attn_mask", "is_causal", "scale", "scale_mode", "q_scale",
-        "k_scale", "top_n", "pv_bits", "binarizer", "temperature", "ste_clip", "bias_index")
-OPTIONS = ("scale_mode", "top_n", "pv_bits", "binarizer", "temperature", "ste_clip")
+        "k_scale", "top_n", "pv_bits", "binarizer", "temperature", "ste_clip", "bias_index",
+        "sinks", "soft_cap")
+OPTIONS = ("scale_mode", "top_n", "pv_bits", "binarizer", "temperature", "ste_clip",
+           "soft_cap")
 
 
 def _get_attr_tensor(node, gm) -> Optional[torch.Tensor]:
@@ -40,6 +42,7 @@ def match(node: fx.Node, gm: Optional[fx.GraphModule]) -> Optional[Match]:
               nodes=[node])
     m.bias_node = args.get("bias")
     m.bias_index_node = args.get("bias_index")
+    m.sinks_node = args.get("sinks")
     m.options = {k: args[k] for k in OPTIONS if k in args}
     m.static_scales = {}
     for name in ("q_scale", "k_scale"):

@@ -10,6 +10,7 @@ and k; casts and views in between are looked through (``normalize``). What real 
     scores = scores + mask                  # additive mask / bias, any number
     scores = scores.masked_fill(m, -inf)    # or torch.where(keep, scores, -inf)
     probs = scores.softmax(-1)              # also softmax(dtype=float32) then .to(dtype)
+                                            # or softmax(cat([scores, sinks]) − max)[..., :-1]
     probs = dropout(probs)                  # only when inactive (eval); else a skip
     out = probs @ v                         # matmul or bmm (+ view/expand)
 
@@ -71,6 +72,10 @@ def _step_down(cur: fx.Node, user: fx.Node, site: Optional[forms.Site]) -> Optio
     applied only with a ``site``."""
     if user.op != "call_function":
         return None
+    if forms.is_sink_drop(user):   # probs[..., :-1] after a sink column
+        if site is not None and site.sinks is None:
+            site.set_skip(f"{describe(user)} drops a probability column with no sink")
+        return "next", user
     out = match_at(forms.OUTPUTS, user)
     if out is not None:
         return ("done", out.form.effect(site, out), user) if out.kw["probs"] is cur else None
@@ -167,8 +172,8 @@ def _match(node: fx.Node, gm: Optional[fx.GraphModule]) -> Match:
     if fm is None or fm.form.effect(site, fm) is None:
         raise NoMatch(f"{describe(node)} is not a softmax over the last dim of 3-D or "
                       "higher scores")
-    site.final = fm.kw["scores"]
-    a, b = _walk_up(fm.kw["scores"], site)
+    site.final = forms.strip_sink(site, fm.kw["scores"])
+    a, b = _walk_up(site.final, site)
     v_operand, pv = _walk_down(node, site)
     q = _peel(_lifted(a, site), site)
     k, transposed = _key(b, site)
@@ -182,7 +187,8 @@ def _match(node: fx.Node, gm: Optional[fx.GraphModule]) -> Match:
                  k_transposed=transposed, mask_parts=site.masks, is_causal=False,
                  scale=site.scale, nodes=site.nodes, skip=site.skip,
                  probs_node=site.probs_node, mask_preps=site.preps(a, b, site.final),
-                 q_factors=site.q_factors, soft_cap=site.soft_cap, notes=site.notes)
+                 q_factors=site.q_factors, soft_cap=site.soft_cap, sinks_node=site.sinks,
+                 notes=site.notes)
 
 
 def match(node: fx.Node, gm: Optional[fx.GraphModule]) -> Optional[Match]:

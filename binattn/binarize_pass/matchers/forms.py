@@ -29,6 +29,7 @@ What it does not: walk the graph (``decomposed``) or rewrite it (``rewrite``).
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Optional
 
 import torch
@@ -66,6 +67,7 @@ class Site:
         self.mask_at: list[tuple[int, Any, float]] = []   # per mask: len(views), point, factor
         self.q_factors: list[tuple[fx.Node, str]] = []    # per-(b, h) tensor scales: q * t, q / t
         self.soft_cap: Optional[float] = None
+        self.sinks: Optional[fx.Node] = None   # the per-head sink logits (GPT-OSS)
         self.notes: list[str] = []
 
     def set_skip(self, reason: Optional[str]) -> None:
@@ -283,8 +285,8 @@ def soft_cap_mul(scores, r, c):
 
 
 def soft_cap_effect(site: Site, fm: FormMatch) -> Optional[fx.Node]:
-    """→ the site's soft cap c (exact in float mode; binary mode: dropped, see docs/pass.md),
-    when the cap comes after the scale and before the masks, once."""
+    """→ the site's soft cap c (the op's ``soft_cap``: float and binary mode), when the cap
+    comes after the scale and before the masks, once."""
     c = fm.kw["c"]
     r = fm.kw.get("r", 1.0 / c if c else None)
     if not c or c <= 0 or r is None or abs(r * c - 1.0) > 1e-6:
@@ -294,9 +296,7 @@ def soft_cap_effect(site: Site, fm: FormMatch) -> Optional[fx.Node]:
     if site.scale != 1.0 or site.q_factors:
         site.set_skip("the scores are scaled after soft-capping")
     site.soft_cap = float(c)
-    site.notes.append(f"logit soft-cap {c:g}: applied exactly in float mode; dropped in binary "
-                      "mode (the op has no cap; binary scores are bounded by "
-                      "|s_q·s_k·scale·D| already, see docs/pass.md)")
+    site.notes.append(f"logit soft-cap {c:g}: kept (the op's soft_cap, float and binary mode)")
     return fm.kw["scores"]
 
 
@@ -350,6 +350,63 @@ SCORE_OPS = VIEWS | CASTS | {
     aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar, aten.add.Tensor,
     aten.sub.Tensor, aten.neg.default, aten.tanh.default, aten.masked_fill.Scalar,
     aten.masked_fill.Tensor, aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf}
+
+
+# --- attention sinks: softmax(cat([scores, sinks], -1) − max)[..., :-1] (GPT-OSS) ---------
+
+SINK_VIEWS = VIEWS | CASTS
+
+
+def _row_max_of(node: Any, x: fx.Node) -> bool:
+    """Whether node is the row maximum of x over the last dim (``x.max(-1, keepdim).values``
+    or ``amax``): subtracting it leaves the softmax unchanged."""
+    if not isinstance(node, fx.Node):
+        return False
+    if node.target is operator.getitem and node.args[1] == 0:
+        node = node.args[0]
+        return (node.target is aten.max.dim and node.args[0] is x
+                and norm_dim(node.args[1], rank(x)) == rank(x) - 1)
+    return (node.target is aten.amax.default and node.args[0] is x
+            and [norm_dim(d, rank(x)) for d in node.args[1]] == [rank(x) - 1])
+
+
+def strip_sink(site: Site, softmax_in: Any) -> Any:
+    """The scores behind an attention-sink column: ``cat([scores, sink], -1)`` (less its row
+    maximum) → scores, and ``site.sinks`` the per-head logits (a node of Hq values) the sink
+    column is expanded from; anything else is returned as it is."""
+    cur = softmax_in
+    if (isinstance(cur, fx.Node) and cur.target is aten.sub.Tensor
+            and _row_max_of(cur.args[1], cur.args[0])):
+        site.nodes.extend([cur, cur.args[1]])
+        if cur.args[1].target is operator.getitem:
+            site.nodes.append(cur.args[1].args[0])
+        cur = cur.args[0]
+    if not (isinstance(cur, fx.Node) and cur.target is aten.cat.default
+            and len(cur.args[0]) == 2 and norm_dim(cur.args[1] if len(cur.args) > 1 else 0,
+                                                   rank(cur)) == rank(cur) - 1):
+        return softmax_in
+    scores, column = cur.args[0]
+    site.nodes.append(cur)
+    heads = meta_val(scores).shape[-3] if rank(scores) == 4 else None
+    base = column
+    while isinstance(base, fx.Node) and base.target in SINK_VIEWS:
+        site.nodes.append(base)
+        base = base.args[0]
+    val = meta_val(base)
+    if heads is None or val is None or val.numel() != heads or meta_val(column).shape[-1] != 1:
+        site.set_skip(f"the softmax's extra column {describe(column)} is not a per-head sink "
+                      "of 4-D scores")
+    site.sinks = base
+    site.notes.append(f"attention sinks {describe(base)}: passed to the op (float and binary)")
+    return scores
+
+
+def is_sink_drop(node: fx.Node) -> bool:
+    """``probs[..., :-1]``: the slice that drops the sink column after the softmax."""
+    if node.target is not aten.slice.Tensor or len(node.args) < 4:
+        return False
+    dim, start, end = node.args[1:4]
+    return norm_dim(dim, rank(node)) == rank(node) - 1 and start in (0, None) and end == -1
 
 
 # --- dropout of the probabilities, and the product with v -------------------------------

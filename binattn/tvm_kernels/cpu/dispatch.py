@@ -261,6 +261,8 @@ def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return f"binarizer={options.binarizer!r} (soft, training-only) runs the reference"
     if options.top_n is not None and options.top_n < k.shape[-2]:
         return "top_n is not built"
+    if tensors.sinks is not None or options.soft_cap is not None:
+        return "attention sinks / soft_cap are not built"
     if q.dim() != 4:
         return f"{q.dim()}-D inputs"
     if options.scale_mode == "static":

@@ -336,6 +336,8 @@ def attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return f"binarizer={options.binarizer!r} (kernel implements 'sign')"
     if options.top_n is not None and options.top_n < k.shape[-2]:
         return "top_n not implemented in the CUDA kernel"
+    if tensors.sinks is not None or options.soft_cap is not None:
+        return "attention sinks / soft_cap not implemented in the CUDA kernel"
     if options.pv_bits == 8:
         reason = _pv8_reason(q.device, v, k.shape[-2])
         if reason:
