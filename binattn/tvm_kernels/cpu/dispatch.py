@@ -239,12 +239,24 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         args.append(_pad_dim(v32, 2, nk_pad).contiguous())
     args.append(coef)
     if add is not None:
-        if add.shape[2] != 1:
-            add = _pad_dim(add, 2, nq_pad)
-        args.append(_pad_dim(add, 3, nk_pad).contiguous())
+        padded = _pad_dim(add, 2, nq_pad) if add.shape[2] != 1 else add
+        args.append(_pad_dim(padded, 3, nk_pad).contiguous())
     out = empty_output((B, hq, nq_pad, dv), torch.float32)
     fn(*args, out, n_k, head_dim)
-    return reference.empty_output(q, v).copy_(out[:, :, :n_q, :dv_true])
+    result = reference.empty_output(q, v).copy_(out[:, :, :n_q, :dv_true])
+    return _nan_policy(result, coef, add)
+
+
+def _nan_policy(out: torch.Tensor, coef: torch.Tensor,
+                add: Optional[torch.Tensor]) -> torch.Tensor:
+    """NaN over the (b, h) whose score multiplier is not finite (a NaN/Inf in q or k) and over
+    the rows whose bias + mask holds a NaN, as the reference gives them: the kernel's running
+    max skips NaN scores, so it could return a finite row (or a dead row's zeros) instead.
+    Computed on the tensors at hand, no host read (the NaN policy, ``ops.validation``)."""
+    out.masked_fill_(torch.isnan(coef)[:, :, None, None], float("nan"))
+    if add is not None:
+        out.masked_fill_(torch.isnan(add).any(-1, keepdim=True), float("nan"))
+    return out
 
 
 def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
