@@ -262,10 +262,10 @@ def test_hf_errors_name_the_argument():
     attn = model.layers[0].self_attn
     q = torch.randn(1, 4, 5, 16)
     kv = torch.randn(1, 2, 5, 16)
-    with pytest.raises(ValueError, match="softcap"):
-        bhf.binattn_attention_forward(attn, q, kv, kv, None, softcap=30.0)
-    with pytest.raises(ValueError, match="s_aux"):
-        bhf.binattn_attention_forward(attn, q, kv, kv, None, s_aux=torch.zeros(4))
+    with pytest.raises(ValueError, match="soft_cap must be"):
+        bhf.binattn_attention_forward(attn, q, kv, kv, None, softcap=-1.0)
+    with pytest.raises(ValueError, match="sinks"):
+        bhf.binattn_attention_forward(attn, q, kv, kv, None, s_aux=torch.zeros(3))
     bhf.attach(model, {"scale_mode": "static"})
     with pytest.raises(ValueError, match="static.*q_scale"):
         model(_tokens())
@@ -391,3 +391,19 @@ def test_diffusers_errors_name_the_problem():
     proc.base._attention_backend = "flash"
     with pytest.raises(ValueError, match="'native' backend"):
         flux(**fargs)
+
+
+def test_hf_softcap_and_sinks_reach_the_op():
+    """Gemma-2's ``softcap`` and GPT-OSS's ``s_aux`` sinks go to the op (its ``soft_cap`` option
+    and ``sinks`` tensor): the drop-in's output is the op's with them."""
+    model = _llama()
+    attn = model.layers[0].self_attn
+    torch.manual_seed(3)
+    q, k, v = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
+    sinks = torch.randn(4)
+    got, _ = bhf.binattn_attention_forward(attn, q, k, v, None, scaling=0.25, softcap=2.0,
+                                           s_aux=sinks, is_causal=False)
+    want = binattn.ops.binary_attention(q, k, v, scale=0.25, soft_cap=2.0, sinks=sinks)
+    torch.testing.assert_close(got, want.transpose(1, 2))
+    plain, _ = bhf.binattn_attention_forward(attn, q, k, v, None, scaling=0.25, is_causal=False)
+    assert not torch.allclose(got, plain)

@@ -158,10 +158,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               options: BinattnAttentionConfig, state: Optional[BinattnLayerState] = None, *,
               attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
               scale: Optional[float] = None, extra_bias: Optional[torch.Tensor] = None,
-              dropout_p: float = 0.0) -> torch.Tensor:
+              dropout_p: float = 0.0, sinks: Optional[torch.Tensor] = None,
+              soft_cap: Optional[float] = None) -> torch.Tensor:
     """Binary attention of ``q [B, Hq, Nq, D]``, ``k``/``v [B, Hkv, Nk, D]`` with a layer's
     options and state; ``[B, Hq, Nq, Dv]`` (laid out as ``[B, Nq, Hq, Dv]`` by the fused op).
-    ``extra_bias`` (e.g. T5's position bias) adds to the layer's learned bias."""
+    ``extra_bias`` (e.g. T5's position bias) adds to the layer's learned bias; ``sinks``
+    (per-head logits, GPT-OSS) and ``soft_cap`` (Gemma-2) go to the op as they are."""
     q_scale = k_scale = bias = bias_index = None
     if state is not None:
         q_scale, k_scale = state.q_scale, state.k_scale
@@ -176,8 +178,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          "load them from a binarized model (binattn.hf.load_binarized) or use "
                          "scale_mode='mean_abs' or 'none'")
     tensors = AttentionTensors(bias=bias, attn_mask=attn_mask, q_scale=q_scale,
-                               k_scale=k_scale, bias_index=bias_index)
-    op_options = options.options(bool(is_causal), scale)
+                               k_scale=k_scale, bias_index=bias_index, sinks=sinks)
+    op_options = options.options(bool(is_causal), scale).replace(soft_cap=soft_cap)
     if dropout_p > 0.0 and options.dropout == "apply":
         if options.pv_bits is not None:
             raise ValueError(f"attention dropout ({dropout_p}) with pv_bits={options.pv_bits} is "

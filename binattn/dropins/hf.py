@@ -17,7 +17,9 @@ each attention module, so it trains with the model and is saved in its state_dic
 :func:`load_binarized` copies it from a ``binattn.binarize()``-d (and trained) model, and
 ``attach(model, checkpoint=path)`` loads it back after ``from_pretrained``.
 
-What it does not: softcapping, attention sinks (``s_aux``), returning attention weights (None,
+Soft-capping (``softcap``, Gemma-2) and attention sinks (``s_aux``/``sinks``, GPT-OSS) go to
+the op as its ``soft_cap`` option and ``sinks`` tensor (the kernels do not build them: those
+layers run the reference op, and say so). What it does not: return attention weights (None,
 as SDPA). With ``scale_mode="mean_abs"`` the op's per-(b, h) scale averages |q| and |k| over every
 token, padded and future ones included (as ``binattn.binarize()`` does), so padding and later
 tokens shift the softmax temperature of real rows; use "static" or "none" where they must change
@@ -44,8 +46,7 @@ __all__ = ["NAME", "BinattnAttentionConfig", "BinattnLayerState", "register",
 NAME = "binattn"
 CONFIG_KEY = "binattn"     # model.config.binattn = {"options": {...}, "layers": {path: spec}}
 STATE_NAME = "binattn"     # <attention module>.binattn: its BinattnLayerState
-UNSUPPORTED_KWARGS = {"softcap": "softcapping", "s_aux": "attention sinks",
-                      "sinks": "attention sinks"}
+UNSUPPORTED_KWARGS: dict[str, str] = {}  # transformers' kwargs this drop-in refuses, by name
 
 _defaults = BinattnAttentionConfig()
 _uses_interface: dict[type, bool] = {}
@@ -106,9 +107,10 @@ def binattn_attention_forward(module: nn.Module, query: torch.Tensor, key: torch
         key, value = key[:, :, :q_len], value[:, :, :q_len]
         if position_bias is not None:
             position_bias = position_bias[..., :q_len]
+    sinks = kwargs.get("s_aux", kwargs.get("sinks"))
     out = attention(query, key, value, options, state, attn_mask=attention_mask,
                     is_causal=is_causal, scale=scaling, extra_bias=position_bias,
-                    dropout_p=float(dropout))
+                    dropout_p=float(dropout), sinks=sinks, soft_cap=kwargs.get("softcap"))
     return out.transpose(1, 2), None   # the op lays [B, H, N, D] out as [B, N, H, D]
 
 
