@@ -179,3 +179,15 @@ def test_eager_call_skips_the_dispatcher_only_where_nothing_is_lost():
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         binattn.ops.binary_attention(q.detach(), k, v)
     assert any(e.key == "binattn::binary_attention" for e in prof.key_averages())
+
+
+def test_static_scales_are_read_once_per_version():
+    """The CPU kernel needs positive static scales: checked once per scale tensor version, so a
+    static-mode call (HAD) reads nothing back after the first."""
+    q, k, v = torch.randn(3, 1, 2, 9, 32).unbind(0)
+    kw = {"scale_mode": "static", "q_scale": torch.tensor(0.7), "k_scale": torch.tensor(0.9)}
+    binattn.ops.binary_attention(q, k, v, **kw)
+    assert _host_reads(lambda: binattn.ops.binary_attention(q, k, v, **kw)) == 0
+    kw["q_scale"].fill_(-1.0)  # in place: checked again, and the kernel refuses it
+    binattn.ops.binary_attention(q, k, v, **kw)
+    assert binattn.ops.kernel_report()["binary_attention/cpu"].startswith("reference (")

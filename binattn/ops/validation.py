@@ -206,27 +206,35 @@ def check_bias_table(table: Optional[torch.Tensor], index: torch.Tensor,
                          f"{tuple(index.shape)}")
     if index.device != table.device:
         raise ValueError(f"bias_index is on {index.device} but the table is on {table.device}")
-    if check_values and not is_tracing(index) and not _index_known_good(index, table.shape[0]):
+    checked_rows = INDEX_ROWS.get(index) if check_values else None
+    if check_values and not is_tracing(index) and (checked_rows is None or
+                                                   table.shape[0] < checked_rows):
         low, high = torch.stack(tuple(torch.aminmax(index))).tolist()  # one reduction, one sync
         if low < 0 or high >= table.shape[0]:
             raise ValueError(f"bias_index holds {low if low < 0 else high}, outside the table's "
                              f"rows [0, {table.shape[0]})")
-        key = id(index)
-        forget = lambda _ref, key=key: _checked_indices.pop(key, None)  # noqa: E731
-        _checked_indices[key] = (weakref.ref(index, forget), index._version, table.shape[0])
+        INDEX_ROWS.put(index, table.shape[0])
 
 
-_checked_indices: dict[int, tuple] = {}  # id -> (weakref, version, table rows) found in range
+class FoundOnce:
+    """A fact about a tensor's values, found once (one host read) and remembered for this very
+    tensor while its version counter is unchanged (an in-place write forgets it; so does the
+    tensor's death). For values a model keeps fixed: a relative-position index, static scales."""
+
+    def __init__(self) -> None:
+        self._facts: dict[int, tuple] = {}  # id -> (weakref, version, fact)
+
+    def get(self, t: torch.Tensor):
+        """The fact recorded for ``t`` as it is now, else None."""
+        entry = self._facts.get(id(t))
+        if entry is None or entry[0]() is not t or entry[1] != t._version:
+            return None
+        return entry[2]
+
+    def put(self, t: torch.Tensor, fact) -> None:
+        key = id(t)
+        forget = lambda _ref, key=key: self._facts.pop(key, None)  # noqa: E731
+        self._facts[key] = (weakref.ref(t, forget), t._version, fact)
 
 
-def _index_known_good(index: torch.Tensor, rows: int) -> bool:
-    """Whether this very tensor, unchanged since (same version counter), was found in range
-    for a table of at least as many rows."""
-    entry = _checked_indices.get(id(index))
-    if entry is None:
-        return False
-    ref, version, checked_rows = entry
-    if ref() is not index:
-        del _checked_indices[id(index)]
-        return False
-    return index._version == version and rows >= checked_rows
+INDEX_ROWS = FoundOnce()  # bias_index -> the table rows it was found within

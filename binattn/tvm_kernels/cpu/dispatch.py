@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ...ops import dispatch, reference
+from ...ops import dispatch, reference, validation
 from ...ops.options import AttentionOptions, AttentionTensors
 from . import build as cpu_build, kernels as cpu_kernels
 from .target import use_all_cores
@@ -259,6 +259,19 @@ def _nan_policy(out: torch.Tensor, coef: torch.Tensor,
     return out
 
 
+_POSITIVE = validation.FoundOnce()  # static scales found > 0 (read once per tensor version)
+
+
+def _positive(scale: torch.Tensor) -> bool:
+    """Whether every value of a static scale is > 0: one host read per scale tensor and version
+    (calibrated scales stay fixed), not one per call."""
+    known = _POSITIVE.get(scale)
+    if known is None:
+        known = bool((scale > 0).all())
+        _POSITIVE.put(scale, known)
+    return known
+
+
 def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               tensors: AttentionTensors,
                               options: AttentionOptions) -> Optional[str]:
@@ -280,7 +293,7 @@ def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if options.scale_mode == "static":
         q_scale, k_scale = tensors.q_scale, tensors.k_scale
         for name, s in (("q_scale", q_scale), ("k_scale", k_scale)):
-            if s is None or s.dtype == torch.float64 or bool((s <= 0).any()):
+            if s is None or s.dtype == torch.float64 or not _positive(s):
                 return f"{name} must be positive float32 for the kernel"
         try:
             _coef(q, k, options.scale, q_scale.float(), k_scale.float())
