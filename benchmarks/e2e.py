@@ -6,10 +6,11 @@ Side by side in one run, per model and path (bf16, inference, random weights):
 - paths: the original model eager (cuDNN/flash SDPA inside), ``torch.compile(model)``,
   ``gm = binattn.binarize(model, (x,))`` eager, ``torch.compile(gm)`` (default Inductor, binattn's
   ops as extern kernels), and ``torch.compile(model, backend="binattn")``;
-- columns: ms per forward (median, ``cuda_bench.bench_ms``), host syncs per forward (profiler:
+- columns: ms per forward (median, ``cuda/bench.bench_ms``), host syncs per forward (profiler:
   ``aten::_local_scalar_dense`` reads and ``cudaStreamSynchronize``/``cudaDeviceSynchronize``
-  calls), copies per forward (``aten::clone/copy_/contiguous/_to_copy`` of a tensor at least as
-  large as one layer's q), attention kernel ms (GPU time of kernels whose name says attention:
+  calls, less those of profiling an empty call), copies per forward
+  (``aten::clone/copy_/contiguous/_to_copy`` of a tensor at least as large as one layer's q),
+  attention kernel ms (GPU time of kernels whose name says attention:
   binattn's sign-pack and attention kernels, SDPA's flash/cuDNN/efficient kernels), time outside
   attention (ms − attention ms) and its ratio to the original's on the same path kind (eager to
   eager, compiled to compiled; the issue's target is within 5 %);
@@ -42,17 +43,26 @@ MODELS = {  # name: (timm kwargs, batch)
 }
 
 
-def profile_counts(fn: Callable, big: int) -> dict:
-    """Host syncs, large copies and attention-kernel GPU ms of one call of ``fn``."""
-    fn()
-    torch.cuda.synchronize()
+def _profiled(fn: Callable):
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
                  record_shapes=True) as prof:
         fn()
         torch.cuda.synchronize()
-    events = prof.events()
-    syncs = sum(1 for e in events if e.name == "aten::_local_scalar_dense")
-    syncs += sum(1 for e in events if e.name in SYNC_CALLS) - 1  # less the one of the profile
+    return prof.events()
+
+
+def _syncs(events) -> int:
+    return sum(1 for e in events
+               if e.name == "aten::_local_scalar_dense" or e.name in SYNC_CALLS)
+
+
+def profile_counts(fn: Callable, big: int) -> dict:
+    """Host syncs (beyond those of profiling an empty call: the measurement's own), large
+    copies and attention-kernel GPU ms of one call of ``fn``."""
+    fn()
+    torch.cuda.synchronize()
+    events = _profiled(fn)
+    syncs = _syncs(events) - _syncs(_profiled(lambda: None))
     copies = sum(1 for e in events if e.name in COPY_OPS and any(
         s and torch.Size(s).numel() >= big for s in e.input_shapes))
     attention_us = sum(e.device_time for e in events  # kernels, not annotations ("a::b")
