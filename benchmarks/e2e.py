@@ -88,12 +88,11 @@ def model_paths(name: str, quick: bool) -> tuple[dict[str, Callable], torch.Tens
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gm = binattn.binarize(model, (x,))
-    heads, dim = model.blocks[0].attn.num_heads, model.embed_dim
+    dim = model.embed_dim
     big = batch * model.patch_embed.num_patches * dim // 3  # ~ one layer's q
     paths = {"original eager": model, "original compiled": torch.compile(model),
              "binarized eager": gm, "binarized compiled": torch.compile(gm),
              "backend=binattn": torch.compile(model, backend="binattn")}
-    del heads
     return paths, x, big
 
 

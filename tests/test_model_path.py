@@ -18,6 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 import binattn
 from binattn.models import demo_vit
 from binattn.ops import validation
+from binattn.ops.options import split_keywords
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
@@ -94,7 +95,10 @@ def test_non_finite_input_gives_nan_for_its_head_only(device, scale_mode, where)
     if scale_mode == "static":
         kw.update(q_scale=torch.tensor(0.8, device=device),
                   k_scale=torch.tensor(0.9, device=device))
-    out = binattn.ops.binary_attention(q, k, v, **kw)
+    if device == "cpu":  # a direct CPU call checks by default (no queue to drain there)
+        with pytest.raises(ValueError, match=f"{where[0]} contains"):
+            binattn.ops.binary_attention(q, k, v, **kw)
+    out = binattn.ops.binary_attention(q, k, v, check_finite=False, **kw)
     assert torch.isnan(out[1, 2]).any(), "a non-finite input must not give a finite output"
     if where != "v_nan":  # q and k poison the whole (b, h); v only the rows that read it
         assert torch.isnan(out[1, 2]).all()
@@ -124,13 +128,17 @@ def test_output_is_laid_out_for_the_following_reshape(device):
     assert merged.data_ptr() == out.data_ptr()  # a view, not a copy
 
 
+def _as_a_site(q, k, v, **kw):
+    """An op call as a binarized model's site makes it (data checks off unless switched on)."""
+    return binattn.ops.binary_attention_with(q, k, v, *split_keywords(**kw))
+
+
 def test_bias_index_is_checked_once_per_version():
     table = torch.randn(10, 2)
     index = torch.randint(0, 10, (6, 6))
     q, k, v = torch.randn(3, 1, 2, 6, 32).unbind(0)
-    binattn.ops.binary_attention(q, k, v, bias=table, bias_index=index)
-    assert _host_reads(lambda: binattn.ops.binary_attention(q, k, v, bias=table,
-                                                            bias_index=index)) == 0
+    _as_a_site(q, k, v, bias=table, bias_index=index)
+    assert _host_reads(lambda: _as_a_site(q, k, v, bias=table, bias_index=index)) == 0
     index[0, 0] = 10  # in place: a new version, checked again
     with pytest.raises(ValueError, match="outside the table's rows"):
         binattn.ops.binary_attention(q, k, v, bias=table, bias_index=index)
@@ -186,8 +194,8 @@ def test_static_scales_are_read_once_per_version():
     static-mode call (HAD) reads nothing back after the first."""
     q, k, v = torch.randn(3, 1, 2, 9, 32).unbind(0)
     kw = {"scale_mode": "static", "q_scale": torch.tensor(0.7), "k_scale": torch.tensor(0.9)}
-    binattn.ops.binary_attention(q, k, v, **kw)
-    assert _host_reads(lambda: binattn.ops.binary_attention(q, k, v, **kw)) == 0
+    _as_a_site(q, k, v, **kw)
+    assert _host_reads(lambda: _as_a_site(q, k, v, **kw)) == 0
     kw["q_scale"].fill_(-1.0)  # in place: checked again, and the kernel refuses it
     binattn.ops.binary_attention(q, k, v, **kw)
     assert binattn.ops.kernel_report()["binary_attention/cpu"].startswith("reference (")

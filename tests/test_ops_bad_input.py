@@ -102,13 +102,18 @@ def test_packed_word_count_must_match_d():
 def test_nan_inf_policy(name, value, word):
     tensors = dict(zip("qkv", qkv()))
     tensors[name][0, 0, 1, 2] = value
+    q, k, v = tensors["q"], tensors["k"], tensors["v"]
     with pytest.raises(ValueError, match=f"{name} contains {word}"):
-        binary_attention(tensors["q"], tensors["k"], tensors["v"], check_finite=True)
+        binary_attention(q, k, v)   # a direct eager call on CPU checks by default
+    with pytest.raises(ValueError, match=f"{name} contains {word}"):
+        binary_attention(q, k, v, check_finite=True)
     with binattn.ops.data_checks(), pytest.raises(ValueError, match=f"{name} contains {word}"):
-        binary_attention(tensors["q"], tensors["k"], tensors["v"])
-    # unchecked (the default): nothing is read back, and the bad value shows as NaN in the
-    # output of its (b, h) as NaN (Inf in v: Inf), never as a finite value from sign(NaN)
-    out = binary_attention(tensors["q"], tensors["k"], tensors["v"])
+        binattn.ops.binary_attention_with(q, k, v)   # a site: only under the global switch
+    # unchecked (a model's sites, CUDA calls): nothing is read back, and the bad value shows in
+    # the output of its (b, h) as NaN (Inf in v: Inf), never as a finite value from sign(NaN)
+    for out in (binary_attention(q, k, v, check_finite=False),
+                binattn.ops.binary_attention_with(q, k, v)):
+        assert not torch.isfinite(out[0, 0]).all() and torch.isfinite(out[1:]).all()
     assert not torch.isfinite(out[0, 0]).all() and torch.isfinite(out[1:]).all()
 
 
@@ -124,9 +129,9 @@ def test_unchecked_nan_mask_gives_nan_not_a_finite_wrong_output():
     read) the NaN reaches the output of its row through the softmax (the reference)."""
     q, k, v, mask = _nan_mask_case()
     with pytest.raises(ValueError, match="attn_mask contains NaN"):
-        binary_attention(q, k, v, attn_mask=mask, check_finite=True)
+        binary_attention(q, k, v, attn_mask=mask)   # eager on CPU: checked by default
     with binattn.ops.reference_only():
-        out = binary_attention(q, k, v, attn_mask=mask)
+        out = binary_attention(q, k, v, attn_mask=mask, check_finite=False)
     assert torch.isnan(out[:, :, 1]).all() and torch.isfinite(out[:, :, [0, 2, 3]]).all()
 
 
@@ -134,7 +139,7 @@ def test_unchecked_nan_mask_gives_nan_on_the_default_path():
     """The CPU kernel's running max skips NaN scores; its dispatcher applies the NaN policy to
     the output (rows whose bias + mask hold a NaN), so the default path agrees."""
     q, k, v, mask = _nan_mask_case()
-    out = binary_attention(q, k, v, attn_mask=mask)
+    out = binary_attention(q, k, v, attn_mask=mask, check_finite=False)
     assert torch.isnan(out[:, :, 1]).all() and torch.isfinite(out[:, :, [0, 2, 3]]).all()
 
 
@@ -145,7 +150,7 @@ def test_inf_in_q_gives_nan_on_the_default_path_whatever_the_data(seed):
     torch.manual_seed(seed)
     q, k, v = torch.randn(3, 2, 2, 9, 32).unbind(0)
     q[0, 1, 3, 5] = float("inf")
-    out = binary_attention(q, k, v)
+    out = binary_attention(q, k, v, check_finite=False)
     assert torch.isnan(out[0, 1]).all() and torch.isfinite(out[1]).all()
 
 

@@ -93,15 +93,19 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
             receives a real gradient.
         soft_cap: logit soft-cap c > 0 (Gemma-2): the scores become ``c·tanh(s / c)`` before
             bias and mask.
-        check_finite: True reads q, k, v, bias and a float mask back and raises ValueError
-            naming the first that holds NaN/Inf (eager only; one host sync each); None (the
-            default) does so only inside :func:`data_checks` or with ``BINATTN_DATA_CHECKS=1``.
-            Unchecked, a NaN/Inf input gives a NaN output (never a finite wrong one). A
-            ``bias_index`` is range-checked once per tensor version unless this is False.
+        check_finite: True reads q, k, v, bias, sinks and a float mask back and raises
+            ValueError naming the first that holds NaN/Inf (eager only); None (the default)
+            checks CPU tensors (reading them costs no stall there) and, on CUDA, only inside
+            :func:`data_checks` or with ``BINATTN_DATA_CHECKS=1`` (no host sync). Unchecked, a
+            NaN/Inf input gives a NaN output (never a finite wrong one). A ``bias_index`` is
+            range-checked once per tensor version unless this is False. A binarized model's
+            sites (:func:`binary_attention_with`) follow the global switch only, on any device.
 
     Rows whose keys are all masked give zeros. Output has v's dtype; math runs in float32
     (float64 for float64 inputs).
     """
+    if check_finite is None and isinstance(q, torch.Tensor) and q.device.type == "cpu":
+        check_finite = True   # a direct call on CPU: no launch queue to drain
     return binary_attention_with(
         q, k, v, AttentionTensors(bias=bias, attn_mask=attn_mask, q_scale=q_scale,
                                   k_scale=k_scale, bias_index=bias_index, sinks=sinks),
@@ -116,7 +120,8 @@ def binary_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           check_finite: Optional[bool] = None) -> torch.Tensor:
     """:func:`binary_attention` with its optional tensors as one :class:`AttentionTensors` and
     its options as one :class:`AttentionOptions` (what a site holds), in the order the
-    reference and the kernels take them."""
+    reference and the kernels take them. ``check_finite=None`` follows :func:`data_checks`
+    alone, on every device: a model's forward and training step read nothing back."""
     squeeze = q.dim() == 3 if isinstance(q, torch.Tensor) else False
     q, k, v = _as_4d(q, squeeze), _as_4d(k, squeeze), _as_4d(v, squeeze)
     tensors = tensors._replace(attn_mask=_as_4d(tensors.attn_mask, squeeze),
