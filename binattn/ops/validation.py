@@ -9,8 +9,9 @@ NaN policy (README): a data check needs the values, and reading them back is a h
 drains the launch queue (three per layer cost a binarized ViT-B 2.5 ms on the H100). So a
 CUDA call and a binarized model's sites (``binary_attention_with``, any device) read nothing by
 default — a direct ``binary_attention`` call on CPU tensors does check (no queue to drain).
-Unchecked, a NaN or ±Inf in q or k makes the scale of its (b, h) NaN in every scale mode (``reference.magnitude_scale``), one in v, the bias or the mask reaches the output
-through the softmax and P·V — the output is NaN, never a finite value built from sign(NaN), and
+Unchecked, a NaN or ±Inf in q or k makes the scale of its (b, h) NaN in every scale mode
+(``reference.magnitude_scale``), one in v, the bias or the mask reaches the output through the
+softmax and P·V — the output is NaN, never a finite value built from sign(NaN), and
 training stops with a message at its next loss read. ``check_finite=True`` on a call, or
 :func:`data_checks` / ``BINATTN_DATA_CHECKS=1`` for every call (binarized models included),
 raises ``ValueError`` naming the first non-finite argument instead (eager only). A bias-table
