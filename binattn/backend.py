@@ -87,10 +87,12 @@ def has_binattn_ops(gm: fx.GraphModule) -> bool:
     return any(n.op == "call_function" and is_ours(n.target) for n in gm.graph.nodes)
 
 
-def needs_backward(example_inputs: list) -> bool:
-    """Whether aot_autograd will build a backward for this graph (as it decides it)."""
+def needs_backward(gm: fx.GraphModule, example_inputs: list) -> bool:
+    """Whether aot_autograd will build a backward for this graph (as it decides it: a graph
+    input or a parameter it lifts needs a gradient, with grad mode on)."""
+    tensors = [*example_inputs, *gm.parameters()]
     return torch.is_grad_enabled() and any(
-        isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
+        isinstance(x, torch.Tensor) and x.requires_grad for x in tensors)
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -145,7 +147,7 @@ def binattn_backend(gm: fx.GraphModule, example_inputs: list,
     patches = _inductor_patches(mode, ours)
     if not ours.get("rewrite", True) or has_binattn_ops(gm):
         return compile_fx(gm, example_inputs, config_patches=patches)
-    if needs_backward(example_inputs):
+    if needs_backward(gm, example_inputs):
         _warn_once("training", "binattn backend: this graph needs a backward, so its attention "
                    "stays float (a rewritten forward would not match the float backward); "
                    "binarize for training with binattn.binarize(model, inputs) and compile "

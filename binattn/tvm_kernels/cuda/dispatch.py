@@ -209,6 +209,7 @@ def _quads(x: torch.Tensor) -> Optional[torch.Tensor]:
         return None
     if any(stride % 8 for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size > 1):
         return None
+    # a size-1 dim's stride is never used but must be even for view(int32): give it one
     if any(size == 1 and stride % 8 for size, stride in zip(x.shape[:-1], x.stride()[:-1])):
         x = x.as_strided(x.shape, [st if size > 1 else 8 for size, st in
                                    zip(x.shape[:-1], x.stride()[:-1])] + [1])
