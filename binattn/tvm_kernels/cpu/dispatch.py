@@ -244,13 +244,16 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = empty_output((B, hq, nq_pad, dv), torch.float32)
     fn(*args, out, n_k, head_dim)
     result = reference.empty_output(q, v).copy_(out[:, :, :n_q, :dv_true])
-    return _nan_policy(result, coef, add)
+    user_floats = bias is not None or (tensors.attn_mask is not None
+                                       and tensors.attn_mask.is_floating_point())
+    return _nan_policy(result, coef, add if user_floats else None)
 
 
 def _nan_policy(out: torch.Tensor, coef: torch.Tensor,
                 add: Optional[torch.Tensor]) -> torch.Tensor:
     """NaN over the (b, h) whose score multiplier is not finite (a NaN/Inf in q or k) and over
-    the rows whose bias + mask holds a NaN, as the reference gives them: the kernel's running
+    the rows whose bias + mask holds a NaN (``add`` None where only a bool mask built it: no
+    NaN possible, no pass over it), as the reference gives them: the kernel's running
     max skips NaN scores, so it could return a finite row (or a dead row's zeros) instead.
     Computed on the tensors at hand, no host read (the NaN policy, ``ops.validation``)."""
     out.masked_fill_(torch.isnan(coef)[:, :, None, None], float("nan"))
