@@ -10,6 +10,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import binattn
+from binattn.ops.options import AttentionOptions, AttentionTensors, op_args
 
 
 def per_call_ms(fn, calls: int = 20) -> float:
@@ -25,8 +26,7 @@ def per_call_ms(fn, calls: int = 20) -> float:
 def main() -> None:
     q, k, v = (torch.randn(64, 12, 197, 64, device="cuda", dtype=torch.bfloat16)
                for _ in range(3))
-    args = (q, k, v, None, None, False, None, "mean_abs", None, None, None, None, "sign", 1.0,
-            1.0, None)
+    args = (q, k, v, *op_args(AttentionTensors(), AttentionOptions()))
     qg = q.clone().requires_grad_()
     calls = {"direct": lambda: binattn.ops.binary_attention(q, k, v),
              "torch.ops": lambda: torch.ops.binattn.binary_attention(*args),

@@ -19,6 +19,9 @@ import binattn
 from binattn.models import demo_vit
 from binattn.ops import validation
 from binattn.ops.options import split_keywords
+from binattn.train.config import TrainConfig
+from binattn.train.data import TensorData
+from binattn.train.trainer import Trainer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
@@ -67,6 +70,43 @@ def test_forward_and_training_step_read_nothing_back(device, bias):
             _train_step(gm, x, optimizer)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def _trainer(gm, x, **options):
+    labels = torch.arange(x.shape[0], device=x.device) % 10
+    cfg = TrainConfig(steps=8, batch_size=x.shape[0], progress=False,
+                      device=x.device.type, **options)
+    return Trainer(gm, TensorData((x,), labels), cfg), labels
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_binattn_train_step_reads_nothing_back_between_log_points(device):
+    gm, x = _binarized_vit(device)
+    trainer, labels = _trainer(gm, x)
+    trainer.step(0, (x,), labels)
+    optimizer_reads = _host_reads(trainer.optimizer.step)  # AdamW's step counts: CPU tensors
+    assert _host_reads(lambda: trainer.step(1, (x,), labels)) == optimizer_reads
+    records = [trainer.step(i, (x,), labels) for i in (2, 3)]
+    assert isinstance(records[0]["loss"], torch.Tensor)
+    trainer.read_logs(records)  # one read for every value of every record
+    assert all(isinstance(r[key], float) for r in records for key in ("loss", "output"))
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            trainer.step(4, (x,), labels)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_non_finite_loss_stops_training_at_the_next_log_point_naming_its_step():
+    gm, x = _binarized_vit("cpu")
+    x = x.clone()
+    x[:, :, 0, 0] = float("nan")
+    trainer, _ = _trainer(gm, x, log_every=4, checkpoint=None)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 1 \("):
+        trainer.run()
+    assert len(trainer.history) == 4  # stopped at the first log point
 
 
 @pytest.mark.parametrize("device", DEVICES)

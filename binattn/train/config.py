@@ -52,6 +52,9 @@ class TrainConfig:
         stop_at: stop after this step (saving the checkpoint) without changing the schedule,
             for time-boxed jobs that resume later.
         eval_every: evaluate on ``eval_data`` every N steps (shown in the progress bar).
+        log_every: read the step's loss and its parts from the device every N steps (one host
+            read per N steps; a step itself makes none), update the progress bar's loss and
+            stop at a non-finite loss, naming its step; also at evaluations and checkpoints.
     """
 
     recipe: str = "binaryattention"
@@ -85,6 +88,7 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     eval_every: int = 0
+    log_every: int = 10
     stop_at: Optional[int] = None
     extra: dict = field(default_factory=dict)
 
@@ -100,6 +104,7 @@ class TrainConfig:
             (0 <= self.warmup < 1, "warmup is a fraction of the steps, in [0, 1)"),
             (0 <= self.label_weight <= 1, "label_weight must be in [0, 1]"),
             (self.calib_batches >= 1, "calib_batches must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -87,19 +87,20 @@ class Recipe:
     def loss(self, out_s: torch.Tensor, out_t: Optional[torch.Tensor],
              labels: Optional[torch.Tensor], task: str, plan: StepPlan,
              rec_s: Optional[Recorder], rec_t: Optional[Recorder]
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss and its parts (floats, for the logs)."""
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and its parts (detached 0-dim tensors for the logs: the trainer reads
+        them at its log points, so a step makes no host read)."""
         total = self.cfg.output_weight * self.output_loss(out_s, out_t, labels, task)
-        parts = {"output": float(total.detach())}
+        parts = {"output": total.detach()}
         if plan.record_probs and rec_s is not None and rec_s.probs:
             attn = losses.attention_kl(rec_s.probs, rec_t.probs)
             total = total + self.attn_weight * attn
-            parts["attn_kl"] = float(attn.detach())
+            parts["attn_kl"] = attn.detach()
         if plan.record_outputs and rec_s is not None and rec_s.outputs:
             hidden = sum(F.mse_loss(s, t.detach()) / t.detach().var().clamp_min(1e-8)
                          for s, t in zip(rec_s.outputs, rec_t.outputs)) / len(rec_s.outputs)
             total = total + self.cfg.hidden_weight * hidden
-            parts["hidden"] = float(hidden.detach())
+            parts["hidden"] = hidden.detach()
         return total, parts
 
 

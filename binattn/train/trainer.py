@@ -5,6 +5,8 @@ or any module whose attention runs through ``BinaryAttentionSite``s / the binatt
 applies the recipe's site setup (and HAD's calibration), then runs AdamW with linear warm-up +
 cosine, the recipe's per-step site schedule and loss, gradient clipping, a rich progress bar
 (loss, stage, metric), periodic atomic checkpoints and exact resume (same batches, same RNG).
+A step reads nothing back from the device: losses stay tensors until the next log point
+(``log_every`` steps, an evaluation or a checkpoint), read in one go and checked there.
 Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel with DDP: each rank takes
 its share of every batch, rank 0 logs and writes checkpoints.
 
@@ -228,21 +230,32 @@ class Trainer:
         with Recorder(self.sites, plan.record_probs, plan.record_outputs) as rec_s:
             out_s = main_output(self.ddp(*inputs)).float()
             loss, parts = self.recipe.loss(out_s, out_t, labels, self.task, plan, rec_s, rec_t)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {float(loss)} at step {step} ({plan.stage}): lower the learning rate, "
-                f"or check the data (BINATTN_DATA_CHECKS=1 names the first attention input "
-                f"holding NaN/Inf)")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        record = {"step": step + 1, "loss": float(loss.detach()), "lr": lr,
-                  "stage": plan.stage, **parts}
+        record = {"step": step + 1, "loss": loss.detach(), "lr": lr, "stage": plan.stage,
+                  **parts}
         if self.task == "classification" and labels is not None:
-            record["train_acc"] = accuracy(out_s.detach(), labels)
+            record["train_acc"] = (out_s.detach().argmax(-1) == labels).float().mean()
         return record
+
+    def read_logs(self, records: list[dict]) -> None:
+        """Turn the 0-dim tensors of ``records`` (steps since the last log point) into floats
+        with one host read, then stop with a clear message at the first non-finite loss."""
+        cells = [(r, key) for r in records for key, value in r.items()
+                 if isinstance(value, torch.Tensor)]
+        if cells:
+            values = torch.stack([r[key].float() for r, key in cells]).tolist()
+            for (r, key), value in zip(cells, values):
+                r[key] = value
+        for r in records:
+            if not math.isfinite(r["loss"]):
+                raise FloatingPointError(
+                    f"loss is {r['loss']} at step {r['step']} ({r['stage']}): lower the learning "
+                    f"rate, or check the data (BINATTN_DATA_CHECKS=1 names the first attention "
+                    f"input holding NaN/Inf)")
 
     # -- loop -------------------------------------------------------------------------------
     def save(self, step: int) -> None:
@@ -260,18 +273,26 @@ class Trainer:
         with _progress(self.cfg.progress and self.dist.main) as progress:
             bar = progress.add_task(f"{self.cfg.recipe}", total=self.total,
                                     completed=self.start_step, info="")
-            metric = ""
+            metric, unread = "", []
             for step, inputs, labels in self._steps():
                 record = self.step(step, inputs, labels)
                 self.history.append(record)
+                unread.append(record)
                 done = step + 1
-                if self.cfg.eval_every and done % self.cfg.eval_every == 0 and self.dist.main:
+                evaluate = bool(self.cfg.eval_every and done % self.cfg.eval_every == 0)
+                save = bool(self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0)
+                if evaluate or save or done % self.cfg.log_every == 0:
+                    self.read_logs(unread)   # before a checkpoint: never save a NaN model
+                    unread = []
+                if evaluate and self.dist.main:
                     scores = self.evaluate()
                     record.update({f"eval_{k}": v for k, v in scores.items()})
                     metric = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
-                if self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0:
+                if save:
                     self.save(done)
-                progress.update(bar, completed=done, info=_info(record, metric))
+                shown = {} if unread else {"info": _info(record, metric)}
+                progress.update(bar, completed=done, **shown)
+            self.read_logs(unread)
         done = min(self.total, self.cfg.stop_at or self.total)
         self.save(done)
         metrics = self.evaluate() if self.dist.main else {}
