@@ -3,8 +3,9 @@ reference op.
 
 Skips cleanly without a CUDA GPU. Covers ``torch.compile(model, backend="binattn")`` on a CUDA
 bf16 model (plain and 8-bit P/V), ``binattn.binarize`` with a learned relative-position bias
-(the table and its index reach the kernel, which looks the table up itself), and a training step
-through the CUDA forward kernel and the STE backward.
+(the table and its index reach the kernel, which looks the table up itself), a training step
+through the CUDA forward kernel and the STE backward, ``mode="reduce-overhead"`` (a CUDA graph
+replayed), a compiled training step, and the transformers / diffusers drop-ins compiled.
 """
 from __future__ import annotations
 
@@ -79,3 +80,78 @@ def test_binarize_with_relpos_bias_and_a_training_step():
     assert tables and all(t.grad is not None and torch.isfinite(t.grad).all() for t in tables)
     assert any(t.grad.abs().sum() > 0 for t in tables)
     opt.step()
+
+
+def test_reduce_overhead_replays_a_cuda_graph_with_the_binattn_kernels():
+    """``mode="reduce-overhead"`` reaches Inductor: the model is captured in a CUDA graph (no
+    cudagraph skip: the binattn ops make no host sync and allocate from the graph pool) and
+    every replay equals the eager binarized model, for new input values too."""
+    from torch._dynamo.utils import counters
+
+    model, x = _vit()
+    gm = binattn.binarize(model, (x,))
+    counters.clear()
+    compiled = torch.compile(model, backend="binattn", mode="reduce-overhead", fullgraph=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in range(4):   # warm-up runs, the recording, then replays
+            torch.manual_seed(seed)
+            xs = torch.randn_like(x)
+            got = compiled(xs).clone()
+            torch.testing.assert_close(got.float(), gm(xs).float(), atol=2e-2, rtol=2e-2)
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    assert dispatch.kernel_report()["binary_attention/cuda"] == "tvm-cuda:binary_attention"
+
+
+def test_compiled_binarized_training_step_matches_eager():
+    """``torch.compile(gm)`` in train mode: forward and backward through Inductor, the CUDA
+    forward kernel inside; loss and gradients equal the eager GraphModule's."""
+    model, x = _vit(torch.float32)
+    gm = binattn.binarize(model, (x,), binattn.BinarizeConfig(bias="head")).train()
+    compiled = torch.compile(gm, fullgraph=True)
+    grads = []
+    for fn in (gm, compiled):
+        gm.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loss = fn(x).square().mean()
+            loss.backward()
+        grads.append({n: p.grad.clone() for n, p in gm.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any("bias" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-4, rtol=1e-3)
+
+
+def test_dropins_compile_fullgraph_on_the_gpu():
+    """transformers' ``attn_implementation="binattn"`` and the diffusers processor, compiled with
+    the default Inductor in one graph, run the CUDA kernel and agree with their eager selves."""
+    transformers = pytest.importorskip("transformers")
+    diffusers = pytest.importorskip("diffusers")
+    import binattn.diffusers as bdf
+    import binattn.hf  # noqa: F401  (registers "binattn")
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=96,
+                                  attn_implementation="binattn")
+    bert = transformers.BertModel(cfg).eval().to("cuda", torch.bfloat16)
+    ids = torch.randint(0, 64, (2, 40), device="cuda")
+    dit = diffusers.DiTTransformer2DModel(
+        num_attention_heads=2, attention_head_dim=32, in_channels=4, out_channels=4,
+        num_layers=2, sample_size=16, patch_size=2, num_embeds_ada_norm=10,
+        norm_num_groups=1).eval().to("cuda", torch.bfloat16)
+    bdf.apply(dit)
+    dit_args = dict(hidden_states=torch.randn(2, 4, 16, 16, device="cuda", dtype=torch.bfloat16),
+                    timestep=torch.tensor([1, 5], device="cuda"),
+                    class_labels=torch.tensor([0, 3], device="cuda"))
+    runs = ((bert, lambda m: m(ids).last_hidden_state),
+            (dit, lambda m: m(**dit_args).sample))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for model, call in runs:
+            eager = call(model)
+            compiled = call(torch.compile(model, fullgraph=True))
+            assert dispatch.kernel_report()["binary_attention/cuda"] == (
+                "tvm-cuda:binary_attention")
+            torch.testing.assert_close(compiled.float(), eager.float(), atol=5e-2, rtol=5e-2)
