@@ -3,7 +3,8 @@
 ``python benchmarks/e2e.py [--device cuda|cpu] [--models vit_b,bert,...] [--quick] [--out DIR]``.
 The models, paths, timing and columns live in ``binattn/bench/e2e.py`` (``binattn bench
 --model NAME`` runs one row from the same code); this script picks them, prints the markdown
-tables (device named) and writes ``e2e.json`` (rows with errors and tracebacks) into ``--out``.
+tables (device named) and writes ``e2e.json`` (rows with errors and tracebacks) into ``--out``
+(and ``e2e_rows.jsonl`` row by row as they are measured, which a timeout leaves behind).
 On CUDA the models run in bf16 at their full size and the op call cost table is added; on CPU
 (float32) and with ``--quick`` at the small size.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from binattn.bench.e2e import PATHS, run, table
+from binattn.bench.e2e import PATHS, log_line, run, table
 from binattn.bench.models import MODELS
 
 
@@ -46,10 +47,18 @@ def main() -> None:
     size = "small" if args.quick or device.type == "cpu" else "full"
     reps = args.reps or (50 if args.quick else 300 if device.type == "cuda" else 1000)
     names = _names(args.models, MODELS, "--models")
-    result = run(names, device, size, reps, _names(args.paths, PATHS, "--paths"),
-                 with_op=not args.no_op)
-    print(table(result["rows"], result["device"], result["op"]))
     args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "e2e_rows.jsonl"   # row by row: what a timeout leaves
+    partial.write_text("")
+
+    def on_row(row: dict) -> None:
+        print(log_line(row), flush=True)
+        with partial.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    result = run(names, device, size, reps, _names(args.paths, PATHS, "--paths"),
+                 with_op=not args.no_op, on_row=on_row)
+    print(table(result["rows"], result["device"], result["op"]))
     (args.out / "e2e.json").write_text(json.dumps(result, indent=1))
 
 

@@ -5,21 +5,24 @@ Paths (inference, ``torch.no_grad()``): ``original eager`` (the library's SDPA a
 ``original compiled`` (``torch.compile`` default: the baseline), ``binarized eager``
 (``binattn.binarize(model, inputs)``), ``binarized compiled`` (``torch.compile`` of that),
 ``backend=binattn`` (``torch.compile(model, backend="binattn")``) and, for transformers and
-diffusers models, ``drop-in eager`` / ``drop-in compiled`` (``set_attn_implementation("binattn")``
-or ``set_attn_processor(BinattnAttnProcessor())``, then ``torch.compile``). A path that fails
-gives a row with its error (and the traceback in the JSON); the run goes on.
+diffusers models, ``drop-in eager`` / ``drop-in compiled``: ``set_attn_implementation("binattn")``
+or ``set_attn_processor(BinattnAttnProcessor())`` (``binattn.diffusers.apply`` for DiT, which
+has no ``set_attn_processor``), then ``torch.compile``. A path that fails gives a row with its
+error (the traceback in the JSON) and the run goes on.
 
 Columns: ms per forward (CUDA: ``bench_ms``'s median; CPU: the fastest ``perf_counter`` call;
-over a budget of ``reps`` ms), × compile default, × original (same kind: eager to eager, compiled to
-compiled), attention ms from the profiler (CUDA: GPU time of kernels whose name says attention —
-binattn's sign-pack and attention kernels, SDPA's flash/cuDNN/efficient kernels; CPU: CPU time
-of the outermost ``aten::scaled_dot_product_attention``-like and ``binattn::`` ops), its binattn
-part, attention's share of the path's time, the attention speedup (compile default's attention
-ms / the path's), the Amdahl bound ``1 / ((1 - f) + f / s)`` with ``f`` the compile default's
-attention share, the fraction of the bound the path reaches (its × compile default / bound),
-host syncs (``aten::_local_scalar_dense`` and CUDA synchronize calls, less those of profiling
-an empty call) and copies (``aten::clone/copy_/contiguous/_to_copy`` of a tensor at least a
-third of one layer's q). What it does not: check correctness (tests do) or train.
+over a budget of ``reps`` ms); × compile default; × original (same kind: eager to eager,
+compiled to compiled); attention ms from the profiler (CUDA: GPU time of kernels whose name says
+attention — binattn's sign-pack and attention kernels, SDPA's flash/cuDNN/efficient kernels;
+CPU: CPU time of the outermost ``aten::scaled_dot_product_attention``-like and ``binattn::``
+ops) and its binattn part; attention's share of the path's time; the attention speedup (the
+compile default's attention ms / the path's); the Amdahl bound ``1 / ((1 - f) + f / s)``, ``f``
+the compile default's attention share; the fraction of the bound the path reaches (its ×
+compile default / bound); host syncs (``aten::_local_scalar_dense`` and CUDA synchronize calls,
+less those of profiling an empty call) and copies (``aten::clone/copy_/contiguous/_to_copy`` of
+a tensor at least a third of one layer's q). Profiled counts are per call, the mean of 3 calls.
+The JSON rows also hold the kernel each binattn op ran last (``dispatch.kernel_report()``).
+What it does not: check correctness (tests do) or train.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from ..ops import dispatch
 from .models import MODELS, Built, build
 
 ATTENTION_KERNEL = re.compile(r"binattn|sdpa|fmha|flash|attention|attn", re.IGNORECASE)
@@ -43,6 +47,7 @@ BASELINE = "original compiled"
 BINARY_PATHS = ("binarized eager", "binarized compiled", "backend=binattn", "drop-in eager",
                 "drop-in compiled")
 DROP_IN_LIBRARIES = ("transformers", "diffusers")
+PROFILED_CALLS = 3   # the profile's counts are the mean of this many calls
 
 
 # ----- timing and profiling (one code path for CPU and CUDA) ---------------------------------
@@ -68,12 +73,13 @@ def time_ms(fn: Callable, device: torch.device, budget_ms: float) -> float:
     return min(times)
 
 
-def _profiled(fn: Callable, device: torch.device):
+def _profiled(fn: Callable, device: torch.device, calls: int = 1):
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities, record_shapes=True) as prof:
-        fn()
+        for _ in range(calls):
+            fn()
         sync(device)
     return prof.events()
 
@@ -111,18 +117,19 @@ def kernel_ms(events, device: torch.device, pattern: re.Pattern) -> float:
     return us / 1e3
 
 
-def profile_counts(fn: Callable, device: torch.device, big: int) -> dict[str, Any]:
-    """Host syncs (beyond those of profiling an empty call), large copies, attention ms and
-    binattn's part of it, of one call of ``fn``."""
+def profile_counts(fn: Callable, device: torch.device, big: int,
+                   calls: int = PROFILED_CALLS) -> dict[str, Any]:
+    """Per call of ``fn`` (the mean of ``calls`` profiled calls): host syncs (beyond those of
+    profiling an empty call), large copies, attention ms and binattn's part of it."""
     fn()
     sync(device)
-    events = _profiled(fn, device)
+    events = _profiled(fn, device, calls)
     syncs = _syncs(events) - _syncs(_profiled(lambda: None, device))
     copies = sum(1 for e in events if e.name in COPY_OPS and any(
         s and torch.Size(s).numel() >= big for s in e.input_shapes))
-    return {"host_syncs": max(syncs, 0), "copies": copies,
-            "attention_ms": kernel_ms(events, device, ATTENTION_KERNEL),
-            "binattn_ms": kernel_ms(events, device, BINATTN_KERNEL)}
+    return {"host_syncs": max(syncs, 0) // calls, "copies": copies // calls,
+            "attention_ms": kernel_ms(events, device, ATTENTION_KERNEL) / calls,
+            "binattn_ms": kernel_ms(events, device, BINATTN_KERNEL) / calls}
 
 
 # ----- paths -----------------------------------------------------------------------------
@@ -142,9 +149,12 @@ def _drop_in(built: Built, cache: dict) -> torch.nn.Module:
             from ..dropins import hf
             hf.register()
             built.model.set_attn_implementation("binattn")
-        else:
+        elif hasattr(built.model, "set_attn_processor"):
             from ..dropins.diffusers import BinattnAttnProcessor
             built.model.set_attn_processor(BinattnAttnProcessor())
+        else:  # DiT has no set_attn_processor: one processor per layer
+            from ..dropins.diffusers import apply
+            apply(built.model)
         cache["drop_in"] = built.model
     return cache["drop_in"]
 
@@ -198,7 +208,8 @@ def run_path(built: Built, path: str, cache: dict, device: torch.device,
             call()  # compiles, builds kernels
             ms = time_ms(call, device, budget_ms)
             counts = profile_counts(call, device, max(built.q_numel // 3, 1))
-        return {"ms": ms, **counts, "outside_ms": ms - counts["attention_ms"]}
+        return {"ms": ms, **counts, "outside_ms": ms - counts["attention_ms"],
+                "kernels": dispatch.kernel_report()}
     except Exception as err:  # a failing path is a row of the table
         return _error(err)
     finally:
@@ -241,10 +252,15 @@ def derive(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _print_row(row: dict) -> None:
+    print(log_line(row), flush=True)
+
+
 def run_model(name: str, device: torch.device, size: str, budget_ms: float,
               only: Optional[Iterable[str]] = None,
-              log: Callable[[str], None] = print) -> list[dict]:
-    """Every path of model ``name`` (see :data:`MODELS`) at ``size``: one row each."""
+              on_row: Callable[[dict], None] = _print_row) -> list[dict]:
+    """Every path of model ``name`` (see :data:`MODELS`) at ``size``: one row each, handed to
+    ``on_row`` as it is measured (the ratios are filled in at the end)."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     built = build(name, size, device, dtype)
     info = {"model": name, "title": MODELS[name].title, "size": size, "batch": built.batch,
@@ -254,13 +270,14 @@ def run_model(name: str, device: torch.device, size: str, budget_ms: float,
     for path in paths_for(built, only):
         row = {**info, "path": path, **run_path(built, path, cache, device, budget_ms)}
         rows.append(row)
-        log(_log_line(row))
+        on_row(row)
     del built, cache
     _free(device)
     return derive(rows)
 
 
-def _log_line(row: dict) -> str:
+def log_line(row: dict) -> str:
+    """One measured row as a progress line."""
     head = f"  {row['model']:10s} {row['path']:19s}"
     if "error" in row:
         return f"{head} FAILED {row['error']}"
@@ -304,10 +321,11 @@ def op_call_cost(budget_ms: float) -> dict:
 
 def run(names: Iterable[str], device: torch.device, size: str, budget_ms: float,
         only: Optional[Iterable[str]] = None, with_op: bool = False,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        on_row: Callable[[dict], None] = _print_row) -> dict[str, Any]:
     """The table's data: ``{"device", "size", "rows", "op"}`` (``op``: CUDA and ``with_op``)."""
     op = op_call_cost(budget_ms) if with_op and device.type == "cuda" else None
-    rows = [row for name in names for row in run_model(name, device, size, budget_ms, only, log)]
+    rows = [row for name in names
+            for row in run_model(name, device, size, budget_ms, only, on_row)]
     return {"device": device_name(device), "size": size, "rows": rows, "op": op}
 
 

@@ -51,7 +51,15 @@ def _randn(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tens
 
 
 def _place(model: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    return model.eval().to(device, dtype)
+    """``model`` in eval mode on ``device`` in ``dtype``, but the modules a diffusers model
+    keeps in float32 (``_keep_in_fp32_modules``: Wan's rope, norms, time embedder), as
+    ``from_pretrained(torch_dtype=...)`` keeps them."""
+    model = model.eval().to(device, dtype)
+    keep = getattr(model, "_keep_in_fp32_modules", None) or ()
+    for name, module in model.named_modules():
+        if dtype != torch.float32 and any(k in name.split(".") for k in keep):
+            module.float()
+    return model
 
 
 def vit_b(size: str, device: torch.device, dtype: torch.dtype) -> Built:
