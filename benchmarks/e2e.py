@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from binattn.bench.e2e import PATHS, log_line, run, table
-from binattn.bench.models import MODELS
+from binattn.bench.models import MODELS, TABLE
 
 
 def _names(text: str, known, flag: str) -> list[str]:
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"),
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="the small size, fewer reps")
-    parser.add_argument("--models", default=",".join(MODELS),
+    parser.add_argument("--models", default=",".join(TABLE),
                         help=f"comma-separated, from {', '.join(MODELS)}")
     parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated paths")
     parser.add_argument("--reps", type=float, default=None,

@@ -5,7 +5,7 @@ Checked: every asked path gives a row with a positive time and no error, binary 
 on the binary paths (binattn ops in the profile), the attention share, attention speedup,
 Amdahl bound and fraction of it are computed, a failing path is a row with its error while the
 run goes on, and the markdown table renders both kinds of row. Few paths and a tiny timing
-budget keep it to about half a minute on two cores.
+budget (one profiled call) keep it to about a minute on two busy cores.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def rows() -> list[dict]:
     pytest.importorskip("transformers")
     pytest.importorskip("diffusers")
     return e2e.run(["bert", "dit_xl"], CPU, "small", budget_ms=1, only=PATHS,
-                   on_row=lambda row: None)["rows"]
+                   on_row=lambda row: None, calls=1)["rows"]
 
 
 @pytest.mark.parametrize("model", ["bert", "dit_xl"])
@@ -65,7 +65,7 @@ def test_a_failing_path_is_a_row_and_the_run_goes_on(monkeypatch):
     monkeypatch.setitem(e2e.PATHS, "broken", broken)
     seen = []
     rows = e2e.run_model("bert", CPU, "small", 1, only=("broken", "original eager"),
-                         on_row=seen.append)
+                         on_row=seen.append, calls=1)
     assert seen == rows
     assert [r["path"] for r in rows] == ["original eager", "broken"]
     assert rows[1]["error"] == "RuntimeError: no such path" and "broken" in rows[1]["traceback"]

@@ -58,13 +58,12 @@ def sync(device: torch.device) -> None:
 
 
 def time_ms(fn: Callable, device: torch.device, budget_ms: float) -> float:
-    """ms of ``fn``: ``bench_ms``'s median (triton's do_bench) on CUDA; on CPU one warm-up
-    call, then calls until ``budget_ms`` is spent (at least 3, at most 50), and their minimum
-    (a shared CPU's other load only ever adds time)."""
+    """ms of a warmed-up ``fn``: ``bench_ms``'s median (triton's do_bench) on CUDA; on CPU
+    calls until ``budget_ms`` is spent (at least 3, at most 50), and their minimum (a shared
+    CPU's other load only ever adds time)."""
     if device.type == "cuda":
         from ..tvm_kernels.cuda.bench import bench_ms
         return bench_ms(fn, int(budget_ms))
-    fn()
     times: list[float] = []
     while len(times) < 3 or (sum(times) < budget_ms and len(times) < 50):
         start = time.perf_counter()
@@ -119,10 +118,8 @@ def kernel_ms(events, device: torch.device, pattern: re.Pattern) -> float:
 
 def profile_counts(fn: Callable, device: torch.device, big: int,
                    calls: int = PROFILED_CALLS) -> dict[str, Any]:
-    """Per call of ``fn`` (the mean of ``calls`` profiled calls): host syncs (beyond those of
-    profiling an empty call), large copies, attention ms and binattn's part of it."""
-    fn()
-    sync(device)
+    """Per call of a warmed-up ``fn`` (the mean of ``calls`` profiled calls): host syncs
+    (beyond those of profiling an empty call), large copies, attention ms and binattn's part."""
     events = _profiled(fn, device, calls)
     syncs = _syncs(events) - _syncs(_profiled(lambda: None, device))
     copies = sum(1 for e in events if e.name in COPY_OPS and any(
@@ -197,7 +194,7 @@ def _error(err: BaseException) -> dict[str, Any]:
 
 
 def run_path(built: Built, path: str, cache: dict, device: torch.device,
-             budget_ms: float) -> dict[str, Any]:
+             budget_ms: float, calls: int = PROFILED_CALLS) -> dict[str, Any]:
     """Time and profile one path of a built model; ``{"error": ...}`` if it fails."""
     fn: Any = None
     try:
@@ -206,8 +203,9 @@ def run_path(built: Built, path: str, cache: dict, device: torch.device,
             fn = PATHS[path](built, cache)
             call = lambda: fn(*built.args, **built.kwargs)  # noqa: E731
             call()  # compiles, builds kernels
+            sync(device)
             ms = time_ms(call, device, budget_ms)
-            counts = profile_counts(call, device, max(built.q_numel // 3, 1))
+            counts = profile_counts(call, device, max(built.q_numel // 3, 1), calls)
         return {"ms": ms, **counts, "outside_ms": ms - counts["attention_ms"],
                 "kernels": dispatch.kernel_report()}
     except Exception as err:  # a failing path is a row of the table
@@ -258,9 +256,11 @@ def _print_row(row: dict) -> None:
 
 def run_model(name: str, device: torch.device, size: str, budget_ms: float,
               only: Optional[Iterable[str]] = None,
-              on_row: Callable[[dict], None] = _print_row) -> list[dict]:
+              on_row: Callable[[dict], None] = _print_row,
+              calls: int = PROFILED_CALLS) -> list[dict]:
     """Every path of model ``name`` (see :data:`MODELS`) at ``size``: one row each, handed to
-    ``on_row`` as it is measured (the ratios are filled in at the end)."""
+    ``on_row`` as it is measured (the ratios are filled in at the end); ``calls``: profiled
+    calls per path."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     built = build(name, size, device, dtype)
     info = {"model": name, "title": MODELS[name].title, "size": size, "batch": built.batch,
@@ -268,7 +268,8 @@ def run_model(name: str, device: torch.device, size: str, budget_ms: float,
             "head_dim": built.head_dim, "dtype": str(dtype).replace("torch.", "")}
     rows, cache = [], {}
     for path in paths_for(built, only):
-        row = {**info, "path": path, **run_path(built, path, cache, device, budget_ms)}
+        row = {**info, "path": path,
+               **run_path(built, path, cache, device, budget_ms, calls)}
         rows.append(row)
         on_row(row)
     del built, cache
@@ -321,11 +322,12 @@ def op_call_cost(budget_ms: float) -> dict:
 
 def run(names: Iterable[str], device: torch.device, size: str, budget_ms: float,
         only: Optional[Iterable[str]] = None, with_op: bool = False,
-        on_row: Callable[[dict], None] = _print_row) -> dict[str, Any]:
+        on_row: Callable[[dict], None] = _print_row,
+        calls: int = PROFILED_CALLS) -> dict[str, Any]:
     """The table's data: ``{"device", "size", "rows", "op"}`` (``op``: CUDA and ``with_op``)."""
     op = op_call_cost(budget_ms) if with_op and device.type == "cuda" else None
     rows = [row for name in names
-            for row in run_model(name, device, size, budget_ms, only, on_row)]
+            for row in run_model(name, device, size, budget_ms, only, on_row, calls)]
     return {"device": device_name(device), "size": size, "rows": rows, "op": op}
 
 

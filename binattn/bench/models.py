@@ -208,6 +208,10 @@ MODELS: dict[str, ModelCase] = {case.name: case for case in (
 )}
 
 
+#: the issue's table, in order (``vit_b_1024`` is the older ViT row, by name only)
+TABLE = ("vit_b", "dit_xl", "flux", "video", "bert", "llama")
+
+
 def build(name: str, size: str, device: torch.device, dtype: torch.dtype) -> Built:
     """Build model ``name`` (a key of :data:`MODELS`) at ``size`` (``"full"``/``"small"``)."""
     if name not in MODELS:
