@@ -5,29 +5,37 @@ Paths (inference, ``torch.no_grad()``): ``original eager`` (the library's SDPA a
 ``original compiled`` (``torch.compile`` default: the baseline), ``binarized eager``
 (``binattn.binarize(model, inputs)``), ``binarized compiled`` (``torch.compile`` of that),
 ``backend=binattn`` (``torch.compile(model, backend="binattn")``) and, for transformers and
-diffusers models, ``drop-in eager`` / ``drop-in compiled``: ``set_attn_implementation("binattn")``
-or ``set_attn_processor(BinattnAttnProcessor())`` (``binattn.diffusers.apply`` for DiT, which
-has no ``set_attn_processor``), then ``torch.compile``. A path that fails gives a row with its
-error (the traceback in the JSON) and the run goes on.
+diffusers models, ``drop-in eager`` / ``drop-in compiled``: a copy of the model with
+``set_attn_implementation("binattn")`` or ``set_attn_processor(BinattnAttnProcessor())``
+(``binattn.diffusers.apply`` for DiT, which has no ``set_attn_processor``), then
+``torch.compile``. A path that fails gives a row with its error (the traceback in the JSON) and
+the run goes on. Every path of a model is built (and compiled) first, then timed round-robin
+in 3 rounds, so that a load that comes and goes touches every path alike.
 
-Columns: ms per forward (CUDA: ``bench_ms``'s median; CPU: the fastest ``perf_counter`` call;
-over a budget of ``reps`` ms); × compile default; × original (same kind: eager to eager,
-compiled to compiled); attention ms from the profiler (CUDA: GPU time of kernels whose name says
-attention — binattn's sign-pack and attention kernels, SDPA's flash/cuDNN/efficient kernels;
-CPU: CPU time of the outermost ``aten::scaled_dot_product_attention``-like and ``binattn::``
-ops) and its binattn part; attention's share of the path's time; the attention speedup (the
-compile default's attention ms / the path's); the Amdahl bound ``1 / ((1 - f) + f / s)``, ``f``
-the compile default's attention share; the fraction of the bound the path reaches (its ×
-compile default / bound); host syncs (``aten::_local_scalar_dense`` and CUDA synchronize calls,
-less those of profiling an empty call) and copies (``aten::clone/copy_/contiguous/_to_copy`` of
-a tensor at least a third of one layer's q). Profiled counts are per call, the mean of 3 calls.
-The JSON rows also hold the kernel each binattn op ran last (``dispatch.kernel_report()``).
+Columns: ms per forward (a budget of ``reps`` ms per path; CUDA: the median of the rounds'
+``bench_ms`` medians; CPU: the fastest ``perf_counter`` call of all rounds); × compile default;
+× original (same kind: eager to eager, compiled to compiled); attention ms from the profiler
+(CUDA: GPU time of kernels whose name says attention — binattn's sign-pack and attention
+kernels, SDPA's flash/cuDNN/efficient kernels; CPU: CPU time of the outermost
+``aten::scaled_dot_product_attention``-like and ``binattn::`` ops) and its binattn part;
+attention's share of the path's time (attention ms / the wall ms of the profiled calls); the
+attention speedup (the compile default's attention ms / the path's); the Amdahl bound
+``1 / ((1 - f) + f / s)``, ``f`` the compile default's attention share; the fraction of the
+bound the path reaches (its × compile default / bound); host syncs (``aten::_local_scalar_dense``
+and CUDA synchronize calls, less those of profiling an empty call) and copies
+(``aten::clone/copy_/contiguous/_to_copy`` of a tensor at least a third of one layer's q);
+outside ms (ms − attention ms) and its ratio to the same-kind original's. Profiled counts are
+per call, the mean of 3 calls. The JSON rows also hold the kernel each binattn op ran last
+(``dispatch.kernel_report()``).
 What it does not: check correctness (tests do) or train.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import gc
 import re
+import statistics
 import time
 import traceback
 import warnings
@@ -48,6 +56,7 @@ BINARY_PATHS = ("binarized eager", "binarized compiled", "backend=binattn", "dro
                 "drop-in compiled")
 DROP_IN_LIBRARIES = ("transformers", "diffusers")
 PROFILED_CALLS = 3   # the profile's counts are the mean of this many calls
+ROUNDS = 3           # each path's timing budget is spread over this many round-robin rounds
 
 
 # ----- timing and profiling (one code path for CPU and CUDA) ---------------------------------
@@ -59,13 +68,13 @@ def sync(device: torch.device) -> None:
 
 def time_ms(fn: Callable, device: torch.device, budget_ms: float) -> float:
     """ms of a warmed-up ``fn``: ``bench_ms``'s median (triton's do_bench) on CUDA; on CPU
-    calls until ``budget_ms`` is spent (at least 3, at most 50), and their minimum (a shared
+    calls until ``budget_ms`` is spent (at least 1, at most 50), and their minimum (a shared
     CPU's other load only ever adds time)."""
     if device.type == "cuda":
         from ..tvm_kernels.cuda.bench import bench_ms
         return bench_ms(fn, int(budget_ms))
     times: list[float] = []
-    while len(times) < 3 or (sum(times) < budget_ms and len(times) < 50):
+    while not times or (sum(times) < budget_ms and len(times) < 50):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
@@ -118,13 +127,17 @@ def kernel_ms(events, device: torch.device, pattern: re.Pattern) -> float:
 
 def profile_counts(fn: Callable, device: torch.device, big: int,
                    calls: int = PROFILED_CALLS) -> dict[str, Any]:
-    """Per call of a warmed-up ``fn`` (the mean of ``calls`` profiled calls): host syncs
-    (beyond those of profiling an empty call), large copies, attention ms and binattn's part."""
+    """Per call of a warmed-up ``fn`` (the mean of ``calls`` profiled calls): wall ms while
+    profiled, host syncs (beyond those of profiling an empty call), large copies, attention ms
+    and binattn's part."""
+    start = time.perf_counter()
     events = _profiled(fn, device, calls)
+    wall_ms = (time.perf_counter() - start) * 1e3 / calls
     syncs = _syncs(events) - _syncs(_profiled(lambda: None, device))
     copies = sum(1 for e in events if e.name in COPY_OPS and any(
         s and torch.Size(s).numel() >= big for s in e.input_shapes))
-    return {"host_syncs": max(syncs, 0) // calls, "copies": copies // calls,
+    return {"profiled_ms": wall_ms, "host_syncs": max(syncs, 0) // calls,
+            "copies": copies // calls,
             "attention_ms": kernel_ms(events, device, ATTENTION_KERNEL) / calls,
             "binattn_ms": kernel_ms(events, device, BINATTN_KERNEL) / calls}
 
@@ -140,19 +153,20 @@ def _binarized(built: Built, cache: dict) -> torch.nn.Module:
 
 
 def _drop_in(built: Built, cache: dict) -> torch.nn.Module:
-    """The model switched to binattn's drop-in, in place (the last paths of a model)."""
+    """A copy of the model switched to binattn's drop-in (the original's paths stay SDPA)."""
     if "drop_in" not in cache:
+        model = copy.deepcopy(built.model)
         if built.library == "transformers":
             from ..dropins import hf
             hf.register()
-            built.model.set_attn_implementation("binattn")
-        elif hasattr(built.model, "set_attn_processor"):
+            model.set_attn_implementation("binattn")
+        elif hasattr(model, "set_attn_processor"):
             from ..dropins.diffusers import BinattnAttnProcessor
-            built.model.set_attn_processor(BinattnAttnProcessor())
+            model.set_attn_processor(BinattnAttnProcessor())
         else:  # DiT has no set_attn_processor: one processor per layer
             from ..dropins.diffusers import apply
-            apply(built.model)
-        cache["drop_in"] = built.model
+            apply(model)
+        cache["drop_in"] = model
     return cache["drop_in"]
 
 
@@ -193,26 +207,52 @@ def _error(err: BaseException) -> dict[str, Any]:
             "traceback": traceback.format_exc()[-3000:]}
 
 
-def run_path(built: Built, path: str, cache: dict, device: torch.device,
-             budget_ms: float, calls: int = PROFILED_CALLS) -> dict[str, Any]:
-    """Time and profile one path of a built model; ``{"error": ...}`` if it fails."""
-    fn: Any = None
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fn = PATHS[path](built, cache)
-            call = lambda: fn(*built.args, **built.kwargs)  # noqa: E731
-            call()  # compiles, builds kernels
+def _forward(fn: Callable, built: Built) -> Any:
+    return fn(*built.args, **built.kwargs)
+
+
+def prepare(built: Built, paths: Iterable[str], device: torch.device,
+            log: Callable[[str], None]) -> tuple[dict[str, Callable], dict[str, dict]]:
+    """Each path built and called once (compiled, kernels built): ``(calls, errors)``."""
+    calls: dict[str, Callable] = {}
+    errors: dict[str, dict] = {}
+    cache: dict = {}
+    for path in paths:
+        start = time.perf_counter()
+        try:
+            call = functools.partial(_forward, PATHS[path](built, cache), built)
+            call()
             sync(device)
-            ms = time_ms(call, device, budget_ms)
-            counts = profile_counts(call, device, max(built.q_numel // 3, 1), calls)
-        return {"ms": ms, **counts, "outside_ms": ms - counts["attention_ms"],
-                "kernels": dispatch.kernel_report()}
-    except Exception as err:  # a failing path is a row of the table
-        return _error(err)
-    finally:
-        fn = None
-        _free(device)
+            calls[path] = call
+            log(f"  {path}: ready in {time.perf_counter() - start:.1f} s")
+        except Exception as err:  # a failing path is a row of the table
+            errors[path] = _error(err)
+    return calls, errors
+
+
+def time_paths(calls: dict[str, Callable], device: torch.device, budget_ms: float,
+               errors: dict[str, dict], rounds: int = ROUNDS) -> dict[str, float]:
+    """ms of each path, timed round-robin in ``rounds`` rounds of ``budget_ms / rounds``
+    (a load that comes and goes touches every path alike): the minimum of the rounds on CPU,
+    their median on CUDA. A path that fails moves to ``errors``."""
+    samples: dict[str, list[float]] = {path: [] for path in calls}
+    for _ in range(rounds):
+        for path in list(calls):
+            try:
+                samples[path].append(time_ms(calls[path], device, budget_ms / rounds))
+            except Exception as err:
+                errors[path] = _error(err)
+                del calls[path], samples[path]
+    pick = min if device.type == "cpu" else statistics.median
+    return {path: pick(times) for path, times in samples.items()}
+
+
+def measure(built: Built, call: Callable, ms: float, device: torch.device,
+            calls: int) -> dict[str, Any]:
+    """One timed path's row fields: ms, the profile's counts, the kernels binattn ran."""
+    counts = profile_counts(call, device, max(built.q_numel // 3, 1), calls)
+    return {"ms": ms, **counts, "outside_ms": ms - counts["attention_ms"],
+            "kernels": dispatch.kernel_report()}
 
 
 # ----- rows and columns ------------------------------------------------------------------
@@ -229,15 +269,15 @@ def amdahl(share: float, speedup: float) -> float:
 
 def derive(rows: list[dict]) -> list[dict]:
     """Fill each timed row's ratios against the compile default and the same-kind original."""
-    by_path = {r["path"]: r for r in rows if r.get("ms")}
+    timed = [r for r in rows if r.get("ms")]
+    for row in timed:
+        row["attention_share"] = min(row["attention_ms"] / row["profiled_ms"], 1.0)
+    by_path = {r["path"]: r for r in timed}
     base = by_path.get(BASELINE)
-    share = min(_ratio(base["attention_ms"], base["ms"]), 1.0) if base else None
-    for row in rows:
-        if not row.get("ms"):
-            continue
+    share = base["attention_share"] if base else None
+    for row in timed:
         kind = "eager" if row["path"].endswith("eager") else "compiled"
         orig = by_path.get(f"original {kind}")
-        row["attention_share"] = row["attention_ms"] / row["ms"]
         row["vs_compiled"] = _ratio(base and base["ms"], row["ms"])
         row["vs_original"] = _ratio(orig and orig["ms"], row["ms"])
         row["outside_vs_original"] = _ratio(row["outside_ms"], orig and orig["outside_ms"])
@@ -257,22 +297,31 @@ def _print_row(row: dict) -> None:
 def run_model(name: str, device: torch.device, size: str, budget_ms: float,
               only: Optional[Iterable[str]] = None,
               on_row: Callable[[dict], None] = _print_row,
-              calls: int = PROFILED_CALLS) -> list[dict]:
+              calls: int = PROFILED_CALLS, log: Callable[[str], None] = print) -> list[dict]:
     """Every path of model ``name`` (see :data:`MODELS`) at ``size``: one row each, handed to
-    ``on_row`` as it is measured (the ratios are filled in at the end); ``calls``: profiled
-    calls per path."""
+    ``on_row`` when measured (failed paths first; the ratios are filled in at the end).
+    ``calls``: profiled calls per path; ``log``: progress lines."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     built = build(name, size, device, dtype)
     info = {"model": name, "title": MODELS[name].title, "size": size, "batch": built.batch,
             "tokens": built.tokens, "layers": built.layers, "heads": built.heads,
             "head_dim": built.head_dim, "dtype": str(dtype).replace("torch.", "")}
-    rows, cache = [], {}
-    for path in paths_for(built, only):
-        row = {**info, "path": path,
-               **run_path(built, path, cache, device, budget_ms, calls)}
-        rows.append(row)
-        on_row(row)
-    del built, cache
+    paths = paths_for(built, only)
+    results: dict[str, dict] = {}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fns, errors = prepare(built, paths, device, log)
+        timed = time_paths(fns, device, budget_ms, errors)
+        for path in errors:
+            on_row({**info, "path": path, **errors[path]})
+        for path, ms in timed.items():
+            try:
+                results[path] = measure(built, fns[path], ms, device, calls)
+            except Exception as err:
+                results[path] = _error(err)
+            on_row({**info, "path": path, **results[path]})
+    rows = [{**info, "path": p, **results.get(p, errors.get(p, {}))} for p in paths]
+    del built, fns
     _free(device)
     return derive(rows)
 
@@ -323,11 +372,11 @@ def op_call_cost(budget_ms: float) -> dict:
 def run(names: Iterable[str], device: torch.device, size: str, budget_ms: float,
         only: Optional[Iterable[str]] = None, with_op: bool = False,
         on_row: Callable[[dict], None] = _print_row,
-        calls: int = PROFILED_CALLS) -> dict[str, Any]:
+        calls: int = PROFILED_CALLS, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The table's data: ``{"device", "size", "rows", "op"}`` (``op``: CUDA and ``with_op``)."""
     op = op_call_cost(budget_ms) if with_op and device.type == "cuda" else None
     rows = [row for name in names
-            for row in run_model(name, device, size, budget_ms, only, on_row, calls)]
+            for row in run_model(name, device, size, budget_ms, only, on_row, calls, log)]
     return {"device": device_name(device), "size": size, "rows": rows, "op": op}
 
 
@@ -352,18 +401,18 @@ def _model_table(rows: list[dict]) -> list[str]:
 
 COLUMNS = ("model | path | ms | × compile default | × original | attention ms | binattn ms | "
            "attention share | attention speedup | Amdahl bound | of bound | host syncs | "
-           "copies")
+           "copies | outside ms | outside / original's")
 
 
 def _path_line(r: dict) -> str:
     if "error" in r:
         error = r["error"].replace("|", "\\|")
-        return f"| {r['model']} | {r['path']} | failed: {error} |" + " |" * 10
+        return f"| {r['model']} | {r['path']} | failed: {error} |" + " |" * 12
     return (f"| {r['model']} | {r['path']} | {r['ms']:.2f} | {_fmt(r['vs_compiled'])} | "
             f"{_fmt(r['vs_original'])} | {r['attention_ms']:.2f} | {r['binattn_ms']:.2f} | "
             f"{_fmt(r['attention_share'], '.0%')} | {_fmt(r['attention_speedup'])} | "
             f"{_fmt(r['amdahl_bound'])} | {_fmt(r['of_bound'], '.0%')} | {r['host_syncs']} | "
-            f"{r['copies']} |")
+            f"{r['copies']} | {r['outside_ms']:.2f} | {_fmt(r['outside_vs_original'], '.3f')} |")
 
 
 def table(rows: list[dict], device: str, op: Optional[dict] = None) -> str:
