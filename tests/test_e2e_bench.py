@@ -77,3 +77,14 @@ def test_amdahl_bound():
     assert e2e.amdahl(0.5, 2.0) == pytest.approx(1 / 0.75)
     assert e2e.amdahl(0.0, 10.0) == 1.0
     assert e2e.amdahl(1.0, 4.0) == pytest.approx(4.0)
+
+
+def test_cli_model_names_the_known_models():
+    from click.testing import CliRunner
+
+    from binattn.cli.bench_cmd import command
+    from binattn.errors import UserError
+
+    result = CliRunner().invoke(command, ["--model", "nope", "--device", "cpu"])
+    assert isinstance(result.exception, UserError)
+    assert "unknown 'nope'" in str(result.exception) and "dit_xl" in str(result.exception)

@@ -247,12 +247,13 @@ def time_paths(calls: dict[str, Callable], device: torch.device, budget_ms: floa
     return {path: pick(times) for path, times in samples.items()}
 
 
-def measure(built: Built, call: Callable, ms: float, device: torch.device,
+def measure(built: Built, path: str, call: Callable, ms: float, device: torch.device,
             calls: int) -> dict[str, Any]:
-    """One timed path's row fields: ms, the profile's counts, the kernels binattn ran."""
+    """One timed path's row fields: ms, the profile's counts, the kernels binattn ran (binary
+    paths: the dispatcher's report right after the path's profiled calls)."""
     counts = profile_counts(call, device, max(built.q_numel // 3, 1), calls)
-    return {"ms": ms, **counts, "outside_ms": ms - counts["attention_ms"],
-            "kernels": dispatch.kernel_report()}
+    kernels = dispatch.kernel_report() if path in BINARY_PATHS else None
+    return {"ms": ms, **counts, "outside_ms": ms - counts["attention_ms"], "kernels": kernels}
 
 
 # ----- rows and columns ------------------------------------------------------------------
@@ -316,7 +317,7 @@ def run_model(name: str, device: torch.device, size: str, budget_ms: float,
             on_row({**info, "path": path, **errors[path]})
         for path, ms in timed.items():
             try:
-                results[path] = measure(built, fns[path], ms, device, calls)
+                results[path] = measure(built, path, fns[path], ms, device, calls)
             except Exception as err:
                 results[path] = _error(err)
             on_row({**info, "path": path, **results[path]})

@@ -72,10 +72,13 @@ def _bench_model(name: str, device: str, size: Optional[str], budget_ms: float,
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: torch sees no CUDA GPU on this machine")
     size = size or ("full" if device == "cuda" else "small")
+
+    def plain(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
     result = e2e.run([name], torch.device(device), size, budget_ms,
-                     on_row=lambda row: console.print(e2e.log_line(row), markup=False,
-                                                      highlight=False))
-    console.print(e2e.table(result["rows"], result["device"]), markup=False, highlight=False)
+                     on_row=lambda row: plain(e2e.log_line(row)), log=plain)
+    plain(e2e.table(result["rows"], result["device"]))
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=1))
 
