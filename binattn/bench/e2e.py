@@ -6,9 +6,9 @@ Paths (inference, ``torch.no_grad()``): ``original eager`` (the library's SDPA a
 (``binattn.binarize(model, inputs)``), ``binarized compiled`` (``torch.compile`` of that),
 ``backend=binattn`` (``torch.compile(model, backend="binattn")``) and, for transformers and
 diffusers models, ``drop-in eager`` / ``drop-in compiled``: a copy of the model with
-``set_attn_implementation("binattn")`` or ``set_attn_processor(BinattnAttnProcessor())``
-(``binattn.diffusers.apply`` for DiT, which has no ``set_attn_processor``), then
-``torch.compile``. A path that fails gives a row with its error (the traceback in the JSON) and
+``set_attn_implementation("binattn")`` (transformers) or ``binattn.diffusers.apply(model)``
+(diffusers: each layer's own processor wrapped, README's first form; DiT has no
+``set_attn_processor``), then ``torch.compile``. A path that fails gives a row with its error (the traceback in the JSON) and
 the run goes on. Every path of a model is built (and compiled) first, then timed round-robin
 in 3 rounds, so that a load that comes and goes touches every path alike.
 
@@ -160,11 +160,8 @@ def _drop_in(built: Built, cache: dict) -> torch.nn.Module:
             from ..dropins import hf
             hf.register()
             model.set_attn_implementation("binattn")
-        elif hasattr(model, "set_attn_processor"):
-            from ..dropins.diffusers import BinattnAttnProcessor
-            model.set_attn_processor(BinattnAttnProcessor())
-        else:  # DiT has no set_attn_processor: one processor per layer
-            from ..dropins.diffusers import apply
+        else:  # each layer's own processor wrapped (README's first form; DiT has no
+            from ..dropins.diffusers import apply  # set_attn_processor)
             apply(model)
         cache["drop_in"] = model
     return cache["drop_in"]
