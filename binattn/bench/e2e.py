@@ -8,9 +8,10 @@ Paths (inference, ``torch.no_grad()``): ``original eager`` (the library's SDPA a
 diffusers models, ``drop-in eager`` / ``drop-in compiled``: a copy of the model with
 ``set_attn_implementation("binattn")`` (transformers) or ``binattn.diffusers.apply(model)``
 (diffusers: each layer's own processor wrapped, README's first form; DiT has no
-``set_attn_processor``), then ``torch.compile``. A path that fails gives a row with its error (the traceback in the JSON) and
-the run goes on. Every path of a model is built (and compiled) first, then timed round-robin
-in 3 rounds, so that a load that comes and goes touches every path alike.
+``set_attn_processor``), then ``torch.compile``. A path that fails gives a row with its error
+(the traceback in the JSON) and the run goes on. Every path of a model is built (and compiled)
+first, then timed round-robin in 3 rounds, so that a load that comes and goes touches every
+path alike.
 
 Columns: ms per forward (a budget of ``reps`` ms per path; CUDA: the median of the rounds'
 ``bench_ms`` medians; CPU: the fastest ``perf_counter`` call of all rounds); × compile default;
