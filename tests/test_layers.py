@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("hw_targets",),                        # cost model and descriptor of the ASIC target
     ("export",),                            # ONNX / MLIR / .pt2 exports
     ("backend", "dropins"),
-    ("hf", "diffusers", "demo"),
+    ("hf", "diffusers", "demo", "bench"),
     ("cli",),
     ("__main__", "binattn"),
 )

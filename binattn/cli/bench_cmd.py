@@ -1,8 +1,10 @@
 """``binattn bench``: time binattn's kernels against SDPA / float baselines on this machine.
 
 Prints one table of times and ratios measured side by side in one run (``--json`` also writes
-them). One function per ``--device``; ``cpu`` (TVM LLVM kernels) is implemented here.
-What it does not: sweep sizes or plot (``benchmarks/cpu_attention.py`` does).
+them). One function per ``--device`` (``cpu``: TVM LLVM kernels; ``cuda``: the prebuilt CUDA
+kernels). ``--model NAME`` instead runs one model's rows of the end-to-end table
+(``binattn/bench/e2e.py``, the code ``benchmarks/e2e.py`` runs): every path of that model, whole
+forward. What it does not: sweep sizes or plot (``benchmarks/cpu_attention.py`` does).
 """
 from __future__ import annotations
 
@@ -58,6 +60,29 @@ def _table(row, baseline: str) -> Table:
     return table
 
 
+def _bench_model(name: str, device: str, size: Optional[str], budget_ms: float,
+                 json_path: Optional[Path]) -> None:
+    import torch
+
+    from ..bench import e2e
+    from ..bench.models import MODELS
+
+    if name not in MODELS:
+        raise UserError(f"--model: unknown {name!r}; choose from {', '.join(MODELS)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: torch sees no CUDA GPU on this machine")
+    size = size or ("full" if device == "cuda" else "small")
+
+    def plain(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    result = e2e.run([name], torch.device(device), size, budget_ms,
+                     on_row=lambda row: plain(e2e.log_line(row)), log=plain)
+    plain(e2e.table(result["rows"], result["device"]))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=1))
+
+
 @click.command(name="bench")
 @click.option("--device", type=click.Choice(sorted(DEVICES)), default="cpu", show_default=True,
               help="Where to run: cpu = binattn's TVM LLVM kernels.")
@@ -66,20 +91,30 @@ def _table(row, baseline: str) -> Table:
 @click.option("--repeat", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="Timed runs per contender (interleaved).")
 @click.option("--no-reference", is_flag=True, help="Skip the (slow, N² memory) reference op.")
+@click.option("--model", default=None,
+              help="Run this model's rows of the end-to-end table instead (vit_b, dit_xl, flux, "
+                   "video, bert, llama, vit_b_1024).")
+@click.option("--size", type=click.Choice(["full", "small"]), default=None,
+              help="--model's size (default: full on cuda, small on cpu).")
+@click.option("--budget-ms", type=click.FloatRange(1, 60000), default=1000, show_default=True,
+              help="--model: ms of timed repetitions per path.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="Also write the timings as JSON here.")
-def command(device: str, shape: str, repeat: int, no_reference: bool,
-            json_path: Optional[Path]) -> None:
+def command(device: str, shape: str, repeat: int, no_reference: bool, model: Optional[str],
+            size: Optional[str], budget_ms: float, json_path: Optional[Path]) -> None:
     """Benchmark binattn's kernels against SDPA and float baselines, side by side.
 
     \b
     Examples:
       binattn bench --device cpu
       binattn bench --shape 1,12,197,64 --repeat 20 --json bench.json
+      binattn bench --model bert --device cpu
     """
-    parsed = parse_shape(shape)
     if json_path is not None and not json_path.parent.exists():
         raise UserError(f"--json: directory {json_path.parent} does not exist")
+    if model is not None:
+        return _bench_model(model, device, size, budget_ms, json_path)
+    parsed = parse_shape(shape)
     rows = DEVICES[device](parsed, repeat, not no_reference)
     for row, baseline in rows:
         console.print(_table(row, baseline))
