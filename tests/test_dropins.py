@@ -407,3 +407,56 @@ def test_hf_softcap_and_sinks_reach_the_op():
     torch.testing.assert_close(got, want.transpose(1, 2))
     plain, _ = bhf.binattn_attention_forward(attn, q, k, v, None, scaling=0.25, is_causal=False)
     assert not torch.allclose(got, plain)
+
+
+def _wan():
+    torch.manual_seed(0)
+    model = diffusers.WanTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32).eval()
+    gen = torch.Generator().manual_seed(1)
+    args = dict(hidden_states=torch.randn(1, 4, 2, 8, 8, generator=gen),
+                timestep=torch.tensor([5]), encoder_hidden_states=torch.randn(1, 6, 16,
+                                                                             generator=gen))
+    return model, args
+
+
+def _hunyuan_video():
+    torch.manual_seed(0)
+    model = diffusers.HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16,
+        num_layers=1, num_single_layers=1, num_refiner_layers=1, patch_size=2, patch_size_t=1,
+        text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(4, 6, 6)).eval()
+    gen = torch.Generator().manual_seed(1)
+    args = dict(hidden_states=torch.randn(1, 4, 2, 8, 8, generator=gen),
+                timestep=torch.tensor([5]), encoder_hidden_states=torch.randn(1, 6, 16,
+                                                                             generator=gen),
+                encoder_attention_mask=torch.ones(1, 6, dtype=torch.long),
+                pooled_projections=torch.randn(1, 8, generator=gen),
+                guidance=torch.tensor([3.0]))
+    return model, args
+
+
+def test_wan_processor_gets_its_positional_rotary_embedding():
+    """Wan's attention passes its processor ``rotary_emb`` positionally: it must reach Wan's own
+    processor as such, through ``apply`` and through one shared processor alike."""
+    model, args = _wan()
+    float_out = _hidden(model(**args))
+    bdf.apply(model)
+    out = _hidden(model(**args))
+    assert (out - float_out).abs().max() > 1e-3
+    model.set_attn_processor(bdf.BinattnAttnProcessor())   # Wan's class names its default
+    torch.testing.assert_close(_hidden(model(**args)), out, atol=1e-6, rtol=0)
+
+
+def test_a_shared_processor_refuses_to_guess_a_custom_processor_away():
+    """HunyuanVideo builds its layers with its own processor: a base-less shared processor
+    cannot know it, so it stops with a message pointing at ``apply`` (which wraps it)."""
+    model, args = _hunyuan_video()
+    float_out = _hidden(model(**args))
+    bdf.apply(model)
+    assert (_hidden(model(**args)) - float_out).abs().max() > 1e-3
+    bdf.remove(model)
+    model.set_attn_processor(bdf.BinattnAttnProcessor())
+    with pytest.raises(ValueError, match=r"rotary embeddings.*binattn\.diffusers\.apply"):
+        model(**args)

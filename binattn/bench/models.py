@@ -235,7 +235,7 @@ MODELS: dict[str, ModelCase] = {case.name: case for case in (
 
 
 #: the issue's table, in order (by name only: ``vit_b_1024``, the older ViT row, and ``wan``,
-#: a second video transformer whose drop-in paths fail today: docs/e2e.md)
+#: a second video transformer: docs/e2e.md)
 TABLE = ("vit_b", "dit_xl", "flux", "video", "bert", "llama")
 
 

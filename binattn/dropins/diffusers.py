@@ -70,6 +70,19 @@ def default_processor(attn: nn.Module) -> Callable:
     return AttnProcessor2_0()
 
 
+def _guess_misses(attn: nn.Module, context: Any, rotary: Any) -> Optional[str]:
+    """What a layer of diffusers' generic ``Attention`` class gets that its guessed default
+    processor (:func:`default_processor`) would not use, or None: rotary embeddings (neither
+    ``AttnProcessor2_0`` nor ``JointAttnProcessor2_0`` applies them), or context tokens for a
+    layer that is neither cross- nor joint attention."""
+    if rotary is not None:
+        return "gets rotary embeddings"
+    joint = getattr(attn, "context_pre_only", None) is not None
+    if context is not None and not joint and not getattr(attn, "is_cross_attention", True):
+        return "gets encoder_hidden_states but is not a cross-attention layer"
+    return None
+
+
 class BinattnAttnProcessor(nn.Module):
     """A diffusers attention processor running binary attention inside ``base``.
 
@@ -102,32 +115,47 @@ class BinattnAttnProcessor(nn.Module):
     def options(self) -> BinattnAttentionConfig:
         return self.binattn.options
 
-    def _base_for(self, attn: nn.Module) -> Callable:
+    def _base_for(self, attn: nn.Module, context: Any, rotary: Any) -> Callable:
         if self.base is not None:
             return self.base
         if type(attn) not in self._defaults:
             self._defaults[type(attn)] = default_processor(attn)
+        reason = None
+        if getattr(type(attn), "_default_processor_cls", None) is None:  # a guess: check it
+            reason = _guess_misses(attn, context, rotary)
+        if reason:
+            raise ValueError(
+                f"BinattnAttnProcessor() without base cannot tell which processor this "
+                f"{type(attn).__name__} layer ran before set_attn_processor replaced it: it "
+                f"{reason}, which the default processor would ignore, so the model ran its own "
+                "processor (HunyuanVideo, CogVideoX, ...). Use binattn.diffusers.apply(model), "
+                "which wraps each layer's own processor, or BinattnAttnProcessor(base=...)")
         return self._defaults[type(attn)]
 
-    # diffusers passes a processor only the keyword arguments its __call__ names: these
-    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor,
+    # diffusers passes a processor only the keyword arguments its __call__ names (the older
+    # ``Attention``); newer attention classes pass their arguments positionally, under their own
+    # names (Flux: ``image_rotary_emb``, Wan: ``rotary_emb``): positions reach ``base`` as such
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, *args: Any,
                  encoder_hidden_states: Any = _UNSET, attention_mask: Any = _UNSET,
                  image_rotary_emb: Any = _UNSET, temb: Any = _UNSET, **kwargs: Any) -> Any:
         named = {"encoder_hidden_states": encoder_hidden_states,
                  "attention_mask": attention_mask, "image_rotary_emb": image_rotary_emb,
                  "temb": temb}
         kwargs.update({k: v for k, v in named.items() if v is not _UNSET})
-        return super().__call__(attn, hidden_states, **kwargs)
+        return super().__call__(attn, hidden_states, *args, **kwargs)
 
-    def forward(self, attn: nn.Module, hidden_states: torch.Tensor, **kwargs: Any) -> Any:
-        base = self._base_for(attn)
+    def forward(self, attn: nn.Module, hidden_states: torch.Tensor, *args: Any,
+                **kwargs: Any) -> Any:
+        context = args[0] if args else kwargs.get("encoder_hidden_states")
+        rotary = args[2] if len(args) > 2 else kwargs.get("image_rotary_emb")
+        base = self._base_for(attn, context, rotary)
         if getattr(base, "_attention_backend", None) not in (None, "native"):
             raise ValueError(f"{type(base).__name__} uses the attention backend "
                              f"{base._attention_backend!r}; binattn replaces SDPA, so it needs "
                              "the 'native' backend (or None)")
         mode = _SdpaToBinary(self.options, self.binattn)
         with mode:
-            out = base(attn, hidden_states, **kwargs)
+            out = base(attn, hidden_states, *args, **kwargs)
         if mode.calls == 0:
             raise RuntimeError(f"{type(base).__name__} made no scaled_dot_product_attention call "
                                f"for {type(attn).__name__}, so nothing ran as binary attention: "
