@@ -12,7 +12,7 @@ What it does not: argument validation (``binattn.ops.validation``), op registrat
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -378,6 +378,63 @@ def _input_grad(x, s, b_in, d_hat, options: AttentionOptions):
     return grad
 
 
+class BackwardInputs(NamedTuple):
+    """The O(N·D) quantities every backward (reference VJP or kernel) starts from, in the
+    compute dtype, k/v already expanded to the query heads (GQA): ``q_hat = s_q·b_q`` and
+    ``k_hat = s_k·b_k`` are the binarized operands whose products give the scores."""
+
+    dtype: torch.dtype
+    group: int
+    softmax_scale: float
+    qf: torch.Tensor
+    kf: torch.Tensor
+    vf: torch.Tensor
+    s_q: torch.Tensor
+    s_k: torch.Tensor
+    q_in: torch.Tensor
+    k_in: torch.Tensor
+    q_hat: torch.Tensor
+    k_hat: torch.Tensor
+    k_scale: Optional[torch.Tensor]
+
+
+def backward_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    tensors: AttentionTensors, options: AttentionOptions,
+                    bias: Optional[torch.Tensor] = None) -> BackwardInputs:
+    """:class:`BackwardInputs` of a backward call (shared by the reference VJP and kernels)."""
+    o, k_scale = options, tensors.k_scale
+    dtype = compute_dtype(q, k, v, bias)
+    hq, hkv = q.shape[-3], k.shape[-3]
+    qf, kf, vf = q.to(dtype), expand_kv_heads(k.to(dtype), hq), expand_kv_heads(v.to(dtype), hq)
+    if k_scale is not None and k_scale.dim() >= 3:
+        k_scale = expand_kv_heads(k_scale, hq)
+    s_q, s_k = qk_scale(qf, o.scale_mode, tensors.q_scale), qk_scale(kf, o.scale_mode, k_scale)
+    q_in = qf / s_q if o.scale_mode == "static" else qf
+    k_in = kf / s_k if o.scale_mode == "static" else kf
+    q_hat = s_q * binarize_as(q_in, o).detach()
+    k_hat = s_k * binarize_as(k_in, o).detach()
+    return BackwardInputs(dtype, hq // hkv, softmax_scale_of(q, o), qf, kf, vf, s_q, s_k, q_in,
+                          k_in, q_hat, k_hat, k_scale)
+
+
+def backward_outputs(inputs: BackwardInputs, ds_k: torch.Tensor, ds_q: torch.Tensor,
+                     dv: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     options: AttentionOptions) -> tuple[torch.Tensor, torch.Tensor,
+                                                         torch.Tensor]:
+    """``(dq, dk, dv)`` in the inputs' dtypes from ``ds_k = dS·k_hat`` ``[B, Hq, Nq, D]``,
+    ``ds_q = dSᵀ·q_hat`` ``[B, Hq, Nk, D]`` and ``dv [B, Hq, Nk, Dv]`` (per query head): the
+    softmax scale, the STE window and the mean|x| scales' gradient, GQA sums over a group's
+    query heads (shared by the reference VJP and kernels)."""
+    i = inputs
+    dq = _input_grad(i.qf, i.s_q, i.q_in, i.softmax_scale * ds_k, options)
+    dk = _input_grad(i.kf, i.s_k, i.k_in, i.softmax_scale * ds_q, options)
+    if i.group > 1:
+        hkv = k.shape[-3]
+        dk = dk.unflatten(-3, (hkv, i.group)).sum(-3)
+        dv = dv.unflatten(-3, (hkv, i.group)).sum(-3)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
 def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                               v: torch.Tensor, tensors: AttentionTensors = NO_TENSORS,
                               options: AttentionOptions = DEFAULTS) -> tuple:
@@ -389,28 +446,18 @@ def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
     ``dsinks`` (None without sinks): the sink is a softmax column whose value is 0, so its
     logit's gradient is ``p_sink·(0 − Σ_j p_j·dp_j)`` summed over batch and rows, with
     ``p_sink = 1 − Σ_j p_j`` (1 in a fully masked row, where Σ_j p_j·dp_j is 0). A soft cap
-    multiplies the scores' gradient by its derivative ``1 − tanh²(s / cap)``.
+    multiplies the scores' gradient by its derivative ``1 − tanh²(s / cap)``. The O(N·D) parts
+    (:func:`backward_inputs`, :func:`backward_outputs`) are shared with the kernels.
     """
-    o, bias_index, k_scale = options, tensors.bias_index, tensors.k_scale
+    o, bias_index = options, tensors.bias_index
     table, bias = tensors.bias, dense_bias(tensors.bias, bias_index)
-    dtype = compute_dtype(q, k, v, bias)
-    hq, hkv = q.shape[-3], k.shape[-3]
-    group = hq // hkv
-    qf, kf, vf = q.to(dtype), expand_kv_heads(k.to(dtype), hq), expand_kv_heads(v.to(dtype), hq)
-    if k_scale is not None and k_scale.dim() >= 3:
-        k_scale = expand_kv_heads(k_scale, hq)
-    softmax_scale = softmax_scale_of(q, o)
-    s_q, s_k = qk_scale(qf, o.scale_mode, tensors.q_scale), qk_scale(kf, o.scale_mode, k_scale)
-    q_in = qf / s_q if o.scale_mode == "static" else qf
-    k_in = kf / s_k if o.scale_mode == "static" else kf
-    q_hat = s_q * binarize_as(q_in, o).detach()
-    k_hat = s_k * binarize_as(k_in, o).detach()
+    inputs = backward_inputs(q, k, v, tensors, o, bias)
     with torch.no_grad():
-        scores = binary_scores(q, k, o, tensors.q_scale, k_scale)
+        scores = binary_scores(q, k, o, tensors.q_scale, inputs.k_scale)
     sinks = tensors.sinks
     probs = attention_probs(scores, bias, tensors.attn_mask, o.is_causal, o.top_n, o.soft_cap,
                             sinks)
-    g = grad_out.to(dtype)
+    g, vf = grad_out.to(inputs.dtype), inputs.vf
     if o.pv_bits == 8:
         inv_step = v_inverse_step(vf)
         v_used, p_used = quantize_v_s8(vf), quantize_probs_u8(probs)
@@ -430,11 +477,6 @@ def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
         dbias = table_grad(dbias, bias_index, table)
     if o.soft_cap is not None:
         ds = ds * (1 - torch.tanh(scores / o.soft_cap) ** 2)
-    dq_hat = softmax_scale * (ds @ k_hat)
-    dk_hat = softmax_scale * (ds.transpose(-1, -2) @ q_hat)
-    dq = _input_grad(qf, s_q, q_in, dq_hat, o)
-    dk = _input_grad(kf, s_k, k_in, dk_hat, o)
-    if group > 1:
-        dk = dk.unflatten(-3, (hkv, group)).sum(-3)
-        dv = dv.unflatten(-3, (hkv, group)).sum(-3)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, dsinks
+    dq, dk, dv = backward_outputs(inputs, ds @ inputs.k_hat, ds.transpose(-1, -2) @ inputs.q_hat,
+                                  dv, q, k, v, o)
+    return dq, dk, dv, dbias, dsinks
