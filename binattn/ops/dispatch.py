@@ -22,9 +22,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
+#: the modules that register a device's kernels, imported in this order on its first call
 PROVIDERS = {
-    "cpu": "binattn.tvm_kernels.cpu.dispatch",
-    "cuda": "binattn.tvm_kernels.cuda.dispatch",
+    "cpu": ("binattn.tvm_kernels.cpu.dispatch", "binattn.tvm_kernels.cpu.backward_dispatch"),
+    "cuda": ("binattn.tvm_kernels.cuda.dispatch",),
 }
 
 
@@ -55,19 +56,17 @@ def register_kernel(op: str, device_type: str, kernel: Kernel) -> None:
 
 
 def _load_provider(device_type: str) -> Optional[str]:
-    """Import the provider for a device once; return the error text if it failed."""
+    """Import the providers for a device once; return the error text if any failed."""
     with _lock:
         if device_type not in _provider_state:
-            module = PROVIDERS.get(device_type)
-            error = None
-            if module is None:
-                error = f"no kernel provider for device type {device_type!r}"
-            else:
+            modules = PROVIDERS.get(device_type)
+            errors = [] if modules else [f"no kernel provider for device type {device_type!r}"]
+            for module in modules or ():
                 try:
                     importlib.import_module(module)
                 except Exception as exc:  # noqa: BLE001 - any failure means "use the reference"
-                    error = f"{module} could not load: {type(exc).__name__}: {exc}"
-            _provider_state[device_type] = error
+                    errors.append(f"{module} could not load: {type(exc).__name__}: {exc}")
+            _provider_state[device_type] = "; ".join(errors) or None
         return _provider_state[device_type]
 
 
