@@ -365,23 +365,31 @@ def _sum_to_shape(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return x.sum(dims, keepdim=True) if dims else x
 
 
+def binarize_value(x: torch.Tensor, options: AttentionOptions) -> torch.Tensor:
+    """The forward value of :func:`binarize_as` with no gradient (±1 for ``sign``, in one
+    pass; the soft binarizers' values as they are)."""
+    if options.binarizer == "sign":
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    return binarize_as(x, options).detach()
+
+
 def _input_grad(x, s, b_in, d_hat, options: AttentionOptions):
     """Gradient to q (or k) from d(x̂) where x̂ = s·binarize(x_in)."""
-    grad = d_hat * binarize_derivative(b_in, options.binarizer, options.temperature,
-                                       options.ste_clip)
-    if options.scale_mode != "static":
-        grad = grad * s
+    scaled = d_hat if options.scale_mode == "static" else d_hat * s
+    grad = scaled * binarize_derivative(b_in, options.binarizer, options.temperature,
+                                        options.ste_clip)
     if options.scale_mode == "mean_abs":
-        b_val = binarize_as(b_in, options).detach()
-        ds = (d_hat * b_val).sum(dim=(-2, -1), keepdim=True)
-        grad = grad + ds * torch.sign(x) / (x.shape[-2] * x.shape[-1])
+        flat = d_hat.flatten(-2)
+        ds = torch.linalg.vecdot(flat, binarize_value(b_in, options).flatten(-2))
+        grad = torch.addcmul(grad, torch.sign(x), ds[..., None, None] / flat.shape[-1])
     return grad
 
 
 class BackwardInputs(NamedTuple):
     """The O(N·D) quantities every backward (reference VJP or kernel) starts from, in the
-    compute dtype, k/v already expanded to the query heads (GQA): ``q_hat = s_q·b_q`` and
-    ``k_hat = s_k·b_k`` are the binarized operands whose products give the scores."""
+    compute dtype, k/v already expanded to the query heads (GQA): the scales ``s_q``, ``s_k``
+    (x̂ = s·binarize(x_in) are the operands whose products give the scores,
+    :func:`binarized_operands`) and the binarizers' inputs ``q_in``, ``k_in``."""
 
     dtype: torch.dtype
     group: int
@@ -393,8 +401,6 @@ class BackwardInputs(NamedTuple):
     s_k: torch.Tensor
     q_in: torch.Tensor
     k_in: torch.Tensor
-    q_hat: torch.Tensor
-    k_hat: torch.Tensor
     k_scale: Optional[torch.Tensor]
 
 
@@ -411,23 +417,28 @@ def backward_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     s_q, s_k = qk_scale(qf, o.scale_mode, tensors.q_scale), qk_scale(kf, o.scale_mode, k_scale)
     q_in = qf / s_q if o.scale_mode == "static" else qf
     k_in = kf / s_k if o.scale_mode == "static" else kf
-    q_hat = s_q * binarize_as(q_in, o).detach()
-    k_hat = s_k * binarize_as(k_in, o).detach()
     return BackwardInputs(dtype, hq // hkv, softmax_scale_of(q, o), qf, kf, vf, s_q, s_k, q_in,
-                          k_in, q_hat, k_hat, k_scale)
+                          k_in, k_scale)
 
 
-def backward_outputs(inputs: BackwardInputs, ds_k: torch.Tensor, ds_q: torch.Tensor,
+def binarized_operands(inputs: BackwardInputs,
+                       options: AttentionOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q̂, k̂) = (s_q·binarize(q_in), s_k·binarize(k_in))``, the scores' operands."""
+    return (inputs.s_q * binarize_value(inputs.q_in, options),
+            inputs.s_k * binarize_value(inputs.k_in, options))
+
+
+def backward_outputs(inputs: BackwardInputs, dq_hat: torch.Tensor, dk_hat: torch.Tensor,
                      dv: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      options: AttentionOptions) -> tuple[torch.Tensor, torch.Tensor,
                                                          torch.Tensor]:
-    """``(dq, dk, dv)`` in the inputs' dtypes from ``ds_k = dS·k_hat`` ``[B, Hq, Nq, D]``,
-    ``ds_q = dSᵀ·q_hat`` ``[B, Hq, Nk, D]`` and ``dv [B, Hq, Nk, Dv]`` (per query head): the
-    softmax scale, the STE window and the mean|x| scales' gradient, GQA sums over a group's
-    query heads (shared by the reference VJP and kernels)."""
+    """``(dq, dk, dv)`` in the inputs' dtypes from the gradients of the scores' operands,
+    ``dq_hat = scale·dS·k̂`` ``[B, Hq, Nq, D]`` and ``dk_hat = scale·dSᵀ·q̂`` ``[B, Hq, Nk, D]``,
+    and ``dv [B, Hq, Nk, Dv]`` (per query head): the STE window and the mean|x| scales'
+    gradient, GQA sums over a group's query heads (shared by the reference VJP and kernels)."""
     i = inputs
-    dq = _input_grad(i.qf, i.s_q, i.q_in, i.softmax_scale * ds_k, options)
-    dk = _input_grad(i.kf, i.s_k, i.k_in, i.softmax_scale * ds_q, options)
+    dq = _input_grad(i.qf, i.s_q, i.q_in, dq_hat, options)
+    dk = _input_grad(i.kf, i.s_k, i.k_in, dk_hat, options)
     if i.group > 1:
         hkv = k.shape[-3]
         dk = dk.unflatten(-3, (hkv, i.group)).sum(-3)
@@ -477,6 +488,8 @@ def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
         dbias = table_grad(dbias, bias_index, table)
     if o.soft_cap is not None:
         ds = ds * (1 - torch.tanh(scores / o.soft_cap) ** 2)
-    dq, dk, dv = backward_outputs(inputs, ds @ inputs.k_hat, ds.transpose(-1, -2) @ inputs.q_hat,
-                                  dv, q, k, v, o)
+    q_hat, k_hat = binarized_operands(inputs, o)
+    scale = inputs.softmax_scale
+    dq, dk, dv = backward_outputs(inputs, scale * (ds @ k_hat), scale * (ds.mT @ q_hat), dv, q, k,
+                                  v, o)
     return dq, dk, dv, dbias, dsinks

@@ -34,6 +34,9 @@ from tvm.script import tirx as T
 from ...schedules.cpu.backward import BackwardKnobs, tile_cols
 from .kernels import NEG_INF, _tree, fexp
 
+#: part of every cache key: bump it when the kernel's arguments or math change
+KERNEL_VERSION = 4
+
 
 @dataclass(frozen=True)
 class BackwardWorkload:
@@ -52,7 +55,7 @@ class BackwardWorkload:
         def flags(bcast: Optional[tuple[bool, ...]]) -> str:
             return "none" if bcast is None else "".join("1" if b else "n" for b in bcast)
 
-        return (f"bwd_w{self.words}_d{self.head_dim}_dv{self.value_dim}_c{int(self.causal)}"
+        return (f"bwd{KERNEL_VERSION}_w{self.words}_d{self.head_dim}_dv{self.value_dim}_c{int(self.causal)}"
                 f"_add{flags(self.add_bcast)}_db{flags(self.bias_bcast)}")
 
     def owns(self) -> tuple[bool, bool]:
@@ -166,8 +169,9 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                             dbias[chunk, b * gb, h * gh, (q0 + i) * gq, 0] + Dp[i, j])
 
     @T.macro
-    def key_grads(out, A, X, b, h, q0, k0, dim, cols):
-        """out[k0+j, :] += Σ_i A[i, j]·X[q0+i, :] (dV from P and dO, dK̂ from dS and Q̂)."""
+    def key_grads(out, A, X, b, h, q0, k0, dim, cols, local):
+        """out[k0+j, :] += Σ_i A[i, j]·X[i, :] (dV from P and dO, dK̂ from dS and Q̂; ``local``:
+        X is the block's own buffer, else rows q0+i of a (b, h)'s tensor)."""
         for jo in range(bk // ri):
             for dc in range(dim // cols):
                 r = T.alloc_buffer((ri, cols), "float32")
@@ -177,15 +181,31 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                 for i in range(bq):
                     for jj in T.unroll(ri):
                         for d in T.vectorized(cols):
-                            r[jj, d] = r[jj, d] + A[i, jo * ri + jj] * X[b, h, q0 + i,
-                                                                          dc * cols + d]
+                            if local:
+                                r[jj, d] = r[jj, d] + A[i, jo * ri + jj] * X[i, dc * cols + d]
+                            else:
+                                r[jj, d] = r[jj, d] + A[i, jo * ri + jj] * X[
+                                    b, h, q0 + i, dc * cols + d]
                 for jj in T.unroll(ri):
                     for d in T.vectorized(cols):
                         out[b, h, k0 + jo * ri + jj, dc * cols + d] = r[jj, d]
 
     @T.macro
-    def query_grads(dqacc, Dp, kh, b, h, k0):
-        """dqacc[i, :] += Σ_j dS[i, j]·K̂[k0+j, :]."""
+    def signs(X, bits, b, h, row0, rows, mul, hd, keys):
+        """X[r, d] = ±mul by sign bit d of row row0+r (``keys``: of k's transposed words), 0
+        past D: the block's rows of Q̂ or K̂ times the softmax scale."""
+        for r in range(rows):
+            for d in range(dp):
+                if keys:
+                    X[r, d] = T.Select(d < hd, T.Select(T.bitwise_and(T.shift_right(
+                        bits[b, h, d // 32, row0 + r], d % 32), 1) == 1, mul, -mul), T.float32(0))
+                else:
+                    X[r, d] = T.Select(d < hd, T.Select(T.bitwise_and(T.shift_right(
+                        bits[b, h, row0 + r, d // 32], d % 32), 1) == 1, mul, -mul), T.float32(0))
+
+    @T.macro
+    def query_grads(dqacc, Dp, Ks):
+        """dqacc[i, :] += Σ_j dS[i, j]·K̂[j, :] (the tile's K̂ rows)."""
         for io in range(bq // ri):
             for dc in range(dp // cq):
                 r = T.alloc_buffer((ri, cq), "float32")
@@ -195,14 +215,14 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                 for j in range(bk):
                     for ii in T.unroll(ri):
                         for d in T.vectorized(cq):
-                            r[ii, d] = r[ii, d] + Dp[io * ri + ii, j] * kh[b, h, k0 + j,
-                                                                           dc * cq + d]
+                            r[ii, d] = r[ii, d] + Dp[io * ri + ii, j] * Ks[j, dc * cq + d]
                 for ii in T.unroll(ri):
                     for d in T.vectorized(cq):
                         dqacc[io * ri + ii, dc * cq + d] = r[ii, d]
 
     @T.macro
-    def unit(qb, kb, qh, kh, vt, do, coef, add, dq, dk, dv, dbias, chunk, b, h, nk, hd, NQ, NK):
+    def unit(qb, kb, qmul, kmul, vt, do, coef, add, dq, dk, dv, dbias, chunk, b, h, nk, hd, NQ,
+             NK):
         """Every gradient of one (b, q head), query block by query block."""
         S = T.alloc_buffer((bq, bk), "float32")
         Dp = T.alloc_buffer((bq, bk), "float32")
@@ -214,7 +234,16 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
         delta = T.alloc_buffer((bq,), "float32")
         red = T.alloc_buffer((vl,), "float32")
         dqacc = T.alloc_buffer((bq, dp), "float32")
+        Qs = T.alloc_buffer((bq, dp), "float32")
+        Ks = T.alloc_buffer((bk, dp), "float32")
         c = T.Bind(coef[b, h])
+        # NaN where the score multiplier is not finite (the host made ±Inf NaN): all grads NaN
+        poison = T.Bind(T.Select(T.isnan(c), c, T.float32(0)))
+        for j in range(NK):
+            for d in T.vectorized(dp):
+                dk[b, h, j, d] = poison
+            for d in T.vectorized(dvp):
+                dv[b, h, j, d] = poison
         for qt in range(NQ // bq):
             q0 = T.Bind(qt * bq)
             if causal:
@@ -235,20 +264,22 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                 linv[i] = T.Select(l[i] > T.float32(0), T.float32(1) / l[i], T.float32(0))
                 delta[i] = dl[i] * linv[i]
                 for d in T.vectorized(dp):
-                    dqacc[i, d] = T.float32(0)
+                    dqacc[i, d] = poison
+            signs(Qs, qb, b, h, q0, bq, qmul[b, h], hd, False)
             for kt in range(ntiles):
                 scores(S, qb, kb, add, c, b, h, q0, kt * bk, nk, hd)
                 dp_tile(Dp, do, vt, b, h, q0, kt * bk)
                 grad_scores(S, Dp, mu, linv, delta, dbias, chunk, b, h, q0, kt * bk)
-                key_grads(dv, S, do, b, h, q0, kt * bk, dvp, cv)
-                key_grads(dk, Dp, qh, b, h, q0, kt * bk, dp, cq)
-                query_grads(dqacc, Dp, kh, b, h, kt * bk)
+                signs(Ks, kb, b, h, kt * bk, bk, kmul[b, h], hd, True)
+                key_grads(dv, S, do, b, h, q0, kt * bk, dvp, cv, False)
+                key_grads(dk, Dp, Qs, b, h, q0, kt * bk, dp, cq, True)
+                query_grads(dqacc, Dp, Ks)
             for i in range(bq):
                 for d in T.vectorized(dp):
                     dq[b, h, q0 + i, d] = dqacc[i, d]
 
     @T.prim_func
-    def main(qb_h: T.handle, kb_h: T.handle, qh_h: T.handle, kh_h: T.handle, vt_h: T.handle,
+    def main(qb_h: T.handle, kb_h: T.handle, qm_h: T.handle, km_h: T.handle, vt_h: T.handle,
              do_h: T.handle, coef_h: T.handle, add_h: T.handle, dq_h: T.handle, dk_h: T.handle,
              dv_h: T.handle, dbias_h: T.handle, nk: T.int32, hd: T.int32, nslot: T.int32,
              nchunk: T.int32):
@@ -268,8 +299,8 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
         GK = T.int32()
         qb = T.match_buffer(qb_h, (B, H, NQ, words), "int32")
         kb = T.match_buffer(kb_h, (B, H, words, NK), "int32")
-        qh = T.match_buffer(qh_h, (B, H, NQ, dp), "float32")
-        kh = T.match_buffer(kh_h, (B, H, NK, dp), "float32")
+        qmul = T.match_buffer(qm_h, (B, H), "float32")
+        kmul = T.match_buffer(km_h, (B, H), "float32")
         vt = T.match_buffer(vt_h, (B, H, dvp, NK), "float32")
         do = T.match_buffer(do_h, (B, H, NQ, dvp), "float32")
         coef = T.match_buffer(coef_h, (B, H), "float32")
@@ -284,16 +315,16 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
             reps = T.Bind(B * H // nslot)
             for rep in range(chunk * reps // nchunk, (chunk + 1) * reps // nchunk):
                 if own_b and own_h:
-                    unit(qb, kb, qh, kh, vt, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, vt, do, coef, add, dq, dk, dv, dbias, chunk,
                          slot // H, slot % H, nk, hd, NQ, NK)
                 elif own_h:
-                    unit(qb, kb, qh, kh, vt, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, vt, do, coef, add, dq, dk, dv, dbias, chunk,
                          rep, slot, nk, hd, NQ, NK)
                 elif own_b:
-                    unit(qb, kb, qh, kh, vt, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, vt, do, coef, add, dq, dk, dv, dbias, chunk,
                          slot, rep, nk, hd, NQ, NK)
                 else:
-                    unit(qb, kb, qh, kh, vt, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, vt, do, coef, add, dq, dk, dv, dbias, chunk,
                          rep // H, rep % H, nk, hd, NQ, NK)
 
     return tvm.IRModule({"main": main.with_attr("global_symbol", "main")})

@@ -65,10 +65,9 @@ def _padded(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return x.contiguous()
 
 
-def _coef(inputs: reference.BackwardInputs, batch: int, heads: int) -> torch.Tensor:
-    """s_q·s_k·softmax_scale per (b, q head), float32 ``[B, Hq]``, NaN where not finite."""
-    coef = reference.nan_unless_finite(inputs.s_q * inputs.s_k * inputs.softmax_scale)
-    return torch.broadcast_to(coef, (batch, heads, 1, 1)).reshape(batch, heads).to(
+def _per_head(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+    """A per-(b, h) factor ``[.., 1, 1]`` as float32 ``[B, Hq]``."""
+    return torch.broadcast_to(x, (batch, heads, 1, 1)).reshape(batch, heads).to(
         torch.float32).contiguous()
 
 
@@ -87,23 +86,24 @@ def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tens
     nq_pad = cpu_forward._round_up(n_q, knobs.block_q)
     nk_pad = cpu_forward._round_up(n_k, knobs.block_k)
     dp, dvp = wl.head_dim, wl.value_dim
-    q_bits = _padded_bits(q, nq_pad, heads)
-    k_bits = _padded_bits(k, nk_pad, heads).transpose(-1, -2).contiguous()
-    coef = _coef(inputs, batch, heads)
-    args = [q_bits, k_bits, _padded(inputs.q_hat, nq_pad, dp), _padded(inputs.k_hat, nk_pad, dp),
+    scale = inputs.softmax_scale
+    coef = _per_head(reference.nan_unless_finite(inputs.s_q * inputs.s_k * scale), batch, heads)
+    args = [_padded_bits(q, nq_pad, heads),
+            _padded_bits(k, nk_pad, heads).transpose(-1, -2).contiguous(),
+            _per_head(scale * inputs.s_q, batch, heads), _per_head(scale * inputs.s_k, batch, heads),
             _padded(inputs.vf, nk_pad, dvp).transpose(-1, -2).contiguous(),
             _padded(grad, nq_pad, dvp), coef, _padded_add(add, nq_pad, nk_pad)]
-    dq = torch.empty(batch, heads, nq_pad, dp)
-    dk = torch.zeros(batch, heads, nk_pad, dp)
-    dv = torch.zeros(batch, heads, nk_pad, dvp)
+    dq_hat = torch.empty(batch, heads, nq_pad, dp)
+    dk_hat = torch.empty(batch, heads, nk_pad, dp)
+    dv = torch.empty(batch, heads, nk_pad, dvp)
     nslot, nchunk = cpu_backward.unit_of(wl, batch, heads, num_cores())
     dbias = _bias_grad_buffer(bias, nchunk, nq_pad, nk_pad)
-    fn(*args, dq, dk, dv, dbias, n_k, head_dim, nslot, nchunk)
-    ds_k, ds_q = dq[..., :n_q, :head_dim], dk[..., :n_k, :head_dim]
-    dv = dv[..., :n_k, :value_dim]
-    user_floats = bias is not None or (mask is not None and mask.is_floating_point())
-    ds_k, ds_q, dv = _nan_policy((ds_k, ds_q, dv), coef, add if user_floats else None, n_q, n_k)
-    dq, dk, dv = reference.backward_outputs(inputs, ds_k, ds_q, dv, q, k, v, options)
+    fn(*args, dq_hat, dk_hat, dv, dbias, n_k, head_dim, nslot, nchunk)
+    if bias is not None or (mask is not None and mask.is_floating_point()):
+        _nan_policy((dq_hat, dk_hat, dv), add, n_q, n_k)
+    dq, dk, dv = reference.backward_outputs(inputs, dq_hat[..., :n_q, :head_dim],
+                                            dk_hat[..., :n_k, :head_dim],
+                                            dv[..., :n_k, :value_dim], q, k, v, options)
     db = q.new_empty((0,)) if bias is None else _bias_grad(dbias, bias, n_q, n_k)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), db, q.new_empty((0,))
 
@@ -141,16 +141,14 @@ def _bias_grad(dbias: torch.Tensor, bias: torch.Tensor, n_q: int, n_k: int) -> t
     return total.reshape(bias.shape).to(bias.dtype).contiguous()
 
 
-def _nan_policy(grads: tuple[torch.Tensor, ...], coef: torch.Tensor,
-                add: Optional[torch.Tensor], n_q: int, n_k: int) -> tuple[torch.Tensor, ...]:
-    """NaN where the reference's gradients are NaN and the kernel's may not be (its max and
-    exponential skip NaN scores): every gradient of a (b, h) whose score multiplier is not
-    finite, and of a (b, h) with a NaN in its bias + mask (``add``; None: only a bool mask
-    built it). No host read (the NaN policy, ``ops.validation``)."""
-    bad = torch.isnan(coef)[:, :, None, None]
-    if add is not None:
-        bad = bad | torch.isnan(add[:, :, :n_q, :n_k]).flatten(2).any(-1)[:, :, None, None]
-    return tuple(g.masked_fill(bad, float("nan")) for g in grads)
+def _nan_policy(grads: tuple[torch.Tensor, ...], add: torch.Tensor, n_q: int,
+                n_k: int) -> None:
+    """NaN (in place) over every gradient of a (b, h) with a NaN in its bias + mask, as the
+    reference gives them (the kernel's max and exponential skip NaN scores; a non-finite
+    score multiplier it handles itself). No host read (the NaN policy, ``ops.validation``)."""
+    bad = torch.isnan(add[:, :, :n_q, :n_k]).flatten(2).any(-1)[:, :, None, None]
+    for g in grads:
+        g.masked_fill_(bad, float("nan"))
 
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
