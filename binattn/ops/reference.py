@@ -369,19 +369,21 @@ def binarize_value(x: torch.Tensor, options: AttentionOptions) -> torch.Tensor:
     """The forward value of :func:`binarize_as` with no gradient (±1 for ``sign``, in one
     pass; the soft binarizers' values as they are)."""
     if options.binarizer == "sign":
-        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        # sign(sign(x) + ½): +1 for x ≥ 0 (±0 included), −1 below, NaN for NaN (as sign_ste);
+        # two arithmetic passes, several times faster on CPU than a where over a bool mask
+        return torch.sign(x).add_(0.5).sign_()
     return binarize_as(x, options).detach()
 
 
 def _input_grad(x, s, b_in, d_hat, options: AttentionOptions):
-    """Gradient to q (or k) from d(x̂) where x̂ = s·binarize(x_in)."""
-    scaled = d_hat if options.scale_mode == "static" else d_hat * s
-    grad = scaled * binarize_derivative(b_in, options.binarizer, options.temperature,
-                                        options.ste_clip)
+    """Gradient to q (or k) from d(x̂) where x̂ = s·binarize(x_in). Not differentiable itself
+    (in-place on its own temporaries: each fresh N·D tensor costs page faults on CPU)."""
+    deriv = (b_in.abs().le_(options.ste_clip) if options.binarizer == "sign" else
+             binarize_derivative(b_in, options.binarizer, options.temperature, options.ste_clip))
+    grad = deriv.mul_(d_hat if options.scale_mode == "static" else d_hat * s)
     if options.scale_mode == "mean_abs":
-        flat = d_hat.flatten(-2)
-        ds = torch.linalg.vecdot(flat, binarize_value(b_in, options).flatten(-2))
-        grad = torch.addcmul(grad, torch.sign(x), ds[..., None, None] / flat.shape[-1])
+        ds = binarize_value(b_in, options).mul_(d_hat).sum(dim=(-2, -1), keepdim=True)
+        grad = grad.addcmul_(torch.sign(x), ds / (x.shape[-2] * x.shape[-1]))
     return grad
 
 

@@ -23,7 +23,7 @@ class BackwardKnobs:
     vector: lanes of the score / softmax loops.
     """
 
-    block_q: int = 32
+    block_q: int = 64
     block_k: int = 64
     rows: int = 4
     cols: int = 32

@@ -35,7 +35,7 @@ from ...schedules.cpu.backward import BackwardKnobs, tile_cols
 from .kernels import NEG_INF, _tree, fexp
 
 #: part of every cache key: bump it when the kernel's arguments or math change
-KERNEL_VERSION = 4
+KERNEL_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -204,8 +204,8 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                         bits[b, h, row0 + r, d // 32], d % 32), 1) == 1, mul, -mul), T.float32(0))
 
     @T.macro
-    def query_grads(dqacc, Dp, Ks):
-        """dqacc[i, :] += Σ_j dS[i, j]·K̂[j, :] (the tile's K̂ rows)."""
+    def query_grads(dqacc, Dp, Ks, k0):
+        """dqacc[i, :] += Σ_j dS[i, j]·K̂[k0+j, :]."""
         for io in range(bq // ri):
             for dc in range(dp // cq):
                 r = T.alloc_buffer((ri, cq), "float32")
@@ -215,7 +215,7 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                 for j in range(bk):
                     for ii in T.unroll(ri):
                         for d in T.vectorized(cq):
-                            r[ii, d] = r[ii, d] + Dp[io * ri + ii, j] * Ks[j, dc * cq + d]
+                            r[ii, d] = r[ii, d] + Dp[io * ri + ii, j] * Ks[k0 + j, dc * cq + d]
                 for ii in T.unroll(ri):
                     for d in T.vectorized(cq):
                         dqacc[io * ri + ii, dc * cq + d] = r[ii, d]
@@ -235,10 +235,11 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
         red = T.alloc_buffer((vl,), "float32")
         dqacc = T.alloc_buffer((bq, dp), "float32")
         Qs = T.alloc_buffer((bq, dp), "float32")
-        Ks = T.alloc_buffer((bk, dp), "float32")
+        Ks = T.alloc_buffer((NK, dp), "float32")
         c = T.Bind(coef[b, h])
         # NaN where the score multiplier is not finite (the host made ±Inf NaN): all grads NaN
         poison = T.Bind(T.Select(T.isnan(c), c, T.float32(0)))
+        signs(Ks, kb, b, h, 0, NK, kmul[b, h], hd, True)
         for j in range(NK):
             for d in T.vectorized(dp):
                 dk[b, h, j, d] = poison
@@ -270,10 +271,9 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                 scores(S, qb, kb, add, c, b, h, q0, kt * bk, nk, hd)
                 dp_tile(Dp, do, vt, b, h, q0, kt * bk)
                 grad_scores(S, Dp, mu, linv, delta, dbias, chunk, b, h, q0, kt * bk)
-                signs(Ks, kb, b, h, kt * bk, bk, kmul[b, h], hd, True)
                 key_grads(dv, S, do, b, h, q0, kt * bk, dvp, cv, False)
                 key_grads(dk, Dp, Qs, b, h, q0, kt * bk, dp, cq, True)
-                query_grads(dqacc, Dp, Ks)
+                query_grads(dqacc, Dp, Ks, kt * bk)
             for i in range(bq):
                 for d in T.vectorized(dp):
                     dq[b, h, q0 + i, d] = dqacc[i, d]
