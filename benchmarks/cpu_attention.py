@@ -175,17 +175,18 @@ def cpu_model() -> str:
 
 def run_backward(shapes: tuple, repeat: int, out: Path) -> None:
     """The ``--backward`` run: table of forward + backward times and ratios, JSON beside."""
-    from binattn.tvm_kernels.cpu.target import host_mcpu
-
-    threads = os.environ.get("TVM_NUM_THREADS", "?")
     import torch
 
-    machine = (f"{cpu_model()} ({host_mcpu()}), "
-               f"{os.cpu_count()} cores; torch threads {torch.get_num_threads()}, "
-               f"TVM threads {threads}; clock: {cpu_bench.clock}")
-    console.print(f"[bold]{machine}; start: {cpu_bench.machine_load()}[/]")
+    from binattn.tvm_kernels.cpu.target import host_mcpu
+
+    console.print(f"[bold]start: {cpu_bench.machine_load()}[/]")
     rows = [bench_backward(shape, repeat) for shape in shapes]
     console.print(f"[bold]end: {cpu_bench.machine_load()}[/]")
+    # after the runs: the kernel provider sets TVM_NUM_THREADS when it loads
+    machine = (f"{cpu_model()} ({host_mcpu()}), {os.cpu_count()} cores; torch threads "
+               f"{torch.get_num_threads()}, TVM threads {os.environ.get('TVM_NUM_THREADS')}; "
+               f"clock: {cpu_bench.clock}")
+    console.print(f"[bold]{machine}[/]")
     table = Table(title="forward + backward: median ms (SDPA fp32 time / this time)")
     names = list(rows[0]["median_ms"])
     for col in ("shape", *names):

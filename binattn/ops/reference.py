@@ -380,10 +380,11 @@ def _input_grad(x, s, b_in, d_hat, options: AttentionOptions):
     (in-place on its own temporaries: each fresh N·D tensor costs page faults on CPU)."""
     deriv = (b_in.abs().le_(options.ste_clip) if options.binarizer == "sign" else
              binarize_derivative(b_in, options.binarizer, options.temperature, options.ste_clip))
-    grad = deriv.mul_(d_hat if options.scale_mode == "static" else d_hat * s)
+    grad = deriv.mul_(d_hat) if options.scale_mode == "static" else deriv.mul_(d_hat).mul_(s)
     if options.scale_mode == "mean_abs":
-        ds = binarize_value(b_in, options).mul_(d_hat).sum(dim=(-2, -1), keepdim=True)
-        grad = grad.addcmul_(torch.sign(x), ds / (x.shape[-2] * x.shape[-1]))
+        work = binarize_value(b_in, options)
+        ds = work.mul_(d_hat).sum(dim=(-2, -1), keepdim=True)
+        grad = grad.addcmul_(torch.sign(x, out=work), ds / (x.shape[-2] * x.shape[-1]))
     return grad
 
 

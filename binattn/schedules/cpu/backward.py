@@ -30,7 +30,7 @@ class BackwardKnobs:
     vector: int = 16
 
     def check(self, head_dim: int, value_dim: int) -> None:
-        """Raise ValueError when the knobs cannot tile padded head dims ``head_dim``/``value_dim``."""
+        """Raise ValueError when the knobs cannot tile the padded head dims."""
         problems = []
         if self.block_q % self.rows or self.block_k % self.rows:
             problems.append(f"block_q and block_k must be multiples of rows={self.rows}")

@@ -35,7 +35,7 @@ from ...schedules.cpu.backward import BackwardKnobs, tile_cols
 from .kernels import NEG_INF, _tree, fexp
 
 #: part of every cache key: bump it when the kernel's arguments or math change
-KERNEL_VERSION = 5
+KERNEL_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ class BackwardWorkload:
         def flags(bcast: Optional[tuple[bool, ...]]) -> str:
             return "none" if bcast is None else "".join("1" if b else "n" for b in bcast)
 
-        return (f"bwd{KERNEL_VERSION}_w{self.words}_d{self.head_dim}_dv{self.value_dim}_c{int(self.causal)}"
+        return (f"bwd{KERNEL_VERSION}_w{self.words}_d{self.head_dim}_dv{self.value_dim}"
+                f"_c{int(self.causal)}"
                 f"_add{flags(self.add_bcast)}_db{flags(self.bias_bcast)}")
 
     def owns(self) -> tuple[bool, bool]:
@@ -117,7 +118,7 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                     for ii in T.unroll(ri):
                         for jj in T.vectorized(ck):
                             r[ii, jj] = r[ii, jj] + do[b, h, q0 + io * ri + ii, d] * vt[
-                                b, h, d, k0 + jo * ck + jj]
+                                d, k0 + jo * ck + jj]
                 for ii in T.unroll(ri):
                     for jj in T.vectorized(ck):
                         Dp[io * ri + ii, jo * ck + jj] = r[ii, jj]
@@ -221,7 +222,7 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                         dqacc[io * ri + ii, dc * cq + d] = r[ii, d]
 
     @T.macro
-    def unit(qb, kb, qmul, kmul, vt, do, coef, add, dq, dk, dv, dbias, chunk, b, h, nk, hd, NQ,
+    def unit(qb, kb, qmul, kmul, v, do, coef, add, dq, dk, dv, dbias, chunk, b, h, nk, hd, NQ,
              NK):
         """Every gradient of one (b, q head), query block by query block."""
         S = T.alloc_buffer((bq, bk), "float32")
@@ -236,10 +237,14 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
         dqacc = T.alloc_buffer((bq, dp), "float32")
         Qs = T.alloc_buffer((bq, dp), "float32")
         Ks = T.alloc_buffer((NK, dp), "float32")
+        vt = T.alloc_buffer((dvp, NK), "float32")
         c = T.Bind(coef[b, h])
         # NaN where the score multiplier is not finite (the host made ±Inf NaN): all grads NaN
         poison = T.Bind(T.Select(T.isnan(c), c, T.float32(0)))
         signs(Ks, kb, b, h, 0, NK, kmul[b, h], hd, True)
+        for j in range(NK):
+            for d in range(dvp):
+                vt[d, j] = v[b, h, j, d]
         for j in range(NK):
             for d in T.vectorized(dp):
                 dk[b, h, j, d] = poison
@@ -279,7 +284,7 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                     dq[b, h, q0 + i, d] = dqacc[i, d]
 
     @T.prim_func
-    def main(qb_h: T.handle, kb_h: T.handle, qm_h: T.handle, km_h: T.handle, vt_h: T.handle,
+    def main(qb_h: T.handle, kb_h: T.handle, qm_h: T.handle, km_h: T.handle, v_h: T.handle,
              do_h: T.handle, coef_h: T.handle, add_h: T.handle, dq_h: T.handle, dk_h: T.handle,
              dv_h: T.handle, dbias_h: T.handle, nk: T.int32, hd: T.int32, nslot: T.int32,
              nchunk: T.int32):
@@ -301,7 +306,7 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
         kb = T.match_buffer(kb_h, (B, H, words, NK), "int32")
         qmul = T.match_buffer(qm_h, (B, H), "float32")
         kmul = T.match_buffer(km_h, (B, H), "float32")
-        vt = T.match_buffer(vt_h, (B, H, dvp, NK), "float32")
+        v = T.match_buffer(v_h, (B, H, NK, dvp), "float32")
         do = T.match_buffer(do_h, (B, H, NQ, dvp), "float32")
         coef = T.match_buffer(coef_h, (B, H), "float32")
         add = T.match_buffer(add_h, (AB, AH, AQ, AK), "float32")
@@ -315,16 +320,16 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
             reps = T.Bind(B * H // nslot)
             for rep in range(chunk * reps // nchunk, (chunk + 1) * reps // nchunk):
                 if own_b and own_h:
-                    unit(qb, kb, qmul, kmul, vt, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, v, do, coef, add, dq, dk, dv, dbias, chunk,
                          slot // H, slot % H, nk, hd, NQ, NK)
                 elif own_h:
-                    unit(qb, kb, qmul, kmul, vt, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, v, do, coef, add, dq, dk, dv, dbias, chunk,
                          rep, slot, nk, hd, NQ, NK)
                 elif own_b:
-                    unit(qb, kb, qmul, kmul, vt, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, v, do, coef, add, dq, dk, dv, dbias, chunk,
                          slot, rep, nk, hd, NQ, NK)
                 else:
-                    unit(qb, kb, qmul, kmul, vt, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, v, do, coef, add, dq, dk, dv, dbias, chunk,
                          rep // H, rep % H, nk, hd, NQ, NK)
 
     return tvm.IRModule({"main": main.with_attr("global_symbol", "main")})

@@ -90,8 +90,9 @@ def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tens
     coef = _per_head(reference.nan_unless_finite(inputs.s_q * inputs.s_k * scale), batch, heads)
     args = [_padded_bits(q, nq_pad, heads),
             _padded_bits(k, nk_pad, heads).transpose(-1, -2).contiguous(),
-            _per_head(scale * inputs.s_q, batch, heads), _per_head(scale * inputs.s_k, batch, heads),
-            _padded(inputs.vf, nk_pad, dvp).transpose(-1, -2).contiguous(),
+            _per_head(scale * inputs.s_q, batch, heads),
+            _per_head(scale * inputs.s_k, batch, heads),
+            _padded(inputs.vf, nk_pad, dvp),
             _padded(grad, nq_pad, dvp), coef, _padded_add(add, nq_pad, nk_pad)]
     dq_hat = torch.empty(batch, heads, nq_pad, dp)
     dk_hat = torch.empty(batch, heads, nk_pad, dp)
