@@ -12,12 +12,19 @@ per unit and query block of ``block_q`` rows, over key tiles of ``block_k`` keys
   ``dP = dO·Vᵀ``;
 * pass 2 recomputes ``P = exp(s − m)/l`` and ``dP``, forms ``dS = P∘(dP − δ)``, adds it into the
   bias gradient (summed over the bias's broadcast dims), ``dV += Pᵀ·dO``,
-  ``dK̂ += dSᵀ·Q̂``, ``dQ̂ += dS·K̂`` (Q̂ = s_q·sign(q), K̂ = s_k·sign(k) as floats).
+  ``dK̂ += dSᵀ·Q̂``, ``dQ̂ += dS·K̂``, where Q̂ = ±qmul and K̂ = ±kmul (``qmul`` = softmax
+  scale·s_q per (b, h)) are expanded from the sign bits in the kernel (K̂ and Vᵀ once per unit,
+  Q̂ once per block), so the outputs are the gradients of the scores' operands times the scale.
 
-Rows with no visible key get P = 0 (zero gradients), as the reference. Inputs are per query
-head (the host expands GQA's k/v heads and sums dK/dV over a group), padded: Nq to ``block_q``,
-Nk to ``block_k``, D and Dv to 16 (zeros). Scalars: true key count ``nk``, true ``hd`` = D,
-``nslot``/``nchunk`` (the task split, :func:`unit_of`).
+Rows with no visible key get P = 0 (zero gradients), as the reference; a NaN score multiplier
+makes every gradient of its unit NaN. Arguments: ``qb [B, H, NQ, W]``, ``kb [B, H, W, NK]``
+(sign words, k's transposed), ``qmul``, ``kmul``, ``coef [B, H]``, ``v [B, H, NK, Dv]``,
+``do [B, H, NQ, Dv]``, ``add`` (bias + mask, broadcast dims of size 1; 1 element if none), the
+outputs ``dq̂ [B, H, NQ, D]``, ``dk̂ [B, H, NK, D]``, ``dv [B, H, NK, Dv]``, ``dbias [nchunk,
+B|1, H|1, NQ|1, NK|1]`` (added into), then the true key count ``nk``, ``hd`` = D and
+``nslot``/``nchunk`` (the task split, :func:`unit_of`). Everything is per query head (the host
+expands GQA's k/v heads and sums dK/dV over a group), float32, padded: NQ to ``block_q``, NK to
+``block_k``, D and Dv to 16 (zeros).
 
 What it does not: the O(N·D) parts (scales, the STE window, mean|x|'s gradient, GQA sums:
 ``reference.backward_inputs`` / ``backward_outputs``), padding or layouts (the host wrapper,

@@ -18,7 +18,6 @@ math of its own beyond padding, layouts and the NaN policy of the kernel's outpu
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import torch
@@ -77,36 +76,44 @@ def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tens
     """The STE backward through the kernel (see the module docstring)."""
     bias, mask = tensors.bias, tensors.attn_mask
     inputs = reference.backward_inputs(q, k, v, tensors, options, bias)
-    batch, heads, n_q, head_dim = q.shape
-    n_k, value_dim = k.shape[-2], v.shape[-1]
+    n_q, head_dim, n_k = q.shape[-2], q.shape[-1], k.shape[-2]
     add = cpu_forward._additive(bias, mask, n_q, n_k)
-    wl = workload(q, v, None if add is None else add.shape, bias, options.is_causal)
-    knobs = DEFAULT_BACKWARD
-    fn = backward_kernel(wl, knobs)
-    nq_pad = cpu_forward._round_up(n_q, knobs.block_q)
-    nk_pad = cpu_forward._round_up(n_k, knobs.block_k)
-    dp, dvp = wl.head_dim, wl.value_dim
-    scale = inputs.softmax_scale
-    coef = _per_head(reference.nan_unless_finite(inputs.s_q * inputs.s_k * scale), batch, heads)
-    args = [_padded_bits(q, nq_pad, heads),
-            _padded_bits(k, nk_pad, heads).transpose(-1, -2).contiguous(),
-            _per_head(scale * inputs.s_q, batch, heads),
-            _per_head(scale * inputs.s_k, batch, heads),
-            _padded(inputs.vf, nk_pad, dvp),
-            _padded(grad, nq_pad, dvp), coef, _padded_add(add, nq_pad, nk_pad)]
-    dq_hat = torch.empty(batch, heads, nq_pad, dp)
-    dk_hat = torch.empty(batch, heads, nk_pad, dp)
-    dv = torch.empty(batch, heads, nk_pad, dvp)
-    nslot, nchunk = cpu_backward.unit_of(wl, batch, heads, num_cores())
-    dbias = _bias_grad_buffer(bias, nchunk, nq_pad, nk_pad)
-    fn(*args, dq_hat, dk_hat, dv, dbias, n_k, head_dim, nslot, nchunk)
+    dq_hat, dk_hat, dv, dbias = _run_kernel(grad, q, k, v, inputs, add, bias, options)
     if bias is not None or (mask is not None and mask.is_floating_point()):
         _nan_policy((dq_hat, dk_hat, dv), add, n_q, n_k)
     dq, dk, dv = reference.backward_outputs(inputs, dq_hat[..., :n_q, :head_dim],
                                             dk_hat[..., :n_k, :head_dim],
-                                            dv[..., :n_k, :value_dim], q, k, v, options)
+                                            dv[..., :n_k, :v.shape[-1]], q, k, v, options)
     db = q.new_empty((0,)) if bias is None else _bias_grad(dbias, bias, n_q, n_k)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), db, q.new_empty((0,))
+
+
+def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                inputs: reference.BackwardInputs, add: Optional[torch.Tensor],
+                bias: Optional[torch.Tensor], options: AttentionOptions
+                ) -> tuple[torch.Tensor, ...]:
+    """The kernel on padded, per-query-head inputs: padded ``(dq̂, dk̂, dv, dbias copies)``."""
+    batch, heads, n_q, _ = q.shape
+    wl = workload(q, v, None if add is None else add.shape, bias, options.is_causal)
+    knobs = DEFAULT_BACKWARD
+    fn = backward_kernel(wl, knobs)
+    nq_pad = cpu_forward._round_up(n_q, knobs.block_q)
+    nk_pad = cpu_forward._round_up(k.shape[-2], knobs.block_k)
+    scale = inputs.softmax_scale
+    coef = reference.nan_unless_finite(inputs.s_q * inputs.s_k * scale)
+    args = [_padded_bits(q, nq_pad, heads),
+            _padded_bits(k, nk_pad, heads).transpose(-1, -2).contiguous(),
+            _per_head(scale * inputs.s_q, batch, heads),
+            _per_head(scale * inputs.s_k, batch, heads),
+            _padded(inputs.vf, nk_pad, wl.value_dim), _padded(grad, nq_pad, wl.value_dim),
+            _per_head(coef, batch, heads), _padded_add(add, nq_pad, nk_pad)]
+    outs = [torch.empty(batch, heads, nq_pad, wl.head_dim),
+            torch.empty(batch, heads, nk_pad, wl.head_dim),
+            torch.empty(batch, heads, nk_pad, wl.value_dim)]
+    nslot, nchunk = cpu_backward.unit_of(wl, batch, heads, num_cores())
+    outs.append(_bias_grad_buffer(bias, nchunk, nq_pad, nk_pad))
+    fn(*args, *outs, k.shape[-2], q.shape[-1], nslot, nchunk)
+    return tuple(outs)
 
 
 def _padded_bits(x: torch.Tensor, rows: int, heads: int) -> torch.Tensor:
