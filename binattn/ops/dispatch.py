@@ -1,11 +1,12 @@
 """Kernel dispatch for binattn's custom ops: pick a built kernel or fall back to the reference.
 
 What it does: keeps a registry of kernels per (op, device type), filled by kernel providers
-(``binattn.tvm_kernels.cpu.dispatch`` for LLVM, ``binattn.tvm_kernels.cuda.dispatch`` for CUDA),
-which are imported lazily on the first call so ``import binattn`` stays light and works without
-the TVM compiler. For each call it runs the first kernel whose ``supports`` accepts the
-arguments; otherwise it runs the reference, warns once per reason, and records the reason so
-reports can say which path ran (``kernel_report()``).
+(``binattn.tvm_kernels.cpu.dispatch`` and ``cpu.backward_dispatch`` for LLVM,
+``binattn.tvm_kernels.cuda.dispatch`` for CUDA: ``PROVIDERS``), which are imported lazily on
+the first call so ``import binattn`` stays light and works without the TVM compiler. For each
+call it runs the first kernel whose ``supports`` accepts the arguments; otherwise it runs the
+reference, warns once per reason, and records the reason so reports can say which path ran
+(``kernel_report()``).
 
 What it does not: build kernels (the providers do) or decide numerics (the reference is the
 contract every kernel meets).
