@@ -11,6 +11,10 @@ machine load seen, and writes a log-log PNG of time vs N (``--out``, default
 
 Usage: ``nice python benchmarks/cpu_attention.py [--quick] [--repeat 5] [--out PATH]``
 
+``--backward`` instead times forward + backward (issue 17's CPU target): binattn with the
+backward kernel vs torch SDPA fp32 vs binattn with the reference VJP, at (1, 8, 1024, 64) and
+(8, 12, 128, 64) (``--backward-shapes`` to change), and prints the table with the ratios.
+
 ``--thread-cpu-time`` runs everything on one thread (torch and TVM) and times the CPU time of
 that thread instead of wall time: on a machine shared with other jobs this measures the work
 each contender does, unaffected by how much of the CPU the others take.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -106,6 +111,105 @@ def plot(rows: list[cpu_bench.BenchRow], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+BACKWARD_SHAPES = ((1, 8, 1024, 64), (8, 12, 128, 64))
+BACKWARD_TARGET = 1.5  # issue 17: binattn fwd+bwd ≥ 1.5× SDPA fp32 fwd+bwd
+
+
+def bench_backward(shape: tuple[int, int, int, int], repeat: int) -> dict:
+    """Median ms of forward + backward: binattn (backward kernel), SDPA fp32, binattn with the
+    reference VJP as backward; and of binattn's backward op alone (kernel, reference)."""
+    import torch
+    import torch.nn.functional as F
+
+    from binattn import ops
+    from binattn.ops import dispatch, options as op_options
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, g = (torch.randn(*shape, generator=gen) for _ in range(4))
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+
+    def binattn_step(reference_vjp: bool):
+        def step():
+            out = ops.binary_attention(*leaves, check_finite=False)
+            if reference_vjp:
+                with dispatch.reference_only():
+                    out.backward(g)
+            else:
+                out.backward(g)
+        return step
+
+    def sdpa_step():
+        F.scaled_dot_product_attention(*leaves).backward(g)
+
+    args = op_options.op_args(*op_options.split_keywords())
+
+    def backward_only(reference_vjp: bool):
+        def call():
+            if reference_vjp:
+                with dispatch.reference_only():
+                    torch.ops.binattn.binary_attention_backward(g, q, k, v, *args)
+            else:
+                torch.ops.binattn.binary_attention_backward(g, q, k, v, *args)
+        return call
+
+    fns = {"SDPA fp32": sdpa_step, "binattn (bwd kernel)": binattn_step(False),
+           "binattn (reference VJP)": binattn_step(True),
+           "bwd op: kernel": backward_only(False), "bwd op: reference": backward_only(True)}
+    backward_only(False)()
+    path = dispatch.kernel_report().get("binary_attention_backward/cpu", "?")
+    timings = cpu_bench.side_by_side(fns, repeat)
+    return {"shape": list(shape), "backward_path": path,
+            "median_ms": {name: t.median_ms for name, t in timings.items()}}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_backward(shapes: tuple, repeat: int, out: Path) -> None:
+    """The ``--backward`` run: table of forward + backward times and ratios, JSON beside."""
+    import torch
+
+    from binattn.tvm_kernels.cpu.target import host_mcpu
+
+    console.print(f"[bold]start: {cpu_bench.machine_load()}[/]")
+    rows = [bench_backward(shape, repeat) for shape in shapes]
+    console.print(f"[bold]end: {cpu_bench.machine_load()}[/]")
+    # after the runs: the kernel provider sets TVM_NUM_THREADS when it loads
+    machine = (f"{cpu_model()} ({host_mcpu()}), {os.cpu_count()} cores; torch threads "
+               f"{torch.get_num_threads()}, TVM threads {os.environ.get('TVM_NUM_THREADS')}; "
+               f"clock: {cpu_bench.clock}")
+    console.print(f"[bold]{machine}[/]")
+    table = Table(title="forward + backward: median ms (SDPA fp32 time / this time)")
+    names = list(rows[0]["median_ms"])
+    for col in ("shape", *names):
+        table.add_column(col, justify="right")
+    for r in rows:
+        ms = r["median_ms"]
+        cells = [f"{ms[n]:.1f}" + (f" ({ms['SDPA fp32'] / ms[n]:.2f}×)" if "bwd op" not in n
+                                     else "") for n in names]
+        table.add_row(str(tuple(r["shape"])), *cells)
+    console.print(table)
+    for r in rows:
+        ms = r["median_ms"]
+        ratio = ms["SDPA fp32"] / ms["binattn (bwd kernel)"]
+        console.print(f"{tuple(r['shape'])}: binattn fwd+bwd {ratio:.2f}× SDPA fp32 (target ≥ "
+                      f"{BACKWARD_TARGET}×: {'met' if ratio >= BACKWARD_TARGET else 'not met'});"
+                      f" vs the reference VJP "
+                      f"{ms['binattn (reference VJP)'] / ms['binattn (bwd kernel)']:.2f}×; "
+                      f"backward ran: {r['backward_path']}")
+    out.write_text(json.dumps({"machine": machine, "load_at_end": cpu_bench.machine_load(),
+                               "rows": rows}, indent=1))
+    console.print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N in {256, 1024, 4096}, D=64")
@@ -113,6 +217,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("cpu_attention.png"))
     parser.add_argument("--thread-cpu-time", action="store_true",
                         help="one thread everywhere; time each call's thread CPU time")
+    parser.add_argument("--backward", action="store_true",
+                        help="forward + backward vs SDPA fp32 and the reference VJP instead")
+    parser.add_argument("--backward-shapes", type=str, default=None,
+                        help="B,H,N,D;B,H,N,D… for --backward")
     args = parser.parse_args()
     if args.thread_cpu_time:
         if os.environ.get("TVM_NUM_THREADS") != "1":  # must be set before TVM's pool starts
@@ -123,6 +231,12 @@ def main() -> None:
         torch.set_num_threads(1)
         cpu_bench.clock = "thread"
         console.print("[bold]timing: thread CPU time, 1 thread (torch and TVM)[/]")
+    if args.backward:
+        shapes = BACKWARD_SHAPES if not args.backward_shapes else tuple(
+            tuple(int(x) for x in s.split(",")) for s in args.backward_shapes.split(";"))
+        suffix = "_thread_cpu" if args.thread_cpu_time else ""
+        run_backward(shapes, args.repeat, args.out.with_name(f"cpu_backward{suffix}.json"))
+        return
     ns = [256, 1024, 4096] if args.quick else [256, 512, 1024, 2048, 4096, 8192]
     dims = [64] if args.quick else [64, 128]
     console.print(f"[bold]start: {cpu_bench.machine_load()}[/]")

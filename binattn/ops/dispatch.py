@@ -1,11 +1,12 @@
 """Kernel dispatch for binattn's custom ops: pick a built kernel or fall back to the reference.
 
 What it does: keeps a registry of kernels per (op, device type), filled by kernel providers
-(``binattn.tvm_kernels.cpu.dispatch`` for LLVM, ``binattn.tvm_kernels.cuda.dispatch`` for CUDA),
-which are imported lazily on the first call so ``import binattn`` stays light and works without
-the TVM compiler. For each call it runs the first kernel whose ``supports`` accepts the
-arguments; otherwise it runs the reference, warns once per reason, and records the reason so
-reports can say which path ran (``kernel_report()``).
+(``binattn.tvm_kernels.cpu.dispatch`` and ``cpu.backward_dispatch`` for LLVM,
+``binattn.tvm_kernels.cuda.dispatch`` for CUDA: ``PROVIDERS``), which are imported lazily on
+the first call so ``import binattn`` stays light and works without the TVM compiler. For each
+call it runs the first kernel whose ``supports`` accepts the arguments; otherwise it runs the
+reference, warns once per reason, and records the reason so reports can say which path ran
+(``kernel_report()``).
 
 What it does not: build kernels (the providers do) or decide numerics (the reference is the
 contract every kernel meets).
@@ -22,9 +23,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
+#: the modules that register a device's kernels, imported in this order on its first call
 PROVIDERS = {
-    "cpu": "binattn.tvm_kernels.cpu.dispatch",
-    "cuda": "binattn.tvm_kernels.cuda.dispatch",
+    "cpu": ("binattn.tvm_kernels.cpu.dispatch", "binattn.tvm_kernels.cpu.backward_dispatch"),
+    "cuda": ("binattn.tvm_kernels.cuda.dispatch",),
 }
 
 
@@ -55,19 +57,17 @@ def register_kernel(op: str, device_type: str, kernel: Kernel) -> None:
 
 
 def _load_provider(device_type: str) -> Optional[str]:
-    """Import the provider for a device once; return the error text if it failed."""
+    """Import the providers for a device once; return the error text if any failed."""
     with _lock:
         if device_type not in _provider_state:
-            module = PROVIDERS.get(device_type)
-            error = None
-            if module is None:
-                error = f"no kernel provider for device type {device_type!r}"
-            else:
+            modules = PROVIDERS.get(device_type)
+            errors = [] if modules else [f"no kernel provider for device type {device_type!r}"]
+            for module in modules or ():
                 try:
                     importlib.import_module(module)
                 except Exception as exc:  # noqa: BLE001 - any failure means "use the reference"
-                    error = f"{module} could not load: {type(exc).__name__}: {exc}"
-            _provider_state[device_type] = error
+                    errors.append(f"{module} could not load: {type(exc).__name__}: {exc}")
+            _provider_state[device_type] = "; ".join(errors) or None
         return _provider_state[device_type]
 
 

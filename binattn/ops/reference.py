@@ -12,7 +12,7 @@ What it does not: argument validation (``binattn.ops.validation``), op registrat
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -365,17 +365,88 @@ def _sum_to_shape(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return x.sum(dims, keepdim=True) if dims else x
 
 
+def binarize_value(x: torch.Tensor, options: AttentionOptions) -> torch.Tensor:
+    """The forward value of :func:`binarize_as` with no gradient (±1 for ``sign``, in one
+    pass; the soft binarizers' values as they are)."""
+    if options.binarizer == "sign":
+        # sign(sign(x) + ½): +1 for x ≥ 0 (±0 included), −1 below, NaN for NaN (as sign_ste);
+        # two arithmetic passes, several times faster on CPU than a where over a bool mask
+        return torch.sign(x).add_(0.5).sign_()
+    return binarize_as(x, options).detach()
+
+
 def _input_grad(x, s, b_in, d_hat, options: AttentionOptions):
-    """Gradient to q (or k) from d(x̂) where x̂ = s·binarize(x_in)."""
-    grad = d_hat * binarize_derivative(b_in, options.binarizer, options.temperature,
-                                       options.ste_clip)
-    if options.scale_mode != "static":
-        grad = grad * s
+    """Gradient to q (or k) from d(x̂) where x̂ = s·binarize(x_in). Not differentiable itself
+    (in-place on its own temporaries: each fresh N·D tensor costs page faults on CPU)."""
+    deriv = (b_in.abs().le_(options.ste_clip) if options.binarizer == "sign" else
+             binarize_derivative(b_in, options.binarizer, options.temperature, options.ste_clip))
+    grad = deriv.mul_(d_hat) if options.scale_mode == "static" else deriv.mul_(d_hat).mul_(s)
     if options.scale_mode == "mean_abs":
-        b_val = binarize_as(b_in, options).detach()
-        ds = (d_hat * b_val).sum(dim=(-2, -1), keepdim=True)
-        grad = grad + ds * torch.sign(x) / (x.shape[-2] * x.shape[-1])
+        work = binarize_value(b_in, options)
+        ds = work.mul_(d_hat).sum(dim=(-2, -1), keepdim=True)
+        grad = grad.addcmul_(torch.sign(x, out=work), ds / (x.shape[-2] * x.shape[-1]))
     return grad
+
+
+class BackwardInputs(NamedTuple):
+    """The O(N·D) quantities every backward (reference VJP or kernel) starts from, in the
+    compute dtype, k/v already expanded to the query heads (GQA): the scales ``s_q``, ``s_k``
+    (x̂ = s·binarize(x_in) are the operands whose products give the scores,
+    :func:`binarized_operands`) and the binarizers' inputs ``q_in``, ``k_in``."""
+
+    dtype: torch.dtype
+    group: int
+    softmax_scale: float
+    qf: torch.Tensor
+    kf: torch.Tensor
+    vf: torch.Tensor
+    s_q: torch.Tensor
+    s_k: torch.Tensor
+    q_in: torch.Tensor
+    k_in: torch.Tensor
+    k_scale: Optional[torch.Tensor]
+
+
+def backward_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    tensors: AttentionTensors, options: AttentionOptions,
+                    bias: Optional[torch.Tensor] = None) -> BackwardInputs:
+    """:class:`BackwardInputs` of a backward call (shared by the reference VJP and kernels)."""
+    o, k_scale = options, tensors.k_scale
+    dtype = compute_dtype(q, k, v, bias)
+    hq, hkv = q.shape[-3], k.shape[-3]
+    qf, kf, vf = q.to(dtype), expand_kv_heads(k.to(dtype), hq), expand_kv_heads(v.to(dtype), hq)
+    if k_scale is not None and k_scale.dim() >= 3:
+        k_scale = expand_kv_heads(k_scale, hq)
+    s_q, s_k = qk_scale(qf, o.scale_mode, tensors.q_scale), qk_scale(kf, o.scale_mode, k_scale)
+    q_in = qf / s_q if o.scale_mode == "static" else qf
+    k_in = kf / s_k if o.scale_mode == "static" else kf
+    return BackwardInputs(dtype, hq // hkv, softmax_scale_of(q, o), qf, kf, vf, s_q, s_k, q_in,
+                          k_in, k_scale)
+
+
+def binarized_operands(inputs: BackwardInputs,
+                       options: AttentionOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q̂, k̂) = (s_q·binarize(q_in), s_k·binarize(k_in))``, the scores' operands."""
+    return (inputs.s_q * binarize_value(inputs.q_in, options),
+            inputs.s_k * binarize_value(inputs.k_in, options))
+
+
+def backward_outputs(inputs: BackwardInputs, dq_hat: torch.Tensor, dk_hat: torch.Tensor,
+                     dv: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     options: AttentionOptions) -> tuple[torch.Tensor, torch.Tensor,
+                                                         torch.Tensor]:
+    """``(dq, dk, dv)`` in the inputs' dtypes from the gradients of the scores' operands,
+    ``dq_hat = scale·dS·k̂`` ``[B, Hq, Nq, D]`` and ``dk_hat = scale·dSᵀ·q̂`` ``[B, Hq, Nk, D]``,
+    and ``dv [B, Hq, Nk, Dv]`` (per query head): the STE window and the mean|x| scales'
+    gradient, GQA sums over a group's query heads (shared by the reference VJP and kernels)."""
+    i = inputs
+    dq = _input_grad(i.qf, i.s_q, i.q_in, dq_hat, options)
+    dk = _input_grad(i.kf, i.s_k, i.k_in, dk_hat, options)
+    if i.group > 1:
+        hkv = k.shape[-3]
+        dk = dk.unflatten(-3, (hkv, i.group)).sum(-3)
+        dv = dv.unflatten(-3, (hkv, i.group)).sum(-3)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
 def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
@@ -389,28 +460,18 @@ def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
     ``dsinks`` (None without sinks): the sink is a softmax column whose value is 0, so its
     logit's gradient is ``p_sink·(0 − Σ_j p_j·dp_j)`` summed over batch and rows, with
     ``p_sink = 1 − Σ_j p_j`` (1 in a fully masked row, where Σ_j p_j·dp_j is 0). A soft cap
-    multiplies the scores' gradient by its derivative ``1 − tanh²(s / cap)``.
+    multiplies the scores' gradient by its derivative ``1 − tanh²(s / cap)``. The O(N·D) parts
+    (:func:`backward_inputs`, :func:`backward_outputs`) are shared with the kernels.
     """
-    o, bias_index, k_scale = options, tensors.bias_index, tensors.k_scale
+    o, bias_index = options, tensors.bias_index
     table, bias = tensors.bias, dense_bias(tensors.bias, bias_index)
-    dtype = compute_dtype(q, k, v, bias)
-    hq, hkv = q.shape[-3], k.shape[-3]
-    group = hq // hkv
-    qf, kf, vf = q.to(dtype), expand_kv_heads(k.to(dtype), hq), expand_kv_heads(v.to(dtype), hq)
-    if k_scale is not None and k_scale.dim() >= 3:
-        k_scale = expand_kv_heads(k_scale, hq)
-    softmax_scale = softmax_scale_of(q, o)
-    s_q, s_k = qk_scale(qf, o.scale_mode, tensors.q_scale), qk_scale(kf, o.scale_mode, k_scale)
-    q_in = qf / s_q if o.scale_mode == "static" else qf
-    k_in = kf / s_k if o.scale_mode == "static" else kf
-    q_hat = s_q * binarize_as(q_in, o).detach()
-    k_hat = s_k * binarize_as(k_in, o).detach()
+    inputs = backward_inputs(q, k, v, tensors, o, bias)
     with torch.no_grad():
-        scores = binary_scores(q, k, o, tensors.q_scale, k_scale)
+        scores = binary_scores(q, k, o, tensors.q_scale, inputs.k_scale)
     sinks = tensors.sinks
     probs = attention_probs(scores, bias, tensors.attn_mask, o.is_causal, o.top_n, o.soft_cap,
                             sinks)
-    g = grad_out.to(dtype)
+    g, vf = grad_out.to(inputs.dtype), inputs.vf
     if o.pv_bits == 8:
         inv_step = v_inverse_step(vf)
         v_used, p_used = quantize_v_s8(vf), quantize_probs_u8(probs)
@@ -430,11 +491,8 @@ def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
         dbias = table_grad(dbias, bias_index, table)
     if o.soft_cap is not None:
         ds = ds * (1 - torch.tanh(scores / o.soft_cap) ** 2)
-    dq_hat = softmax_scale * (ds @ k_hat)
-    dk_hat = softmax_scale * (ds.transpose(-1, -2) @ q_hat)
-    dq = _input_grad(qf, s_q, q_in, dq_hat, o)
-    dk = _input_grad(kf, s_k, k_in, dk_hat, o)
-    if group > 1:
-        dk = dk.unflatten(-3, (hkv, group)).sum(-3)
-        dv = dv.unflatten(-3, (hkv, group)).sum(-3)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbias, dsinks
+    q_hat, k_hat = binarized_operands(inputs, o)
+    scale = inputs.softmax_scale
+    dq, dk, dv = backward_outputs(inputs, scale * (ds @ k_hat), scale * (ds.mT @ q_hat), dv, q, k,
+                                  v, o)
+    return dq, dk, dv, dbias, dsinks

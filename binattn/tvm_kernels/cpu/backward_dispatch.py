@@ -1,0 +1,220 @@
+"""The CPU backward kernel's host side: tensors in, ``(dq, dk, dv, dbias, dsinks)`` out, and its
+registration with the op dispatcher for ``binattn::binary_attention_backward``.
+
+What it does: ``binary_attention_backward`` takes exactly the reference backward's arguments
+(``grad, q, k, v, AttentionTensors, AttentionOptions``) and returns what the library's reference
+path returns (empty tensors for "no bias" / "no sinks"). The O(N·D) math runs in torch through
+the reference's own helpers (``reference.backward_inputs``: scales, Q̂ = s_q·sign(q), K̂, GQA
+expansion; ``reference.backward_outputs``: softmax scale, STE window, mean|x| gradient, GQA
+sums); the kernel (``cpu.backward``) does everything N×N. Bias + mask are combined by the
+forward's ``_additive`` (one definition of the additive tensor); a bias broadcast over batch
+or heads gets its gradient in ``nchunk`` partial copies (``backward.unit_of``), summed here.
+``binary_attention_backward_supports`` returns None or the reason the reference runs instead:
+float64, soft binarizers, top-N, sinks, soft cap, bias tables (``bias_index``), ``pv_bits=8``,
+non-positive static scales, non-CPU or empty tensors, a build failure.
+
+What it does not: the forward (``cpu.dispatch``), the N×N math (``cpu.backward``), or any
+math of its own beyond padding, layouts and the NaN policy of the kernel's outputs.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from ...ops import dispatch, reference
+from ...ops.options import AttentionOptions, AttentionTensors
+from ...schedules.cpu.backward import DEFAULT_BACKWARD, DIM_BUCKET, BackwardKnobs
+from ..cache import CacheKey
+from . import backward as cpu_backward, build as cpu_build, dispatch as cpu_forward
+from .target import num_cores, target_key
+
+_failed: dict[object, str] = {}
+_built: dict[tuple, Any] = {}
+
+
+def backward_kernel(wl: cpu_backward.BackwardWorkload,
+                    knobs: BackwardKnobs = DEFAULT_BACKWARD) -> Any:
+    """The packed function of ``wl``'s backward kernel (built once, through the kernel cache)."""
+    memo = (wl, knobs, id(cpu_build.kernel_cache()))
+    if memo not in _built:
+        key = CacheKey("attention_backward", target_key(), wl.tag(), "float32", knobs.key())
+        _built[memo] = cpu_build._get(key, lambda: cpu_backward.backward_module(wl, knobs))
+    return _built[memo]
+
+
+def _bias4(bias: Optional[torch.Tensor]) -> Optional[tuple[int, ...]]:
+    return None if bias is None else (1,) * (4 - bias.dim()) + tuple(bias.shape)
+
+
+def workload(q: torch.Tensor, v: torch.Tensor, add_shape: Optional[tuple[int, ...]],
+             bias: Optional[torch.Tensor], causal: bool) -> cpu_backward.BackwardWorkload:
+    """The kernel specialisation of a call (``add_shape``: the 4-D additive tensor's)."""
+    bias4 = _bias4(bias)
+    return cpu_backward.BackwardWorkload(
+        reference.num_words(q.shape[-1]), cpu_forward._round_up(q.shape[-1], DIM_BUCKET),
+        cpu_forward._round_up(v.shape[-1], DIM_BUCKET), bool(causal),
+        None if add_shape is None else tuple(n == 1 for n in add_shape[:3]),
+        None if bias4 is None else tuple(n == 1 for n in bias4))
+
+
+def _padded(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """float32 ``x [..., N, D]`` zero-padded to ``[..., rows, cols]``, contiguous."""
+    x = cpu_forward._pad_dim(cpu_forward._pad_dim(x.to(torch.float32), -2, rows), -1, cols)
+    return x.contiguous()
+
+
+def _per_head(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
+    """A per-(b, h) factor ``[.., 1, 1]`` as float32 ``[B, Hq]``."""
+    return torch.broadcast_to(x, (batch, heads, 1, 1)).reshape(batch, heads).to(
+        torch.float32).contiguous()
+
+
+def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                              v: torch.Tensor, tensors: AttentionTensors,
+                              options: AttentionOptions) -> tuple[torch.Tensor, ...]:
+    """The STE backward through the kernel (see the module docstring)."""
+    bias, mask = tensors.bias, tensors.attn_mask
+    inputs = reference.backward_inputs(q, k, v, tensors, options, bias)
+    n_q, head_dim, n_k = q.shape[-2], q.shape[-1], k.shape[-2]
+    add = cpu_forward._additive(bias, mask, n_q, n_k)
+    dq_hat, dk_hat, dv, dbias = _run_kernel(grad, q, k, v, inputs, add, bias, options)
+    if bias is not None or (mask is not None and mask.is_floating_point()):
+        _nan_policy((dq_hat, dk_hat, dv), add, n_q, n_k)
+    dq, dk, dv = reference.backward_outputs(inputs, dq_hat[..., :n_q, :head_dim],
+                                            dk_hat[..., :n_k, :head_dim],
+                                            dv[..., :n_k, :v.shape[-1]], q, k, v, options)
+    db = q.new_empty((0,)) if bias is None else _bias_grad(dbias, bias, n_q, n_k)
+    return dq.contiguous(), dk.contiguous(), dv.contiguous(), db, q.new_empty((0,))
+
+
+def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                inputs: reference.BackwardInputs, add: Optional[torch.Tensor],
+                bias: Optional[torch.Tensor], options: AttentionOptions
+                ) -> tuple[torch.Tensor, ...]:
+    """The kernel on padded, per-query-head inputs: padded ``(dq̂, dk̂, dv, dbias copies)``."""
+    batch, heads, n_q, _ = q.shape
+    wl = workload(q, v, None if add is None else add.shape, bias, options.is_causal)
+    knobs = DEFAULT_BACKWARD
+    fn = backward_kernel(wl, knobs)
+    nq_pad = cpu_forward._round_up(n_q, knobs.block_q)
+    nk_pad = cpu_forward._round_up(k.shape[-2], knobs.block_k)
+    scale = inputs.softmax_scale
+    coef = reference.nan_unless_finite(inputs.s_q * inputs.s_k * scale)
+    args = [_padded_bits(q, nq_pad, heads),
+            _padded_bits(k, nk_pad, heads).transpose(-1, -2).contiguous(),
+            _per_head(scale * inputs.s_q, batch, heads),
+            _per_head(scale * inputs.s_k, batch, heads),
+            _padded(inputs.vf, nk_pad, wl.value_dim), _padded(grad, nq_pad, wl.value_dim),
+            _per_head(coef, batch, heads), _padded_add(add, nq_pad, nk_pad)]
+    outs = [torch.empty(batch, heads, nq_pad, wl.head_dim),
+            torch.empty(batch, heads, nk_pad, wl.head_dim),
+            torch.empty(batch, heads, nk_pad, wl.value_dim)]
+    nslot, nchunk = cpu_backward.unit_of(wl, batch, heads, num_cores())
+    outs.append(_bias_grad_buffer(bias, nchunk, nq_pad, nk_pad))
+    fn(*args, *outs, k.shape[-2], q.shape[-1], nslot, nchunk)
+    return tuple(outs)
+
+
+def _padded_bits(x: torch.Tensor, rows: int, heads: int) -> torch.Tensor:
+    """Sign bits of ``x`` (sign_pack's layout), k/v heads expanded to ``heads``, rows padded."""
+    bits, _, _ = cpu_forward.pack_rows(x)
+    bits = reference.expand_kv_heads(bits, heads)
+    return cpu_forward._pad_dim(bits, 2, rows).contiguous()
+
+
+def _padded_add(add: Optional[torch.Tensor], nq_pad: int, nk_pad: int) -> torch.Tensor:
+    """The additive tensor padded to the kernel's rows and keys (a 1-element stand-in if none)."""
+    if add is None:
+        return torch.zeros(1, 1, 1, 1)
+    if add.shape[2] != 1:
+        add = cpu_forward._pad_dim(add, 2, nq_pad)
+    return cpu_forward._pad_dim(add, 3, nk_pad).contiguous()
+
+
+def _bias_grad_buffer(bias: Optional[torch.Tensor], nchunk: int, nq_pad: int,
+                      nk_pad: int) -> torch.Tensor:
+    """Zeros ``[nchunk, B|1, H|1, Nq|1, Nk|1]`` (the bias's 4-D shape, padded) that the kernel
+    adds dS into; 1 element without a bias."""
+    bias4 = _bias4(bias)
+    if bias4 is None:
+        return torch.zeros(1, 1, 1, 1, 1)
+    return torch.zeros(nchunk, bias4[0], bias4[1], nq_pad if bias4[2] != 1 else 1,
+                       nk_pad if bias4[3] != 1 else 1)
+
+
+def _bias_grad(dbias: torch.Tensor, bias: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
+    """The bias's gradient from the kernel's partial copies: summed, unpadded, bias-shaped."""
+    total = dbias.sum(0)[:, :, :n_q, :n_k]
+    return total.reshape(bias.shape).to(bias.dtype).contiguous()
+
+
+def _nan_policy(grads: tuple[torch.Tensor, ...], add: torch.Tensor, n_q: int,
+                n_k: int) -> None:
+    """NaN (in place) over every gradient of a (b, h) with a NaN in its bias + mask, as the
+    reference gives them (the kernel's max and exponential skip NaN scores; a non-finite
+    score multiplier it handles itself). No host read (the NaN policy, ``ops.validation``)."""
+    bad = torch.isnan(add[:, :, :n_q, :n_k]).flatten(2).any(-1)[:, :, None, None]
+    for g in grads:
+        g.masked_fill_(bad, float("nan"))
+
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _option_reason(tensors: AttentionTensors, options: AttentionOptions,
+                   n_k: int) -> Optional[str]:
+    if options.binarizer != "sign":
+        return f"binarizer={options.binarizer!r} (soft) has no backward kernel"
+    if options.top_n is not None and options.top_n < n_k:
+        return "top_n has no backward kernel"
+    if tensors.sinks is not None or options.soft_cap is not None:
+        return "attention sinks / soft_cap have no backward kernel"
+    if tensors.bias_index is not None:
+        return "bias tables (bias_index) have no backward kernel"
+    if options.pv_bits == 8:
+        return "pv_bits=8 has no backward kernel"
+    return None
+
+
+def binary_attention_backward_supports(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                                       v: torch.Tensor, tensors: AttentionTensors,
+                                       options: AttentionOptions) -> Optional[str]:
+    """None when the kernel runs this call, else the reason the reference runs."""
+    reason = cpu_forward._dtype_reason(grad, q, k, v)
+    if reason:
+        return reason
+    bias, mask = tensors.bias, tensors.attn_mask
+    for name, t in (("bias", bias), ("attn_mask", mask)):
+        if t is not None and (t.device.type != "cpu" or t.dtype == torch.float64):
+            return f"{name} on {t.device.type} / {t.dtype}"
+    reason = _option_reason(tensors, options, k.shape[-2])
+    if reason:
+        return reason
+    if q.dim() != 4:
+        return f"{q.dim()}-D inputs"
+    if options.scale_mode == "static":
+        for name in ("q_scale", "k_scale"):
+            s = getattr(tensors, name)
+            if s is None or s.dtype == torch.float64 or not cpu_forward._positive(s):
+                return f"{name} must be positive float32 for the kernel"
+    add_shape = cpu_forward._add_shape(None if bias is None else bias.shape, mask)
+    wl = workload(q, v, add_shape, bias, options.is_causal)
+    return _try_build(wl)
+
+
+def _try_build(wl: cpu_backward.BackwardWorkload) -> Optional[str]:
+    """Build once; a failure becomes a remembered fallback reason."""
+    if wl not in _failed:
+        try:
+            backward_kernel(wl)
+        except cpu_build.KernelBuildError as err:
+            _failed[wl] = f"build failed: {err}"
+            return _failed[wl]
+        return None
+    return _failed[wl]
+
+
+dispatch.register_kernel("binary_attention_backward", "cpu", dispatch.Kernel(
+    "tvm-llvm binary_attention_backward", binary_attention_backward,
+    binary_attention_backward_supports))
