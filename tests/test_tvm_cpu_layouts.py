@@ -1,11 +1,11 @@
 """The CPU kernels read q, k, v in place and write the op's output in place.
 
 q, k, v in float32, float16 or bfloat16, laid out as a fused QKV projection's
-``reshape → permute → unbind`` views, HF's ``transpose(1, 2)``, or a GQA/MQA ``expand`` (stride 0
-on H), match the reference with the kernel running (no silent fallback), for float32 and 8-bit
-P·V, causal, masks and biases. A forward of a small binarized model copies no tensor as large as
-q inside the attention op (the profiler's ``aten::clone/copy_/_to_copy/contiguous`` under
-``binattn::binary_attention``).
+``reshape → permute → unbind`` views, HF's ``transpose(1, 2)``, a GQA/MQA ``expand`` (stride 0
+on H) or slices of a fused GQA projection, match the reference with the kernel running (no
+silent fallback), for float32 and 8-bit P·V, causal, masks and biases. A forward of a small
+binarized model copies no tensor as large as q inside the attention op (the profiler's
+``aten::clone/copy_/_to_copy/contiguous`` under ``binattn::binary_attention``).
 """
 from __future__ import annotations
 
