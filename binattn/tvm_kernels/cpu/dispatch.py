@@ -7,6 +7,17 @@ whose ``supports`` returns None or a short reason. A TVM build failure is a reas
 failed: …"), so the op falls back to the reference with the dispatcher's one-time warning
 instead of raising. Tensors reach TVM zero-copy through DLPack.
 
+No copies of q, k, v or the output: the kernels read q, k, v in their own dtype through their
+strides (any stride on B, H, N; unit stride on D — fused-QKV ``permute``/``unbind`` views, HF's
+``transpose(1, 2)``, a GQA ``expand`` with stride 0 on H) and the attention kernels write
+``reference.empty_output(q, v)`` itself (its true Nq rows and Dv columns, in v's dtype). What
+this module allocates per call: the packed bits (padded with zero words to the kernel's blocks:
+Nq to ``block_q``, Nk to ``block_k``; k's words go straight into the ``[B, H, W, Nk]`` layout
+the kernels read), per-row popcounts and Σ|x|, the per-(b, h) coefficients, for ``pv_bits=8``
+the s8 V, and the additive tensor (bias + mask as float32, read by the kernel with its strides;
+a bias table is gathered straight into ``[H, Nq, Nk]``). A tensor whose last dim is not
+unit-stride is the one layout copied (``unit_last``).
+
 What the kernels cover: float32/float16/bfloat16 inputs, any D and Dv, odd N, GQA, bool or
 float masks, causal, learned bias, the three scale modes, ``pv_bits`` None or 8. What they do
 not (the reference runs, with the reason): float64 (the gradcheck path), the soft binarizers
@@ -24,7 +35,6 @@ import sys
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ...ops import dispatch, reference, validation
 from ...ops.options import AttentionOptions, AttentionTensors
@@ -180,12 +190,13 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _pad_dim(x: torch.Tensor, dim: int, size: int, value: float = 0.0) -> torch.Tensor:
-    extra = size - x.shape[dim]
-    if extra == 0:
-        return x
-    pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra]
-    return F.pad(x, pad, value=value)
+def _dense_bias(bias: Optional[torch.Tensor],
+                bias_index: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``reference.dense_bias``, a table gathered straight into ``[Ht, Nq, Nk]`` with unit
+    stride on keys (the reference's permuted view would need a copy for the kernel)."""
+    if bias is None or bias_index is None:
+        return bias
+    return bias.t()[:, bias_index]
 
 
 def _additive(bias, attn_mask, n_q: int, n_k: int) -> Optional[torch.Tensor]:
@@ -271,7 +282,7 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      tensors: AttentionTensors, options: AttentionOptions) -> torch.Tensor:
     """The fused TVM kernel with the reference's signature (see module docstring); a bias
     table is gathered to its dense form first."""
-    bias = reference.dense_bias(tensors.bias, tensors.bias_index)
+    bias = _dense_bias(tensors.bias, tensors.bias_index)
     n_q, head_dim, n_k = q.shape[2], q.shape[3], k.shape[2]
     add = _additive(bias, tensors.attn_mask, n_q, n_k)
     wl = _workload(q, v, None if add is None else add.shape, options.is_causal, options.pv_bits)
@@ -283,8 +294,7 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     coef = _coef(q, k, options.scale, s_q, s_k)
     args = [q_bits, k_bits, *_values(v, wl, nk_pad), coef]
     if add is not None:
-        padded = _pad_dim(add, 2, nq_pad) if add.shape[2] != 1 else add
-        args.append(_pad_dim(padded, 3, nk_pad).contiguous())
+        args.append(unit_last(add))
     out = reference.empty_output(q, v)
     fn(*args, out, n_k, head_dim)
     user_floats = bias is not None or (tensors.attn_mask is not None

@@ -3,8 +3,8 @@
 What it does: turns a workload (shapes, flags) plus schedule knobs
 (``binattn.schedules.cpu.knobs``) into a ``tvm.IRModule`` ready for ``tvm.compile``:
 
-* ``sign_pack_module``: float32 rows ``[R, D]`` → packed words ``[R, W]``, row popcounts ``[R]``
-  and row sums of ``|x|`` ``[R]`` (so the per-(b, h) mean|x| scale comes from the same pass).
+* ``sign_pack_module``: ``x [B, H, N, D]`` → packed words ``[B, H, N, W]``, row popcounts and
+  row sums of ``|x|`` ``[B, H, N]`` (so the per-(b, h) mean|x| scale comes from the same pass).
 * ``scores_module``: the packed popcount score kernel (exact int32, XOR identity), TE + schedule.
 * ``attention_module``: the fused binary-attention kernel. One task per (b, q-head, q-block);
   key tiles, online softmax (running max / sum), P·V accumulated in registers, no N×N tensor.
@@ -25,9 +25,15 @@ per ``acc_cols`` value columns or 16 VNNI lanes, each under TVM's 1 KiB stack-al
 so that LLVM keeps it in registers) and their signature gains an argument when there is an
 additive tensor; TVMScript has no parse-time loop to emit a varying number of allocations.
 
-The attention kernels take padded inputs: Nq a multiple of ``block_q``, Nk of ``block_k``, with
-the true key count ``nk`` as a scalar (keys past it are masked). ``cpu_dispatch`` does the
-padding, layout changes and scales. What it does not: build, cache or call kernels
+Inputs and outputs are read and written in place: q, k (``sign_pack_module``) and v (the float
+P·V loop, ``quantize_v_module``) in float32, float16 or bfloat16 through symbolic strides (unit
+stride on the last dim; each element cast to float32 as it is read), and the attention kernels
+write the op's output tensor, strided, in its dtype, only its true ``NQO`` rows and Dv columns.
+Only the packed bits are padded (Nq to ``block_q``, Nk to ``block_k``, with the true key count
+``nk`` as a scalar: keys past it are masked); the float P·V loop stops at ``nk`` and the key tile
+reaching past it clamps its column into the additive tensor, so no tensor is read past its end.
+Tensor arguments may start at any element (views): buffers declare ``ELEM_ALIGN``.
+``cpu_dispatch`` prepares the bits and scales. What it does not: build, cache or call kernels
 (``cpu_build`` / ``cache`` / ``cpu_dispatch``) or choose knobs (``binattn.schedules``).
 """
 from __future__ import annotations
@@ -199,15 +205,18 @@ def fexp(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.Let(xv, x, tirx.Select(xv < f(-87.0), f(0.0), tirx.Let(cv, clamped, body)))
 
 
-def _score_expr(wl: AttentionWorkload, row: str, col: str) -> str:
-    """TVMScript text of the float score of (row, col) inside a key tile, before masking."""
+def _score_expr(wl: AttentionWorkload, row: str, col: str, clamp: bool = False) -> str:
+    """TVMScript text of the float score of (row, col) inside a key tile, masked. The additive
+    tensor has the true Nq rows and Nk columns: a padded query row reads its last row, and
+    with ``clamp`` (a tile that reaches past Nk) a padded key its last column."""
     popc = " + ".join(f"T.popcount(qb[b, h, {row}, {w}] ^ kb[b, hk, {w}, {col}])"
                       for w in range(wl.words))
     expr = f"c * T.Cast(\"float32\", hd - 2 * ({popc}))"
     if wl.add_bcast is not None:
         bb, hb, qb = wl.add_bcast
+        add_col = f"T.min({col}, NKA - 1)" if clamp else col
         expr += (f" + add[{'0' if bb else 'b'}, {'0' if hb else 'h'}, "
-                 f"{'0' if qb else row}, {col}]")
+                 f"{'0' if qb else f'T.min({row}, NQO - 1)'}, {add_col}]")
     keep = f"{col} < nk"
     if wl.causal:
         keep = f"T.And({keep}, {col} <= {row})"
@@ -232,9 +241,28 @@ def _params(wl: AttentionWorkload) -> tuple[str, str]:
                          strides=(os0, os1, os2, 1), align={ELEM_ALIGN})'''
     if wl.add_bcast is not None:
         bb, hb, qb = wl.add_bcast
-        dims = ", ".join(["1" if bb else "B", "1" if hb else "H", "1" if qb else "NQ", "NK"])
-        decl += f'\n    add = T.match_buffer(add_h, ({dims}), "float32")'
+        dims = ", ".join(["1" if bb else "B", "1" if hb else "H", "1" if qb else "NQO", "NKA"])
+        decl += (f'\n    NKA = T.int32(); as0 = T.int32(); as1 = T.int32(); as2 = T.int32()'
+                 f'\n    add = T.match_buffer(add_h, ({dims}), "float32", '
+                 f'strides=(as0, as1, as2, 1), align={ELEM_ALIGN})')
     return add_param, decl
+
+
+def _fill_scores(knobs: AttentionKnobs, wl: AttentionWorkload, then: str = "") -> str:
+    """Row ``i``'s masked scores of a key tile into ``S[i, :]`` (``then``: a line run per
+    vector after the store). With an additive tensor, tiles inside Nk read it with unit-stride
+    vector loads and the tile that reaches past Nk clamps its column (no read past Nk)."""
+    vl, bk = knobs.vector, knobs.block_k
+
+    def fill(clamp: bool) -> str:
+        score = _score_expr(wl, "row", f"k0 + jo * {vl} + jj", clamp)
+        return (f"for jo in range({bk // vl}):\n    for jj in T.vectorized({vl}):\n"
+                f"        S[i, jo * {vl} + jj] = {score}" + (f"\n        {then}" if then else ""))
+
+    if wl.add_bcast is None:
+        return fill(False)
+    return (f"if k0 + {bk} <= nk:\n{_indent(fill(False), '    ')}\n"
+            f"else:\n{_indent(fill(True), '    ')}")
 
 
 def _row_softmax_step(knobs: AttentionKnobs, wl: AttentionWorkload, indent: str,
@@ -246,10 +274,7 @@ for i in range({knobs.block_q}):
     row = T.Bind(q0 + i)
     for jj in T.vectorized({vl}):
         red[jj] = NEG_INF
-    for jo in range({bk // vl}):
-        for jj in T.vectorized({vl}):
-            S[i, jo * {vl} + jj] = {_score_expr(wl, "row", f"k0 + jo * {vl} + jj")}
-            red[jj] = T.max(red[jj], S[i, jo * {vl} + jj])
+{_indent(_fill_scores(knobs, wl, f"red[jj] = T.max(red[jj], S[i, jo * {vl} + jj])"), "    ")}
     mnew = T.Bind(T.max(m[i], {_tree("T.max", [f"red[{x}]" for x in range(vl)])}))
     muse = T.Bind(T.Select(mnew == NEG_INF, T.float32(0), mnew))
     alpha = T.Bind(fexp(m[i] - muse))
@@ -412,7 +437,6 @@ def attention_pv8_module(wl: AttentionWorkload, knobs: AttentionKnobs,
               f"T.Cast(\"int32\", v8[b, hk, (k0 + j) // 4, d, (k0 + j) % 4])")
     pv_block = _indent(pv, "            ")
     vl, vl_steps = knobs.vector, bk // knobs.vector
-    score = _score_expr(wl, "row", f"k0 + jo * {vl} + jj")
     level = _u8_level(f"fexp(S[i, jo * {vl} + jj] - muse) * pscale")
     source = f'''
 @T.prim_func
@@ -436,9 +460,8 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle,
                 muse = T.Bind(T.Select(m[i] == NEG_INF, T.float32(0), m[i]))
                 pscale = T.Bind(T.Select(l[i] > T.float32(0), T.float32(255) / l[i],
                                          T.float32(0)))
+{_indent(_fill_scores(knobs, wl), "                ")}
                 for jo in range({vl_steps}):
-                    for jj in T.vectorized({vl}):
-                        S[i, jo * {vl} + jj] = {score}
                     for jj in T.vectorized({vl}):
                         P8[i, jo * {vl} + jj] = {level}
 {pv_block}{_store_rows(knobs, wl, _PV8_OUT)}
