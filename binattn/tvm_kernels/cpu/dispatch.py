@@ -299,17 +299,16 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     fn(*args, out, n_k, head_dim)
     user_floats = bias is not None or (tensors.attn_mask is not None
                                        and tensors.attn_mask.is_floating_point())
-    return _nan_policy(out, coef, add if user_floats else None)
+    return _nan_policy(out, add if user_floats else None)
 
 
-def _nan_policy(out: torch.Tensor, coef: torch.Tensor,
-                add: Optional[torch.Tensor]) -> torch.Tensor:
-    """NaN over the (b, h) whose score multiplier is not finite (a NaN/Inf in q or k) and over
-    the rows whose bias + mask holds a NaN (``add`` None where only a bool mask built it: no
-    NaN possible, no pass over it), as the reference gives them: the kernel's running
-    max skips NaN scores, so it could return a finite row (or a dead row's zeros) instead.
-    Computed on the tensors at hand, no host read (the NaN policy, ``ops.validation``)."""
-    out.masked_fill_(torch.isnan(coef)[:, :, None, None], float("nan"))
+def _nan_policy(out: torch.Tensor, add: Optional[torch.Tensor]) -> torch.Tensor:
+    """NaN over the rows whose bias + mask holds a NaN (``add`` None where only a bool mask
+    built it: no NaN possible, no pass over it), as the reference gives them: the kernel's
+    running max skips NaN scores, so it could return a finite row (or a dead row's zeros)
+    instead. The (b, h) whose score multiplier is not finite (a NaN/Inf in q or k) the kernels
+    write as NaN themselves. Computed on the tensors at hand, no host read (the NaN policy,
+    ``ops.validation``)."""
     if add is not None:
         out.masked_fill_(torch.isnan(add).any(-1, keepdim=True), float("nan"))
     return out

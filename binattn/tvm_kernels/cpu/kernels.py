@@ -369,13 +369,16 @@ _PV8_OUT = "T.Cast(\"float32\", acc[i, d]) * vscale[b, hk, d]"  # 8-bit kernels'
 
 def _store_rows(knobs: AttentionKnobs, wl: AttentionWorkload, value: str, setup: str = "") -> str:
     """Write the task's true rows (``q0 + i < NQO``) into ``out``, cast to its dtype: ``value``
-    is the float32 text of column ``d`` of row ``i``, after ``setup`` (one line, per row)."""
+    is the float32 text of column ``d`` of row ``i``, after ``setup`` (one line, per row). A
+    NaN coefficient ``c`` (a NaN/Inf in this (b, h)'s q or k) writes NaN, as the reference
+    gives: the running max skips NaN scores, so the rows could otherwise come out finite."""
     setup = f"\n                {setup}" if setup else ""
     return f'''
         for i in range({knobs.block_q}):
             if q0 + i < NQO:{setup}
                 for d in T.vectorized({wl.value_dim}):
-                    out[b, h, q0 + i, d] = T.Cast("{wl.dtype}", {value})'''
+                    out[b, h, q0 + i, d] = T.Cast("{wl.dtype}", T.Select(T.isnan(c), c,
+                                                                         {value}))'''
 
 
 def attention_module(wl: AttentionWorkload, knobs: AttentionKnobs) -> tvm.IRModule:
