@@ -15,6 +15,10 @@ Usage: ``nice python benchmarks/cpu_attention.py [--quick] [--repeat 5] [--out P
 backward kernel vs torch SDPA fp32 vs binattn with the reference VJP, at (1, 8, 1024, 64) and
 (8, 12, 128, 64) (``--backward-shapes`` to change), and prints the table with the ratios.
 
+``--dtype bfloat16`` (or float16) runs the attention rows on inputs of that dtype (SDPA in it
+too); ``--fused-qkv`` makes q, k, v the strided views of one fused projection ``[B, N, 3, H, D]``
+(timm's ``permute``/``unbind``), which the kernels read in place.
+
 ``--thread-cpu-time`` runs everything on one thread (torch and TVM) and times the CPU time of
 that thread instead of wall time: on a machine shared with other jobs this measures the work
 each contender does, unaffected by how much of the CPU the others take.
@@ -27,6 +31,7 @@ import os
 import platform
 import sys
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -43,12 +48,17 @@ TARGETS = {("attention", "binattn fp32-PV"): 1.5, ("attention", "binattn 8-bit-P
 BASELINE = {"attention": "SDPA fp32", "scores": "float32 ±1 matmul"}
 
 
-def run(ns: list[int], dims: list[int], repeat: int) -> list[cpu_bench.BenchRow]:
+def run(ns: list[int], dims: list[int], repeat: int, dtype: Optional["torch.dtype"] = None,
+        fused_qkv: bool = False) -> list[cpu_bench.BenchRow]:
+    import torch
+
+    dtype = dtype or torch.float32
     rows = []
     for d in dims:
         for n in ns:
             console.print(f"[dim]N={n} D={d}  ({cpu_bench.machine_load()})[/]")
-            rows.append(cpu_bench.bench_attention(1, 8, n, d, repeat=repeat))
+            rows.append(cpu_bench.bench_attention(1, 8, n, d, repeat=repeat, dtype=dtype,
+                                                  fused_qkv=fused_qkv))
             rows.append(cpu_bench.bench_scores(n, d, repeat=repeat, with_numpy=n <= 4096))
     return rows
 
@@ -221,6 +231,10 @@ def main() -> None:
                         help="forward + backward vs SDPA fp32 and the reference VJP instead")
     parser.add_argument("--backward-shapes", type=str, default=None,
                         help="B,H,N,D;B,H,N,D… for --backward")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                        help="dtype of the attention inputs (and of SDPA, the baseline)")
+    parser.add_argument("--fused-qkv", action="store_true",
+                        help="q, k, v as the strided views of one fused QKV projection")
     args = parser.parse_args()
     if args.thread_cpu_time:
         if os.environ.get("TVM_NUM_THREADS") != "1":  # must be set before TVM's pool starts
@@ -240,7 +254,11 @@ def main() -> None:
     ns = [256, 1024, 4096] if args.quick else [256, 512, 1024, 2048, 4096, 8192]
     dims = [64] if args.quick else [64, 128]
     console.print(f"[bold]start: {cpu_bench.machine_load()}[/]")
-    rows = run(ns, dims, args.repeat)
+    import torch
+
+    dtype = getattr(torch, args.dtype)
+    BASELINE["attention"] = cpu_bench.sdpa_name(dtype)
+    rows = run(ns, dims, args.repeat, dtype, args.fused_qkv)
     console.print(f"[bold]end: {cpu_bench.machine_load()}[/]")
     print_tables(rows)
     verdicts = print_targets(rows)

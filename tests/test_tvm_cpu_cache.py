@@ -18,10 +18,10 @@ def build_sign_pack():
 
 
 def run(module):
-    x = torch.randn(5, 40)
-    bits = torch.full((5, 2), -7, dtype=torch.int32)
-    pops = torch.full((5,), -7, dtype=torch.int32)
-    module["main"](x, bits, pops, torch.empty(5))
+    x = torch.randn(1, 1, 5, 40)
+    bits = torch.full((1, 1, 5, 2), -7, dtype=torch.int32)
+    pops = torch.full((1, 1, 5), -7, dtype=torch.int32)
+    module["main"](x, bits, pops, torch.empty(1, 1, 5))
     assert torch.equal(pops, (x >= 0).sum(-1, dtype=torch.int32))
 
 

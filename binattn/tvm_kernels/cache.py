@@ -45,9 +45,9 @@ def source_fingerprint() -> str:
 
         h = hashlib.sha256()
         pkg = Path(__file__).resolve().parent.parent
-        for sub in _KERNEL_SOURCES:
-            for src in sorted((pkg / sub).glob("*.py")):
-                h.update(src.name.encode() + b"\0" + src.read_bytes())
+        for sub in _KERNEL_SOURCES:  # recursive: the kernels live in cpu/ and cuda/
+            for src in sorted((pkg / sub).rglob("*.py")):
+                h.update(str(src.relative_to(pkg)).encode() + b"\0" + src.read_bytes())
         try:
             h.update(metadata.version("apache-tvm").encode())
         except metadata.PackageNotFoundError:

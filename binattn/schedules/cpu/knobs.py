@@ -43,15 +43,14 @@ class AttentionKnobs:
     acc_cols: int = 32
     vector: int = 16
 
-    def check(self, value_dim: int) -> None:
-        """Raise ValueError when the knobs cannot tile this workload."""
+    def check(self) -> None:
+        """Raise ValueError when the knobs cannot tile a workload (any Dv: the P·V register
+        buffers are ``acc_cols`` wide, the last one takes the rest)."""
         problems = []
         if self.block_q % self.rows:
             problems.append(f"block_q={self.block_q} is not a multiple of rows={self.rows}")
         if self.block_k % self.vector or self.block_k % 4:
             problems.append(f"block_k={self.block_k} is not a multiple of vector={self.vector}")
-        if value_dim % self.acc_cols:
-            problems.append(f"value dim {value_dim} is not a multiple of acc_cols={self.acc_cols}")
         if self.rows * self.acc_cols * 4 >= 1024:
             problems.append("rows*acc_cols*4 bytes must stay under 1 KiB (register tile)")
         if problems:
@@ -68,29 +67,19 @@ DEFAULT_SCORE = ScoreKnobs()
 DEFAULT_ATTENTION = AttentionKnobs()
 
 
-def attention_knobs_for(value_dim: int,
-                        knobs: AttentionKnobs = DEFAULT_ATTENTION) -> AttentionKnobs:
-    """The given knobs adapted to a value dim they cannot tile (odd Dv: narrower columns)."""
-    cols = knobs.acc_cols
-    while value_dim % cols:
-        cols //= 2
-    return knobs if cols == knobs.acc_cols else AttentionKnobs(
-        knobs.block_q, knobs.block_k, knobs.rows, cols, knobs.vector)
-
-
 def score_space() -> list[ScoreKnobs]:
     """Candidates searched by ``binattn tune`` for the score kernel."""
     return [ScoreKnobs(m, n) for m, n in itertools.product((2, 4, 8), (8, 16, 32))]
 
 
-def attention_space(value_dim: int) -> list[AttentionKnobs]:
+def attention_space() -> list[AttentionKnobs]:
     """Candidates searched by ``binattn tune`` for the attention kernels (valid ones only)."""
     out = []
     for bq, bk, rows, cols in itertools.product((16, 32, 64), (64, 128, 256), (2, 4, 6),
                                                 (16, 32)):
         knobs = AttentionKnobs(bq, bk, rows, cols)
         try:
-            knobs.check(value_dim)
+            knobs.check()
         except ValueError:
             continue
         out.append(knobs)

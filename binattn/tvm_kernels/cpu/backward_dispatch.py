@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 
 from ...ops import dispatch, reference
 from ...ops.options import AttentionOptions, AttentionTensors
@@ -58,9 +59,17 @@ def workload(q: torch.Tensor, v: torch.Tensor, add_shape: Optional[tuple[int, ..
         None if bias4 is None else tuple(n == 1 for n in bias4))
 
 
+def _pad_dim(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """x zero-padded at the end of ``dim`` to ``size``."""
+    extra = size - x.shape[dim]
+    if extra == 0:
+        return x
+    return F.pad(x, [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra])
+
+
 def _padded(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """float32 ``x [..., N, D]`` zero-padded to ``[..., rows, cols]``, contiguous."""
-    x = cpu_forward._pad_dim(cpu_forward._pad_dim(x.to(torch.float32), -2, rows), -1, cols)
+    x = _pad_dim(_pad_dim(x.to(torch.float32), -2, rows), -1, cols)
     return x.contiguous()
 
 
@@ -120,7 +129,7 @@ def _padded_bits(x: torch.Tensor, rows: int, heads: int) -> torch.Tensor:
     """Sign bits of ``x`` (sign_pack's layout), k/v heads expanded to ``heads``, rows padded."""
     bits, _, _ = cpu_forward.pack_rows(x)
     bits = reference.expand_kv_heads(bits, heads)
-    return cpu_forward._pad_dim(bits, 2, rows).contiguous()
+    return _pad_dim(bits, 2, rows).contiguous()
 
 
 def _padded_add(add: Optional[torch.Tensor], nq_pad: int, nk_pad: int) -> torch.Tensor:
@@ -128,8 +137,8 @@ def _padded_add(add: Optional[torch.Tensor], nq_pad: int, nk_pad: int) -> torch.
     if add is None:
         return torch.zeros(1, 1, 1, 1)
     if add.shape[2] != 1:
-        add = cpu_forward._pad_dim(add, 2, nq_pad)
-    return cpu_forward._pad_dim(add, 3, nk_pad).contiguous()
+        add = _pad_dim(add, 2, nq_pad)
+    return _pad_dim(add, 3, nk_pad).contiguous()
 
 
 def _bias_grad_buffer(bias: Optional[torch.Tensor], nchunk: int, nq_pad: int,

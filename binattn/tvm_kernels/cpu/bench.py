@@ -77,16 +77,38 @@ def machine_load() -> str:
 REFERENCE_MAX_N = 2048  # the reference materialises B·H·N² floats several times
 
 
-def bench_attention(batch: int, heads: int, n: int, head_dim: int, repeat: int = 5,
-                    with_reference: Optional[bool] = None, seed: int = 0) -> BenchRow:
-    """binattn fused (fp32 P·V and pv_bits=8) vs SDPA fp32 vs the reference op."""
+SHORT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def sdpa_name(dtype: torch.dtype = torch.float32) -> str:
+    """The SDPA contender's name (the attention baseline) for inputs of this dtype."""
+    return f"SDPA {SHORT[dtype]}"
+
+
+def attention_inputs(batch: int, heads: int, n: int, head_dim: int,
+                     dtype: torch.dtype = torch.float32, fused_qkv: bool = False,
+                     seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """q, k, v ``[B, H, N, D]``: three contiguous tensors, or (``fused_qkv``) the strided views
+    of one fused projection ``[B, N, 3, H, D]`` as timm's attention makes them."""
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(batch, heads, n, head_dim, generator=gen) for _ in range(3))
+    if fused_qkv:
+        qkv = torch.randn(batch, n, 3, heads, head_dim, generator=gen).to(dtype)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    return tuple(torch.randn(batch, heads, n, head_dim, generator=gen).to(dtype)
+                 for _ in range(3))
+
+
+def bench_attention(batch: int, heads: int, n: int, head_dim: int, repeat: int = 5,
+                    with_reference: Optional[bool] = None, seed: int = 0,
+                    dtype: torch.dtype = torch.float32, fused_qkv: bool = False) -> BenchRow:
+    """binattn fused (fp32 P·V and pv_bits=8) vs SDPA vs the reference op, on inputs of
+    ``dtype`` (``fused_qkv``: strided views of one projection, read in place by the kernels)."""
+    q, k, v = attention_inputs(batch, heads, n, head_dim, dtype, fused_qkv, seed)
     row = BenchRow("attention", (batch, heads, n, head_dim))
     fns = {
         "binattn fp32-PV": lambda: ops.binary_attention(q, k, v, check_finite=False),
         "binattn 8-bit-PV": lambda: ops.binary_attention(q, k, v, pv_bits=8, check_finite=False),
-        "SDPA fp32": lambda: F.scaled_dot_product_attention(q, k, v),
+        sdpa_name(dtype): lambda: F.scaled_dot_product_attention(q, k, v),
     }
     with_reference = n <= REFERENCE_MAX_N if with_reference is None else with_reference
     if with_reference:
@@ -98,7 +120,7 @@ def bench_attention(batch: int, heads: int, n: int, head_dim: int, repeat: int =
             if n <= REFERENCE_MAX_N:
                 ref = reference.binary_attention(q, k, v, options=AttentionOptions(
                     pv_bits=pv_bits))
-                row.max_abs_err[name] = (out - ref).abs().max().item()
+                row.max_abs_err[name] = (out.float() - ref.float()).abs().max().item()
         row.path["binattn"] = row.path["binattn fp32-PV"]
         row.timings = side_by_side(fns, repeat)
     return row

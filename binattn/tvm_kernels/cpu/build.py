@@ -52,16 +52,17 @@ def _get(key: CacheKey, make_module: Callable[[], Any]) -> Any:
 
 
 def attention_knobs(wl: cpu_kernels.AttentionWorkload) -> cpu_knobs.AttentionKnobs:
-    """Tuned knobs for this workload on this target, else the default (adapted to Dv)."""
+    """Tuned knobs for this workload on this target (one record serves every dtype), else the
+    default."""
     record = active_db().lookup(target_key(), wl.tag())
     if record is not None:
         try:
             knobs = cpu_knobs.AttentionKnobs(**record["knobs"])
-            knobs.check(wl.value_dim)
+            knobs.check()
             return knobs
         except (TypeError, ValueError, KeyError):
             pass
-    return cpu_knobs.attention_knobs_for(wl.value_dim)
+    return cpu_knobs.DEFAULT_ATTENTION
 
 
 # exact-shape score kernels only for large outputs (they are ~2x faster there); smaller
@@ -98,25 +99,26 @@ def attention_kernel(wl: cpu_kernels.AttentionWorkload,
     hit = _attention_memo.get(memo)
     if hit is None:
         chosen = knobs or attention_knobs(wl)
-        key = CacheKey("attention", target_key(), wl.tag(), "pv8" if wl.pv8 else "float32",
-                       chosen.key())
+        key = CacheKey("attention", target_key(), wl.tag(),
+                       f"{'pv8' if wl.pv8 else 'pv32'}-{wl.dtype}", chosen.key())
         hit = _attention_memo[memo] = (_get(key, lambda: cpu_kernels.attention_module(
             wl, chosen)), chosen)
     return hit
 
 
 @functools.lru_cache(maxsize=None)
-def quantize_v_kernel(value_dim: int) -> Any:
-    """V → s8 in the VNNI layout + per-channel scales, called as ``fn(v, v8, vscale)``."""
-    key = CacheKey("quantize_v", target_key(), f"dv{value_dim}", "float32", "tasks_bh")
-    return _get(key, lambda: cpu_kernels.quantize_v_module(value_dim))
+def quantize_v_kernel(value_dim: int, dtype: str = "float32") -> Any:
+    """V (``dtype``, strided) → s8 in the VNNI layout + per-channel scales, called as
+    ``fn(v, v8, vscale)``."""
+    key = CacheKey("quantize_v", target_key(), f"dv{value_dim}", dtype, "tasks_bh")
+    return _get(key, lambda: cpu_kernels.quantize_v_module(value_dim, dtype))
 
 
 @functools.lru_cache(maxsize=None)
-def sign_pack_kernel(words: int) -> Any:
-    """sign_pack for rows of any D with this many 32-bit words."""
-    key = CacheKey("sign_pack", target_key(), f"w{words}", "float32", "rows64")
-    return _get(key, lambda: cpu_kernels.sign_pack_module(words))
+def sign_pack_kernel(words: int, dtype: str = "float32") -> Any:
+    """sign_pack of ``[B, H, N, D]`` (``dtype``, strided) for any D with this many words."""
+    key = CacheKey("sign_pack", target_key(), f"w{words}", dtype, "rows64")
+    return _get(key, lambda: cpu_kernels.sign_pack_module(words, dtype))
 
 
 def scores_kernel(n_q: int, n_k: int, words: int, batch: Optional[int] = None,

@@ -7,6 +7,17 @@ whose ``supports`` returns None or a short reason. A TVM build failure is a reas
 failed: …"), so the op falls back to the reference with the dispatcher's one-time warning
 instead of raising. Tensors reach TVM zero-copy through DLPack.
 
+No copies of q, k, v or the output: the kernels read q, k, v in their own dtype through their
+strides (any stride on B, H, N; unit stride on D — fused-QKV ``permute``/``unbind`` views, HF's
+``transpose(1, 2)``, a GQA ``expand`` with stride 0 on H) and the attention kernels write
+``reference.empty_output(q, v)`` itself (its true Nq rows and Dv columns, in v's dtype). What
+this module allocates per call: the packed bits (padded with zero words to the kernel's blocks:
+Nq to ``block_q``, Nk to ``block_k``; k's words go straight into the ``[B, H, W, Nk]`` layout
+the kernels read), per-row popcounts and Σ|x|, the per-(b, h) coefficients, for ``pv_bits=8``
+the s8 V, and the additive tensor (bias + mask as float32, read by the kernel with its strides;
+a bias table is gathered straight into ``[H, Nq, Nk]``). A tensor whose last dim is not
+unit-stride is the one layout copied (``unit_last``).
+
 What the kernels cover: float32/float16/bfloat16 inputs, any D and Dv, odd N, GQA, bool or
 float masks, causal, learned bias, the three scale modes, ``pv_bits`` None or 8. What they do
 not (the reference runs, with the reason): float64 (the gradcheck path), the soft binarizers
@@ -24,7 +35,6 @@ import sys
 from typing import Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ...ops import dispatch, reference, validation
 from ...ops.options import AttentionOptions, AttentionTensors
@@ -93,17 +103,46 @@ def _dtype_reason(*tensors: torch.Tensor) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- sign_pack
+TVM_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def unit_last(x: torch.Tensor) -> torch.Tensor:
+    """x with a unit stride on its last dim, which the kernels declare: x itself (a size-1 last
+    dim restrided), or, for a last dim of another stride, a contiguous copy (the one layout
+    that copies)."""
+    if x.stride(-1) == 1:
+        return x
+    if x.shape[-1] == 1:
+        return x.as_strided(x.shape, (*x.stride()[:-1], 1))
+    return x.contiguous()
+
+
+def _as_4d(x: torch.Tensor) -> torch.Tensor:
+    """x ``[..., N, D]`` as ``[B, H, N, D]``: leading size-1 dims added (views), more than two
+    leading dims flattened (a view where the strides allow)."""
+    while x.dim() < 4:
+        x = x.unsqueeze(0)
+    return x if x.dim() == 4 else x.reshape(-1, *x.shape[-3:])
+
+
+def pack_into(x: torch.Tensor, bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sign-pack ``x [B, H, N, D]`` (any float dtype and strides, read in place) into ``bits
+    [B, H, N, W]`` (any strides, e.g. a transposed view); returns (popcounts, Σ|x|) per row."""
+    lead = x.shape[:-1]
+    pops = torch.empty(lead, dtype=torch.int32)
+    abs_sum = torch.empty(lead, dtype=torch.float32)
+    words = reference.num_words(x.shape[-1])
+    cpu_build.sign_pack_kernel(words, TVM_DTYPES[x.dtype])(unit_last(x), bits, pops, abs_sum)
+    return pops, abs_sum
+
+
 def pack_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(words, popcounts, sum|x| per row) of ``x [..., D]`` through the TVM kernel."""
-    head_dim = x.shape[-1]
-    rows = x.reshape(-1, head_dim).to(torch.float32).contiguous()
-    words = reference.num_words(head_dim)
-    bits = torch.empty(rows.shape[0], words, dtype=torch.int32)
-    pops = torch.empty(rows.shape[0], dtype=torch.int32)
-    abs_sum = torch.empty(rows.shape[0], dtype=torch.float32)
-    cpu_build.sign_pack_kernel(words)(rows, bits, pops, abs_sum)
+    x4 = _as_4d(x)
+    bits = torch.empty(*x4.shape[:-1], reference.num_words(x.shape[-1]), dtype=torch.int32)
+    pops, abs_sum = pack_into(x4, bits)
     lead = x.shape[:-1]
-    return bits.reshape(*lead, words), pops.reshape(lead), abs_sum.reshape(lead)
+    return bits.reshape(*lead, bits.shape[-1]), pops.reshape(lead), abs_sum.reshape(lead)
 
 
 def sign_pack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,9 +151,13 @@ def sign_pack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sign_pack_supports(x: torch.Tensor) -> Optional[str]:
-    words = reference.num_words(x.shape[-1])
-    return _dtype_reason(x) or _try_build(("sign_pack", words),
-                                          lambda: cpu_build.sign_pack_kernel(words))
+    return _dtype_reason(x) or _sign_pack_built(x)
+
+
+def _sign_pack_built(x: torch.Tensor) -> Optional[str]:
+    words, dtype = reference.num_words(x.shape[-1]), TVM_DTYPES[x.dtype]
+    return _try_build(("sign_pack", words, dtype),
+                      lambda: cpu_build.sign_pack_kernel(words, dtype))
 
 
 # --------------------------------------------------------------------------- popcount_scores
@@ -147,12 +190,13 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _pad_dim(x: torch.Tensor, dim: int, size: int, value: float = 0.0) -> torch.Tensor:
-    extra = size - x.shape[dim]
-    if extra == 0:
-        return x
-    pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra]
-    return F.pad(x, pad, value=value)
+def _dense_bias(bias: Optional[torch.Tensor],
+                bias_index: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``reference.dense_bias``, a table gathered straight into ``[Ht, Nq, Nk]`` with unit
+    stride on keys (the reference's permuted view would need a copy for the kernel)."""
+    if bias is None or bias_index is None:
+        return bias
+    return bias.t()[:, bias_index]
 
 
 def _additive(bias, attn_mask, n_q: int, n_k: int) -> Optional[torch.Tensor]:
@@ -197,66 +241,74 @@ def _add_shape(bias_shape, attn_mask) -> Optional[tuple[int, ...]]:
     return (1,) * (4 - len(shape)) + tuple(shape)
 
 
-def value_bucket(value_dim: int) -> int:
-    """Dv rounded up to the kernels' bucket (multiples of 16); v is zero-padded to it."""
-    return _round_up(value_dim, 16)
-
-
 def _workload(q, v, add_shape, is_causal, pv_bits) -> cpu_kernels.AttentionWorkload:
     bcast = None if add_shape is None else tuple(n == 1 for n in add_shape[:3])
-    return cpu_kernels.AttentionWorkload(reference.num_words(q.shape[-1]),
-                                         value_bucket(v.shape[-1]), bool(is_causal), bcast,
-                                         pv_bits == 8)
+    return cpu_kernels.AttentionWorkload(reference.num_words(q.shape[-1]), v.shape[-1],
+                                         bool(is_causal), bcast, pv_bits == 8,
+                                         TVM_DTYPES[v.dtype])
+
+
+def _pack_q(q: torch.Tensor, nq_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q's words ``[B, H, nq_pad, W]``, rows past Nq zero; Σ|q| per row)."""
+    b, h, n, _ = q.shape
+    bits = torch.empty(b, h, nq_pad, reference.num_words(q.shape[-1]), dtype=torch.int32)
+    bits[:, :, n:].zero_()
+    return bits, pack_into(q, bits[:, :, :n])[1]
+
+
+def _pack_k(k: torch.Tensor, nk_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k's words transposed, ``[B, H, W, nk_pad]``, keys past Nk zero; Σ|k| per row)."""
+    b, h, n, _ = k.shape
+    bits = torch.empty(b, h, reference.num_words(k.shape[-1]), nk_pad, dtype=torch.int32)
+    bits[..., n:].zero_()
+    return bits, pack_into(k, bits[..., :n].transpose(-1, -2))[1]
+
+
+def _values(v: torch.Tensor, wl: cpu_kernels.AttentionWorkload, nk_pad: int) -> list:
+    """The kernel's V arguments: v itself (read in place), or for ``pv_bits=8`` its s8 form
+    ``[B, Hkv, nk_pad/4, Dv16, 4]`` and scales (``reference.quantize_v_s8`` in one TVM kernel,
+    keys interleaved by 4)."""
+    v = unit_last(v)
+    if not wl.pv8:
+        return [v]
+    b, hkv = v.shape[:2]
+    v8 = torch.empty(b, hkv, nk_pad // 4, wl.dv16, 4, dtype=torch.int8)
+    vscale = torch.empty(b, hkv, wl.dv16, dtype=torch.float32)
+    cpu_build.quantize_v_kernel(wl.value_dim, wl.dtype)(v, v8, vscale)
+    return [v8, vscale]
 
 
 def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      tensors: AttentionTensors, options: AttentionOptions) -> torch.Tensor:
     """The fused TVM kernel with the reference's signature (see module docstring); a bias
     table is gathered to its dense form first."""
-    bias = reference.dense_bias(tensors.bias, tensors.bias_index)
-    B, hq, n_q, head_dim = q.shape
-    hkv, n_k, dv_true = k.shape[1], k.shape[2], v.shape[-1]
-    dv = value_bucket(dv_true)
-    pv_bits = options.pv_bits
-    q_bits, _, q_abs = pack_rows(q)
-    k_bits, _, k_abs = pack_rows(k)
-    s_q, s_k = _scales(q, k, options.scale_mode, tensors.q_scale, tensors.k_scale, q_abs, k_abs)
-    coef = _coef(q, k, options.scale, s_q, s_k)
+    bias = _dense_bias(tensors.bias, tensors.bias_index)
+    n_q, head_dim, n_k = q.shape[2], q.shape[3], k.shape[2]
     add = _additive(bias, tensors.attn_mask, n_q, n_k)
-    wl = _workload(q, v, None if add is None else add.shape, options.is_causal, pv_bits)
+    wl = _workload(q, v, None if add is None else add.shape, options.is_causal, options.pv_bits)
     fn, knobs = cpu_build.attention_kernel(wl)
     nq_pad, nk_pad = _round_up(n_q, knobs.block_q), _round_up(n_k, knobs.block_k)
-    q_bits = _pad_dim(q_bits, 2, nq_pad)
-    k_bits_t = _pad_dim(k_bits, 2, nk_pad).transpose(-1, -2).contiguous()
-    args = [q_bits.contiguous(), k_bits_t]
-    v32 = _pad_dim(v.to(torch.float32), 3, dv)
-    if pv_bits == 8:  # reference.quantize_v_s8 in one TVM kernel, keys interleaved by 4
-        v8 = torch.empty(B, hkv, nk_pad // 4, dv, 4, dtype=torch.int8)
-        vscale = torch.empty(B, hkv, dv, dtype=torch.float32)
-        cpu_build.quantize_v_kernel(dv)(v32.contiguous(), v8, vscale)
-        args += [v8, vscale]
-    else:
-        args.append(_pad_dim(v32, 2, nk_pad).contiguous())
-    args.append(coef)
+    q_bits, q_abs = _pack_q(q, nq_pad)
+    k_bits, k_abs = _pack_k(k, nk_pad)
+    s_q, s_k = _scales(q, k, options.scale_mode, tensors.q_scale, tensors.k_scale, q_abs, k_abs)
+    coef = _coef(q, k, options.scale, s_q, s_k)
+    args = [q_bits, k_bits, *_values(v, wl, nk_pad), coef]
     if add is not None:
-        padded = _pad_dim(add, 2, nq_pad) if add.shape[2] != 1 else add
-        args.append(_pad_dim(padded, 3, nk_pad).contiguous())
-    out = empty_output((B, hq, nq_pad, dv), torch.float32)
+        args.append(unit_last(add))
+    out = reference.empty_output(q, v)
     fn(*args, out, n_k, head_dim)
-    result = reference.empty_output(q, v).copy_(out[:, :, :n_q, :dv_true])
     user_floats = bias is not None or (tensors.attn_mask is not None
                                        and tensors.attn_mask.is_floating_point())
-    return _nan_policy(result, coef, add if user_floats else None)
+    return _nan_policy(out, add if user_floats else None)
 
 
-def _nan_policy(out: torch.Tensor, coef: torch.Tensor,
-                add: Optional[torch.Tensor]) -> torch.Tensor:
-    """NaN over the (b, h) whose score multiplier is not finite (a NaN/Inf in q or k) and over
-    the rows whose bias + mask holds a NaN (``add`` None where only a bool mask built it: no
-    NaN possible, no pass over it), as the reference gives them: the kernel's running
-    max skips NaN scores, so it could return a finite row (or a dead row's zeros) instead.
-    Computed on the tensors at hand, no host read (the NaN policy, ``ops.validation``)."""
-    out.masked_fill_(torch.isnan(coef)[:, :, None, None], float("nan"))
+def _nan_policy(out: torch.Tensor, add: Optional[torch.Tensor]) -> torch.Tensor:
+    """NaN over the rows whose bias + mask holds a NaN (``add`` None where only a bool mask
+    built it: no NaN possible, no pass over it), as the reference gives them: the kernel's
+    running max skips NaN scores, so it could return a finite row (or a dead row's zeros)
+    instead. The (b, h) whose score multiplier is not finite (a NaN/Inf in q or k) the kernels
+    write as NaN themselves. Computed on the tensors at hand, no host read (the NaN policy,
+    ``ops.validation``)."""
     if add is not None:
         out.masked_fill_(torch.isnan(add).any(-1, keepdim=True), float("nan"))
     return out
@@ -310,11 +362,12 @@ def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         limit = cpu_kernels.LUT_MAX_CAUSAL_NQ
         if wl.causal and cpu_kernels.pv8_uses_lut(wl) and q.shape[-2] > limit:
             return f"causal 8-bit kernel serves at most {cpu_kernels.LUT_MAX_CAUSAL_NQ} queries"
-        reason = _try_build(("quantize_v", wl.value_dim),
-                            lambda: cpu_build.quantize_v_kernel(wl.value_dim))
+        reason = _try_build(("quantize_v", wl.value_dim, wl.dtype),
+                            lambda: cpu_build.quantize_v_kernel(wl.value_dim, wl.dtype))
         if reason:
             return reason
-    return _try_build(wl, lambda: cpu_build.attention_kernel(wl))
+    return (_sign_pack_built(q) or _sign_pack_built(k)
+            or _try_build(wl, lambda: cpu_build.attention_kernel(wl)))
 
 
 dispatch.register_kernel("sign_pack", "cpu", dispatch.Kernel(

@@ -3,8 +3,8 @@
 What it does: turns a workload (shapes, flags) plus schedule knobs
 (``binattn.schedules.cpu.knobs``) into a ``tvm.IRModule`` ready for ``tvm.compile``:
 
-* ``sign_pack_module``: float32 rows ``[R, D]`` → packed words ``[R, W]``, row popcounts ``[R]``
-  and row sums of ``|x|`` ``[R]`` (so the per-(b, h) mean|x| scale comes from the same pass).
+* ``sign_pack_module``: ``x [B, H, N, D]`` → packed words ``[B, H, N, W]``, row popcounts and
+  row sums of ``|x|`` ``[B, H, N]`` (so the per-(b, h) mean|x| scale comes from the same pass).
 * ``scores_module``: the packed popcount score kernel (exact int32, XOR identity), TE + schedule.
 * ``attention_module``: the fused binary-attention kernel. One task per (b, q-head, q-block);
   key tiles, online softmax (running max / sum), P·V accumulated in registers, no N×N tensor.
@@ -25,9 +25,15 @@ per ``acc_cols`` value columns or 16 VNNI lanes, each under TVM's 1 KiB stack-al
 so that LLVM keeps it in registers) and their signature gains an argument when there is an
 additive tensor; TVMScript has no parse-time loop to emit a varying number of allocations.
 
-The attention kernels take padded inputs: Nq a multiple of ``block_q``, Nk of ``block_k``, with
-the true key count ``nk`` as a scalar (keys past it are masked). ``cpu_dispatch`` does the
-padding, layout changes and scales. What it does not: build, cache or call kernels
+Inputs and outputs are read and written in place: q, k (``sign_pack_module``) and v (the float
+P·V loop, ``quantize_v_module``) in float32, float16 or bfloat16 through symbolic strides (unit
+stride on the last dim; each element cast to float32 as it is read), and the attention kernels
+write the op's output tensor, strided, in its dtype, only its true ``NQO`` rows and Dv columns.
+Only the packed bits are padded (Nq to ``block_q``, Nk to ``block_k``, with the true key count
+``nk`` as a scalar: keys past it are masked); the float P·V loop stops at ``nk`` and the key tile
+reaching past it clamps its column into the additive tensor, so no tensor is read past its end.
+Tensor arguments may start at any element (views): buffers declare ``ELEM_ALIGN``.
+``cpu_dispatch`` prepares the bits and scales. What it does not: build, cache or call kernels
 (``cpu_build`` / ``cache`` / ``cpu_dispatch``) or choose knobs (``binattn.schedules``).
 """
 from __future__ import annotations
@@ -45,13 +51,17 @@ from tvm.script import tirx as T
 from ...schedules.cpu.knobs import AttentionKnobs, ScoreKnobs
 
 WORD_BITS = 32
+# alignment TVM may assume of a tensor argument: views (a fused QKV projection's slices, the
+# output's [B, N, H, Dv] layout) start anywhere; 2 bytes is what every dtype here has
+ELEM_ALIGN = 2
 
 
 @dataclass(frozen=True)
 class AttentionWorkload:
     """What a fused-attention kernel is specialised for (its shape bucket): words per row
-    (D itself is a runtime argument), the value dim (callers pad Dv up to a bucket), flags.
-    B, H, Nq, Nk stay symbolic.
+    (D itself is a runtime argument), the value dim Dv (exact: V is read and the output written
+    in place, ``dv16`` pads only the kernels' own 8-bit tiles), flags, and the dtype of V and
+    of the output. B, H, Nq, Nk and every stride stay symbolic.
 
     ``add_bcast`` says which of (B, H, Nq) the additive tensor broadcasts over (None: no tensor).
     """
@@ -61,6 +71,12 @@ class AttentionWorkload:
     causal: bool = False
     add_bcast: Optional[tuple[bool, bool, bool]] = None
     pv8: bool = False
+    dtype: str = "float32"
+
+    @property
+    def dv16(self) -> int:
+        """Dv rounded up to 16: the width of the s8 V layout and of the 8-bit kernels' tiles."""
+        return -(-self.value_dim // 16) * 16
 
     def tag(self) -> str:
         add = ("none" if self.add_bcast is None
@@ -70,8 +86,12 @@ class AttentionWorkload:
 
 
 # --------------------------------------------------------------------------- sign_pack
-def sign_pack_module(words: int) -> tvm.IRModule:
-    """Rows of float32 ``[R, D]`` → (words int32 [R, W], popcounts int32 [R], Σ|x| float32 [R]).
+def sign_pack_module(words: int, dtype: str = "float32") -> tvm.IRModule:
+    """``x [B, H, N, D]`` (``dtype``, any strides on B, H, N, unit stride on D) → words
+    ``[B, H, N, W]`` int32 (any strides: the attention kernels' key layout ``[.., W, N]`` is a
+    transposed view), row popcounts ``[B, H, N]`` int32 and row sums of ``|x|`` ``[B, H, N]``
+    float32 (so the per-(b, h) mean|x| scale comes from the same pass). Each element is cast
+    to float32 as it is read: no converted copy of x.
 
     D is read from the input's shape at run time; one kernel serves every D with W words.
     """
@@ -79,29 +99,40 @@ def sign_pack_module(words: int) -> tvm.IRModule:
     @T.prim_func
     def main(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
         T.func_attr({"tir.noalias": True})
-        R = T.int32()
+        B = T.int32()
+        H = T.int32()
+        N = T.int32()
         D = T.int32()
-        x = T.match_buffer(x_h, (R, D), "float32")
-        bits = T.match_buffer(bits_h, (R, words), "int32")
-        pops = T.match_buffer(pops_h, (R,), "int32")
-        absx = T.match_buffer(abs_h, (R,), "float32")
-        for ro in T.parallel((R + 63) // 64):
+        xs = (T.int32(), T.int32(), T.int32())
+        ws = (T.int32(), T.int32(), T.int32(), T.int32())
+        x = T.match_buffer(x_h, (B, H, N, D), dtype, strides=(*xs, 1), align=ELEM_ALIGN)
+        bits = T.match_buffer(bits_h, (B, H, N, words), "int32", strides=ws, align=ELEM_ALIGN)
+        pops = T.match_buffer(pops_h, (B, H, N), "int32")
+        absx = T.match_buffer(abs_h, (B, H, N), "float32")
+        for ro in T.parallel((B * H * N + 63) // 64):
             acc = T.alloc_buffer((16,), "float32")
+            word = T.alloc_buffer((words,), "int32")
             for ri in range(64):
                 r = T.Bind(ro * 64 + ri)
-                if r < R:
+                if r < B * H * N:
+                    b = T.Bind(r // (H * N))
+                    h = T.Bind(r // N % H)
+                    n = T.Bind(r % N)
                     for w in range(words):
-                        bits[r, w] = 0
+                        word[w] = 0
                         for j in range(32):
                             if w * 32 + j < D:
-                                bits[r, w] = bits[r, w] | T.shift_left(
-                                    T.Cast("int32", x[r, w * 32 + j] >= T.float32(0)), j)
-                    pops[r] = _chain(operator.add, [T.popcount(bits[r, w]) for w in range(words)])
+                                word[w] = word[w] | T.shift_left(T.Cast(
+                                    "int32", T.Cast("float32", x[b, h, n, w * 32 + j])
+                                    >= T.float32(0)), j)
+                        bits[b, h, n, w] = word[w]
+                    pops[b, h, n] = _chain(operator.add,
+                                           [T.popcount(word[w]) for w in range(words)])
                     for l in T.vectorized(16):
                         acc[l] = T.float32(0)
                     for d in range(D):
-                        acc[d % 16] = acc[d % 16] + T.fabs(x[r, d])
-                    absx[r] = _tree(T.Add, [acc[i] for i in range(16)])
+                        acc[d % 16] = acc[d % 16] + T.fabs(T.Cast("float32", x[b, h, n, d]))
+                    absx[b, h, n] = _tree(T.Add, [acc[i] for i in range(16)])
 
     return _module(main)
 
@@ -174,15 +205,18 @@ def fexp(x: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.Let(xv, x, tirx.Select(xv < f(-87.0), f(0.0), tirx.Let(cv, clamped, body)))
 
 
-def _score_expr(wl: AttentionWorkload, row: str, col: str) -> str:
-    """TVMScript text of the float score of (row, col) inside a key tile, before masking."""
+def _score_expr(wl: AttentionWorkload, row: str, col: str, clamp: bool = False) -> str:
+    """TVMScript text of the float score of (row, col) inside a key tile, masked. The additive
+    tensor has the true Nq rows and Nk columns: a padded query row reads its last row, and
+    with ``clamp`` (a tile that reaches past Nk) a padded key its last column."""
     popc = " + ".join(f"T.popcount(qb[b, h, {row}, {w}] ^ kb[b, hk, {w}, {col}])"
                       for w in range(wl.words))
     expr = f"c * T.Cast(\"float32\", hd - 2 * ({popc}))"
     if wl.add_bcast is not None:
         bb, hb, qb = wl.add_bcast
+        add_col = f"T.min({col}, NKA - 1)" if clamp else col
         expr += (f" + add[{'0' if bb else 'b'}, {'0' if hb else 'h'}, "
-                 f"{'0' if qb else row}, {col}]")
+                 f"{'0' if qb else f'T.min({row}, NQO - 1)'}, {add_col}]")
     keep = f"{col} < nk"
     if wl.causal:
         keep = f"T.And({keep}, {col} <= {row})"
@@ -190,20 +224,45 @@ def _score_expr(wl: AttentionWorkload, row: str, col: str) -> str:
 
 
 def _params(wl: AttentionWorkload) -> tuple[str, str]:
-    """Parameter list and buffer declarations shared by both attention kernels."""
+    """Parameter list and buffer declarations shared by the attention kernels.
+
+    ``qb``/``kb`` are padded (NQ, NK multiples of the blocks); ``out`` is the op's output
+    itself: its true NQO ≤ NQ rows, Dv columns, in ``wl.dtype``, any strides on B, H, NQO.
+    """
     add_param = ", add_h: T.handle" if wl.add_bcast is not None else ""
     decl = f'''
     T.func_attr({{"tir.noalias": True}})
     B = T.int32(); H = T.int32(); HK = T.int32(); NQ = T.int32(); NK = T.int32()
+    NQO = T.int32(); os0 = T.int32(); os1 = T.int32(); os2 = T.int32()
     qb = T.match_buffer(qb_h, (B, H, NQ, {wl.words}), "int32")
     kb = T.match_buffer(kb_h, (B, HK, {wl.words}, NK), "int32")
     coef = T.match_buffer(coef_h, (B, H), "float32")
-    out = T.match_buffer(out_h, (B, H, NQ, {wl.value_dim}), "float32")'''
+    out = T.match_buffer(out_h, (B, H, NQO, {wl.value_dim}), "{wl.dtype}",
+                         strides=(os0, os1, os2, 1), align={ELEM_ALIGN})'''
     if wl.add_bcast is not None:
         bb, hb, qb = wl.add_bcast
-        dims = ", ".join(["1" if bb else "B", "1" if hb else "H", "1" if qb else "NQ", "NK"])
-        decl += f'\n    add = T.match_buffer(add_h, ({dims}), "float32")'
+        dims = ", ".join(["1" if bb else "B", "1" if hb else "H", "1" if qb else "NQO", "NKA"])
+        decl += (f'\n    NKA = T.int32(); as0 = T.int32(); as1 = T.int32(); as2 = T.int32()'
+                 f'\n    add = T.match_buffer(add_h, ({dims}), "float32", '
+                 f'strides=(as0, as1, as2, 1), align={ELEM_ALIGN})')
     return add_param, decl
+
+
+def _fill_scores(knobs: AttentionKnobs, wl: AttentionWorkload, then: str = "") -> str:
+    """Row ``i``'s masked scores of a key tile into ``S[i, :]`` (``then``: a line run per
+    vector after the store). With an additive tensor, tiles inside Nk read it with unit-stride
+    vector loads and the tile that reaches past Nk clamps its column (no read past Nk)."""
+    vl, bk = knobs.vector, knobs.block_k
+
+    def fill(clamp: bool) -> str:
+        score = _score_expr(wl, "row", f"k0 + jo * {vl} + jj", clamp)
+        return (f"for jo in range({bk // vl}):\n    for jj in T.vectorized({vl}):\n"
+                f"        S[i, jo * {vl} + jj] = {score}" + (f"\n        {then}" if then else ""))
+
+    if wl.add_bcast is None:
+        return fill(False)
+    return (f"if k0 + {bk} <= nk:\n{_indent(fill(False), '    ')}\n"
+            f"else:\n{_indent(fill(True), '    ')}")
 
 
 def _row_softmax_step(knobs: AttentionKnobs, wl: AttentionWorkload, indent: str,
@@ -215,10 +274,7 @@ for i in range({knobs.block_q}):
     row = T.Bind(q0 + i)
     for jj in T.vectorized({vl}):
         red[jj] = NEG_INF
-    for jo in range({bk // vl}):
-        for jj in T.vectorized({vl}):
-            S[i, jo * {vl} + jj] = {_score_expr(wl, "row", f"k0 + jo * {vl} + jj")}
-            red[jj] = T.max(red[jj], S[i, jo * {vl} + jj])
+{_indent(_fill_scores(knobs, wl, f"red[jj] = T.max(red[jj], S[i, jo * {vl} + jj])"), "    ")}
     mnew = T.Bind(T.max(m[i], {_tree("T.max", [f"red[{x}]" for x in range(vl)])}))
     muse = T.Bind(T.Select(mnew == NEG_INF, T.float32(0), mnew))
     alpha = T.Bind(fexp(m[i] - muse))
@@ -281,32 +337,66 @@ def _task_prologue(knobs: AttentionKnobs) -> str:
             l[i] = T.float32(0)'''
 
 
+def _value_chunks(value_dim: int, cols: int) -> list[tuple[int, int]]:
+    """(first column, width) of the P·V register buffers: ``cols`` wide, the last one the rest."""
+    return [(c, min(cols, value_dim - c)) for c in range(0, value_dim, cols)]
+
+
+def _fp32_pv(knobs: AttentionKnobs, wl: AttentionWorkload) -> str:
+    """P·V of one key tile into ``acc``: ``rows`` × Dv accumulators kept in registers as
+    separate small buffers (each under TVM's 1 KiB stack-allocation limit, so LLVM promotes
+    them). V is read in its dtype through its strides, each element cast to float32; the key
+    loop stops at the true key count (no V row past it is read)."""
+    bq, bk, ri = knobs.block_q, knobs.block_k, knobs.rows
+    chunks = list(enumerate(_value_chunks(wl.value_dim, knobs.acc_cols)))
+
+    def each(body: str) -> str:
+        return "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized({w}):\n"
+                         f"        {body.format(x=x, c=c)}" for x, (c, w) in chunks)
+
+    regs = "\n".join(f"r{x} = T.alloc_buffer(({ri}, {w}), \"float32\")" for x, (_, w) in chunks)
+    load = each("r{x}[ii, d] = acc[io * %d + ii, {c} + d]" % ri)
+    fma = each("r{x}[ii, d] = r{x}[ii, d] + S[io * %d + ii, j] * "
+               "T.Cast(\"float32\", v[b, hk, k0 + j, {c} + d])" % ri)
+    store = each("acc[io * %d + ii, {c} + d] = r{x}[ii, d]" % ri)
+    return (f"for io in range({bq // ri}):\n{_indent(regs, '    ')}\n{_indent(load, '    ')}\n"
+            f"    for j in range(T.min({bk}, nk - k0)):\n{_indent(fma, '        ')}\n"
+            f"{_indent(store, '    ')}")
+
+
+_PV8_OUT = "T.Cast(\"float32\", acc[i, d]) * vscale[b, hk, d]"  # 8-bit kernels' output
+
+
+def _store_rows(knobs: AttentionKnobs, wl: AttentionWorkload, value: str, setup: str = "") -> str:
+    """Write the task's true rows (``q0 + i < NQO``) into ``out``, cast to its dtype: ``value``
+    is the float32 text of column ``d`` of row ``i``, after ``setup`` (one line, per row). A
+    NaN coefficient ``c`` (a NaN/Inf in this (b, h)'s q or k) writes NaN, as the reference
+    gives: the running max skips NaN scores, so the rows could otherwise come out finite."""
+    setup = f"\n                {setup}" if setup else ""
+    return f'''
+        for i in range({knobs.block_q}):
+            if q0 + i < NQO:{setup}
+                for d in T.vectorized({wl.value_dim}):
+                    out[b, h, q0 + i, d] = T.Cast("{wl.dtype}", T.Select(T.isnan(c), c,
+                                                                         {value}))'''
+
+
 def attention_module(wl: AttentionWorkload, knobs: AttentionKnobs) -> tvm.IRModule:
-    """Fused binary attention with full-precision P·V (float32)."""
+    """Fused binary attention with full-precision P·V (float32 accumulators)."""
     if wl.pv8:
         return (attention_pv8_lut_module if pv8_uses_lut(wl) else attention_pv8_module)(wl, knobs)
-    knobs.check(wl.value_dim)
-    bq, bk, ri, dvc = knobs.block_q, knobs.block_k, knobs.rows, knobs.acc_cols
-    dv = wl.value_dim
-    chunks = range(dv // dvc)
+    knobs.check()
+    bq, bk, dv = knobs.block_q, knobs.block_k, wl.value_dim
     add_param, decl = _params(wl)
-    # P·V micro-kernel: ri rows × dv columns of accumulators, kept in registers as separate
-    # small buffers (each under TVM's 1 KiB stack-allocation limit, so LLVM promotes them)
-    regs = "\n".join(f"r{x} = T.alloc_buffer(({ri}, {dvc}), \"float32\")" for x in chunks)
-    load = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized({dvc}):\n"
-                     f"        r{x}[ii, d] = acc[io * {ri} + ii, {x * dvc} + d]" for x in chunks)
-    fma = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized({dvc}):\n"
-                    f"        r{x}[ii, d] = r{x}[ii, d] + S[io * {ri} + ii, j] * "
-                    f"v[b, hk, k0 + j, {x * dvc} + d]" for x in chunks)
-    store = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized({dvc}):\n"
-                      f"        acc[io * {ri} + ii, {x * dvc} + d] = r{x}[ii, d]" for x in chunks)
-    pv = (f"for io in range({bq // ri}):\n{_indent(regs, '    ')}\n{_indent(load, '    ')}\n"
-          f"    for j in range({bk}):\n{_indent(fma, '        ')}\n{_indent(store, '    ')}")
+    store = _store_rows(knobs, wl, "acc[i, d] * inv", "inv = T.Bind(T.Select(l[i] > "
+                        "T.float32(0), T.float32(1) / l[i], T.float32(0)))")
     source = f'''
 @T.prim_func
 def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, coef_h: T.handle{add_param},
          out_h: T.handle, nk: T.int32, hd: T.int32):{decl}
-    v = T.match_buffer(v_h, (B, HK, NK, {dv}), "float32")
+    NKV = T.int32(); vs0 = T.int32(); vs1 = T.int32(); vs2 = T.int32()
+    v = T.match_buffer(v_h, (B, HK, NKV, {dv}), "{wl.dtype}", strides=(vs0, vs1, vs2, 1),
+                       align={ELEM_ALIGN})
     for task in T.parallel(B * H * (NQ // {bq})):{_task_prologue(knobs)}
         acc = T.alloc_buffer(({bq}, {dv}), "float32")
         for i in range({bq}):
@@ -315,11 +405,7 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, coef_h: T.handle{add_par
         for kt in range({_tile_loop_header(knobs, wl)}):
             k0 = T.Bind(kt * {bk})
 {_row_softmax_step(knobs, wl, "            ", update_acc=True)}
-{_indent(pv, "            ")}
-        for i in range({bq}):
-            inv = T.Bind(T.Select(l[i] > T.float32(0), T.float32(1) / l[i], T.float32(0)))
-            for d in T.vectorized({dv}):
-                out[b, h, q0 + i, d] = acc[i, d] * inv
+{_indent(_fp32_pv(knobs, wl), "            ")}{store}
 '''
     return _parse(source)
 
@@ -335,35 +421,18 @@ def attention_pv8_module(wl: AttentionWorkload, knobs: AttentionKnobs,
                          vnni: Optional[bool] = None) -> tvm.IRModule:
     """``pv_bits=8``: two passes; P quantized to u8 after normalisation, V given as s8.
 
-    V arrives as int8 ``[B, HK, NK/4, DV, 4]`` (4 consecutive keys interleaved per channel, the
-    VNNI operand layout) with ``vscale [B, HK, DV]`` = 1 / (255 · (127/max|v| + 1e-6)).
+    V arrives as int8 ``[B, HK, NK/4, DV16, 4]`` (4 consecutive keys interleaved per channel,
+    the VNNI operand layout; DV16 = Dv rounded up to 16, ``quantize_v_module``) with
+    ``vscale [B, HK, DV16]`` = 1 / (255 · (127/max|v| + 1e-6)).
     """
-    knobs.check(wl.value_dim)
+    knobs.check()
     from .target import has_vnni
 
     vnni = has_vnni() if vnni is None else vnni
-    bq, bk, ri = knobs.block_q, knobs.block_k, knobs.rows
-    dv = wl.value_dim
+    bq, bk, dv = knobs.block_q, knobs.block_k, wl.dv16
     add_param, decl = _params(wl)
-    if vnni and dv % 16 == 0:
-        lanes = range(dv // 16)
-        regs = "\n".join(f"r{x} = T.alloc_buffer(({ri}, 16), \"int32\")" for x in lanes)
-        zero = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized(16):\n"
-                         f"        r{x}[ii, d] = 0" for x in lanes)
-        dot = (f"for ii in T.unroll({ri}):\n"
-               f"    pw = T.Bind(T.reinterpret(\"int8x64\", T.broadcast(T.reinterpret(\"int32\", "
-               f"P8.vload([io * {ri} + ii, j4 * 4], \"uint8x4\")), 16)))\n" + "\n".join(
-                   f"    r{x}[ii, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("
-                   f"T.llvm_lookup_intrinsic_id(\"llvm.x86.avx512.vpdpbusd.512\"), "
-                   f"r{x}.vload([ii, 0], \"int32x16\"), pw, "
-                   f"v8.vload([b, hk, k0 // 4 + j4, {x * 16}, 0], \"int8x64\"), "
-                   f"dtype=\"int32x16\")" for x in lanes))
-        add_back = "\n".join(f"for ii in T.unroll({ri}):\n    for d in T.vectorized(16):\n"
-                             f"        acc[io * {ri} + ii, {x * 16} + d] = "
-                             f"acc[io * {ri} + ii, {x * 16} + d] + r{x}[ii, d]" for x in lanes)
-        pv = (f"for io in range({bq // ri}):\n{_indent(regs, '    ')}\n{_indent(zero, '    ')}\n"
-              f"    for j4 in range({bk // 4}):\n{_indent(dot, '        ')}\n"
-              f"{_indent(add_back, '    ')}")
+    if vnni:
+        pv = _vnni_pv(knobs, dv, "P8", "0")
     else:
         pv = (f"for i in range({bq}):\n    for j in range({bk}):\n"
               f"        for d in T.vectorized({dv}):\n"
@@ -371,7 +440,6 @@ def attention_pv8_module(wl: AttentionWorkload, knobs: AttentionKnobs,
               f"T.Cast(\"int32\", v8[b, hk, (k0 + j) // 4, d, (k0 + j) % 4])")
     pv_block = _indent(pv, "            ")
     vl, vl_steps = knobs.vector, bk // knobs.vector
-    score = _score_expr(wl, "row", f"k0 + jo * {vl} + jj")
     level = _u8_level(f"fexp(S[i, jo * {vl} + jj] - muse) * pscale")
     source = f'''
 @T.prim_func
@@ -395,15 +463,11 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle,
                 muse = T.Bind(T.Select(m[i] == NEG_INF, T.float32(0), m[i]))
                 pscale = T.Bind(T.Select(l[i] > T.float32(0), T.float32(255) / l[i],
                                          T.float32(0)))
+{_indent(_fill_scores(knobs, wl), "                ")}
                 for jo in range({vl_steps}):
                     for jj in T.vectorized({vl}):
-                        S[i, jo * {vl} + jj] = {score}
-                    for jj in T.vectorized({vl}):
                         P8[i, jo * {vl} + jj] = {level}
-{pv_block}
-        for i in range({bq}):
-            for d in T.vectorized({dv}):
-                out[b, h, q0 + i, d] = T.Cast("float32", acc[i, d]) * vscale[b, hk, d]
+{pv_block}{_store_rows(knobs, wl, _PV8_OUT)}
 '''
     return _parse(source)
 
@@ -554,10 +618,10 @@ def attention_pv8_lut_module(wl: AttentionWorkload, knobs: AttentionKnobs) -> tv
     maps the row's bytes through it (vpermi2b); pass C accumulates u8 P × s8 V with vpdpbusd.
     Same arguments as ``attention_pv8_module``; needs ``pv8_uses_lut(wl)``.
     """
-    knobs.check(wl.value_dim)
+    knobs.check()
     if knobs.block_k % 64 or knobs.vector != 16:
         raise ValueError("the LUT kernel needs block_k a multiple of 64 and vector = 16")
-    bq, bk, dv = knobs.block_q, knobs.block_k, wl.value_dim
+    bq, bk, dv = knobs.block_q, knobs.block_k, wl.dv16
     tables = 1 if wl.words * WORD_BITS <= 127 else 2
     _, decl = _params(wl)
     q0 = f"task % (NQ // {bq}) * {bq}"
@@ -594,29 +658,30 @@ def main(qb_h: T.handle, kb_h: T.handle, v_h: T.handle, vscale_h: T.handle, coef
 {_indent(_lut_pass_b(knobs, wl, tables), "        ")}
         for kt in range(ntiles):
             k0 = T.Bind(kt * {bk})
-{_indent(_vnni_pv(knobs, dv, "P", "k0"), "            ")}
-        for i in range({bq}):
-            for d in T.vectorized({dv}):
-                out[b, h, q0 + i, d] = T.Cast("float32", acc[i, d]) * vscale[b, hk, d]
+{_indent(_vnni_pv(knobs, dv, "P", "k0"), "            ")}{_store_rows(knobs, wl, _PV8_OUT)}
 '''
     return _parse(source)
 
 
-def quantize_v_module(value_dim: int) -> tvm.IRModule:
-    """V float32 ``[B, HK, N, Dv]`` → s8 in the VNNI layout ``[B, HK, ⌈N/4⌉, Dv, 4]`` (keys
-    past N zero) and ``vscale [B, HK, Dv]`` = 1 / (255·(inv + 1e-6)), inv = 127 / max|v| over
-    tokens: ``reference.quantize_v_s8``'s rounding (``llvm.roundeven``: halves to even, as
-    ``torch.round``; TVM's ``nearbyint`` rounds them away from zero) in two passes over V.
+def quantize_v_module(value_dim: int, dtype: str = "float32") -> tvm.IRModule:
+    """V ``[B, HK, N, Dv]`` (``dtype``, any strides on B, HK, N; read in place, each element
+    cast to float32) → s8 in the VNNI layout ``[B, HK, ⌈N/4⌉, Dv16, 4]`` (Dv16 = Dv rounded up
+    to 16; keys past N and channels past Dv zero) and ``vscale [B, HK, Dv16]`` = 1 / (255·(inv
+    + 1e-6)), inv = 127 / max|v| over tokens: ``reference.quantize_v_s8``'s rounding
+    (``llvm.roundeven``: halves to even, as ``torch.round``; TVM's ``nearbyint`` rounds them
+    away from zero) in two passes over V.
     """
-    dv = value_dim
+    dv, dv16 = value_dim, -(-value_dim // 16) * 16
 
     @T.macro
     def store_key(v, v8, inv, b, hk, n4, r):
         """Key ``4·n4 + r`` of V as s8: ``roundeven(v · inv)`` per channel."""
         for d in T.vectorized(dv):
             v8[b, hk, n4, d, r] = T.Cast("int8", T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.roundeven"), v[b, hk, n4 * 4 + r, d] * inv[d],
-                dtype="float32"))
+                T.llvm_lookup_intrinsic_id("llvm.roundeven"),
+                T.Cast("float32", v[b, hk, n4 * 4 + r, d]) * inv[d], dtype="float32"))
+        for d in T.serial(dv, dv16):
+            v8[b, hk, n4, d, r] = T.int8(0)
 
     @T.prim_func
     def main(v_h: T.handle, v8_h: T.handle, vscale_h: T.handle):
@@ -625,19 +690,20 @@ def quantize_v_module(value_dim: int) -> tvm.IRModule:
         HK = T.int32()
         N = T.int32()
         N4 = T.int32()
-        v = T.match_buffer(v_h, (B, HK, N, dv), "float32")
-        v8 = T.match_buffer(v8_h, (B, HK, N4, dv, 4), "int8")
-        vscale = T.match_buffer(vscale_h, (B, HK, dv), "float32")
+        vs = (T.int32(), T.int32(), T.int32())
+        v = T.match_buffer(v_h, (B, HK, N, dv), dtype, strides=(*vs, 1), align=ELEM_ALIGN)
+        v8 = T.match_buffer(v8_h, (B, HK, N4, dv16, 4), "int8")
+        vscale = T.match_buffer(vscale_h, (B, HK, dv16), "float32")
         for task in T.parallel(B * HK):
             b = T.Bind(task // HK)
             hk = T.Bind(task % HK)
-            inv = T.alloc_buffer((dv,), "float32")
-            for d in T.vectorized(dv):
+            inv = T.alloc_buffer((dv16,), "float32")
+            for d in T.vectorized(dv16):
                 inv[d] = T.float32(0)
             for n in range(N):
                 for d in T.vectorized(dv):
-                    inv[d] = T.max(inv[d], T.fabs(v[b, hk, n, d]))
-            for d in T.vectorized(dv):
+                    inv[d] = T.max(inv[d], T.fabs(T.Cast("float32", v[b, hk, n, d])))
+            for d in T.vectorized(dv16):
                 # as torch evaluates ``127.0 / amax``: reciprocal, then the product
                 inv[d] = T.float32(1) / T.max(inv[d], T.float32(1e-12)) * T.float32(127)
                 vscale[b, hk, d] = T.float32(1) / (T.float32(255) * (inv[d] + T.float32(1e-6)))
@@ -649,7 +715,7 @@ def quantize_v_module(value_dim: int) -> tvm.IRModule:
                     if n4 * 4 + r < N:
                         store_key(v, v8, inv, b, hk, n4, r)
                     else:
-                        for d in T.vectorized(dv):
+                        for d in T.vectorized(dv16):
                             v8[b, hk, n4, d, r] = T.int8(0)
 
     return _module(main)

@@ -110,22 +110,22 @@ def attention_args(shape: AttentionShape, wl: cpu_kernels.AttentionWorkload,
     rng = np.random.default_rng(0)
     bq, bk = knobs.block_q, knobs.block_k
     nq, nk = -(-shape.n // bq) * bq, -(-shape.n // bk) * bk
-    b, h, w, dv = shape.batch, shape.heads, wl.words, wl.value_dim
+    b, h, w, dv, dv16 = shape.batch, shape.heads, wl.words, wl.value_dim, wl.dv16
 
     def make(dev):
         words = lambda *s: rng.integers(  # noqa: E731
             -2**31, 2**31 - 1, size=s, dtype=np.int64).astype(np.int32)
         args = [words(b, h, nq, w), words(b, h, w, nk)]
         if wl.pv8:
-            args += [rng.integers(-127, 128, size=(b, h, nk // 4, dv, 4)).astype(np.int8),
-                     np.full((b, h, dv), 1e-4, np.float32)]
+            args += [rng.integers(-127, 128, size=(b, h, nk // 4, dv16, 4)).astype(np.int8),
+                     np.full((b, h, dv16), 1e-4, np.float32)]
         else:
-            args.append(rng.standard_normal((b, h, nk, dv), dtype=np.float32))
+            args.append(rng.standard_normal((b, h, shape.n, dv), dtype=np.float32))
         args.append(np.full((b, h), 0.1, np.float32))
         if wl.add_bcast is not None:
             dims = [1 if bc else full for bc, full in zip(wl.add_bcast, (b, h, nq))]
             args.append(0.1 * rng.standard_normal((*dims, nk), dtype=np.float32))
-        args.append(np.zeros((b, h, nq, dv), np.float32))
+        args.append(np.zeros((b, h, shape.n, dv), np.float32))
         return [_tensor(a, dev) for a in args] + [shape.n, shape.head_dim]
 
     return make
@@ -195,11 +195,9 @@ def tune_attention(shape: AttentionShape, trials: int, db: TuningDatabase, *,
     import tvm
 
     measurer = measurer or Measurer()
-    dv = -(-shape.head_dim // 16) * 16
-    wl = cpu_kernels.AttentionWorkload(shape.words, dv, causal, None, pv8)
+    wl = cpu_kernels.AttentionWorkload(shape.words, shape.head_dim, causal, None, pv8)
     target = host_target()
-    candidates = _candidates(cpu_knobs.attention_knobs_for(dv), cpu_knobs.attention_space(dv),
-                             trials)
+    candidates = _candidates(cpu_knobs.DEFAULT_ATTENTION, cpu_knobs.attention_space(), trials)
     results = search_knobs(
         candidates, lambda kn: tvm.compile(cpu_kernels.attention_module(wl, kn), target=target),
         lambda kn: attention_args(shape, wl, kn), measurer, progress)
