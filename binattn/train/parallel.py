@@ -7,8 +7,9 @@ all-reduces its gradients. FSDP2 shards parameters, gradients and AdamW state ov
   the top of its ``forward`` and never calls its sub-modules (only the attention sites, which
   own no parameters), so a per-block unit would never see its pre-forward hook: the whole
   model is one unit (parameters gathered for forward and backward, gradients reduce-scattered,
-  optimizer state sharded). An eager module gets one unit per element of each ``ModuleList``
-  (its repeated blocks), then the root.
+  optimizer state sharded). An eager module gets one unit per repeated block (the elements of
+  a ``ModuleList``/``Sequential`` of one non-torch.nn class, e.g. a ViT's ``blocks``), then
+  the root.
 - before sharding, rank 0's parameters and buffers (HAD's static scales included) are
   broadcast, so every rank starts from one model, as DDP does.
 - checkpoints: :func:`full_state` gathers the full model / optimizer state on rank 0 (CPU) in
@@ -39,15 +40,24 @@ def broadcast_module(module: nn.Module) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
+def _repeated_blocks(container: nn.Module) -> list[nn.Module]:
+    """The elements of a ModuleList / Sequential that are repeated blocks: two or more, one
+    class, not a torch.nn layer, owning parameters (an MLP's Linear layers are not blocks)."""
+    if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+        return []
+    owning = [m for m in container if any(True for _ in m.parameters())]
+    kinds = {type(m) for m in owning}
+    if len(owning) < 2 or len(kinds) != 1 or next(iter(kinds)).__module__.startswith("torch."):
+        return []
+    return owning
+
+
 def shard_units(model: nn.Module) -> list[nn.Module]:
-    """The sub-modules FSDP2 shards one by one before the root (see the module docstring)."""
+    """The sub-modules FSDP2 shards one by one before the root, innermost first (see the
+    module docstring): none for a GraphModule, the repeated blocks of an eager model."""
     if isinstance(model, torch.fx.GraphModule):
         return []
-    units = []
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList):
-            units += [m for m in module if any(True for _ in m.parameters())]
-    return units
+    return [b for m in reversed(list(model.modules())) for b in _repeated_blocks(m)]
 
 
 def wrap(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
