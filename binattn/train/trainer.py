@@ -150,8 +150,10 @@ def _device(cfg: TrainConfig, d: _Dist) -> torch.device:
     if cfg.device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError("device 'cuda' asked for, but torch sees no GPU")
-        return torch.device("cuda", d.local_rank if d.world_size > 1 else
-                            torch.device(cfg.device).index or 0)
+        if d.world_size <= 1:
+            return torch.device("cuda", torch.device(cfg.device).index or 0)
+        torch.cuda.set_device(d.local_rank)   # NCCL and FSDP's device mesh use the current one
+        return torch.device("cuda", d.local_rank)
     return torch.device(cfg.device)
 
 
@@ -175,16 +177,15 @@ class Trainer:
         self.teacher = teacher.to(self.device) if teacher is not None else None
         self.teacher_sites = find_sites(self.teacher) if self.teacher is not None else []
         self.recipe.prepare(self.sites)
+        self.sharded = self.dist.world_size > 1 and cfg.parallel == "fsdp"
+        # under FSDP rank 0 keeps an unsharded CPU copy to return the trained model in
+        self.template = (copy.deepcopy(model).cpu() if self.sharded and self.dist.main
+                         else None)
         self.model.to(self.device).train()
         self.history: list[dict] = []
         self.start_step = 0
         blob = self._load_or_calibrate()
-        self.sharded = self.dist.world_size > 1 and cfg.parallel == "fsdp"
-        # under FSDP rank 0 keeps an unsharded CPU copy to return the trained model in
-        self.template = (copy.deepcopy(self.model).cpu() if self.sharded and self.dist.main
-                         else None)
         self.ddp = self._wrap()
-        self.sharded = self.dist.world_size > 1 and cfg.parallel == "fsdp"
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
         torch.manual_seed(cfg.seed)
         if blob is not None:
