@@ -19,7 +19,7 @@ final loss = mean of the last 10 steps on rank 0), checks that the learned bias 
 bit-identical on every rank after the run (each rank saves its gathered tables), and writes
 ``multigpu.json`` and ``multigpu.md`` into ``--out``. Exit status 1 when a table differs.
 
-``--cpu`` runs the same plumbing on CPU ranks with gloo and a tiny model (1 and 2 ranks), the
+``--cpu`` runs the same plumbing on CPU ranks with gloo and the ViT cut down (1 and 2 ranks), the
 check tests/test_train_multigpu.py makes where no GPU is lent. What it does not: tune batch
 sizes, compile the model, or train to accuracy (docs/training.md has the accuracy runs).
 """
@@ -42,22 +42,23 @@ ROOT = HERE.parent.parent
 
 # -- one rank ---------------------------------------------------------------------------------
 def build_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str, int]:
-    """(float model, its name, image side)."""
-    if args.cpu:
-        from binattn.models import demo_vit
-
-        return demo_vit(image_size=16, dim=32, depth=2, heads=2), "demo_vit (tiny, CPU)", 16
+    """(float model, its name, image side): ViT-B/16 at 224², or with ``--cpu`` the same
+    architecture cut down (32², patch 8, 2 blocks; ViT-Ti widths)."""
+    side, patch, timm_kw = (32, 8, dict(depth=2)) if args.cpu else (224, 16, {})
+    name = "vit_tiny_patch16_224" if args.cpu else "vit_base_patch16_224"
     try:
         import timm
 
-        return timm.create_model("vit_base_patch16_224", pretrained=False,
-                                 num_classes=10), "timm vit_base_patch16_224", 224
+        model = timm.create_model(name, pretrained=False, num_classes=10, img_size=side,
+                                  patch_size=patch, **timm_kw)
+        return model, f"timm {name} ({side}², patch {patch}, random init)", side
     except ImportError:
         from binattn.models import demo_vit
 
-        model = demo_vit(image_size=224, patch_size=16, dim=768, depth=12, heads=12,
-                         mlp_ratio=4.0)
-        return model, "demo_vit sized like ViT-B/16 (timm missing)", 224
+        dims = dict(dim=192, depth=2, heads=3) if args.cpu else dict(dim=768, depth=12,
+                                                                     heads=12)
+        model = demo_vit(image_size=side, patch_size=patch, mlp_ratio=4.0, **dims)
+        return model, f"binattn demo_vit sized like {name} (timm missing)", side
 
 
 def digits_at(side: int):
@@ -92,7 +93,6 @@ def worker(args: argparse.Namespace) -> None:
                       parallel=args.mode, log_every=10)
     trainer = timed_trainer()(gm, digits_at(side), cfg, warm=args.warmup_steps)
     result = trainer.run()
-    trainer.mark()
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     tables = full_tensors(trainer.model, bias_parameter_names(gm))
@@ -107,16 +107,20 @@ def worker(args: argparse.Namespace) -> None:
             samples_per_s=timed * args.batch * world / (trainer.t1 - trainer.t0),
             final_loss=sum(losses) / len(losses),
             device=torch.cuda.get_device_name() if not args.cpu else "cpu")))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
-def _sync(device: torch.device) -> None:
+def _synced_time(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def timed_trainer():
-    """A Trainer class that notes the time (after a device sync) when step ``warm`` starts;
-    ``mark()`` notes the end."""
+    """A Trainer class that notes the time (after a device sync) when step ``warm`` starts
+    (``t0``) and when the last step ends (``t1``)."""
     from binattn.train.trainer import Trainer
 
     class TimedTrainer(Trainer):
@@ -126,13 +130,11 @@ def timed_trainer():
 
         def step(self, step, inputs, labels):
             if step == self.warm:
-                _sync(self.device)
-                self.t0 = time.perf_counter()
-            return super().step(step, inputs, labels)
-
-        def mark(self) -> None:
-            _sync(self.device)
-            self.t1 = time.perf_counter()
+                self.t0 = _synced_time(self.device)
+            record = super().step(step, inputs, labels)
+            if step + 1 == self.total:
+                self.t1 = _synced_time(self.device)
+            return record
 
     return TimedTrainer
 
@@ -214,7 +216,7 @@ def parse(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--warmup-steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=32, help="images per GPU (per rank)")
-    p.add_argument("--cpu", action="store_true", help="gloo on CPU ranks, tiny model")
+    p.add_argument("--cpu", action="store_true", help="gloo on CPU ranks, a cut-down ViT")
     p.add_argument("--timeout", type=int, default=3600, help="seconds per launch")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="ddp", help=argparse.SUPPRESS)

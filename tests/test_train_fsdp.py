@@ -50,6 +50,9 @@ SCRIPT = textwrap.dedent("""
         torch.save({"tables": tables, "scales": scales, "metrics": result.metrics,
                     "plain": rank == 0 and not is_sharded(result.model),
                     "model": result.model.state_dict() if rank == 0 else {}}, f"{dump}.{rank}")
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 """)
 ENV = dict(os.environ, OMP_NUM_THREADS="1", BINATTN_KERNELS="reference")
 

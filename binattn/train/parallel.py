@@ -78,6 +78,7 @@ def wrap(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
 
 
 def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` was sharded by ``fully_shard``."""
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
