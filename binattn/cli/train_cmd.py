@@ -123,6 +123,10 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
               help="Token length for text data.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--parallel", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
+              help="Under torchrun: DDP (replicated model) or FSDP2 (fully_shard: parameters, "
+              "gradients and optimizer state sharded, for models too large to replicate). "
+              "Checkpoints resume under either, at any number of ranks.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUTPUT.ckpt when it exists.")
 @click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of MODEL (only for "
@@ -132,10 +136,12 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
             steps: Optional[int], batch_size: int, lr: float, bias: str, distill: str,
             top_n: Optional[int], pv_bits: Optional[str], attn_weight: Optional[float],
             calib_batches: int, eval_fraction: float, max_len: int, seed: int, device: str,
-            resume: bool, trust_pickle: bool, quiet: bool) -> None:
+            parallel: str, resume: bool, trust_pickle: bool, quiet: bool) -> None:
     """Binarize MODEL's attention and train it back to full-precision quality.
 
     Example: binattn train vit.pt --recipe binaryattention --data digits --epochs 60 -o vit_b.pt2
+
+    On N GPUs: torchrun --nproc-per-node N -m binattn.cli train ... --device cuda --parallel fsdp
     """
     from rich.console import Console
 
@@ -166,12 +172,15 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
                       distill=distill, top_n=top_n, pv_bits=int(pv_bits) if pv_bits else None,
                       attn_weight=attn_weight, calib_batches=calib_batches, seed=seed,
                       device=device, checkpoint=str(output) + ".ckpt", resume=resume,
-                      progress=not quiet)
+                      progress=not quiet, parallel=parallel)
     output.parent.mkdir(parents=True, exist_ok=True)
     result = train(gm, train_set, cfg, eval_data=eval_set)
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return  # under torchrun, rank 0 writes the outputs
-    write_pt2(result.model.cpu(), example, output)
-    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s  {metrics}")
-    console.print(f"wrote {output} and {cfg.checkpoint}")
+    dist = torch.distributed
+    if not dist.is_initialized() or dist.get_rank() == 0:   # under torchrun, rank 0 writes
+        write_pt2(result.model.cpu(), example, output)
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+        console.print(f"trained {result.steps} steps in {result.seconds:.0f} s  {metrics}")
+        console.print(f"wrote {output} and {cfg.checkpoint}")
+    if dist.is_initialized():   # every rank done before any tears the process group down
+        dist.barrier()
+        dist.destroy_process_group()

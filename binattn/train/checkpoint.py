@@ -2,8 +2,10 @@
 
 A checkpoint is one ``torch.save`` file holding only tensors and plain Python values: the
 model's ``state_dict`` (learned biases and calibrated static scales included), the AdamW state,
-the step, the torch RNG state, the config and the history. Saving writes a temporary file next to
-the target and renames it, so an interrupted save never leaves a half-written checkpoint.
+the step, the torch RNG state, the config and the history. A sharded (FSDP) run gathers the
+same full state on rank 0 and writes it with :func:`write`, so one file resumes a run on any
+number of ranks, DDP or FSDP. Saving writes a temporary file next to the target and renames
+it, so an interrupted save never leaves a half-written checkpoint.
 
 What it does not: rebuild the model — load it into the same binarized model (same pass config).
 """
@@ -23,12 +25,19 @@ FORMAT = "binattn-train-checkpoint/1"
 
 def save(path: str | Path, model: nn.Module, optimizer: Optional[torch.optim.Optimizer],
          step: int, config: dict, history: list[dict], extra: Optional[dict] = None) -> Path:
-    """Write the checkpoint atomically; returns its path."""
+    """Write the checkpoint of ``model`` and ``optimizer`` atomically; returns its path."""
+    return write(path, model.state_dict(),
+                 None if optimizer is None else optimizer.state_dict(), step, config, history,
+                 extra)
+
+
+def write(path: str | Path, model_state: dict, optimizer_state: Optional[dict], step: int,
+          config: dict, history: list[dict], extra: Optional[dict] = None) -> Path:
+    """Write a checkpoint from state dicts (a sharded run's gathered full state) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"format": FORMAT, "step": int(step), "config": config, "history": history,
-            "model": model.state_dict(),
-            "optimizer": None if optimizer is None else optimizer.state_dict(),
+            "model": model_state, "optimizer": optimizer_state,
             "rng": torch.get_rng_state(), "extra": extra or {}}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

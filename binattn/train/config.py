@@ -18,6 +18,7 @@ from .schedules import HAD_FRACTIONS
 RECIPE_NAMES = ("binaryattention", "had", "fp")
 DISTILL_KINDS = ("hard", "soft", "none")
 TASKS = ("auto", "classification", "embedding")
+PARALLEL_MODES = ("ddp", "fsdp")
 SITE_OPTIONS = ("scale_mode", "top_n", "pv_bits", "ste_clip")  # None: the recipe's default
 
 
@@ -55,6 +56,11 @@ class TrainConfig:
         log_every: read the step's loss and its parts from the device every N steps (one host
             read per N steps; a step itself makes none), update the progress bar's loss and
             stop at a non-finite loss, naming its step; also at evaluations and checkpoints.
+        parallel: under torchrun (``WORLD_SIZE`` > 1), ``"ddp"`` (replicated student, gradients
+            all-reduced) or ``"fsdp"`` (FSDP2 ``fully_shard``: parameters, gradients and AdamW
+            state sharded over the ranks, for students too large to replicate). One process
+            ignores it. Checkpoints are full either way and resume under either, at any number
+            of ranks.
     """
 
     recipe: str = "binaryattention"
@@ -90,6 +96,7 @@ class TrainConfig:
     eval_every: int = 0
     log_every: int = 10
     stop_at: Optional[int] = None
+    parallel: str = "ddp"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,6 +112,7 @@ class TrainConfig:
             (0 <= self.label_weight <= 1, "label_weight must be in [0, 1]"),
             (self.calib_batches >= 1, "calib_batches must be >= 1"),
             (self.log_every >= 1, "log_every must be >= 1"),
+            (self.parallel in PARALLEL_MODES, f"parallel must be one of {PARALLEL_MODES}"),
         ]
         for ok, message in checks:
             if not ok:

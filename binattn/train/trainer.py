@@ -7,14 +7,18 @@ cosine, the recipe's per-step site schedule and loss, gradient clipping, a rich 
 (loss, stage, metric), periodic atomic checkpoints and exact resume (same batches, same RNG).
 A step reads nothing back from the device: losses stay tensors until the next log point
 (``log_every`` steps, an evaluation or a checkpoint), read in one go and checked there.
-Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel with DDP: each rank takes
-its share of every batch, rank 0 logs and writes checkpoints.
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it trains data-parallel (``parallel``: DDP, or
+FSDP2 ``fully_shard``, see ``parallel``): each rank takes its share of every batch, rank 0 logs
+and writes the one checkpoint (full state, gathered under FSDP; it resumes at any number of
+ranks, DDP or FSDP). HAD calibrates on the same batches on every rank and rank 0's scales are
+broadcast, so the static scales are identical on all ranks; the teacher is replicated.
 
 What it does not: binarize the model (``binattn.binarize``), load data (``data``), or choose loss
 terms (``recipes``).
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -28,6 +32,7 @@ from torch import nn
 
 from ..errors import UserError
 from . import checkpoint as ckpt
+from . import parallel
 from .config import TrainConfig
 from .data import TensorData, batches, steps_per_epoch
 from .metrics import accuracy, embedding_agreement
@@ -145,8 +150,10 @@ def _device(cfg: TrainConfig, d: _Dist) -> torch.device:
     if cfg.device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UserError("device 'cuda' asked for, but torch sees no GPU")
-        return torch.device("cuda", d.local_rank if d.world_size > 1 else
-                            torch.device(cfg.device).index or 0)
+        if d.world_size <= 1:
+            return torch.device("cuda", torch.device(cfg.device).index or 0)
+        torch.cuda.set_device(d.local_rank)   # NCCL and FSDP's device mesh use the current one
+        return torch.device("cuda", d.local_rank)
     return torch.device(cfg.device)
 
 
@@ -170,30 +177,51 @@ class Trainer:
         self.teacher = teacher.to(self.device) if teacher is not None else None
         self.teacher_sites = find_sites(self.teacher) if self.teacher is not None else []
         self.recipe.prepare(self.sites)
+        self.sharded = self.dist.world_size > 1 and cfg.parallel == "fsdp"
+        # under FSDP rank 0 keeps an unsharded CPU copy to return the trained model in
+        self.template = (copy.deepcopy(model).cpu() if self.sharded and self.dist.main
+                         else None)
         self.model.to(self.device).train()
         self.history: list[dict] = []
         self.start_step = 0
+        blob = self._load_or_calibrate()
+        self.ddp = self._wrap()
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
         torch.manual_seed(cfg.seed)
-        self._resume_or_calibrate()
-        self.ddp = self._wrap()
+        if blob is not None:
+            self._restore(blob)
 
     # -- setup ------------------------------------------------------------------------------
-    def _resume_or_calibrate(self) -> None:
+    def _load_or_calibrate(self) -> Optional[dict]:
+        """The checkpoint to resume from (every rank reads it), or None after calibrating."""
         path = self.cfg.checkpoint
         if path and self.cfg.resume and os.path.isfile(path):
-            blob = ckpt.load(path)
-            self.start_step = ckpt.restore(blob, self.model, self.optimizer)
-            self.history = list(blob.get("history", []))
-            return
-        calib = (inputs for inputs, _ in self._epoch_batches(0))
+            return ckpt.load(path)
+        # the same calibration batches on every rank (rank 0's view of the data) ...
+        calib = (inputs for inputs, _ in batches(self.data, self.cfg.batch_size,
+                                                 seed=self.cfg.seed, epoch=0))
         self.recipe.calibrate(self.model, self.sites, calib)
+        if self.dist.world_size > 1:   # ... and rank 0's scales, bit for bit, on all of them
+            for site in self.sites:
+                for scale in (site.q_scale, site.k_scale):
+                    if scale is not None:
+                        dist.broadcast(scale, src=0)
+        return None
+
+    def _restore(self, blob: dict) -> None:
+        if self.sharded:
+            parallel.load_full_state(self.ddp, self.optimizer, blob["model"],
+                                     blob.get("optimizer"))
+            torch.set_rng_state(blob["rng"])
+            self.start_step = int(blob["step"])
+        else:
+            self.start_step = ckpt.restore(blob, self.model, self.optimizer)
+        self.history = list(blob.get("history", []))
 
     def _wrap(self) -> nn.Module:
         if self.dist.world_size <= 1:
             return self.model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        return parallel.wrap(self.model, self.cfg.parallel, self.device)
 
     def _epoch_batches(self, epoch: int) -> Iterator:
         return batches(self.data, self.cfg.batch_size, seed=self.cfg.seed, epoch=epoch,
@@ -233,7 +261,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            parallel.clip_grad_norm(list(self.model.parameters()), self.cfg.grad_clip)
         self.optimizer.step()
         record = {"step": step + 1, "loss": loss.detach(), "lr": lr, "stage": plan.stage,
                   **parts}
@@ -259,12 +287,21 @@ class Trainer:
 
     # -- loop -------------------------------------------------------------------------------
     def save(self, step: int) -> None:
-        if self.cfg.checkpoint and self.dist.main:
+        """Rank 0 writes the checkpoint (under FSDP every rank helps gather the full state)."""
+        if not self.cfg.checkpoint:
+            return
+        if self.sharded:
+            model_state, optimizer_state = parallel.full_state(self.ddp, self.optimizer)
+            if self.dist.main:
+                ckpt.write(self.cfg.checkpoint, model_state, optimizer_state, step,
+                           self.cfg.to_dict(), self.history)
+        elif self.dist.main:
             ckpt.save(self.cfg.checkpoint, self.model, self.optimizer, step,
                       self.cfg.to_dict(), self.history)
 
     def evaluate(self) -> dict[str, float]:
-        if self.eval_data is None:
+        """Metrics on ``eval_data``: rank 0's (every rank runs the sharded model's forward)."""
+        if self.eval_data is None or not (self.dist.main or self.sharded):
             return {}
         return evaluate(self.model, self.eval_data, self.cfg.batch_size, self.task, self.teacher)
 
@@ -284,7 +321,7 @@ class Trainer:
                 if evaluate or save or done % self.cfg.log_every == 0:
                     self.read_logs(unread)   # before a checkpoint: never save a NaN model
                     unread = []
-                if evaluate and self.dist.main:
+                if evaluate and (self.dist.main or self.sharded):
                     scores = self.evaluate()
                     record.update({f"eval_{k}": v for k, v in scores.items()})
                     metric = "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
@@ -295,9 +332,24 @@ class Trainer:
             self.read_logs(unread)
         done = min(self.total, self.cfg.stop_at or self.total)
         self.save(done)
-        metrics = self.evaluate() if self.dist.main else {}
-        return TrainResult(self.model, self.teacher, self.history, metrics,
+        metrics = self.evaluate()
+        if not self.dist.main:
+            metrics = {}
+        return TrainResult(self.trained_model(), self.teacher, self.history, metrics,
                            done, time.perf_counter() - start)
+
+    def trained_model(self) -> nn.Module:
+        """The model trained in place; under FSDP (every rank calls it), rank 0 gets an
+        unsharded CPU copy with the gathered weights and the sites' final options."""
+        if not self.sharded:
+            return self.model
+        state, _ = parallel.full_state(self.ddp, None)
+        if self.template is None:
+            return self.model
+        self.template.load_state_dict(state)
+        for mine, trained in zip(find_sites(self.template), self.sites):
+            mine.options, mine.mode = trained.options, trained.mode
+        return self.template
 
 
 def _info(record: dict, metric: str) -> str:
