@@ -24,12 +24,7 @@ from binattn.tvm_kernels.cpu.target import cpu_features  # noqa: E402
 from .op_cases import CASES, Shape, dead_rows  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def session_cache(tmp_path_factory):
-    cache = KernelCache(tmp_path_factory.mktemp("kernels"))
-    cpu_build.use_cache(cache)
-    yield cache
-    cpu_build.use_cache(None)
+pytestmark = pytest.mark.usefixtures("tvm_cpu_cache")
 
 
 def reference_attention(*args, **kwargs):

@@ -22,18 +22,12 @@ from binattn import ops
 from binattn.models import demo_vit
 from binattn.ops import dispatch, reference
 from binattn.tvm_kernels.cpu import build as cpu_build, dispatch as cpu_dispatch
-from binattn.tvm_kernels.cache import KernelCache
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 COPIES = {"aten::clone", "aten::copy_", "aten::_to_copy", "aten::contiguous"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def session_cache(tmp_path_factory):
-    cache = KernelCache(tmp_path_factory.mktemp("kernels"))
-    cpu_build.use_cache(cache)
-    yield cache
-    cpu_build.use_cache(None)
+pytestmark = pytest.mark.usefixtures("tvm_cpu_cache")
 
 
 def _fused_qkv(dtype, b=2, n=37, h=4, d=40, gen=None):
