@@ -127,12 +127,13 @@ BACKWARD_TARGET = 1.5  # issue 17: binattn fwd+bwd ≥ 1.5× SDPA fp32 fwd+bwd
 
 def bench_backward(shape: tuple[int, int, int, int], repeat: int) -> dict:
     """Median ms of forward + backward: binattn (backward kernel), SDPA fp32, binattn with the
-    reference VJP as backward; and of binattn's backward op alone (kernel, reference)."""
+    reference VJP as backward; and of binattn's backward op alone (kernel, given δ as the
+    autograd formula gives it; reference)."""
     import torch
     import torch.nn.functional as F
 
     from binattn import ops
-    from binattn.ops import dispatch, options as op_options
+    from binattn.ops import dispatch, options as op_options, reference
 
     gen = torch.Generator().manual_seed(0)
     q, k, v, g = (torch.randn(*shape, generator=gen) for _ in range(4))
@@ -152,6 +153,7 @@ def bench_backward(shape: tuple[int, int, int, int], repeat: int) -> dict:
         F.scaled_dot_product_attention(*leaves).backward(g)
 
     args = op_options.op_args(*op_options.split_keywords())
+    delta = reference.output_row_dot(g, torch.ops.binattn.binary_attention(q, k, v, *args))
 
     def backward_only(reference_vjp: bool):
         def call():
@@ -159,7 +161,7 @@ def bench_backward(shape: tuple[int, int, int, int], repeat: int) -> dict:
                 with dispatch.reference_only():
                     torch.ops.binattn.binary_attention_backward(g, q, k, v, *args)
             else:
-                torch.ops.binattn.binary_attention_backward(g, q, k, v, *args)
+                torch.ops.binattn.binary_attention_backward(g, q, k, v, *args, delta)
         return call
 
     fns = {"SDPA fp32": sdpa_step, "binattn (bwd kernel)": binattn_step(False),

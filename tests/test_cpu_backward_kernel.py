@@ -3,13 +3,16 @@ covers, odd N and D, GQA, causal, masks, dense biases broadcast every way, the t
 modes, half inputs; that the kernel ran (``kernel_report``); that what it does not cover falls
 back with its reason; a training step of a binarized ViT gives the reference's gradients.
 
-Gradients come through the op's autograd (``loss.backward()``), the kernel path by default and
-the reference inside ``dispatch.reference_only()``. Builds go to a per-module cache directory.
+Gradients come through the op's autograd (``loss.backward()``), the kernel path by default (with
+δ = rowsum(dO∘O) from the saved output, checked to reach the kernel) and the reference inside
+``dispatch.reference_only()``; direct calls of the backward op with and without δ agree. Builds
+go to a per-module cache directory.
 """
 from __future__ import annotations
 
 import copy
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -19,9 +22,9 @@ from hypothesis import strategies as st
 import binattn
 from binattn import ops
 from binattn.models import digits_vit
-from binattn.ops import dispatch, options
+from binattn.ops import dispatch, options, reference
 from binattn.tvm_kernels.cache import KernelCache
-from binattn.tvm_kernels.cpu import build as cpu_build
+from binattn.tvm_kernels.cpu import backward_dispatch, build as cpu_build
 
 from .op_cases import CASES, Shape, randn
 
@@ -40,7 +43,8 @@ def module_cache(tmp_path_factory):
 
 
 def grads(q, k, v, grad, kwargs, reference: bool) -> list[torch.Tensor]:
-    """Gradients of q, k, v and of every float tensor keyword that needs one (bias)."""
+    """Gradients of q, k, v and of every float tensor keyword that needs one (bias); on the
+    kernel path, asserts that every kernel call got δ from the autograd formula."""
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
     kw = dict(kwargs)
     if kw.get("bias") is not None:
@@ -52,7 +56,10 @@ def grads(q, k, v, grad, kwargs, reference: bool) -> list[torch.Tensor]:
             with dispatch.reference_only():
                 ops.binary_attention(*leaves[:3], **kw).backward(grad)
         else:
-            ops.binary_attention(*leaves[:3], **kw).backward(grad)
+            with mock.patch.object(backward_dispatch, "_run_kernel",
+                                   wraps=backward_dispatch._run_kernel) as spy:
+                ops.binary_attention(*leaves[:3], **kw).backward(grad)
+            assert all(call.args[-1] is not None for call in spy.call_args_list)
     return [t.grad for t in leaves]
 
 
@@ -65,15 +72,23 @@ def check(q, k, v, kwargs, seed: int = 0, kernel: bool = True) -> str:
     path = dispatch.kernel_report()[OP]
     assert path.startswith("tvm-llvm") == kernel, path
     want = grads(q, k, v, grad, kwargs, reference=True)
-    half = v.dtype != torch.float32
+    assert_grads_close(got, want, v.dtype)
+    return path
+
+
+def assert_grads_close(got, want, dtype: torch.dtype) -> None:
+    """dq, dk, dv (, dbias) close, relative to each one's size. dq, dk and dbias are sums of
+    dS = P∘(dP − δ), which cancel to 0 (one key, a bias constant over the keys): there the
+    kernel's dP and its δ (from the output) are two float32 roundings of one sum, so the floor
+    is float32 rounding of dv's size (dv does not cancel)."""
+    half = dtype != torch.float32
+    floor = 1e-5 * max(want[2].float().abs().max().item(), 1.0)
     for name, a, b in zip(("dq", "dk", "dv", "dbias"), got, want):
         assert a.dtype == b.dtype and a.shape == b.shape, name
         scale = b.float().abs().max().item() + 1e-6
-        tol = (2e-2 if v.dtype == torch.bfloat16 else 5e-3) if half else 1e-4
-        # a bias constant over the keys has gradient Σ_j dS_ij = 0 up to cancellation
-        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=max(tol * scale, 1e-5),
+        tol = (2e-2 if dtype == torch.bfloat16 else 5e-3) if half else 1e-4
+        torch.testing.assert_close(a.float(), b.float(), rtol=tol, atol=max(tol * scale, floor),
                                    msg=lambda m: f"{name}: {m}")
-    return path
 
 
 @pytest.mark.op_cases(kernel="cpu")
@@ -190,3 +205,27 @@ def test_training_step_of_a_binarized_vit_matches_the_reference():
         scale = want[name].abs().max().item() + 1e-6
         torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-4 * scale,
                                    msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("case", ["plain", "gqa_causal", "bool_mask_bias"])
+def test_direct_backward_op_with_and_without_delta(case):
+    """The backward op called directly: without δ (the kernel forms it from dP) and with δ =
+    rowsum(grad ∘ out) (the autograd formula's), both through the kernel, both the reference
+    VJP's gradients."""
+    gen = torch.Generator().manual_seed(11)
+    q, k, v, kwargs = CASES[case].inputs(gen, SHAPE)
+    tensors, opts = options.split_keywords(**kwargs)
+    grad = torch.randn(*q.shape[:-1], v.shape[-1], generator=gen)
+    args = (grad, q, k, v, *options.op_args(tensors, opts))
+    out = torch.ops.binattn.binary_attention(q, k, v, *args[4:])
+    delta = reference.output_row_dot(grad, out)
+    with dispatch.reference_only():
+        want = torch.ops.binattn.binary_attention_backward(*args)
+    for extra in ((), (delta,)):
+        with mock.patch.object(backward_dispatch, "_run_kernel",
+                               wraps=backward_dispatch._run_kernel) as spy:
+            got = torch.ops.binattn.binary_attention_backward(*args, *extra)
+        assert dispatch.kernel_report()[OP].startswith("tvm-llvm")
+        assert (spy.call_args.args[-1] is None) == (not extra)
+        n = 3 if tensors.bias is None else 4   # dq, dk, dv (, dbias)
+        assert_grads_close(got[:n], want[:n], v.dtype)

@@ -206,6 +206,17 @@ def test_opcheck_binary_attention_backward(opts):
     opcheck(torch.ops.binattn.binary_attention_backward.default, (grad,) + detached)
 
 
+def test_opcheck_binary_attention_backward_with_delta():
+    """The trailing ``delta`` (rowsum(grad ∘ out), what the autograd formula passes)."""
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else a
+                 for a in attention_args(bias=True, is_causal=True))
+    grad = rand(2, 4, 6, 16, seed=8, dtype=torch.float32)
+    out = torch.ops.binattn.binary_attention(*args)
+    delta = reference.output_row_dot(grad, out)
+    opcheck(torch.ops.binattn.binary_attention_backward.default,
+            (grad,) + args + (None, None, None, delta))
+
+
 @pytest.mark.parametrize("shape", [(3, 70), (2, 3, 5, 32), (4, 1)])
 def test_opcheck_sign_pack(shape):
     opcheck(torch.ops.binattn.sign_pack.default, (rand(*shape, dtype=torch.float32),))

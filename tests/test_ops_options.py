@@ -73,6 +73,20 @@ def test_schema_and_argument_order_come_from_the_options():
         options.from_op_args((), {"top_k": 3})
 
 
+def test_the_backward_schema_ends_with_an_optional_delta():
+    """``delta`` comes last with a default: calls and programs without it still work."""
+    schema = str(torch.ops.binattn.binary_attention_backward.default._schema)
+    assert schema == "binattn::binary_attention_backward" + options.op_schema(
+        "Tensor grad, Tensor q, Tensor k, Tensor v", "(Tensor, Tensor, Tensor, Tensor, Tensor)",
+        options.BACKWARD_ARGS)
+    assert schema.split(") ->")[0].endswith("Tensor? delta=None")
+    args = options.op_args(AttentionTensors(), AttentionOptions())
+    delta = torch.zeros(1)
+    assert options.split_backward_args(args) == (args, None)
+    forward_args, got = options.split_backward_args(args + (delta,))
+    assert forward_args == args and got is delta
+
+
 def test_a_site_holds_one_options_object_that_training_replaces():
     site = BinaryAttentionSite(index=0, module_path="a", matcher="m", shape={},
                                options=AttentionOptions(is_causal=True, scale=0.25))

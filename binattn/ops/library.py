@@ -8,8 +8,9 @@ Ops (namespace ``binattn``):
     top_n?, pv_bits?, binarizer, temperature, ste_clip, bias_index?=None, sinks?=None,
     soft_cap?=None — fixed by saved programs); the kernels get
     ``(q, k, v, AttentionTensors, AttentionOptions)``
-  - ``binary_attention_backward(grad, <same inputs>) -> (dq, dk, dv, dbias, dsinks)`` (STE
-    gradients)
+  - ``binary_attention_backward(grad, <same inputs>, delta?=None) -> (dq, dk, dv, dbias,
+    dsinks)`` (STE gradients; ``delta`` = rowsum(grad ∘ out), ``options.BACKWARD_ARGS``, which
+    the autograd formula passes from the saved output and a kernel may use instead of dP)
 
 Each op's real implementation goes through ``dispatch.run`` (TVM kernel or reference). The
 backward is its own op so that torch.compile /
@@ -19,6 +20,8 @@ What it does not: validate tensors (the wrappers in ``binattn.ops`` do that; opt
 by ``AttentionOptions`` as they are read, once per distinct set) or hold math.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -109,9 +112,10 @@ def _binary_attention_fake(q: Tensor, k: Tensor, v: Tensor, *args) -> Tensor:
 
 
 def _attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
-                        tensors: AttentionTensors, options: AttentionOptions):
-    """Analytic STE backward of the reference; an empty dbias (dsinks) stands for "no bias"
-    ("no sinks")."""
+                        tensors: AttentionTensors, options: AttentionOptions,
+                        delta: Optional[Tensor] = None):
+    """Analytic STE backward of the reference (which forms its own δ from P and ignores
+    ``delta``); an empty dbias (dsinks) stands for "no bias" ("no sinks")."""
     dq, dk, dv, dbias, dsinks = reference.binary_attention_backward(grad, q, k, v, tensors,
                                                                     options)
     dbias = dbias.contiguous() if dbias is not None else q.new_empty((0,))
@@ -121,16 +125,18 @@ def _attention_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
 
 def binary_attention_backward_op(grad: Tensor, q: Tensor, k: Tensor, v: Tensor,
                                  *args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``binattn::binary_attention_backward``: ``grad`` then the forward's arguments."""
+    """``binattn::binary_attention_backward``: ``grad``, the forward's arguments, ``delta``."""
+    args, delta = options.split_backward_args(args)
     tensors, opts = options.from_op_args(args)
     return dispatch.run("binary_attention_backward", q.device.type, _attention_backward, grad,
-                        q, k, v, tensors, opts)
+                        q, k, v, tensors, opts, delta)
 
 
 binary_attention_backward_op = torch.library.custom_op(
     f"{LIB}::binary_attention_backward", binary_attention_backward_op, mutates_args=(),
     schema=options.op_schema("Tensor grad, Tensor q, Tensor k, Tensor v",
-                             "(Tensor, Tensor, Tensor, Tensor, Tensor)"))
+                             "(Tensor, Tensor, Tensor, Tensor, Tensor)",
+                             options.BACKWARD_ARGS))
 
 
 @binary_attention_backward_op.register_fake
@@ -138,21 +144,25 @@ def _binary_attention_backward_fake(grad, q, k, v, *args):
     def like(x):  # contiguous, as the real backward returns them, whatever x's strides
         return x.new_empty(x.shape) if x is not None else q.new_empty((0,))
 
-    tensors, _ = options.from_op_args(args)
+    tensors, _ = options.from_op_args(options.split_backward_args(args)[0])
     return like(q), like(k), like(v), like(tensors.bias), like(tensors.sinks)
 
 
 def _setup_context(ctx, inputs, output):
+    """Saves the inputs and the output (the out-projection's input in a model: no extra memory)
+    for δ = rowsum(grad ∘ out)."""
     q, k, v, *args = inputs
     tensors, ctx.options = options.from_op_args(tuple(args))
-    ctx.save_for_backward(q, k, v, *tensors)
+    ctx.save_for_backward(q, k, v, output, *tensors)
 
 
 def _backward(ctx, grad):
-    q, k, v, *tensors = ctx.saved_tensors
+    q, k, v, out, *tensors = ctx.saved_tensors
     tensors = AttentionTensors(*tensors)
+    # with 8-bit P and V the output is not P·V, so δ is not rowsum(grad ∘ out) there
+    delta = reference.output_row_dot(grad, out) if ctx.options.pv_bits is None else None
     dq, dk, dv, dbias, dsinks = binary_attention_backward_op(
-        grad, q, k, v, *options.op_args(tensors, ctx.options))
+        grad, q, k, v, *options.op_args(tensors, ctx.options), delta)
     dbias = dbias if tensors.bias is not None else None
     dsinks = dsinks if tensors.sinks is not None else None
     return (dq, dk, dv) + options.op_grads(bias=dbias, sinks=dsinks)

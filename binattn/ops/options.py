@@ -141,11 +141,25 @@ OP_ARG_NAMES = tuple(name for name, _ in OP_ARGS)
 assert set(OP_ARG_NAMES) == set(OPTION_NAMES) | set(TENSOR_NAMES)
 
 
-def op_schema(leading: str, returns: str) -> str:
+# the backward op's arguments after the forward's (grad, q, k, v, then OP_ARGS), same rule:
+# ``delta`` = rowsum(grad ∘ out) [B, Hq, Nq] float32, which a kernel may use instead of dP
+BACKWARD_ARGS = (("delta", "Tensor? delta=None"),)
+
+
+def op_schema(leading: str, returns: str, trailing: tuple = ()) -> str:
     """The schema text of an op taking ``leading`` (e.g. ``"Tensor q, Tensor k, Tensor v"``),
-    then the options in :data:`OP_ARGS` order."""
-    options = ", ".join(kind if " " in kind else f"{kind} {name}" for name, kind in OP_ARGS)
+    then the options in :data:`OP_ARGS` order, then ``trailing`` (e.g. :data:`BACKWARD_ARGS`)."""
+    options = ", ".join(kind if " " in kind else f"{kind} {name}"
+                        for name, kind in OP_ARGS + tuple(trailing))
     return f"({leading}, {options}) -> {returns}"
+
+
+def split_backward_args(args: tuple) -> tuple[tuple, Optional[torch.Tensor]]:
+    """The backward op's arguments after grad, q, k, v → (the forward's arguments after q, k,
+    v; ``delta`` or None). The dispatcher passes ``delta`` only when a caller gave it."""
+    if len(args) > len(OP_ARG_NAMES):
+        return tuple(args[:len(OP_ARG_NAMES)]), args[len(OP_ARG_NAMES)]
+    return tuple(args), None
 
 
 def op_args(tensors: AttentionTensors, options: AttentionOptions) -> tuple:

@@ -365,27 +365,40 @@ def _sum_to_shape(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return x.sum(dims, keepdim=True) if dims else x
 
 
-def binarize_value(x: torch.Tensor, options: AttentionOptions) -> torch.Tensor:
+def binarize_value(x: torch.Tensor, options: AttentionOptions,
+                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The forward value of :func:`binarize_as` with no gradient (±1 for ``sign``, in one
-    pass; the soft binarizers' values as they are)."""
+    pass, into ``out`` if given; the soft binarizers' values as they are)."""
     if options.binarizer == "sign":
         # sign(sign(x) + ½): +1 for x ≥ 0 (±0 included), −1 below, NaN for NaN (as sign_ste);
         # two arithmetic passes, several times faster on CPU than a where over a bool mask
-        return torch.sign(x).add_(0.5).sign_()
-    return binarize_as(x, options).detach()
+        return torch.sign(x, out=out).add_(0.5).sign_()
+    value = binarize_as(x, options).detach()
+    return value if out is None else out.copy_(value)
 
 
-def _input_grad(x, s, b_in, d_hat, options: AttentionOptions):
-    """Gradient to q (or k) from d(x̂) where x̂ = s·binarize(x_in). Not differentiable itself
-    (in-place on its own temporaries: each fresh N·D tensor costs page faults on CPU)."""
-    deriv = (b_in.abs().le_(options.ste_clip) if options.binarizer == "sign" else
-             binarize_derivative(b_in, options.binarizer, options.temperature, options.ste_clip))
-    grad = deriv.mul_(d_hat) if options.scale_mode == "static" else deriv.mul_(d_hat).mul_(s)
+def _input_grad(x, s, b_in, d_hat, options: AttentionOptions, work: torch.Tensor):
+    """Gradient to q (or k) from d(x̂) where x̂ = s·binarize(x_in), written over ``d_hat``
+    (which it returns), with ``work`` (x's shape) as scratch. Not differentiable itself
+    (in place: each fresh N·D tensor costs page faults on CPU)."""
+    if options.scale_mode == "mean_abs":   # ds = Σ binarize(x_in)·d(x̂), before d_hat changes
+        ds = binarize_value(b_in, options, out=work).mul_(d_hat).sum(dim=(-2, -1), keepdim=True)
+    if options.binarizer == "sign":
+        d_hat.mul_(torch.abs(b_in, out=work).le_(options.ste_clip))
+    else:
+        d_hat.mul_(binarize_derivative(b_in, options.binarizer, options.temperature,
+                                       options.ste_clip))
+    grad = d_hat if options.scale_mode == "static" else d_hat.mul_(s)
     if options.scale_mode == "mean_abs":
-        work = binarize_value(b_in, options)
-        ds = work.mul_(d_hat).sum(dim=(-2, -1), keepdim=True)
         grad = grad.addcmul_(torch.sign(x, out=work), ds / (x.shape[-2] * x.shape[-1]))
     return grad
+
+
+def _scratch(*shaped: torch.Tensor) -> list[torch.Tensor]:
+    """One uninitialised buffer per tensor of ``shaped`` (its shape, dtype and device), all
+    views of one allocation as large as the largest (used one after another)."""
+    flat = shaped[0].new_empty(max(t.numel() for t in shaped))
+    return [flat[:t.numel()].view(t.shape) for t in shaped]
 
 
 class BackwardInputs(NamedTuple):
@@ -438,15 +451,25 @@ def backward_outputs(inputs: BackwardInputs, dq_hat: torch.Tensor, dk_hat: torch
     """``(dq, dk, dv)`` in the inputs' dtypes from the gradients of the scores' operands,
     ``dq_hat = scale·dS·k̂`` ``[B, Hq, Nq, D]`` and ``dk_hat = scale·dSᵀ·q̂`` ``[B, Hq, Nk, D]``,
     and ``dv [B, Hq, Nk, Dv]`` (per query head): the STE window and the mean|x| scales'
-    gradient, GQA sums over a group's query heads (shared by the reference VJP and kernels)."""
+    gradient, GQA sums over a group's query heads (shared by the reference VJP and kernels).
+    ``dq_hat`` and ``dk_hat`` are overwritten (the callers' temporaries)."""
     i = inputs
-    dq = _input_grad(i.qf, i.s_q, i.q_in, dq_hat, options)
-    dk = _input_grad(i.kf, i.s_k, i.k_in, dk_hat, options)
+    work_q, work_k = _scratch(i.q_in, i.k_in)
+    dq = _input_grad(i.qf, i.s_q, i.q_in, dq_hat, options, work_q)
+    dk = _input_grad(i.kf, i.s_k, i.k_in, dk_hat, options, work_k)
     if i.group > 1:
         hkv = k.shape[-3]
         dk = dk.unflatten(-3, (hkv, i.group)).sum(-3)
         dv = dv.unflatten(-3, (hkv, i.group)).sum(-3)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def output_row_dot(grad_out: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``δ = rowsum(grad_out ∘ out)`` ``[..., Nq]`` in float32 (float64 for float64 inputs): the
+    ``Σ_j p_j·dp_j`` of the VJP wherever ``out = P·V`` (every option but ``pv_bits=8``), which
+    the autograd formula hands to the backward op so a kernel need not form dP = dO·Vᵀ for it."""
+    dtype = compute_dtype(grad_out, out)
+    return torch.linalg.vecdot(grad_out.to(dtype), out.to(dtype))
 
 
 def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,

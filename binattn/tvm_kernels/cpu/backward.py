@@ -7,9 +7,10 @@ head) units (several when a bias broadcast over batch or heads makes units share
 per unit and query block of ``block_q`` rows, over key tiles of ``block_k`` keys:
 
 * pass 1 recomputes the scores from the packed bits, ``s = coef·(D − 2·popc(q XOR k)) + add``
-  (``add`` = bias + mask, keys past ``nk`` and past the causal diagonal −inf), the row max
-  ``m`` and sum ``l`` online, and ``δ = Σ_j p_j·dp_j`` (= rowsum(dO∘O)) online from
-  ``dP = dO·Vᵀ``;
+  (``add`` = bias + mask, keys past ``nk`` and past the causal diagonal −inf) and the row max
+  ``m`` and sum ``l`` online (the log-sum-exp); ``δ = Σ_j p_j·dp_j`` (= rowsum(dO∘O)) is an
+  argument (``wl.delta``: the host passes it from the forward's output), else it is formed
+  online here from ``dP = dO·Vᵀ``;
 * pass 2 recomputes ``P = exp(s − m)/l`` and ``dP``, forms ``dS = P∘(dP − δ)``, adds it into the
   bias gradient (summed over the bias's broadcast dims), ``dV += Pᵀ·dO``,
   ``dK̂ += dSᵀ·Q̂``, ``dQ̂ += dS·K̂``, where Q̂ = ±qmul and K̂ = ±kmul (``qmul`` = softmax
@@ -19,9 +20,10 @@ per unit and query block of ``block_q`` rows, over key tiles of ``block_k`` keys
 Rows with no visible key get P = 0 (zero gradients), as the reference; a NaN score multiplier
 makes every gradient of its unit NaN. Arguments: ``qb [B, H, NQ, W]``, ``kb [B, H, W, NK]``
 (sign words, k's transposed), ``qmul``, ``kmul``, ``coef [B, H]``, ``v [B, H, NK, Dv]``,
-``do [B, H, NQ, Dv]``, ``add`` (bias + mask, broadcast dims of size 1; 1 element if none), the
-outputs ``dq̂ [B, H, NQ, D]``, ``dk̂ [B, H, NK, D]``, ``dv [B, H, NK, Dv]``, ``dbias [nchunk,
-B|1, H|1, NQ|1, NK|1]`` (added into), then the true key count ``nk``, ``hd`` = D and
+``do [B, H, NQ, Dv]``, ``add`` (bias + mask, broadcast dims of size 1; 1 element if none),
+``delta [B, H, NQ]`` (1 element unless ``wl.delta``), the outputs ``dq̂ [B, H, NQ, D]``,
+``dk̂ [B, H, NK, D]``, ``dv [B, H, NK, Dv]``, ``dbias [nchunk, B|1, H|1, NQ|1, NK|1]`` (added
+into), then the true key count ``nk``, ``hd`` = D and
 ``nslot``/``nchunk`` (the task split, :func:`unit_of`). Everything is per query head (the host
 expands GQA's k/v heads and sums dK/dV over a group), float32, padded: NQ to ``block_q``, NK to
 ``block_k``, D and Dv to 16 (zeros).
@@ -42,14 +44,15 @@ from ...schedules.cpu.backward import BackwardKnobs, tile_cols
 from .kernels import NEG_INF, _tree, fexp
 
 #: part of every cache key: bump it when the kernel's arguments or math change
-KERNEL_VERSION = 6
+KERNEL_VERSION = 7
 
 
 @dataclass(frozen=True)
 class BackwardWorkload:
     """What a backward kernel is specialised for: words per row, padded D and Dv, causal, and
     the broadcast flags of the additive tensor over (B, H, Nq) (None: no bias or mask) and of
-    the bias over (B, H, Nq, Nk) (None: no bias gradient)."""
+    the bias over (B, H, Nq, Nk) (None: no bias gradient); ``delta``: δ = rowsum(dO∘O) is an
+    argument (else pass 1 forms it from dP)."""
 
     words: int
     head_dim: int
@@ -57,6 +60,7 @@ class BackwardWorkload:
     causal: bool = False
     add_bcast: Optional[tuple[bool, bool, bool]] = None
     bias_bcast: Optional[tuple[bool, bool, bool, bool]] = None
+    delta: bool = False
 
     def tag(self) -> str:
         def flags(bcast: Optional[tuple[bool, ...]]) -> str:
@@ -64,7 +68,7 @@ class BackwardWorkload:
 
         return (f"bwd{KERNEL_VERSION}_w{self.words}_d{self.head_dim}_dv{self.value_dim}"
                 f"_c{int(self.causal)}"
-                f"_add{flags(self.add_bcast)}_db{flags(self.bias_bcast)}")
+                f"_add{flags(self.add_bcast)}_db{flags(self.bias_bcast)}_dl{int(self.delta)}")
 
     def owns(self) -> tuple[bool, bool]:
         """Whether a unit owns its bias-gradient slot over batch and over heads."""
@@ -94,6 +98,7 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
     ab, ah, aq = (int(not f) for f in (wl.add_bcast or (True,) * 3))
     gb, gh, gq, gk = (int(not f) for f in (wl.bias_bcast or (True,) * 4))
     own_b, own_h = wl.owns()
+    given_delta = wl.delta
 
     @T.macro
     def scores(S, qb, kb, add, c, b, h, q0, k0, nk, hd):
@@ -132,7 +137,8 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
 
     @T.macro
     def online_stats(S, Dp, m, l, dl, red, i):
-        """Row i of pass 1: running max m, sum l and δ-numerator dl, rescaled to the new max."""
+        """Row i of pass 1: running max m, sum l (and δ-numerator dl unless δ is given),
+        rescaled to the new max."""
         for jj in T.vectorized(vl):
             red[jj] = NEG_INF
         for jo in range(bk // vl):
@@ -148,12 +154,13 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                 S[i, jo * vl + jj] = fexp(S[i, jo * vl + jj] - muse)
                 red[jj] = red[jj] + S[i, jo * vl + jj]
         l[i] = l[i] * alpha + _tree(T.Add, [red[x] for x in range(vl)])
-        for jj in T.vectorized(vl):
-            red[jj] = T.float32(0)
-        for jo in range(bk // vl):
+        if not given_delta:
             for jj in T.vectorized(vl):
-                red[jj] = red[jj] + S[i, jo * vl + jj] * Dp[i, jo * vl + jj]
-        dl[i] = dl[i] * alpha + _tree(T.Add, [red[x] for x in range(vl)])
+                red[jj] = T.float32(0)
+            for jo in range(bk // vl):
+                for jj in T.vectorized(vl):
+                    red[jj] = red[jj] + S[i, jo * vl + jj] * Dp[i, jo * vl + jj]
+            dl[i] = dl[i] * alpha + _tree(T.Add, [red[x] for x in range(vl)])
         m[i] = mnew
 
     @T.macro
@@ -229,8 +236,8 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                         dqacc[io * ri + ii, dc * cq + d] = r[ii, d]
 
     @T.macro
-    def unit(qb, kb, qmul, kmul, v, do, coef, add, dq, dk, dv, dbias, chunk, b, h, nk, hd, NQ,
-             NK):
+    def unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk, b, h, nk, hd,
+             NQ, NK):
         """Every gradient of one (b, q head), query block by query block."""
         S = T.alloc_buffer((bq, bk), "float32")
         Dp = T.alloc_buffer((bq, bk), "float32")
@@ -269,13 +276,17 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                 dl[i] = T.float32(0)
             for kt in range(ntiles):
                 scores(S, qb, kb, add, c, b, h, q0, kt * bk, nk, hd)
-                dp_tile(Dp, do, vt, b, h, q0, kt * bk)
+                if not given_delta:
+                    dp_tile(Dp, do, vt, b, h, q0, kt * bk)
                 for i in range(bq):
                     online_stats(S, Dp, m, l, dl, red, i)
             for i in range(bq):
                 mu[i] = T.Select(m[i] == NEG_INF, T.float32(0), m[i])
                 linv[i] = T.Select(l[i] > T.float32(0), T.float32(1) / l[i], T.float32(0))
-                delta[i] = dl[i] * linv[i]
+                if given_delta:
+                    delta[i] = dlt[b, h, q0 + i]
+                else:
+                    delta[i] = dl[i] * linv[i]
                 for d in T.vectorized(dp):
                     dqacc[i, d] = poison
             signs(Qs, qb, b, h, q0, bq, qmul[b, h], hd, False)
@@ -292,9 +303,9 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
 
     @T.prim_func
     def main(qb_h: T.handle, kb_h: T.handle, qm_h: T.handle, km_h: T.handle, v_h: T.handle,
-             do_h: T.handle, coef_h: T.handle, add_h: T.handle, dq_h: T.handle, dk_h: T.handle,
-             dv_h: T.handle, dbias_h: T.handle, nk: T.int32, hd: T.int32, nslot: T.int32,
-             nchunk: T.int32):
+             do_h: T.handle, coef_h: T.handle, add_h: T.handle, dlt_h: T.handle, dq_h: T.handle,
+             dk_h: T.handle, dv_h: T.handle, dbias_h: T.handle, nk: T.int32, hd: T.int32,
+             nslot: T.int32, nchunk: T.int32):
         T.func_attr({"tir.noalias": True})
         B = T.int32()
         H = T.int32()
@@ -304,6 +315,9 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
         AH = T.int32()
         AQ = T.int32()
         AK = T.int32()
+        DB = T.int32()
+        DH = T.int32()
+        DQ = T.int32()
         GC = T.int32()
         GB = T.int32()
         GH = T.int32()
@@ -317,6 +331,7 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
         do = T.match_buffer(do_h, (B, H, NQ, dvp), "float32")
         coef = T.match_buffer(coef_h, (B, H), "float32")
         add = T.match_buffer(add_h, (AB, AH, AQ, AK), "float32")
+        dlt = T.match_buffer(dlt_h, (DB, DH, DQ), "float32")
         dq = T.match_buffer(dq_h, (B, H, NQ, dp), "float32")
         dk = T.match_buffer(dk_h, (B, H, NK, dp), "float32")
         dv = T.match_buffer(dv_h, (B, H, NK, dvp), "float32")
@@ -327,16 +342,16 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
             reps = T.Bind(B * H // nslot)
             for rep in range(chunk * reps // nchunk, (chunk + 1) * reps // nchunk):
                 if own_b and own_h:
-                    unit(qb, kb, qmul, kmul, v, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk,
                          slot // H, slot % H, nk, hd, NQ, NK)
                 elif own_h:
-                    unit(qb, kb, qmul, kmul, v, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk,
                          rep, slot, nk, hd, NQ, NK)
                 elif own_b:
-                    unit(qb, kb, qmul, kmul, v, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk,
                          slot, rep, nk, hd, NQ, NK)
                 else:
-                    unit(qb, kb, qmul, kmul, v, do, coef, add, dq, dk, dv, dbias, chunk,
+                    unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk,
                          rep // H, rep % H, nk, hd, NQ, NK)
 
     return tvm.IRModule({"main": main.with_attr("global_symbol", "main")})

@@ -1,9 +1,11 @@
 """The CPU backward kernel's host side: tensors in, ``(dq, dk, dv, dbias, dsinks)`` out, and its
 registration with the op dispatcher for ``binattn::binary_attention_backward``.
 
-What it does: ``binary_attention_backward`` takes exactly the reference backward's arguments
-(``grad, q, k, v, AttentionTensors, AttentionOptions``) and returns what the library's reference
-path returns (empty tensors for "no bias" / "no sinks"). The O(N·D) math runs in torch through
+What it does: ``binary_attention_backward`` takes the library's backward arguments (``grad, q,
+k, v, AttentionTensors, AttentionOptions, delta``) and returns what the library's reference
+path returns (empty tensors for "no bias" / "no sinks"). ``delta`` (rowsum(grad ∘ out), from
+the autograd formula) goes to the kernel, which then skips dP in its first pass; without it
+(a direct call of the op) the kernel forms δ itself. The O(N·D) math runs in torch through
 the reference's own helpers (``reference.backward_inputs``: scales, Q̂ = s_q·sign(q), K̂, GQA
 expansion; ``reference.backward_outputs``: softmax scale, STE window, mean|x| gradient, GQA
 sums); the kernel (``cpu.backward``) does everything N×N. Bias + mask are combined by the
@@ -49,14 +51,16 @@ def _bias4(bias: Optional[torch.Tensor]) -> Optional[tuple[int, ...]]:
 
 
 def workload(q: torch.Tensor, v: torch.Tensor, add_shape: Optional[tuple[int, ...]],
-             bias: Optional[torch.Tensor], causal: bool) -> cpu_backward.BackwardWorkload:
-    """The kernel specialisation of a call (``add_shape``: the 4-D additive tensor's)."""
+             bias: Optional[torch.Tensor], causal: bool,
+             delta: bool = False) -> cpu_backward.BackwardWorkload:
+    """The kernel specialisation of a call (``add_shape``: the 4-D additive tensor's;
+    ``delta``: δ is given)."""
     bias4 = _bias4(bias)
     return cpu_backward.BackwardWorkload(
         reference.num_words(q.shape[-1]), cpu_forward._round_up(q.shape[-1], DIM_BUCKET),
         cpu_forward._round_up(v.shape[-1], DIM_BUCKET), bool(causal),
         None if add_shape is None else tuple(n == 1 for n in add_shape[:3]),
-        None if bias4 is None else tuple(n == 1 for n in bias4))
+        None if bias4 is None else tuple(n == 1 for n in bias4), bool(delta))
 
 
 def _pad_dim(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -81,13 +85,14 @@ def _per_head(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
 
 def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                               v: torch.Tensor, tensors: AttentionTensors,
-                              options: AttentionOptions) -> tuple[torch.Tensor, ...]:
+                              options: AttentionOptions,
+                              delta: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
     """The STE backward through the kernel (see the module docstring)."""
     bias, mask = tensors.bias, tensors.attn_mask
     inputs = reference.backward_inputs(q, k, v, tensors, options, bias)
     n_q, head_dim, n_k = q.shape[-2], q.shape[-1], k.shape[-2]
     add = cpu_forward._additive(bias, mask, n_q, n_k)
-    dq_hat, dk_hat, dv, dbias = _run_kernel(grad, q, k, v, inputs, add, bias, options)
+    dq_hat, dk_hat, dv, dbias = _run_kernel(grad, q, k, v, inputs, add, bias, options, delta)
     if bias is not None or (mask is not None and mask.is_floating_point()):
         _nan_policy((dq_hat, dk_hat, dv), add, n_q, n_k)
     dq, dk, dv = reference.backward_outputs(inputs, dq_hat[..., :n_q, :head_dim],
@@ -99,11 +104,12 @@ def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tens
 
 def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 inputs: reference.BackwardInputs, add: Optional[torch.Tensor],
-                bias: Optional[torch.Tensor], options: AttentionOptions
-                ) -> tuple[torch.Tensor, ...]:
+                bias: Optional[torch.Tensor], options: AttentionOptions,
+                delta: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """The kernel on padded, per-query-head inputs: padded ``(dq̂, dk̂, dv, dbias copies)``."""
     batch, heads, n_q, _ = q.shape
-    wl = workload(q, v, None if add is None else add.shape, bias, options.is_causal)
+    wl = workload(q, v, None if add is None else add.shape, bias, options.is_causal,
+                  delta is not None)
     knobs = DEFAULT_BACKWARD
     fn = backward_kernel(wl, knobs)
     nq_pad = cpu_forward._round_up(n_q, knobs.block_q)
@@ -115,7 +121,8 @@ def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
             _per_head(scale * inputs.s_q, batch, heads),
             _per_head(scale * inputs.s_k, batch, heads),
             _padded(inputs.vf, nk_pad, wl.value_dim), _padded(grad, nq_pad, wl.value_dim),
-            _per_head(coef, batch, heads), _padded_add(add, nq_pad, nk_pad)]
+            _per_head(coef, batch, heads), _padded_add(add, nq_pad, nk_pad),
+            _padded_delta(delta, nq_pad)]
     outs = [torch.empty(batch, heads, nq_pad, wl.head_dim),
             torch.empty(batch, heads, nk_pad, wl.head_dim),
             torch.empty(batch, heads, nk_pad, wl.value_dim)]
@@ -130,6 +137,14 @@ def _padded_bits(x: torch.Tensor, rows: int, heads: int) -> torch.Tensor:
     bits, _, _ = cpu_forward.pack_rows(x)
     bits = reference.expand_kv_heads(bits, heads)
     return _pad_dim(bits, 2, rows).contiguous()
+
+
+def _padded_delta(delta: Optional[torch.Tensor], nq_pad: int) -> torch.Tensor:
+    """δ ``[B, H, Nq]`` as float32 with rows padded to ``nq_pad`` (a 1-element stand-in if
+    none)."""
+    if delta is None:
+        return torch.zeros(1, 1, 1)
+    return cpu_forward._pad_dim(delta.to(torch.float32), 2, nq_pad).contiguous()
 
 
 def _padded_add(add: Optional[torch.Tensor], nq_pad: int, nk_pad: int) -> torch.Tensor:
@@ -188,7 +203,8 @@ def _option_reason(tensors: AttentionTensors, options: AttentionOptions,
 
 def binary_attention_backward_supports(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                                        v: torch.Tensor, tensors: AttentionTensors,
-                                       options: AttentionOptions) -> Optional[str]:
+                                       options: AttentionOptions,
+                                       delta: Optional[torch.Tensor] = None) -> Optional[str]:
     """None when the kernel runs this call, else the reason the reference runs."""
     reason = cpu_forward._dtype_reason(grad, q, k, v)
     if reason:
@@ -208,7 +224,10 @@ def binary_attention_backward_supports(grad: torch.Tensor, q: torch.Tensor, k: t
             if s is None or s.dtype == torch.float64 or not cpu_forward._positive(s):
                 return f"{name} must be positive float32 for the kernel"
     add_shape = cpu_forward._add_shape(None if bias is None else bias.shape, mask)
-    wl = workload(q, v, add_shape, bias, options.is_causal)
+    if delta is not None and (delta.device.type != "cpu" or
+                              delta.shape != (*q.shape[:-1],)):
+        return f"delta {tuple(delta.shape)} on {delta.device.type}, not [B, Hq, Nq] on cpu"
+    wl = workload(q, v, add_shape, bias, options.is_causal, delta is not None)
     return _try_build(wl)
 
 
