@@ -144,7 +144,7 @@ def _padded_delta(delta: Optional[torch.Tensor], nq_pad: int) -> torch.Tensor:
     none)."""
     if delta is None:
         return torch.zeros(1, 1, 1)
-    return cpu_forward._pad_dim(delta.to(torch.float32), 2, nq_pad).contiguous()
+    return _pad_dim(delta.to(torch.float32), 2, nq_pad).contiguous()
 
 
 def _padded_add(add: Optional[torch.Tensor], nq_pad: int, nk_pad: int) -> torch.Tensor:
