@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                    train_sentences=len(train_set), held_out=n_eval, python=bundle["python"],
                    device=args.device, seconds=round(time.perf_counter() - start, 1),
                    data=bundle.get("data", "stdlib-text"), threads=torch.get_num_threads(),
+                   max_len=bundle["max_len"], batch=args.batch,
                    history=history, registers=by_register, **scores)
         rows.append(row)
         with open(out / "results.jsonl", "a") as f:
