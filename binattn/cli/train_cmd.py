@@ -4,9 +4,11 @@ Loads MODEL (``.pt2``, ``torch.save``'d module, or Hugging Face model directory)
 attention (``binattn.binarize``), trains it with the chosen recipe against its own full-precision
 copy, and writes the trained model as a ``.pt2`` (the ops resolve after ``import binattn``) plus
 a training checkpoint next to it (``OUT.ckpt``; ``--resume`` continues from it). Data: a built-in
-offline set (``digits``, ``cluttered-digits``, ``stdlib-text`` for text models), a ``.npz``/``.pt``
-file holding ``x`` (and labels ``y`` for classification) or a ``.txt`` file of sentences (one per
-line, tokenized with the model directory's tokenizer).
+offline set (``digits``, ``cluttered-digits``, ``stdlib-text`` or ``english-mix`` for text
+models), a ``.npz``/``.pt`` file holding ``x`` (and labels ``y`` for classification) or a
+``.txt`` file of sentences (one per line, tokenized with the model directory's tokenizer).
+With ``english-mix`` it also reports cosine / Spearman / min cosine per held-out register
+(texts of sources never trained on, ``train.corpus``).
 
 What it does not: hyper-parameter search, or data pipelines beyond in-memory tensors.
 """
@@ -21,12 +23,10 @@ import torch
 
 from ..errors import UserError
 
-BUILTIN_DATA = ("digits", "cluttered-digits", "stdlib-text")
+BUILTIN_DATA = ("digits", "cluttered-digits", "stdlib-text", "english-mix")
 
 
-def _text_data(sentences: list[str], model_path: Path, max_len: int):
-    from ..train.data import TensorData
-
+def _tokenizer(model_path: Path):
     if not model_path.is_dir():
         raise UserError("text data needs a Hugging Face model directory with a tokenizer as MODEL")
     try:
@@ -35,8 +35,14 @@ def _text_data(sentences: list[str], model_path: Path, max_len: int):
         tok = AutoTokenizer.from_pretrained(str(model_path))
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"cannot load a tokenizer from {model_path}: {exc}") from None
-    enc = tok(sentences, padding="max_length", truncation=True, max_length=max_len,
-              return_tensors="pt")
+    return tok
+
+
+def _text_data(sentences: list[str], model_path: Path, max_len: int):
+    from ..train.data import TensorData
+
+    enc = _tokenizer(model_path)(sentences, padding="max_length", truncation=True,
+                                 max_length=max_len, return_tensors="pt")
     return TensorData((enc["input_ids"], enc["attention_mask"]))
 
 
@@ -50,6 +56,10 @@ def load_data(spec: str, model_path: Path, max_len: int):
         return data.cluttered_digits()
     if spec == "stdlib-text":
         return _text_data(data.stdlib_sentences(), model_path, max_len)
+    if spec == "english-mix":
+        from ..train import corpus
+
+        return _text_data(corpus.english_mix(), model_path, max_len)
     path = Path(spec)
     if path.suffix == ".txt":
         if not path.is_file():
@@ -62,6 +72,32 @@ def load_data(spec: str, model_path: Path, max_len: int):
         raise UserError(f"--data must be one of {BUILTIN_DATA} or a .npz/.pt/.txt file, "
                         f"got {spec!r}")
     return data.load_tensor_data(path)
+
+
+def register_report(model, teacher, model_path: Path, max_len: int,
+                    batch_size: int) -> dict[str, dict[str, float]]:
+    """Per held-out register of ``english-mix``: student vs teacher agreement of the outputs
+    (mean-pooled over real tokens when token-level; texts cut or padded to ``max_len`` tokens,
+    the length the graph was captured with)."""
+    from ..train import corpus, predict
+    from ..train.metrics import register_agreement
+
+    device = next(model.parameters()).device
+    out = {}
+    for register, texts in corpus.held_out_registers(128).items():
+        data = _text_data(texts, model_path, max_len).to(device)
+        mask = data.inputs[1]
+        out[register] = register_agreement(_pool(predict(model, data, batch_size), mask),
+                                           _pool(predict(teacher, data, batch_size), mask))
+    return out
+
+
+def _pool(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-level outputs ([n, tokens, d]) mean-pooled over the real tokens; else as given."""
+    if out.dim() != 3:
+        return out
+    weight = mask.to(out.dtype).unsqueeze(-1)
+    return (out * weight).sum(1) / weight.sum(1).clamp_min(1e-9)
 
 
 def split(data, eval_fraction: float, seed: int):
@@ -175,6 +211,7 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
                       progress=not quiet, parallel=parallel)
     output.parent.mkdir(parents=True, exist_ok=True)
     result = train(gm, train_set, cfg, eval_data=eval_set)
+<<<<<<< HEAD
     dist = torch.distributed
     if not dist.is_initialized() or dist.get_rank() == 0:   # under torchrun, rank 0 writes
         write_pt2(result.model.cpu(), example, output)
@@ -184,3 +221,16 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
     if dist.is_initialized():   # every rank done before any tears the process group down
         dist.barrier()
         dist.destroy_process_group()
+=======
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return  # under torchrun, rank 0 writes the outputs
+    if data_spec == "english-mix" and result.teacher is not None:
+        report = register_report(result.model, result.teacher, model, max_len, batch_size)
+        for register, m in report.items():
+            console.print(f"held-out {register:<12} cos {m['mean_cosine']:.4f}  spearman "
+                          f"{m['spearman']:.4f}  min {m['min_cosine']:.4f}  (n {m['n']})")
+    write_pt2(result.model.cpu(), example, output)
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s  {metrics}")
+    console.print(f"wrote {output} and {cfg.checkpoint}")
+>>>>>>> fidelity

@@ -8,7 +8,9 @@ What it does:
     of renderings per digit (fresh positions and clutter each), vectorized;
   - ``stratified_folds()``: stratified k-fold index splits (scikit-learn);
   - ``stdlib_sentences()``: unlabeled English sentences from the docstrings of the Python
-    standard library (always available offline), deduplicated, in a deterministic order;
+    standard library (always available offline), deduplicated, in a deterministic order
+    (``stdlib_module_sentences()``: the same with the module each comes from); the
+    multi-register ``english-mix`` corpus built on it lives in ``corpus``;
   - ``TensorData`` + ``batches()``: in-memory datasets and seeded, fixed-size batches, sharded
     across ranks for DDP.
 
@@ -238,6 +240,22 @@ def _is_prose(sentence: str, min_chars: int, max_chars: int) -> bool:
     return len(words) >= 5 and sum(map(len, words)) >= 0.7 * len(sentence.replace(" ", ""))
 
 
+def stdlib_module_sentences(min_chars: int = 40, max_chars: int = 240,
+                            modules: Optional[Sequence[str]] = None
+                            ) -> Iterator[tuple[str, str]]:
+    """``(module, sentence)`` for the prose sentences of each module's docstrings (the first
+    module a sentence appears in; deduplicated across modules)."""
+    seen: set[str] = set()
+    for name in stdlib_modules() if modules is None else modules:
+        for doc in _docstrings(name):
+            for paragraph in doc.split("\n\n"):
+                text = " ".join(paragraph.split())
+                for sentence in _SENTENCE_END.split(text):
+                    if _is_prose(sentence, min_chars, max_chars) and sentence not in seen:
+                        seen.add(sentence)
+                        yield name, sentence
+
+
 def stdlib_sentences(min_chars: int = 40, max_chars: int = 240,
                      modules: Optional[Sequence[str]] = None) -> list[str]:
     """Unlabeled English prose: sentences from standard-library docstrings, deduplicated.
@@ -246,15 +264,7 @@ def stdlib_sentences(min_chars: int = 40, max_chars: int = 240,
     dominate, no code or doctest markers). Order is deterministic for a given Python version;
     the set differs slightly between Python versions (record ``sys.version`` with results).
     """
-    seen: dict[str, None] = {}
-    for name in stdlib_modules() if modules is None else modules:
-        for doc in _docstrings(name):
-            for paragraph in doc.split("\n\n"):
-                text = " ".join(paragraph.split())
-                for sentence in _SENTENCE_END.split(text):
-                    if _is_prose(sentence, min_chars, max_chars):
-                        seen.setdefault(sentence, None)
-    return list(seen)
+    return [s for _, s in stdlib_module_sentences(min_chars, max_chars, modules)]
 
 
 def python_version() -> str:

@@ -3,7 +3,8 @@
 ``embedding_agreement`` is how the MiniLM benchmark judges a binarized sentence encoder: the mean
 cosine between FP and binarized embeddings of the same sentences, and the Spearman correlation
 between the two models' pairwise-similarity matrices (does the binarized model rank sentence
-pairs like the FP one?). ``paired_interval`` gives the mean paired difference with a 95 %
+pairs like the FP one?); ``register_agreement`` adds the worst row's cosine (one register of
+held-out text). ``paired_interval`` gives the mean paired difference with a 95 %
 Student-t interval (folds × seeds of a cross-validation).
 
 What it does not: run models (``trainer.predict`` does).
@@ -61,3 +62,11 @@ def paired_interval(values: Sequence[float], reference: Sequence[float],
     half = float(student_t.ppf(0.5 + confidence / 2, diff.size - 1) * diff.std(ddof=1)
                  / math.sqrt(diff.size))
     return mean, mean - half, mean + half
+
+
+def register_agreement(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
+    """:func:`embedding_agreement` plus ``min_cosine`` (the worst row) and ``n`` (rows): the
+    per-register report of the MiniLM benchmark."""
+    cos = F.cosine_similarity(student.double(), teacher.double(), dim=-1)
+    return {**embedding_agreement(student, teacher), "min_cosine": float(cos.min()),
+            "n": int(student.shape[0])}
