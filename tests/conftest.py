@@ -5,8 +5,9 @@ its ``@pytest.mark.op_cases(kernel=..., naive=..., exclude=...)`` marker (the ar
 ``op_cases.names``; no marker: every case); ``op_case`` is the case's name (the test id).
 ``case_gen`` is a CPU generator seeded from the test's id, so each case draws the same inputs
 on every run. ``tvm_cpu_cache`` gives a test module its own CPU kernel cache in a temporary
-folder (``pytestmark = pytest.mark.usefixtures("tvm_cpu_cache")``). What it does not: hold cases (``op_cases``) or any device-specific fixture
-(``test_gpu_kernels`` keeps its CUDA generator).
+folder (``pytestmark = pytest.mark.usefixtures("tvm_cpu_cache")``). What it does not: hold
+cases (``op_cases``) or any device-specific fixture (``test_gpu_kernels`` keeps its CUDA
+generator).
 """
 from __future__ import annotations
 

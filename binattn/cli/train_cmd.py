@@ -211,9 +211,13 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
                       progress=not quiet, parallel=parallel)
     output.parent.mkdir(parents=True, exist_ok=True)
     result = train(gm, train_set, cfg, eval_data=eval_set)
-<<<<<<< HEAD
     dist = torch.distributed
     if not dist.is_initialized() or dist.get_rank() == 0:   # under torchrun, rank 0 writes
+        if data_spec == "english-mix" and result.teacher is not None:
+            report = register_report(result.model, result.teacher, model, max_len, batch_size)
+            for register, m in report.items():
+                console.print(f"held-out {register:<12} cos {m['mean_cosine']:.4f}  spearman "
+                              f"{m['spearman']:.4f}  min {m['min_cosine']:.4f}  (n {m['n']})")
         write_pt2(result.model.cpu(), example, output)
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         console.print(f"trained {result.steps} steps in {result.seconds:.0f} s  {metrics}")
@@ -221,16 +225,3 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
     if dist.is_initialized():   # every rank done before any tears the process group down
         dist.barrier()
         dist.destroy_process_group()
-=======
-    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-        return  # under torchrun, rank 0 writes the outputs
-    if data_spec == "english-mix" and result.teacher is not None:
-        report = register_report(result.model, result.teacher, model, max_len, batch_size)
-        for register, m in report.items():
-            console.print(f"held-out {register:<12} cos {m['mean_cosine']:.4f}  spearman "
-                          f"{m['spearman']:.4f}  min {m['min_cosine']:.4f}  (n {m['n']})")
-    write_pt2(result.model.cpu(), example, output)
-    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s  {metrics}")
-    console.print(f"wrote {output} and {cfg.checkpoint}")
->>>>>>> fidelity
