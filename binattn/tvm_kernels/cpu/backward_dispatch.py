@@ -32,7 +32,6 @@ from ..cache import CacheKey
 from . import backward as cpu_backward, build as cpu_build, dispatch as cpu_forward
 from .target import num_cores, target_key
 
-_failed: dict[object, str] = {}
 _built: dict[tuple, Any] = {}
 
 
@@ -183,17 +182,11 @@ def _nan_policy(grads: tuple[torch.Tensor, ...], add: torch.Tensor, n_q: int,
         g.masked_fill_(bad, float("nan"))
 
 
-KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
 def _option_reason(tensors: AttentionTensors, options: AttentionOptions,
                    n_k: int) -> Optional[str]:
-    if options.binarizer != "sign":
-        return f"binarizer={options.binarizer!r} (soft) has no backward kernel"
-    if options.top_n is not None and options.top_n < n_k:
-        return "top_n has no backward kernel"
-    if tensors.sinks is not None or options.soft_cap is not None:
-        return "attention sinks / soft_cap have no backward kernel"
+    option = cpu_forward.unbuilt_option(tensors, options, n_k)
+    if option:
+        return f"{option} has no backward kernel"
     if tensors.bias_index is not None:
         return "bias tables (bias_index) have no backward kernel"
     if options.pv_bits == 8:
@@ -206,41 +199,17 @@ def binary_attention_backward_supports(grad: torch.Tensor, q: torch.Tensor, k: t
                                        options: AttentionOptions,
                                        delta: Optional[torch.Tensor] = None) -> Optional[str]:
     """None when the kernel runs this call, else the reason the reference runs."""
-    reason = cpu_forward._dtype_reason(grad, q, k, v)
+    reason = (cpu_forward.tensor_reason(tensors, options, grad, q, k, v)
+              or _option_reason(tensors, options, k.shape[-2]))
     if reason:
         return reason
     bias, mask = tensors.bias, tensors.attn_mask
-    for name, t in (("bias", bias), ("attn_mask", mask)):
-        if t is not None and (t.device.type != "cpu" or t.dtype == torch.float64):
-            return f"{name} on {t.device.type} / {t.dtype}"
-    reason = _option_reason(tensors, options, k.shape[-2])
-    if reason:
-        return reason
-    if q.dim() != 4:
-        return f"{q.dim()}-D inputs"
-    if options.scale_mode == "static":
-        for name in ("q_scale", "k_scale"):
-            s = getattr(tensors, name)
-            if s is None or s.dtype == torch.float64 or not cpu_forward._positive(s):
-                return f"{name} must be positive float32 for the kernel"
     add_shape = cpu_forward._add_shape(None if bias is None else bias.shape, mask)
     if delta is not None and (delta.device.type != "cpu" or
                               delta.shape != (*q.shape[:-1],)):
         return f"delta {tuple(delta.shape)} on {delta.device.type}, not [B, Hq, Nq] on cpu"
     wl = workload(q, v, add_shape, bias, options.is_causal, delta is not None)
-    return _try_build(wl)
-
-
-def _try_build(wl: cpu_backward.BackwardWorkload) -> Optional[str]:
-    """Build once; a failure becomes a remembered fallback reason."""
-    if wl not in _failed:
-        try:
-            backward_kernel(wl)
-        except cpu_build.KernelBuildError as err:
-            _failed[wl] = f"build failed: {err}"
-            return _failed[wl]
-        return None
-    return _failed[wl]
+    return cpu_forward.try_build(("backward", wl), lambda: backward_kernel(wl))
 
 
 dispatch.register_kernel("binary_attention_backward", "cpu", dispatch.Kernel(

@@ -77,7 +77,7 @@ def empty_output(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def _try_build(key: object, build: Callable[[], object]) -> Optional[str]:
+def try_build(key: object, build: Callable[[], object]) -> Optional[str]:
     """Build once; a failure becomes a remembered fallback reason."""
     if key in _failed:
         return _failed[key]
@@ -156,7 +156,7 @@ def sign_pack_supports(x: torch.Tensor) -> Optional[str]:
 
 def _sign_pack_built(x: torch.Tensor) -> Optional[str]:
     words, dtype = reference.num_words(x.shape[-1]), TVM_DTYPES[x.dtype]
-    return _try_build(("sign_pack", words, dtype),
+    return try_build(("sign_pack", words, dtype),
                       lambda: cpu_build.sign_pack_kernel(words, dtype))
 
 
@@ -181,7 +181,7 @@ def popcount_scores_supports(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int)
         return "empty tensor"
     n_q, n_k, words = q_bits.shape[-2], k_bits.shape[-2], q_bits.shape[-1]
     batch = math.prod(torch.broadcast_shapes(q_bits.shape[:-2], k_bits.shape[:-2]))
-    return _try_build(("scores", n_q, n_k, words, batch, D),
+    return try_build(("scores", n_q, n_k, words, batch, D),
                       lambda: cpu_build.scores_kernel(n_q, n_k, words, batch, D))
 
 
@@ -327,31 +327,53 @@ def _positive(scale: torch.Tensor) -> bool:
     return known
 
 
+def unbuilt_option(tensors: AttentionTensors, options: AttentionOptions,
+                   n_k: int) -> Optional[str]:
+    """The option of a call that no CPU kernel implements (the reference runs it), or None."""
+    if options.binarizer != "sign":
+        return f"binarizer={options.binarizer!r} (soft, training-only)"
+    if options.top_n is not None and options.top_n < n_k:
+        return "top_n"
+    if tensors.sinks is not None or options.soft_cap is not None:
+        return "attention sinks / soft_cap"
+    return None
+
+
+def tensor_reason(tensors: AttentionTensors, options: AttentionOptions,
+                  *inputs: torch.Tensor) -> Optional[str]:
+    """Why the CPU kernels (forward and backward) cannot take these tensors, or None: the
+    inputs' device and dtype (``inputs`` ends with q, k, v; q's rank), the bias/mask's device and dtype, static scales that are
+    not positive float32."""
+    reason = _dtype_reason(*inputs)
+    if reason:
+        return reason
+    for name in ("bias", "attn_mask"):
+        t = getattr(tensors, name)
+        if t is not None and (t.device.type != "cpu" or t.dtype == torch.float64):
+            return f"{name} on {t.device.type} / {t.dtype}"
+    if inputs[-3].dim() != 4:
+        return f"{inputs[-3].dim()}-D inputs"
+    if options.scale_mode == "static":
+        for name in ("q_scale", "k_scale"):
+            s = getattr(tensors, name)
+            if s is None or s.dtype == torch.float64 or not _positive(s):
+                return f"{name} must be positive float32 for the kernel"
+    return None
+
+
 def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               tensors: AttentionTensors,
                               options: AttentionOptions) -> Optional[str]:
-    reason = _dtype_reason(q, k, v)
+    reason = tensor_reason(tensors, options, q, k, v)
     if reason:
         return reason
+    option = unbuilt_option(tensors, options, k.shape[-2])
+    if option:
+        return f"{option} is not built"
     bias, attn_mask, bias_index = tensors.bias, tensors.attn_mask, tensors.bias_index
-    for name, t in (("bias", bias), ("attn_mask", attn_mask)):
-        if t is not None and (t.device.type != "cpu" or t.dtype == torch.float64):
-            return f"{name} on {t.device.type} / {t.dtype}"
-    if options.binarizer != "sign":
-        return f"binarizer={options.binarizer!r} (soft, training-only) runs the reference"
-    if options.top_n is not None and options.top_n < k.shape[-2]:
-        return "top_n is not built"
-    if tensors.sinks is not None or options.soft_cap is not None:
-        return "attention sinks / soft_cap are not built"
-    if q.dim() != 4:
-        return f"{q.dim()}-D inputs"
     if options.scale_mode == "static":
-        q_scale, k_scale = tensors.q_scale, tensors.k_scale
-        for name, s in (("q_scale", q_scale), ("k_scale", k_scale)):
-            if s is None or s.dtype == torch.float64 or not _positive(s):
-                return f"{name} must be positive float32 for the kernel"
         try:
-            _coef(q, k, options.scale, q_scale.float(), k_scale.float())
+            _coef(q, k, options.scale, tensors.q_scale.float(), tensors.k_scale.float())
         except RuntimeError:
             return "static scales are not per (batch, head)"
     bias_shape = None if bias is None else (
@@ -362,12 +384,12 @@ def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         limit = cpu_kernels.LUT_MAX_CAUSAL_NQ
         if wl.causal and cpu_kernels.pv8_uses_lut(wl) and q.shape[-2] > limit:
             return f"causal 8-bit kernel serves at most {cpu_kernels.LUT_MAX_CAUSAL_NQ} queries"
-        reason = _try_build(("quantize_v", wl.value_dim, wl.dtype),
+        reason = try_build(("quantize_v", wl.value_dim, wl.dtype),
                             lambda: cpu_build.quantize_v_kernel(wl.value_dim, wl.dtype))
         if reason:
             return reason
     return (_sign_pack_built(q) or _sign_pack_built(k)
-            or _try_build(wl, lambda: cpu_build.attention_kernel(wl)))
+            or try_build(wl, lambda: cpu_build.attention_kernel(wl)))
 
 
 dispatch.register_kernel("sign_pack", "cpu", dispatch.Kernel(
