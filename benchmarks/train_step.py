@@ -10,7 +10,7 @@ Side by side in one run (float32 weights, TF32 matmuls, random images and labels
 - ``trainer step``: ``binattn.train``'s whole step (teacher forward, the recipe's loss, its
   logging) through ``Trainer.step``, eager and with student and teacher compiled — the
   measurement behind whether ``binattn train`` compiles on CUDA;
-- columns: ms per step (median of timed steps after warm-up), host syncs per step
+- columns: ms per step (``binattn.bench.e2e.time_ms``: bench_ms's median), host syncs per step
   (``aten::_local_scalar_dense`` and ``cuda*Synchronize`` in the profiler, less an empty call's),
   copies per step (``aten::clone/copy_/contiguous/_to_copy`` of a tensor at least as large as
   one layer's q), peak GPU memory.
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -31,20 +29,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from e2e import profile_counts
+from binattn.bench.e2e import profile_counts, time_ms
 
-
-def timed_ms(step: Callable[[], None], warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+CUDA = torch.device("cuda")
 
 
 def model_step(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
@@ -104,7 +91,7 @@ def paths(name: str, batch: int) -> tuple[dict[str, Callable[[], None]], int]:
     return steps, big
 
 
-def run(name: str, batch: int, steps: int) -> list[dict]:
+def run(name: str, batch: int, budget_ms: float) -> list[dict]:
     rows = []
     todo, big = paths(name, batch)
     for path, step in todo.items():
@@ -112,8 +99,9 @@ def run(name: str, batch: int, steps: int) -> list[dict]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ms = timed_ms(step, warmup=3, steps=steps)
-                counts = profile_counts(step, big)
+                step()   # warm-up: compile, kernels load
+                ms = time_ms(step, CUDA, budget_ms)
+                counts = profile_counts(step, CUDA, big, calls=1)
         except Exception as err:  # a failing path is a result: print it, go on
             rows.append({"path": path, "error": f"{type(err).__name__}: {err}"[:300]})
             print(f"  {path:36s} FAILED {rows[-1]['error']}", flush=True)
@@ -143,18 +131,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out"))
     parser.add_argument("--model", default="vit_base_patch16_224", help="a timm model name")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per path")
+    parser.add_argument("--budget-ms", type=float, default=2000,
+                        help="timing budget per path (bench_ms's repetitions)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/train_step.py needs a CUDA GPU")
-    if args.batch < 1 or args.steps < 1:
-        raise SystemExit("--batch and --steps must be ≥ 1")
+    if args.batch < 1 or args.budget_ms <= 0:
+        raise SystemExit("--batch must be ≥ 1 and --budget-ms > 0")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     from binattn import backend
     backend.register()
     device = torch.cuda.get_device_name()
-    rows = run(args.model, args.batch, args.steps)
+    rows = run(args.model, args.batch, args.budget_ms)
     text = table(rows, device)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
