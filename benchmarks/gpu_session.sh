@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One GPU lease, in stages with their own time limits (each logs under OUT): the GPU tests, the
-# training-step table (benchmarks/train_step.py), the dispatch probe, and e2e rows of the given
-# models (binattn/bench/models.py names with their time limits, e.g. vit_b:100 bert:100).
-# Usage: benchmarks/gpu_session.sh OUT_DIR [tests] [train] [probe] [MODEL:SECONDS ...]
+# training-step table (benchmarks/train_step.py), the dispatch probe, the op's host-cost profile,
+# the op-call cost table, and e2e rows of the given models (binattn/bench/models.py names with
+# their time limits, e.g. vit_b:100 bert:100; each writes OUT/e2e_MODEL/e2e.json and its log).
+# Usage: benchmarks/gpu_session.sh OUT_DIR [tests] [train] [probe] [host] [opcall] [MODEL:SEC ...]
 set -u -o pipefail
-out=${1:?usage: gpu_session.sh OUT_DIR [tests] [train] [probe] [MODEL:SECONDS ...]}
+out=${1:?usage: gpu_session.sh OUT_DIR [tests] [train] [probe] [host] [opcall] [MODEL:SEC ...]}
 shift
 mkdir -p "$out"
 source "$(dirname "$0")/gpu_env.sh"
@@ -22,10 +23,17 @@ for stage in "$@"; do
     probe)
       timeout 45 python3 benchmarks/op_dispatch_probe.py > "$out/probe.log" 2>&1
       echo "probe: exit $?"; head -6 "$out/probe.log" ;;
+    host)
+      timeout 40 python3 benchmarks/op_host_profile.py --calls 300 > "$out/host_profile.log" 2>&1
+      echo "host: exit $?"; tail -3 "$out/host_profile.log" ;;
+    opcall)
+      timeout 40 python3 -c "import json, binattn.bench.e2e as e
+print(json.dumps(e.op_call_cost(100)))" > "$out/op_call.log" 2>&1
+      echo "opcall: exit $?"; tail -1 "$out/op_call.log" ;;
     *:*)
       model=${stage%%:*}
       timeout "${stage##*:}" python3 benchmarks/e2e.py --device cuda --no-op --reps 100 \
         --out "$out/e2e_$model" --models "$model" > "$out/e2e_$model.log" 2>&1
-      echo "$model: exit $?"; grep -v -e USDT -e Warning "$out/e2e_$model.log" | tail -16 ;;
+      echo "$model: exit $?"; grep -v -e USDT -e Warning "$out/e2e_$model.log" | tail -22 ;;
   esac
 done
