@@ -342,8 +342,8 @@ def unbuilt_option(tensors: AttentionTensors, options: AttentionOptions,
 def tensor_reason(tensors: AttentionTensors, options: AttentionOptions,
                   *inputs: torch.Tensor) -> Optional[str]:
     """Why the CPU kernels (forward and backward) cannot take these tensors, or None: the
-    inputs' device and dtype (``inputs`` ends with q, k, v; q's rank), the bias/mask's device and dtype, static scales that are
-    not positive float32."""
+    inputs' device and dtype (``inputs`` ends with q, k, v; q's rank), the bias/mask's device
+    and dtype, static scales that are not positive float32."""
     reason = _dtype_reason(*inputs)
     if reason:
         return reason
