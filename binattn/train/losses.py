@@ -50,14 +50,15 @@ def attention_kl(student_probs: Sequence[torch.Tensor],
                  teacher_probs: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mean over sites of KL(teacher ‖ student) per attention row (summed over keys).
 
-    Rows that are entirely masked (all-zero teacher probabilities) contribute zero.
+    Rows that are entirely masked (all-zero teacher probabilities) contribute zero. Computed
+    in float32 whatever the maps' dtype (maps recorded under autocast are bfloat16/float16).
     """
     if len(student_probs) != len(teacher_probs) or not student_probs:
         raise ValueError(f"attention_kl needs one teacher map per student map, got "
                          f"{len(student_probs)} and {len(teacher_probs)}")
     total = 0.0
     for s, t in zip(student_probs, teacher_probs):
-        t = t.detach().to(s.dtype)
+        s, t = s.float(), t.detach().float()
         kl = (t * (torch.log(t.clamp_min(EPS)) - torch.log(s.clamp_min(EPS)))).sum(-1)
         total = total + kl.mean()
     return total / len(student_probs)

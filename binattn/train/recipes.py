@@ -97,7 +97,8 @@ class Recipe:
             total = total + self.attn_weight * attn
             parts["attn_kl"] = attn.detach()
         if plan.record_outputs and rec_s is not None and rec_s.outputs:
-            hidden = sum(F.mse_loss(s, t.detach()) / t.detach().var().clamp_min(1e-8)
+            hidden = sum(F.mse_loss(s.float(), t.detach().float())
+                         / t.detach().float().var().clamp_min(1e-8)
                          for s, t in zip(rec_s.outputs, rec_t.outputs)) / len(rec_s.outputs)
             total = total + self.cfg.hidden_weight * hidden
             parts["hidden"] = hidden.detach()

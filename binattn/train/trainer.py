@@ -247,6 +247,12 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         return self.cfg.lr * factor
 
+    def _autocast(self) -> torch.autocast:
+        """The forward's mixed-precision context (``cfg.autocast``; disabled when None)."""
+        dtype = getattr(torch, self.cfg.autocast or "float32")
+        return torch.autocast(self.device.type, dtype=dtype,
+                              enabled=self.cfg.autocast is not None)
+
     def step(self, step: int, inputs: tuple, labels: Optional[torch.Tensor]) -> dict:
         plan = self.recipe.plan(self.sites, step, self.total)
         lr = self._set_lr(step)
@@ -254,9 +260,13 @@ class Trainer:
         if self.teacher is not None:
             with torch.no_grad(), Recorder(self.teacher_sites, plan.record_probs,
                                            plan.record_outputs) as rec_t:
-                out_t = main_output(self.teacher(*inputs)).float()
+                with self._autocast():
+                    raw_t = self.teacher(*inputs)
+                out_t = main_output(raw_t).float()
         with Recorder(self.sites, plan.record_probs, plan.record_outputs) as rec_s:
-            out_s = main_output(self.ddp(*inputs)).float()
+            with self._autocast():
+                raw_s = self.ddp(*inputs)
+            out_s = main_output(raw_s).float()
             loss, parts = self.recipe.loss(out_s, out_t, labels, self.task, plan, rec_s, rec_t)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
