@@ -117,6 +117,23 @@ def test_nan_inf_policy(name, value, word):
     assert not torch.isfinite(out[0, 0]).all() and torch.isfinite(out[1:]).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_finite_check_is_exact_where_its_one_pass_sum_is_not(dtype):
+    """The check's fast path is one sum: finite values whose sum overflows still pass, and
+    +Inf with −Inf (a NaN sum) or Inf alone is named by the exact scan."""
+    big = torch.finfo(dtype).max
+    q, k, v = (t.to(dtype) for t in qkv())
+    v[0, 0, :, :] = big   # every v value of a head at the dtype's largest finite value
+    binary_attention(q, k, v)   # no error: the sum overflows, the exact scan finds no Inf
+    for values, word in (((float("inf"), float("-inf")), "Inf"), ((float("-inf"),), "Inf"),
+                         ((float("nan"), float("inf")), "NaN")):
+        bad = k.clone()
+        for i, value in enumerate(values):
+            bad[0, 1, i, 0] = value
+        with pytest.raises(ValueError, match=f"k contains {word}"):
+            binary_attention(q, bad, v)
+
+
 def _nan_mask_case():
     q, k, v = qkv()
     mask = torch.zeros(4, 4)
