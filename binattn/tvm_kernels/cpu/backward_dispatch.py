@@ -29,7 +29,7 @@ from ...ops import dispatch, reference
 from ...ops.options import AttentionOptions, AttentionTensors
 from ...schedules.cpu.backward import DEFAULT_BACKWARD, DIM_BUCKET, BackwardKnobs
 from ..cache import CacheKey
-from . import backward as cpu_backward, build as cpu_build, dispatch as cpu_forward
+from . import backward as cpu_backward, build as cpu_build, dispatch as cpu_forward, threads
 from .target import num_cores, target_key
 
 _built: dict[tuple, Any] = {}
@@ -125,7 +125,7 @@ def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     outs = [torch.empty(batch, heads, nq_pad, wl.head_dim),
             torch.empty(batch, heads, nk_pad, wl.head_dim),
             torch.empty(batch, heads, nk_pad, wl.value_dim)]
-    nslot, nchunk = cpu_backward.unit_of(wl, batch, heads, num_cores())
+    nslot, nchunk = cpu_backward.unit_of(wl, batch, heads, threads.count())
     outs.append(_bias_grad_buffer(bias, nchunk, nq_pad, nk_pad))
     fn(*args, *outs, k.shape[-2], q.shape[-1], nslot, nchunk)
     return tuple(outs)

@@ -66,12 +66,18 @@ def side_by_side(fns: dict[str, Callable[[], object]], repeat: int = 5,
 
 
 def machine_load() -> str:
-    """1/5/15-minute load averages and core count, for the report."""
+    """1/5/15-minute load averages, core count and the CPU kernels' thread pool, for the
+    report."""
+    from .threads import pool
+
+    name, why = pool()
+    kernels = f"CPU kernels on {why}" if name == "torch" else f"CPU kernels on TVM's pool ({why})"
     try:
         one, five, fifteen = os.getloadavg()
-        return f"load avg {one:.2f} / {five:.2f} / {fifteen:.2f} on {os.cpu_count()} cores"
+        return (f"load avg {one:.2f} / {five:.2f} / {fifteen:.2f} on {os.cpu_count()} cores; "
+                f"{kernels}")
     except OSError:
-        return "load unknown"
+        return f"load unknown; {kernels}"
 
 
 REFERENCE_MAX_N = 2048  # the reference materialises B·H·N² floats several times

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 from ...schedules.cpu import knobs as cpu_knobs
 from ...schedules.database import active_db
-from . import kernels as cpu_kernels
+from . import kernels as cpu_kernels, threads
 from ..cache import CacheKey, KernelCache, default_cache
 from .target import host_target, target_key
 
@@ -43,8 +43,13 @@ def compile_module(mod) -> Any:
 
 
 def _get(key: CacheKey, make_module: Callable[[], Any]) -> Any:
+    """The kernel's ``main``, built or loaded through the cache, its parallel loops on the
+    pool ``threads.pool()`` names."""
     try:
-        return kernel_cache().get(key, lambda: compile_module(make_module()))["main"]
+        cache = kernel_cache()
+        module = cache.get(key, lambda: compile_module(make_module()))
+        threads.adopt(cache.path(key))
+        return module["main"]
     except Exception as err:  # noqa: BLE001 - report any TVM failure as one error type
         raise KernelBuildError(f"{key.kernel} ({key.bucket}, {key.schedule}): "
                                f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:200]}"
