@@ -149,10 +149,10 @@ def load_encoder(bundle: dict) -> SentenceEncoder:
 
 
 def experiment_plan(name: str, steps: int, lr: float, batch: int, device: str,
-                    autocast: Optional[str] = None):
+                    autocast: Optional[str] = None, length_buckets: int = 0):
     """(BinarizeConfig, TrainConfig or None) of one experiment."""
     base = dict(recipe="binaryattention", task="embedding", steps=steps, lr=lr, batch_size=batch,
-                device=device, autocast=autocast, hidden_weight=1.0, attn_weight=0.0,
+                device=device, autocast=autocast, length_buckets=length_buckets, hidden_weight=1.0, attn_weight=0.0,
                 warmup=0.05, weight_decay=0.01, eval_every=max(steps // 5, 1), progress=False)
     no_bias = binattn.BinarizeConfig(bias=None)
     dense = binattn.BinarizeConfig(bias="dense")
@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         bundle = build_bundle(args.max_len, args.held_out, args.seed, args.data,
                               per_register=args.per_register)
     n_eval = bundle["held_out"]
-    corpus = TensorData((bundle["ids"].long(), bundle["mask"].long()))
+    corpus = TensorData((bundle["ids"].long(), bundle["mask"].long()),
+                        lengths=data.text_lengths(bundle["mask"]))
     eval_set = corpus.subset(range(n_eval))
     train_set = corpus.subset(range(n_eval, len(corpus)))
     fp = load_encoder(bundle).to(args.device)
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         start = time.perf_counter()
         torch.manual_seed(args.seed)
         bcfg, cfg = experiment_plan(name, args.steps, args.lr, args.batch, args.device,
-                                     args.autocast)
+                                     args.autocast, args.length_buckets)
         # a dense bias fixes the sequence length; without one it stays dynamic (registers are
         # evaluated at their own length, up to 128 tokens)
         dynamic = bcfg.bias is None
@@ -213,6 +214,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         by_register = register_scores(gm, teacher, bundle, args.device,
                                       None if dynamic else bundle["max_len"])
         row = dict(experiment=name, sites=len(sites), autocast=args.autocast,
+                   length_buckets=args.length_buckets,
                    weights=bundle.get("weights", "float32"), steps=0 if cfg is None else cfg.steps,
                    train_sentences=len(train_set), held_out=n_eval, python=bundle["python"],
                    device=args.device, seconds=round(time.perf_counter() - start, 1),
@@ -309,6 +311,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--autocast", choices=("bfloat16", "float16"), default=None,
                    help="TrainConfig.autocast: mixed-precision forwards")
+    p.add_argument("--length-buckets", type=int, default=0,
+                   help="TrainConfig.length_buckets: batches of similar-length texts, cut to "
+                        "their longest (needs the dynamic-length graph: no dense bias)")
     p.add_argument("--out", default="out/train_minilm")
     p.add_argument("--bundle", help="read the corpus + model bundle written by --pack")
     p.add_argument("--pack", help="write a portable bundle to this folder and exit")

@@ -212,6 +212,48 @@ def test_bfloat16_autocast_trains_with_float32_weights(digits_small, fp_trained)
     assert {p.dtype for p in gm.parameters()} == {torch.float32}
 
 
+def _padded_text(n: int = 90, padded: int = 20, seed: int = 0) -> data.TensorData:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, padded + 1, (n,), generator=gen)
+    mask = (torch.arange(padded) < lengths[:, None]).long()
+    ids = torch.randint(1, 100, (n, padded), generator=gen) * mask
+    return data.TensorData((ids, mask), torch.arange(n), data.text_lengths(mask))
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_length_buckets_cut_each_batch_to_its_longest_and_see_every_example_once(world_size):
+    text = _padded_text()
+    seen, padded_tokens, plain_tokens = [], 0, 0
+    for rank in range(world_size):
+        for (ids, mask), labels in data.batches(text, 8, seed=3, epoch=1, rank=rank,
+                                                world_size=world_size, length_buckets=4):
+            assert ids.shape == mask.shape and ids.shape[0] == 8
+            assert ids.shape[1] == int(text.lengths[labels].max())   # cut to its longest
+            assert torch.equal(ids, text.inputs[0][labels, : ids.shape[1]])
+            seen += labels.tolist()
+            padded_tokens += ids.numel()
+        for (ids, _), _ in data.batches(text, 8, seed=3, epoch=1, rank=rank,
+                                        world_size=world_size):
+            plain_tokens += ids.numel()
+    steps = len(text) // (8 * world_size)
+    assert len(seen) == len(set(seen)) == steps * 8 * world_size   # each example at most once
+    assert padded_tokens < 0.8 * plain_tokens
+    again = [labels.tolist() for _, labels in data.batches(text, 8, seed=3, epoch=1,
+                                                            length_buckets=4)]
+    assert again == [labels.tolist() for _, labels in data.batches(text, 8, seed=3, epoch=1,
+                                                                    length_buckets=4)]
+
+
+def test_length_buckets_need_lengths(digits_small):
+    with pytest.raises(UserError, match="length_buckets needs text data"):
+        next(data.batches(digits_small[0], 8, seed=0, epoch=0, length_buckets=2))
+    with pytest.raises(UserError, match="length_buckets needs text data"):
+        train(binarized(small_vit()), digits_small[0], steps=1, batch_size=BATCH,
+              length_buckets=2, progress=False)
+    with pytest.raises(UserError, match="lengths must be in"):
+        data.TensorData((torch.zeros(2, 4),), lengths=torch.tensor([0, 3]))
+
+
 def test_learned_bias_gets_gradient_and_no_weight_decay(digits_small):
     train_set, _ = digits_small
     gm = binarized(small_vit())

@@ -68,6 +68,10 @@ class TrainConfig:
             CPU with AVX-512 BF16 (or AMX) ``"bfloat16"`` halves the time of the linear layers;
             on GPUs it is the usual mixed precision. ``None`` (default): float32 throughout.
             ``"float16"`` is for CUDA (no loss scaling is done: prefer ``"bfloat16"``).
+        length_buckets: 0 (default) or a window in steps: text examples of similar length
+            share a batch and each batch is cut to its longest example (``data.batches``), so
+            short texts do not pay for the padding of long ones. Needs data with ``lengths``
+            and a model that accepts any sequence length (captured with a dynamic one).
     """
 
     recipe: str = "binaryattention"
@@ -105,6 +109,7 @@ class TrainConfig:
     stop_at: Optional[int] = None
     parallel: str = "ddp"
     autocast: Optional[str] = None
+    length_buckets: int = 0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -123,6 +128,7 @@ class TrainConfig:
             (self.parallel in PARALLEL_MODES, f"parallel must be one of {PARALLEL_MODES}"),
             (self.autocast is None or self.autocast in AUTOCAST_DTYPES,
              f"autocast must be None or one of {AUTOCAST_DTYPES}"),
+            (self.length_buckets >= 0, "length_buckets must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

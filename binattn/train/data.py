@@ -37,10 +37,14 @@ from ..errors import UserError
 
 @dataclass
 class TensorData:
-    """Model inputs (a tuple of tensors sharing dim 0) and optional integer labels."""
+    """Model inputs (a tuple of tensors sharing dim 0), optional integer labels and, for
+    padded text, each example's length: its tokens before the padding along dim 1 of every
+    input whose dim 1 is the padded length (``lengths``, int64 on the CPU, e.g. from
+    :func:`text_lengths`; what length-bucketed batches cut to)."""
 
     inputs: tuple[torch.Tensor, ...]
     labels: Optional[torch.Tensor] = None
+    lengths: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         n = self.inputs[0].shape[0]
@@ -49,6 +53,14 @@ class TensorData:
         if any(s != n for s in sizes):
             raise UserError(f"training data: inputs and labels disagree on the number of "
                             f"examples: {sizes}")
+        if self.lengths is not None:
+            self.lengths = self.lengths.to("cpu", torch.long)
+            if self.lengths.shape != (n,) or self.inputs[0].dim() < 2:
+                raise UserError(f"training data: lengths must be one per example ({n}) of "
+                                f"inputs with a sequence dim, got {tuple(self.lengths.shape)}")
+            padded = self.inputs[0].shape[1]
+            if n and not bool(((self.lengths >= 1) & (self.lengths <= padded)).all()):
+                raise UserError(f"training data: lengths must be in [1, {padded}]")
 
     def __len__(self) -> int:
         return self.inputs[0].shape[0]
@@ -56,35 +68,78 @@ class TensorData:
     def subset(self, index: torch.Tensor | np.ndarray | Sequence[int]) -> "TensorData":
         index = torch.as_tensor(np.asarray(index), dtype=torch.long)
         labels = None if self.labels is None else self.labels[index]
-        return TensorData(tuple(t[index] for t in self.inputs), labels)
+        lengths = None if self.lengths is None else self.lengths[index]
+        return TensorData(tuple(t[index] for t in self.inputs), labels, lengths)
 
     def to(self, device: torch.device | str) -> "TensorData":
         labels = None if self.labels is None else self.labels.to(device)
-        return TensorData(tuple(t.to(device) for t in self.inputs), labels)
+        return TensorData(tuple(t.to(device) for t in self.inputs), labels, self.lengths)
+
+    def trimmed(self) -> "TensorData":
+        """The inputs cut along dim 1 to the longest example's length (no change without
+        ``lengths``): the padding no example of this (batch of) data needs."""
+        if self.lengths is None or len(self) == 0:
+            return self
+        padded, longest = self.inputs[0].shape[1], int(self.lengths.max())
+        inputs = tuple(t[:, :longest] if t.dim() >= 2 and t.shape[1] == padded else t
+                       for t in self.inputs)
+        return TensorData(inputs, self.labels, self.lengths)
+
+
+def text_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Tokens per example of a right-padded ``[N, L]`` attention mask (1 = token)."""
+    return attention_mask.detach().to("cpu").ne(0).sum(1).clamp_min(1)
 
 
 def batches(data: TensorData, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
-            rank: int = 0, world_size: int = 1, drop_last: bool = True
+            rank: int = 0, world_size: int = 1, drop_last: bool = True, length_buckets: int = 0
             ) -> Iterator[tuple[tuple[torch.Tensor, ...], Optional[torch.Tensor]]]:
     """Yield ``(inputs, labels)`` batches of exactly ``batch_size`` (per rank).
 
     The order depends only on (seed, epoch), so a resumed run sees the same batches; with
     ``world_size > 1`` each rank takes every ``world_size``-th batch-sized slice (DDP sharding).
     The batch size is fixed because graphs captured with static shapes only accept it.
+
+    ``length_buckets`` > 0 (data with ``lengths``): within each window of that many steps of
+    the shuffled order, examples are sorted by length, the window's steps are shuffled again,
+    and each batch is cut to its longest example — similar lengths share a batch, so little of
+    a step is padding (the model must accept any sequence length). Every example is still
+    seen once per epoch.
     """
     n = len(data)
-    if shuffle:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-    else:
-        order = torch.arange(n)
+    generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     per_step = batch_size * world_size
     steps = n // per_step if drop_last else -(-n // per_step)
+    if length_buckets > 0:
+        if data.lengths is None:
+            raise UserError("length_buckets needs text data with lengths (a padding mask)")
+        order = _length_sorted(order[: steps * per_step] if drop_last else order,
+                               data.lengths, per_step, length_buckets, generator)
     for step in range(steps):
         index = order[step * per_step + rank * batch_size:][:batch_size]
         if index.numel() < batch_size:  # only when not drop_last: pad by wrapping around
             index = torch.cat([index, order[: batch_size - index.numel()]])
         sub = data.subset(index)
+        if length_buckets > 0:
+            sub = sub.trimmed()
         yield sub.inputs, sub.labels
+
+
+def _length_sorted(order: torch.Tensor, lengths: torch.Tensor, per_step: int, window: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """``order`` with each window of ``window`` steps sorted by length, then its steps
+    shuffled (so short and long batches alternate rather than run in a sorted sweep)."""
+    out = []
+    span = per_step * window
+    for start in range(0, order.numel(), span):
+        chunk = order[start:start + span]
+        chunk = chunk[torch.sort(lengths[chunk], stable=True).indices]
+        groups = list(torch.split(chunk, per_step))
+        full = [g for g in groups if g.numel() == per_step]
+        out += [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        out += [g for g in groups if g.numel() < per_step]   # a partial step stays last
+    return torch.cat(out) if out else order
 
 
 def steps_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:

@@ -168,6 +168,9 @@ class Trainer:
         self.recipe: Recipe = make_recipe(cfg)
         self.data = data.to(self.device)
         self.eval_data = eval_data.to(self.device) if eval_data is not None else None
+        if cfg.length_buckets and data.lengths is None:
+            raise UserError("TrainConfig: length_buckets needs text data with lengths "
+                            "(TensorData(..., lengths=data.text_lengths(attention_mask)))")
         self.spe = steps_per_epoch(len(data), cfg.batch_size, self.dist.world_size)
         self.total = cfg.steps or max(1, round(cfg.epochs * self.spe))
         self.model = model
@@ -225,7 +228,8 @@ class Trainer:
 
     def _epoch_batches(self, epoch: int) -> Iterator:
         return batches(self.data, self.cfg.batch_size, seed=self.cfg.seed, epoch=epoch,
-                       rank=self.dist.rank, world_size=self.dist.world_size)
+                       rank=self.dist.rank, world_size=self.dist.world_size,
+                       length_buckets=self.cfg.length_buckets)
 
     def _steps(self) -> Iterator[tuple[int, tuple, Optional[torch.Tensor]]]:
         step, end = self.start_step, min(self.total, self.cfg.stop_at or self.total)
