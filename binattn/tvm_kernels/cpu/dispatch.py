@@ -16,8 +16,7 @@ Nq to ``block_q``, Nk to ``block_k``; k's words go straight into the ``[B, H, W,
 the kernels read), per-row popcounts and Σ|x|, the per-(b, h) coefficients, for ``pv_bits=8``
 the s8 V, and the additive tensor (bias + mask as float32, read by the kernel with its strides;
 a bias table is gathered straight into ``[H, Nq, Nk]``; a constant 1-element tensor when there
-is none). A tensor whose last dim is not
-unit-stride is the one layout copied (``unit_last``).
+is none). A tensor whose last dim is not unit-stride is the one layout copied (``unit_last``).
 
 What the kernels cover: float32/float16/bfloat16 inputs, any D and Dv, odd N, GQA, bool or
 float masks, causal, learned bias, the three scale modes, ``pv_bits`` None or 8. What they do
