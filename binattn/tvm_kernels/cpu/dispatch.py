@@ -15,8 +15,8 @@ this module allocates per call: the packed bits (padded with zero words to the k
 Nq to ``block_q``, Nk to ``block_k``; k's words go straight into the ``[B, H, W, Nk]`` layout
 the kernels read), per-row popcounts and Σ|x|, the per-(b, h) coefficients, for ``pv_bits=8``
 the s8 V, and the additive tensor (bias + mask as float32, read by the kernel with its strides;
-a bias table is gathered straight into ``[H, Nq, Nk]``). A tensor whose last dim is not
-unit-stride is the one layout copied (``unit_last``).
+a bias table is gathered straight into ``[H, Nq, Nk]``; a constant 1-element tensor when there
+is none). A tensor whose last dim is not unit-stride is the one layout copied (``unit_last``).
 
 What the kernels cover: float32/float16/bfloat16 inputs, any D and Dv, odd N, GQA, bool or
 float masks, causal, learned bias, the three scale modes, ``pv_bits`` None or 8. What they do
@@ -278,6 +278,10 @@ def _values(v: torch.Tensor, wl: cpu_kernels.AttentionWorkload, nk_pad: int) -> 
     return [v8, vscale]
 
 
+# the kernels' additive-tensor argument when there is none (never read: ``wl.add_bcast`` None)
+_NO_ADD = torch.zeros(1, 1, 1, 1)
+
+
 def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      tensors: AttentionTensors, options: AttentionOptions) -> torch.Tensor:
     """The fused TVM kernel with the reference's signature (see module docstring); a bias
@@ -292,11 +296,9 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     k_bits, k_abs = _pack_k(k, nk_pad)
     s_q, s_k = _scales(q, k, options.scale_mode, tensors.q_scale, tensors.k_scale, q_abs, k_abs)
     coef = _coef(q, k, options.scale, s_q, s_k)
-    args = [q_bits, k_bits, *_values(v, wl, nk_pad), coef]
-    if add is not None:
-        args.append(unit_last(add))
     out = reference.empty_output(q, v)
-    fn(*args, out, n_k, head_dim)
+    fn(q_bits, k_bits, *_values(v, wl, nk_pad), coef, _NO_ADD if add is None else unit_last(add),
+       out, n_k, head_dim)
     user_floats = bias is not None or (tensors.attn_mask is not None
                                        and tensors.attn_mask.is_floating_point())
     return _nan_policy(out, add if user_floats else None)

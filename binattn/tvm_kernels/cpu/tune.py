@@ -125,6 +125,8 @@ def attention_args(shape: AttentionShape, wl: cpu_kernels.AttentionWorkload,
         if wl.add_bcast is not None:
             dims = [1 if bc else full for bc, full in zip(wl.add_bcast, (b, h, nq))]
             args.append(0.1 * rng.standard_normal((*dims, nk), dtype=np.float32))
+        else:
+            args.append(np.zeros((1, 1, 1, 1), np.float32))  # no additive tensor: unread
         args.append(np.zeros((b, h, shape.n, dv), np.float32))
         return [_tensor(a, dev) for a in args] + [shape.n, shape.head_dim]
 
