@@ -223,8 +223,8 @@ class Trainer:
         self.history = list(blob.get("history", []))
 
     def _fused_adamw(self) -> bool:
-        """AdamW's fused kernel (one pass over all parameters; ~9× the default per-parameter
-        loop on this CPU) where it applies: unsharded float parameters on the CPU or CUDA."""
+        """AdamW's fused kernel (one pass over all parameters: 16 against 117 ms for MiniLM's
+        22.7 M on one CPU thread) where it applies: unsharded float parameters, CPU or CUDA."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         return bool(params) and not self.sharded and all(
             p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16,
