@@ -39,11 +39,12 @@ def _tokenizer(model_path: Path):
 
 
 def _text_data(sentences: list[str], model_path: Path, max_len: int):
-    from ..train.data import TensorData
+    from ..train.data import TensorData, text_lengths
 
     enc = _tokenizer(model_path)(sentences, padding="max_length", truncation=True,
                                  max_length=max_len, return_tensors="pt")
-    return TensorData((enc["input_ids"], enc["attention_mask"]))
+    return TensorData((enc["input_ids"], enc["attention_mask"]),
+                      lengths=text_lengths(enc["attention_mask"]))
 
 
 def load_data(spec: str, model_path: Path, max_len: int):
