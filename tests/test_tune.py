@@ -131,3 +131,14 @@ def test_cli_help_names_the_options():
     assert out.returncode == 0
     for option in ("--trials", "--db", "--rpc-tracker", "--rpc-key", "--method", "--target"):
         assert option in out.stdout
+
+
+@pytest.mark.parametrize("value_dim, rows", [(16, 4), (64, 4), (72, 4), (96, 4), (128, 2),
+                                              (200, 1), (256, 1)])
+def test_default_attention_knobs_keep_the_register_tile_in_registers(value_dim, rows):
+    from binattn.schedules.cpu.knobs import TILE_REGISTERS, default_attention
+
+    knobs = default_attention(value_dim)
+    knobs.check()
+    assert knobs.rows == rows
+    assert rows == 1 or knobs.rows * -(-value_dim // 16) <= TILE_REGISTERS

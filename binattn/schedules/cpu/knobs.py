@@ -11,7 +11,7 @@ What it does not: build kernels (``binattn.tvm_kernels.cpu.kernels``) or time th
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,19 @@ class AttentionKnobs:
 
 DEFAULT_SCORE = ScoreKnobs()
 DEFAULT_ATTENTION = AttentionKnobs()
+TILE_REGISTERS = 24   # of AVX-512's 32 vector registers, what the P·V accumulators may hold
+
+
+def default_attention(value_dim: int) -> AttentionKnobs:
+    """The untuned knobs for a value dim: ``DEFAULT_ATTENTION`` with as many register-tile
+    rows (4, 2 or 1) as keep ``rows × ⌈Dv/16⌉`` accumulator vectors within
+    ``TILE_REGISTERS``, so the tile does not spill (one thread: Dv = 128 at 2 rows runs
+    1.6 / 4.7 ms where 4 rows ran 1.9 / 5.6 ms at (1, 4, 288 / 544, 128); Dv ≤ 64 and 72
+    keep 4 rows, their fastest)."""
+    vectors = -(-value_dim // 16)
+    rows = next((r for r in (4, 2) if r * vectors <= TILE_REGISTERS), 1)
+    return DEFAULT_ATTENTION if rows == DEFAULT_ATTENTION.rows else replace(
+        DEFAULT_ATTENTION, rows=rows)
 
 
 def score_space() -> list[ScoreKnobs]:

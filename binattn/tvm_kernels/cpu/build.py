@@ -58,7 +58,7 @@ def _get(key: CacheKey, make_module: Callable[[], Any]) -> Any:
 
 def attention_knobs(wl: cpu_kernels.AttentionWorkload) -> cpu_knobs.AttentionKnobs:
     """Tuned knobs for this workload on this target (one record serves every dtype), else the
-    default."""
+    default for its value dim."""
     record = active_db().lookup(target_key(), wl.tag())
     if record is not None:
         try:
@@ -67,7 +67,7 @@ def attention_knobs(wl: cpu_kernels.AttentionWorkload) -> cpu_knobs.AttentionKno
             return knobs
         except (TypeError, ValueError, KeyError):
             pass
-    return cpu_knobs.DEFAULT_ATTENTION
+    return cpu_knobs.default_attention(wl.value_dim)
 
 
 # exact-shape score kernels only for large outputs (they are ~2x faster there); smaller

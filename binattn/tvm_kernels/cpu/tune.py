@@ -199,7 +199,8 @@ def tune_attention(shape: AttentionShape, trials: int, db: TuningDatabase, *,
     measurer = measurer or Measurer()
     wl = cpu_kernels.AttentionWorkload(shape.words, shape.head_dim, causal, None, pv8)
     target = host_target()
-    candidates = _candidates(cpu_knobs.DEFAULT_ATTENTION, cpu_knobs.attention_space(), trials)
+    candidates = _candidates(cpu_knobs.default_attention(wl.value_dim),
+                             cpu_knobs.attention_space(), trials)
     results = search_knobs(
         candidates, lambda kn: tvm.compile(cpu_kernels.attention_module(wl, kn), target=target),
         lambda kn: attention_args(shape, wl, kn), measurer, progress)
