@@ -153,7 +153,8 @@ def experiment_plan(name: str, steps: int, lr: float, batch: int, device: str,
     """(BinarizeConfig, TrainConfig or None) of one experiment."""
     base = dict(recipe="binaryattention", task="embedding", steps=steps, lr=lr, batch_size=batch,
                 device=device, autocast=autocast, length_buckets=length_buckets,
-                hidden_weight=1.0, attn_weight=0.0, warmup=0.05, weight_decay=0.01, eval_every=max(steps // 5, 1), progress=False)
+                hidden_weight=1.0, attn_weight=0.0, warmup=0.05, weight_decay=0.01,
+                eval_every=max(steps // 5, 1), progress=False)
     no_bias = binattn.BinarizeConfig(bias=None)
     dense = binattn.BinarizeConfig(bias="dense")
     plans = {
