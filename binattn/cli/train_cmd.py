@@ -106,8 +106,6 @@ def _dynamic_length(data, bias: Optional[str], length_buckets: int) -> Optional[
     with one (None without it: the capture's own default)."""
     if not length_buckets:
         return None
-    if length_buckets < 0:
-        raise UserError(f"--length-buckets must be >= 0, got {length_buckets}")
     if data.lengths is None:
         raise UserError("--length-buckets needs text data (a padding mask), not inputs of "
                         f"shapes {[tuple(t.shape) for t in data.inputs]}")
@@ -186,7 +184,7 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
               help="Mixed precision: forwards under torch.autocast in this dtype (weights, "
               "optimizer and losses stay float32). bfloat16 halves the linear layers' time on "
               "CPUs with AVX-512 BF16/AMX and on GPUs.  [default: float32 throughout]")
-@click.option("--length-buckets", type=int, default=0, show_default=True,
+@click.option("--length-buckets", type=click.IntRange(min=0), default=0, show_default=True,
               help="Text: batches of similar-length texts, each cut to its longest (a window "
               "of this many steps; 0 = off). The model is captured with a dynamic sequence "
               "length, so the bias must be none or head.")

@@ -83,15 +83,16 @@ def check_float(name: str, x: torch.Tensor) -> None:
 
 def check_finite(name: str, x: Optional[torch.Tensor], allow_inf: bool = False) -> None:
     """Raise ValueError if x holds NaN or (unless ``allow_inf``: a mask's −inf) Inf; eager
-    only, one host sync. One streaming read (a float32/float64 sum, finite only if every term
-    is) decides the common case; the exact ``isfinite`` scan runs only when that sum is not."""
+    only, one host sync. One streaming read (a float32/float64 sum: not NaN unless a term is
+    NaN or infinities of both signs meet, finite only if every term is) decides the common
+    case; the exact scan runs only when that sum is not."""
     if x is None or x.numel() == 0 or is_tracing(x):
         return
     if not x.is_floating_point():
         return
-    if not allow_inf and bool(torch.isfinite(x.sum(dtype=_sum_dtype(x)))):
-        return   # one streaming read: a finite sum has no NaN/Inf term (the exact scan below
-        #          runs only when the sum is not finite: a bad value, or finite ones overflowing)
+    total = x.sum(dtype=_sum_dtype(x))   # one streaming read: NaN propagates, Inf persists
+    if bool(~torch.isnan(total) if allow_inf else torch.isfinite(total)):
+        return   # the exact scan below runs only for a bad value or a sum that overflowed
     bad = torch.isnan(x) if allow_inf else ~torch.isfinite(x)
     if bool(bad.any()):
         kind = "NaN" if allow_inf or bool(torch.isnan(x).any()) else "Inf"

@@ -30,7 +30,7 @@ from ...ops.options import AttentionOptions, AttentionTensors
 from ...schedules.cpu.backward import DEFAULT_BACKWARD, DIM_BUCKET, BackwardKnobs
 from ..cache import CacheKey
 from . import backward as cpu_backward, build as cpu_build, dispatch as cpu_forward, threads
-from .target import num_cores, target_key
+from .target import target_key
 
 _built: dict[tuple, Any] = {}
 
