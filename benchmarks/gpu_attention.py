@@ -1,7 +1,7 @@
 """GPU benchmark: binattn's TVM CUDA binary attention vs torch SDPA (cuDNN and FLASH backends).
 
-Run on an H100/H200: ``python benchmarks/gpu_attention.py [--out DIR] [--quick]``. Side by side in
-one run, at the issue's shapes, bf16, forward, non-causal: the time of one binattn call
+Run on an H100/H200: ``python benchmarks/gpu_attention.py [--out DIR] [--quick] [--backward]``.
+Side by side in one run, at the issue's shapes, bf16, forward, non-causal: the time of one binattn call
 (``binattn.ops.binary_attention``: sign-pack of q and k, scales and the fused kernel, i.e. what a
 user pays) and of the fused kernel alone, SDPA with the cuDNN and the FLASH backends, the
 effective TFLOP/s (4·B·H·N²·D / t), ratios vs cuDNN against the issue's targets, and a roofline
@@ -11,6 +11,9 @@ A second table times relative-position-biased calls (ViT-B, ViT-L/384, BEiT-L/51
 bias table looked up inside the kernel vs the bias gathered by torch first, and SDPA with the
 gathered bias as its mask. Prints the tables, writes ``gpu_attention.json`` and
 ``gpu_attention.png`` into ``--out``.
+
+``--backward``: forward + backward instead (binattn's training path, SDPA cuDNN / FLASH, the
+reference VJP where it fits), ms and peak extra memory, at the backward issue's shapes.
 
 What it does not: check correctness (tests/test_gpu_kernels.py does) or tune.
 """
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from binattn.tvm_kernels.cuda.bench import measure, measure_relpos
+from binattn.tvm_kernels.cuda.bench import measure, measure_backward, measure_relpos
 
 SHAPES = [  # (B, H, N, D), name, target speed-up over cuDNN
     ((64, 12, 197, 64), "ViT-B/16 224²", 1.5),
@@ -36,6 +39,13 @@ SHAPES = [  # (B, H, N, D), name, target speed-up over cuDNN
     ((1, 24, 4608, 128), "Flux-like", 2.0),
     ((32, 16, 257, 64), "ViT-L/14 224² (extra)", None),
     ((32, 12, 512, 64), "BERT-base 512 (extra)", None),
+]
+BACKWARD_SHAPES = [  # (B, H, N, D), name, target speed-up of fwd+bwd over cuDNN's
+    ((4, 16, 4096, 64), "N=4096 D=64", 1.3),
+    ((8, 16, 1024, 72), "DiT-XL/2 512²", 1.3),
+    ((1, 24, 4608, 128), "Flux-like", 1.3),
+    ((64, 12, 197, 64), "ViT-B/16 224² (extra)", None),
+    ((1, 16, 16384, 64), "N=16384 D=64 (memory)", None),
 ]
 RELPOS_SHAPES = [  # (B, H, N, D), token grid (+1 cls token), name
     ((64, 12, 197, 64), (14, 14), "ViT-B/16 224² + relpos"),
@@ -80,6 +90,31 @@ def report(rows, device: str) -> str:
               "", "pv_bits=8 µs = the same call with 8-bit P and V (u8 P × s8 V on the 8-bit "
               "tensor cores, two passes over the keys, after two launches that quantise V), path: "
               + rows[0]["pv8_path"]]
+    return "\n".join(lines)
+
+
+def backward_report(rows, device: str) -> str:
+    """The ``--backward`` table: forward + backward ms and peak extra memory per path."""
+    lines = [f"device: {device}", "", "Forward + backward of one attention call (bf16, eager, "
+             "gradients of q, k, v): binattn's training path, SDPA cuDNN / FLASH, and the "
+             "reference VJP that ran before (N×N float32 tensors)", "",
+             "| shape (B,H,N,D) | binattn ms | cuDNN ms | FLASH ms | reference ms "
+             "| × cuDNN | target | binattn MiB | cuDNN MiB | memory / cuDNN's "
+             "| reference MiB |", "|" + "---|" * 11]
+    mib = lambda b: None if b is None else b / 2**20  # noqa: E731
+    for r, (_, name, target) in zip(rows, BACKWARD_SHAPES):
+        ratio = r["cudnn_ms"] / r["binattn_ms"] if r["cudnn_ms"] and r["binattn_ms"] else None
+        mem = (r["binattn_bytes"] / r["cudnn_bytes"]
+               if r["cudnn_bytes"] and r["binattn_bytes"] else None)
+        tgt = ("–" if target is None
+               else f"≥{target}× {'met' if ratio and ratio >= target else 'missed'}")
+        lines.append(
+            f"| {tuple(r['shape'])} {name} | {fmt(r['binattn_ms'], '.3f')} | "
+            f"{fmt(r['cudnn_ms'], '.3f')} | {fmt(r['flash_ms'], '.3f')} | "
+            f"{fmt(r.get('reference_ms'), '.2f')} | {fmt(ratio, '.2f')} | {tgt} | "
+            f"{fmt(mib(r['binattn_bytes']), '.0f')} | {fmt(mib(r['cudnn_bytes']), '.0f')} | "
+            f"{fmt(mem, '.2f')} | {fmt(mib(r.get('reference_bytes')), '.0f')} |")
+    lines += ["", f"binattn path (forward, backward): {rows[0]['path']}"]
     return "\n".join(lines)
 
 
@@ -139,11 +174,27 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
     parser.add_argument("--quick", action="store_true", help="first two shapes only")
+    parser.add_argument("--backward", action="store_true",
+                        help="time forward + backward (the training path) and its peak memory "
+                             "instead; writes gpu_attention_backward.json/.md")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_attention: no CUDA GPU here; run it on an H100/H200", file=sys.stderr)
         return 2
     device = f"{torch.cuda.get_device_name()} (torch {torch.__version__}, {platform.node()})"
+    if args.backward:
+        shapes = BACKWARD_SHAPES[:2] if args.quick else BACKWARD_SHAPES
+        rows = []
+        for shape, _, _ in shapes:
+            rows.append(measure_backward(shape))
+            print(json.dumps(rows[-1]), flush=True)
+        table = backward_report(rows, device)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_attention_backward.json").write_text(json.dumps(
+            {"device": device, "rows": rows}, indent=1))
+        (args.out / "gpu_attention_backward.md").write_text(table + "\n")
+        print(table)
+        return 0
     rows = [measure(shape) for shape, _, _ in (SHAPES[:2] if args.quick else SHAPES)]
     relpos_rows = [measure_relpos(shape, grid)
                    for shape, grid, _ in (RELPOS_SHAPES[:1] if args.quick else RELPOS_SHAPES)]

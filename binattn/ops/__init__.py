@@ -4,6 +4,8 @@
 options as one ``AttentionOptions``) check their arguments (clear ValueError/TypeError naming
 the argument), then call the registered custom op, which runs a TVM
 kernel where one is built for the device and the reference otherwise. Semantics: DESIGN.md.
+On CUDA, a ``binary_attention`` call that records a gradient (training) runs ``ops.sdpa``
+instead: torch's fused SDPA on ±1 operands, forward and backward, with no N×N tensor.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from . import library, reference, validation
+from . import dispatch, library, reference, sdpa, validation
 from .bias import RelPosBias, relpos_index, relpos_table_size
 from .dispatch import kernel_report, reference_only, used_fallback
 from .options import AttentionOptions, AttentionTensors, op_args, split_keywords
@@ -142,7 +144,10 @@ def binary_attention_with(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             validation.check_finite(name, x)
         if attn_mask is not None and attn_mask.is_floating_point():
             validation.check_finite("attn_mask", attn_mask, allow_inf=True)  # −inf masks
-    if library.direct_call_ok(q, k, v, *tensors):
+    if sdpa.takes(q, k, v, tensors, options):   # training on CUDA: fused SDPA on ±1 operands
+        dispatch.record("binary_attention", q.device.type, sdpa.NAME)
+        out = sdpa.binary_attention(q, k, v, tensors, options)
+    elif library.direct_call_ok(q, k, v, *tensors):
         if torch.autograd.profiler._is_profiler_enabled:
             with torch.profiler.record_function("binattn::binary_attention"):
                 out = library.binary_attention_impl(q, k, v, tensors, options)

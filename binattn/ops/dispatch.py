@@ -118,6 +118,12 @@ def run(op: str, device_type: str, reference: Callable, *args, **kwargs):
     return reference(*args, **kwargs)
 
 
+def record(op: str, device_type: str, path: str) -> None:
+    """Note that ``op`` on ``device_type`` ran ``path`` outside :func:`run` (for
+    :func:`kernel_report`)."""
+    _last_path[(op, device_type)] = path
+
+
 def kernel_report() -> dict[str, str]:
     """Which path each (op, device) took last: a kernel name or 'reference (<reason>)'."""
     return {f"{op}/{dev}": path for (op, dev), path in sorted(_last_path.items())}

@@ -232,22 +232,43 @@ def quantize_v_s8(v: torch.Tensor) -> torch.Tensor:
     return round_ste(v * inv_step) / (inv_step + 1e-6)
 
 
-def binary_scores(q: torch.Tensor, k: torch.Tensor, options: AttentionOptions = DEFAULTS,
+class ScoreFactors(NamedTuple):
+    """The differentiable factors of the scores ``s_q·s_k·softmax_scale·(b_q·b_kᵀ)``: the
+    per-(b, h) magnitudes ``s_q``, ``s_k`` ``[B, Hq, 1, 1]`` and the binarized operands ``b_q``
+    ``[B, Hq, Nq, D]``, ``b_k`` ``[B, Hq, Nk, D]`` (k expanded to the query heads), all in the
+    compute dtype."""
+
+    softmax_scale: float
+    s_q: torch.Tensor
+    s_k: torch.Tensor
+    b_q: torch.Tensor
+    b_k: torch.Tensor
+
+
+def score_factors(q: torch.Tensor, k: torch.Tensor, options: AttentionOptions = DEFAULTS,
                   q_scale: Optional[torch.Tensor] = None,
-                  k_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """s_q·s_k·softmax_scale·(b_q·b_kᵀ) in the compute dtype, [B, Hq, Nq, Nk] (no bias/mask)."""
+                  k_scale: Optional[torch.Tensor] = None) -> ScoreFactors:
+    """:class:`ScoreFactors` of q and k (STE and mean|x| gradients included): shared by
+    :func:`binary_scores` and the SDPA path (``binattn.ops.sdpa``)."""
     dtype = compute_dtype(q, k)
     q, k = q.to(dtype), expand_kv_heads(k.to(dtype), q.shape[-3])
     if k_scale is not None and k_scale.dim() >= 3:
         k_scale = expand_kv_heads(k_scale, q.shape[-3])
-    softmax_scale = softmax_scale_of(q, options)
     s_q = qk_scale(q, options.scale_mode, q_scale)
     s_k = qk_scale(k, options.scale_mode, k_scale)
     # static scales follow HAD: Q_b = σ·sign(Q/σ); sign is scale-free so only the soft forms see σ
     q_in = q / s_q if options.scale_mode == "static" else q
     k_in = k / s_k if options.scale_mode == "static" else k
-    b_q, b_k = binarize_as(q_in, options), binarize_as(k_in, options)
-    return nan_unless_finite(s_q * s_k * softmax_scale) * (b_q @ b_k.transpose(-1, -2))
+    return ScoreFactors(softmax_scale_of(q, options), s_q, s_k, binarize_as(q_in, options),
+                        binarize_as(k_in, options))
+
+
+def binary_scores(q: torch.Tensor, k: torch.Tensor, options: AttentionOptions = DEFAULTS,
+                  q_scale: Optional[torch.Tensor] = None,
+                  k_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """s_q·s_k·softmax_scale·(b_q·b_kᵀ) in the compute dtype, [B, Hq, Nq, Nk] (no bias/mask)."""
+    f = score_factors(q, k, options, q_scale, k_scale)
+    return nan_unless_finite(f.s_q * f.s_k * f.softmax_scale) * (f.b_q @ f.b_k.transpose(-1, -2))
 
 
 def softmax_scale_of(q: torch.Tensor, options: AttentionOptions) -> float:

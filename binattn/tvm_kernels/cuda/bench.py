@@ -6,12 +6,14 @@ the sign-pack of q and k, the same call with ``pv_bits=8``, and SDPA with the cu
 FLASH backends (also graphed), and returns the times plus the ceiling times of CEILINGS.md (exp
 unit, 16-bit PV, 1-bit QKᵀ);
 ``bench_row`` packs that into the ``BenchRow`` that ``binattn bench`` prints;
-``measure_relpos`` times a relative-position-biased call (bias table in-kernel vs gathered). Used by
+``measure_relpos`` times a relative-position-biased call (bias table in-kernel vs gathered);
+``measure_backward`` times forward + backward (the training path) and its peak memory. Used by
 ``benchmarks/gpu_attention.py`` (table + PNG over the issue's shapes) and ``binattn bench
 --device cuda``. What it does not: check correctness (tests/test_gpu_kernels.py) or plot.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -149,6 +151,63 @@ def measure_relpos(shape, grid, dtype=torch.bfloat16, reps: int = 50) -> dict:
         except RuntimeError:
             row[key] = None
     del q, k, v
+    torch.cuda.empty_cache()
+    return row
+
+
+def _fwd_bwd(fn, q, k, v, grad):
+    """One forward + backward of ``fn`` (gradients returned, not accumulated)."""
+    return lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad)
+
+
+def _peak_bytes(step) -> int:
+    """Peak GPU bytes one ``step()`` allocates above what was live before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def measure_backward(shape, dtype=torch.bfloat16, reps: int = 30,
+                     reference_limit: float = 40e9) -> dict:
+    """Forward + backward of one attention call, eager, side by side: binattn's training path
+    (``ops.binary_attention`` recording a gradient: ``ops.sdpa``), SDPA with the cuDNN and the
+    FLASH backends, and the reference VJP (the path before; only where its N×N float32
+    tensors fit ``reference_limit`` bytes); ms and peak extra GPU bytes of each, and which path
+    binattn's forward and backward took."""
+    from ... import ops
+
+    B, H, N, D = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=dtype, generator=g)
+               .requires_grad_() for _ in range(3))
+    grad = torch.randn(B, H, N, D, device="cuda", dtype=dtype, generator=g)
+    paths = {"binattn": lambda q, k, v: ops.binary_attention(q, k, v),
+             "cudnn": (SDPBackend.CUDNN_ATTENTION, F.scaled_dot_product_attention),
+             "flash": (SDPBackend.FLASH_ATTENTION, F.scaled_dot_product_attention)}
+    if 6 * 4 * B * H * N * N < reference_limit:
+        paths["reference"] = lambda q, k, v: ops.reference.binary_attention(q, k, v)
+    row = {"shape": list(shape)}
+    for name, fn in paths.items():
+        backend = None
+        if isinstance(fn, tuple):
+            backend, fn = fn
+        step = _fwd_bwd(fn, q, k, v, grad)
+        try:
+            with sdpa_kernel([backend]) if backend else contextlib.nullcontext():
+                step()
+                row[f"{name}_ms"] = bench_ms(step, reps)
+                row[f"{name}_bytes"] = _peak_bytes(step)
+        except RuntimeError as exc:   # a backend that cannot run this shape
+            row[f"{name}_ms"], row[f"{name}_bytes"] = None, None
+            row[f"{name}_error"] = str(exc).splitlines()[0][:200]
+        if name == "binattn":
+            report = ops.kernel_report()
+            row["path"] = [report.get("binary_attention/cuda"),
+                           report.get("binary_attention_backward/cuda")]
+    del q, k, v, grad
     torch.cuda.empty_cache()
     return row
 
