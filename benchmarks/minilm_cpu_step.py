@@ -8,6 +8,7 @@ sequence length, the two paths interleaved, thread CPU time of one thread (torch
 load-proof on a shared machine. Prints the medians and their ratio (issue 17: ≥ 1.3×).
 
     python benchmarks/minilm_cpu_step.py [--steps 5] [--batch 32] [--max-len 64]
+        [--autocast bfloat16]
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 if os.environ.get("TVM_NUM_THREADS") != "1":  # must be set before TVM's pool starts
     os.environ["TVM_NUM_THREADS"] = "1"
@@ -36,14 +37,15 @@ from binattn.train.trainer import Trainer  # noqa: E402
 from binattn.tvm_kernels.cpu import bench  # noqa: E402
 
 
-def trainer_step(batch: int, max_len: int, reference: bool) -> Callable[[], None]:
+def trainer_step(batch: int, max_len: int, reference: bool,
+                 autocast: Optional[str] = None) -> Callable[[], None]:
     """``Trainer.step`` of the ``naive`` experiment on one fixed batch (``reference``: the
     attention backward through the reference VJP)."""
     bundle = train_minilm.build_bundle(max_len, held_out=512, seed=0)
     corpus = TensorData((bundle["ids"].long(), bundle["mask"].long()))
     fp = train_minilm.load_encoder(bundle)
     inputs = tuple(t[:batch] for t in corpus.inputs)
-    bcfg, cfg = train_minilm.experiment_plan("naive", 1000, 1e-4, batch, "cpu")
+    bcfg, cfg = train_minilm.experiment_plan("naive", 1000, 1e-4, batch, "cpu", autocast)
     torch.manual_seed(0)
     gm = binattn.binarize(copy.deepcopy(fp), inputs, bcfg)
     trainer = Trainer(gm, corpus.subset(range(batch)), cfg,
@@ -61,12 +63,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-len", type=int, default=64)
+    p.add_argument("--autocast", choices=("bfloat16", "float16"),
+                   help="the step under torch.autocast (as `binattn train --autocast`)")
     args = p.parse_args()
     torch.set_num_threads(1)
     bench.clock = "thread"
     warnings.filterwarnings("ignore")
-    fns = {"bwd kernel": trainer_step(args.batch, args.max_len, reference=False),
-           "reference VJP": trainer_step(args.batch, args.max_len, reference=True)}
+    fns = {"bwd kernel": trainer_step(args.batch, args.max_len, False, args.autocast),
+           "reference VJP": trainer_step(args.batch, args.max_len, True, args.autocast)}
     fns["bwd kernel"]()
     print(f"backward ran: {dispatch.kernel_report().get('binary_attention_backward/cpu')}")
     timings = bench.side_by_side(fns, args.steps, warmup=1)
@@ -74,7 +78,8 @@ def main() -> None:
         print(f"{name}: median {t.median_ms:.0f} ms, min {t.min_ms:.0f} ms per step")
     ratio = timings["reference VJP"].median_ms / timings["bwd kernel"].median_ms
     print(f"kernel step {ratio:.2f}× faster than the reference VJP's (target ≥ 1.3×); "
-          f"batch {args.batch}, {args.max_len} tokens, thread CPU time, 1 thread")
+          f"batch {args.batch}, {args.max_len} tokens, thread CPU time, 1 thread, "
+          f"autocast {args.autocast or 'off'}")
 
 
 if __name__ == "__main__":
