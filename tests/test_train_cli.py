@@ -72,7 +72,28 @@ def test_train_distills_the_real_minilm_on_unlabeled_text(tmp_path):
         "--autocast", "bfloat16", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "mean_cosine" in result.output and "spearman" in result.output
+    assert "text preset:" in result.output and "batch-size 6" in result.output
     assert out.is_file()
+
+
+def test_presets_fill_what_the_user_did_not_give():
+    """Text data takes the MiniLM recipe, tensors the ViT recipe; a given value always wins."""
+    from binattn.train import presets
+
+    kind, opts = presets.resolve("english-mix", "cpu", dict(lr=5e-5, autocast="off",
+                                                            hidden_weight=0.0))
+    assert kind == "text"
+    assert (opts["steps"], opts["batch_size"], opts["bias"], opts["length_buckets"]) == (
+        3000, 16, "none", 50)
+    assert (opts["lr"], opts["autocast"], opts["hidden_weight"]) == (5e-5, "off", 0.0)
+    kind, opts = presets.resolve("notes.txt", "cpu", {})
+    assert kind == "text"
+    assert opts["autocast"] == ("bfloat16" if presets.fast_bfloat16("cpu") else None)
+    kind, opts = presets.resolve("digits", "cpu", {"steps": 7})
+    assert kind == "tensors"
+    assert (opts["epochs"], opts["steps"], opts["bias"], opts["batch_size"], opts["autocast"]) == (
+        60.0, 7, "auto", 64, None)
+    assert "steps 7" in presets.describe(kind, opts)
 
 
 def test_length_buckets_capture_a_dynamic_length_and_refuse_a_fixed_length_bias(tmp_path):

@@ -154,55 +154,64 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
               help=f"{', '.join(BUILTIN_DATA)}, or a .npz/.pt (x[, y]) or .txt file.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Trained model (.pt2); the checkpoint goes to OUTPUT.ckpt.")
-@click.option("--epochs", type=float, default=60.0, show_default=True)
-@click.option("--steps", type=int, default=None, help="Train this many steps (overrides epochs).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--epochs", type=float, default=None, help="Run length in epochs.  [default: 60]")
+@click.option("--steps", type=int, default=None, help="Train this many steps (overrides epochs). "
+              " [default: text 3000, else by epochs]")
+@click.option("--batch-size", type=int, default=None, help="  [default: text 16, else 64]")
+@click.option("--lr", type=float, default=None, help="AdamW learning rate.  [default: text "
+              "1e-4, else 3e-4]")
 @click.option("--bias", type=click.Choice(["relpos", "dense", "head", "none", "auto"]),
-              default="auto", show_default=True,
-              help="Learned attention bias (auto: relpos for binaryattention, none for had).")
+              default=None, help="Learned attention bias (auto: relpos for binaryattention, "
+              "none for had).  [default: text none, else auto]")
 @click.option("--distill", type=click.Choice(["hard", "soft", "none"]), default="hard",
               show_default=True, help="Output distillation for classification.")
 @click.option("--top-n", type=int, default=None, help="Top-N keys per query (HAD default 30; "
               "0 = off).")
 @click.option("--pv-bits", type=click.Choice(["8"]), default=None, help="8-bit P and V.")
 @click.option("--attn-weight", type=float, default=None,
-              help="Attention-map KL weight (HAD default 1, BinaryAttention 0).")
+              help="Attention-map KL weight.  [default: text 1; else HAD 1, BinaryAttention 0]")
 @click.option("--calib-batches", type=int, default=100, show_default=True,
               help="HAD: batches for the static scales.")
 @click.option("--eval-fraction", type=float, default=0.2, show_default=True,
               help="Held-out share of the data for the final metric (0 = none).")
-@click.option("--max-len", type=int, default=64, show_default=True,
-              help="Token length for text data.")
+@click.option("--max-len", type=int, default=None,
+              help="Token length for text data.  [default: 128]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--parallel", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True,
               help="Under torchrun: DDP (replicated model) or FSDP2 (fully_shard: parameters, "
               "gradients and optimizer state sharded, for models too large to replicate). "
               "Checkpoints resume under either, at any number of ranks.")
-@click.option("--autocast", type=click.Choice(["bfloat16", "float16"]), default=None,
+@click.option("--autocast", type=click.Choice(["bfloat16", "float16", "off"]), default=None,
               help="Mixed precision: forwards under torch.autocast in this dtype (weights, "
               "optimizer and losses stay float32). bfloat16 halves the linear layers' time on "
-              "CPUs with AVX-512 BF16/AMX and on GPUs.  [default: float32 throughout]")
-@click.option("--length-buckets", type=click.IntRange(min=0), default=0, show_default=True,
+              "CPUs with AVX-512 BF16/AMX and on GPUs.  [default: text bfloat16 where the "
+              "device runs it fast, else off]")
+@click.option("--length-buckets", type=click.IntRange(min=0), default=None,
               help="Text: batches of similar-length texts, each cut to its longest (a window "
               "of this many steps; 0 = off). The model is captured with a dynamic sequence "
-              "length, so the bias must be none or head.")
-@click.option("--hidden-weight", type=float, default=0.0, show_default=True,
+              "length, so the bias must be none or head.  [default: text 50, else 0]")
+@click.option("--hidden-weight", type=float, default=None,
               help="Per-layer attention-output MSE against the teacher (normalised by its "
-              "variance).")
+              "variance).  [default: text 1, else 0]")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUTPUT.ckpt when it exists.")
 @click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of MODEL (only for "
               "files you trust).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: float,
-            steps: Optional[int], batch_size: int, lr: float, bias: str, distill: str,
-            top_n: Optional[int], pv_bits: Optional[str], attn_weight: Optional[float],
-            calib_batches: int, eval_fraction: float, max_len: int, seed: int, device: str,
-            parallel: str, autocast: Optional[str], length_buckets: int, hidden_weight: float,
-            resume: bool, trust_pickle: bool, quiet: bool) -> None:
+def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: Optional[float],
+            steps: Optional[int], batch_size: Optional[int], lr: Optional[float],
+            bias: Optional[str], distill: str, top_n: Optional[int], pv_bits: Optional[str],
+            attn_weight: Optional[float], calib_batches: int, eval_fraction: float,
+            max_len: Optional[int], seed: int, device: str, parallel: str,
+            autocast: Optional[str], length_buckets: Optional[int],
+            hidden_weight: Optional[float], resume: bool, trust_pickle: bool,
+            quiet: bool) -> None:
     """Binarize MODEL's attention and train it back to full-precision quality.
+
+    Options not given come from the preset of the data: text (english-mix, stdlib-text, .txt:
+    the MiniLM recipe of docs/training.md) or tensors (the ViT recipe); the first line printed
+    names the values used.
 
     Example: binattn train vit.pt --recipe binaryattention --data digits --epochs 60 -o vit_b.pt2
 
@@ -212,8 +221,18 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
 
     from ..binarize_pass import BinarizeConfig, binarize
     from ..model_io import load_model
-    from ..train import TrainConfig, find_sites, train
+    from ..train import TrainConfig, find_sites, presets, train
 
+    kind, opts = presets.resolve(data_spec, device, dict(
+        epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, bias=bias, max_len=max_len,
+        attn_weight=attn_weight, hidden_weight=hidden_weight, length_buckets=length_buckets,
+        autocast=autocast))
+    console = Console(stderr=True)
+    console.print(presets.describe(kind, opts))
+    epochs, steps, batch_size, lr = opts["epochs"], opts["steps"], opts["batch_size"], opts["lr"]
+    bias, max_len, attn_weight = opts["bias"], opts["max_len"], opts["attn_weight"]
+    hidden_weight, length_buckets = opts["hidden_weight"], opts["length_buckets"]
+    autocast = None if opts["autocast"] == "off" else opts["autocast"]
     if output.suffix != ".pt2":
         raise UserError(f"--output must end in .pt2, got {output}")
     if not 0 <= eval_fraction < 1:
@@ -229,12 +248,12 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: floa
         net.eval()
     gm = binarize(net, example, BinarizeConfig(bias=bias_kind), dynamic_shapes=dynamic)
     sites = find_sites(gm)
-    console = Console(stderr=True)
     if not sites:
         raise UserError(f"{model}: the pass found no attention to binarize "
                         f"(see `binattn inspect {model}`)")
     console.print(f"binarized {len(sites)} attention site(s); training with {recipe}")
     cfg = TrainConfig(recipe=recipe, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
+                      weight_decay=opts["weight_decay"],
                       distill=distill, top_n=top_n, pv_bits=int(pv_bits) if pv_bits else None,
                       attn_weight=attn_weight, calib_batches=calib_batches, seed=seed,
                       device=device, checkpoint=str(output) + ".ckpt", resume=resume,
