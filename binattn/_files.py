@@ -7,11 +7,12 @@ half-written file at the user's output path. What it does not: locking. And
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 def _umask() -> int:
@@ -43,8 +44,16 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def user_cache_dir() -> Path:
-    """binattn's cache root: ``$BINATTN_CACHE_DIR`` or ``$XDG_CACHE_HOME/binattn``."""
-    if os.environ.get("BINATTN_CACHE_DIR"):
-        return Path(os.environ["BINATTN_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """binattn's cache root: ``$BINATTN_CACHE_DIR`` or ``$XDG_CACHE_HOME/binattn``. Read on
+    every kernel call (the tuning database follows it), so the Path is remembered per value
+    of the three variables: three dict lookups, no path arithmetic."""
+    env = os.environ
+    return _cache_root(env.get("BINATTN_CACHE_DIR"), env.get("XDG_CACHE_HOME"), env.get("HOME"))
+
+
+@functools.lru_cache(maxsize=16)
+def _cache_root(override: Optional[str], xdg: Optional[str], home: Optional[str]) -> Path:
+    if override:
+        return Path(override)
+    base = xdg or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "binattn"

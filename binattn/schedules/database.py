@@ -14,6 +14,7 @@ What it does not: tune (``binattn.tvm_kernels.cpu.tune``) or build kernels.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -24,7 +25,14 @@ from .._files import user_cache_dir
 
 
 def default_db_dir() -> Path:
-    return Path(os.environ.get("BINATTN_TUNE_DB") or user_cache_dir() / "tuning")
+    """``$BINATTN_TUNE_DB`` or the cache root's ``tuning`` (the same Path object while neither
+    changes: :func:`active_db` compares it on every kernel call)."""
+    return _db_dir(os.environ.get("BINATTN_TUNE_DB"), user_cache_dir())
+
+
+@functools.lru_cache(maxsize=16)
+def _db_dir(override: Optional[str], cache_root: Path) -> Path:
+    return Path(override) if override else cache_root / "tuning"
 
 
 class TuningDatabase:
@@ -32,11 +40,12 @@ class TuningDatabase:
 
     def __init__(self, root: Optional[Path] = None):
         self.root = Path(root) if root is not None else default_db_dir()
+        self._records_path = self.root / "records.json"   # stat'ed on every kernel call
         self._cached: Optional[tuple[int, dict]] = None
 
     @property
     def records_path(self) -> Path:
-        return self.root / "records.json"
+        return self._records_path
 
     def meta_schedule_dir(self, workload: str) -> Path:
         return self.root / "meta_schedule" / workload
@@ -97,7 +106,8 @@ def active_db() -> TuningDatabase:
     global _default_db
     if _db_override is not None:
         return _db_override
-    if _default_db is None or _default_db.root != default_db_dir():
+    root = default_db_dir()
+    if _default_db is None or (_default_db.root is not root and _default_db.root != root):
         _default_db = TuningDatabase()
     return _default_db
 
