@@ -159,7 +159,7 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
               " [default: text 3000, else by epochs]")
 @click.option("--batch-size", type=int, default=None, help="  [default: text 16, else 64]")
 @click.option("--lr", type=float, default=None, help="AdamW learning rate.  [default: text "
-              "1e-4, else 3e-4]")
+              "2e-4, else 3e-4]")
 @click.option("--bias", type=click.Choice(["relpos", "dense", "head", "none", "auto"]),
               default=None, help="Learned attention bias (auto: relpos for binaryattention, "
               "none for had).  [default: text none, else auto]")
