@@ -7,8 +7,8 @@ Two presets, each the recipe measured in docs/training.md for that kind of model
   the ViT recipe — 60 epochs, batch 64, AdamW 3e-4, relative-position bias (BinaryAttention),
   float32, fixed shapes.
 - ``text`` (``english-mix``, ``stdlib-text``, ``.txt``): the MiniLM english-mix recipe — 3000
-  steps, batch 16, AdamW 2e-4 (weight decay 0.01), no bias, attention-map KL and hidden-state MSE beside the
-  embedding loss, 128 tokens, length buckets of 50 steps, bfloat16 autocast where the device
+  steps, batch 16, AdamW 2e-4 (weight decay 0.01), no bias, attention-map KL and hidden-state
+  MSE beside the embedding loss, 128 tokens, length buckets of 50 steps, bfloat16 autocast where the device
   runs it fast (CUDA with bf16; CPUs with AVX-512 BF16 or AMX).
 
 What it does not: validate values (``TrainConfig`` and the CLI's click types do) or train.
