@@ -8,8 +8,8 @@ Two presets, each the recipe measured in docs/training.md for that kind of model
   float32, fixed shapes.
 - ``text`` (``english-mix``, ``stdlib-text``, ``.txt``): the MiniLM english-mix recipe — 3000
   steps, batch 16, AdamW 2e-4 (weight decay 0.01), no bias, attention-map KL and hidden-state
-  MSE beside the embedding loss, 128 tokens, length buckets of 50 steps, bfloat16 autocast where the device
-  runs it fast (CUDA with bf16; CPUs with AVX-512 BF16 or AMX).
+  MSE beside the embedding loss, 128 tokens, length buckets of 50 steps, bfloat16 autocast
+  where the device runs it fast (CUDA with bf16; CPUs with AVX-512 BF16 or AMX).
 
 What it does not: validate values (``TrainConfig`` and the CLI's click types do) or train.
 """
