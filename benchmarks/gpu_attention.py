@@ -1,8 +1,8 @@
 """GPU benchmark: binattn's TVM CUDA binary attention vs torch SDPA (cuDNN and FLASH backends).
 
 Run on an H100/H200:
-``python benchmarks/gpu_attention.py [--out DIR] [--quick] [--backward]``. Side by side in one run, at the issue's shapes, bf16, forward, non-causal: the time of one binattn call
-(``binattn.ops.binary_attention``: sign-pack of q and k, scales and the fused kernel, i.e. what a
+``python benchmarks/gpu_attention.py [--out DIR] [--quick] [--backward]``. Side by side in one
+run, at the issue's shapes, bf16, forward, non-causal: the time of one binattn call (``binattn.ops.binary_attention``: sign-pack of q and k, scales and the fused kernel, i.e. what a
 user pays) and of the fused kernel alone, SDPA with the cuDNN and the FLASH backends, the
 effective TFLOP/s (4·B·H·N²·D / t), ratios vs cuDNN against the issue's targets, and a roofline
 line: the time the exponential unit (4.17 T exp/s), the 16-bit mma.sync PV and the 1-bit QKᵀ
