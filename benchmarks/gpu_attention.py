@@ -1,16 +1,15 @@
 """GPU benchmark: binattn's TVM CUDA binary attention vs torch SDPA (cuDNN and FLASH backends).
 
-Run on an H100/H200:
-``python benchmarks/gpu_attention.py [--out DIR] [--quick] [--backward]``. Side by side in one
-run, at the issue's shapes, bf16, forward, non-causal: the time of one binattn call (``binattn.ops.binary_attention``: sign-pack of q and k, scales and the fused kernel, i.e. what a
-user pays) and of the fused kernel alone, SDPA with the cuDNN and the FLASH backends, the
-effective TFLOP/s (4·B·H·N²·D / t), ratios vs cuDNN against the issue's targets, and a roofline
-line: the time the exponential unit (4.17 T exp/s), the 16-bit mma.sync PV and the 1-bit QKᵀ
-would need at their measured ceilings (lab/CEILINGS.md) and the share of it each kernel reaches.
-A second table times relative-position-biased calls (ViT-B, ViT-L/384, BEiT-L/512 grids): the
-bias table looked up inside the kernel vs the bias gathered by torch first, and SDPA with the
-gathered bias as its mask. Prints the tables, writes ``gpu_attention.json`` and
-``gpu_attention.png`` into ``--out``.
+Run on an H100/H200: ``python benchmarks/gpu_attention.py [--out DIR] [--quick] [--backward]``. Side
+by side in one run, at the issue's shapes, bf16, forward, non-causal: the time of one binattn call
+(``binattn.ops.binary_attention``: sign-pack of q and k, scales and the fused kernel, i.e. what a
+user pays) and of the fused kernel alone, SDPA with the cuDNN and the FLASH backends, the effective
+TFLOP/s (4·B·H·N²·D / t), ratios vs cuDNN against the issue's targets, and a roofline line: the time
+the exponential unit (4.17 T exp/s), the 16-bit mma.sync PV and the 1-bit QKᵀ would need at their
+measured ceilings (lab/CEILINGS.md) and the share of it each kernel reaches. A second table times
+relative-position-biased calls (ViT-B, ViT-L/384, BEiT-L/512 grids): the bias table looked up inside
+the kernel vs the bias gathered by torch first, and SDPA with the gathered bias as its mask. Prints
+the tables, writes ``gpu_attention.json`` and ``gpu_attention.png`` into ``--out``.
 
 ``--backward``: forward + backward instead (binattn's training path, SDPA cuDNN / FLASH, the
 reference VJP where it fits), ms and peak extra memory, at the backward issue's shapes.
