@@ -4,8 +4,8 @@ operands, forward and straight-through backward.
 CPU (CI): the path called directly in float32 against the reference's output and its autograd
 gradients (q, k, v, bias or bias table) on every option case of ``op_cases`` it supports; the
 cases it does not support are named by ``unsupported``. GPU (skipped without one): the public op
-takes the path when a gradient is recorded and says so; the custom op's registered backward
-runs it too; bf16 within dtype tolerance of the reference; no host sync; O(N) extra memory.
+takes the path when a gradient is recorded and says so; bf16 within dtype tolerance of the
+reference; no host sync; O(N) extra memory; compiled (Inductor) with a bias.
 """
 from __future__ import annotations
 
@@ -117,19 +117,6 @@ def test_cuda_training_call_takes_the_path(case):
 
 
 @cuda
-def test_cuda_custom_op_backward_runs_the_path():
-    q, k, v = _cuda_inputs()
-    out = torch.ops.binattn.binary_attention(q, k, v)
-    out.float().square().sum().backward()
-    assert ops.kernel_report()["binary_attention_backward/cuda"] == sdpa.NAME
-    ref = [x.detach().float().requires_grad_() for x in (q, k, v)]
-    reference.binary_attention(*ref).square().sum().backward()
-    for got, want in zip((q, k, v), ref):
-        scale = want.grad.abs().max()
-        assert (got.grad.float() - want.grad).abs().max() / scale < 4e-2
-
-
-@cuda
 def test_cuda_training_step_makes_no_host_sync():
     q, k, v = _cuda_inputs()
     ops.binary_attention(q, k, v).sum().backward()   # warm-up (lazy init may sync)
@@ -160,14 +147,14 @@ def test_cuda_extra_memory_is_linear_in_n():
 
 
 @cuda
-def test_cuda_reference_forced_keeps_the_reference():
+def test_cuda_reference_forced_keeps_the_custom_op():
     q, k, v = _cuda_inputs((1, 2, 64, 64))
     with dispatch.reference_only():
         ops.binary_attention(q, k, v).sum().backward()
-    assert ops.kernel_report()["binary_attention_backward/cuda"] == "reference (forced)"
+        assert ops.kernel_report()["binary_attention/cuda"] == "reference (forced)"
 
 
-@pytest.mark.parametrize("case", ["plain", "gqa", "bool_mask"])
+@pytest.mark.parametrize("case", ["plain", "gqa", "bool_mask", "relpos_table", "head_bias"])
 def test_compiles_without_graph_break(case):
     """Inductor takes the path whole (a compiled training step on CUDA traces it)."""
     gen = torch.Generator().manual_seed(5)

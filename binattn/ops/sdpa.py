@@ -11,11 +11,10 @@ v's dtype (relative 2⁻⁹ in bf16). The backward is SDPA's own (FlashAttention
 log-sum-exp saved, scores recomputed per block); the operands' gradients go through the STE
 window and the mean|x| scales by autograd, as in the reference (``reference.score_factors``).
 
-Two entries: :func:`binary_attention` (differentiable; ``binattn.ops.binary_attention_with``
-takes it on CUDA whenever a gradient is recorded, so the forward and the backward both run
-here) and :func:`backward`, the CUDA kernel of ``binattn::binary_attention_backward`` that the
-custom op's registered autograd reaches (a graph rewritten by the backend, a direct
-``torch.ops.binattn`` call): it recomputes the forward here, then its VJP.
+Entry: :func:`binary_attention` (differentiable; ``binattn.ops.binary_attention_with`` takes it
+on CUDA whenever a gradient is recorded, so the forward and the backward both run here). The
+custom op's own backward is not routed here: its implementation runs with autograd excluded,
+and a direct ``torch.ops.binattn`` call that records a gradient keeps the reference VJP.
 
 What it does not: top-N, 8-bit P·V, sinks or a soft-cap (SDPA has none of them) nor float64
 (the reference's exact gradcheck path) — :func:`unsupported` names the reason and the reference
@@ -58,66 +57,81 @@ def takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: AttentionT
     return not dispatch.reference_forced() and unsupported(q, tensors, options) is None
 
 
-class _SignTimes(torch.autograd.Function):
-    """``m·b(x)`` in ``dtype`` with b(x) = +1 for x ≥ 0, −1 below (NaN: −1, as the reference),
-    the gradient ``g·m`` inside the STE window |x| ≤ clip and Σ g·b(x) to ``m`` (per (b, h)).
-    ``m`` None means 1. One where over x: no float32 copy of x, only x is saved."""
+class _SignOperands(torch.autograd.Function):
+    """``(q', k', c)`` for the sign binarizer with mean|x| or no scales, forward and backward in
+    a few fused passes over q and k (the common training case; an autograd composition of the
+    same math costs several float32 passes more, which an eager step pays at short sequences):
+    ``q' = c·b(q)``, ``k' = b(k)``, ``c = s_q·s_k·scale`` per (b, h) with s = mean|x| (or 1),
+    b(x) = +1 for x ≥ 0 and −1 below. Backward: the STE window |x| ≤ clip, and the scales'
+    gradient ``Σ g·b(q)`` through c to mean|q| and mean|k| (GQA: summed over a group's heads).
+    Saves only q, k and per-(b, h) scalars. ``c`` is not differentiable (the NaN guard)."""
 
     @staticmethod
-    def forward(ctx, x, m, clip: float, dtype: torch.dtype):
-        positive = x >= 0
-        one = torch.ones((), dtype=dtype, device=x.device) if m is None else m.to(dtype)
-        ctx.save_for_backward(x, m)
-        ctx.clip = clip
-        return torch.where(positive, one, -one)
+    def forward(ctx, q, k, mean_abs: bool, scale: float, clip: float, dtype: torch.dtype):
+        hq = q.shape[-3]
+        s_q, s_k = (_abs_mean(x) if mean_abs else _abs_mean(x) * 0 + 1 for x in (q, k))
+        coef = reference.nan_unless_finite(s_q * reference.expand_kv_heads(s_k, hq) * scale)
+        c = coef.to(dtype)
+        one = torch.ones((), dtype=dtype, device=k.device)
+        ctx.save_for_backward(q, k, s_q, s_k, coef)
+        ctx.mean_abs, ctx.scale, ctx.clip = mean_abs, scale, clip
+        ctx.mark_non_differentiable(coef)
+        return torch.where(q >= 0, c, -c), torch.where(k >= 0, one, -one), coef
 
     @staticmethod
-    def backward(ctx, grad):
-        x, m = ctx.saved_tensors
-        inside = x.abs() <= ctx.clip
-        dm = None
-        if m is not None and ctx.needs_input_grad[1]:
-            signed = torch.where(x >= 0, grad, -grad)
-            dm = signed.sum(dim=(-2, -1), keepdim=True, dtype=torch.float32)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = grad * inside if m is None else grad * m.to(grad.dtype) * inside
-            dx = dx.to(x.dtype)
-        return dx, dm, None, None
+    def backward(ctx, g_q, g_k, _):
+        q, k, s_q, s_k, coef = ctx.saved_tensors
+        dq = torch.where(q.abs() <= ctx.clip, g_q * coef.to(g_q.dtype), 0)
+        dk = torch.where(k.abs() <= ctx.clip, g_k, 0)
+        if ctx.mean_abs:
+            hq, hkv = q.shape[-3], k.shape[-3]
+            dcoef = torch.where(q >= 0, g_q, -g_q).sum(dim=(-2, -1), keepdim=True,
+                                                       dtype=torch.float32) * ctx.scale
+            ds_q = dcoef * reference.expand_kv_heads(s_k, hq)
+            ds_k = (dcoef * s_q).unflatten(-3, (hkv, hq // hkv)).sum(-3)
+            dq = dq.addcmul_(torch.sign(q), (ds_q / _size(q)).to(dq.dtype))
+            dk = dk.addcmul_(torch.sign(k), (ds_k / _size(k)).to(dk.dtype))
+        return dq.to(q.dtype), dk.to(k.dtype), None, None, None, None
+
+
+def _size(x: torch.Tensor) -> int:
+    return x.shape[-2] * x.shape[-1]
+
+
+def _abs_mean(x: torch.Tensor) -> torch.Tensor:
+    """mean|x| per (b, h) in float32 ``[..., 1, 1]``, one pass, no float32 copy of x."""
+    return torch.linalg.vector_norm(x, 1, dim=(-2, -1), keepdim=True,
+                                    dtype=torch.float32) / _size(x)
 
 
 def _magnitude(x: torch.Tensor, options: AttentionOptions,
                static: Optional[torch.Tensor]) -> torch.Tensor:
-    """s per (b, h) in float32 ``[..., 1, 1]``: mean|x| (one pass, no float32 copy of x), or
-    ``reference.magnitude_scale``'s static value / 1 with its NaN guard."""
-    abs_sum = torch.linalg.vector_norm(x, 1, dim=(-2, -1), keepdim=True, dtype=torch.float32)
+    """s per (b, h) in float32 ``[..., 1, 1]``: mean|x|, or ``reference.magnitude_scale``'s
+    static value / 1 with its NaN guard."""
     if options.scale_mode == "mean_abs":
-        return abs_sum / (x.shape[-2] * x.shape[-1])
-    return reference.magnitude_scale(abs_sum.detach(), options.scale_mode, static)
-
-
-def _operand(x_in: torch.Tensor, m: Optional[torch.Tensor], options: AttentionOptions,
-             dtype: torch.dtype) -> torch.Tensor:
-    """``m·binarize(x_in)`` in ``dtype`` (differentiable in both)."""
-    if options.binarizer == "sign":
-        return _SignTimes.apply(x_in, m, options.ste_clip, dtype)
-    value = reference.binarize_as(x_in.float(), options)
-    return (value if m is None else m * value).to(dtype)
+        return _abs_mean(x)
+    return reference.magnitude_scale(_abs_mean(x).detach(), options.scale_mode, static)
 
 
 def operands(q: torch.Tensor, k: torch.Tensor, tensors: AttentionTensors,
              options: AttentionOptions, dtype: torch.dtype
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(q', k', c)`` with ``q'·k'ᵀ`` the binary scores in ``dtype`` (k' with k's heads) and
-    ``c`` the per-(b, h) coefficient ``[B, Hq, 1, 1]`` (NaN where q or k is not finite)."""
+    ``c`` the per-(b, h) coefficient ``[B, Hq, 1, 1]`` (NaN where q or k is not finite):
+    :class:`_SignOperands` for the sign binarizer with mean|x| or no scales, else the
+    reference's differentiable pieces (static scales, HAD's soft binarizers)."""
+    scale = reference.softmax_scale_of(q, options)
+    if options.binarizer == "sign" and options.scale_mode != "static":
+        return _SignOperands.apply(q, k, options.scale_mode == "mean_abs", scale,
+                                   options.ste_clip, dtype)
     hq = q.shape[-3]
     s_q = _magnitude(q, options, tensors.q_scale)
     s_k = _magnitude(k, options, tensors.k_scale)
     static = options.scale_mode == "static"
     q_in, k_in = (q / s_q, k / s_k) if static else (q, k)
-    coef = reference.nan_unless_finite(s_q * reference.expand_kv_heads(s_k, hq)
-                                       * reference.softmax_scale_of(q, options))
-    return _operand(q_in, coef, options, dtype), _operand(k_in, None, options, dtype), coef
+    coef = reference.nan_unless_finite(s_q * reference.expand_kv_heads(s_k, hq) * scale)
+    b_q, b_k = (reference.binarize_as(x.float(), options) for x in (q_in, k_in))
+    return (coef * b_q).to(dtype), b_k.to(dtype), coef.detach()
 
 
 def _masks(tensors: AttentionTensors, options: AttentionOptions, n_q: int, n_k: int,
@@ -142,6 +156,8 @@ def _masks(tensors: AttentionTensors, options: AttentionOptions, n_q: int, n_k: 
         causal = False
     if bias is not None:
         mask = bias.to(dtype) if mask is None else bias.to(dtype) + mask
+    if mask.shape[-1] != n_k or mask.stride(-1) != 1:   # the fused kernels read rows of keys
+        mask = mask.expand(*mask.shape[:-1], n_k).contiguous()
     return mask, causal, dead
 
 
@@ -165,30 +181,3 @@ def _nan_guard(coef: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor
     NaN scores (torch's CPU kernel, for one, returns zeros for them). No gradient."""
     guard = coef.detach() * 0
     return guard if bias is None else guard + bias.detach().sum() * 0
-
-
-def _backward_support(grad, q, k, v, tensors, options, delta=None) -> Optional[str]:
-    return unsupported(q, tensors, options)
-
-
-def backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-             tensors: AttentionTensors, options: AttentionOptions,
-             delta: Optional[torch.Tensor] = None):
-    """``binattn::binary_attention_backward`` on CUDA: :func:`binary_attention` recomputed
-    under autograd, then its VJP ``(dq, dk, dv, dbias, dsinks)`` (empty dbias / dsinks for
-    none, as the op returns them). ``delta`` is not needed (SDPA forms its own)."""
-    with torch.enable_grad():
-        leaves = [x.detach().requires_grad_() for x in (q, k, v)]
-        bias = tensors.bias
-        if bias is not None:
-            bias = bias.detach().requires_grad_()
-            leaves.append(bias)
-        out = binary_attention(*leaves[:3], tensors._replace(bias=bias), options)
-        grads = torch.autograd.grad(out, leaves, grad)
-    dbias = grads[3].contiguous() if bias is not None else q.new_empty((0,))
-    return (grads[0].contiguous(), grads[1].contiguous(), grads[2].contiguous(), dbias,
-            q.new_empty((0,)))
-
-
-dispatch.register_kernel("binary_attention_backward", "cuda",
-                         dispatch.Kernel(NAME, backward, _backward_support))
