@@ -55,11 +55,9 @@ def trainer_step(gm: nn.Module, x: torch.Tensor, labels: torch.Tensor,
     from binattn.train.data import TensorData
     from binattn.train.trainer import Trainer
 
-    cfg = TrainConfig(steps=1000, batch_size=x.shape[0], device="cuda", progress=False)
+    cfg = TrainConfig(steps=1000, batch_size=x.shape[0], device="cuda", progress=False,
+                      compile=compiled)
     trainer = Trainer(gm, TensorData((x,), labels), cfg)
-    if compiled:
-        trainer.ddp = torch.compile(trainer.model)
-        trainer.teacher = torch.compile(trainer.teacher)
     counter = iter(range(10 ** 9))
     return lambda: trainer.step(next(counter), (x,), labels)
 

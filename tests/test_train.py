@@ -20,7 +20,7 @@ from binattn.models import digits_vit
 from binattn.ops import reference
 from binattn.train import (TrainConfig, checkpoint, data, find_sites, had_stage, losses,
                            make_teacher, metrics, train, warmup_cosine)
-from binattn.train.trainer import predict
+from binattn.train.trainer import Trainer, predict
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 BATCH = 32
@@ -407,3 +407,23 @@ def test_predict_pads_the_last_batch_and_trims(digits_small):
     subset = digits_small[1].subset(range(37))
     out = predict(fp, subset, batch_size=16)
     torch.testing.assert_close(out, fp(subset.inputs[0]), rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_step_matches_eager_and_is_off_by_default_on_cpu(digits_small, fp_trained):
+    """``compile=True``: the forwards run through torch.compile (Inductor) and the first steps'
+    losses match an eager run's; ``compile=None`` (default) does not compile on CPU."""
+    train_set, _ = digits_small
+    losses_by = {}
+    for compile_ in (False, True):
+        gm = binarized(fp_trained)
+        trainer = Trainer(gm, train_set, TrainConfig(recipe="binaryattention", steps=3,
+                                                     batch_size=BATCH, lr=1e-3, progress=False,
+                                                     seed=0, compile=compile_))
+        assert trainer.compiled is compile_
+        losses_by[compile_] = trainer.run().history
+    got = [h["loss"] for h in losses_by[True]]
+    want = [h["loss"] for h in losses_by[False]]
+    assert got == pytest.approx(want, rel=1e-3, abs=1e-4)
+    default = Trainer(binarized(fp_trained), train_set, TrainConfig(steps=1, batch_size=BATCH,
+                                                                    progress=False))
+    assert default.compiled is False

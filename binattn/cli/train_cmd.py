@@ -194,6 +194,8 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
 @click.option("--hidden-weight", type=float, default=None,
               help="Per-layer attention-output MSE against the teacher (normalised by its "
               "variance).  [default: text 1, else 0]")
+@click.option("--compile/--no-compile", "compile_step", default=None,
+              help="Run the forwards through torch.compile.  [default: on CUDA, not on CPU]")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUTPUT.ckpt when it exists.")
 @click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of MODEL (only for "
@@ -205,8 +207,8 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: Opti
             attn_weight: Optional[float], calib_batches: int, eval_fraction: float,
             max_len: Optional[int], seed: int, device: str, parallel: str,
             autocast: Optional[str], length_buckets: Optional[int],
-            hidden_weight: Optional[float], resume: bool, trust_pickle: bool,
-            quiet: bool) -> None:
+            hidden_weight: Optional[float], compile_step: Optional[bool], resume: bool,
+            trust_pickle: bool, quiet: bool) -> None:
     """Binarize MODEL's attention and train it back to full-precision quality.
 
     Options not given come from the preset of the data: text (english-mix, stdlib-text, .txt:
@@ -258,7 +260,8 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: Opti
                       attn_weight=attn_weight, calib_batches=calib_batches, seed=seed,
                       device=device, checkpoint=str(output) + ".ckpt", resume=resume,
                       progress=not quiet, parallel=parallel, autocast=autocast,
-                      length_buckets=length_buckets, hidden_weight=hidden_weight)
+                      length_buckets=length_buckets, hidden_weight=hidden_weight,
+                      compile=compile_step)
     output.parent.mkdir(parents=True, exist_ok=True)
     result = train(gm, train_set, cfg, eval_data=eval_set)
     dist = torch.distributed

@@ -22,6 +22,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Optional
@@ -157,6 +158,15 @@ def _device(cfg: TrainConfig, d: _Dist) -> torch.device:
     return torch.device(cfg.device)
 
 
+def _compile_error(err: BaseException) -> bool:
+    """Whether ``err`` came from ``torch.compile`` (Dynamo or an Inductor backend)."""
+    import torch._dynamo.exc as dynamo_exc
+
+    return isinstance(err, (dynamo_exc.TorchDynamoException,
+                            dynamo_exc.BackendCompilerFailed)) or \
+        type(err).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
 class Trainer:
     """One training run; :func:`train` is the one-call front end."""
 
@@ -189,6 +199,7 @@ class Trainer:
         self.start_step = 0
         blob = self._load_or_calibrate()
         self.ddp = self._wrap()
+        self.compiled = self._compile_forwards()
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr,
                                            fused=self._fused_adamw() or None)
         torch.manual_seed(cfg.seed)
@@ -235,6 +246,29 @@ class Trainer:
             return self.model
         return parallel.wrap(self.model, self.cfg.parallel, self.device)
 
+    def _compile_forwards(self) -> bool:
+        """The step's forwards (``_student``, ``_teacher``): ``torch.compile`` of the student
+        and teacher where ``cfg.compile`` says (None: on CUDA), else the modules themselves
+        (checkpoints, evaluation and the result always use the modules)."""
+        self._student, self._teacher = self.ddp, self.teacher
+        wanted = self.cfg.compile
+        if wanted is None:
+            wanted = self.device.type == "cuda"
+        if not wanted:
+            return False
+        self._student = torch.compile(self.ddp)
+        if self.teacher is not None:
+            self._teacher = torch.compile(self.teacher)
+        return True
+
+    def _uncompile(self, err: BaseException) -> None:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"binattn train: torch.compile failed ({type(err).__name__}: {first}); "
+                      "training eager (TrainConfig(compile=False) skips the attempt)",
+                      RuntimeWarning, stacklevel=3)
+        self._student, self._teacher = self.ddp, self.teacher
+        self.compiled = False
+
     def _epoch_batches(self, epoch: int) -> Iterator:
         return batches(self.data, self.cfg.batch_size, seed=self.cfg.seed, epoch=epoch,
                        rank=self.dist.rank, world_size=self.dist.world_size,
@@ -267,6 +301,18 @@ class Trainer:
                               enabled=self.cfg.autocast is not None)
 
     def step(self, step: int, inputs: tuple, labels: Optional[torch.Tensor]) -> dict:
+        """One training step (a compiled forward that fails falls back to eager, once)."""
+        if not self.compiled:
+            return self._step(step, inputs, labels)
+        try:
+            return self._step(step, inputs, labels)
+        except Exception as err:  # noqa: BLE001 - any compile failure: train eager instead
+            if not _compile_error(err):
+                raise
+            self._uncompile(err)
+            return self._step(step, inputs, labels)
+
+    def _step(self, step: int, inputs: tuple, labels: Optional[torch.Tensor]) -> dict:
         plan = self.recipe.plan(self.sites, step, self.total)
         lr = self._set_lr(step)
         out_t, rec_t = None, None
@@ -274,11 +320,11 @@ class Trainer:
             with torch.no_grad(), Recorder(self.teacher_sites, plan.record_probs,
                                            plan.record_outputs) as rec_t:
                 with self._autocast():
-                    raw_t = self.teacher(*inputs)
+                    raw_t = self._teacher(*inputs)
                 out_t = main_output(raw_t).float()
         with Recorder(self.sites, plan.record_probs, plan.record_outputs) as rec_s:
             with self._autocast():
-                raw_s = self.ddp(*inputs)
+                raw_s = self._student(*inputs)
             out_s = main_output(raw_s).float()
             loss, parts = self.recipe.loss(out_s, out_t, labels, self.task, plan, rec_s, rec_t)
         self.optimizer.zero_grad(set_to_none=True)
