@@ -427,3 +427,12 @@ def test_compiled_step_matches_eager_and_is_off_by_default_on_cpu(digits_small, 
     default = Trainer(binarized(fp_trained), train_set, TrainConfig(steps=1, batch_size=BATCH,
                                                                     progress=False))
     assert default.compiled is False
+
+
+def test_compile_default_skips_recipes_whose_site_options_change(digits_small, fp_trained):
+    """HAD anneals its temperature every step (each value would recompile): its default run
+    is eager on any device; BinaryAttention's options stay fixed."""
+    from binattn.train.recipes import make_recipe
+
+    assert make_recipe(TrainConfig(recipe="binaryattention")).fixed_site_options
+    assert not make_recipe(TrainConfig(recipe="had")).fixed_site_options

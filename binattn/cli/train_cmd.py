@@ -195,7 +195,8 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
               help="Per-layer attention-output MSE against the teacher (normalised by its "
               "variance).  [default: text 1, else 0]")
 @click.option("--compile/--no-compile", "compile_step", default=None,
-              help="Run the forwards through torch.compile.  [default: on CUDA, not on CPU]")
+              help="Run the forwards through torch.compile.  [default: on CUDA, not on CPU "
+              "and not for HAD, whose annealed temperature would recompile every step]")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from OUTPUT.ckpt when it exists.")
 @click.option("--trust-pickle", is_flag=True, help="Allow full unpickling of MODEL (only for "

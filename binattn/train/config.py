@@ -76,7 +76,8 @@ class TrainConfig:
             Inductor; binattn's ops stay extern kernels, the CUDA training path's SDPA and
             sign operands fuse). ``None`` (default) compiles on CUDA, where it pays off (a
             ViT-B/16 ``Trainer.step`` on an H100: 40.6 against 47.5 ms, docs/model_path.md),
-            and not on CPU, where the first steps would pay minutes of compiling. A compile
+            and not on CPU, where the first steps would pay minutes of compiling, nor for HAD
+            (its temperature anneals every step: each new value would recompile). A compile
             that fails at the first step falls back to eager with a warning naming why.
     """
 

@@ -50,6 +50,9 @@ class Recipe:
     """Base recipe; subclasses set up sites and choose loss terms."""
 
     name = "base"
+    #: whether the sites' options stay fixed over the run (then a compiled forward compiles
+    #: once; ``TrainConfig.compile=None`` compiles on CUDA only then)
+    fixed_site_options = True
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -121,6 +124,8 @@ class FPRecipe(Recipe):
 
 class HADRecipe(Recipe):
     name = "had"
+    # the binarizer's temperature anneals every step: a compiled forward would recompile
+    fixed_site_options = False
 
     def prepare(self, sites: list) -> None:
         super().prepare(sites)

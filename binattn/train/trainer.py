@@ -248,12 +248,13 @@ class Trainer:
 
     def _compile_forwards(self) -> bool:
         """The step's forwards (``_student``, ``_teacher``): ``torch.compile`` of the student
-        and teacher where ``cfg.compile`` says (None: on CUDA), else the modules themselves
-        (checkpoints, evaluation and the result always use the modules)."""
+        and teacher where ``cfg.compile`` says (None: on CUDA, for recipes whose site options
+        stay fixed — not HAD's annealed temperature, which would recompile every step), else
+        the modules themselves (checkpoints, evaluation and the result always use them)."""
         self._student, self._teacher = self.ddp, self.teacher
         wanted = self.cfg.compile
         if wanted is None:
-            wanted = self.device.type == "cuda"
+            wanted = self.device.type == "cuda" and self.recipe.fixed_site_options
         if not wanted:
             return False
         self._student = torch.compile(self.ddp)
