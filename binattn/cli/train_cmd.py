@@ -156,7 +156,7 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
               help="Trained model (.pt2); the checkpoint goes to OUTPUT.ckpt.")
 @click.option("--epochs", type=float, default=None, help="Run length in epochs.  [default: 60]")
 @click.option("--steps", type=int, default=None, help="Train this many steps (overrides epochs). "
-              " [default: text 3000, else by epochs]")
+              " [default: text 4500, else by epochs]")
 @click.option("--batch-size", type=int, default=None, help="  [default: text 16, else 64]")
 @click.option("--lr", type=float, default=None, help="AdamW learning rate.  [default: text "
               "2e-4, else 3e-4]")

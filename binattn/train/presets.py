@@ -6,7 +6,7 @@ Two presets, each the recipe measured in docs/training.md for that kind of model
 - ``tensors`` (images and other tensors: ``digits``, ``cluttered-digits``, ``.npz``/``.pt``):
   the ViT recipe — 60 epochs, batch 64, AdamW 3e-4, relative-position bias (BinaryAttention),
   float32, fixed shapes.
-- ``text`` (``english-mix``, ``stdlib-text``, ``.txt``): the MiniLM english-mix recipe — 3000
+- ``text`` (``english-mix``, ``stdlib-text``, ``.txt``): the MiniLM english-mix recipe — 4500
   steps, batch 16, AdamW 2e-4 (weight decay 0.01), no bias, attention-map KL and hidden-state
   MSE beside the embedding loss, 128 tokens, length buckets of 50 steps, bfloat16 autocast
   where the device runs it fast (CUDA with bf16; CPUs with AVX-512 BF16 or AMX).
@@ -45,7 +45,7 @@ PRESETS = {
     "tensors": Preset(epochs=60.0, steps=None, batch_size=64, lr=3e-4, bias="auto", max_len=128,
                       attn_weight=None, hidden_weight=0.0, length_buckets=0, autocast=None,
                       weight_decay=0.05),
-    "text": Preset(epochs=60.0, steps=3000, batch_size=16, lr=2e-4, bias="none", max_len=128,
+    "text": Preset(epochs=60.0, steps=4500, batch_size=16, lr=2e-4, bias="none", max_len=128,
                    attn_weight=1.0, hidden_weight=1.0, length_buckets=50, autocast="bfloat16",
                    weight_decay=0.01),
 }
