@@ -79,7 +79,7 @@ def test_unsupported_options_are_named(case):
     assert reason and any(word in reason for word in ("top_n", "pv_bits", "soft_cap", "sinks"))
 
 
-def test_cpu_and_no_grad_calls_do_not_take_it():
+def test_cpu_calls_do_not_take_it():
     q, k, v = (torch.randn(1, 2, 9, 32, requires_grad=True) for _ in range(3))
     tensors, options = split_keywords()
     assert not sdpa.takes(q, k, v, tensors, options)  # CPU: the TVM kernels

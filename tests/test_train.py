@@ -429,7 +429,7 @@ def test_compiled_step_matches_eager_and_is_off_by_default_on_cpu(digits_small, 
     assert default.compiled is False
 
 
-def test_compile_default_skips_recipes_whose_site_options_change(digits_small, fp_trained):
+def test_compile_default_skips_recipes_whose_site_options_change():
     """HAD anneals its temperature every step (each value would recompile): its default run
     is eager on any device; BinaryAttention's options stay fixed."""
     from binattn.train.recipes import make_recipe

@@ -9,7 +9,8 @@ scale set to 1: ``k'`` is exactly ±1, and every product ``c̃·(±1)`` is exact
 float32 accumulator, so the scores differ from the reference's only by the rounding of ``c`` to
 v's dtype (relative 2⁻⁹ in bf16). The backward is SDPA's own (FlashAttention's scheme: row
 log-sum-exp saved, scores recomputed per block); the operands' gradients go through the STE
-window and the mean|x| scales by autograd, as in the reference (``reference.score_factors``).
+window and the mean|x| scales: one autograd function for the common case (sign binarizer,
+mean|x| or no scales), the reference's own factors (``reference.score_factors``) otherwise.
 
 Entry: :func:`binary_attention` (differentiable; ``binattn.ops.binary_attention_with`` takes it
 on CUDA whenever a gradient is recorded, so the forward and the backward both run here). The
@@ -69,7 +70,8 @@ class _SignOperands(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, mean_abs: bool, scale: float, clip: float, dtype: torch.dtype):
         hq = q.shape[-3]
-        s_q, s_k = (_abs_mean(x) if mean_abs else _abs_mean(x) * 0 + 1 for x in (q, k))
+        s_q, s_k = (_abs_mean(x) if mean_abs else
+                    reference.magnitude_scale(_abs_mean(x), "none", None) for x in (q, k))
         coef = reference.nan_unless_finite(s_q * reference.expand_kv_heads(s_k, hq) * scale)
         c = coef.to(dtype)
         one = torch.ones((), dtype=dtype, device=k.device)
@@ -104,34 +106,21 @@ def _abs_mean(x: torch.Tensor) -> torch.Tensor:
                                     dtype=torch.float32) / _size(x)
 
 
-def _magnitude(x: torch.Tensor, options: AttentionOptions,
-               static: Optional[torch.Tensor]) -> torch.Tensor:
-    """s per (b, h) in float32 ``[..., 1, 1]``: mean|x|, or ``reference.magnitude_scale``'s
-    static value / 1 with its NaN guard."""
-    if options.scale_mode == "mean_abs":
-        return _abs_mean(x)
-    return reference.magnitude_scale(_abs_mean(x).detach(), options.scale_mode, static)
-
-
 def operands(q: torch.Tensor, k: torch.Tensor, tensors: AttentionTensors,
              options: AttentionOptions, dtype: torch.dtype
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(q', k', c)`` with ``q'·k'ᵀ`` the binary scores in ``dtype`` (k' with k's heads) and
     ``c`` the per-(b, h) coefficient ``[B, Hq, 1, 1]`` (NaN where q or k is not finite):
     :class:`_SignOperands` for the sign binarizer with mean|x| or no scales, else the
-    reference's differentiable pieces (static scales, HAD's soft binarizers)."""
+    reference's own factors (``reference.score_factors``: static scales, HAD's soft
+    binarizers; float32, k expanded to the query heads)."""
     scale = reference.softmax_scale_of(q, options)
     if options.binarizer == "sign" and options.scale_mode != "static":
         return _SignOperands.apply(q, k, options.scale_mode == "mean_abs", scale,
                                    options.ste_clip, dtype)
-    hq = q.shape[-3]
-    s_q = _magnitude(q, options, tensors.q_scale)
-    s_k = _magnitude(k, options, tensors.k_scale)
-    static = options.scale_mode == "static"
-    q_in, k_in = (q / s_q, k / s_k) if static else (q, k)
-    coef = reference.nan_unless_finite(s_q * reference.expand_kv_heads(s_k, hq) * scale)
-    b_q, b_k = (reference.binarize_as(x.float(), options) for x in (q_in, k_in))
-    return (coef * b_q).to(dtype), b_k.to(dtype), coef.detach()
+    f = reference.score_factors(q, k, options, tensors.q_scale, tensors.k_scale)
+    coef = reference.nan_unless_finite(f.s_q * f.s_k * f.softmax_scale)
+    return (coef * f.b_q).to(dtype), f.b_k.to(dtype), coef.detach()
 
 
 def _masks(tensors: AttentionTensors, options: AttentionOptions, n_q: int, n_k: int,

@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 import torch
 
+from .config import TrainConfig
+
 TEXT_DATA = ("english-mix", "stdlib-text")
 
 
@@ -41,13 +43,20 @@ class Preset:
     weight_decay: float
 
 
+def _config(**own: Any) -> Preset:
+    """A preset: ``TrainConfig``'s own defaults (one place for them) where ``own`` is silent;
+    ``bias`` and ``max_len`` are the CLI's (the capture's and the tokenizer's)."""
+    fields = TrainConfig.__dataclass_fields__
+    values = {name: fields[name].default for name in Preset.__dataclass_fields__
+              if name in fields}
+    return Preset(**{**values, "bias": "auto", "max_len": 128, **own})
+
+
 PRESETS = {
-    "tensors": Preset(epochs=60.0, steps=None, batch_size=64, lr=3e-4, bias="auto", max_len=128,
-                      attn_weight=None, hidden_weight=0.0, length_buckets=0, autocast=None,
-                      weight_decay=0.05),
-    "text": Preset(epochs=60.0, steps=4500, batch_size=16, lr=2e-4, bias="none", max_len=128,
-                   attn_weight=1.0, hidden_weight=1.0, length_buckets=50, autocast="bfloat16",
-                   weight_decay=0.01),
+    "tensors": _config(),
+    "text": _config(steps=4500, batch_size=16, lr=2e-4, bias="none", attn_weight=1.0,
+                    hidden_weight=1.0, length_buckets=50, autocast="bfloat16",
+                    weight_decay=0.01),
 }
 
 
