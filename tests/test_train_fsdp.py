@@ -27,8 +27,9 @@ from binattn.train.parallel import _named, _numbered, shard_units
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 SCRIPT = textwrap.dedent("""
-    import json, sys, warnings
+    import faulthandler, json, os, sys, warnings
     import torch, torch.distributed as dist, binattn
+    faulthandler.enable()  # a C++ abort mid-run prints every thread's Python stack
     from binattn.models import digits_vit
     from binattn.train import data, train
     from binattn.train.parallel import full_tensors, is_sharded
@@ -53,6 +54,11 @@ SCRIPT = textwrap.dedent("""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    # the work is done and written: skip interpreter teardown, where gloo's worker threads
+    # can abort the process ("terminate called without an active exception", pytorch#179291)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 """)
 ENV = dict(os.environ, OMP_NUM_THREADS="1", BINATTN_KERNELS="reference")
 
