@@ -268,3 +268,55 @@ def test_mean_abs_scale_comes_from_the_pack_pass():
     s = abs_sum.sum(-1) / (10 * 40)
     torch.testing.assert_close(s[..., None, None], reference.qk_scale(x, "mean_abs", None))
     assert math.isfinite(float(s.sum()))
+
+
+@pytest.mark.parametrize("scale_mode", ["mean_abs", "none", "static"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepare_packs_q_and_k_and_computes_the_scales_of_the_reference(scale_mode, dtype):
+    """One TVM call: q's and k's words (padded with zeros; k transposed), the magnitudes and the
+    score multiplier as the reference defines them — GQA, strided views, odd N and D."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 9, 4, 72, generator=gen).to(dtype).transpose(1, 2)  # [2, 4, 9, 72] view
+    k = torch.randn(2, 2, 11, 72, generator=gen).to(dtype)
+    q[0, 0, 0, :2] = torch.tensor([0.0, -0.0], dtype=dtype)
+    tensors = ops.AttentionTensors(q_scale=torch.rand(4, 1, 1) + 0.5,
+                                   k_scale=torch.rand(2, 1, 1) + 0.5)
+    options = ops.AttentionOptions(scale_mode=scale_mode, scale=0.3)
+    prep = cpu_dispatch.prepare_qk(q, k, tensors, options, 64, 128)
+    assert torch.equal(prep.q_bits[:, :, :9], reference.sign_pack(q)[0])
+    assert torch.equal(prep.k_bits[..., :11].transpose(-1, -2), reference.sign_pack(k)[0])
+    assert not prep.q_bits[:, :, 9:].any() and not prep.k_bits[..., 11:].any()
+    k4 = reference.expand_kv_heads(k, 4).float()
+    k_static = reference.expand_kv_heads(tensors.k_scale, 4)
+    s_q = reference.qk_scale(q.float(), scale_mode, tensors.q_scale).reshape(2, 4)
+    s_k = reference.qk_scale(k4, scale_mode, k_static).reshape(2, 4)
+    torch.testing.assert_close(prep.s_q, s_q)
+    torch.testing.assert_close(prep.s_k, s_k)
+    torch.testing.assert_close(prep.coef, s_q * s_k * 0.3)
+    assert tensors.q_scale.min() >= 0.5, "static scales are read, never written"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_prepare_poisons_the_head_of_a_non_finite_input(bad):
+    q, k = torch.randn(1, 3, 8, 32), torch.randn(1, 3, 8, 32)
+    k[0, 1, 5, 7] = bad
+    for mode in ("mean_abs", "none"):
+        prep = cpu_dispatch.prepare_qk(q, k, ops.AttentionTensors(),
+                                       ops.AttentionOptions(scale_mode=mode), 64, 64)
+        assert torch.isnan(prep.coef[0, 1]) and torch.isfinite(prep.coef[0, [0, 2]]).all()
+
+
+def test_supports_is_remembered_per_signature_but_not_for_static_scale_values():
+    q, k, v = (torch.randn(1, 2, 16, 32) for _ in range(3))
+    options = ops.AttentionOptions(scale_mode="static")
+    scale = torch.ones(2, 1, 1)
+    tensors = ops.AttentionTensors(q_scale=scale, k_scale=torch.ones(2, 1, 1))
+    assert cpu_dispatch.binary_attention_supports(q, k, v, tensors, options) is None
+    scale.fill_(-1.0)   # a new version of the tensor: its values are read again
+    reason = cpu_dispatch.binary_attention_supports(q, k, v, tensors, options)
+    assert reason is not None and "q_scale" in reason
+    plain = ops.AttentionOptions()
+    assert cpu_dispatch.binary_attention_supports(q, k, v, ops.AttentionTensors(), plain) is None
+    key = cpu_dispatch._signature(q, k, v, ops.AttentionTensors(), plain)
+    assert cpu_dispatch._answers[key] is None
+    assert cpu_dispatch._signature(q, k, v.double(), ops.AttentionTensors(), plain) != key

@@ -18,10 +18,17 @@ import functools
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
 from .._files import user_cache_dir
+
+
+#: how long a records file's modification time is trusted before it is stat'ed again (kernel
+#: calls consult the database on every call); writes made by this process are seen at once
+RESTAT_SECONDS = 1.0
+_writes = 0   # records files written by this process (any database object)
 
 
 def default_db_dir() -> Path:
@@ -40,8 +47,9 @@ class TuningDatabase:
 
     def __init__(self, root: Optional[Path] = None):
         self.root = Path(root) if root is not None else default_db_dir()
-        self._records_path = self.root / "records.json"   # stat'ed on every kernel call
+        self._records_path = self.root / "records.json"
         self._cached: Optional[tuple[int, dict]] = None
+        self._stat: tuple[float, int, Optional[int]] = (-RESTAT_SECONDS, -1, None)
 
     @property
     def records_path(self) -> Path:
@@ -50,18 +58,27 @@ class TuningDatabase:
     def meta_schedule_dir(self, workload: str) -> Path:
         return self.root / "meta_schedule" / workload
 
+    def _mtime(self) -> Optional[int]:
+        """The records file's mtime (None: no file), stat'ed at most every ``RESTAT_SECONDS``
+        unless this process wrote a records file since."""
+        checked, writes, mtime = self._stat
+        now = time.monotonic()
+        if now - checked >= RESTAT_SECONDS or writes != _writes:
+            try:
+                mtime = self.records_path.stat().st_mtime_ns
+            except FileNotFoundError:
+                mtime = None
+            self._stat = (now, _writes, mtime)
+        return mtime
+
     def version(self) -> tuple[Path, Optional[int]]:
         """Changes whenever the records may have: (directory, records file mtime or None)."""
-        try:
-            return self.root, self.records_path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return self.root, None
+        return self.root, self._mtime()
 
     def records(self) -> dict:
         """All records; re-read only when the file changed (kernel calls look up every time)."""
-        try:
-            stamp = self.records_path.stat().st_mtime_ns
-        except FileNotFoundError:
+        stamp = self._mtime()
+        if stamp is None:
             return {}
         if self._cached is not None and self._cached[0] == stamp:
             return self._cached[1]
@@ -92,6 +109,8 @@ class TuningDatabase:
         with os.fdopen(fd, "w") as handle:
             json.dump(records, handle, indent=1, sort_keys=True)
         os.replace(tmp, self.records_path)
+        global _writes
+        _writes += 1
         return True
 
 

@@ -126,6 +126,14 @@ def sign_pack_kernel(words: int, dtype: str = "float32") -> Any:
     return _get(key, lambda: cpu_kernels.sign_pack_module(words, dtype))
 
 
+@functools.lru_cache(maxsize=None)
+def prepare_kernel(words: int, dtype: str, scale_mode: str) -> Any:
+    """q and k → their packed words, magnitudes and score multiplier, in one call
+    (``kernels.prepare_module``), for any D with this many words."""
+    key = CacheKey("prepare", target_key(), f"w{words}_{scale_mode}", dtype, "rows64")
+    return _get(key, lambda: cpu_kernels.prepare_module(words, dtype, scale_mode))
+
+
 def scores_kernel(n_q: int, n_k: int, words: int, batch: Optional[int] = None,
                   head_dim: Optional[int] = None) -> Any:
     """The score kernel, called as ``fn(q [B, Nq, W], k [B, Nk, W], out [B, Nq, Nk], D)``.

@@ -10,13 +10,16 @@ instead of raising. Tensors reach TVM zero-copy through DLPack.
 No copies of q, k, v or the output: the kernels read q, k, v in their own dtype through their
 strides (any stride on B, H, N; unit stride on D — fused-QKV ``permute``/``unbind`` views, HF's
 ``transpose(1, 2)``, a GQA ``expand`` with stride 0 on H) and the attention kernels write
-``reference.empty_output(q, v)`` itself (its true Nq rows and Dv columns, in v's dtype). What
-this module allocates per call: the packed bits (padded with zero words to the kernel's blocks:
-Nq to ``block_q``, Nk to ``block_k``; k's words go straight into the ``[B, H, W, Nk]`` layout
-the kernels read), per-row popcounts and Σ|x|, the per-(b, h) coefficients, for ``pv_bits=8``
+``reference.empty_output(q, v)`` itself (its true Nq rows and Dv columns, in v's dtype). Per call,
+one TVM call (``prepare_qk``: ``kernels.prepare_module``) packs q and k (padded with zero words
+to the kernel's blocks: Nq to ``block_q``, Nk to ``block_k``; k's words straight into the
+``[B, H, W, Nk]`` layout the kernels read) and computes the per-(b, h) magnitudes and score
+multiplier, then the attention kernel runs: the host allocates those buffers, for ``pv_bits=8``
 the s8 V, and the additive tensor (bias + mask as float32, read by the kernel with its strides;
 a bias table is gathered straight into ``[H, Nq, Nk]``; a constant 1-element tensor when there
 is none). A tensor whose last dim is not unit-stride is the one layout copied (``unit_last``).
+Whether the kernel takes a call is remembered per call signature (shapes, dtypes, options), so
+a repeated call costs two TVM calls and a few allocations on the host.
 
 What the kernels cover: float32/float16/bfloat16 inputs, any D and Dv, odd N, GQA, bool or
 float masks, causal, learned bias, the three scale modes, ``pv_bits`` None or 8. What they do
@@ -32,7 +35,7 @@ import ctypes
 import functools
 import math
 import sys
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -160,6 +163,12 @@ def _sign_pack_built(x: torch.Tensor) -> Optional[str]:
                       lambda: cpu_build.sign_pack_kernel(words, dtype))
 
 
+def _prepare_built(q: torch.Tensor, scale_mode: str) -> Optional[str]:
+    words, dtype = reference.num_words(q.shape[-1]), TVM_DTYPES[q.dtype]
+    return try_build(("prepare", words, dtype, scale_mode),
+                      lambda: cpu_build.prepare_kernel(words, dtype, scale_mode))
+
+
 # --------------------------------------------------------------------------- popcount_scores
 def popcount_scores(q_bits: torch.Tensor, k_bits: torch.Tensor, D: int) -> torch.Tensor:
     batch = torch.broadcast_shapes(q_bits.shape[:-2], k_bits.shape[:-2])
@@ -211,24 +220,47 @@ def _additive(bias, attn_mask, n_q: int, n_k: int) -> Optional[torch.Tensor]:
     return add.expand(*add.shape[:3], n_k)
 
 
-def _scales(q, k, scale_mode, q_scale, k_scale, q_abs, k_abs) -> tuple[torch.Tensor, torch.Tensor]:
-    """s_q [B, Hq, 1, 1] and s_k [B, Hkv, 1, 1] as the reference defines them."""
-    if scale_mode == "mean_abs":
-        per = q.shape[-2] * q.shape[-1]
-        return ((q_abs.sum(-1) / per)[..., None, None],
-                (k_abs.sum(-1) / (k.shape[-2] * k.shape[-1]))[..., None, None])
-    return (reference.magnitude_scale(q_abs.sum(-1)[..., None, None], scale_mode, q_scale),
-            reference.magnitude_scale(k_abs.sum(-1)[..., None, None], scale_mode, k_scale))
-
-
-def _coef(q, k, scale, s_q, s_k) -> torch.Tensor:
-    """s_q·s_k·softmax_scale per (b, q head): float32 [B, Hq]."""
+def static_scales(q: torch.Tensor, k: torch.Tensor, q_scale: torch.Tensor,
+                  k_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fresh float32 ``[B, Hq]`` copies of static scales (``k_scale`` per kv head expanded to
+    the query heads); RuntimeError where they are not per (batch, head)."""
     b, hq, hkv = q.shape[0], q.shape[1], k.shape[1]
-    softmax_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if s_k.dim() >= 3 and s_k.shape[-3] == hkv and hkv != hq:
-        s_k = reference.expand_kv_heads(s_k, hq)
-    coef = torch.broadcast_to(s_q * s_k * softmax_scale, (b, hq, 1, 1))
-    return reference.nan_unless_finite(coef.reshape(b, hq).to(torch.float32)).contiguous()
+    if k_scale.dim() >= 3 and k_scale.shape[-3] == hkv and hkv != hq:
+        k_scale = reference.expand_kv_heads(k_scale, hq)
+    return tuple(torch.broadcast_to(s.to(torch.float32), (b, hq, 1, 1)).reshape(b, hq).clone()
+                 for s in (q_scale, k_scale))
+
+
+class Prepared(NamedTuple):
+    """What the kernels read of q and k (``prepare_qk``): words, magnitudes, multiplier."""
+
+    q_bits: torch.Tensor   # [B, Hq, nq_pad, W], rows past Nq zero
+    k_bits: torch.Tensor   # [B, Hkv, W, nk_pad] (transposed), keys past Nk zero
+    s_q: torch.Tensor      # [B, Hq] float32: the magnitude multiplying sign(q)
+    s_k: torch.Tensor      # [B, Hq] float32: sign(k)'s, per query head
+    coef: torch.Tensor     # [B, Hq] float32: s_q·s_k·softmax scale, NaN where not finite
+
+
+def prepare_qk(q: torch.Tensor, k: torch.Tensor, tensors: AttentionTensors,
+               options: AttentionOptions, nq_pad: int, nk_pad: int) -> Prepared:
+    """q and k packed, their magnitudes and the score multiplier, in one TVM call
+    (``kernels.prepare_module``: the reference's ``qk_scale`` and NaN policy)."""
+    b, hq, n_q, head_dim = q.shape
+    hkv, n_k = k.shape[1], k.shape[2]
+    words = reference.num_words(head_dim)
+    q_bits = torch.empty(b, hq, nq_pad, words, dtype=torch.int32)
+    k_bits = torch.empty(b, hkv, words, nk_pad, dtype=torch.int32)
+    rows = torch.empty(b * (hq * n_q + hkv * n_k))
+    if options.scale_mode == "static":
+        s_q, s_k = static_scales(q, k, tensors.q_scale, tensors.k_scale)
+    else:
+        s_q, s_k = torch.empty(b, hq), torch.empty(b, hq)
+    coef = torch.empty(b, hq)
+    fn = cpu_build.prepare_kernel(words, TVM_DTYPES[q.dtype], options.scale_mode)
+    fn(unit_last(q), unit_last(k), q_bits, k_bits, rows[:b * hq * n_q].view(b, hq, n_q),
+       rows[b * hq * n_q:].view(b, hkv, n_k), s_q, s_k, coef,
+       reference.softmax_scale_of(q, options))
+    return Prepared(q_bits, k_bits, s_q, s_k, coef)
 
 
 def _add_shape(bias_shape, attn_mask) -> Optional[tuple[int, ...]]:
@@ -246,22 +278,6 @@ def _workload(q, v, add_shape, is_causal, pv_bits) -> cpu_kernels.AttentionWorkl
     return cpu_kernels.AttentionWorkload(reference.num_words(q.shape[-1]), v.shape[-1],
                                          bool(is_causal), bcast, pv_bits == 8,
                                          TVM_DTYPES[v.dtype])
-
-
-def _pack_q(q: torch.Tensor, nq_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q's words ``[B, H, nq_pad, W]``, rows past Nq zero; Σ|q| per row)."""
-    b, h, n, _ = q.shape
-    bits = torch.empty(b, h, nq_pad, reference.num_words(q.shape[-1]), dtype=torch.int32)
-    bits[:, :, n:].zero_()
-    return bits, pack_into(q, bits[:, :, :n])[1]
-
-
-def _pack_k(k: torch.Tensor, nk_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(k's words transposed, ``[B, H, W, nk_pad]``, keys past Nk zero; Σ|k| per row)."""
-    b, h, n, _ = k.shape
-    bits = torch.empty(b, h, reference.num_words(k.shape[-1]), nk_pad, dtype=torch.int32)
-    bits[..., n:].zero_()
-    return bits, pack_into(k, bits[..., :n].transpose(-1, -2))[1]
 
 
 def _values(v: torch.Tensor, wl: cpu_kernels.AttentionWorkload, nk_pad: int) -> list:
@@ -292,13 +308,10 @@ def binary_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     wl = _workload(q, v, None if add is None else add.shape, options.is_causal, options.pv_bits)
     fn, knobs = cpu_build.attention_kernel(wl)
     nq_pad, nk_pad = _round_up(n_q, knobs.block_q), _round_up(n_k, knobs.block_k)
-    q_bits, q_abs = _pack_q(q, nq_pad)
-    k_bits, k_abs = _pack_k(k, nk_pad)
-    s_q, s_k = _scales(q, k, options.scale_mode, tensors.q_scale, tensors.k_scale, q_abs, k_abs)
-    coef = _coef(q, k, options.scale, s_q, s_k)
+    prep = prepare_qk(q, k, tensors, options, nq_pad, nk_pad)
     out = reference.empty_output(q, v)
-    fn(q_bits, k_bits, *_values(v, wl, nk_pad), coef, _NO_ADD if add is None else unit_last(add),
-       out, n_k, head_dim)
+    fn(prep.q_bits, prep.k_bits, *_values(v, wl, nk_pad), prep.coef,
+       _NO_ADD if add is None else unit_last(add), out, n_k, head_dim)
     user_floats = bias is not None or (tensors.attn_mask is not None
                                        and tensors.attn_mask.is_floating_point())
     return _nan_policy(out, add if user_floats else None)
@@ -363,9 +376,40 @@ def tensor_reason(tensors: AttentionTensors, options: AttentionOptions,
     return None
 
 
+#: ``binary_attention_supports``'s answers per call signature (bounded; cleared when full)
+_answers: dict[tuple, Optional[str]] = {}
+MAX_ANSWERS = 1024
+
+
+def _signature(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: AttentionTensors,
+               options: AttentionOptions) -> tuple:
+    """What the answer of ``binary_attention_supports`` depends on, static scales' values
+    aside: the options, every tensor's shape, dtype and device, and the kernel cache (where a
+    build may have failed)."""
+    return (options, id(cpu_build.kernel_cache()),
+            *((None if t is None else (t.shape, t.dtype, t.device.type))
+              for t in (q, k, v, *tensors)))
+
+
 def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               tensors: AttentionTensors,
                               options: AttentionOptions) -> Optional[str]:
+    """None when the fused kernel runs this call, else the reason the reference runs.
+    Remembered per call signature (a repeated call pays a tuple and a dict lookup), except
+    with static scales, whose values decide it."""
+    if options.scale_mode == "static":
+        return _supports(q, k, v, tensors, options)
+    key = _signature(q, k, v, tensors, options)
+    answer = _answers.get(key, _answers)
+    if answer is _answers:
+        if len(_answers) >= MAX_ANSWERS:
+            _answers.clear()
+        answer = _answers[key] = _supports(q, k, v, tensors, options)
+    return answer
+
+
+def _supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: AttentionTensors,
+              options: AttentionOptions) -> Optional[str]:
     reason = tensor_reason(tensors, options, q, k, v)
     if reason:
         return reason
@@ -375,7 +419,7 @@ def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     bias, attn_mask, bias_index = tensors.bias, tensors.attn_mask, tensors.bias_index
     if options.scale_mode == "static":
         try:
-            _coef(q, k, options.scale, tensors.q_scale.float(), tensors.k_scale.float())
+            static_scales(q, k, tensors.q_scale, tensors.k_scale)
         except RuntimeError:
             return "static scales are not per (batch, head)"
     bias_shape = None if bias is None else (
@@ -390,7 +434,7 @@ def binary_attention_supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                             lambda: cpu_build.quantize_v_kernel(wl.value_dim, wl.dtype))
         if reason:
             return reason
-    return (_sign_pack_built(q) or _sign_pack_built(k)
+    return (_prepare_built(q, options.scale_mode)
             or try_build(wl, lambda: cpu_build.attention_kernel(wl)))
 
 

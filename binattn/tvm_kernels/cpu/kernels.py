@@ -93,6 +93,27 @@ class AttentionWorkload:
 
 
 # --------------------------------------------------------------------------- sign_pack
+def _row_packer(words: int):
+    """The macro packing one row: ``word[w]`` ← the sign bits of ``x[b, h, n, :]`` (bit j of
+    word w for element 32·w + j, 1 where x ≥ 0), ``acc[0..15]`` ← lane partial sums of |x|
+    (``_tree`` of them is the row's Σ|x|). Each element is cast to float32 as it is read."""
+
+    @T.macro
+    def pack_row(x, word, acc, b, h, n, D):
+        for w in range(words):
+            word[w] = 0
+            for j in range(32):
+                if w * 32 + j < D:
+                    word[w] = word[w] | T.shift_left(T.Cast(
+                        "int32", T.Cast("float32", x[b, h, n, w * 32 + j]) >= T.float32(0)), j)
+        for lane in T.vectorized(16):
+            acc[lane] = T.float32(0)
+        for d in range(D):
+            acc[d % 16] = acc[d % 16] + T.fabs(T.Cast("float32", x[b, h, n, d]))
+
+    return pack_row
+
+
 def sign_pack_module(words: int, dtype: str = "float32") -> tvm.IRModule:
     """``x [B, H, N, D]`` (``dtype``, any strides on B, H, N, unit stride on D) → words
     ``[B, H, N, W]`` int32 (any strides: the attention kernels' key layout ``[.., W, N]`` is a
@@ -102,16 +123,14 @@ def sign_pack_module(words: int, dtype: str = "float32") -> tvm.IRModule:
 
     D is read from the input's shape at run time; one kernel serves every D with W words.
     """
+    pack_row = _row_packer(words)
 
     @T.prim_func
     def main(x_h: T.handle, bits_h: T.handle, pops_h: T.handle, abs_h: T.handle):
         T.func_attr({"tir.noalias": True})
-        B = T.int32()
-        H = T.int32()
-        N = T.int32()
-        D = T.int32()
-        xs = (T.int32(), T.int32(), T.int32())
+        B, H, N, D = T.int32(), T.int32(), T.int32(), T.int32()
         ws = (T.int32(), T.int32(), T.int32(), T.int32())
+        xs = (T.int32(), T.int32(), T.int32())
         x = T.match_buffer(x_h, (B, H, N, D), dtype, strides=(*xs, 1), align=ELEM_ALIGN)
         bits = T.match_buffer(bits_h, (B, H, N, words), "int32", strides=ws, align=ELEM_ALIGN)
         pops = T.match_buffer(pops_h, (B, H, N), "int32")
@@ -125,21 +144,103 @@ def sign_pack_module(words: int, dtype: str = "float32") -> tvm.IRModule:
                     b = T.Bind(r // (H * N))
                     h = T.Bind(r // N % H)
                     n = T.Bind(r % N)
+                    pack_row(x, word, acc, b, h, n, D)
                     for w in range(words):
-                        word[w] = 0
-                        for j in range(32):
-                            if w * 32 + j < D:
-                                word[w] = word[w] | T.shift_left(T.Cast(
-                                    "int32", T.Cast("float32", x[b, h, n, w * 32 + j])
-                                    >= T.float32(0)), j)
                         bits[b, h, n, w] = word[w]
                     pops[b, h, n] = _chain(operator.add,
                                            [T.popcount(word[w]) for w in range(words)])
-                    for l in T.vectorized(16):
-                        acc[l] = T.float32(0)
-                    for d in range(D):
-                        acc[d % 16] = acc[d % 16] + T.fabs(T.Cast("float32", x[b, h, n, d]))
                     absx[b, h, n] = _tree(T.Add, [acc[i] for i in range(16)])
+
+    return _module(main)
+
+
+def prepare_module(words: int, dtype: str, scale_mode: str) -> tvm.IRModule:
+    """Everything the attention kernels read of q and k, in one call: ``q [B, H, NQ, D]`` and
+    ``k [B, HK, NK, D]`` (``dtype``, read in place through their strides) → q's words
+    ``qb [B, H, NQP, W]`` and k's transposed ``kb [B, HK, W, NKP]`` (rows past NQ / NK zero),
+    the per-(b, q head) magnitudes ``sq``, ``sk`` ``[B, H]`` and score multiplier ``coef [B, H]``
+    = sq·sk·``scale``, as ``reference.qk_scale``, ``magnitude_scale`` and ``nan_unless_finite``
+    define them: ``mean_abs`` writes mean|x| of the (b, head) (k's kv head under GQA),
+    ``none`` 1, ``static`` reads the static scales from ``sq``/``sk`` — each poisoned to NaN
+    where the (b, head)'s Σ|x| is not finite, and ``coef`` NaN where it is not finite.
+    ``qa [B, H, NQ]`` and ``ka [B, HK, NK]`` are scratch (row sums of |x|)."""
+    pack_row = _row_packer(words)
+
+    @T.macro
+    def pack_rows(x, bits, absx, B, H, N, NP, D, keys: bool):
+        """Rows of x into ``bits`` (zeros past N; ``keys``: the transposed layout), Σ|x| per row
+        into ``absx``."""
+        for ro in T.parallel((B * H * NP + 63) // 64):
+            acc = T.alloc_buffer((16,), "float32")
+            word = T.alloc_buffer((words,), "int32")
+            for ri in range(64):
+                r = T.Bind(ro * 64 + ri)
+                if r < B * H * NP:
+                    b = T.Bind(r // (H * NP))
+                    h = T.Bind(r // NP % H)
+                    n = T.Bind(r % NP)
+                    if n < N:
+                        pack_row(x, word, acc, b, h, n, D)
+                        absx[b, h, n] = _tree(T.Add, [acc[i] for i in range(16)])
+                    else:
+                        for w in range(words):
+                            word[w] = 0
+                    for w in range(words):
+                        if keys:
+                            bits[b, h, w, n] = word[w]
+                        else:
+                            bits[b, h, n, w] = word[w]
+
+    @T.macro
+    def magnitude(s, total, count):
+        """s[0] ← the (b, head)'s magnitude from its Σ|x| ``total`` over ``count`` elements,
+        NaN where ``total`` is not finite (explicit tests: LLVM may fold ``total·0``)."""
+        if scale_mode == "mean_abs":
+            s[0] = total / T.Cast("float32", count)
+        elif scale_mode == "none":
+            s[0] = T.float32(1)
+        s[0] = T.Select(_finite(total), s[0], NAN)
+
+    @T.prim_func
+    def main(q_h: T.handle, k_h: T.handle, qb_h: T.handle, kb_h: T.handle, qa_h: T.handle,
+             ka_h: T.handle, sq_h: T.handle, sk_h: T.handle, coef_h: T.handle,
+             scale: T.float32):
+        T.func_attr({"tir.noalias": True})
+        B, H, HK, NQ, NK, D = T.int32(), T.int32(), T.int32(), T.int32(), T.int32(), T.int32()
+        NQP, NKP = T.int32(), T.int32()
+        qs = (T.int32(), T.int32(), T.int32())
+        ks = (T.int32(), T.int32(), T.int32())
+        q = T.match_buffer(q_h, (B, H, NQ, D), dtype, strides=(*qs, 1), align=ELEM_ALIGN)
+        k = T.match_buffer(k_h, (B, HK, NK, D), dtype, strides=(*ks, 1), align=ELEM_ALIGN)
+        qb = T.match_buffer(qb_h, (B, H, NQP, words), "int32")
+        kb = T.match_buffer(kb_h, (B, HK, words, NKP), "int32")
+        qa = T.match_buffer(qa_h, (B, H, NQ), "float32")
+        ka = T.match_buffer(ka_h, (B, HK, NK), "float32")
+        sq = T.match_buffer(sq_h, (B, H), "float32")
+        sk = T.match_buffer(sk_h, (B, H), "float32")
+        coef = T.match_buffer(coef_h, (B, H), "float32")
+        pack_rows(q, qb, qa, B, H, NQ, NQP, D, False)
+        pack_rows(k, kb, ka, B, HK, NK, NKP, D, True)
+        for bh in range(B * H):
+            b = T.Bind(bh // H)
+            h = T.Bind(bh % H)
+            hk = T.Bind(h // (H // HK))
+            tot = T.alloc_buffer((2,), "float32")
+            s = T.alloc_buffer((2,), "float32")
+            tot[0] = T.float32(0)
+            tot[1] = T.float32(0)
+            for n in range(NQ):
+                tot[0] = tot[0] + qa[b, h, n]
+            for n in range(NK):
+                tot[1] = tot[1] + ka[b, hk, n]
+            s[0] = sq[b, h]
+            magnitude(s, tot[0], NQ * D)
+            sq[b, h] = s[0]
+            s[0] = sk[b, h]
+            magnitude(s, tot[1], NK * D)
+            sk[b, h] = s[0]
+            s[1] = sq[b, h] * sk[b, h] * scale
+            coef[b, h] = T.Select(_finite(s[1]), s[1], NAN)
 
     return _module(main)
 
@@ -213,6 +314,12 @@ def fexp(x: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 NEG_INF = tirx.const(-math.inf, "float32")
+NAN = tirx.const(math.nan, "float32")
+
+
+def _finite(x: tirx.PrimExpr) -> tirx.PrimExpr:
+    """x is neither NaN nor ±Inf."""
+    return tirx.And(tirx.Not(tirx.isnan(x)), tirx.Not(tirx.isinf(x)))
 
 
 def _tree(op, items: list):
