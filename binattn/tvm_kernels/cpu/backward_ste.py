@@ -9,7 +9,7 @@ from ``d_hat`` = d(x̂), the gradient of x̂ = s·sign(x_in) (the backward kerne
   +1, as ``reference.binarize_value``), then ``grad = d_hat·[|x| ≤ clip]·s`` and, in a second
   pass over the unit, ``grad += sign(x)·(ds / (N·D))`` (torch.sign: 0 for ±0 and NaN);
 * ``none``: ``grad = d_hat·[|x| ≤ clip]·s`` (s is 1, or NaN where x holds a NaN or ±Inf);
-* ``static``: ``grad = d_hat·[|x / s| ≤ clip]`` (no s factor: the scale is not learned here).
+* ``static``: ``grad = d_hat·[|x / s| ≤ clip]`` (x̂ = s·sign(x / s): s and 1/s cancel).
 
 The products are rounded where the reference rounds them: the window multiplies as a 0/1
 float (a NaN or ±Inf ``d_hat`` stays NaN outside the window), and ``sign(x)·ds/(N·D)`` is
