@@ -7,6 +7,13 @@ Gradients come through the op's autograd (``loss.backward()``), the kernel path 
 δ = rowsum(dO∘O) from the saved output, checked to reach the kernel) and the reference inside
 ``dispatch.reference_only()``; direct calls of the backward op with and without δ agree. Builds
 go to a per-module cache directory.
+
+The STE epilogue kernel (``cpu.backward_ste``, through ``backward_dispatch.input_grad``) is
+checked on its own against ``reference._input_grad``: bit for bit (every scale mode, odd N and
+D, strided and half x, GQA, NaN / ±Inf, |x| at the clip, ±0; mean|x|'s sum made exact by
+dyadic gradients), within float32 rounding for random gradients; the kernel path's scales
+(from the sign-pack sums) against ``reference.backward_inputs``'; a failed build of the
+epilogue runs it in torch, says so, and gives the same gradients.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ from binattn.models import digits_vit
 from binattn.ops import dispatch, options, reference
 from binattn.tvm_kernels.cache import KernelCache
 from binattn.tvm_kernels.cpu import backward_dispatch, build as cpu_build
+from binattn.tvm_kernels.cpu import dispatch as cpu_forward
 
 from .op_cases import CASES, Shape, randn
 
@@ -229,3 +237,171 @@ def test_direct_backward_op_with_and_without_delta(case):
         assert (spy.call_args.args[-1] is None) == (not extra)
         n = 3 if tensors.bias is None else 4   # dq, dk, dv (, dbias)
         assert_grads_close(got[:n], want[:n], v.dtype)
+
+
+# --------------------------------------------------------------------------- STE epilogue
+MODES = ["mean_abs", "static", "none"]
+LAYOUTS = ["contiguous", "transposed", "padded_d_hat", "broadcast_heads"]
+
+
+def ste_case(mode: str, layout: str = "contiguous", dtype: torch.dtype = torch.float32,
+             batch: int = 2, q_heads: int = 4, x_heads: int = 2, n: int = 33,
+             head_dim: int = 72, clip: float = 1.0, dyadic: bool = True, seed: int = 0):
+    """``(x, s, d_hat, options)`` for one STE call: x ``[B, x_heads, N, D]`` in ``layout`` and
+    ``dtype`` with special values planted (±clip exactly, ±0, NaN, ±Inf; for static, ±clip·s
+    exactly in a (b, h) whose scale is 2); s a positive ``[B, Hq, 1, 1]`` (powers of two in
+    (0, 0)); d_hat ``[B, Hq, N, D]`` float32, multiples of 1/64 when ``dyadic`` (every sum of
+    them exact in float32, so mean|x|'s ds does not depend on the order of the sum)."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, x_heads, n, head_dim)
+    if layout == "transposed":   # [B, N, H, D] memory, as a fused projection's view
+        x = randn(gen, batch, n, x_heads, head_dim).transpose(1, 2)
+    elif layout == "broadcast_heads":   # stride 0 over heads
+        x = randn(gen, batch, 1, n, head_dim).expand(shape)
+    else:
+        x = randn(gen, *shape)
+    x = x.to(dtype)
+    s = torch.rand(batch, q_heads, 1, 1, generator=gen) + 0.5
+    s[0, 0] = 2.0
+    special = torch.tensor([clip, -clip, 0.0, -0.0, clip * 2.0, -clip * 2.0, 3 * clip,
+                            float("inf"), float("-inf")], dtype=dtype)
+    if layout != "broadcast_heads":   # (a view with stride 0 cannot take one-element writes)
+        x[0, 0, 0, :special.numel()] = special[:head_dim]
+        x[-1, -1, -1, -1] = float("nan")
+    if dyadic:
+        d_hat = torch.randint(-64, 65, (batch, q_heads, n, head_dim), generator=gen) / 64.0
+    else:
+        d_hat = randn(gen, batch, q_heads, n, head_dim)
+    if layout == "padded_d_hat":   # the kernel's padded output, sliced
+        padded = torch.zeros(batch, q_heads, n + 31, head_dim + 8)
+        d_hat = padded[..., :n, :head_dim].copy_(d_hat)
+    return x, s, d_hat, options.AttentionOptions(scale_mode=mode, ste_clip=clip)
+
+
+def ste_reference(x, s, d_hat, opts) -> torch.Tensor:
+    """``reference._input_grad`` as the reference VJP runs it (x in float32, k's heads
+    expanded to the query heads, x / s for static)."""
+    xf = reference.expand_kv_heads(x.to(torch.float32), d_hat.shape[-3])
+    b_in = reference.binarizer_input(xf, s, opts.scale_mode)
+    return reference._input_grad(xf, s, b_in, d_hat.clone(), opts, torch.empty_like(xf))
+
+
+def ste_kernel(x, s, d_hat, opts) -> torch.Tensor:
+    """The STE kernel (through ``backward_dispatch.input_grad``), checked to have run."""
+    with mock.patch.object(backward_dispatch, "ste_kernel",
+                           wraps=backward_dispatch.ste_kernel) as spy:
+        got = backward_dispatch.input_grad(x, s, d_hat.clone(), opts)
+    assert spy.call_count == 2   # try_build's build, then the call
+    return got
+
+
+def assert_bitwise(got: torch.Tensor, want: torch.Tensor) -> None:
+    assert got.dtype == want.dtype == torch.float32 and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("mode", MODES)
+def test_ste_kernel_is_the_reference_bit_for_bit(mode, layout):
+    """Odd N and D (33, 72: a vector tail), GQA (Hq=4 over 2 x heads), |x| at the clip, ±0,
+    NaN and ±Inf in x; x contiguous, a transposed view, stride 0 over heads; d_hat contiguous
+    (written in place) or a padded buffer's slice (a new tensor)."""
+    x, s, d_hat, opts = ste_case(mode, layout)
+    got = ste_kernel(x, s, d_hat, opts)
+    want = ste_reference(x, s, d_hat, opts)
+    assert_bitwise(got, want)
+    assert got.is_contiguous()
+    if layout != "broadcast_heads":
+        # torch: b(NaN) = +1, sign(NaN) = 0, so NaN reaches the gradient only through s
+        assert not torch.isnan(want).any()
+        assert (want == 0).any() and (want != 0).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+def test_ste_kernel_reads_half_inputs(mode, dtype):
+    x, s, d_hat, opts = ste_case(mode, dtype=dtype, seed=1)
+    assert_bitwise(ste_kernel(x, s, d_hat, opts), ste_reference(x, s, d_hat, opts))
+
+
+@pytest.mark.parametrize("clip", [0.5, 2.0])
+@pytest.mark.parametrize("mode", MODES)
+def test_ste_kernel_clip_and_shapes(mode, clip):
+    """Another clip; D a multiple of 16 (no tail) and below 16 (only the tail); one head."""
+    for n, head_dim, q_heads in ((64, 64, 1), (5, 7, 2), (1, 16, 2)):
+        x, s, d_hat, opts = ste_case(mode, n=n, head_dim=head_dim, q_heads=q_heads,
+                                     x_heads=1, clip=clip, seed=n)
+        assert_bitwise(ste_kernel(x, s, d_hat, opts), ste_reference(x, s, d_hat, opts))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ste_kernel_random_gradients(mode):
+    """Random (non-dyadic) d_hat, finite x: static and none still bit for bit; mean|x| within
+    float32 rounding of ds = Σ b(x)·d_hat (summed in another order than torch's)."""
+    x, s, d_hat, opts = ste_case(mode, n=130, head_dim=64, dyadic=False, seed=2)
+    x = torch.nan_to_num(x, nan=0.5, posinf=4.0, neginf=-4.0)
+    got, want = ste_kernel(x, s, d_hat, opts), ste_reference(x, s, d_hat, opts)
+    if mode == "mean_abs":
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6 * want.abs().max().item())
+        assert not torch.equal(want, d_hat * (x.abs() <= 1).float().repeat_interleave(2, 1) * s)
+    else:
+        assert_bitwise(got, want)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ste_kernel_with_nan_scale_gives_nan_where_the_reference_does(mode):
+    """The scales as the backward computes them (``qk_scale``): a NaN in one (b, h) of x makes
+    that (b, h)'s s NaN; the gradient is NaN exactly where the reference's is."""
+    x, _, d_hat, opts = ste_case(mode, n=9, head_dim=40, q_heads=2, seed=3)
+    x = torch.nan_to_num(x, nan=0.25, posinf=3.0, neginf=-3.0)
+    x[1, 1, 4, 7] = float("nan")
+    xf = reference.expand_kv_heads(x, 2)
+    s = reference.qk_scale(xf, mode, torch.full((1, 2, 1, 1), 0.8))
+    assert torch.isnan(s).sum() == 1
+    got, want = ste_kernel(x, s, d_hat, opts), ste_reference(x, s, d_hat, opts)
+    assert_bitwise(got, want)
+    assert torch.isnan(want).any() == (mode != "static")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kernel_path_scales_are_the_references(mode):
+    """``operands``' s_q, s_k (from the sign-pack kernel's Σ|x| per row) against
+    ``reference.backward_inputs``': GQA, a per-kv-head static k scale, NaN in one (b, h) of k
+    (NaN in its query heads' s_k, as there)."""
+    q, k, v, kwargs = CASES["static" if mode == "static" else "plain"].inputs(
+        torch.Generator().manual_seed(6), Shape(batch=2, heads=4, kv_heads=2, n_q=33, n_k=47,
+                                                head_dim=72))
+    k[1, 0, 3, 3] = float("nan")
+    tensors, opts = options.split_keywords(**{**kwargs, "scale_mode": mode})
+    got = backward_dispatch.operands(q, k, tensors, opts)
+    want = reference.backward_inputs(q, k, v, tensors, opts)
+    for a, b in ((got.s_q, want.s_q), (got.s_k, want.s_k)):
+        assert a.shape == b.shape == (2, 4, 1, 1)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0, equal_nan=True)
+    assert torch.isnan(got.s_k[1, :2]).all() and not torch.isnan(got.s_k[0]).any()
+
+
+def test_ste_build_failure_runs_the_epilogue_in_torch():
+    """A failed build of the STE kernel: the backward kernel still runs, the epilogue runs in
+    torch (a warning and ``kernel_report`` say so), the gradients are the reference's."""
+    gen = torch.Generator().manual_seed(7)
+    q, k, v, kwargs = CASES["gqa_causal"].inputs(gen, SHAPE)
+    tensors, opts = options.split_keywords(**kwargs)
+    args = (torch.randn(*q.shape[:-1], v.shape[-1], generator=gen), q, k, v,
+            *options.op_args(tensors, opts))
+
+    def broken(*_):
+        raise cpu_build.KernelBuildError("attention_backward_ste: simulated")
+
+    with mock.patch.dict(cpu_forward._failed), \
+            mock.patch.object(backward_dispatch, "_warned", set()), \
+            mock.patch.object(backward_dispatch, "ste_kernel", broken), \
+            pytest.warns(RuntimeWarning, match="STE epilogue in torch: build failed"):
+        got = torch.ops.binattn.binary_attention_backward(*args)
+        path = dispatch.kernel_report()[OP]
+    assert path.startswith(backward_dispatch.NAME) and "simulated" in path, path
+    with dispatch.reference_only():
+        want = torch.ops.binattn.binary_attention_backward(*args)
+    assert_grads_close(got[:3], want[:3], v.dtype)
+    torch.ops.binattn.binary_attention_backward(*args)
+    assert dispatch.kernel_report()[OP] == backward_dispatch.NAME

@@ -136,6 +136,16 @@ def qk_scale(x: torch.Tensor, scale_mode: str, static: Optional[torch.Tensor]) -
     return magnitude_scale(x.abs().sum(dim=(-2, -1), keepdim=True), scale_mode, static)
 
 
+def scale_of_abs_sum(abs_sum: torch.Tensor, count: int, scale_mode: str,
+                     static: Optional[torch.Tensor]) -> torch.Tensor:
+    """:func:`qk_scale` from ``abs_sum``, Σ|x| per (b, h) over its ``count`` elements, summed
+    elsewhere (a kernel's per-row sums): ``abs_sum / count`` for mean|x| (on CPU torch's mean is
+    that sum and division; the sum's order is the caller's), else :func:`magnitude_scale`."""
+    if scale_mode == "mean_abs":
+        return abs_sum / count
+    return magnitude_scale(abs_sum, scale_mode, static)
+
+
 def magnitude_scale(abs_sum: torch.Tensor, scale_mode: str,
                     static: Optional[torch.Tensor]) -> torch.Tensor:
     """The static value (``"static"``) or 1 (``"none"``) per (b, h), poisoned by ``abs_sum``
@@ -178,6 +188,13 @@ def expand_kv_heads(x: torch.Tensor, q_heads: int) -> torch.Tensor:
     """Repeat k/v heads for grouped-query attention (head h of q uses kv head h // group)."""
     group = q_heads // x.shape[-3]
     return x if group == 1 else x.repeat_interleave(group, dim=-3)
+
+
+def expand_kv_scale(k_scale: Optional[torch.Tensor], q_heads: int) -> Optional[torch.Tensor]:
+    """A static k scale given per kv head (3-D or more) expanded to the query heads, like k."""
+    if k_scale is not None and k_scale.dim() >= 3:
+        return expand_kv_heads(k_scale, q_heads)
+    return k_scale
 
 
 def additive_mask(attn_mask: Optional[torch.Tensor], is_causal: bool, n_q: int, n_k: int,
@@ -252,15 +269,19 @@ def score_factors(q: torch.Tensor, k: torch.Tensor, options: AttentionOptions = 
     :func:`binary_scores` and the SDPA path (``binattn.ops.sdpa``)."""
     dtype = compute_dtype(q, k)
     q, k = q.to(dtype), expand_kv_heads(k.to(dtype), q.shape[-3])
-    if k_scale is not None and k_scale.dim() >= 3:
-        k_scale = expand_kv_heads(k_scale, q.shape[-3])
+    k_scale = expand_kv_scale(k_scale, q.shape[-3])
     s_q = qk_scale(q, options.scale_mode, q_scale)
     s_k = qk_scale(k, options.scale_mode, k_scale)
-    # static scales follow HAD: Q_b = σ·sign(Q/σ); sign is scale-free so only the soft forms see σ
-    q_in = q / s_q if options.scale_mode == "static" else q
-    k_in = k / s_k if options.scale_mode == "static" else k
+    q_in = binarizer_input(q, s_q, options.scale_mode)
+    k_in = binarizer_input(k, s_k, options.scale_mode)
     return ScoreFactors(softmax_scale_of(q, options), s_q, s_k, binarize_as(q_in, options),
                         binarize_as(k_in, options))
+
+
+def binarizer_input(x: torch.Tensor, s: torch.Tensor, scale_mode: str) -> torch.Tensor:
+    """What the binarizer sees: ``x / s`` for static scales (HAD: Q_b = σ·sign(Q/σ); sign is
+    scale-free, so only the soft forms and the STE window see σ), else x itself."""
+    return x / s if scale_mode == "static" else x
 
 
 def binary_scores(q: torch.Tensor, k: torch.Tensor, options: AttentionOptions = DEFAULTS,
@@ -391,7 +412,8 @@ def binarize_value(x: torch.Tensor, options: AttentionOptions,
     """The forward value of :func:`binarize_as` with no gradient (±1 for ``sign``, in one
     pass, into ``out`` if given; the soft binarizers' values as they are)."""
     if options.binarizer == "sign":
-        # sign(sign(x) + ½): +1 for x ≥ 0 (±0 included), −1 below, NaN for NaN (as sign_ste);
+        # sign(sign(x) + ½): +1 for x ≥ 0 (±0 included), −1 below; +1 for NaN (torch.sign(NaN)
+        # is 0; sign_ste's value is −1 there: either way a NaN makes its (b, h)'s scale NaN);
         # two arithmetic passes, several times faster on CPU than a where over a bool mask
         return torch.sign(x, out=out).add_(0.5).sign_()
     value = binarize_as(x, options).detach()
@@ -423,13 +445,13 @@ def _scratch(*shaped: torch.Tensor) -> list[torch.Tensor]:
 
 
 class BackwardInputs(NamedTuple):
-    """The O(N·D) quantities every backward (reference VJP or kernel) starts from, in the
-    compute dtype, k/v already expanded to the query heads (GQA): the scales ``s_q``, ``s_k``
-    (x̂ = s·binarize(x_in) are the operands whose products give the scores,
-    :func:`binarized_operands`) and the binarizers' inputs ``q_in``, ``k_in``."""
+    """The O(N·D) quantities the reference VJP starts from, in the compute dtype, k/v already
+    expanded to the query heads (GQA): the scales ``s_q``, ``s_k`` (x̂ = s·binarize(x_in) are
+    the operands whose products give the scores, :func:`binarized_operands`) and the
+    binarizers' inputs ``q_in``, ``k_in``. (The CPU kernel path makes its scales from its
+    sign-pack sums, :func:`scale_of_abs_sum`, and needs none of the rest.)"""
 
     dtype: torch.dtype
-    group: int
     softmax_scale: float
     qf: torch.Tensor
     kf: torch.Tensor
@@ -444,18 +466,17 @@ class BackwardInputs(NamedTuple):
 def backward_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     tensors: AttentionTensors, options: AttentionOptions,
                     bias: Optional[torch.Tensor] = None) -> BackwardInputs:
-    """:class:`BackwardInputs` of a backward call (shared by the reference VJP and kernels)."""
+    """:class:`BackwardInputs` of a backward call (the reference VJP's)."""
     o, k_scale = options, tensors.k_scale
     dtype = compute_dtype(q, k, v, bias)
-    hq, hkv = q.shape[-3], k.shape[-3]
+    hq = q.shape[-3]
     qf, kf, vf = q.to(dtype), expand_kv_heads(k.to(dtype), hq), expand_kv_heads(v.to(dtype), hq)
-    if k_scale is not None and k_scale.dim() >= 3:
-        k_scale = expand_kv_heads(k_scale, hq)
+    k_scale = expand_kv_scale(k_scale, hq)
     s_q, s_k = qk_scale(qf, o.scale_mode, tensors.q_scale), qk_scale(kf, o.scale_mode, k_scale)
-    q_in = qf / s_q if o.scale_mode == "static" else qf
-    k_in = kf / s_k if o.scale_mode == "static" else kf
-    return BackwardInputs(dtype, hq // hkv, softmax_scale_of(q, o), qf, kf, vf, s_q, s_k, q_in,
-                          k_in, k_scale)
+    q_in = binarizer_input(qf, s_q, o.scale_mode)
+    k_in = binarizer_input(kf, s_k, o.scale_mode)
+    return BackwardInputs(dtype, softmax_scale_of(q, o), qf, kf, vf, s_q, s_k, q_in, k_in,
+                          k_scale)
 
 
 def binarized_operands(inputs: BackwardInputs,
@@ -472,16 +493,27 @@ def backward_outputs(inputs: BackwardInputs, dq_hat: torch.Tensor, dk_hat: torch
     """``(dq, dk, dv)`` in the inputs' dtypes from the gradients of the scores' operands,
     ``dq_hat = scale·dS·k̂`` ``[B, Hq, Nq, D]`` and ``dk_hat = scale·dSᵀ·q̂`` ``[B, Hq, Nk, D]``,
     and ``dv [B, Hq, Nk, Dv]`` (per query head): the STE window and the mean|x| scales'
-    gradient, GQA sums over a group's query heads (shared by the reference VJP and kernels).
+    gradient (:func:`_input_grad`: the math the CPU backward's STE kernel implements, and its
+    fallback), GQA sums over a group's query heads (:func:`per_input_grads`, shared with it).
     ``dq_hat`` and ``dk_hat`` are overwritten (the callers' temporaries)."""
     i = inputs
     work_q, work_k = _scratch(i.q_in, i.k_in)
     dq = _input_grad(i.qf, i.s_q, i.q_in, dq_hat, options, work_q)
     dk = _input_grad(i.kf, i.s_k, i.k_in, dk_hat, options, work_k)
-    if i.group > 1:
+    return per_input_grads(dq, dk, dv, q, k, v)
+
+
+def per_input_grads(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, q: torch.Tensor,
+                    k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                               torch.Tensor]:
+    """``(dq, dk, dv)`` given per query head (GQA's k/v heads expanded) in the compute dtype, as
+    the inputs have them: dk and dv summed over each kv head's group of query heads, each cast
+    to its input's dtype (a no-op where nothing changes: the tensors themselves come back)."""
+    group = q.shape[-3] // k.shape[-3]
+    if group > 1:
         hkv = k.shape[-3]
-        dk = dk.unflatten(-3, (hkv, i.group)).sum(-3)
-        dv = dv.unflatten(-3, (hkv, i.group)).sum(-3)
+        dk = dk.unflatten(-3, (hkv, group)).sum(-3)
+        dv = dv.unflatten(-3, (hkv, group)).sum(-3)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -505,7 +537,8 @@ def binary_attention_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.
     logit's gradient is ``p_sink·(0 − Σ_j p_j·dp_j)`` summed over batch and rows, with
     ``p_sink = 1 − Σ_j p_j`` (1 in a fully masked row, where Σ_j p_j·dp_j is 0). A soft cap
     multiplies the scores' gradient by its derivative ``1 − tanh²(s / cap)``. The O(N·D) parts
-    (:func:`backward_inputs`, :func:`backward_outputs`) are shared with the kernels.
+    (:func:`backward_inputs`, :func:`backward_outputs`) are the contract of the CPU kernel path,
+    which shares :func:`_input_grad` (as its fallback) and :func:`per_input_grads`.
     """
     o, bias_index = options, tensors.bias_index
     table, bias = tensors.bias, dense_bias(tensors.bias, bias_index)

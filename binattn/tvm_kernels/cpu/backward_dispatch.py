@@ -5,22 +5,35 @@ What it does: ``binary_attention_backward`` takes the library's backward argumen
 k, v, AttentionTensors, AttentionOptions, delta``) and returns what the library's reference
 path returns (empty tensors for "no bias" / "no sinks"). ``delta`` (rowsum(grad ∘ out), from
 the autograd formula) goes to the kernel, which then skips dP in its first pass; without it
-(a direct call of the op) the kernel forms δ itself. The O(N·D) math runs in torch through
-the reference's own helpers (``reference.backward_inputs``: scales, Q̂ = s_q·sign(q), K̂, GQA
-expansion; ``reference.backward_outputs``: softmax scale, STE window, mean|x| gradient, GQA
-sums); the kernel (``cpu.backward``) does everything N×N. Bias + mask are combined by the
-forward's ``_additive`` (one definition of the additive tensor); a bias broadcast over batch
-or heads gets its gradient in ``nchunk`` partial copies (``backward.unit_of``), summed here.
-``binary_attention_backward_supports`` returns None or the reason the reference runs instead:
-float64, soft binarizers, top-N, sinks, soft cap, bias tables (``bias_index``), ``pv_bits=8``,
-non-positive static scales, non-CPU or empty tensors, a build failure.
+(a direct call of the op) the kernel forms δ itself. Three TVM kernels run, and no torch pass
+over q, k or the gradients but layouts and the GQA sums:
 
-What it does not: the forward (``cpu.dispatch``), the N×N math (``cpu.backward``), or any
-math of its own beyond padding, layouts and the NaN policy of the kernel's outputs.
+* the forward's sign-pack of q and k (``cpu_forward.pack_rows``): the bits, and Σ|x| per row,
+  from which the per-(b, h) scales s_q, s_k come (``operands``, ``reference.scale_of_abs_sum``:
+  ``reference.backward_inputs``' scales, from the sums the forward kernel's scales come from);
+* the backward kernel (``cpu.backward``): everything N×N, giving dQ̂, dK̂, dV per query head;
+* the STE epilogue (``cpu.backward_ste``, once for q and once for k, ``input_grad``):
+  ``reference._input_grad``'s window, ×s and mean|x| gradient, written over dQ̂ / dK̂ where
+  their padding leaves them contiguous. Its build failing does not refuse the call: the
+  epilogue then runs in torch (``reference._input_grad`` itself), with a warning and the reason
+  in ``kernel_report()``.
+
+GQA sums and dtypes are the reference's own ``reference.per_input_grads``. Bias + mask are
+combined by the forward's ``_additive`` (one definition of the additive tensor); a bias
+broadcast over batch or heads gets its gradient in ``nchunk`` partial copies
+(``backward.unit_of``), summed here. ``binary_attention_backward_supports`` returns None or the
+reason the reference runs instead: float64, soft binarizers, top-N, sinks, soft cap, bias
+tables (``bias_index``), ``pv_bits=8``, non-positive static scales, non-CPU or empty tensors, a
+build failure of the backward kernel.
+
+What it does not: the forward (``cpu.dispatch``), the N×N math (``cpu.backward``), the STE math
+(``cpu.backward_ste``, ``reference``), or any math of its own beyond padding, layouts and the NaN
+policy of the kernel's outputs.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import warnings
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +42,14 @@ from ...ops import dispatch, reference
 from ...ops.options import AttentionOptions, AttentionTensors
 from ...schedules.cpu.backward import DEFAULT_BACKWARD, DIM_BUCKET, BackwardKnobs
 from ..cache import CacheKey
-from . import backward as cpu_backward, build as cpu_build, dispatch as cpu_forward, threads
+from . import backward as cpu_backward, backward_ste, build as cpu_build
+from . import dispatch as cpu_forward, threads
 from .target import target_key
 
+OP = "binary_attention_backward"
+NAME = "tvm-llvm binary_attention_backward"
 _built: dict[tuple, Any] = {}
+_warned: set[str] = set()
 
 
 def backward_kernel(wl: cpu_backward.BackwardWorkload,
@@ -42,6 +59,18 @@ def backward_kernel(wl: cpu_backward.BackwardWorkload,
     if memo not in _built:
         key = CacheKey("attention_backward", target_key(), wl.tag(), "float32", knobs.key())
         _built[memo] = cpu_build._get(key, lambda: cpu_backward.backward_module(wl, knobs))
+    return _built[memo]
+
+
+def ste_kernel(scale_mode: str, dtype: str) -> Any:
+    """The packed function of the STE epilogue (``cpu.backward_ste``) for ``scale_mode`` and x of
+    ``dtype`` (built once, through the kernel cache)."""
+    memo = ("ste", scale_mode, dtype, id(cpu_build.kernel_cache()))
+    if memo not in _built:
+        key = CacheKey("attention_backward_ste", target_key(),
+                       f"ste{backward_ste.KERNEL_VERSION}_{scale_mode}", dtype,
+                       f"lanes{backward_ste.LANES}")
+        _built[memo] = cpu_build._get(key, lambda: backward_ste.ste_module(scale_mode, dtype))
     return _built[memo]
 
 
@@ -70,10 +99,17 @@ def _pad_dim(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return F.pad(x, [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra])
 
 
-def _padded(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """float32 ``x [..., N, D]`` zero-padded to ``[..., rows, cols]``, contiguous."""
-    x = _pad_dim(_pad_dim(x.to(torch.float32), -2, rows), -1, cols)
-    return x.contiguous()
+def _padded(x: torch.Tensor, rows: int, cols: int, heads: int) -> torch.Tensor:
+    """``x [B, H, N, D]`` as float32 ``[B, heads, rows, cols]``, contiguous: k/v heads expanded
+    to the query heads (GQA), zero-padded, in one copy (x itself when nothing changes)."""
+    b, h, n, d = x.shape
+    if (heads, rows, cols) == (h, n, d) and x.dtype == torch.float32 and x.is_contiguous():
+        return x
+    out = torch.empty(b, heads, rows, cols)
+    out[:, :, n:].zero_()
+    out[:, :, :n, d:].zero_()
+    out[:, :, :n, :d].unflatten(1, (h, heads // h)).copy_(x.unsqueeze(2))
+    return out
 
 
 def _per_head(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
@@ -82,44 +118,102 @@ def _per_head(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
         torch.float32).contiguous()
 
 
+class Operands(NamedTuple):
+    """q's and k's sign bits as the kernel reads them (per query head, padded: ``q_bits [B, Hq,
+    NQ, W]``, ``k_bits [B, Hq, W, NK]``) and the scales s_q, s_k ``[B, Hq, 1, 1]`` float32."""
+
+    q_bits: torch.Tensor
+    k_bits: torch.Tensor
+    s_q: torch.Tensor
+    s_k: torch.Tensor
+
+
+def operands(q: torch.Tensor, k: torch.Tensor, tensors: AttentionTensors,
+             options: AttentionOptions, knobs: BackwardKnobs = DEFAULT_BACKWARD) -> Operands:
+    """:class:`Operands` from one sign-pack call per tensor. The scales are
+    ``reference.backward_inputs``' (``qk_scale`` of q and of k expanded to the query heads),
+    from the kernel's Σ|x| per row: NaN for a (b, h) whose x holds a NaN or ±Inf, as there."""
+    heads = q.shape[-3]
+    q_bits, q_abs = _padded_bits(q, cpu_forward._round_up(q.shape[-2], knobs.block_q), heads)
+    k_bits, k_abs = _padded_bits(k, cpu_forward._round_up(k.shape[-2], knobs.block_k), heads)
+
+    def scale(x: torch.Tensor, abs_rows: torch.Tensor,
+              static: Optional[torch.Tensor]) -> torch.Tensor:
+        abs_sum = reference.expand_kv_heads(abs_rows.sum(-1)[..., None, None], heads)
+        return reference.scale_of_abs_sum(abs_sum, x.shape[-2] * x.shape[-1],
+                                          options.scale_mode, static)
+
+    return Operands(q_bits, k_bits.transpose(-1, -2).contiguous(),
+                    scale(q, q_abs, tensors.q_scale),
+                    scale(k, k_abs, reference.expand_kv_scale(tensors.k_scale, heads)))
+
+
 def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                               v: torch.Tensor, tensors: AttentionTensors,
                               options: AttentionOptions,
                               delta: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
-    """The STE backward through the kernel (see the module docstring)."""
+    """The STE backward through the kernels (see the module docstring)."""
     bias, mask = tensors.bias, tensors.attn_mask
-    inputs = reference.backward_inputs(q, k, v, tensors, options, bias)
     n_q, head_dim, n_k = q.shape[-2], q.shape[-1], k.shape[-2]
     add = cpu_forward._additive(bias, mask, n_q, n_k)
-    dq_hat, dk_hat, dv, dbias = _run_kernel(grad, q, k, v, inputs, add, bias, options, delta)
+    ops = operands(q, k, tensors, options)
+    dq_hat, dk_hat, dv, dbias = _run_kernel(grad, q, k, v, ops, add, bias, options, delta)
     if bias is not None or (mask is not None and mask.is_floating_point()):
         _nan_policy((dq_hat, dk_hat, dv), add, n_q, n_k)
-    dq, dk, dv = reference.backward_outputs(inputs, dq_hat[..., :n_q, :head_dim],
-                                            dk_hat[..., :n_k, :head_dim],
-                                            dv[..., :n_k, :v.shape[-1]], q, k, v, options)
+    dq = input_grad(q, ops.s_q, dq_hat[..., :n_q, :head_dim], options)
+    dk = input_grad(k, ops.s_k, dk_hat[..., :n_k, :head_dim], options)
+    dq, dk, dv = reference.per_input_grads(dq, dk, dv[..., :n_k, :v.shape[-1]], q, k, v)
     db = q.new_empty((0,)) if bias is None else _bias_grad(dbias, bias, n_q, n_k)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), db, q.new_empty((0,))
 
 
+def input_grad(x: torch.Tensor, s: torch.Tensor, d_hat: torch.Tensor,
+               options: AttentionOptions) -> torch.Tensor:
+    """The gradient to ``x`` (q or k, ``[B, H|Hkv, N, D]``) per query head, float32, from
+    ``d_hat`` (dQ̂ or dK̂ ``[B, Hq, N, D]``, a slice of the kernel's padded output) and the scale
+    ``s [B, Hq, 1, 1]``: ``reference._input_grad`` through the STE kernel, written over
+    ``d_hat`` where it is contiguous (else into a new tensor); if that kernel failed to build,
+    through ``reference._input_grad`` itself (said once as a warning, and in
+    ``kernel_report()``)."""
+    dtype = cpu_forward.TVM_DTYPES[x.dtype]
+    reason = cpu_forward.try_build(("backward_ste", options.scale_mode, dtype),
+                                   lambda: ste_kernel(options.scale_mode, dtype))
+    if reason:
+        _say_torch_epilogue(reason)
+        xf = reference.expand_kv_heads(x.to(torch.float32), d_hat.shape[-3])
+        b_in = reference.binarizer_input(xf, s, options.scale_mode)
+        return reference._input_grad(xf, s, b_in, d_hat, options, torch.empty_like(xf))
+    out = d_hat if d_hat.is_contiguous() else torch.empty(d_hat.shape)
+    batch, heads = d_hat.shape[:2]
+    ste_kernel(options.scale_mode, dtype)(cpu_forward.unit_last(x), d_hat,
+                                          _per_head(s, batch, heads), out, options.ste_clip)
+    return out
+
+
+def _say_torch_epilogue(reason: str) -> None:
+    """Record (and warn once per reason) that the STE epilogue ran in torch."""
+    dispatch.record(OP, "cpu", f"{NAME} (STE epilogue in torch: {reason})")
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"binattn: {OP} on cpu runs its STE epilogue in torch: {reason}",
+                      RuntimeWarning, stacklevel=3)
+
+
 def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                inputs: reference.BackwardInputs, add: Optional[torch.Tensor],
-                bias: Optional[torch.Tensor], options: AttentionOptions,
+                ops: Operands, add: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                options: AttentionOptions,
                 delta: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """The kernel on padded, per-query-head inputs: padded ``(dq̂, dk̂, dv, dbias copies)``."""
     batch, heads, n_q, _ = q.shape
     wl = workload(q, v, None if add is None else add.shape, bias, options.is_causal,
                   delta is not None)
-    knobs = DEFAULT_BACKWARD
-    fn = backward_kernel(wl, knobs)
-    nq_pad = cpu_forward._round_up(n_q, knobs.block_q)
-    nk_pad = cpu_forward._round_up(k.shape[-2], knobs.block_k)
-    scale = inputs.softmax_scale
-    coef = reference.nan_unless_finite(inputs.s_q * inputs.s_k * scale)
-    args = [_padded_bits(q, nq_pad, heads),
-            _padded_bits(k, nk_pad, heads).transpose(-1, -2).contiguous(),
-            _per_head(scale * inputs.s_q, batch, heads),
-            _per_head(scale * inputs.s_k, batch, heads),
-            _padded(inputs.vf, nk_pad, wl.value_dim), _padded(grad, nq_pad, wl.value_dim),
+    fn = backward_kernel(wl, DEFAULT_BACKWARD)
+    nq_pad, nk_pad = ops.q_bits.shape[2], ops.k_bits.shape[3]
+    scale = reference.softmax_scale_of(q, options)
+    coef = reference.nan_unless_finite(ops.s_q * ops.s_k * scale)
+    args = [ops.q_bits, ops.k_bits, _per_head(scale * ops.s_q, batch, heads),
+            _per_head(scale * ops.s_k, batch, heads),
+            _padded(v, nk_pad, wl.value_dim, heads), _padded(grad, nq_pad, wl.value_dim, heads),
             _per_head(coef, batch, heads), _padded_add(add, nq_pad, nk_pad),
             _padded_delta(delta, nq_pad)]
     outs = [torch.empty(batch, heads, nq_pad, wl.head_dim),
@@ -131,11 +225,12 @@ def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     return tuple(outs)
 
 
-def _padded_bits(x: torch.Tensor, rows: int, heads: int) -> torch.Tensor:
-    """Sign bits of ``x`` (sign_pack's layout), k/v heads expanded to ``heads``, rows padded."""
-    bits, _, _ = cpu_forward.pack_rows(x)
+def _padded_bits(x: torch.Tensor, rows: int, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sign bits of ``x`` (sign_pack's layout), k/v heads expanded to ``heads``, rows padded;
+    and Σ|x| per row ``[B, H|Hkv, N]`` float32 (unexpanded)."""
+    bits, _, abs_rows = cpu_forward.pack_rows(x)
     bits = reference.expand_kv_heads(bits, heads)
-    return _pad_dim(bits, 2, rows).contiguous()
+    return _pad_dim(bits, 2, rows).contiguous(), abs_rows
 
 
 def _padded_delta(delta: Optional[torch.Tensor], nq_pad: int) -> torch.Tensor:
@@ -212,6 +307,5 @@ def binary_attention_backward_supports(grad: torch.Tensor, q: torch.Tensor, k: t
     return cpu_forward.try_build(("backward", wl), lambda: backward_kernel(wl))
 
 
-dispatch.register_kernel("binary_attention_backward", "cpu", dispatch.Kernel(
-    "tvm-llvm binary_attention_backward", binary_attention_backward,
-    binary_attention_backward_supports))
+dispatch.register_kernel(OP, "cpu", dispatch.Kernel(NAME, binary_attention_backward,
+                                                    binary_attention_backward_supports))
