@@ -136,16 +136,6 @@ def qk_scale(x: torch.Tensor, scale_mode: str, static: Optional[torch.Tensor]) -
     return magnitude_scale(x.abs().sum(dim=(-2, -1), keepdim=True), scale_mode, static)
 
 
-def scale_of_abs_sum(abs_sum: torch.Tensor, count: int, scale_mode: str,
-                     static: Optional[torch.Tensor]) -> torch.Tensor:
-    """:func:`qk_scale` from ``abs_sum``, Σ|x| per (b, h) over its ``count`` elements, summed
-    elsewhere (a kernel's per-row sums): ``abs_sum / count`` for mean|x| (on CPU torch's mean is
-    that sum and division; the sum's order is the caller's), else :func:`magnitude_scale`."""
-    if scale_mode == "mean_abs":
-        return abs_sum / count
-    return magnitude_scale(abs_sum, scale_mode, static)
-
-
 def magnitude_scale(abs_sum: torch.Tensor, scale_mode: str,
                     static: Optional[torch.Tensor]) -> torch.Tensor:
     """The static value (``"static"``) or 1 (``"none"``) per (b, h), poisoned by ``abs_sum``
@@ -448,8 +438,9 @@ class BackwardInputs(NamedTuple):
     """The O(N·D) quantities the reference VJP starts from, in the compute dtype, k/v already
     expanded to the query heads (GQA): the scales ``s_q``, ``s_k`` (x̂ = s·binarize(x_in) are
     the operands whose products give the scores, :func:`binarized_operands`) and the
-    binarizers' inputs ``q_in``, ``k_in``. (The CPU kernel path makes its scales from its
-    sign-pack sums, :func:`scale_of_abs_sum`, and needs none of the rest.)"""
+    binarizers' inputs ``q_in``, ``k_in``. (The CPU kernel path takes its scales from the
+    forward's ``prepare`` kernel, which computes them as :func:`qk_scale` does, and needs none
+    of the rest.)"""
 
     dtype: torch.dtype
     softmax_scale: float

@@ -8,9 +8,9 @@ the autograd formula) goes to the kernel, which then skips dP in its first pass;
 (a direct call of the op) the kernel forms δ itself. Three TVM kernels run, and no torch pass
 over q, k or the gradients but layouts and the GQA sums:
 
-* the forward's sign-pack of q and k (``cpu_forward.pack_rows``): the bits, and Σ|x| per row,
-  from which the per-(b, h) scales s_q, s_k come (``operands``, ``reference.scale_of_abs_sum``:
-  ``reference.backward_inputs``' scales, from the sums the forward kernel's scales come from);
+* the forward's ``prepare`` of q and k (``cpu_forward.prepare_qk``, ``operands``): the bits,
+  the per-(b, h) scales s_q, s_k (``reference.backward_inputs``' scales, exactly those the
+  forward kernel used) and the score multiplier;
 * the backward kernel (``cpu.backward``): everything N×N, giving dQ̂, dK̂, dV per query head;
 * the STE epilogue (``cpu.backward_ste``, once for q and once for k, ``input_grad``):
   ``reference._input_grad``'s window, ×s and mean|x| gradient, written over dQ̂ / dK̂ where
@@ -120,32 +120,31 @@ def _per_head(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
 
 class Operands(NamedTuple):
     """q's and k's sign bits as the kernel reads them (per query head, padded: ``q_bits [B, Hq,
-    NQ, W]``, ``k_bits [B, Hq, W, NK]``) and the scales s_q, s_k ``[B, Hq, 1, 1]`` float32."""
+    NQ, W]``, ``k_bits [B, Hq, W, NK]``), the scales s_q, s_k ``[B, Hq, 1, 1]`` float32 and the
+    score multiplier ``coef [B, Hq]`` (s_q·s_k·softmax scale, NaN where not finite)."""
 
     q_bits: torch.Tensor
     k_bits: torch.Tensor
     s_q: torch.Tensor
     s_k: torch.Tensor
+    coef: torch.Tensor
 
 
 def operands(q: torch.Tensor, k: torch.Tensor, tensors: AttentionTensors,
              options: AttentionOptions, knobs: BackwardKnobs = DEFAULT_BACKWARD) -> Operands:
-    """:class:`Operands` from one sign-pack call per tensor. The scales are
-    ``reference.backward_inputs``' (``qk_scale`` of q and of k expanded to the query heads),
-    from the kernel's Σ|x| per row: NaN for a (b, h) whose x holds a NaN or ±Inf, as there."""
-    heads = q.shape[-3]
-    q_bits, q_abs = _padded_bits(q, cpu_forward._round_up(q.shape[-2], knobs.block_q), heads)
-    k_bits, k_abs = _padded_bits(k, cpu_forward._round_up(k.shape[-2], knobs.block_k), heads)
-
-    def scale(x: torch.Tensor, abs_rows: torch.Tensor,
-              static: Optional[torch.Tensor]) -> torch.Tensor:
-        abs_sum = reference.expand_kv_heads(abs_rows.sum(-1)[..., None, None], heads)
-        return reference.scale_of_abs_sum(abs_sum, x.shape[-2] * x.shape[-1],
-                                          options.scale_mode, static)
-
-    return Operands(q_bits, k_bits.transpose(-1, -2).contiguous(),
-                    scale(q, q_abs, tensors.q_scale),
-                    scale(k, k_abs, reference.expand_kv_scale(tensors.k_scale, heads)))
+    """:class:`Operands` from the forward's own ``prepare`` call (one TVM call: the words, the
+    scales ``reference.backward_inputs`` defines — ``qk_scale`` of q and of k expanded to the
+    query heads, NaN for a (b, h) whose x holds a NaN or ±Inf — and the multiplier), k's words
+    expanded to the query heads under GQA."""
+    batch, heads = q.shape[:2]
+    prep = cpu_forward.prepare_qk(q, k, tensors, options,
+                                  cpu_forward._round_up(q.shape[-2], knobs.block_q),
+                                  cpu_forward._round_up(k.shape[-2], knobs.block_k))
+    k_bits = prep.k_bits
+    if k_bits.shape[1] != heads:
+        k_bits = reference.expand_kv_heads(k_bits, heads).contiguous()
+    return Operands(prep.q_bits, k_bits, prep.s_q.view(batch, heads, 1, 1),
+                    prep.s_k.view(batch, heads, 1, 1), prep.coef)
 
 
 def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
@@ -210,11 +209,10 @@ def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     fn = backward_kernel(wl, DEFAULT_BACKWARD)
     nq_pad, nk_pad = ops.q_bits.shape[2], ops.k_bits.shape[3]
     scale = reference.softmax_scale_of(q, options)
-    coef = reference.nan_unless_finite(ops.s_q * ops.s_k * scale)
     args = [ops.q_bits, ops.k_bits, _per_head(scale * ops.s_q, batch, heads),
             _per_head(scale * ops.s_k, batch, heads),
             _padded(v, nk_pad, wl.value_dim, heads), _padded(grad, nq_pad, wl.value_dim, heads),
-            _per_head(coef, batch, heads), _padded_add(add, nq_pad, nk_pad),
+            ops.coef, _padded_add(add, nq_pad, nk_pad),
             _padded_delta(delta, nq_pad)]
     outs = [torch.empty(batch, heads, nq_pad, wl.head_dim),
             torch.empty(batch, heads, nk_pad, wl.head_dim),
@@ -223,14 +221,6 @@ def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     outs.append(_bias_grad_buffer(bias, nchunk, nq_pad, nk_pad))
     fn(*args, *outs, k.shape[-2], q.shape[-1], nslot, nchunk)
     return tuple(outs)
-
-
-def _padded_bits(x: torch.Tensor, rows: int, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sign bits of ``x`` (sign_pack's layout), k/v heads expanded to ``heads``, rows padded;
-    and Σ|x| per row ``[B, H|Hkv, N]`` float32 (unexpanded)."""
-    bits, _, abs_rows = cpu_forward.pack_rows(x)
-    bits = reference.expand_kv_heads(bits, heads)
-    return _pad_dim(bits, 2, rows).contiguous(), abs_rows
 
 
 def _padded_delta(delta: Optional[torch.Tensor], nq_pad: int) -> torch.Tensor:
