@@ -1,6 +1,7 @@
 """``binattn tune``: a tiny-budget search writes a database that the next build reads; the RPC
 tracker path runs against a real tracker + server started here on loopback; CLI errors."""
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -142,3 +143,30 @@ def test_default_attention_knobs_keep_the_register_tile_in_registers(value_dim, 
     knobs.check()
     assert knobs.rows == rows
     assert rows == 1 or knobs.rows * -(-value_dim // 16) <= TILE_REGISTERS
+
+
+def test_records_file_is_restated_at_most_once_a_second_but_own_writes_show_at_once(
+        tmp_path, monkeypatch):
+    """Kernel calls consult the database on every call: the records file's mtime is trusted for
+    ``RESTAT_SECONDS``, except that a write by this process (through any database object for
+    the directory) is seen by the next lookup."""
+    from binattn.schedules import database
+
+    reader, writer = TuningDatabase(tmp_path), TuningDatabase(tmp_path)
+    assert reader.lookup("t", "w") is None
+    writer.store("t", "w", {"ms": 2.0, "knobs": {}})
+    assert reader.lookup("t", "w")["ms"] == 2.0          # this process wrote it: seen at once
+    stats = []
+    real_stat = type(reader.records_path).stat
+    monkeypatch.setattr(type(reader.records_path), "stat",
+                        lambda self, **kw: stats.append(self) or real_stat(self, **kw))
+    for _ in range(50):
+        reader.version()
+    assert len(stats) <= 1, "stat'ed on every lookup"
+    # another process rewrites the file: seen once the second has passed
+    records = tmp_path / "records.json"
+    before = records.stat().st_mtime_ns
+    records.write_text(json.dumps({"t": {"w": {"ms": 1.0, "knobs": {}}}}))
+    os.utime(records, ns=(before + 10**9, before + 10**9))   # a coarse clock cannot hide it
+    monkeypatch.setattr(database.time, "monotonic", lambda: 1e12)
+    assert reader.lookup("t", "w")["ms"] == 1.0
