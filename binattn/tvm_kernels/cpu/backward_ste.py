@@ -63,8 +63,9 @@ def _sign(xv: tirx.PrimExpr) -> tirx.PrimExpr:
 
 
 def _window(v: tirx.PrimExpr, clip: tirx.PrimExpr) -> tirx.PrimExpr:
-    """The STE window ``[|v| ≤ clip]`` as a 0/1 float (0 for NaN)."""
-    return T.Select(T.fabs(v) <= clip, T.float32(1), T.float32(0))
+    """The STE window ``[|v| ≤ clip]`` as a 0/1 float (0 for NaN); ``|v|`` as max(v, −v), which
+    vectorizes (TVM's ``fabs`` of a vector is scalarised on this target)."""
+    return T.Select(T.max(v, -v) <= clip, T.float32(1), T.float32(0))
 
 
 def ste_module(scale_mode: str, dtype: str = "float32") -> tvm.IRModule:
