@@ -15,6 +15,7 @@ What it does not: hyper-parameter search, or data pipelines beyond in-memory ten
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -279,3 +280,13 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: Opti
     if dist.is_initialized():   # every rank done before any tears the process group down
         dist.barrier()
         dist.destroy_process_group()
+        _exit_without_teardown()
+
+
+def _exit_without_teardown() -> None:
+    """End a torchrun rank once its work is written: gloo's worker threads can abort the
+    interpreter's teardown ("terminate called without an active exception", SIGABRT; PyTorch
+    issue 179291), which would turn a finished run into a failed one."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
