@@ -405,3 +405,27 @@ def test_ste_build_failure_runs_the_epilogue_in_torch():
     assert_grads_close(got[:3], want[:3], v.dtype)
     torch.ops.binattn.binary_attention_backward(*args)
     assert dispatch.kernel_report()[OP] == backward_dispatch.NAME
+
+
+def test_prepare_build_failure_makes_the_backward_fall_back_with_the_reason():
+    """The backward packs q and k through the forward's ``prepare`` kernel: if that kernel does
+    not build, the backward runs the reference and says why (it must not raise)."""
+    gen = torch.Generator().manual_seed(8)
+    q, k, v, kwargs = CASES["plain"].inputs(gen, SHAPE)
+    tensors, opts = options.split_keywords(**kwargs)
+    args = (torch.randn(*q.shape[:-1], v.shape[-1], generator=gen), q, k, v,
+            *options.op_args(tensors, opts))
+
+    def broken(*_):
+        raise cpu_build.KernelBuildError("prepare: simulated")
+
+    with mock.patch.dict(cpu_forward._failed), \
+            mock.patch.object(cpu_build, "prepare_kernel", broken), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = torch.ops.binattn.binary_attention_backward(*args)
+        path = dispatch.kernel_report()[OP]
+    assert path.startswith("reference (") and "prepare: simulated" in path, path
+    with dispatch.reference_only():
+        want = torch.ops.binattn.binary_attention_backward(*args)
+    assert_grads_close(got[:3], want[:3], v.dtype)

@@ -294,7 +294,8 @@ def binary_attention_backward_supports(grad: torch.Tensor, q: torch.Tensor, k: t
                               delta.shape != (*q.shape[:-1],)):
         return f"delta {tuple(delta.shape)} on {delta.device.type}, not [B, Hq, Nq] on cpu"
     wl = workload(q, v, add_shape, bias, options.is_causal, delta is not None)
-    return cpu_forward.try_build(("backward", wl), lambda: backward_kernel(wl))
+    return (cpu_forward.prepare_built(q, options.scale_mode)   # ``operands`` calls it
+            or cpu_forward.try_build(("backward", wl), lambda: backward_kernel(wl)))
 
 
 dispatch.register_kernel(OP, "cpu", dispatch.Kernel(NAME, binary_attention_backward,

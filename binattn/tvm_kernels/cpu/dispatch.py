@@ -163,7 +163,9 @@ def _sign_pack_built(x: torch.Tensor) -> Optional[str]:
                       lambda: cpu_build.sign_pack_kernel(words, dtype))
 
 
-def _prepare_built(q: torch.Tensor, scale_mode: str) -> Optional[str]:
+def prepare_built(q: torch.Tensor, scale_mode: str) -> Optional[str]:
+    """None once ``prepare_qk``'s kernel for q's words, dtype and scale mode is built, else
+    the build failure (a fallback reason for the forward and the backward)."""
     words, dtype = reference.num_words(q.shape[-1]), TVM_DTYPES[q.dtype]
     return try_build(("prepare", words, dtype, scale_mode),
                       lambda: cpu_build.prepare_kernel(words, dtype, scale_mode))
@@ -434,7 +436,7 @@ def _supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: Attent
                             lambda: cpu_build.quantize_v_kernel(wl.value_dim, wl.dtype))
         if reason:
             return reason
-    return (_prepare_built(q, options.scale_mode)
+    return (prepare_built(q, options.scale_mode)
             or try_build(wl, lambda: cpu_build.attention_kernel(wl)))
 
 
