@@ -50,7 +50,7 @@ from binattn.train.metrics import register_agreement
 from binattn.train.trainer import predict
 
 EXPERIMENTS = ("none", "naive", "attn", "bias", "long", "had", "had_topn", "output_only",
-               "attn_long")
+               "attn_long", "relpos_1d")
 
 
 class SentenceEncoder(nn.Module):
@@ -157,6 +157,7 @@ def experiment_plan(name: str, steps: int, lr: float, batch: int, device: str,
                 eval_every=max(steps // 5, 1), progress=False)
     no_bias = binattn.BinarizeConfig(bias=None)
     dense = binattn.BinarizeConfig(bias="dense")
+    relpos_1d = binattn.BinarizeConfig(bias="relpos_1d")
     plans = {
         "none": (no_bias, None),
         "naive": (no_bias, dict(base)),
@@ -164,6 +165,7 @@ def experiment_plan(name: str, steps: int, lr: float, batch: int, device: str,
         "bias": (dense, dict(base, attn_weight=1.0, bias_lr_mult=10.0)),
         "long": (dense, dict(base, attn_weight=1.0, bias_lr_mult=10.0, steps=5 * steps,
                              eval_every=max(steps // 2, 1))),
+        "relpos_1d": (relpos_1d, dict(base, attn_weight=1.0, bias_lr_mult=10.0)),
         "output_only": (no_bias, dict(base, hidden_weight=0.0)),
         "attn_long": (no_bias, dict(base, attn_weight=1.0, steps=3 * steps,
                                     eval_every=max(steps // 2, 1))),
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                                      args.autocast, args.length_buckets)
         # a dense bias fixes the sequence length; without one it stays dynamic (registers are
         # evaluated at their own length, up to 128 tokens)
-        dynamic = bcfg.bias is None
+        dynamic = bcfg.bias in (None, "head", "relpos_1d")
         seq = ({0: torch.export.Dim("batch", min=1), 1: torch.export.Dim("seq", min=2,
                                                                         max=512)},) * 2
         gm = binattn.binarize(fp, example, bcfg, dynamic_shapes=seq if dynamic else None)

@@ -273,6 +273,48 @@ def test_dense_and_head_biases(kind, shape):
         torch.testing.assert_close(gm(q, k, v), bin_attn(q, k, v, bias=table.expand(H, N, N)))
 
 
+class SDPA(torch.nn.Module):
+    """Named inputs (export's dynamic shapes map onto them; ``Fn`` takes ``*args``)."""
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def _offset_bias(table: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
+    """[H, Nq, Nk] by hand: key j from query i at offset j − i − (Nk − Nq), clipped to ±R."""
+    radius = (table.shape[0] - 1) // 2
+    out = torch.empty(table.shape[1], n_q, n_k)
+    for i in range(n_q):
+        for j in range(n_k):
+            offset = max(-radius, min(radius, j - i - (n_k - n_q)))
+            out[:, i, j] = table[offset + radius]
+    return out
+
+
+@pytest.mark.parametrize("n_q, n_k", [(N, N), (3, 7)])
+def test_relpos_1d_bias_follows_the_sequence_length(n_q, n_k):
+    """A 1-D relative-position table gathered at each call's own lengths (a graph with a
+    dynamic sequence length keeps working at lengths never seen), queries aligned to the last
+    keys; its gradient reaches the table."""
+    q, k, v = qkv(n_q, n_k)
+    seq_q = torch.export.Dim("nq", min=2, max=64)
+    seq_k = seq_q if n_q == n_k else torch.export.Dim("nk", min=2, max=64)
+    gm = binarize(SDPA(), (q, k, v), BinarizeConfig(bias="relpos_1d", relpos_distance=2),
+                  dynamic_shapes=({2: seq_q}, {2: seq_k}, {2: seq_k}))
+    assert gm.meta["binattn_report"].rows[0].bias == "relpos_1d ±2"
+    table = gm.get_submodule("binattn_bias_0").table
+    assert tuple(table.shape) == (5, H) and not table.any()   # zero init: the model unchanged
+    with torch.no_grad():
+        table.normal_()
+    for grow in (0, 5):
+        q, k, v = qkv(n_q + grow, n_k + grow, seed=grow)
+        with torch.no_grad():
+            expected = bin_attn(q, k, v, bias=_offset_bias(table, n_q + grow, n_k + grow))
+            torch.testing.assert_close(gm(q, k, v), expected)
+    gm(q, k, v).square().sum().backward()
+    assert table.grad is not None and table.grad.abs().sum() > 0
+
+
 def test_relpos_fallback_is_reported():
     q, k, v = qkv()
     fn = Fn(lambda q, k, v: F.scaled_dot_product_attention(q, k, v))
@@ -288,6 +330,10 @@ def test_relpos_fallback_is_reported():
 def test_bad_config_names_the_option():
     with pytest.raises(ValueError, match="bias must be one of"):
         BinarizeConfig(bias="rel")
+    with pytest.raises(ValueError, match="relpos_distance must be an int >= 1"):
+        BinarizeConfig(bias="relpos_1d", relpos_distance=0)
+    with pytest.raises(ValueError, match="bias_fallback must be one of"):
+        BinarizeConfig(bias="relpos", bias_fallback="relpos")
     with pytest.raises(ValueError, match="grid must be two positive ints"):
         BinarizeConfig(grid=(0, 3))
     with pytest.raises(ValueError, match="top_n"):

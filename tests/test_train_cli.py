@@ -114,4 +114,4 @@ def test_length_buckets_capture_a_dynamic_length_and_refuse_a_fixed_length_bias(
     assert out.is_file()
     result = CliRunner().invoke(main, args[:-2] + ["--bias", "relpos", "-o", str(out)])
     assert result.exit_code == 2
-    assert "--length-buckets needs --bias none or head" in result.output
+    assert "--length-buckets needs --bias none, head or relpos_1d" in result.output

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..ops.bias import DenseBias, HeadBias, RelPosBias
+from ..ops.bias import DenseBias, HeadBias, RelPosBias, SequenceRelPosBias
 from .config import BinarizeConfig
 
 Grid = tuple[tuple[int, int], int]
@@ -98,6 +98,9 @@ def make_bias(config: BinarizeConfig, model: Any, heads: int, n_q: int,
             _seeded_init(bias, config.seed, index)
             return bias, f"relpos {gh}×{gw}+{prefix}"
         kind, note = config.bias_fallback, f" (relpos: {why})"
+    if kind == "relpos_1d":
+        distance = config.relpos_distance
+        return SequenceRelPosBias(heads, distance), f"relpos_1d ±{distance}{note}"
     if kind == "dense":
         return DenseBias(heads, n_q, n_k), f"dense{note}"
     if kind == "head":

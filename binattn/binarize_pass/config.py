@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 from ..ops.options import OPTION_NAMES, AttentionOptions, option_properties
 
-BIAS_KINDS = ("relpos", "dense", "head", None)
+BIAS_KINDS = ("relpos", "relpos_1d", "dense", "head", None)
+FALLBACK_KINDS = ("relpos_1d", "dense", "head", None)
 SITE_MODES = ("binary", "float")
 SITE_ONLY = ("is_causal", "scale")   # options each site takes from its own graph
 CONFIG_OPTIONS = tuple(name for name in OPTION_NAMES if name not in SITE_ONLY)
@@ -24,12 +25,15 @@ class BinarizeConfig:
 
     Attributes:
         bias: learned bias added to the binary scores: ``"relpos"`` (BEiT relative-position table
-            per head over a Gh×Gw grid plus prefix tokens), ``"dense"`` ([H, Nq, Nk]), ``"head"``
-            (one scalar per head) or None.
+            per head over a Gh×Gw grid plus prefix tokens), ``"relpos_1d"`` (a table per head
+            over the 1-D offsets j − i clipped to ±``relpos_distance``: any sequence length,
+            dynamic lengths included, zero init), ``"dense"`` ([H, Nq, Nk]), ``"head"`` (one
+            scalar per head) or None.
         grid: (Gh, Gw) token grid for ``"relpos"``; inferred where the model makes it clear.
         num_prefix_tokens: cls/register tokens before the grid; inferred with the grid.
         bias_fallback: what a site gets when ``"relpos"`` cannot be inferred for it
-            (``"dense"``, ``"head"`` or None); the report says so.
+            (``"relpos_1d"``, ``"dense"``, ``"head"`` or None); the report says so.
+        relpos_distance: R of ``"relpos_1d"``: offsets beyond ±R share the table's end rows.
         mode: ``"binary"`` or ``"float"`` (exact full-precision attention at each site).
         dynamic_batch: export with a symbolic batch dim where the model allows it.
         seed: seeds the relpos tables' trunc-normal init (per site), so binarizing the same
@@ -45,6 +49,7 @@ class BinarizeConfig:
     grid: Optional[tuple[int, int]]
     num_prefix_tokens: Optional[int]
     bias_fallback: Optional[str]
+    relpos_distance: int
     mode: str
     dynamic_batch: bool
     seed: int
@@ -52,7 +57,8 @@ class BinarizeConfig:
 
     def __init__(self, bias: Optional[str] = None, grid: Optional[tuple[int, int]] = None,
                  num_prefix_tokens: Optional[int] = None, bias_fallback: Optional[str] = "head",
-                 *, mode: str = "binary", dynamic_batch: bool = True, seed: int = 0,
+                 *, relpos_distance: int = 32, mode: str = "binary",
+                 dynamic_batch: bool = True, seed: int = 0,
                  options: Optional[AttentionOptions] = None, **option_values: Any) -> None:
         site_only = sorted(set(SITE_ONLY) & set(option_values))
         if site_only:
@@ -60,6 +66,7 @@ class BinarizeConfig:
                             "and softmax scale come from its graph")
         self.bias, self.grid, self.num_prefix_tokens = bias, grid, num_prefix_tokens
         self.bias_fallback, self.mode = bias_fallback, mode
+        self.relpos_distance = relpos_distance
         self.dynamic_batch, self.seed = dynamic_batch, seed
         self.options = (options or AttentionOptions()).replace(**option_values)
         self._check()
@@ -67,9 +74,13 @@ class BinarizeConfig:
     def _check(self) -> None:
         if self.bias not in BIAS_KINDS:
             raise ValueError(f"bias must be one of {BIAS_KINDS}, got {self.bias!r}")
-        if self.bias_fallback not in ("dense", "head", None):
-            raise ValueError(f"bias_fallback must be 'dense', 'head' or None, got "
+        if self.bias_fallback not in FALLBACK_KINDS:
+            raise ValueError(f"bias_fallback must be one of {FALLBACK_KINDS}, got "
                              f"{self.bias_fallback!r}")
+        if (isinstance(self.relpos_distance, bool) or not isinstance(self.relpos_distance, int)
+                or self.relpos_distance < 1):
+            raise ValueError(f"relpos_distance must be an int >= 1, got "
+                             f"{self.relpos_distance!r}")
         if self.grid is not None:
             if len(tuple(self.grid)) != 2 or min(self.grid) < 1:
                 raise ValueError(f"grid must be two positive ints (Gh, Gw), got {self.grid!r}")

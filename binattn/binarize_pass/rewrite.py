@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import fx
 
-from ..ops.bias import RelPosBias
+from ..ops.bias import RelPosBias, SequenceRelPosBias, sequence_relpos_index
 from .bias_setup import make_bias
 from .config import BinarizeConfig
 from .glue import merge_masks, scores_shaped
@@ -94,15 +94,23 @@ def site_name(module_path: str, index: int) -> str:
     return leaf
 
 
-def _bias_inputs(gm: fx.GraphModule, name: str, bias: torch.nn.Module) -> dict[str, fx.Node]:
+def _bias_inputs(gm: fx.GraphModule, name: str, bias: torch.nn.Module, q: fx.Node,
+                 k: fx.Node) -> dict[str, fx.Node]:
     """Add the bias module; the site's ``bias`` (and ``bias_index``) inputs read from it: a
-    ``RelPosBias`` hands over its table and index (looked up inside the op), any other bias
-    module its output."""
+    ``RelPosBias`` hands over its table and index, a ``SequenceRelPosBias`` its table and the
+    index of this call's lengths (q's and k's dim −2, symbolic in a dynamic graph; both looked
+    up inside the op), any other bias module its output."""
     gm.add_submodule(name, bias.to(_device(gm)))
+    graph = gm.graph
     if isinstance(bias, RelPosBias):
-        return {"bias": gm.graph.get_attr(f"{name}.table"),
-                "bias_index": gm.graph.get_attr(f"{name}.index")}
-    return {"bias": gm.graph.call_module(name)}
+        return {"bias": graph.get_attr(f"{name}.table"),
+                "bias_index": graph.get_attr(f"{name}.index")}
+    if isinstance(bias, SequenceRelPosBias):
+        table = graph.get_attr(f"{name}.table")
+        n_q, n_k = (graph.call_function(aten.sym_size.int, (x, -2)) for x in (q, k))
+        return {"bias": table,
+                "bias_index": graph.call_function(sequence_relpos_index, (table, n_q, n_k))}
+    return {"bias": graph.call_module(name)}
 
 
 def _mask_input(graph: fx.Graph, m: Match, i: int) -> fx.Node:
@@ -145,7 +153,7 @@ def rewrite_site(gm: fx.GraphModule, index: int, m: Match, row: SiteRow,
             kinds = tuple(kind for _, kind in m.mask_parts)
             kwargs["attn_mask"] = graph.call_function(merge_masks, masks, {"kinds": kinds})
         if bias is not None:
-            kwargs.update(_bias_inputs(gm, f"binattn_bias_{index}", bias))
+            kwargs.update(_bias_inputs(gm, f"binattn_bias_{index}", bias, m.q, k))
         elif m.bias_node is not None:
             kwargs["bias"] = m.bias_node
             if m.bias_index_node is not None:

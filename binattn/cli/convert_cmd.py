@@ -16,7 +16,7 @@ import click
 from ..errors import UserError
 from ._model_args import force_option, model_input_options
 
-BIAS_CHOICES = ["relpos", "dense", "head", "none"]
+BIAS_CHOICES = ["relpos", "relpos_1d", "dense", "head", "none"]
 
 
 def _grid(text: Optional[str]) -> Optional[tuple[int, int]]:
@@ -72,7 +72,8 @@ def _dynamic_dims(program) -> str:
               help="Output .pt2 file (written only when everything succeeded).")
 @force_option
 @click.option("--bias", type=click.Choice(BIAS_CHOICES), default="none", show_default=True,
-              help="Learned bias per site (relpos: BEiT table over the token grid).")
+              help="Learned bias per site (relpos: BEiT table over the token grid; relpos_1d: "
+              "a table over 1-D offsets within ±32 tokens, any sequence length).")
 @click.option("--grid", help="Token grid GHxGW for --bias relpos (default: from the model); "
               "must fit every self-attention site's sequence.")
 @click.option("--prefix-tokens", type=int, help="cls/register tokens before the grid "

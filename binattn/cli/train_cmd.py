@@ -111,8 +111,8 @@ def _dynamic_length(data, bias: Optional[str], length_buckets: int) -> Optional[
         raise UserError("--length-buckets needs text data (a padding mask), not inputs of "
                         f"shapes {[tuple(t.shape) for t in data.inputs]}")
     if bias in ("relpos", "dense"):
-        raise UserError(f"--length-buckets needs --bias none or head: a {bias} bias fixes the "
-                        "sequence length")
+        raise UserError(f"--length-buckets needs --bias none, head or relpos_1d: a {bias} "
+                        "bias fixes the sequence length")
     batch = torch.export.Dim("batch", min=1)
     seq = torch.export.Dim("seq", min=2, max=data.inputs[0].shape[1])
     return tuple({0: batch, 1: seq} if t.dim() >= 2 else {0: batch} for t in data.inputs)
@@ -161,9 +161,11 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
 @click.option("--batch-size", type=int, default=None, help="  [default: text 16, else 64]")
 @click.option("--lr", type=float, default=None, help="AdamW learning rate.  [default: text "
               "2e-4, else 3e-4]")
-@click.option("--bias", type=click.Choice(["relpos", "dense", "head", "none", "auto"]),
-              default=None, help="Learned attention bias (auto: relpos for binaryattention, "
-              "none for had).  [default: text none, else auto]")
+@click.option("--bias", type=click.Choice(["relpos", "relpos_1d", "dense", "head", "none",
+                                          "auto"]),
+              default=None, help="Learned attention bias (relpos: a table over the image's token "
+              "grid; relpos_1d: one over 1-D offsets within ±32 tokens, any text length; auto: "
+              "relpos for binaryattention, none for had).  [default: text none, else auto]")
 @click.option("--distill", type=click.Choice(["hard", "soft", "none"]), default="hard",
               show_default=True, help="Output distillation for classification.")
 @click.option("--top-n", type=int, default=None, help="Top-N keys per query (HAD default 30; "
@@ -191,7 +193,7 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
 @click.option("--length-buckets", type=click.IntRange(min=0), default=None,
               help="Text: batches of similar-length texts, each cut to its longest (a window "
               "of this many steps; 0 = off). The model is captured with a dynamic sequence "
-              "length, so the bias must be none or head.  [default: text 50, else 0]")
+              "length, so the bias must be none, head or relpos_1d.  [default: text 50, else 0]")
 @click.option("--hidden-weight", type=float, default=None,
               help="Per-layer attention-output MSE against the teacher (normalised by its "
               "variance).  [default: text 1, else 0]")

@@ -1,8 +1,11 @@
-"""Learned attention biases: BEiT/BinaryAttention relative-position tables, dense, per-head.
+"""Learned attention biases: BEiT/BinaryAttention relative-position tables (2-D token grids and
+1-D sequences of any length), dense, per-head.
 
 What it does: builds the relative-position index for a Gh×Gw token grid with prefix (cls)
-tokens, and ``nn.Module``s whose forward returns an additive bias ``[H, Nq, Nk]`` for
-``binary_attention(bias=...)``. ``RelPosBias`` also hands its table and index over as they are
+tokens and for a 1-D sequence (offsets clipped to ±R, computed from the lengths at run time, so a
+graph with a dynamic sequence length keeps it), and ``nn.Module``s whose forward returns an
+additive bias ``[H, Nq, Nk]`` for ``binary_attention(bias=...)``. ``RelPosBias`` and
+``SequenceRelPosBias`` also hand their table and index over as they are
 (``binary_attention(bias=table, bias_index=index)``: the lookup then happens inside the op).
 What it does not: decide where biases go (``binarize_pass``).
 """
@@ -63,6 +66,36 @@ class RelPosBias(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return table_bias(self.table, self.index)
+
+
+def sequence_relpos_index(table: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
+    """Index ``[Nq, Nk]`` (int32, on the table's device) into a 1-D relative-position table of
+    ``2R+1`` rows: key j seen from query i sits at offset ``clamp(j − i − (Nk − Nq), −R, R) + R``
+    (queries aligned to the last keys, as with a KV cache: self-attention has Nk = Nq)."""
+    radius = (table.shape[0] - 1) // 2
+    q_pos = torch.arange(n_q, device=table.device) + (n_k - n_q)
+    k_pos = torch.arange(n_k, device=table.device)
+    offsets = (k_pos[None, :] - q_pos[:, None]).clamp(-radius, radius) + radius
+    return offsets.to(torch.int32)
+
+
+class SequenceRelPosBias(nn.Module):
+    """1-D relative-position bias table ``[2R+1, H]`` (T5/ALiBi's idea, learned, unbucketed):
+    one scalar per head and clipped offset ``j − i`` in [−R, R], zero init (a pretrained model
+    starts unchanged). Lengths come from the call, so a dynamic-length graph keeps them:
+    ``forward(n_q, n_k)`` returns the gathered ``[H, Nq, Nk]`` bias; the rewrite passes the
+    table and :func:`sequence_relpos_index` to the op instead."""
+
+    def __init__(self, num_heads: int, max_distance: int = 32):
+        super().__init__()
+        if num_heads < 1 or max_distance < 1:
+            raise ValueError(f"num_heads and max_distance must be >= 1, got {num_heads}, "
+                             f"{max_distance}")
+        self.max_distance = max_distance
+        self.table = nn.Parameter(torch.zeros(2 * max_distance + 1, num_heads))
+
+    def forward(self, n_q: int, n_k: int) -> torch.Tensor:
+        return table_bias(self.table, sequence_relpos_index(self.table, n_q, n_k))
 
 
 class DenseBias(nn.Module):
