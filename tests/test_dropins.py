@@ -146,7 +146,8 @@ def test_padding_does_not_reach_real_tokens(arch):
     assert (unmasked[0, real] - out[0, real]).abs().max() > 1e-3   # the mask is what hid them
 
 
-def test_bert_matches_binarize_with_padding():
+@pytest.mark.parametrize("bias", ["head", "relpos_1d"])
+def test_bert_matches_binarize_with_padding(bias):
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2,
                                   num_attention_heads=4, intermediate_size=96,
@@ -155,7 +156,7 @@ def test_bert_matches_binarize_with_padding():
     x = _tokens(n=10)
     mask = torch.ones_like(x)
     mask[1, 6:] = 0
-    gm = binattn.binarize(model, (x,), binattn.BinarizeConfig(bias="head"),
+    gm = binattn.binarize(model, (x,), binattn.BinarizeConfig(bias=bias, relpos_distance=3),
                           example_kwargs={"attention_mask": mask})
     with torch.no_grad():                       # a trained bias, as load_binarized must copy
         for name, p in gm.named_parameters():
@@ -216,9 +217,10 @@ def test_options_only_config_loads_with_from_pretrained(tmp_path):
     torch.testing.assert_close(loaded.eval()(x).last_hidden_state, out, atol=1e-6, rtol=0)
 
 
-def test_hf_training_step_reaches_projections_and_bias():
+@pytest.mark.parametrize("bias", ["head", "relpos_1d"])
+def test_hf_training_step_reaches_projections_and_bias(bias, tmp_path):
     model = _llama(attention_dropout=0.0)
-    bhf.attach(model, {"bias": "head"})
+    bhf.attach(model, {"bias": bias})
     model.train()
     x = _tokens()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -231,6 +233,12 @@ def test_hf_training_step_reaches_projections_and_bias():
     before = attn.binattn.bias.table.detach().clone()
     opt.step()
     assert not torch.equal(before, attn.binattn.bias.table)
+    model.eval()                                 # the trained bias saves and loads back
+    out = model(x).last_hidden_state
+    model.save_pretrained(tmp_path)
+    loaded = transformers.AutoModel.from_pretrained(tmp_path, attn_implementation="binattn")
+    bhf.attach(loaded, checkpoint=tmp_path)
+    torch.testing.assert_close(loaded.eval()(x).last_hidden_state, out, atol=1e-6, rtol=0)
 
 
 def test_hf_attention_dropout_applies_in_training_only():
@@ -256,7 +264,7 @@ def test_hf_errors_name_the_argument():
         bhf.BinattnAttentionConfig(pv_bits=4)
     with pytest.raises(ValueError, match="dropout"):
         bhf.BinattnAttentionConfig(dropout="sometimes")
-    with pytest.raises(ValueError, match="bias must be 'head' or None.*load_binarized"):
+    with pytest.raises(ValueError, match="bias must be one of.*'head'.*load_binarized"):
         bhf.BinattnAttentionConfig(bias="relpos")
     model = _llama()
     attn = model.layers[0].self_attn

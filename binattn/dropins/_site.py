@@ -18,11 +18,12 @@ from torch import nn
 
 from .. import ops
 from ..ops import reference, validation
-from ..ops.bias import DenseBias, HeadBias, RelPosBias
+from ..ops.bias import (DenseBias, HeadBias, RelPosBias, SequenceRelPosBias,
+                        sequence_relpos_index)
 from ..ops.options import AttentionOptions, AttentionTensors, option_properties
 
 DROPOUT_MODES = ("apply", "ignore")
-ATTACH_BIASES = ("head", None)
+ATTACH_BIASES = ("head", "relpos_1d", None)
 
 
 LAYER_OPTIONS = ("scale_mode", "top_n", "pv_bits", "binarizer", "temperature", "ste_clip")
@@ -39,9 +40,11 @@ class BinattnAttentionConfig:
             an attribute. Causality and the scale come from the layer at each call.
         dropout: ``"apply"`` runs attention dropout in training (on the reference op's
             probabilities: an N×N tensor, slower), ``"ignore"`` keeps the fused op and drops none.
-        bias: ``"head"`` gives every layer a learned per-head bias (zero init) when attached;
-            relative-position and dense biases come from a binarized model
-            (:func:`binattn.hf.load_binarized`), as their shape depends on the token grid.
+        bias: ``"head"`` gives every layer a learned per-head bias, ``"relpos_1d"`` a learned
+            1-D relative-position table per head (offsets within ±32 tokens, any length; both
+            zero init) when attached; 2-D relative-position and dense biases come from a
+            binarized model (:func:`binattn.hf.load_binarized`), as their shape depends on the
+            token grid.
     """
 
     def __init__(self, *, dropout: str = "apply", bias: Optional[str] = None,
@@ -54,9 +57,9 @@ class BinattnAttentionConfig:
         if dropout not in DROPOUT_MODES:
             raise ValueError(f"dropout must be one of {DROPOUT_MODES}, got {dropout!r}")
         if bias not in ATTACH_BIASES:
-            raise ValueError(f"bias must be 'head' or None, got {bias!r}: relative-position "
-                             "and dense biases need the token grid, so they come from a "
-                             "binarized model (binattn.hf.load_binarized)")
+            raise ValueError(f"bias must be one of {ATTACH_BIASES}, got {bias!r}: 2-D "
+                             "relative-position and dense biases need the token grid, so they "
+                             "come from a binarized model (binattn.hf.load_binarized)")
         self.dropout, self.bias = dropout, bias
 
     def options(self, is_causal: bool = False,
@@ -93,6 +96,16 @@ class BinattnAttentionConfig:
 option_properties(BinattnAttentionConfig, LAYER_OPTIONS, attribute="attention")
 
 
+def attached_bias(kind: Optional[str], heads: int) -> Optional[nn.Module]:
+    """The zero-init bias module that ``BinattnAttentionConfig(bias=kind)`` attaches to a layer
+    of ``heads`` query heads (None for no bias)."""
+    if kind == "head":
+        return HeadBias(heads)
+    if kind == "relpos_1d":
+        return SequenceRelPosBias(heads)
+    return None
+
+
 def bias_spec(bias: Optional[nn.Module]) -> Optional[dict]:
     """A plain description of a learned bias module, enough to rebuild it empty."""
     if bias is None:
@@ -100,12 +113,15 @@ def bias_spec(bias: Optional[nn.Module]) -> Optional[dict]:
     if isinstance(bias, RelPosBias):
         return {"kind": "relpos", "heads": int(bias.table.shape[1]), "grid": list(bias.grid),
                 "num_prefix_tokens": int(bias.num_prefix_tokens)}
+    if isinstance(bias, SequenceRelPosBias):
+        return {"kind": "relpos_1d", "heads": int(bias.table.shape[1]),
+                "max_distance": int(bias.max_distance)}
     if isinstance(bias, DenseBias):
         return {"kind": "dense", "shape": list(bias.table.shape)}
     if isinstance(bias, HeadBias):
         return {"kind": "head", "heads": int(bias.table.shape[0])}
     raise TypeError(f"bias module {type(bias).__name__} is not one binattn can describe "
-                    "(RelPosBias, DenseBias, HeadBias)")
+                    "(RelPosBias, SequenceRelPosBias, DenseBias, HeadBias)")
 
 
 def bias_from_spec(spec: Optional[Mapping]) -> Optional[nn.Module]:
@@ -114,6 +130,8 @@ def bias_from_spec(spec: Optional[Mapping]) -> Optional[nn.Module]:
     kind = spec.get("kind")
     if kind == "relpos":
         return RelPosBias(int(spec["heads"]), tuple(spec["grid"]), int(spec["num_prefix_tokens"]))
+    if kind == "relpos_1d":
+        return SequenceRelPosBias(int(spec["heads"]), int(spec["max_distance"]))
     if kind == "dense":
         return DenseBias(*(int(s) for s in spec["shape"]))
     if kind == "head":
@@ -154,6 +172,21 @@ class BinattnLayerState(nn.Module):
         return cls(spec.get("options"), bias=bias_from_spec(spec.get("bias")), **scales)
 
 
+def _layer_bias(module: Optional[nn.Module], n_q: int, n_k: int, table_ok: bool
+                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(bias, bias_index)`` of a layer's learned bias: a relative-position table and its index
+    (looked up inside the op) where ``table_ok``, else the dense bias it stands for."""
+    if module is None:
+        return None, None
+    if isinstance(module, RelPosBias):
+        return (module.table, module.index) if table_ok else (module(), None)
+    if isinstance(module, SequenceRelPosBias):
+        if table_ok:
+            return module.table, sequence_relpos_index(module.table, n_q, n_k)
+        return module(n_q, n_k), None
+    return module(), None
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
               options: BinattnAttentionConfig, state: Optional[BinattnLayerState] = None, *,
               attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
@@ -167,10 +200,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q_scale = k_scale = bias = bias_index = None
     if state is not None:
         q_scale, k_scale = state.q_scale, state.k_scale
-        if isinstance(state.bias, RelPosBias) and extra_bias is None:
-            bias, bias_index = state.bias.table, state.bias.index
-        elif state.bias is not None:
-            bias = state.bias()
+        bias, bias_index = _layer_bias(state.bias, q.shape[-2], k.shape[-2],
+                                       table_ok=extra_bias is None)
     if extra_bias is not None:
         bias = extra_bias if bias is None else bias + extra_bias
     if options.scale_mode == "static" and (q_scale is None or k_scale is None):

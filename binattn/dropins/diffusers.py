@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ._site import BinattnAttentionConfig, BinattnLayerState, attention
+from ._site import BinattnAttentionConfig, BinattnLayerState, attached_bias, attention
 
 __all__ = ["BinattnAttentionConfig", "BinattnAttnProcessor", "apply", "remove",
            "attention_layers", "default_processor"]
@@ -93,20 +93,17 @@ class BinattnAttnProcessor(nn.Module):
             dispatch backend); None: each layer's default (:func:`default_processor`).
 
     Its ``binattn`` submodule (:class:`BinattnLayerState`) holds static q/k scales and a
-    learned bias (``options={"bias": "head"}`` needs ``num_heads``).
+    learned bias (``options={"bias": "head"}`` or ``"relpos_1d"`` needs ``num_heads``).
     """
 
     def __init__(self, options: Union[BinattnAttentionConfig, Mapping, None] = None,
                  base: Optional[Callable] = None, *, num_heads: Optional[int] = None):
         super().__init__()
         opts = BinattnAttentionConfig.coerce(options)
-        bias = None
-        if opts.bias == "head":
-            if num_heads is None:
-                raise ValueError("options bias='head' needs num_heads (binattn.diffusers.apply "
-                                 "passes each layer's)")
-            from ..ops.bias import HeadBias
-            bias = HeadBias(int(num_heads))
+        if opts.bias is not None and num_heads is None:
+            raise ValueError(f"options bias={opts.bias!r} needs num_heads "
+                             "(binattn.diffusers.apply passes each layer's)")
+        bias = attached_bias(opts.bias, int(num_heads)) if opts.bias is not None else None
         self.binattn = BinattnLayerState(opts, bias=bias)
         self.base = base
         self._defaults: dict[type, Callable] = {}

@@ -37,8 +37,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from ._site import BinattnAttentionConfig, BinattnLayerState, attention
-from ..ops.bias import HeadBias
+from ._site import BinattnAttentionConfig, BinattnLayerState, attached_bias, attention
 
 __all__ = ["NAME", "BinattnAttentionConfig", "BinattnLayerState", "register",
            "binattn_attention_forward", "attention_modules", "attach", "load_binarized"]
@@ -166,7 +165,7 @@ def attach(model: nn.Module, options: Union[BinattnAttentionConfig, Mapping, Non
     """Give every attention layer of ``model`` its own binattn state and switch it to binattn.
 
     Without ``checkpoint``: each layer gets ``options`` (default: the model config's ``binattn``
-    options, else ``register``'s), and a zero per-head bias with ``bias="head"``. With
+    options, else ``register``'s), and a zero bias with ``bias="head"`` or ``"relpos_1d"``. With
     ``checkpoint`` (a ``save_pretrained`` directory or a state_dict): rebuilds the layers the
     model config's ``binattn`` entry describes and loads their tensors from it — the second step
     of loading a saved binattn model (``from_pretrained`` skips tensors of modules it did not
@@ -192,7 +191,7 @@ def attach(model: nn.Module, options: Union[BinattnAttentionConfig, Mapping, Non
         return model
     opts = BinattnAttentionConfig.coerce(options if options is not None
                                          else entry.get("options", _defaults))
-    states = {p: BinattnLayerState(opts, bias=HeadBias(_num_heads(m)) if opts.bias else None)
+    states = {p: BinattnLayerState(opts, bias=attached_bias(opts.bias, _num_heads(m)))
               for p, m in modules.items()}
     _set_states(model, states, opts)
     return model
