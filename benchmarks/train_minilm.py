@@ -50,7 +50,7 @@ from binattn.train.metrics import register_agreement
 from binattn.train.trainer import predict
 
 EXPERIMENTS = ("none", "naive", "attn", "bias", "long", "had", "had_topn", "output_only",
-               "attn_long", "relpos_1d")
+               "attn_long", "relpos_1d", "attn_out5")
 
 
 class SentenceEncoder(nn.Module):
@@ -166,6 +166,7 @@ def experiment_plan(name: str, steps: int, lr: float, batch: int, device: str,
         "long": (dense, dict(base, attn_weight=1.0, bias_lr_mult=10.0, steps=5 * steps,
                              eval_every=max(steps // 2, 1))),
         "relpos_1d": (relpos_1d, dict(base, attn_weight=1.0, bias_lr_mult=10.0)),
+        "attn_out5": (no_bias, dict(base, attn_weight=1.0, output_weight=5.0)),
         "output_only": (no_bias, dict(base, hidden_weight=0.0)),
         "attn_long": (no_bias, dict(base, attn_weight=1.0, steps=3 * steps,
                                     eval_every=max(steps // 2, 1))),
