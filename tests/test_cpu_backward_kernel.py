@@ -1,5 +1,6 @@
 """The CPU backward kernel (TVM LLVM) against the reference VJP: every option case the kernel
-covers, odd N and D, GQA, causal, masks, dense biases broadcast every way, the three scale
+covers, odd N and D, GQA, causal, masks, dense biases broadcast every way, a relative-position
+bias table (gathered, its gradient scattered back onto the table's rows), the three scale
 modes, half inputs; that the kernel ran (``kernel_report``); that what it does not cover falls
 back with its reason; a training step of a binarized ViT gives the reference's gradients.
 
@@ -39,8 +40,7 @@ from .op_cases import CASES, Shape, randn
 OP = "binary_attention_backward/cpu"
 SHAPE = Shape(batch=2, heads=2, kv_heads=2, n_q=45, n_k=61, head_dim=64)
 #: cases the kernel refuses, with (part of) the reason it gives
-REFUSED = {"pv8": "pv_bits=8", "pv8_causal_gqa_bias": "pv_bits=8",
-           "relpos_table": "bias_index"}
+REFUSED = {"pv8": "pv_bits=8", "pv8_causal_gqa_bias": "pv_bits=8"}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -18,12 +18,14 @@ over q, k or the gradients but layouts and the GQA sums:
   epilogue then runs in torch (``reference._input_grad`` itself), with a warning and the reason
   in ``kernel_report()``.
 
-GQA sums and dtypes are the reference's own ``reference.per_input_grads``. Bias + mask are
+GQA sums and dtypes are the reference's own ``reference.per_input_grads``. A bias table
+(``bias_index``: relative positions) is gathered to its dense form first and its gradient
+scattered back onto the table's rows (``reference.table_grad``). Bias + mask are
 combined by the forward's ``_additive`` (one definition of the additive tensor); a bias
 broadcast over batch or heads gets its gradient in ``nchunk`` partial copies
 (``backward.unit_of``), summed here. ``binary_attention_backward_supports`` returns None or the
-reason the reference runs instead: float64, soft binarizers, top-N, sinks, soft cap, bias
-tables (``bias_index``), ``pv_bits=8``, non-positive static scales, non-CPU or empty tensors, a
+reason the reference runs instead: float64, soft binarizers, top-N, sinks, soft cap,
+``pv_bits=8``, non-positive static scales, non-CPU or empty tensors, a
 build failure of the backward kernel.
 
 What it does not: the forward (``cpu.dispatch``), the N×N math (``cpu.backward``), the STE math
@@ -152,7 +154,7 @@ def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tens
                               options: AttentionOptions,
                               delta: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
     """The STE backward through the kernels (see the module docstring)."""
-    bias, mask = tensors.bias, tensors.attn_mask
+    table, bias, mask = tensors.bias, _dense_bias(tensors), tensors.attn_mask
     n_q, head_dim, n_k = q.shape[-2], q.shape[-1], k.shape[-2]
     add = cpu_forward._additive(bias, mask, n_q, n_k)
     ops = operands(q, k, tensors, options)
@@ -163,7 +165,15 @@ def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tens
     dk = input_grad(k, ops.s_k, dk_hat[..., :n_k, :head_dim], options)
     dq, dk, dv = reference.per_input_grads(dq, dk, dv[..., :n_k, :v.shape[-1]], q, k, v)
     db = q.new_empty((0,)) if bias is None else _bias_grad(dbias, bias, n_q, n_k)
+    if tensors.bias_index is not None:   # the table's rows gather their entries' gradients
+        db = reference.table_grad(db, tensors.bias_index, table)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), db, q.new_empty((0,))
+
+
+def _dense_bias(tensors: AttentionTensors) -> Optional[torch.Tensor]:
+    """The bias as the kernel reads it: a table with ``bias_index`` gathered to its dense
+    ``[Ht, Nq, Nk]`` (an N×N tensor, as the additive mask already is here), else as given."""
+    return reference.dense_bias(tensors.bias, tensors.bias_index)
 
 
 def input_grad(x: torch.Tensor, s: torch.Tensor, d_hat: torch.Tensor,
@@ -272,8 +282,6 @@ def _option_reason(tensors: AttentionTensors, options: AttentionOptions,
     option = cpu_forward.unbuilt_option(tensors, options, n_k)
     if option:
         return f"{option} has no backward kernel"
-    if tensors.bias_index is not None:
-        return "bias tables (bias_index) have no backward kernel"
     if options.pv_bits == 8:
         return "pv_bits=8 has no backward kernel"
     return None
@@ -289,6 +297,8 @@ def binary_attention_backward_supports(grad: torch.Tensor, q: torch.Tensor, k: t
     if reason:
         return reason
     bias, mask = tensors.bias, tensors.attn_mask
+    if tensors.bias_index is not None:   # gathered to [Ht, Nq, Nk] (``_dense_bias``)
+        bias = bias.new_empty(1).expand(bias.shape[1], *tensors.bias_index.shape)
     add_shape = cpu_forward._add_shape(None if bias is None else bias.shape, mask)
     if delta is not None and (delta.device.type != "cpu" or
                               delta.shape != (*q.shape[:-1],)):
