@@ -82,7 +82,7 @@ def tokenize(sentences: list[str], max_len: int) -> tuple[torch.Tensor, torch.Te
     return enc["input_ids"], enc["attention_mask"]
 
 
-def _corpus(data_name: str, seed: int, per_register: int
+def _corpus(data_name: str, seed: int, per_register: int, train_per_register: int = 4000
             ) -> tuple[list[str], dict[str, list[str]]]:
     """(sentences — the first ``held_out`` of them only for evaluation —, held-out registers)."""
     from binattn.train import corpus
@@ -90,7 +90,7 @@ def _corpus(data_name: str, seed: int, per_register: int
     texts = corpus.english_texts()
     registers = corpus.held_out_registers(per_register, seed, texts)
     if data_name == "english-mix":   # interleaved registers: the first held_out are balanced
-        return corpus.english_mix(texts=texts, seed=seed), registers
+        return corpus.english_mix(train_per_register, seed, texts), registers
     sentences = data.stdlib_sentences()
     order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(seed))
     return [sentences[i] for i in order], registers
@@ -113,13 +113,14 @@ def prune_vocabulary(bundle: dict) -> dict:
 
 
 def build_bundle(max_len: int, held_out: int, seed: int, data_name: str = "stdlib-text",
-                 eval_len: int = 128, per_register: int = 256) -> dict:
+                 eval_len: int = 128, per_register: int = 256,
+                 train_per_register: int = 4000) -> dict:
     """Corpus + model, in memory, with the model's own tokenizer and full vocabulary (ids as
     int32): training sentences tokenized to ``max_len``, held-out registers to ``eval_len``.
     :func:`prune_vocabulary` makes it portable (``--pack``)."""
     from safetensors.torch import load_file
 
-    sentences, registers = _corpus(data_name, seed, per_register)
+    sentences, registers = _corpus(data_name, seed, per_register, train_per_register)
     ids, mask = tokenize(sentences, max_len)
     state = load_file(str(model_dir() / "model.safetensors"))
     state = {k.removeprefix("bert."): v for k, v in state.items()}
@@ -184,7 +185,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         bundle = torch.load(Path(args.bundle) / "bundle.pt", weights_only=True)
     else:
         bundle = build_bundle(args.max_len, args.held_out, args.seed, args.data,
-                              per_register=args.per_register)
+                              per_register=args.per_register,
+                              train_per_register=args.train_per_register)
     n_eval = bundle["held_out"]
     corpus = TensorData((bundle["ids"].long(), bundle["mask"].long()),
                         lengths=data.text_lengths(bundle["mask"]))
@@ -310,6 +312,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-register", type=int, default=256,
                    help="held-out texts per register (english-mix's held-out sources)")
+    p.add_argument("--train-per-register", type=int, default=4000,
+                   help="english-mix: training texts per register (at most)")
     p.add_argument("--data", choices=("stdlib-text", "english-mix"), default="english-mix",
                    help="training text (held-out registers always come from english-mix)")
     p.add_argument("--device", default="cpu")
@@ -327,7 +331,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.pack:   # a portable bundle: only the embedding rows its text uses
         bundle = prune_vocabulary(build_bundle(args.max_len, args.held_out, args.seed,
-                                               args.data, per_register=args.per_register))
+                                               args.data, per_register=args.per_register,
+                                               train_per_register=args.train_per_register))
         if args.pack_fp16:  # halves the bundle for transfer; the teacher is then the fp16 model
             bundle["state"] = {k: v.half() if v.is_floating_point() else v
                                for k, v in bundle["state"].items()}
