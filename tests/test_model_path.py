@@ -7,7 +7,8 @@ training step of a binarized ViT read nothing back to the host (the profiler cou
 any sync); a NaN or Inf input gives NaN outputs for its (b, h) in every scale mode instead of a
 finite wrong value, and ``check_finite``/``data_checks`` turn it into a ValueError naming the
 argument; the op's output is laid out as ``[B, N, H, D]`` so ``transpose(1, 2).reshape`` after it
-is a view; the bias-table index is range-checked once per tensor version.
+is a view; the bias-table index is range-checked once per tensor version; the pass leaves no
+no-op slice whose backward would copy an activation.
 """
 from __future__ import annotations
 
@@ -166,6 +167,47 @@ def test_output_is_laid_out_for_the_following_reshape(device):
     assert out.transpose(1, 2).is_contiguous()  # [B, N, H, D] in memory
     merged = out.transpose(1, 2).reshape(2, 33, 128)
     assert merged.data_ptr() == out.data_ptr()  # a view, not a copy
+
+
+def test_cls_pooling_slice_costs_no_copy_in_the_backward():
+    """Export writes ``x[:, 0]`` as a slice of all of dim 0 before the select; the pass drops
+    that slice, so the eager backward makes no activation-sized ``slice_backward`` copy that the
+    original model does not make."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=1,
+                                          num_heads=2, num_classes=3)
+    x = torch.randn(2, 3, 32, 32)
+    gm = binattn.binarize(model, (x,))
+    slices = [n for n in gm.graph.nodes if n.target is torch.ops.aten.slice.Tensor]
+    assert not slices, [n.args for n in slices]
+    exact = binattn.binarize(model, (x,), binattn.BinarizeConfig(mode="float"))
+    with torch.no_grad():   # float sites: the graph without the slice is still the model
+        torch.testing.assert_close(exact(x), model(x), atol=1e-5, rtol=1e-5)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        gm(x).square().sum().backward()
+    assert not [e for e in prof.events() if e.name == "aten::slice_backward"]
+
+
+def test_only_slices_that_keep_everything_are_dropped():
+    from binattn.binarize_pass.noop_slices import drop_noop_slices
+
+    class Slices(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 0].sum(), x[1:, 1].sum(), x[:, :, :3].sum(), x[::2, 4].sum()
+
+    x = torch.randn(8, 6, 5)   # a dynamic batch: export slices all of dim 0 before a select
+    gm = torch.export.export(Slices(), (x,),
+                             dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
+
+    def slices():
+        return [tuple(n.args[1:]) for n in gm.graph.nodes
+                if n.target is torch.ops.aten.slice.Tensor]
+
+    assert slices().count((0, 0, 2**63 - 1)) == 2
+    assert drop_noop_slices(gm) == 2
+    assert sorted(slices()) == [(0, 0, 2**63 - 1, 2), (0, 1, 2**63 - 1), (2, 0, 3)]
+    torch.testing.assert_close(gm(x), Slices()(x))
 
 
 def _as_a_site(q, k, v, **kw):

@@ -19,6 +19,7 @@ from torch import fx, nn
 from .capture import capture
 from .config import BinarizeConfig
 from .matchers import Match, find_matches, find_misses, module_path
+from .noop_slices import drop_noop_slices
 from .report import Miss, Report, SiteRow
 from .rewrite import FilterFn, rewrite
 from .site import BinaryAttentionSite
@@ -84,6 +85,7 @@ def binarize(model: nn.Module | torch.export.ExportedProgram, example_inputs: tu
                  dynamic_batch=config.dynamic_batch, dynamic_shapes=dynamic_shapes)
     matches, report = analyze(gm, _model_name(model), model)
     rewrite(gm, matches, report.rows, config, model=model, filter_fn=filter_fn)
+    drop_noop_slices(gm)   # export's x[:, i] slices all of dim 0: a full copy in the backward
     gm.meta[REPORT_KEY] = report
     return gm
 
