@@ -202,6 +202,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         torch.manual_seed(args.seed)
         bcfg, cfg = experiment_plan(name, args.steps, args.lr, args.batch, args.device,
                                      args.autocast, args.length_buckets)
+        if args.ste_clip is not None:   # the sites' STE window |x| <= clip (default 1)
+            bcfg.ste_clip = args.ste_clip
         # a dense bias fixes the sequence length; without one it stays dynamic (registers are
         # evaluated at their own length, up to 128 tokens)
         dynamic = bcfg.bias in (None, "head", "relpos_1d")
@@ -220,6 +222,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         by_register = register_scores(gm, teacher, bundle, args.device,
                                       None if dynamic else bundle["max_len"])
         row = dict(experiment=name, sites=len(sites), autocast=args.autocast,
+                   ste_clip=bcfg.ste_clip, train_per_register=args.train_per_register,
                    length_buckets=args.length_buckets,
                    weights=bundle.get("weights", "float32"), steps=0 if cfg is None else cfg.steps,
                    train_sentences=len(train_set), held_out=n_eval, python=bundle["python"],
@@ -312,6 +315,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-register", type=int, default=256,
                    help="held-out texts per register (english-mix's held-out sources)")
+    p.add_argument("--ste-clip", type=float, default=None,
+                   help="the sites' straight-through window |x| <= clip (op default 1)")
     p.add_argument("--train-per-register", type=int, default=4000,
                    help="english-mix: training texts per register (at most)")
     p.add_argument("--data", choices=("stdlib-text", "english-mix"), default="english-mix",
