@@ -189,6 +189,37 @@ def test_cls_pooling_slice_costs_no_copy_in_the_backward():
     assert not [e for e in prof.events() if e.name == "aten::slice_backward"]
 
 
+def _large_copies(fn, numel: int) -> list[tuple]:
+    """(op, shapes) of every clone/copy_/contiguous/_to_copy of a tensor of ``numel`` or more
+    elements that ``fn`` makes (the e2e benchmark's count of copies)."""
+    from binattn.bench.e2e import COPY_OPS
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    return sorted((e.name, tuple(map(tuple, e.input_shapes))) for e in prof.events()
+                  if e.name in COPY_OPS and any(s and torch.Size(s).numel() >= numel
+                                                for s in e.input_shapes))
+
+
+def test_cpu_training_step_copies_what_the_original_copies():
+    """A binarized timm ViT's eager training step on the CPU (forward, the backward kernel,
+    AdamW) copies no activation the original's step does not: the kernels read q, k, v and the
+    output gradient in place and write unpadded gradients."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.VisionTransformer(img_size=48, patch_size=8, embed_dim=64, depth=2,
+                                          num_heads=2, num_classes=3)
+    x = torch.randn(3, 3, 48, 48)   # 37 tokens: padded inside the kernels, not around them
+    gm = binattn.binarize(model, (x,))
+    copies = {}
+    for name, net in (("original", model), ("binarized", gm)):
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+        step = lambda net=net, optimizer=optimizer: _train_step(net, x, optimizer)  # noqa: E731
+        step()
+        copies[name] = _large_copies(step, 3 * 37 * 32 // 3)
+    assert copies["binarized"] == copies["original"]
+    assert binattn.ops.dispatch.kernel_report()["binary_attention_backward/cpu"].startswith("tvm")
+
+
 def test_only_slices_that_keep_everything_are_dropped():
     from binattn.binarize_pass.noop_slices import drop_noop_slices
 

@@ -19,18 +19,20 @@ per unit and query block of ``block_q`` rows, over key tiles of ``block_k`` keys
 
 Rows with no visible key get P = 0 (zero gradients), as the reference; a NaN score multiplier
 makes every gradient of its unit NaN. Arguments: ``qb [B, H, NQ, W]``, ``kb [B, H, W, NK]``
-(sign words, k's transposed), ``qmul``, ``kmul``, ``coef [B, H]``, ``v [B, H, NK, Dv]``,
-``do [B, H, NQ, Dv]``, ``add`` (bias + mask, broadcast dims of size 1; 1 element if none),
-``delta [B, H, NQ]`` (1 element unless ``wl.delta``), the outputs ``dq̂ [B, H, NQ, D]``,
-``dk̂ [B, H, NK, D]``, ``dv [B, H, NK, Dv]``, ``dbias [nchunk, B|1, H|1, NQ|1, NK|1]`` (added
-into), then the true key count ``nk``, ``hd`` = D and
-``nslot``/``nchunk`` (the task split, :func:`unit_of`). Everything is per query head (the host
-expands GQA's k/v heads and sums dK/dV over a group), float32, padded: NQ to ``block_q``, NK to
-``block_k``, D and Dv to 16 (zeros).
+(sign words per query head, k's transposed, padded: NQ to ``block_q``, NK to ``block_k``),
+``qmul``, ``kmul``, ``coef [B, H]``, ``v [B, HK, ≥nk, Dv]`` and ``do [B, H, nq, Dv]`` (in
+``wl.dtype``, read in place through any strides on B, H, N: no host copy; GQA's key/value head
+of query head h is h // (H / HK)), ``add`` (bias + mask, broadcast dims of size 1, padded; 1
+element if none), ``delta [B, H, NQ]`` (1 element unless ``wl.delta``), the float32 outputs
+``dq̂ [B, H, nq, D]``, ``dk̂ [B, H, nk, D]``, ``dv [B, H, nk, Dv]`` (per query head, unpadded,
+contiguous: the host sums GQA groups), ``dbias [nchunk, B|1, H|1, NQ|1, NK|1]`` (added into),
+then the true key count ``nk``, ``hd`` = D, the true query count ``nq``, Dv and
+``nslot``/``nchunk`` (the task split, :func:`unit_of`). Inside, a unit's V, each block's dO
+rows and its dK̂/dV accumulators are float32 buffers padded with zeros (D and Dv to 16).
 
 What it does not: the O(N·D) parts (scales, the STE window, mean|x|'s gradient, GQA sums:
-``reference.backward_inputs`` / ``backward_outputs``), padding or layouts (the host wrapper,
-``backward_dispatch``), bias tables, top-N, soft binarizers, sinks, soft cap, 8-bit P/V.
+``reference.backward_inputs`` / ``backward_outputs``), the bits' padding (the host wrapper,
+``backward_dispatch``), bias tables (gathered there), top-N, soft binarizers, sinks, soft cap, 8-bit P/V.
 """
 from __future__ import annotations
 
@@ -41,10 +43,10 @@ import tvm
 from tvm.script import tirx as T
 
 from ...schedules.cpu.backward import BackwardKnobs, tile_cols
-from .kernels import NEG_INF, _tree, fexp
+from .kernels import ELEM_ALIGN, NEG_INF, _tree, fexp
 
 #: part of every cache key: bump it when the kernel's arguments or math change
-KERNEL_VERSION = 7
+KERNEL_VERSION = 8
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class BackwardWorkload:
     """What a backward kernel is specialised for: words per row, padded D and Dv, causal, and
     the broadcast flags of the additive tensor over (B, H, Nq) (None: no bias or mask) and of
     the bias over (B, H, Nq, Nk) (None: no bias gradient); ``delta``: δ = rowsum(dO∘O) is an
-    argument (else pass 1 forms it from dP)."""
+    argument (else pass 1 forms it from dP); ``dtype``: that of v and dO, read in place."""
 
     words: int
     head_dim: int
@@ -61,6 +63,7 @@ class BackwardWorkload:
     add_bcast: Optional[tuple[bool, bool, bool]] = None
     bias_bcast: Optional[tuple[bool, bool, bool, bool]] = None
     delta: bool = False
+    dtype: str = "float32"
 
     def tag(self) -> str:
         def flags(bcast: Optional[tuple[bool, ...]]) -> str:
@@ -68,7 +71,8 @@ class BackwardWorkload:
 
         return (f"bwd{KERNEL_VERSION}_w{self.words}_d{self.head_dim}_dv{self.value_dim}"
                 f"_c{int(self.causal)}"
-                f"_add{flags(self.add_bcast)}_db{flags(self.bias_bcast)}_dl{int(self.delta)}")
+                f"_add{flags(self.add_bcast)}_db{flags(self.bias_bcast)}_dl{int(self.delta)}"
+                f"_{self.dtype}")
 
     def owns(self) -> tuple[bool, bool]:
         """Whether a unit owns its bias-gradient slot over batch and over heads."""
@@ -118,8 +122,9 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                                                       NEG_INF)
 
     @T.macro
-    def dp_tile(Dp, do, vt, b, h, q0, k0):
-        """Dp[i, j] = Σ_d dO[q0+i, d]·V[k0+j, d] (register tile rows × ck keys)."""
+    def dp_tile(Dp, dob, vt, k0):
+        """Dp[i, j] = Σ_d dO[q0+i, d]·V[k0+j, d] (register tile rows × ck keys; ``dob``: the
+        block's dO rows)."""
         for io in range(bq // ri):
             for jo in range(bk // ck):
                 r = T.alloc_buffer((ri, ck), "float32")
@@ -129,7 +134,7 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                 for d in range(dvp):
                     for ii in T.unroll(ri):
                         for jj in T.vectorized(ck):
-                            r[ii, jj] = r[ii, jj] + do[b, h, q0 + io * ri + ii, d] * vt[
+                            r[ii, jj] = r[ii, jj] + dob[io * ri + ii, d] * vt[
                                 d, k0 + jo * ck + jj]
                 for ii in T.unroll(ri):
                     for jj in T.vectorized(ck):
@@ -184,26 +189,22 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                             dbias[chunk, b * gb, h * gh, (q0 + i) * gq, 0] + Dp[i, j])
 
     @T.macro
-    def key_grads(out, A, X, b, h, q0, k0, dim, cols, local):
-        """out[k0+j, :] += Σ_i A[i, j]·X[i, :] (dV from P and dO, dK̂ from dS and Q̂; ``local``:
-        X is the block's own buffer, else rows q0+i of a (b, h)'s tensor)."""
+    def key_grads(out, A, X, k0, dim, cols):
+        """out[k0+j, :] += Σ_i A[i, j]·X[i, :] (the unit's dV from P and dO, dK̂ from dS and
+        Q̂; X: the block's rows)."""
         for jo in range(bk // ri):
             for dc in range(dim // cols):
                 r = T.alloc_buffer((ri, cols), "float32")
                 for jj in T.unroll(ri):
                     for d in T.vectorized(cols):
-                        r[jj, d] = out[b, h, k0 + jo * ri + jj, dc * cols + d]
+                        r[jj, d] = out[k0 + jo * ri + jj, dc * cols + d]
                 for i in range(bq):
                     for jj in T.unroll(ri):
                         for d in T.vectorized(cols):
-                            if local:
-                                r[jj, d] = r[jj, d] + A[i, jo * ri + jj] * X[i, dc * cols + d]
-                            else:
-                                r[jj, d] = r[jj, d] + A[i, jo * ri + jj] * X[
-                                    b, h, q0 + i, dc * cols + d]
+                            r[jj, d] = r[jj, d] + A[i, jo * ri + jj] * X[i, dc * cols + d]
                 for jj in T.unroll(ri):
                     for d in T.vectorized(cols):
-                        out[b, h, k0 + jo * ri + jj, dc * cols + d] = r[jj, d]
+                        out[k0 + jo * ri + jj, dc * cols + d] = r[jj, d]
 
     @T.macro
     def signs(X, bits, b, h, row0, rows, mul, hd, keys):
@@ -236,9 +237,33 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                         dqacc[io * ri + ii, dc * cq + d] = r[ii, d]
 
     @T.macro
-    def unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk, b, h, nk, hd,
-             NQ, NK):
-        """Every gradient of one (b, q head), query block by query block."""
+    def values(vt, v, b, hk, nk, dvr, NK):
+        """vt[d, j] = V[j, d] of the unit's key head in float32, zero past nk keys and Dv."""
+        for j in range(NK):
+            for d in range(dvp):
+                vt[d, j] = T.if_then_else(T.And(j < nk, d < dvr),
+                                          T.Cast("float32", v[b, hk, j, d]), T.float32(0))
+
+    @T.macro
+    def block_grads(dob, do, b, h, q0, nq, dvr):
+        """dob[i, d] = dO[q0+i, d] in float32, zero past nq rows and Dv (read in place)."""
+        for i in range(bq):
+            for d in range(dvp):
+                dob[i, d] = T.if_then_else(T.And(q0 + i < nq, d < dvr),
+                                           T.Cast("float32", do[b, h, q0 + i, d]), T.float32(0))
+
+    @T.macro
+    def store_keys(out, acc, b, h, nk, width):
+        """The unit's first nk key rows and ``width`` columns of ``acc`` into ``out``."""
+        for j in range(nk):
+            for d in range(width):
+                out[b, h, j, d] = acc[j, d]
+
+    @T.macro
+    def unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk, b, h, group,
+             nk, nq, hd, dvr, NQ, NK):
+        """Every gradient of one (b, q head), query block by query block (its key/value head:
+        h // group)."""
         S = T.alloc_buffer((bq, bk), "float32")
         Dp = T.alloc_buffer((bq, bk), "float32")
         m = T.alloc_buffer((bq,), "float32")
@@ -252,18 +277,19 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
         Qs = T.alloc_buffer((bq, dp), "float32")
         Ks = T.alloc_buffer((NK, dp), "float32")
         vt = T.alloc_buffer((dvp, NK), "float32")
+        dob = T.alloc_buffer((bq, dvp), "float32")
+        dka = T.alloc_buffer((NK, dp), "float32")
+        dva = T.alloc_buffer((NK, dvp), "float32")
         c = T.Bind(coef[b, h])
         # NaN where the score multiplier is not finite (the host made ±Inf NaN): all grads NaN
         poison = T.Bind(T.Select(T.isnan(c), c, T.float32(0)))
         signs(Ks, kb, b, h, 0, NK, kmul[b, h], hd, True)
-        for j in range(NK):
-            for d in range(dvp):
-                vt[d, j] = v[b, h, j, d]
+        values(vt, v, b, h // group, nk, dvr, NK)
         for j in range(NK):
             for d in T.vectorized(dp):
-                dk[b, h, j, d] = poison
+                dka[j, d] = poison
             for d in T.vectorized(dvp):
-                dv[b, h, j, d] = poison
+                dva[j, d] = poison
         for qt in range(NQ // bq):
             q0 = T.Bind(qt * bq)
             if causal:
@@ -274,10 +300,11 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                 m[i] = NEG_INF
                 l[i] = T.float32(0)
                 dl[i] = T.float32(0)
+            block_grads(dob, do, b, h, q0, nq, dvr)
             for kt in range(ntiles):
                 scores(S, qb, kb, add, c, b, h, q0, kt * bk, nk, hd)
                 if not given_delta:
-                    dp_tile(Dp, do, vt, b, h, q0, kt * bk)
+                    dp_tile(Dp, dob, vt, kt * bk)
                 for i in range(bq):
                     online_stats(S, Dp, m, l, dl, red, i)
             for i in range(bq):
@@ -292,20 +319,22 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
             signs(Qs, qb, b, h, q0, bq, qmul[b, h], hd, False)
             for kt in range(ntiles):
                 scores(S, qb, kb, add, c, b, h, q0, kt * bk, nk, hd)
-                dp_tile(Dp, do, vt, b, h, q0, kt * bk)
+                dp_tile(Dp, dob, vt, kt * bk)
                 grad_scores(S, Dp, mu, linv, delta, dbias, chunk, b, h, q0, kt * bk)
-                key_grads(dv, S, do, b, h, q0, kt * bk, dvp, cv, False)
-                key_grads(dk, Dp, Qs, b, h, q0, kt * bk, dp, cq, True)
+                key_grads(dva, S, dob, kt * bk, dvp, cv)
+                key_grads(dka, Dp, Qs, kt * bk, dp, cq)
                 query_grads(dqacc, Dp, Ks, kt * bk)
-            for i in range(bq):
-                for d in T.vectorized(dp):
+            for i in range(T.min(bq, nq - q0)):
+                for d in range(hd):
                     dq[b, h, q0 + i, d] = dqacc[i, d]
+        store_keys(dk, dka, b, h, nk, hd)
+        store_keys(dv, dva, b, h, nk, dvr)
 
     @T.prim_func
     def main(qb_h: T.handle, kb_h: T.handle, qm_h: T.handle, km_h: T.handle, v_h: T.handle,
              do_h: T.handle, coef_h: T.handle, add_h: T.handle, dlt_h: T.handle, dq_h: T.handle,
              dk_h: T.handle, dv_h: T.handle, dbias_h: T.handle, nk: T.int32, hd: T.int32,
-             nslot: T.int32, nchunk: T.int32):
+             nq: T.int32, dvr: T.int32, nslot: T.int32, nchunk: T.int32):
         T.func_attr({"tir.noalias": True})
         B = T.int32()
         H = T.int32()
@@ -327,15 +356,20 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
         kb = T.match_buffer(kb_h, (B, H, words, NK), "int32")
         qmul = T.match_buffer(qm_h, (B, H), "float32")
         kmul = T.match_buffer(km_h, (B, H), "float32")
-        v = T.match_buffer(v_h, (B, H, NK, dvp), "float32")
-        do = T.match_buffer(do_h, (B, H, NQ, dvp), "float32")
+        HK, NKV, NQO, DV, HDQ, NKO = (T.int32(), T.int32(), T.int32(), T.int32(), T.int32(),
+                                      T.int32())
+        v = T.match_buffer(v_h, (B, HK, NKV, DV), wl.dtype,
+                           strides=(T.int32(), T.int32(), T.int32(), 1), align=ELEM_ALIGN)
+        do = T.match_buffer(do_h, (B, H, NQO, DV), wl.dtype,
+                            strides=(T.int32(), T.int32(), T.int32(), 1), align=ELEM_ALIGN)
         coef = T.match_buffer(coef_h, (B, H), "float32")
         add = T.match_buffer(add_h, (AB, AH, AQ, AK), "float32")
         dlt = T.match_buffer(dlt_h, (DB, DH, DQ), "float32")
-        dq = T.match_buffer(dq_h, (B, H, NQ, dp), "float32")
-        dk = T.match_buffer(dk_h, (B, H, NK, dp), "float32")
-        dv = T.match_buffer(dv_h, (B, H, NK, dvp), "float32")
+        dq = T.match_buffer(dq_h, (B, H, NQO, HDQ), "float32")
+        dk = T.match_buffer(dk_h, (B, H, NKO, HDQ), "float32")
+        dv = T.match_buffer(dv_h, (B, H, NKO, DV), "float32")
         dbias = T.match_buffer(dbias_h, (GC, GB, GH, GQ, GK), "float32")
+        group = T.Bind(H // HK)   # query heads per key/value head (GQA)
         for task in T.parallel(nslot * nchunk):
             slot = T.Bind(task % nslot)
             chunk = T.Bind(task // nslot)
@@ -343,16 +377,16 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
             for rep in range(chunk * reps // nchunk, (chunk + 1) * reps // nchunk):
                 if own_b and own_h:
                     unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk,
-                         slot // H, slot % H, nk, hd, NQ, NK)
+                         slot // H, slot % H, group, nk, nq, hd, dvr, NQ, NK)
                 elif own_h:
                     unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk,
-                         rep, slot, nk, hd, NQ, NK)
+                         rep, slot, group, nk, nq, hd, dvr, NQ, NK)
                 elif own_b:
                     unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk,
-                         slot, rep, nk, hd, NQ, NK)
+                         slot, rep, group, nk, nq, hd, dvr, NQ, NK)
                 else:
                     unit(qb, kb, qmul, kmul, v, do, coef, add, dlt, dq, dk, dv, dbias, chunk,
-                         rep // H, rep % H, nk, hd, NQ, NK)
+                         rep // H, rep % H, group, nk, nq, hd, dvr, NQ, NK)
 
     return tvm.IRModule({"main": main.with_attr("global_symbol", "main")})
 

@@ -90,7 +90,8 @@ def workload(q: torch.Tensor, v: torch.Tensor, add_shape: Optional[tuple[int, ..
         reference.num_words(q.shape[-1]), cpu_forward._round_up(q.shape[-1], DIM_BUCKET),
         cpu_forward._round_up(v.shape[-1], DIM_BUCKET), bool(causal),
         None if add_shape is None else tuple(n == 1 for n in add_shape[:3]),
-        None if bias4 is None else tuple(n == 1 for n in bias4), bool(delta))
+        None if bias4 is None else tuple(n == 1 for n in bias4), bool(delta),
+        cpu_forward.TVM_DTYPES[v.dtype])
 
 
 def _pad_dim(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -99,19 +100,6 @@ def _pad_dim(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     if extra == 0:
         return x
     return F.pad(x, [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [0, extra])
-
-
-def _padded(x: torch.Tensor, rows: int, cols: int, heads: int) -> torch.Tensor:
-    """``x [B, H, N, D]`` as float32 ``[B, heads, rows, cols]``, contiguous: k/v heads expanded
-    to the query heads (GQA), zero-padded, in one copy (x itself when nothing changes)."""
-    b, h, n, d = x.shape
-    if (heads, rows, cols) == (h, n, d) and x.dtype == torch.float32 and x.is_contiguous():
-        return x
-    out = torch.empty(b, heads, rows, cols)
-    out[:, :, n:].zero_()
-    out[:, :, :n, d:].zero_()
-    out[:, :, :n, :d].unflatten(1, (h, heads // h)).copy_(x.unsqueeze(2))
-    return out
 
 
 def _per_head(x: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
@@ -161,9 +149,9 @@ def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tens
     dq_hat, dk_hat, dv, dbias = _run_kernel(grad, q, k, v, ops, add, bias, options, delta)
     if bias is not None or (mask is not None and mask.is_floating_point()):
         _nan_policy((dq_hat, dk_hat, dv), add, n_q, n_k)
-    dq = input_grad(q, ops.s_q, dq_hat[..., :n_q, :head_dim], options)
-    dk = input_grad(k, ops.s_k, dk_hat[..., :n_k, :head_dim], options)
-    dq, dk, dv = reference.per_input_grads(dq, dk, dv[..., :n_k, :v.shape[-1]], q, k, v)
+    dq = input_grad(q, ops.s_q, dq_hat, options)
+    dk = input_grad(k, ops.s_k, dk_hat, options)
+    dq, dk, dv = reference.per_input_grads(dq, dk, dv, q, k, v)
     db = q.new_empty((0,)) if bias is None else _bias_grad(dbias, bias, n_q, n_k)
     if tensors.bias_index is not None:   # the table's rows gather their entries' gradients
         db = reference.table_grad(db, tensors.bias_index, table)
@@ -212,24 +200,24 @@ def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
                 ops: Operands, add: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                 options: AttentionOptions,
                 delta: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """The kernel on padded, per-query-head inputs: padded ``(dq̂, dk̂, dv, dbias copies)``."""
+    """The kernel on the packed bits (padded) and v, dO in place: ``(dq̂, dk̂, dv)`` per query
+    head, unpadded, and the padded bias-gradient copies."""
     batch, heads, n_q, _ = q.shape
     wl = workload(q, v, None if add is None else add.shape, bias, options.is_causal,
                   delta is not None)
     fn = backward_kernel(wl, DEFAULT_BACKWARD)
     nq_pad, nk_pad = ops.q_bits.shape[2], ops.k_bits.shape[3]
+    n_k, head_dim, value_dim = k.shape[-2], q.shape[-1], v.shape[-1]
     scale = reference.softmax_scale_of(q, options)
     args = [ops.q_bits, ops.k_bits, _per_head(scale * ops.s_q, batch, heads),
             _per_head(scale * ops.s_k, batch, heads),
-            _padded(v, nk_pad, wl.value_dim, heads), _padded(grad, nq_pad, wl.value_dim, heads),
-            ops.coef, _padded_add(add, nq_pad, nk_pad),
-            _padded_delta(delta, nq_pad)]
-    outs = [torch.empty(batch, heads, nq_pad, wl.head_dim),
-            torch.empty(batch, heads, nk_pad, wl.head_dim),
-            torch.empty(batch, heads, nk_pad, wl.value_dim)]
+            cpu_forward.unit_last(v), cpu_forward.unit_last(grad.to(v.dtype)),
+            ops.coef, _padded_add(add, nq_pad, nk_pad), _padded_delta(delta, nq_pad)]
+    outs = [torch.empty(batch, heads, n_q, head_dim), torch.empty(batch, heads, n_k, head_dim),
+            torch.empty(batch, heads, n_k, value_dim)]
     nslot, nchunk = cpu_backward.unit_of(wl, batch, heads, threads.count())
     outs.append(_bias_grad_buffer(bias, nchunk, nq_pad, nk_pad))
-    fn(*args, *outs, k.shape[-2], q.shape[-1], nslot, nchunk)
+    fn(*args, *outs, n_k, head_dim, n_q, value_dim, nslot, nchunk)
     return tuple(outs)
 
 
