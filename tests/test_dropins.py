@@ -366,10 +366,11 @@ def test_set_attn_processor_with_one_shared_processor(name):
     torch.testing.assert_close(_hidden(model(**args)), expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["dit", "flux"])
-def test_diffusers_training_step(name):
+@pytest.mark.parametrize("name, bias", [("dit", "head"), ("flux", "head"),
+                                        ("flux", "relpos_1d")])
+def test_diffusers_training_step(name, bias):
     model, args = MODELS[name][0]()
-    bdf.apply(model, {"bias": "head"})
+    bdf.apply(model, {"bias": bias})
     model.train()
     loss = _hidden(model(**args)).pow(2).mean()
     loss.backward()
