@@ -46,7 +46,7 @@ from ...schedules.cpu.backward import BackwardKnobs, tile_cols
 from .kernels import ELEM_ALIGN, NEG_INF, _tree, fexp
 
 #: part of every cache key: bump it when the kernel's arguments or math change
-KERNEL_VERSION = 8
+KERNEL_VERSION = 9
 
 
 @dataclass(frozen=True)
@@ -122,11 +122,12 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                                                       NEG_INF)
 
     @T.macro
-    def dp_tile(Dp, dob, vt, k0):
+    def dp_tile(Dp, dob, vt, k0, nk):
         """Dp[i, j] = Σ_d dO[q0+i, d]·V[k0+j, d] (register tile rows × ck keys; ``dob``: the
-        block's dO rows)."""
+        block's dO rows), key columns up to the true key count (P is 0 past it, so what the
+        tile holds there is never used)."""
         for io in range(bq // ri):
-            for jo in range(bk // ck):
+            for jo in range(T.min(bk // ck, (nk - k0 + ck - 1) // ck)):
                 r = T.alloc_buffer((ri, ck), "float32")
                 for ii in T.unroll(ri):
                     for jj in T.vectorized(ck):
@@ -189,16 +190,16 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                             dbias[chunk, b * gb, h * gh, (q0 + i) * gq, 0] + Dp[i, j])
 
     @T.macro
-    def key_grads(out, A, X, k0, dim, cols):
+    def key_grads(out, A, X, q0, k0, nq, nk, dim, cols):
         """out[k0+j, :] += Σ_i A[i, j]·X[i, :] (the unit's dV from P and dO, dK̂ from dS and
-        Q̂; X: the block's rows)."""
-        for jo in range(bk // ri):
+        Q̂; X: the block's rows), over the block's true rows and the tile's true keys."""
+        for jo in range(T.min(bk // ri, (nk - k0 + ri - 1) // ri)):
             for dc in range(dim // cols):
                 r = T.alloc_buffer((ri, cols), "float32")
                 for jj in T.unroll(ri):
                     for d in T.vectorized(cols):
                         r[jj, d] = out[k0 + jo * ri + jj, dc * cols + d]
-                for i in range(bq):
+                for i in range(T.min(bq, nq - q0)):
                     for jj in T.unroll(ri):
                         for d in T.vectorized(cols):
                             r[jj, d] = r[jj, d] + A[i, jo * ri + jj] * X[i, dc * cols + d]
@@ -220,15 +221,16 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
                         bits[b, h, row0 + r, d // 32], d % 32), 1) == 1, mul, -mul), T.float32(0))
 
     @T.macro
-    def query_grads(dqacc, Dp, Ks, k0):
-        """dqacc[i, :] += Σ_j dS[i, j]·K̂[k0+j, :]."""
-        for io in range(bq // ri):
+    def query_grads(dqacc, Dp, Ks, q0, k0, nq, nk):
+        """dqacc[i, :] += Σ_j dS[i, j]·K̂[k0+j, :] over the block's true rows (in groups of
+        ``rows``) and the tile's true keys."""
+        for io in range(T.min(bq // ri, (nq - q0 + ri - 1) // ri)):
             for dc in range(dp // cq):
                 r = T.alloc_buffer((ri, cq), "float32")
                 for ii in T.unroll(ri):
                     for d in T.vectorized(cq):
                         r[ii, d] = dqacc[io * ri + ii, dc * cq + d]
-                for j in range(bk):
+                for j in range(T.min(bk, nk - k0)):
                     for ii in T.unroll(ri):
                         for d in T.vectorized(cq):
                             r[ii, d] = r[ii, d] + Dp[io * ri + ii, j] * Ks[k0 + j, dc * cq + d]
@@ -285,6 +287,9 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
         poison = T.Bind(T.Select(T.isnan(c), c, T.float32(0)))
         signs(Ks, kb, b, h, 0, NK, kmul[b, h], hd, True)
         values(vt, v, b, h // group, nk, dvr, NK)
+        for i in range(bq):   # dp_tile leaves the key columns past nk as they are: finite
+            for j in T.vectorized(bk):
+                Dp[i, j] = T.float32(0)
         for j in range(NK):
             for d in T.vectorized(dp):
                 dka[j, d] = poison
@@ -304,7 +309,7 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
             for kt in range(ntiles):
                 scores(S, qb, kb, add, c, b, h, q0, kt * bk, nk, hd)
                 if not given_delta:
-                    dp_tile(Dp, dob, vt, kt * bk)
+                    dp_tile(Dp, dob, vt, kt * bk, nk)
                 for i in range(bq):
                     online_stats(S, Dp, m, l, dl, red, i)
             for i in range(bq):
@@ -319,11 +324,11 @@ def backward_module(wl: BackwardWorkload, knobs: BackwardKnobs) -> tvm.IRModule:
             signs(Qs, qb, b, h, q0, bq, qmul[b, h], hd, False)
             for kt in range(ntiles):
                 scores(S, qb, kb, add, c, b, h, q0, kt * bk, nk, hd)
-                dp_tile(Dp, dob, vt, kt * bk)
+                dp_tile(Dp, dob, vt, kt * bk, nk)
                 grad_scores(S, Dp, mu, linv, delta, dbias, chunk, b, h, q0, kt * bk)
-                key_grads(dva, S, dob, kt * bk, dvp, cv)
-                key_grads(dka, Dp, Qs, kt * bk, dp, cq)
-                query_grads(dqacc, Dp, Ks, kt * bk)
+                key_grads(dva, S, dob, q0, kt * bk, nq, nk, dvp, cv)
+                key_grads(dka, Dp, Qs, q0, kt * bk, nq, nk, dp, cq)
+                query_grads(dqacc, Dp, Ks, q0, kt * bk, nq, nk)
             for i in range(T.min(bq, nq - q0)):
                 for d in range(hd):
                     dq[b, h, q0 + i, d] = dqacc[i, d]
