@@ -32,7 +32,8 @@ rows and its dK̂/dV accumulators are float32 buffers padded with zeros (D and D
 
 What it does not: the O(N·D) parts (scales, the STE window, mean|x|'s gradient, GQA sums:
 ``reference.backward_inputs`` / ``backward_outputs``), the bits' padding (the host wrapper,
-``backward_dispatch``), bias tables (gathered there), top-N, soft binarizers, sinks, soft cap, 8-bit P/V.
+``backward_dispatch``), bias tables (gathered there), top-N, soft binarizers, sinks, soft cap,
+8-bit P/V.
 """
 from __future__ import annotations
 
