@@ -32,6 +32,7 @@ machine without the tokenizer or the model package: ``--bundle DIR``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -202,8 +203,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         torch.manual_seed(args.seed)
         bcfg, cfg = experiment_plan(name, args.steps, args.lr, args.batch, args.device,
                                      args.autocast, args.length_buckets)
-        if args.ste_clip is not None:   # the sites' STE window |x| <= clip (default 1)
-            bcfg.ste_clip = args.ste_clip
+        if args.ste_clip is not None and cfg is not None:   # the STE window |x| <= clip that
+            cfg = dataclasses.replace(cfg, ste_clip=args.ste_clip)   # the recipe sets (1)
         # a dense bias fixes the sequence length; without one it stays dynamic (registers are
         # evaluated at their own length, up to 128 tokens)
         dynamic = bcfg.bias in (None, "head", "relpos_1d")
@@ -222,7 +223,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         by_register = register_scores(gm, teacher, bundle, args.device,
                                       None if dynamic else bundle["max_len"])
         row = dict(experiment=name, sites=len(sites), autocast=args.autocast,
-                   ste_clip=bcfg.ste_clip, train_per_register=args.train_per_register,
+                   ste_clip=None if cfg is None else cfg.ste_clip,
+                   train_per_register=args.train_per_register,
                    length_buckets=args.length_buckets,
                    weights=bundle.get("weights", "float32"), steps=0 if cfg is None else cfg.steps,
                    train_sentences=len(train_set), held_out=n_eval, python=bundle["python"],
