@@ -110,6 +110,26 @@ def test_text_model_pt2_loads_pads_and_has_dynamic_dims(hf, tmp_path):
     assert not torch.allclose(a, m(other, torch.ones_like(mask))["last_hidden_state"][:, :8])
 
 
+def test_relpos_1d_bias_keeps_the_sequence_dynamic(hf, tmp_path):
+    """``--bias relpos_1d`` on a text model: the saved program keeps a dynamic sequence length
+    (the table's index is built from each call's lengths) and, the table starting at zero,
+    gives what the program without a bias gives."""
+    biased, plain = tmp_path / "biased.pt2", tmp_path / "plain.pt2"
+    result = convert(hf / "bert", biased, "--bias", "relpos_1d")
+    assert "inputsinput_ids[*,*],attention_mask[*,*]" in "".join(result.stdout.split())
+    convert(hf / "bert", plain)
+    program = torch.export.load(biased)
+    tables = [n for n, _ in program.named_parameters() if "binattn_bias" in n]
+    assert len(tables) == 1 and program.state_dict[tables[0]].shape == (65, 2)   # ±32, 2 heads
+    torch.manual_seed(2)
+    for batch, seq in ((2, 9), (1, 40)):
+        ids = torch.randint(0, 100, (batch, seq))
+        mask = torch.ones(batch, seq, dtype=torch.long)
+        got = program.module()(ids, mask)["last_hidden_state"]
+        want = torch.export.load(plain).module()(ids, mask)["last_hidden_state"]
+        torch.testing.assert_close(got, want)
+
+
 def test_pt2_loads_without_transformers(hf, tmp_path):
     out = tmp_path / "gpt2.pt2"
     convert(hf / "gpt2", out)
