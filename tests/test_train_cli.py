@@ -25,12 +25,13 @@ def test_train_writes_a_pt2_that_runs_and_a_checkpoint(saved_vit, tmp_path):
     result = CliRunner().invoke(main, [
         "train", str(saved_vit), "--trust-pickle", "--recipe", "had", "--data", "digits",
         "--steps", "3", "--batch-size", "32", "--calib-batches", "2", "--top-n", "5",
-        "--quiet", "-o", str(out)])
+        "--ste-clip", "2.5", "--quiet", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.is_file() and (tmp_path / "trained.pt2.ckpt").is_file()
     program = torch.export.load(str(out))
-    assert any(n.target is torch.ops.binattn.binary_attention.default
-               for n in program.graph.nodes)
+    sites = [n for n in program.graph.nodes
+             if n.target is torch.ops.binattn.binary_attention.default]
+    assert sites and all(2.5 in n.args for n in sites)   # the STE window the run trained with
     logits = program.module()(torch.rand(32, 1, 8, 8))
     assert logits.shape == (32, 10) and bool(torch.isfinite(logits).all())
     assert "accuracy" in result.output
@@ -41,6 +42,7 @@ def test_train_writes_a_pt2_that_runs_and_a_checkpoint(saved_vit, tmp_path):
     (["MODEL", "--data", "nonsense", "-o", "x.pt2"], "--data must be one of"),
     (["MODEL", "--data", "digits", "-o", "x.onnx"], "--output must end in .pt2"),
     (["MODEL", "--data", "missing.npz", "-o", "x.pt2"], "data file not found"),
+    (["MODEL", "--data", "digits", "--ste-clip", "0", "-o", "x.pt2"], "--ste-clip"),
 ])
 def test_bad_input_is_a_one_line_error(args, message, saved_vit, tmp_path):
     args = [str(saved_vit) if a == "MODEL" else a for a in args]

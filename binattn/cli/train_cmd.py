@@ -171,6 +171,9 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
 @click.option("--top-n", type=int, default=None, help="Top-N keys per query (HAD default 30; "
               "0 = off).")
 @click.option("--pv-bits", type=click.Choice(["8"]), default=None, help="8-bit P and V.")
+@click.option("--ste-clip", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Straight-through window: sign(x)'s gradient passes where |x| <= this "
+              "(BinaryAttention 1, HAD 2).  [default: the recipe's]")
 @click.option("--attn-weight", type=float, default=None,
               help="Attention-map KL weight.  [default: text 1; else HAD 1, BinaryAttention 0]")
 @click.option("--calib-batches", type=int, default=100, show_default=True,
@@ -208,7 +211,7 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
 def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: Optional[float],
             steps: Optional[int], batch_size: Optional[int], lr: Optional[float],
             bias: Optional[str], distill: str, top_n: Optional[int], pv_bits: Optional[str],
-            attn_weight: Optional[float], calib_batches: int, eval_fraction: float,
+            ste_clip: Optional[float], attn_weight: Optional[float], calib_batches: int, eval_fraction: float,
             max_len: Optional[int], seed: int, device: str, parallel: str,
             autocast: Optional[str], length_buckets: Optional[int],
             hidden_weight: Optional[float], compile_step: Optional[bool], resume: bool,
@@ -261,6 +264,7 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: Opti
     cfg = TrainConfig(recipe=recipe, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                       weight_decay=opts["weight_decay"],
                       distill=distill, top_n=top_n, pv_bits=int(pv_bits) if pv_bits else None,
+                      ste_clip=ste_clip,
                       attn_weight=attn_weight, calib_batches=calib_batches, seed=seed,
                       device=device, checkpoint=str(output) + ".ckpt", resume=resume,
                       progress=not quiet, parallel=parallel, autocast=autocast,
