@@ -203,6 +203,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         torch.manual_seed(args.seed)
         bcfg, cfg = experiment_plan(name, args.steps, args.lr, args.batch, args.device,
                                      args.autocast, args.length_buckets)
+        if args.relpos_distance is not None:
+            bcfg.relpos_distance = args.relpos_distance
         if args.ste_clip is not None and cfg is not None:   # the STE window |x| <= clip that
             cfg = dataclasses.replace(cfg, ste_clip=args.ste_clip)   # the recipe sets (1)
         # a dense bias fixes the sequence length; without one it stays dynamic (registers are
@@ -224,6 +226,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                                       None if dynamic else bundle["max_len"])
         row = dict(experiment=name, sites=len(sites), autocast=args.autocast,
                    ste_clip=None if cfg is None else cfg.ste_clip,
+                   relpos_distance=bcfg.relpos_distance if bcfg.bias == "relpos_1d" else None,
                    train_per_register=args.train_per_register,
                    length_buckets=args.length_buckets,
                    weights=bundle.get("weights", "float32"), steps=0 if cfg is None else cfg.steps,
@@ -317,6 +320,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-register", type=int, default=256,
                    help="held-out texts per register (english-mix's held-out sources)")
+    p.add_argument("--relpos-distance", type=int, default=None,
+                   help="R of the relpos_1d bias (BinarizeConfig.relpos_distance, default 32)")
     p.add_argument("--ste-clip", type=float, default=None,
                    help="the sites' straight-through window |x| <= clip (op default 1)")
     p.add_argument("--train-per-register", type=int, default=4000,
