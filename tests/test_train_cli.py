@@ -86,7 +86,8 @@ def test_presets_fill_what_the_user_did_not_give():
                                                             hidden_weight=0.0))
     assert kind == "text"
     assert (opts["steps"], opts["batch_size"], opts["bias"], opts["length_buckets"]) == (
-        4500, 16, "none", 50)
+        4500, 16, "relpos_1d", 50)
+    assert opts["bias_lr_mult"] == 10.0
     assert (opts["lr"], opts["autocast"], opts["hidden_weight"]) == (5e-5, "off", 0.0)
     kind, opts = presets.resolve("notes.txt", "cpu", {})
     assert kind == "text"

@@ -165,7 +165,7 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
                                           "auto"]),
               default=None, help="Learned attention bias (relpos: a table over the image's token "
               "grid; relpos_1d: one over 1-D offsets within ±32 tokens, any text length; auto: "
-              "relpos for binaryattention, none for had).  [default: text none, else auto]")
+              "relpos for binaryattention, none for had).  [default: text relpos_1d, else auto]")
 @click.option("--distill", type=click.Choice(["hard", "soft", "none"]), default="hard",
               show_default=True, help="Output distillation for classification.")
 @click.option("--top-n", type=int, default=None, help="Top-N keys per query (HAD default 30; "
@@ -262,7 +262,7 @@ def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: Opti
                         f"(see `binattn inspect {model}`)")
     console.print(f"binarized {len(sites)} attention site(s); training with {recipe}")
     cfg = TrainConfig(recipe=recipe, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
-                      weight_decay=opts["weight_decay"],
+                      weight_decay=opts["weight_decay"], bias_lr_mult=opts["bias_lr_mult"],
                       distill=distill, top_n=top_n, pv_bits=int(pv_bits) if pv_bits else None,
                       ste_clip=ste_clip,
                       attn_weight=attn_weight, calib_batches=calib_batches, seed=seed,

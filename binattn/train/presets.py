@@ -7,9 +7,10 @@ Two presets, each the recipe measured in docs/training.md for that kind of model
   the ViT recipe — 60 epochs, batch 64, AdamW 3e-4, relative-position bias (BinaryAttention),
   float32, fixed shapes.
 - ``text`` (``english-mix``, ``stdlib-text``, ``.txt``): the MiniLM english-mix recipe — 4500
-  steps, batch 16, AdamW 2e-4 (weight decay 0.01), no bias, attention-map KL and hidden-state
-  MSE beside the embedding loss, 128 tokens, length buckets of 50 steps, bfloat16 autocast
-  where the device runs it fast (CUDA with bf16; CPUs with AVX-512 BF16 or AMX).
+  steps, batch 16, AdamW 2e-4 (weight decay 0.01), a 1-D relative-position bias
+  (``relpos_1d``, at 10× the learning rate), attention-map KL and hidden-state MSE beside the
+  embedding loss, 128 tokens, length buckets of 50 steps, bfloat16 autocast where the device
+  runs it fast (CUDA with bf16; CPUs with AVX-512 BF16 or AMX).
 
 What it does not: validate values (``TrainConfig`` and the CLI's click types do) or train.
 """
@@ -41,6 +42,7 @@ class Preset:
     length_buckets: int
     autocast: Optional[str]
     weight_decay: float
+    bias_lr_mult: float
 
 
 def _config(**own: Any) -> Preset:
@@ -54,9 +56,9 @@ def _config(**own: Any) -> Preset:
 
 PRESETS = {
     "tensors": _config(),
-    "text": _config(steps=4500, batch_size=16, lr=2e-4, bias="none", attn_weight=1.0,
+    "text": _config(steps=4500, batch_size=16, lr=2e-4, bias="relpos_1d", attn_weight=1.0,
                     hidden_weight=1.0, length_buckets=50, autocast="bfloat16",
-                    weight_decay=0.01),
+                    weight_decay=0.01, bias_lr_mult=10.0),
 }
 
 
