@@ -211,8 +211,8 @@ def write_pt2(model: torch.nn.Module, example: tuple, out: Path) -> None:
 def command(model: Path, recipe: str, data_spec: str, output: Path, epochs: Optional[float],
             steps: Optional[int], batch_size: Optional[int], lr: Optional[float],
             bias: Optional[str], distill: str, top_n: Optional[int], pv_bits: Optional[str],
-            ste_clip: Optional[float], attn_weight: Optional[float], calib_batches: int, eval_fraction: float,
-            max_len: Optional[int], seed: int, device: str, parallel: str,
+            ste_clip: Optional[float], attn_weight: Optional[float], calib_batches: int,
+            eval_fraction: float, max_len: Optional[int], seed: int, device: str, parallel: str,
             autocast: Optional[str], length_buckets: Optional[int],
             hidden_weight: Optional[float], compile_step: Optional[bool], resume: bool,
             trust_pickle: bool, quiet: bool) -> None:
