@@ -76,16 +76,17 @@ def ste_kernel(scale_mode: str, dtype: str) -> Any:
     return _built[memo]
 
 
-def _bias4(bias: Optional[torch.Tensor]) -> Optional[tuple[int, ...]]:
-    return None if bias is None else (1,) * (4 - bias.dim()) + tuple(bias.shape)
+def _bias4(shape: Optional[tuple[int, ...]]) -> Optional[tuple[int, ...]]:
+    """A bias shape as 4-D ``(B|1, H|1, Nq|1, Nk|1)``."""
+    return None if shape is None else (1,) * (4 - len(shape)) + tuple(shape)
 
 
 def workload(q: torch.Tensor, v: torch.Tensor, add_shape: Optional[tuple[int, ...]],
-             bias: Optional[torch.Tensor], causal: bool,
+             bias_shape: Optional[tuple[int, ...]], causal: bool,
              delta: bool = False) -> cpu_backward.BackwardWorkload:
     """The kernel specialisation of a call (``add_shape``: the 4-D additive tensor's;
-    ``delta``: δ is given)."""
-    bias4 = _bias4(bias)
+    ``bias_shape``: the dense bias's, None without one; ``delta``: δ is given)."""
+    bias4 = _bias4(bias_shape)
     return cpu_backward.BackwardWorkload(
         reference.num_words(q.shape[-1]), cpu_forward._round_up(q.shape[-1], DIM_BUCKET),
         cpu_forward._round_up(v.shape[-1], DIM_BUCKET), bool(causal),
@@ -142,7 +143,8 @@ def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tens
                               options: AttentionOptions,
                               delta: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
     """The STE backward through the kernels (see the module docstring)."""
-    table, bias, mask = tensors.bias, _dense_bias(tensors), tensors.attn_mask
+    bias = reference.dense_bias(tensors.bias, tensors.bias_index)   # a table gathered
+    mask = tensors.attn_mask
     n_q, head_dim, n_k = q.shape[-2], q.shape[-1], k.shape[-2]
     add = cpu_forward._additive(bias, mask, n_q, n_k)
     ops = operands(q, k, tensors, options)
@@ -154,14 +156,8 @@ def binary_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tens
     dq, dk, dv = reference.per_input_grads(dq, dk, dv, q, k, v)
     db = q.new_empty((0,)) if bias is None else _bias_grad(dbias, bias, n_q, n_k)
     if tensors.bias_index is not None:   # the table's rows gather their entries' gradients
-        db = reference.table_grad(db, tensors.bias_index, table)
+        db = reference.table_grad(db, tensors.bias_index, tensors.bias)
     return dq.contiguous(), dk.contiguous(), dv.contiguous(), db, q.new_empty((0,))
-
-
-def _dense_bias(tensors: AttentionTensors) -> Optional[torch.Tensor]:
-    """The bias as the kernel reads it: a table with ``bias_index`` gathered to its dense
-    ``[Ht, Nq, Nk]`` (an N×N tensor, as the additive mask already is here), else as given."""
-    return reference.dense_bias(tensors.bias, tensors.bias_index)
 
 
 def input_grad(x: torch.Tensor, s: torch.Tensor, d_hat: torch.Tensor,
@@ -203,8 +199,8 @@ def _run_kernel(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
     """The kernel on the packed bits (padded) and v, dO in place: ``(dq̂, dk̂, dv)`` per query
     head, unpadded, and the padded bias-gradient copies."""
     batch, heads, n_q, _ = q.shape
-    wl = workload(q, v, None if add is None else add.shape, bias, options.is_causal,
-                  delta is not None)
+    wl = workload(q, v, None if add is None else add.shape,
+                  None if bias is None else bias.shape, options.is_causal, delta is not None)
     fn = backward_kernel(wl, DEFAULT_BACKWARD)
     nq_pad, nk_pad = ops.q_bits.shape[2], ops.k_bits.shape[3]
     n_k, head_dim, value_dim = k.shape[-2], q.shape[-1], v.shape[-1]
@@ -242,7 +238,7 @@ def _bias_grad_buffer(bias: Optional[torch.Tensor], nchunk: int, nq_pad: int,
                       nk_pad: int) -> torch.Tensor:
     """Zeros ``[nchunk, B|1, H|1, Nq|1, Nk|1]`` (the bias's 4-D shape, padded) that the kernel
     adds dS into; 1 element without a bias."""
-    bias4 = _bias4(bias)
+    bias4 = _bias4(None if bias is None else bias.shape)
     if bias4 is None:
         return torch.zeros(1, 1, 1, 1, 1)
     return torch.zeros(nchunk, bias4[0], bias4[1], nq_pad if bias4[2] != 1 else 1,
@@ -284,14 +280,14 @@ def binary_attention_backward_supports(grad: torch.Tensor, q: torch.Tensor, k: t
               or _option_reason(tensors, options, k.shape[-2]))
     if reason:
         return reason
-    bias, mask = tensors.bias, tensors.attn_mask
-    if tensors.bias_index is not None:   # gathered to [Ht, Nq, Nk] (``_dense_bias``)
-        bias = bias.new_empty(1).expand(bias.shape[1], *tensors.bias_index.shape)
-    add_shape = cpu_forward._add_shape(None if bias is None else bias.shape, mask)
+    bias_shape = None if tensors.bias is None else tuple(tensors.bias.shape)
+    if tensors.bias_index is not None:   # a table, gathered to [Ht, Nq, Nk] by the call
+        bias_shape = (bias_shape[1], *tensors.bias_index.shape)
+    add_shape = cpu_forward._add_shape(bias_shape, tensors.attn_mask)
     if delta is not None and (delta.device.type != "cpu" or
                               delta.shape != (*q.shape[:-1],)):
         return f"delta {tuple(delta.shape)} on {delta.device.type}, not [B, Hq, Nq] on cpu"
-    wl = workload(q, v, add_shape, bias, options.is_causal, delta is not None)
+    wl = workload(q, v, add_shape, bias_shape, options.is_causal, delta is not None)
     return (cpu_forward.prepare_built(q, options.scale_mode)   # ``operands`` calls it
             or cpu_forward.try_build(("backward", wl), lambda: backward_kernel(wl)))
 
